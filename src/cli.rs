@@ -1,0 +1,124 @@
+//! Command-line interface: one subcommand per user job. The `///` comments are the help text.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "pretext", version, about = "Self-supervised pretraining on unlabelled images, transfer with few labels")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Pretrain an encoder with a pretext task on unlabelled images.
+    Pretrain(PretrainArgs),
+    /// Evaluate an encoder on a labelled task with a few labels per class.
+    Transfer(TransferArgs),
+    /// List every pretext task with a one-line description.
+    Tasks,
+    /// Pretrain on a small built-in Fashion-MNIST subset and compare with random weights (CPU, minutes).
+    Demo(DemoArgs),
+    /// Measure training throughput per backbone, next to PyTorch when it is installed.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PretrainArgs {
+    /// Pretext task (see `pretext tasks`).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Data spec FORMAT:PATH, e.g. idx:../shared/data/fashion-mnist (formats: idx, cifar10, cifar100, stl10, folder).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Run directory to create.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory from its latest checkpoint.
+    #[arg(long, conflicts_with_all = ["task", "data", "out", "config", "set"])]
+    pub resume: Option<PathBuf>,
+    /// TOML preset file (see configs/); unknown keys are errors.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a config key, e.g. --set steps=300 --set rotation.flip=false (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// cpu, vulkan or cuda (GPU devices need a build with that feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Skip images that fail to decode (with a count) instead of stopping.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Stop with a checkpoint after this many steps (resume later with --resume).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TransferArgs {
+    /// A pretraining run directory, or `random` (frozen random weights) or `scratch` (trained on the labels only).
+    #[arg(long)]
+    pub from: String,
+    /// Labelled data spec FORMAT:PATH; defaults to the run's pretraining data.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Labelled examples per class: a number or `all`.
+    #[arg(long, default_value = "10")]
+    pub labels_per_class: String,
+    /// linear (probe on frozen features), knn (k=200, cosine, T=0.1) or finetune (whole encoder).
+    #[arg(long, default_value = "linear")]
+    pub protocol: String,
+    /// TOML preset file of transfer settings.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a transfer setting, e.g. --set seed=3 --set finetune_steps=500 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Directory for the result JSON (default: RUN/transfer, or runs/baseline-random|scratch).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Run directory for the demo's pretraining (replaced if it holds an earlier demo run).
+    #[arg(long, default_value = "runs/demo")]
+    pub out: PathBuf,
+    /// Override a pretraining key, e.g. --set steps=100.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Backbones to measure, comma-separated.
+    #[arg(long, default_value = "convnet,resnet18")]
+    pub backbones: String,
+    /// Images per step before the rotation task quadruples them.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Timed steps per backbone (after 2 warm-up steps).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Python interpreter for the PyTorch reference.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Internal: measure one backbone in this process and print JSON.
+    #[arg(long, hide = true)]
+    pub child: Option<String>,
+}

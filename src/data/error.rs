@@ -1,0 +1,69 @@
+//! The one error type of the data layer, grouped by what went wrong.
+//!
+//! Every variant names the file (or, for data held in memory, a label such as
+//! `<embedded>/train-images`) so a message printed once in `main` tells the user
+//! where to look, what was expected and what was found.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The file could not be opened or read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The bytes are not in the expected format (wrong magic number, bad dimensions, trailing bytes).
+    #[error("{}: {what} at byte {offset}: expected {expected}, found {found}", path.display())]
+    Format {
+        path: PathBuf,
+        offset: u64,
+        what: String,
+        expected: String,
+        found: String,
+    },
+
+    /// The file ends before the data it announces (or, for record files, mid-record).
+    #[error("{}: file is truncated{}: expected {expected_bytes} bytes, found {found_bytes}", path.display(), record.map(|r| format!(" in record {r}")).unwrap_or_default())]
+    Truncated {
+        path: PathBuf,
+        /// Index of the incomplete record, for formats made of fixed-size records.
+        record: Option<u64>,
+        expected_bytes: u64,
+        found_bytes: u64,
+    },
+
+    /// Two things that must agree do not (label count vs image count, image sizes).
+    #[error("{}: {what} mismatch: expected {expected}, found {found}", path.display())]
+    Mismatch {
+        path: PathBuf,
+        what: String,
+        expected: String,
+        found: String,
+    },
+
+    /// An image file could not be decoded.
+    #[error("{}: cannot decode image: {message} (use --skip-bad to skip undecodable files)", path.display())]
+    Decode { path: PathBuf, message: String },
+
+    /// Nothing to read.
+    #[error("{}: {message}", path.display())]
+    Empty { path: PathBuf, message: String },
+
+    /// The data spec (`FORMAT:PATH`) is malformed or names an unknown format.
+    #[error("bad data spec `{spec}`: {message}")]
+    Spec { spec: String, message: String },
+}
+
+impl DataError {
+    /// Shorthand for wrapping an io::Error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> DataError {
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Everything before a tensor exists: readers for the on-disk formats, augmentation, batching.
+//!
+//! A dataset is named by a spec `FORMAT:PATH` (`idx:../shared/data/fashion-mnist`,
+//! `cifar10:data/cifar-10-batches-bin`, `stl10:data/stl10_binary`, `folder:photos/`) and read
+//! whole into memory as u8 by [`open`].
+
+pub mod augment;
+pub mod cifar;
+pub mod error;
+pub mod folder;
+pub mod idx;
+pub mod loader;
+pub mod stl10;
+
+pub use error::DataError;
+
+use std::path::Path;
+
+/// One split of an image dataset, held in memory as u8, layout [n, channels, height, width] (CHW per image).
+#[derive(Clone, Debug)]
+pub struct ImageSet {
+    pub images: Vec<u8>,
+    pub labels: Option<Vec<u32>>,
+    pub n: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ImageSet {
+    /// The i-th image, CHW. Panics if `i >= n` (a programming error, not user input).
+    pub fn image(&self, i: usize) -> &[u8] {
+        let len = self.image_len();
+        &self.images[i * len..(i + 1) * len]
+    }
+
+    /// Bytes per image: channels * height * width.
+    pub fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// The label of the i-th image, if the split is labelled.
+    pub fn label(&self, i: usize) -> Option<u32> {
+        self.labels.as_ref().map(|l| l[i])
+    }
+
+    /// A copy of the chosen images (and their labels), in the order given.
+    pub fn subset(&self, idx: &[usize]) -> ImageSet {
+        let mut images = Vec::with_capacity(idx.len() * self.image_len());
+        for &i in idx {
+            images.extend_from_slice(self.image(i));
+        }
+        ImageSet {
+            images,
+            labels: self
+                .labels
+                .as_ref()
+                .map(|l| idx.iter().map(|&i| l[i]).collect()),
+            n: idx.len(),
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+        }
+    }
+
+    /// The first `n` images (all of them if there are fewer).
+    pub fn take(&self, n: usize) -> ImageSet {
+        let n = n.min(self.n);
+        ImageSet {
+            images: self.images[..n * self.image_len()].to_vec(),
+            labels: self.labels.as_ref().map(|l| l[..n].to_vec()),
+            n,
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub name: String,
+    pub train: ImageSet,
+    pub test: Option<ImageSet>,
+    /// Class names, indexed by label. Empty for unlabelled data.
+    pub classes: Vec<String>,
+    /// Files skipped because they could not be decoded (`skip_bad`); 0 for the binary formats.
+    pub skipped: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Folder images are resized to this square size (shorter side, then centre crop). Default 32.
+    pub image_size: Option<usize>,
+    /// Skip undecodable images instead of failing (folder reader).
+    pub skip_bad: bool,
+    /// Read at most this many train images.
+    pub limit: Option<usize>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            image_size: Some(32),
+            skip_bad: false,
+            limit: None,
+        }
+    }
+}
+
+/// The formats [`open`] understands, as written before the ':' of a spec.
+pub const FORMATS: &[&str] = &["idx", "cifar10", "cifar100", "stl10", "folder"];
+
+/// Parse a data spec `FORMAT:PATH` and read it.
+///
+/// Formats: `idx` (dir with train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], and
+/// optional t10k-* test files), `cifar10`, `cifar100` (binary versions), `stl10`
+/// (stl10_binary dir), `folder` (a dir of images, or of class subdirs of images).
+pub fn open(spec: &str, opts: &OpenOptions) -> Result<Dataset, DataError> {
+    let spec_err = |message: String| DataError::Spec {
+        spec: spec.to_string(),
+        message,
+    };
+    let Some((format, path)) = spec.split_once(':') else {
+        return Err(spec_err(format!(
+            "expected FORMAT:PATH, where FORMAT is one of {}",
+            FORMATS.join(", ")
+        )));
+    };
+    if path.is_empty() {
+        return Err(spec_err("the PATH after ':' is empty".to_string()));
+    }
+    let dir = Path::new(path);
+    let mut ds = match format.to_ascii_lowercase().as_str() {
+        "idx" => idx::read_dir(dir, opts.limit)?,
+        "cifar10" => cifar::read_cifar10(dir, opts.limit)?,
+        "cifar100" => cifar::read_cifar100(dir, opts.limit)?,
+        "stl10" => stl10::read_dir(dir, opts.limit)?,
+        "folder" => folder::read_dir(dir, opts)?,
+        other => {
+            return Err(spec_err(format!(
+                "unknown format `{other}`; valid formats: {}",
+                FORMATS.join(", ")
+            )))
+        }
+    };
+    if let Some(limit) = opts.limit {
+        if ds.train.n > limit {
+            ds.train = ds.train.take(limit);
+        }
+    }
+    Ok(ds)
+}
+
+/// Same as [`open`], for idx bytes already in memory (a dataset compiled into the binary).
+/// Each buffer may be gzip (detected by the 1f 8b magic) or raw. Empty test buffers mean no test split.
+pub fn idx_from_bytes(
+    name: &str,
+    train_images: &[u8],
+    train_labels: &[u8],
+    test_images: &[u8],
+    test_labels: &[u8],
+) -> Result<Dataset, DataError> {
+    let label = |part: &str| std::path::PathBuf::from(format!("<{name}>/{part}"));
+    let train = idx::parse_pair(
+        &label("train-images"),
+        train_images,
+        &label("train-labels"),
+        train_labels,
+        None,
+    )?;
+    let test = if test_images.is_empty() && test_labels.is_empty() {
+        None
+    } else {
+        Some(idx::parse_pair(
+            &label("t10k-images"),
+            test_images,
+            &label("t10k-labels"),
+            test_labels,
+            None,
+        )?)
+    };
+    Ok(Dataset {
+        name: name.to_string(),
+        train,
+        test,
+        classes: idx::class_names(name),
+        skipped: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> ImageSet {
+        ImageSet {
+            images: (0..12).collect(),
+            labels: Some(vec![7, 8, 9]),
+            n: 3,
+            channels: 1,
+            height: 2,
+            width: 2,
+        }
+    }
+
+    #[test]
+    fn image_subset_take() {
+        let s = tiny();
+        assert_eq!(s.image_len(), 4);
+        assert_eq!(s.image(1), &[4, 5, 6, 7]);
+        let sub = s.subset(&[2, 0]);
+        assert_eq!(sub.n, 2);
+        assert_eq!(sub.images, vec![8, 9, 10, 11, 0, 1, 2, 3]);
+        assert_eq!(sub.labels, Some(vec![9, 7]));
+        let t = s.take(2);
+        assert_eq!(t.images.len(), 8);
+        assert_eq!(t.labels, Some(vec![7, 8]));
+        assert_eq!(s.take(10).n, 3);
+    }
+
+    #[test]
+    fn bad_specs() {
+        let opts = OpenOptions::default();
+        let e = open("nocolon", &opts).unwrap_err();
+        assert!(matches!(e, DataError::Spec { .. }));
+        assert!(e.to_string().contains("cifar10"), "{e}");
+        let e = open("mnist:/tmp", &opts).unwrap_err();
+        assert!(matches!(e, DataError::Spec { .. }));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("unknown format `mnist`") && msg.contains("folder"),
+            "{msg}"
+        );
+        let e = open("idx:", &opts).unwrap_err();
+        assert!(matches!(e, DataError::Spec { .. }));
+    }
+
+    #[test]
+    fn idx_from_bytes_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let imgs: Vec<u8> = (0..2 * 3 * 4).map(|v| v as u8).collect();
+        let pi = dir.path().join("i.gz");
+        let pl = dir.path().join("l");
+        idx::write_idx_images(&pi, 2, 3, 4, &imgs).unwrap();
+        idx::write_idx_labels(&pl, &[3, 1]).unwrap();
+        let bi = std::fs::read(&pi).unwrap();
+        let bl = std::fs::read(&pl).unwrap();
+        assert_eq!(&bi[..2], &[0x1f, 0x8b]);
+        let ds = idx_from_bytes("fashion-embedded", &bi, &bl, &[], &[]).unwrap();
+        assert_eq!(ds.train.n, 2);
+        assert_eq!(
+            (ds.train.channels, ds.train.height, ds.train.width),
+            (1, 3, 4)
+        );
+        assert_eq!(ds.train.images, imgs);
+        assert_eq!(ds.train.labels, Some(vec![3, 1]));
+        assert!(ds.test.is_none());
+        assert_eq!(ds.classes[0], "T-shirt/top");
+        let e = idx_from_bytes("x", &bi[..bi.len() - 30], &bl, &[], &[]).unwrap_err();
+        assert!(e.to_string().contains("<x>/train-images"), "{e}");
+    }
+}

@@ -1,0 +1,25 @@
+//! The compute device, chosen at run time: `cpu` (burn's pure-Rust flex backend, always built),
+//! `vulkan` and `cuda` (only in builds with those Cargo features).
+
+use burn::prelude::Device;
+
+use crate::error::{Error, Result};
+
+pub const DEVICES: &[&str] = &["cpu", "vulkan", "cuda"];
+
+pub fn parse(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::flex()),
+        #[cfg(feature = "vulkan")]
+        "vulkan" => Ok(Device::vulkan(Default::default())),
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(Device::cuda(0)),
+        "vulkan" | "cuda" => Err(Error::Usage(format!(
+            "--device {name}: this binary was built without the `{name}` feature; rebuild with `cargo build --release --features {name}`"
+        ))),
+        other => Err(Error::Usage(format!(
+            "--device {other}: unknown device; expected one of {}",
+            DEVICES.join(", ")
+        ))),
+    }
+}

@@ -1,0 +1,125 @@
+//! The `pretext` binary: parse the command line, call the library, print the error chain once.
+
+mod cli;
+
+use clap::Parser;
+use pretext::config::{self, PretrainConfig};
+use pretext::transfer::{self, labels::PerClass, Protocol, Source, TransferConfig, TransferRequest};
+use pretext::{bench, demo, device, tasks, train, Error, Result};
+
+use cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        let code = e.exit_code();
+        eprintln!("error: {:#}", anyhow::Error::new(e));
+        std::process::exit(code);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Tasks => {
+            let width = tasks::TASKS.iter().map(|t| t.name.len()).max().unwrap_or(0);
+            for t in tasks::TASKS {
+                println!("{:width$}  {}", t.name, t.description);
+            }
+            Ok(())
+        }
+        Command::Pretrain(a) => {
+            let device = device::parse(&a.device)?;
+            let (config, out, resume) = match a.resume {
+                Some(dir) => (PretrainConfig::default(), dir, true),
+                None => {
+                    let mut sets = Vec::new();
+                    if let Some(t) = &a.task {
+                        sets.push(format!("task={}", quote(t)));
+                    }
+                    if let Some(d) = &a.data {
+                        sets.push(format!("data={}", quote(d)));
+                    }
+                    sets.extend(a.set.iter().cloned());
+                    let cfg: PretrainConfig = config::resolve(a.config.as_deref(), &sets, &tasks::names())?;
+                    let out = a.out.ok_or_else(|| Error::Usage("--out DIR is required (the run directory to create)".into()))?;
+                    (cfg, out, false)
+                }
+            };
+            let summary = train::pretrain(train::PretrainRequest {
+                config,
+                out,
+                device,
+                resume,
+                dataset: None,
+                skip_bad: a.skip_bad,
+                stop_after: a.stop_after,
+                quiet: a.quiet,
+            })?;
+            println!(
+                "{} {} steps of {} in {:.1}s ({:.0} items/s), final loss {:.4}; run in {}",
+                if summary.completed { "finished" } else { "stopped after" },
+                summary.steps_done,
+                summary.steps,
+                summary.wall_s,
+                summary.items_per_s,
+                summary.final_loss,
+                summary.run_dir.display()
+            );
+            Ok(())
+        }
+        Command::Transfer(a) => {
+            let device = device::parse(&a.device)?;
+            let from = Source::parse(&a.from);
+            let cfg: TransferConfig = config::resolve(a.config.as_deref(), &a.set, &[])?;
+            let data = match (&a.data, &from) {
+                (Some(d), _) => d.clone(),
+                (None, Source::Run(run)) => transfer::read_encoder_info(run)?.data,
+                (None, _) => return Err(Error::Usage("--data FORMAT:PATH is required with --from random|scratch".into())),
+            };
+            let mut pcfg = PretrainConfig { data, image_size: cfg.image_size, ..Default::default() };
+            if let Source::Run(run) = &from {
+                if let Ok(c) = config::from_toml_file::<PretrainConfig>(&run.join("config.toml")) {
+                    pcfg.image_size = c.image_size;
+                }
+            }
+            pcfg.limit = 0;
+            let dataset = train::open_dataset(&pcfg, false)?;
+            let req = TransferRequest {
+                from,
+                protocol: Protocol::parse(&a.protocol)?,
+                labels_per_class: PerClass::parse(&a.labels_per_class)?,
+                config: cfg,
+                out: a.out,
+                device,
+                quiet: a.quiet,
+            };
+            let (result, path) = transfer::transfer(&dataset, &req)?;
+            println!(
+                "{} probe of {} with {} labels/class ({} train, {} {}): ",
+                result.protocol.name(),
+                result.from,
+                result.labels_per_class,
+                result.n_train,
+                result.n_test,
+                result.evaluated_on
+            );
+            println!("accuracy: {:.4}", result.accuracy);
+            println!("written to {}", path.display());
+            Ok(())
+        }
+        Command::Demo(a) => demo::run(&a.out, &a.set, device::parse(&a.device)?, a.quiet).map(|_| ()),
+        Command::Bench(a) => bench::run(&bench::BenchOptions {
+            backbones: a.backbones.split(',').map(|s| s.trim().to_string()).collect(),
+            batch_size: a.batch_size,
+            steps: a.steps,
+            python: a.python,
+            device: a.device,
+            child: a.child,
+        }),
+    }
+}
+
+/// A value for `--set`: quoted so TOML reads it as a string.
+fn quote(s: &str) -> String {
+    format!("{:?}", s)
+}

@@ -1,0 +1,109 @@
+//! The backbone (encoder) that every pretext task trains and every transfer protocol reuses.
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::convnet::ConvNet;
+use super::resnet::ResNet;
+
+/// Which architecture, as named in configs and on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackboneKind {
+    /// Small 4-stage VGG-style conv net (CPU-sized).
+    Convnet,
+    /// CIFAR-style ResNet-18.
+    Resnet18,
+}
+
+impl BackboneKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "convnet" => Some(Self::Convnet),
+            "resnet18" => Some(Self::Resnet18),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Convnet => "convnet",
+            Self::Resnet18 => "resnet18",
+        }
+    }
+
+    /// Base width when the config leaves it at 0.
+    pub fn default_width(self) -> usize {
+        match self {
+            Self::Convnet => 32,
+            Self::Resnet18 => 64,
+        }
+    }
+}
+
+/// Everything needed to rebuild a backbone before loading its weights (saved as JSON with them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackboneSpec {
+    pub kind: BackboneKind,
+    pub in_channels: usize,
+    pub width: usize,
+}
+
+impl BackboneSpec {
+    pub fn init(&self, device: &Device) -> Backbone {
+        match self.kind {
+            BackboneKind::Convnet => Backbone::Convnet(ConvNet::new(self.in_channels, self.width, device)),
+            BackboneKind::Resnet18 => {
+                Backbone::Resnet18(ResNet::resnet18(self.in_channels, self.width, device))
+            }
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub enum Backbone {
+    Convnet(ConvNet),
+    Resnet18(ResNet),
+}
+
+impl Backbone {
+    /// Number of stages `features_at` accepts (1-based; the last equals `features`).
+    pub fn stages(&self) -> usize {
+        match self {
+            Self::Convnet(_) => ConvNet::STAGES,
+            Self::Resnet18(_) => ResNet::STAGES,
+        }
+    }
+
+    /// Width of the pooled feature vector.
+    pub fn dim(&self) -> usize {
+        match self {
+            Self::Convnet(m) => m.dim(),
+            Self::Resnet18(m) => m.dim(),
+        }
+    }
+
+    /// Width of `features_at(x, stage)`.
+    pub fn stage_dim(&self, stage: usize) -> usize {
+        match self {
+            Self::Convnet(m) => m.stage_dim(stage),
+            Self::Resnet18(m) => m.stage_dim(stage),
+        }
+    }
+
+    /// x: [batch, channels, h, w] → pooled features [batch, dim].
+    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        self.features_at(x, self.stages())
+    }
+
+    /// x: [batch, channels, h, w] → global-average-pooled output of `stage` [batch, stage_dim].
+    pub fn features_at(&self, x: Tensor<4>, stage: usize) -> Tensor<2> {
+        let map = match self {
+            Self::Convnet(m) => m.forward_to(x, stage),
+            Self::Resnet18(m) => m.forward_to(x, stage),
+        };
+        // [b, c, h, w] → mean over h, w → [b, c]
+        let [b, c, h, w] = map.dims();
+        map.reshape([b, c, h * w]).mean_dim(2).reshape([b, c])
+    }
+}

@@ -1,0 +1,10 @@
+//! Neural-network building blocks (burn Modules). Every backbone offers the same three calls:
+//! `features(x)` (pooled vector), `features_at(x, stage)` (pooled output of one stage, for
+//! per-layer probes) and `dim()`.
+
+pub mod backbone;
+pub mod convnet;
+pub mod heads;
+pub mod resnet;
+
+pub use backbone::{Backbone, BackboneKind, BackboneSpec};

@@ -1,0 +1,55 @@
+//! Pretext tasks: one file per task plus this registry. Adding a task is one new file and one
+//! line in [`TASKS`].
+
+use std::path::Path;
+
+use burn::prelude::*;
+
+use crate::config::PretrainConfig;
+use crate::data::loader::{Batch, MakeBatch};
+use crate::error::Result;
+use crate::input::InputSpec;
+use crate::nn::Backbone;
+use crate::train::step::StepStats;
+
+pub mod rotation;
+
+/// Everything a task needs to build itself.
+pub struct TaskContext<'a> {
+    pub config: &'a PretrainConfig,
+    pub input: &'a InputSpec,
+    /// The training device (autodiff enabled).
+    pub device: Device,
+}
+
+/// A registered task: its name on the command line, a one-line description, a constructor.
+pub struct TaskEntry {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub build: fn(&TaskContext) -> Result<Box<dyn PretextTask>>,
+}
+
+/// Every pretext task pretext knows, in the order `pretext tasks` lists them.
+pub const TASKS: &[TaskEntry] = &[rotation::ENTRY];
+
+pub fn find(name: &str) -> Option<&'static TaskEntry> {
+    TASKS.iter().find(|t| t.name == name)
+}
+
+pub fn names() -> Vec<&'static str> {
+    TASKS.iter().map(|t| t.name).collect()
+}
+
+/// A pretext task owns its model(s) and optimiser(s).
+pub trait PretextTask {
+    /// The CPU half: damage a batch of raw images and keep the answer. Runs on loader threads.
+    fn make_batch(&self) -> MakeBatch;
+    /// One optimisation step on a batch made by `make_batch`, at learning rate `lr`.
+    fn step(&mut self, batch: Batch, lr: f64) -> StepStats;
+    /// The part that transfers downstream.
+    fn encoder(&self) -> Backbone;
+    /// Write model and optimiser state into `dir` (an empty directory).
+    fn save(&self, dir: &Path) -> Result<()>;
+    /// Restore what `save` wrote.
+    fn load(&mut self, dir: &Path) -> Result<()>;
+}

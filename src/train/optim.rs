@@ -1,0 +1,21 @@
+//! Optimiser set-up from the config: AdamW or SGD with momentum.
+
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamWConfig, ModuleOptimizer, SgdConfig};
+
+use crate::config::{OptimizerKind, PretrainConfig};
+
+pub fn build_optimizer(cfg: &PretrainConfig) -> ModuleOptimizer {
+    optimizer(cfg.optimizer, cfg.weight_decay, cfg.momentum)
+}
+
+pub fn optimizer(kind: OptimizerKind, weight_decay: f64, momentum: f64) -> ModuleOptimizer {
+    match kind {
+        OptimizerKind::Adamw => AdamWConfig::new().with_weight_decay(weight_decay as f32).init(),
+        OptimizerKind::Sgd => SgdConfig::new()
+            .with_weight_decay((weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32)))
+            .with_momentum(Some(MomentumConfig::new().with_momentum(momentum).with_dampening(0.0)))
+            .init(),
+    }
+}

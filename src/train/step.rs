@@ -1,0 +1,64 @@
+//! One optimisation step for a classification-style pretext task (rotation, jigsaw, context …).
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+
+use crate::data::loader::Batch;
+
+/// Loss and any extra numbers a step reports (accuracy, …), read back from the device.
+#[derive(Clone, Debug, Default)]
+pub struct StepStats {
+    pub loss: f32,
+    pub metrics: Vec<(&'static str, f32)>,
+}
+
+/// The batch's images as a tensor: [b, c, h, w].
+pub fn images_tensor(batch: &Batch, device: &Device) -> Tensor<4> {
+    Tensor::from_data(
+        TensorData::new(batch.images.clone(), [batch.b, batch.c, batch.h, batch.w]),
+        device,
+    )
+}
+
+/// The batch's labels as an Int tensor: [b].
+pub fn labels_tensor(labels: &[u32], device: &Device) -> Tensor<1, Int> {
+    let v: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+    Tensor::from_data(TensorData::new(v, [labels.len()]), device)
+}
+
+/// Cross-entropy step: `forward` maps the model to logits [b, classes]; returns the updated model
+/// with loss and accuracy.
+pub fn classification_step<M: Module>(
+    model: M,
+    optim: &mut ModuleOptimizer,
+    lr: f64,
+    targets: Tensor<1, Int>,
+    forward: impl FnOnce(&M) -> Tensor<2>,
+) -> (M, StepStats) {
+    let logits = forward(&model);
+    let device = logits.device();
+    let loss = CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(logits.clone(), targets.clone());
+    let correct = logits
+        .detach()
+        .argmax(1)
+        .reshape([targets.dims()[0]])
+        .equal(targets.clone())
+        .int()
+        .sum()
+        .into_scalar::<i64>();
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let loss_value = loss.detach().into_scalar::<f32>();
+    let model = optim.step(lr, model, grads);
+    let acc = correct as f32 / targets.dims()[0] as f32;
+    (
+        model,
+        StepStats {
+            loss: loss_value,
+            metrics: vec![("acc", acc)],
+        },
+    )
+}

@@ -1,0 +1,120 @@
+//! Fine-tuning: the whole encoder plus a linear head trained end-to-end on the labelled subset,
+//! with light augmentation (random resized crop, horizontal flip). With a randomly initialised
+//! encoder this is the "from scratch" baseline: same architecture, same budget.
+
+use std::sync::Arc;
+
+use burn::module::Module;
+use burn::prelude::*;
+use rand::Rng;
+
+use crate::data::augment::{hflip, random_resized_crop};
+use crate::data::loader::{Batch, Loader, LoaderConfig};
+use crate::data::ImageSet;
+use crate::input::InputSpec;
+use crate::nn::heads::LinearHead;
+use crate::nn::Backbone;
+use crate::train::optim::optimizer;
+use crate::train::progress::Progress;
+use crate::train::schedule::lr_at;
+use crate::train::step::{classification_step, images_tensor, labels_tensor};
+use crate::transfer::features::normalized_images;
+use crate::transfer::linear_probe::accuracy;
+
+pub struct FinetuneSettings {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    pub crop_scale_min: f32,
+    pub flip: bool,
+    pub workers: usize,
+    pub quiet: bool,
+}
+
+#[derive(Module, Debug)]
+pub struct Classifier {
+    pub backbone: Backbone,
+    pub head: LinearHead,
+}
+
+impl Classifier {
+    /// x: [batch, c, h, w] → logits [batch, classes]
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.head.forward(self.backbone.features(x))
+    }
+}
+
+/// Fine-tune `encoder` on `train` (labelled), return accuracy on `test`.
+#[allow(clippy::too_many_arguments)]
+pub fn finetune(
+    encoder: Backbone,
+    train: ImageSet,
+    test: &ImageSet,
+    test_idx: &[usize],
+    classes: usize,
+    input: &InputSpec,
+    s: &FinetuneSettings,
+    device: &Device,
+) -> f32 {
+    let ad = device.clone().autodiff();
+    ad.seed(s.seed);
+    let dim = encoder.dim();
+    let mut model = Some(Classifier {
+        backbone: encoder.to_device(&ad).train(),
+        head: LinearHead::new(dim, classes, &ad),
+    });
+    let mut optim = optimizer(crate::config::OptimizerKind::Adamw, s.weight_decay, 0.9);
+    let (crop, flip, spec) = (s.crop_scale_min, s.flip, input.clone());
+    let size = input.height;
+    let make = Arc::new(move |images: &[crate::data::augment::Img], labels: &[u32], rng: &mut rand_chacha::ChaCha8Rng| {
+        let mut out = Vec::new();
+        for img in images {
+            let mut img = if crop < 1.0 && spec.height == spec.width {
+                random_resized_crop(img, size, (crop, 1.0), (3.0 / 4.0, 4.0 / 3.0), rng)
+            } else {
+                img.clone()
+            };
+            if flip && rng.gen_bool(0.5) {
+                img = hflip(&img);
+            }
+            spec.normalize(&mut img);
+            out.extend_from_slice(&img.data);
+        }
+        Batch { index: 0, b: images.len(), c: spec.channels, h: spec.height, w: spec.width, images: out, labels: labels.to_vec(), extra: Vec::new() }
+    });
+    let bs = s.batch_size.min(train.n);
+    let loader = Loader::new(
+        Arc::new(train),
+        LoaderConfig { batch_size: bs, seed: s.seed, workers: s.workers, prefetch: 4, start_batch: 0, drop_last: true },
+        make,
+    );
+    let progress = Progress::new("finetune", 0, s.steps, s.quiet);
+    for (step, batch) in loader.take(s.steps as usize).enumerate() {
+        let x = images_tensor(&batch, &ad);
+        let y = labels_tensor(&batch.labels, &ad);
+        let lr = lr_at(step as u64, s.lr, s.steps / 20, s.steps, 0.0);
+        let (m, stats) = classification_step(model.take().expect("model"), &mut optim, lr, y, |m| m.forward(x));
+        model = Some(m);
+        let log = (step + 1) % 50 == 0;
+        progress.update(step as u64 + 1, &format!("loss {:.4} acc {:.3}", stats.loss, stats.metrics[0].1), log, Default::default());
+    }
+    progress.finish();
+    let model = model.expect("model").valid().to_device(device);
+    let (c, h, w) = (test.channels, test.height, test.width);
+    let x = normalized_images(test, test_idx, input);
+    let y: Vec<u32> = test_idx.iter().map(|&i| test.labels.as_ref().expect("labelled")[i]).collect();
+    let dim_in = c * h * w;
+    // The classifier takes images; wrap rows of flattened images back into [n, c, h, w].
+    accuracy(
+        |rows| {
+            let n = rows.dims()[0];
+            model.forward(rows.reshape([n, c, h, w]))
+        },
+        &x,
+        &y,
+        dim_in,
+        device,
+    )
+}

@@ -1,0 +1,284 @@
+//! Transfer to a labelled downstream task: linear probe, k-NN or fine-tuning, with a few labels
+//! per class, from a pretrained run, from a frozen random encoder, or from scratch.
+
+pub mod features;
+pub mod finetune;
+pub mod knn;
+pub mod labels;
+pub mod linear_probe;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::prelude::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Dataset, ImageSet};
+use crate::error::{Error, Result};
+use crate::input::InputSpec;
+use crate::nn::{Backbone, BackboneKind, BackboneSpec};
+use crate::train::checkpoint::{load_encoder, write_atomic};
+use crate::train::EncoderInfo;
+use labels::PerClass;
+
+/// Where the encoder comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    /// A pretraining run directory.
+    Run(PathBuf),
+    /// The same architecture with random weights, frozen (the floor any pretext task must beat).
+    Random,
+    /// Random weights trained on the labels only (fine-tuning from scratch).
+    Scratch,
+}
+
+impl Source {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "random" => Self::Random,
+            "scratch" => Self::Scratch,
+            path => Self::Run(PathBuf::from(path)),
+        }
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            Self::Run(p) => p.display().to_string(),
+            Self::Random => "random".into(),
+            Self::Scratch => "scratch".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Linear,
+    Knn,
+    Finetune,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "linear" => Ok(Self::Linear),
+            "knn" => Ok(Self::Knn),
+            "finetune" => Ok(Self::Finetune),
+            _ => Err(Error::Usage(format!("--protocol {s}: expected linear, knn or finetune"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Linear => "linear",
+            Self::Knn => "knn",
+            Self::Finetune => "finetune",
+        }
+    }
+}
+
+/// Transfer settings (`--set key=value`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TransferConfig {
+    pub seed: u64,
+    /// Backbone for `--from random|scratch` (a run brings its own).
+    pub backbone: BackboneKind,
+    /// Backbone base width for `--from random|scratch`; 0 = default.
+    pub width: usize,
+    /// Encoder stage whose pooled output is probed (linear, knn); 0 = last.
+    pub stage: usize,
+    pub probe_steps: u64,
+    pub probe_batch_size: usize,
+    pub probe_lr: f64,
+    pub probe_weight_decay: f64,
+    pub knn_k: usize,
+    pub knn_temperature: f32,
+    pub finetune_steps: u64,
+    pub finetune_batch_size: usize,
+    pub finetune_lr: f64,
+    pub finetune_weight_decay: f64,
+    pub finetune_crop_scale_min: f32,
+    pub finetune_flip: bool,
+    /// Evaluate on at most this many test images; 0 = all.
+    pub test_limit: usize,
+    /// Folder images are resized to this square size (when not given by the run).
+    pub image_size: usize,
+    pub workers: usize,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            backbone: BackboneKind::Convnet,
+            width: 0,
+            stage: 0,
+            probe_steps: 500,
+            probe_batch_size: 256,
+            probe_lr: 1e-2,
+            probe_weight_decay: 1e-3,
+            knn_k: 200,
+            knn_temperature: 0.1,
+            finetune_steps: 300,
+            finetune_batch_size: 64,
+            finetune_lr: 1e-3,
+            finetune_weight_decay: 5e-4,
+            finetune_crop_scale_min: 0.8,
+            finetune_flip: true,
+            test_limit: 0,
+            image_size: 32,
+            workers: 0,
+        }
+    }
+}
+
+pub struct TransferRequest {
+    pub from: Source,
+    pub protocol: Protocol,
+    pub labels_per_class: PerClass,
+    pub config: TransferConfig,
+    /// Where the result JSON goes; a run writes into `RUN/transfer/` by default.
+    pub out: Option<PathBuf>,
+    pub device: Device,
+    pub quiet: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TransferResult {
+    pub from: String,
+    pub protocol: Protocol,
+    pub labels_per_class: String,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub stage: usize,
+    pub accuracy: f32,
+    pub seed: u64,
+    pub wall_s: f64,
+    /// "test split" or "held-out 20% of train" when the data has no test split.
+    pub evaluated_on: String,
+}
+
+/// Run one transfer evaluation on `dataset` and write its JSON next to the run (or into `out`).
+pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferResult, PathBuf)> {
+    let t0 = Instant::now();
+    let cfg = &req.config;
+    let labels = dataset.train.labels.as_ref().ok_or_else(|| {
+        Error::Usage(format!("{}: the training images have no labels, so there is nothing to transfer to", dataset.name))
+    })?;
+    // Labelled pool and evaluation set.
+    let (pool, test_set, test_idx, evaluated_on): (Vec<usize>, &ImageSet, Vec<usize>, String) =
+        match &dataset.test {
+            Some(t) if t.labels.is_some() => ((0..dataset.train.n).collect(), t, (0..t.n).collect(), "test split".into()),
+            _ => {
+                let (tr, te) = labels::holdout_split(labels, 0.2, cfg.seed);
+                (tr, &dataset.train, te, "held-out 20% of train".into())
+            }
+        };
+    let test_idx: Vec<usize> = if cfg.test_limit > 0 { test_idx.into_iter().take(cfg.test_limit).collect() } else { test_idx };
+    let pool_labels: Vec<u32> = pool.iter().map(|&i| labels[i]).collect();
+    let chosen: Vec<usize> = labels::balanced_subset(&pool_labels, req.labels_per_class, cfg.seed)?
+        .into_iter()
+        .map(|j| pool[j])
+        .collect();
+    let classes = dataset.classes.len().max(labels.iter().copied().max().map_or(0, |m| m as usize + 1));
+
+    let (encoder, input) = load_source(&req.from, dataset, cfg, &req.device)?;
+    input.check(&dataset.train, &dataset.name)?;
+    let stage = if cfg.stage == 0 { encoder.stages() } else { cfg.stage };
+    if stage > encoder.stages() {
+        return Err(Error::config("stage", format!("the encoder has {} stages, found {stage}", encoder.stages())));
+    }
+    let test_labels = test_set.labels.as_ref().expect("evaluation set is labelled");
+    let test_y: Vec<u32> = test_idx.iter().map(|&i| test_labels[i]).collect();
+    let train_y: Vec<u32> = chosen.iter().map(|&i| labels[i]).collect();
+
+    let protocol = if req.from == Source::Scratch { Protocol::Finetune } else { req.protocol };
+    if req.from == Source::Scratch && req.protocol != Protocol::Finetune {
+        return Err(Error::Usage("--from scratch trains the encoder on the labels, so it needs --protocol finetune".into()));
+    }
+    let accuracy = match protocol {
+        Protocol::Linear | Protocol::Knn => {
+            let (train_x, dim) = features::extract(&encoder, &dataset.train, &chosen, &input, Some(stage), &req.device);
+            let (test_x, _) = features::extract(&encoder, test_set, &test_idx, &input, Some(stage), &req.device);
+            if protocol == Protocol::Linear {
+                let s = linear_probe::ProbeSettings {
+                    steps: cfg.probe_steps,
+                    batch_size: cfg.probe_batch_size,
+                    lr: cfg.probe_lr,
+                    weight_decay: cfg.probe_weight_decay,
+                    seed: cfg.seed,
+                };
+                linear_probe::linear_probe(train_x, &train_y, test_x, &test_y, dim, classes, &s, &req.device)
+            } else {
+                knn::knn_accuracy(train_x, &train_y, test_x, &test_y, dim, classes, cfg.knn_k, cfg.knn_temperature, &req.device)
+            }
+        }
+        Protocol::Finetune => {
+            let s = finetune::FinetuneSettings {
+                steps: cfg.finetune_steps,
+                batch_size: cfg.finetune_batch_size,
+                lr: cfg.finetune_lr,
+                weight_decay: cfg.finetune_weight_decay,
+                seed: cfg.seed,
+                crop_scale_min: cfg.finetune_crop_scale_min,
+                flip: cfg.finetune_flip,
+                workers: if cfg.workers == 0 { crate::train::default_workers() } else { cfg.workers },
+                quiet: req.quiet,
+            };
+            finetune::finetune(encoder, dataset.train.subset(&chosen), test_set, &test_idx, classes, &input, &s, &req.device)
+        }
+    };
+    let result = TransferResult {
+        from: req.from.label(),
+        protocol,
+        labels_per_class: req.labels_per_class.label(),
+        n_train: chosen.len(),
+        n_test: test_idx.len(),
+        stage,
+        accuracy,
+        seed: cfg.seed,
+        wall_s: t0.elapsed().as_secs_f64(),
+        evaluated_on,
+    };
+    let dir = match (&req.out, &req.from) {
+        (Some(d), _) => d.clone(),
+        (None, Source::Run(run)) => run.join("transfer"),
+        (None, other) => PathBuf::from("runs").join(format!("baseline-{}", other.label())),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let path = dir.join(format!("{}-{}-seed{}.json", protocol.name(), req.labels_per_class.label(), cfg.seed));
+    write_atomic(&path, &serde_json::to_vec_pretty(&result).expect("json"))?;
+    Ok((result, path))
+}
+
+/// Build the encoder (on the plain, non-autodiff device) and the input spec it expects.
+fn load_source(from: &Source, dataset: &Dataset, cfg: &TransferConfig, device: &Device) -> Result<(Backbone, InputSpec)> {
+    match from {
+        Source::Run(run) => {
+            let info = read_encoder_info(run)?;
+            let weights = crate::train::encoder_weights(run)?;
+            let encoder = load_encoder(info.backbone.init(device), &weights)?;
+            Ok((encoder, info.input))
+        }
+        Source::Random | Source::Scratch => {
+            let input = InputSpec::from_images(&dataset.train);
+            let width = if cfg.width == 0 { cfg.backbone.default_width() } else { cfg.width };
+            device.seed(cfg.seed);
+            let spec = BackboneSpec { kind: cfg.backbone, in_channels: input.channels, width };
+            Ok((spec.init(device), input))
+        }
+    }
+}
+
+pub fn read_encoder_info(run: &Path) -> Result<EncoderInfo> {
+    let path = run.join("encoder.json");
+    let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Usage(format!(
+            "--from {}: no encoder.json there; pass a directory written by `pretext pretrain`, or 'random' / 'scratch'",
+            run.display()
+        )),
+        _ => Error::io(&path, e),
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::checkpoint(&path, e))
+}
