@@ -47,8 +47,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Save a module's parameters and buffers. `valid()` first: it folds the pending per-thread update
+/// of batch-norm running statistics into the stored value (burn keeps it one step behind until
+/// then), so a checkpoint holds exactly the state training would continue with.
 pub fn save_module<M: Module>(module: M, path: &Path) -> Result<()> {
     let bytes = module
+        .valid()
         .into_record()
         .into_bytes()
         .map_err(|e| Error::checkpoint(path, e))?;
@@ -73,8 +77,12 @@ pub fn load_optimizer(optim: ModuleOptimizer, path: &Path) -> Result<ModuleOptim
 
 /// Save an encoder's weights as safetensors (the interchange format users load elsewhere).
 pub fn save_encoder(encoder: &Backbone, path: &Path) -> Result<()> {
-    let mut store = SafetensorsStore::from_bytes(None);
-    encoder.save_into(&mut store).map_err(|e| Error::checkpoint(path, e))?;
+    // One metadata key only: burn keeps metadata in a HashMap, so several keys would be written in
+    // a different order each time and identical weights would give different files.
+    let mut store = SafetensorsStore::from_bytes(None)
+        .clear_metadata()
+        .metadata("producer", concat!("pretext ", env!("CARGO_PKG_VERSION"), " (burn 0.22.1)"));
+    encoder.valid().save_into(&mut store).map_err(|e| Error::checkpoint(path, e))?;
     let bytes = store.get_bytes().map_err(|e| Error::checkpoint(path, e))?;
     write_atomic(path, &bytes)
 }
