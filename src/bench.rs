@@ -67,19 +67,50 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     );
     println!(
         "{:<10} {:>10} {:>12} {:>10} {:>14} {:>12} {:>12} {:>8} {:>14}",
-        "backbone", "params", "pretext/s", "peak MB", "loader img/s", "torch params", "pytorch/s", "torch MB", "pretext/torch"
+        "backbone",
+        "params",
+        "pretext/s",
+        "peak MB",
+        "loader img/s",
+        "torch params",
+        "pytorch/s",
+        "torch MB",
+        "pretext/torch"
     );
     for name in &opts.backbones {
         let out = Command::new(&exe)
-            .args(["bench", "--child", name, "--batch-size", &opts.batch_size.to_string(), "--steps", &opts.steps.to_string(), "--device", &opts.device])
+            .args([
+                "bench",
+                "--child",
+                name,
+                "--batch-size",
+                &opts.batch_size.to_string(),
+                "--steps",
+                &opts.steps.to_string(),
+                "--device",
+                &opts.device,
+            ])
             .output()
             .map_err(|e| Error::io(&exe, e))?;
         let ours: Measurement = serde_json::from_slice(last_line(&out.stdout)).map_err(|_| {
-            Error::Usage(format!("bench child for {name} failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+            Error::Usage(format!(
+                "bench child for {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         })?;
         let torch_device = if opts.device == "cpu" { "cpu" } else { "cuda" };
         let reference = Command::new(&opts.python)
-            .args([script, "--backbone", name, "--batch", &items.to_string(), "--steps", &opts.steps.to_string(), "--device", torch_device])
+            .args([
+                script,
+                "--backbone",
+                name,
+                "--batch",
+                &items.to_string(),
+                "--steps",
+                &opts.steps.to_string(),
+                "--device",
+                torch_device,
+            ])
             .output();
         let theirs: Option<serde_json::Value> = reference
             .ok()
@@ -99,7 +130,15 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         };
         println!(
             "{:<10} {:>10} {:>12.1} {:>10.0} {:>14.0} {:>12} {:>12} {:>8} {:>14}",
-            ours.backbone, ours.params, ours.items_per_s, ours.peak_rss_mb, ours.loader_items_per_s, tp, ts, tm, ratio
+            ours.backbone,
+            ours.params,
+            ours.items_per_s,
+            ours.peak_rss_mb,
+            ours.loader_items_per_s,
+            tp,
+            ts,
+            tm,
+            ratio
         );
     }
     Ok(())
@@ -114,19 +153,29 @@ fn last_line(bytes: &[u8]) -> &[u8] {
 }
 
 fn measure(name: &str, opts: &BenchOptions) -> Result<Measurement> {
-    let kind = BackboneKind::parse(name)
-        .ok_or_else(|| Error::Usage(format!("--backbones: unknown backbone '{name}'; expected convnet or resnet18")))?;
+    let kind = BackboneKind::parse(name).ok_or_else(|| {
+        Error::Usage(format!(
+            "--backbones: unknown backbone '{name}'; expected convnet or resnet18"
+        ))
+    })?;
     let device = crate::device::parse(&opts.device)?.autodiff();
     device.seed(0);
     let dataset = crate::demo::builtin_dataset()?;
     let set = dataset.train.take(opts.batch_size.max(256));
     let input = InputSpec::from_images(&set);
-    let spec = BackboneSpec { kind, in_channels: input.channels, width: kind.default_width() };
+    let spec = BackboneSpec {
+        kind,
+        in_channels: input.channels,
+        width: kind.default_width(),
+    };
     let backbone = spec.init(&device);
     let head = LinearHead::new(backbone.dim(), 4, &device);
     let mut model = Some(RotationModel { backbone, head });
     let params = model.as_ref().map_or(0, |m| m.num_params());
-    let cfg = PretrainConfig { backbone: kind, ..Default::default() };
+    let cfg = PretrainConfig {
+        backbone: kind,
+        ..Default::default()
+    };
     let mut optim = build_optimizer(&cfg);
     let rot = RotationConfig::default();
     let images: Vec<Img> = (0..opts.batch_size)
@@ -137,7 +186,10 @@ fn measure(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     let mut step = |model: &mut Option<RotationModel>| {
         let x = images_tensor(&batch, &device);
         let y = labels_tensor(&batch.labels, &device);
-        let (m, stats) = classification_step(model.take().expect("model"), &mut optim, 1e-3, y, |m| m.forward(x));
+        let (m, stats) =
+            classification_step(model.take().expect("model"), &mut optim, 1e-3, y, |m| {
+                m.forward(x)
+            });
         *model = Some(m);
         stats.loss
     };
@@ -155,8 +207,19 @@ fn measure(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     let (rot2, input2) = (rot.clone(), input.clone());
     let loader = Loader::new(
         Arc::new(set),
-        LoaderConfig { batch_size: opts.batch_size, seed: 0, workers: crate::train::default_workers(), prefetch: 4, start_batch: 0, drop_last: true },
-        Arc::new(move |imgs: &[Img], _l: &[u32], rng: &mut rand_chacha::ChaCha8Rng| make_batch(imgs, &rot2, &input2, rng)),
+        LoaderConfig {
+            batch_size: opts.batch_size,
+            seed: 0,
+            workers: crate::train::default_workers(),
+            prefetch: 4,
+            start_batch: 0,
+            drop_last: true,
+        },
+        Arc::new(
+            move |imgs: &[Img], _l: &[u32], rng: &mut rand_chacha::ChaCha8Rng| {
+                make_batch(imgs, &rot2, &input2, rng)
+            },
+        ),
     );
     let t1 = Instant::now();
     let mut n = 0usize;
@@ -167,5 +230,11 @@ fn measure(name: &str, opts: &BenchOptions) -> Result<Measurement> {
         }
     }
     let loader_items_per_s = n as f64 / t1.elapsed().as_secs_f64();
-    Ok(Measurement { backbone: name.into(), params, items_per_s, peak_rss_mb: peak, loader_items_per_s })
+    Ok(Measurement {
+        backbone: name.into(),
+        params,
+        items_per_s,
+        peak_rss_mb: peak,
+        loader_items_per_s,
+    })
 }

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "pretext", version, about = "Self-supervised pretraining on unlabelled images, transfer with few labels")]
+#[command(
+    name = "pretext",
+    version,
+    about = "Self-supervised pretraining on unlabelled images, transfer with few labels"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -111,10 +111,16 @@ impl PretrainConfig {
         positive("prefetch", self.prefetch as f64)?;
         positive("image_size", self.image_size as f64)?;
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return Err(Error::config("min_lr_ratio", format!("must be in [0, 1], found {}", self.min_lr_ratio)));
+            return Err(Error::config(
+                "min_lr_ratio",
+                format!("must be in [0, 1], found {}", self.min_lr_ratio),
+            ));
         }
         if self.weight_decay < 0.0 {
-            return Err(Error::config("weight_decay", format!("must be >= 0, found {}", self.weight_decay)));
+            return Err(Error::config(
+                "weight_decay",
+                format!("must be >= 0, found {}", self.weight_decay),
+            ));
         }
         Ok(())
     }
@@ -164,7 +170,10 @@ where
     if let Some(path) = preset {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let file: toml::Table = toml::from_str(&text).map_err(|e| {
-            Error::config(path.display().to_string(), e.to_string().trim_end().replace('\n', " "))
+            Error::config(
+                path.display().to_string(),
+                e.to_string().trim_end().replace('\n', " "),
+            )
         })?;
         for (k, v) in file {
             merge(&mut table, &k, v);
@@ -186,9 +195,9 @@ where
             let entry = node
                 .entry(part.to_string())
                 .or_insert_with(|| toml::Value::Table(Default::default()));
-            node = entry.as_table_mut().ok_or_else(|| {
-                Error::config(key, format!("'{part}' is not a table"))
-            })?;
+            node = entry
+                .as_table_mut()
+                .ok_or_else(|| Error::config(key, format!("'{part}' is not a table")))?;
         }
         node.insert(parts[parts.len() - 1].to_string(), value);
     }
@@ -198,13 +207,16 @@ where
             let mut valid: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
             valid.extend(sections);
             valid.sort();
-            return Err(Error::config(k, format!("unknown key; valid keys: {}", valid.join(", "))));
+            return Err(Error::config(
+                k,
+                format!("unknown key; valid keys: {}", valid.join(", ")),
+            ));
         }
     }
     let value = toml::Value::Table(table);
-    value.try_into().map_err(|e: toml::de::Error| {
-        Error::config("config", e.message().to_string())
-    })
+    value
+        .try_into()
+        .map_err(|e: toml::de::Error| Error::config("config", e.message().to_string()))
 }
 
 fn merge(table: &mut toml::Table, key: &str, value: toml::Value) {
@@ -228,7 +240,8 @@ pub fn to_toml<T: Serialize>(cfg: &T) -> String {
 /// Read a config saved by `to_toml`.
 pub fn from_toml_file<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    toml::from_str(&text).map_err(|e| Error::config(path.display().to_string(), e.message().to_string()))
+    toml::from_str(&text)
+        .map_err(|e| Error::config(path.display().to_string(), e.message().to_string()))
 }
 
 #[cfg(test)]
@@ -237,8 +250,16 @@ mod tests {
 
     #[test]
     fn overrides_apply_and_unknown_keys_fail() {
-        let cfg: PretrainConfig =
-            resolve(None, &["steps=300".into(), "batch_size=16".into(), "backbone=resnet18".into()], &["rotation"]).unwrap();
+        let cfg: PretrainConfig = resolve(
+            None,
+            &[
+                "steps=300".into(),
+                "batch_size=16".into(),
+                "backbone=resnet18".into(),
+            ],
+            &["rotation"],
+        )
+        .unwrap();
         assert_eq!(cfg.steps, 300);
         assert_eq!(cfg.batch_size, 16);
         assert_eq!(cfg.backbone, BackboneKind::Resnet18);
@@ -247,13 +268,24 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         let err = resolve::<PretrainConfig>(None, &["steps=-3".into()], &[]).unwrap_err();
         assert!(err.to_string().contains("config"), "{err}");
-        let cfg: PretrainConfig = resolve(None, &["rotation.flip=false".into()], &["rotation"]).unwrap();
-        assert_eq!(cfg.section("rotation").get("flip").and_then(|v| v.as_bool()), Some(false));
+        let cfg: PretrainConfig =
+            resolve(None, &["rotation.flip=false".into()], &["rotation"]).unwrap();
+        assert_eq!(
+            cfg.section("rotation")
+                .get("flip")
+                .and_then(|v| v.as_bool()),
+            Some(false)
+        );
     }
 
     #[test]
     fn toml_round_trip() {
-        let cfg: PretrainConfig = resolve(None, &["rotation.flip=false".into(), "data=idx:x".into()], &["rotation"]).unwrap();
+        let cfg: PretrainConfig = resolve(
+            None,
+            &["rotation.flip=false".into(), "data=idx:x".into()],
+            &["rotation"],
+        )
+        .unwrap();
         let text = to_toml(&cfg);
         let back: PretrainConfig = toml::from_str(&text).unwrap();
         assert_eq!(to_toml(&back), text);

@@ -58,7 +58,10 @@ pub fn run(out: &Path, sets: &[String], device: Device, quiet: bool) -> Result<V
     if !quiet {
         println!(
             "demo: pretraining a {} by {} on {} unlabelled Fashion-MNIST images for {} steps",
-            cfg.backbone.name(), cfg.task, dataset.train.n, cfg.steps
+            cfg.backbone.name(),
+            cfg.task,
+            dataset.train.n,
+            cfg.steps
         );
     }
     let summary = train::pretrain(PretrainRequest {
@@ -72,7 +75,10 @@ pub fn run(out: &Path, sets: &[String], device: Device, quiet: bool) -> Result<V
         quiet,
     })?;
     let mut rows = Vec::new();
-    for (name, from) in [("rotation-pretrained", Source::Run(out.to_path_buf())), ("random weights", Source::Random)] {
+    for (name, from) in [
+        ("rotation-pretrained", Source::Run(out.to_path_buf())),
+        ("random weights", Source::Random),
+    ] {
         let mut accs = [0f32; 2];
         for (i, protocol) in [Protocol::Linear, Protocol::Knn].into_iter().enumerate() {
             let req = TransferRequest {
@@ -86,16 +92,29 @@ pub fn run(out: &Path, sets: &[String], device: Device, quiet: bool) -> Result<V
             };
             accs[i] = transfer::transfer(&dataset, &req)?.0.accuracy;
         }
-        rows.push(DemoRow { encoder: name.into(), linear: accs[0], knn: accs[1] });
+        rows.push(DemoRow {
+            encoder: name.into(),
+            linear: accs[0],
+            knn: accs[1],
+        });
     }
     println!();
-    println!("pretraining: {} steps in {:.0}s, final rotation loss {:.3}", summary.steps_done, summary.wall_s, summary.final_loss);
-    println!("test accuracy on {} Fashion-MNIST test images, 10 labels per class:", dataset.test.as_ref().map_or(0, |t| t.n));
+    println!(
+        "pretraining: {} steps in {:.0}s, final rotation loss {:.3}",
+        summary.steps_done, summary.wall_s, summary.final_loss
+    );
+    println!(
+        "test accuracy on {} Fashion-MNIST test images, 10 labels per class:",
+        dataset.test.as_ref().map_or(0, |t| t.n)
+    );
     println!("{:<22} {:>13} {:>13}", "encoder", "linear probe", "k-NN");
     for r in &rows {
         println!("{:<22} {:>13.4} {:>13.4}", r.encoder, r.linear, r.knn);
     }
-    crate::train::checkpoint::write_atomic(&out.join("demo.json"), &serde_json::to_vec_pretty(&rows).expect("json"))?;
+    crate::train::checkpoint::write_atomic(
+        &out.join("demo.json"),
+        &serde_json::to_vec_pretty(&rows).expect("json"),
+    )?;
     Ok(rows)
 }
 
@@ -106,9 +125,16 @@ fn clear_previous(out: &Path) -> Result<()> {
     }
     if out.join("config.toml").exists() && out.join("encoder.json").exists() {
         std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))
-    } else if std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_none() {
+    } else if std::fs::read_dir(out)
+        .map_err(|e| Error::io(out, e))?
+        .next()
+        .is_none()
+    {
         Ok(())
     } else {
-        Err(Error::Usage(format!("{} exists and is not an earlier demo run; choose another --out", out.display())))
+        Err(Error::Usage(format!(
+            "{} exists and is not an earlier demo run; choose another --out",
+            out.display()
+        )))
     }
 }

@@ -4,7 +4,9 @@ mod cli;
 
 use clap::Parser;
 use pretext::config::{self, PretrainConfig};
-use pretext::transfer::{self, labels::PerClass, Protocol, Source, TransferConfig, TransferRequest};
+use pretext::transfer::{
+    self, labels::PerClass, Protocol, Source, TransferConfig, TransferRequest,
+};
 use pretext::{bench, demo, device, tasks, train, Error, Result};
 
 use cli::{Cli, Command};
@@ -40,8 +42,11 @@ fn run(cli: Cli) -> Result<()> {
                         sets.push(format!("data={}", quote(d)));
                     }
                     sets.extend(a.set.iter().cloned());
-                    let cfg: PretrainConfig = config::resolve(a.config.as_deref(), &sets, &tasks::names())?;
-                    let out = a.out.ok_or_else(|| Error::Usage("--out DIR is required (the run directory to create)".into()))?;
+                    let cfg: PretrainConfig =
+                        config::resolve(a.config.as_deref(), &sets, &tasks::names())?;
+                    let out = a.out.ok_or_else(|| {
+                        Error::Usage("--out DIR is required (the run directory to create)".into())
+                    })?;
                     (cfg, out, false)
                 }
             };
@@ -57,7 +62,11 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             println!(
                 "{} {} steps of {} in {:.1}s ({:.0} items/s), final loss {:.4}; run in {}",
-                if summary.completed { "finished" } else { "stopped after" },
+                if summary.completed {
+                    "finished"
+                } else {
+                    "stopped after"
+                },
                 summary.steps_done,
                 summary.steps,
                 summary.wall_s,
@@ -74,9 +83,17 @@ fn run(cli: Cli) -> Result<()> {
             let data = match (&a.data, &from) {
                 (Some(d), _) => d.clone(),
                 (None, Source::Run(run)) => transfer::read_encoder_info(run)?.data,
-                (None, _) => return Err(Error::Usage("--data FORMAT:PATH is required with --from random|scratch".into())),
+                (None, _) => {
+                    return Err(Error::Usage(
+                        "--data FORMAT:PATH is required with --from random|scratch".into(),
+                    ))
+                }
             };
-            let mut pcfg = PretrainConfig { data, image_size: cfg.image_size, ..Default::default() };
+            let mut pcfg = PretrainConfig {
+                data,
+                image_size: cfg.image_size,
+                ..Default::default()
+            };
             if let Source::Run(run) = &from {
                 if let Ok(c) = config::from_toml_file::<PretrainConfig>(&run.join("config.toml")) {
                     pcfg.image_size = c.image_size;
@@ -107,9 +124,15 @@ fn run(cli: Cli) -> Result<()> {
             println!("written to {}", path.display());
             Ok(())
         }
-        Command::Demo(a) => demo::run(&a.out, &a.set, device::parse(&a.device)?, a.quiet).map(|_| ()),
+        Command::Demo(a) => {
+            demo::run(&a.out, &a.set, device::parse(&a.device)?, a.quiet).map(|_| ())
+        }
         Command::Bench(a) => bench::run(&bench::BenchOptions {
-            backbones: a.backbones.split(',').map(|s| s.trim().to_string()).collect(),
+            backbones: a
+                .backbones
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .collect(),
             batch_size: a.batch_size,
             steps: a.steps,
             python: a.python,

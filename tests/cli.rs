@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn fashion() -> String {
-    format!("idx:{}/../shared/data/fashion-mnist", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "idx:{}/../shared/data/fashion-mnist",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 fn pretext(args: &[&str]) -> Output {
@@ -38,14 +41,28 @@ fn tmp() -> tempfile::TempDir {
 }
 
 const SMALL: &[&str] = &[
-    "--set", "limit=512", "--set", "steps=12", "--set", "batch_size=16", "--set", "log_every=4",
-    "--set", "checkpoint_every=6", "--set", "width=8", "--set", "warmup_steps=2",
+    "--set",
+    "limit=512",
+    "--set",
+    "steps=12",
+    "--set",
+    "batch_size=16",
+    "--set",
+    "log_every=4",
+    "--set",
+    "checkpoint_every=6",
+    "--set",
+    "width=8",
+    "--set",
+    "warmup_steps=2",
 ];
 
 fn pretrain(out: &Path) -> String {
     let data = fashion();
     let out_s = out.to_str().unwrap();
-    let mut args = vec!["pretrain", "--task", "rotation", "--data", &data, "--out", out_s, "--quiet"];
+    let mut args = vec![
+        "pretrain", "--task", "rotation", "--data", &data, "--out", out_s, "--quiet",
+    ];
     args.extend_from_slice(SMALL);
     ok(&args)
 }
@@ -56,28 +73,60 @@ fn pretrain_then_transfer_writes_the_expected_files() {
     let run = dir.path().join("rot");
     let stdout = pretrain(&run);
     assert!(stdout.contains("finished 12 steps"), "{stdout}");
-    for f in ["config.toml", "encoder.json", "metrics.jsonl", "encoder.safetensors", "summary.json", "checkpoints/latest"] {
+    for f in [
+        "config.toml",
+        "encoder.json",
+        "metrics.jsonl",
+        "encoder.safetensors",
+        "summary.json",
+        "checkpoints/latest",
+    ] {
         assert!(run.join(f).exists(), "missing {f}");
     }
     let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
     assert_eq!(latest, "step-00000012");
-    for f in ["model.bpk", "optimizer.bpk", "encoder.safetensors", "state.json"] {
-        assert!(run.join("checkpoints/step-00000012").join(f).exists(), "missing checkpoint file {f}");
+    for f in [
+        "model.bpk",
+        "optimizer.bpk",
+        "encoder.safetensors",
+        "state.json",
+    ] {
+        assert!(
+            run.join("checkpoints/step-00000012").join(f).exists(),
+            "missing checkpoint file {f}"
+        );
     }
     // Metrics: one line per 4 steps, with loss and accuracy.
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let steps: Vec<u64> = metrics
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(steps, vec![4, 8, 12]);
     // The resolved config records the overrides.
     let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
-    assert!(cfg.contains("steps = 12") && cfg.contains("batch_size = 16"), "{cfg}");
+    assert!(
+        cfg.contains("steps = 12") && cfg.contains("batch_size = 16"),
+        "{cfg}"
+    );
 
     let run_s = run.to_str().unwrap();
-    let mut common = vec!["--labels-per-class", "5", "--quiet", "--set", "test_limit=500"];
-    let out = ok(&[&["transfer", "--from", run_s, "--protocol", "linear"][..], &common].concat());
+    let mut common = vec![
+        "--labels-per-class",
+        "5",
+        "--quiet",
+        "--set",
+        "test_limit=500",
+    ];
+    let out = ok(&[
+        &["transfer", "--from", run_s, "--protocol", "linear"][..],
+        &common,
+    ]
+    .concat());
     let acc = accuracy(&out);
     // 10 classes: anything a working probe learns is above chance; a broken one sits near 0.1.
     assert!(acc > 0.2 && acc <= 1.0, "linear accuracy {acc}");
@@ -87,16 +136,37 @@ fn pretrain_then_transfer_writes_the_expected_files() {
     assert_eq!(v["n_test"], 500);
     assert!((v["accuracy"].as_f64().unwrap() as f32 - acc).abs() < 1e-4);
 
-    let knn = accuracy(&ok(&[&["transfer", "--from", run_s, "--protocol", "knn"][..], &common].concat()));
+    let knn = accuracy(&ok(&[
+        &["transfer", "--from", run_s, "--protocol", "knn"][..],
+        &common,
+    ]
+    .concat()));
     assert!(knn > 0.2, "knn accuracy {knn}");
 
     let data = fashion();
     let base = dir.path().join("base");
     let base_s = base.to_str().unwrap();
-    common.extend_from_slice(&["--data", &data, "--out", base_s, "--set", "width=8", "--set", "finetune_steps=20"]);
-    let random = accuracy(&ok(&[&["transfer", "--from", "random", "--protocol", "linear"][..], &common].concat()));
+    common.extend_from_slice(&[
+        "--data",
+        &data,
+        "--out",
+        base_s,
+        "--set",
+        "width=8",
+        "--set",
+        "finetune_steps=20",
+    ]);
+    let random = accuracy(&ok(&[
+        &["transfer", "--from", "random", "--protocol", "linear"][..],
+        &common,
+    ]
+    .concat()));
     assert!(random > 0.1, "random-encoder linear accuracy {random}");
-    let scratch = accuracy(&ok(&[&["transfer", "--from", "scratch", "--protocol", "finetune"][..], &common].concat()));
+    let scratch = accuracy(&ok(&[
+        &["transfer", "--from", "scratch", "--protocol", "finetune"][..],
+        &common,
+    ]
+    .concat()));
     assert!(scratch > 0.1, "scratch finetune accuracy {scratch}");
     assert!(base.join("finetune-5-seed0.json").exists());
 }
@@ -104,15 +174,30 @@ fn pretrain_then_transfer_writes_the_expected_files() {
 #[test]
 fn tasks_lists_rotation() {
     let out = ok(&["tasks"]);
-    assert!(out.lines().any(|l| l.starts_with("rotation") && l.contains("90")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("rotation") && l.contains("90")),
+        "{out}"
+    );
 }
 
 fn fails(args: &[&str], code: i32, needle: &str) {
     let out = pretext(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "pretext {args:?}: stderr {stderr}");
-    assert!(stderr.contains(needle), "pretext {args:?}: expected '{needle}' in:\n{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "one-line error expected:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "pretext {args:?}: stderr {stderr}"
+    );
+    assert!(
+        stderr.contains(needle),
+        "pretext {args:?}: expected '{needle}' in:\n{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one-line error expected:\n{stderr}"
+    );
 }
 
 #[test]
@@ -121,15 +206,93 @@ fn bad_command_lines_give_one_line_errors() {
     let out = dir.path().join("x");
     let out = out.to_str().unwrap();
     let data = fashion();
-    fails(&["pretrain", "--task", "rotation", "--data", &data, "--out", out, "--set", "stepz=3"], 2, "stepz");
-    fails(&["pretrain", "--task", "rotation", "--data", &data, "--out", out, "--set", "batch_size=-1"], 2, "config");
-    fails(&["pretrain", "--task", "nosuch", "--data", &data, "--out", out], 2, "known tasks: rotation");
-    fails(&["pretrain", "--task", "rotation", "--data", "tiff:/x", "--out", out], 1, "tiff");
-    fails(&["pretrain", "--task", "rotation", "--data", "idx:/no/such/dir", "--out", out], 1, "/no/such/dir");
-    fails(&["transfer", "--from", "random", "--data", &data, "--labels-per-class", "0"], 2, "labels-per-class");
-    fails(&["transfer", "--from", "random", "--data", &data, "--labels-per-class", "7000"], 2, "only 6000");
-    fails(&["transfer", "--from", "/no/such/run", "--data", &data], 2, "encoder.json");
-    fails(&["pretrain", "--task", "rotation", "--data", &data, "--out", out, "--device", "tpu"], 2, "unknown device");
+    fails(
+        &[
+            "pretrain", "--task", "rotation", "--data", &data, "--out", out, "--set", "stepz=3",
+        ],
+        2,
+        "stepz",
+    );
+    fails(
+        &[
+            "pretrain",
+            "--task",
+            "rotation",
+            "--data",
+            &data,
+            "--out",
+            out,
+            "--set",
+            "batch_size=-1",
+        ],
+        2,
+        "config",
+    );
+    fails(
+        &[
+            "pretrain", "--task", "nosuch", "--data", &data, "--out", out,
+        ],
+        2,
+        "known tasks: rotation",
+    );
+    fails(
+        &[
+            "pretrain", "--task", "rotation", "--data", "tiff:/x", "--out", out,
+        ],
+        1,
+        "tiff",
+    );
+    fails(
+        &[
+            "pretrain",
+            "--task",
+            "rotation",
+            "--data",
+            "idx:/no/such/dir",
+            "--out",
+            out,
+        ],
+        1,
+        "/no/such/dir",
+    );
+    fails(
+        &[
+            "transfer",
+            "--from",
+            "random",
+            "--data",
+            &data,
+            "--labels-per-class",
+            "0",
+        ],
+        2,
+        "labels-per-class",
+    );
+    fails(
+        &[
+            "transfer",
+            "--from",
+            "random",
+            "--data",
+            &data,
+            "--labels-per-class",
+            "7000",
+        ],
+        2,
+        "only 6000",
+    );
+    fails(
+        &["transfer", "--from", "/no/such/run", "--data", &data],
+        2,
+        "encoder.json",
+    );
+    fails(
+        &[
+            "pretrain", "--task", "rotation", "--data", &data, "--out", out, "--device", "tpu",
+        ],
+        2,
+        "unknown device",
+    );
 }
 
 #[test]
@@ -138,11 +301,25 @@ fn pretrain_refuses_to_overwrite_and_resumes() {
     let run: PathBuf = dir.path().join("r");
     let data = fashion();
     let run_s = run.to_str().unwrap();
-    let mut args = vec!["pretrain", "--task", "rotation", "--data", &data, "--out", run_s, "--quiet", "--stop-after", "6"];
+    let mut args = vec![
+        "pretrain",
+        "--task",
+        "rotation",
+        "--data",
+        &data,
+        "--out",
+        run_s,
+        "--quiet",
+        "--stop-after",
+        "6",
+    ];
     args.extend_from_slice(SMALL);
     let stdout = ok(&args);
     assert!(stdout.contains("stopped after 6 steps"), "{stdout}");
-    assert!(!run.join("encoder.safetensors").exists(), "an unfinished run has no final encoder");
+    assert!(
+        !run.join("encoder.safetensors").exists(),
+        "an unfinished run has no final encoder"
+    );
     // Starting again into the same directory is refused with a hint to resume.
     args.truncate(9);
     fails(&args[..7], 2, "--resume");

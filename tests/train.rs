@@ -1,6 +1,5 @@
 //! Training-loop properties on real Fashion-MNIST images (the built-in subset of the real files).
 
-
 use burn::prelude::Device;
 use pretext::config::{resolve, PretrainConfig};
 use pretext::data::augment::Img;
@@ -17,7 +16,14 @@ fn small_dataset(n: usize) -> Dataset {
 }
 
 fn config(sets: &[&str]) -> PretrainConfig {
-    let mut all = vec!["width=8", "batch_size=16", "warmup_steps=2", "log_every=1", "checkpoint_every=4", "data=\"builtin:fashion-mnist-demo\""];
+    let mut all = vec![
+        "width=8",
+        "batch_size=16",
+        "warmup_steps=2",
+        "log_every=1",
+        "checkpoint_every=4",
+        "data=\"builtin:fashion-mnist-demo\"",
+    ];
     all.extend_from_slice(sets);
     let all: Vec<String> = all.into_iter().map(String::from).collect();
     resolve(None, &all, &tasks::names()).unwrap()
@@ -26,12 +32,23 @@ fn config(sets: &[&str]) -> PretrainConfig {
 #[test]
 fn overfitting_one_batch_drives_rotation_loss_near_zero() {
     let ds = small_dataset(8);
-    let cfg = config(&["lr=0.003", "rotation.crop_scale_min=1.0", "rotation.flip=false"]);
+    let cfg = config(&[
+        "lr=0.003",
+        "rotation.crop_scale_min=1.0",
+        "rotation.flip=false",
+    ]);
     let input = InputSpec::from_images(&ds.train);
     let device = Device::flex().autodiff();
     device.seed(0);
-    let mut task = (tasks::find("rotation").unwrap().build)(&TaskContext { config: &cfg, input: &input, device }).unwrap();
-    let imgs: Vec<Img> = (0..8).map(|i| Img::from_u8(1, 28, 28, ds.train.image(i))).collect();
+    let mut task = (tasks::find("rotation").unwrap().build)(&TaskContext {
+        config: &cfg,
+        input: &input,
+        device,
+    })
+    .unwrap();
+    let imgs: Vec<Img> = (0..8)
+        .map(|i| Img::from_u8(1, 28, 28, ds.train.image(i)))
+        .collect();
     let make = task.make_batch();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let batch = make(&imgs, &[], &mut rng);
@@ -41,11 +58,21 @@ fn overfitting_one_batch_drives_rotation_loss_near_zero() {
     for _ in 0..80 {
         last = task.step(batch.clone(), 3e-3).loss;
     }
-    assert!(first > 1.0, "initial loss {first} should be near ln 4 = 1.386");
-    assert!(last < 0.05, "loss after 80 steps on one batch: {last} (started at {first})");
+    assert!(
+        first > 1.0,
+        "initial loss {first} should be near ln 4 = 1.386"
+    );
+    assert!(
+        last < 0.05,
+        "loss after 80 steps on one batch: {last} (started at {first})"
+    );
 }
 
-fn run(dir: &std::path::Path, stop_after: Option<u64>, resume: bool) -> pretext::train::PretrainSummary {
+fn run(
+    dir: &std::path::Path,
+    stop_after: Option<u64>,
+    resume: bool,
+) -> pretext::train::PretrainSummary {
     pretrain(PretrainRequest {
         config: config(&["steps=8", "seed=7"]),
         out: dir.to_path_buf(),
@@ -69,7 +96,13 @@ fn resume_gives_the_same_weights_and_losses_as_one_uninterrupted_run() {
     assert!(!half.completed);
     let resumed = run(&b, None, true);
     assert_eq!(resumed.steps_done, 8);
-    assert_eq!(straight.final_loss.to_bits(), resumed.final_loss.to_bits(), "{} vs {}", straight.final_loss, resumed.final_loss);
+    assert_eq!(
+        straight.final_loss.to_bits(),
+        resumed.final_loss.to_bits(),
+        "{} vs {}",
+        straight.final_loss,
+        resumed.final_loss
+    );
     let losses = |p: &std::path::Path| -> Vec<(u64, f64)> {
         pretext::train::metrics::read(&p.join("metrics.jsonl"))
             .unwrap()
@@ -94,12 +127,17 @@ fn a_half_written_checkpoint_is_never_loaded() {
     let partial = dir.join("checkpoints/.tmp-step-00000008");
     std::fs::create_dir_all(&partial).unwrap();
     std::fs::write(partial.join("model.bpk"), b"half").unwrap();
-    let (ckpt, state) = pretext::train::checkpoint::latest_checkpoint(&dir).unwrap().unwrap();
+    let (ckpt, state) = pretext::train::checkpoint::latest_checkpoint(&dir)
+        .unwrap()
+        .unwrap();
     assert_eq!(state.step, 4);
     assert!(ckpt.ends_with("step-00000004"));
     let resumed = run(&dir, None, true);
     assert_eq!(resumed.steps_done, 8);
-    assert!(!partial.exists(), "the stale temporary checkpoint is cleaned up");
+    assert!(
+        !partial.exists(),
+        "the stale temporary checkpoint is cleaned up"
+    );
 }
 
 #[test]
@@ -129,19 +167,50 @@ fn a_corrupt_checkpoint_is_a_clear_error() {
 fn saving_the_same_encoder_twice_gives_identical_files() {
     let device = Device::flex();
     device.seed(1);
-    let enc = pretext::nn::BackboneSpec { kind: pretext::nn::BackboneKind::Convnet, in_channels: 1, width: 8 }.init(&device);
+    let enc = pretext::nn::BackboneSpec {
+        kind: pretext::nn::BackboneKind::Convnet,
+        in_channels: 1,
+        width: 8,
+    }
+    .init(&device);
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("a.safetensors"), tmp.path().join("b.safetensors"));
+    let (a, b) = (
+        tmp.path().join("a.safetensors"),
+        tmp.path().join("b.safetensors"),
+    );
     pretext::train::checkpoint::save_encoder(&enc, &a).unwrap();
     pretext::train::checkpoint::save_encoder(&enc, &b).unwrap();
     assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
     // And the weights load back into a fresh encoder of the same spec.
-    let fresh = pretext::nn::BackboneSpec { kind: pretext::nn::BackboneKind::Convnet, in_channels: 1, width: 8 }.init(&device);
+    let fresh = pretext::nn::BackboneSpec {
+        kind: pretext::nn::BackboneKind::Convnet,
+        in_channels: 1,
+        width: 8,
+    }
+    .init(&device);
     let loaded = pretext::train::checkpoint::load_encoder(fresh, &a).unwrap();
     pretext::train::checkpoint::save_encoder(&loaded, &b).unwrap();
     assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
     // Weights of another width do not fit: a clear error naming the file.
-    let other = pretext::nn::BackboneSpec { kind: pretext::nn::BackboneKind::Convnet, in_channels: 1, width: 4 }.init(&device);
-    let err = pretext::train::checkpoint::load_encoder(other, &a).err().expect("shape mismatch");
+    let other = pretext::nn::BackboneSpec {
+        kind: pretext::nn::BackboneKind::Convnet,
+        in_channels: 1,
+        width: 4,
+    }
+    .init(&device);
+    let err = pretext::train::checkpoint::load_encoder(other, &a)
+        .err()
+        .expect("shape mismatch");
     assert!(err.to_string().contains("a.safetensors"), "{err}");
+}
+
+#[test]
+fn shipped_presets_parse() {
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/configs")).unwrap() {
+        let path = entry.unwrap().path();
+        let cfg: PretrainConfig = resolve(Some(&path), &[], &tasks::names())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        cfg.validate().unwrap();
+        assert!(tasks::find(&cfg.task).is_some(), "{}", path.display());
+    }
 }

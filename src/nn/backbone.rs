@@ -52,7 +52,9 @@ pub struct BackboneSpec {
 impl BackboneSpec {
     pub fn init(&self, device: &Device) -> Backbone {
         match self.kind {
-            BackboneKind::Convnet => Backbone::Convnet(ConvNet::new(self.in_channels, self.width, device)),
+            BackboneKind::Convnet => {
+                Backbone::Convnet(ConvNet::new(self.in_channels, self.width, device))
+            }
             BackboneKind::Resnet18 => {
                 Backbone::Resnet18(ResNet::resnet18(self.in_channels, self.width, device))
             }

@@ -103,13 +103,24 @@ fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
 
 /// The pure "damage the data, keep the answer" half: every image appears four times, rotated
 /// counter-clockwise by 0, 90, 180 and 270°, with label k for k×90°. Output [4·b, c, h, w].
-pub fn make_batch(images: &[Img], config: &RotationConfig, input: &InputSpec, rng: &mut impl Rng) -> Batch {
+pub fn make_batch(
+    images: &[Img],
+    config: &RotationConfig,
+    input: &InputSpec,
+    rng: &mut impl Rng,
+) -> Batch {
     let (c, h, w) = (input.channels, input.height, input.width);
     let mut out = Vec::with_capacity(images.len() * 4 * c * h * w);
     let mut labels = Vec::with_capacity(images.len() * 4);
     for img in images {
         let mut img = if config.crop_scale_min < 1.0 {
-            random_resized_crop(img, h, (config.crop_scale_min, 1.0), (3.0 / 4.0, 4.0 / 3.0), rng)
+            random_resized_crop(
+                img,
+                h,
+                (config.crop_scale_min, 1.0),
+                (3.0 / 4.0, 4.0 / 3.0),
+                rng,
+            )
         } else {
             img.clone()
         };
@@ -155,7 +166,10 @@ impl PretextTask for Rotation {
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
-        save_module(self.model.clone().expect("model present"), &dir.join("model.bpk"))?;
+        save_module(
+            self.model.clone().expect("model present"),
+            &dir.join("model.bpk"),
+        )?;
         save_optimizer(&self.optim, &dir.join("optimizer.bpk"))
     }
 
@@ -173,16 +187,32 @@ mod tests {
     use rand::SeedableRng;
 
     fn spec(c: usize, s: usize) -> InputSpec {
-        InputSpec { channels: c, height: s, width: s, mean: vec![0.0; c], std: vec![1.0; c] }
+        InputSpec {
+            channels: c,
+            height: s,
+            width: s,
+            mean: vec![0.0; c],
+            std: vec![1.0; c],
+        }
     }
 
     fn ramp(c: usize, s: usize) -> Img {
-        Img { c, h: s, w: s, data: (0..c * s * s).map(|i| i as f32 / (c * s * s) as f32).collect() }
+        Img {
+            c,
+            h: s,
+            w: s,
+            data: (0..c * s * s)
+                .map(|i| i as f32 / (c * s * s) as f32)
+                .collect(),
+        }
     }
 
     #[test]
     fn four_rotations_with_correct_labels() {
-        let cfg = RotationConfig { crop_scale_min: 1.0, flip: false };
+        let cfg = RotationConfig {
+            crop_scale_min: 1.0,
+            flip: false,
+        };
         let input = spec(1, 5);
         let imgs = vec![ramp(1, 5), ramp(1, 5)];
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -193,7 +223,12 @@ mod tests {
         // The k=0 copy is the image itself, each copy is the previous one turned by 90°.
         assert_eq!(&b.images[..n], &imgs[0].data[..]);
         for k in 1..4 {
-            let prev = Img { c: 1, h: 5, w: 5, data: b.images[(k - 1) * n..k * n].to_vec() };
+            let prev = Img {
+                c: 1,
+                h: 5,
+                w: 5,
+                data: b.images[(k - 1) * n..k * n].to_vec(),
+            };
             assert_eq!(rot90(&prev, 1).data, b.images[k * n..(k + 1) * n].to_vec());
         }
         // Four quarter turns are the identity; a half turn maps pixel (0,0) to (4,4).
@@ -208,8 +243,20 @@ mod tests {
     fn non_square_images_are_rejected() {
         let device = burn::tensor::Device::flex().autodiff();
         let cfg = crate::config::PretrainConfig::default();
-        let input = InputSpec { channels: 1, height: 8, width: 6, mean: vec![0.0], std: vec![1.0] };
-        let err = build(&TaskContext { config: &cfg, input: &input, device }).err().unwrap();
+        let input = InputSpec {
+            channels: 1,
+            height: 8,
+            width: 6,
+            mean: vec![0.0],
+            std: vec![1.0],
+        };
+        let err = build(&TaskContext {
+            config: &cfg,
+            input: &input,
+            device,
+        })
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("square"), "{err}");
     }
 }

@@ -61,8 +61,11 @@ pub fn save_module<M: Module>(module: M, path: &Path) -> Result<()> {
 
 pub fn load_module<M: Module>(module: M, path: &Path) -> Result<M> {
     let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(|e| Error::checkpoint(path, e))?;
-    module.try_load_record(record).map_err(|e| Error::checkpoint(path, e))
+    let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+        .map_err(|e| Error::checkpoint(path, e))?;
+    module
+        .try_load_record(record)
+        .map_err(|e| Error::checkpoint(path, e))
 }
 
 pub fn save_optimizer(optim: &ModuleOptimizer, path: &Path) -> Result<()> {
@@ -72,7 +75,9 @@ pub fn save_optimizer(optim: &ModuleOptimizer, path: &Path) -> Result<()> {
 
 pub fn load_optimizer(optim: ModuleOptimizer, path: &Path) -> Result<ModuleOptimizer> {
     let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    optim.from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(|e| Error::checkpoint(path, e))
+    optim
+        .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+        .map_err(|e| Error::checkpoint(path, e))
 }
 
 /// Save an encoder's weights as safetensors (the interchange format users load elsewhere).
@@ -81,8 +86,14 @@ pub fn save_encoder(encoder: &Backbone, path: &Path) -> Result<()> {
     // a different order each time and identical weights would give different files.
     let mut store = SafetensorsStore::from_bytes(None)
         .clear_metadata()
-        .metadata("producer", concat!("pretext ", env!("CARGO_PKG_VERSION"), " (burn 0.22.1)"));
-    encoder.valid().save_into(&mut store).map_err(|e| Error::checkpoint(path, e))?;
+        .metadata(
+            "producer",
+            concat!("pretext ", env!("CARGO_PKG_VERSION"), " (burn 0.22.1)"),
+        );
+    encoder
+        .valid()
+        .save_into(&mut store)
+        .map_err(|e| Error::checkpoint(path, e))?;
     let bytes = store.get_bytes().map_err(|e| Error::checkpoint(path, e))?;
     write_atomic(path, &bytes)
 }
@@ -91,11 +102,16 @@ pub fn save_encoder(encoder: &Backbone, path: &Path) -> Result<()> {
 pub fn load_encoder(mut encoder: Backbone, path: &Path) -> Result<Backbone> {
     let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
     let mut store = SafetensorsStore::from_bytes(Some(bytes));
-    let result = encoder.load_from(&mut store).map_err(|e| Error::checkpoint(path, e))?;
+    let result = encoder
+        .load_from(&mut store)
+        .map_err(|e| Error::checkpoint(path, e))?;
     if !result.errors.is_empty() || !result.missing.is_empty() {
         return Err(Error::checkpoint(
             path,
-            format!("weights do not fit the encoder: errors {:?}, missing {:?}", result.errors, result.missing),
+            format!(
+                "weights do not fit the encoder: errors {:?}, missing {:?}",
+                result.errors, result.missing
+            ),
         ));
     }
     Ok(encoder)
@@ -147,7 +163,11 @@ fn prune(root: &Path, latest: &str, keep: usize) -> Result<()> {
     names.sort();
     let complete: Vec<&String> = names.iter().filter(|n| n.starts_with("step-")).collect();
     let cut = complete.len().saturating_sub(keep.max(1));
-    for n in complete[..cut].iter().copied().chain(names.iter().filter(|n| n.starts_with(".tmp-"))) {
+    for n in complete[..cut]
+        .iter()
+        .copied()
+        .chain(names.iter().filter(|n| n.starts_with(".tmp-")))
+    {
         if n != latest {
             let p = root.join(n);
             fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
@@ -166,7 +186,10 @@ pub fn latest_checkpoint(run: &Path) -> Result<Option<(PathBuf, CheckpointState)
         Err(e) => return Err(Error::io(&latest, e)),
     };
     if !name.starts_with("step-") || name.contains('/') {
-        return Err(Error::checkpoint(&latest, format!("expected a name like step-00000100, found {name:?}")));
+        return Err(Error::checkpoint(
+            &latest,
+            format!("expected a name like step-00000100, found {name:?}"),
+        ));
     }
     let dir = root.join(&name);
     let state_path = dir.join("state.json");

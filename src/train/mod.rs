@@ -81,7 +81,9 @@ fn install_ctrlc() {
 
 pub fn open_dataset(cfg: &PretrainConfig, skip_bad: bool) -> Result<Dataset> {
     if cfg.data.is_empty() {
-        return Err(Error::Usage("no data: pass --data FORMAT:PATH (e.g. idx:../shared/data/fashion-mnist)".into()));
+        return Err(Error::Usage(
+            "no data: pass --data FORMAT:PATH (e.g. idx:../shared/data/fashion-mnist)".into(),
+        ));
     }
     if cfg.data == crate::demo::BUILTIN {
         return crate::demo::builtin_dataset();
@@ -93,7 +95,10 @@ pub fn open_dataset(cfg: &PretrainConfig, skip_bad: bool) -> Result<Dataset> {
     };
     let ds = data::open(&cfg.data, &opts)?;
     if ds.skipped > 0 {
-        eprintln!("warning: skipped {} unreadable images in {}", ds.skipped, cfg.data);
+        eprintln!(
+            "warning: skipped {} unreadable images in {}",
+            ds.skipped, cfg.data
+        );
     }
     Ok(ds)
 }
@@ -103,7 +108,10 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     let (cfg, resumed) = if req.resume {
         let path = run.join("config.toml");
         if !path.exists() {
-            return Err(Error::Usage(format!("--resume {}: no config.toml there; is it a run directory?", run.display())));
+            return Err(Error::Usage(format!(
+                "--resume {}: no config.toml there; is it a run directory?",
+                run.display()
+            )));
         }
         let cfg: PretrainConfig = config::from_toml_file(&path)?;
         let ckpt = latest_checkpoint(&run)?;
@@ -120,7 +128,11 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     };
     cfg.validate()?;
     let entry = tasks::find(&cfg.task).ok_or_else(|| {
-        Error::Usage(format!("unknown task '{}'; known tasks: {}", cfg.task, tasks::names().join(", ")))
+        Error::Usage(format!(
+            "unknown task '{}'; known tasks: {}",
+            cfg.task,
+            tasks::names().join(", ")
+        ))
     })?;
     let dataset = match req.dataset {
         Some(ds) => ds,
@@ -130,7 +142,10 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     if train_set.n < cfg.batch_size {
         return Err(Error::config(
             "batch_size",
-            format!("{} is larger than the {} training images", cfg.batch_size, train_set.n),
+            format!(
+                "{} is larger than the {} training images",
+                cfg.batch_size, train_set.n
+            ),
         ));
     }
     let input = InputSpec::from_images(&train_set);
@@ -139,18 +154,39 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
 
     let device = req.device.clone().autodiff();
     device.seed(cfg.seed);
-    let ctx = TaskContext { config: &cfg, input: &input, device: device.clone() };
+    let ctx = TaskContext {
+        config: &cfg,
+        input: &input,
+        device: device.clone(),
+    };
     let mut task = (entry.build)(&ctx)?;
-    let spec = BackboneSpec { kind: cfg.backbone, in_channels: input.channels, width: cfg.width() };
-    let info = EncoderInfo { backbone: spec, input: input.clone(), task: cfg.task.clone(), data: cfg.data.clone() };
-    checkpoint::write_atomic(&run.join("encoder.json"), &serde_json::to_vec_pretty(&info).expect("json"))?;
+    let spec = BackboneSpec {
+        kind: cfg.backbone,
+        in_channels: input.channels,
+        width: cfg.width(),
+    };
+    let info = EncoderInfo {
+        backbone: spec,
+        input: input.clone(),
+        task: cfg.task.clone(),
+        data: cfg.data.clone(),
+    };
+    checkpoint::write_atomic(
+        &run.join("encoder.json"),
+        &serde_json::to_vec_pretty(&info).expect("json"),
+    )?;
 
     let mut start = 0;
     if let Some((dir, state)) = &resumed {
         task.load(dir)?;
         start = state.step;
         if !req.quiet {
-            println!("resuming {} from step {} ({})", run.display(), state.step, dir.display());
+            println!(
+                "resuming {} from step {} ({})",
+                run.display(),
+                state.step,
+                dir.display()
+            );
         }
     }
     let end = req.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
@@ -160,7 +196,11 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         LoaderConfig {
             batch_size: cfg.batch_size,
             seed: cfg.seed,
-            workers: if cfg.workers == 0 { default_workers() } else { cfg.workers },
+            workers: if cfg.workers == 0 {
+                default_workers()
+            } else {
+                cfg.workers
+            },
             prefetch: cfg.prefetch,
             start_batch: start,
             drop_last: true,
@@ -171,14 +211,24 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     INTERRUPTED.store(false, Ordering::SeqCst);
 
     let save = |task: &dyn tasks::PretextTask, step: u64| -> Result<PathBuf> {
-        let state = CheckpointState { step, data_cursor: step, seed: cfg.seed, task: cfg.task.clone() };
+        let state = CheckpointState {
+            step,
+            data_cursor: step,
+            seed: cfg.seed,
+            task: cfg.task.clone(),
+        };
         write_checkpoint(&run, &state, cfg.keep_checkpoints, |dir| {
             task.save(dir)?;
             save_encoder(&task.encoder(), &dir.join("encoder.safetensors"))
         })
     };
 
-    let progress = Progress::new(&format!("pretrain {}", cfg.task), start, cfg.steps, req.quiet);
+    let progress = Progress::new(
+        &format!("pretrain {}", cfg.task),
+        start,
+        cfg.steps,
+        req.quiet,
+    );
     let t0 = Instant::now();
     let mut window = Throughput::new();
     let mut total = Throughput::new();
@@ -193,8 +243,21 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         window.add(items);
         total.add(items);
         if !stats.loss.is_finite() {
-            let good = if last_saved > start || resumed.is_some() { format!("the last good checkpoint (step {last_saved}) is in {}", checkpoint::checkpoints_dir(&run).display()) } else { "no checkpoint was written yet".into() };
-            return Err(Error::Training { step, message: format!("loss is {} (lr {lr:.3e}); {good}; try a lower lr", stats.loss) });
+            let good = if last_saved > start || resumed.is_some() {
+                format!(
+                    "the last good checkpoint (step {last_saved}) is in {}",
+                    checkpoint::checkpoints_dir(&run).display()
+                )
+            } else {
+                "no checkpoint was written yet".into()
+            };
+            return Err(Error::Training {
+                step,
+                message: format!(
+                    "loss is {} (lr {lr:.3e}); {good}; try a lower lr",
+                    stats.loss
+                ),
+            });
         }
         let log_now = step % cfg.log_every == 0 || step == end;
         if log_now {
@@ -213,7 +276,12 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
             msg.push_str(&format!(" {k} {v:.3}"));
         }
         msg.push_str(&format!(" {:.0} items/s", window.per_sec()));
-        progress.update(step, &msg, log_now, std::time::Duration::from_secs_f64(remaining));
+        progress.update(
+            step,
+            &msg,
+            log_now,
+            std::time::Duration::from_secs_f64(remaining),
+        );
         if log_now {
             window = Throughput::new();
         }
@@ -225,7 +293,10 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
             last_saved = step;
         }
         if interrupted {
-            progress.println(&format!("stopped at step {step}; continue with: pretext pretrain --resume {}", run.display()));
+            progress.println(&format!(
+                "stopped at step {step}; continue with: pretext pretrain --resume {}",
+                run.display()
+            ));
             break;
         }
     }
@@ -243,13 +314,20 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         steps_done: step,
         steps: cfg.steps,
         final_loss: last.loss,
-        final_metrics: last.metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        final_metrics: last
+            .metrics
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
         wall_s: t0.elapsed().as_secs_f64(),
         items_per_s: total.per_sec(),
         run_dir: run.clone(),
         completed,
     };
-    checkpoint::write_atomic(&run.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("json"))?;
+    checkpoint::write_atomic(
+        &run.join("summary.json"),
+        &serde_json::to_vec_pretty(&summary).expect("json"),
+    )?;
     Ok(summary)
 }
 

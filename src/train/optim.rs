@@ -12,10 +12,18 @@ pub fn build_optimizer(cfg: &PretrainConfig) -> ModuleOptimizer {
 
 pub fn optimizer(kind: OptimizerKind, weight_decay: f64, momentum: f64) -> ModuleOptimizer {
     match kind {
-        OptimizerKind::Adamw => AdamWConfig::new().with_weight_decay(weight_decay as f32).init(),
+        OptimizerKind::Adamw => AdamWConfig::new()
+            .with_weight_decay(weight_decay as f32)
+            .init(),
         OptimizerKind::Sgd => SgdConfig::new()
-            .with_weight_decay((weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32)))
-            .with_momentum(Some(MomentumConfig::new().with_momentum(momentum).with_dampening(0.0)))
+            .with_weight_decay(
+                (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32)),
+            )
+            .with_momentum(Some(
+                MomentumConfig::new()
+                    .with_momentum(momentum)
+                    .with_dampening(0.0),
+            ))
             .init(),
     }
 }

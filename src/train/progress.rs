@@ -41,7 +41,12 @@ impl Progress {
             bar.set_position(step);
             bar.set_message(msg.to_string());
         } else if self.plain && log_line {
-            println!("{} step {step}/{} {msg} eta {}", self.label, self.total, fmt_duration(eta));
+            println!(
+                "{} step {step}/{} {msg} eta {}",
+                self.label,
+                self.total,
+                fmt_duration(eta)
+            );
         }
     }
 
@@ -79,7 +84,10 @@ pub struct Throughput {
 
 impl Throughput {
     pub fn new() -> Self {
-        Self { start: Instant::now(), items: 0 }
+        Self {
+            start: Instant::now(),
+            items: 0,
+        }
     }
     pub fn add(&mut self, n: u64) {
         self.items += n;

@@ -68,26 +68,46 @@ pub fn finetune(
     let mut optim = optimizer(crate::config::OptimizerKind::Adamw, s.weight_decay, 0.9);
     let (crop, flip, spec) = (s.crop_scale_min, s.flip, input.clone());
     let size = input.height;
-    let make = Arc::new(move |images: &[crate::data::augment::Img], labels: &[u32], rng: &mut rand_chacha::ChaCha8Rng| {
-        let mut out = Vec::new();
-        for img in images {
-            let mut img = if crop < 1.0 && spec.height == spec.width {
-                random_resized_crop(img, size, (crop, 1.0), (3.0 / 4.0, 4.0 / 3.0), rng)
-            } else {
-                img.clone()
-            };
-            if flip && rng.gen_bool(0.5) {
-                img = hflip(&img);
+    let make = Arc::new(
+        move |images: &[crate::data::augment::Img],
+              labels: &[u32],
+              rng: &mut rand_chacha::ChaCha8Rng| {
+            let mut out = Vec::new();
+            for img in images {
+                let mut img = if crop < 1.0 && spec.height == spec.width {
+                    random_resized_crop(img, size, (crop, 1.0), (3.0 / 4.0, 4.0 / 3.0), rng)
+                } else {
+                    img.clone()
+                };
+                if flip && rng.gen_bool(0.5) {
+                    img = hflip(&img);
+                }
+                spec.normalize(&mut img);
+                out.extend_from_slice(&img.data);
             }
-            spec.normalize(&mut img);
-            out.extend_from_slice(&img.data);
-        }
-        Batch { index: 0, b: images.len(), c: spec.channels, h: spec.height, w: spec.width, images: out, labels: labels.to_vec(), extra: Vec::new() }
-    });
+            Batch {
+                index: 0,
+                b: images.len(),
+                c: spec.channels,
+                h: spec.height,
+                w: spec.width,
+                images: out,
+                labels: labels.to_vec(),
+                extra: Vec::new(),
+            }
+        },
+    );
     let bs = s.batch_size.min(train.n);
     let loader = Loader::new(
         Arc::new(train),
-        LoaderConfig { batch_size: bs, seed: s.seed, workers: s.workers, prefetch: 4, start_batch: 0, drop_last: true },
+        LoaderConfig {
+            batch_size: bs,
+            seed: s.seed,
+            workers: s.workers,
+            prefetch: 4,
+            start_batch: 0,
+            drop_last: true,
+        },
         make,
     );
     let progress = Progress::new("finetune", 0, s.steps, s.quiet);
@@ -95,16 +115,27 @@ pub fn finetune(
         let x = images_tensor(&batch, &ad);
         let y = labels_tensor(&batch.labels, &ad);
         let lr = lr_at(step as u64, s.lr, s.steps / 20, s.steps, 0.0);
-        let (m, stats) = classification_step(model.take().expect("model"), &mut optim, lr, y, |m| m.forward(x));
+        let (m, stats) =
+            classification_step(model.take().expect("model"), &mut optim, lr, y, |m| {
+                m.forward(x)
+            });
         model = Some(m);
         let log = (step + 1) % 50 == 0;
-        progress.update(step as u64 + 1, &format!("loss {:.4} acc {:.3}", stats.loss, stats.metrics[0].1), log, Default::default());
+        progress.update(
+            step as u64 + 1,
+            &format!("loss {:.4} acc {:.3}", stats.loss, stats.metrics[0].1),
+            log,
+            Default::default(),
+        );
     }
     progress.finish();
     let model = model.expect("model").valid().to_device(device);
     let (c, h, w) = (test.channels, test.height, test.width);
     let x = normalized_images(test, test_idx, input);
-    let y: Vec<u32> = test_idx.iter().map(|&i| test.labels.as_ref().expect("labelled")[i]).collect();
+    let y: Vec<u32> = test_idx
+        .iter()
+        .map(|&i| test.labels.as_ref().expect("labelled")[i])
+        .collect();
     let dim_in = c * h * w;
     // The classifier takes images; wrap rows of flattened images back into [n, c, h, w].
     accuracy(

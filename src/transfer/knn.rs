@@ -28,14 +28,19 @@ pub fn knn_accuracy(
     let n_train = train_y.len();
     let k = k.min(n_train).max(1);
     // [dim, n_train], the right-hand side of every similarity product.
-    let train_t = Tensor::<2>::from_data(TensorData::new(train_x, [n_train, dim]), device).transpose();
+    let train_t =
+        Tensor::<2>::from_data(TensorData::new(train_x, [n_train, dim]), device).transpose();
     let mut correct = 0usize;
     let chunk = (16_000_000 / n_train.max(1)).clamp(1, 1024);
     for (rows, labels) in test_x.chunks(chunk * dim).zip(test_y.chunks(chunk)) {
         let n = labels.len();
         let q = Tensor::<2>::from_data(TensorData::new(rows.to_vec(), [n, dim]), device);
         // [n, dim] × [dim, n_train] → cosine similarities [n, n_train]
-        let sims = q.matmul(train_t.clone()).into_data().try_into_vec::<f32>().expect("f32 sims");
+        let sims = q
+            .matmul(train_t.clone())
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("f32 sims");
         let mut order: Vec<usize> = (0..n_train).collect();
         for (r, &label) in labels.iter().enumerate() {
             let s = &sims[r * n_train..(r + 1) * n_train];
@@ -73,7 +78,17 @@ mod tests {
         assert_eq!(acc, 1.0);
         // With labels flipped the same neighbours give every answer wrong.
         let train = vec![1.0, 0.1, 0.9, 0.0, 0.1, 1.0, 0.0, 0.8];
-        let acc = knn_accuracy(train, &[1, 1, 0, 0], vec![1.0, 0.2], &[0], 2, 2, 2, 0.1, &Device::flex());
+        let acc = knn_accuracy(
+            train,
+            &[1, 1, 0, 0],
+            vec![1.0, 0.2],
+            &[0],
+            2,
+            2,
+            2,
+            0.1,
+            &Device::flex(),
+        );
         assert_eq!(acc, 0.0);
     }
 }

@@ -99,7 +99,10 @@ mod tests {
         }
         assert_eq!(a, balanced_subset(&labels, PerClass::N(3), 1).unwrap());
         assert_ne!(a, balanced_subset(&labels, PerClass::N(3), 2).unwrap());
-        assert_eq!(balanced_subset(&labels, PerClass::All, 0).unwrap().len(), 100);
+        assert_eq!(
+            balanced_subset(&labels, PerClass::All, 0).unwrap().len(),
+            100
+        );
         let err = balanced_subset(&labels, PerClass::N(26), 0).unwrap_err();
         assert!(err.to_string().contains("only 25"), "{err}");
         assert!(PerClass::parse("0").is_err());

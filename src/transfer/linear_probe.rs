@@ -64,7 +64,9 @@ pub fn linear_probe(
     let ad = device.clone().autodiff();
     ad.seed(s.seed);
     let mut head = LinearHead::new(dim, classes, &ad);
-    let mut optim = AdamWConfig::new().with_weight_decay(s.weight_decay as f32).init();
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(s.weight_decay as f32)
+        .init();
     let n = train_y.len();
     let bs = s.batch_size.min(n);
     let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
@@ -106,9 +108,16 @@ pub fn accuracy(
     let mut correct = 0usize;
     for (rows, labels) in x.chunks(1024 * dim).zip(y.chunks(1024)) {
         let n = labels.len();
-        let logits = forward(Tensor::<2>::from_data(TensorData::new(rows.to_vec(), [n, dim]), device));
+        let logits = forward(Tensor::<2>::from_data(
+            TensorData::new(rows.to_vec(), [n, dim]),
+            device,
+        ));
         let pred: Vec<i64> = logits.argmax(1).into_data().iter::<i64>().collect();
-        correct += pred.iter().zip(labels).filter(|(p, l)| **p == **l as i64).count();
+        correct += pred
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| **p == **l as i64)
+            .count();
     }
     correct as f32 / y.len().max(1) as f32
 }
@@ -126,10 +135,21 @@ mod tests {
         for i in 0..64 {
             let c = (i % 2) as u32;
             let s = if c == 1 { 1.0 } else { -1.0 };
-            x.extend_from_slice(&[s * (1.0 + (i as f32) * 0.01), (i as f32 * 0.37).sin(), 0.5, (i as f32).cos()]);
+            x.extend_from_slice(&[
+                s * (1.0 + (i as f32) * 0.01),
+                (i as f32 * 0.37).sin(),
+                0.5,
+                (i as f32).cos(),
+            ]);
             y.push(c);
         }
-        let s = ProbeSettings { steps: 200, batch_size: 32, lr: 0.05, weight_decay: 0.0, seed: 0 };
+        let s = ProbeSettings {
+            steps: 200,
+            batch_size: 32,
+            lr: 0.05,
+            weight_decay: 0.0,
+            seed: 0,
+        };
         let acc = linear_probe(x.clone(), &y, x, &y, dim, 2, &s, &Device::flex());
         assert!(acc > 0.95, "accuracy {acc}");
     }

@@ -64,7 +64,9 @@ impl Protocol {
             "linear" => Ok(Self::Linear),
             "knn" => Ok(Self::Knn),
             "finetune" => Ok(Self::Finetune),
-            _ => Err(Error::Usage(format!("--protocol {s}: expected linear, knn or finetune"))),
+            _ => Err(Error::Usage(format!(
+                "--protocol {s}: expected linear, knn or finetune"
+            ))),
         }
     }
 
@@ -164,43 +166,89 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
     let t0 = Instant::now();
     let cfg = &req.config;
     let labels = dataset.train.labels.as_ref().ok_or_else(|| {
-        Error::Usage(format!("{}: the training images have no labels, so there is nothing to transfer to", dataset.name))
+        Error::Usage(format!(
+            "{}: the training images have no labels, so there is nothing to transfer to",
+            dataset.name
+        ))
     })?;
     // Labelled pool and evaluation set.
     let (pool, test_set, test_idx, evaluated_on): (Vec<usize>, &ImageSet, Vec<usize>, String) =
         match &dataset.test {
-            Some(t) if t.labels.is_some() => ((0..dataset.train.n).collect(), t, (0..t.n).collect(), "test split".into()),
+            Some(t) if t.labels.is_some() => (
+                (0..dataset.train.n).collect(),
+                t,
+                (0..t.n).collect(),
+                "test split".into(),
+            ),
             _ => {
                 let (tr, te) = labels::holdout_split(labels, 0.2, cfg.seed);
                 (tr, &dataset.train, te, "held-out 20% of train".into())
             }
         };
-    let test_idx: Vec<usize> = if cfg.test_limit > 0 { test_idx.into_iter().take(cfg.test_limit).collect() } else { test_idx };
+    let test_idx: Vec<usize> = if cfg.test_limit > 0 {
+        test_idx.into_iter().take(cfg.test_limit).collect()
+    } else {
+        test_idx
+    };
     let pool_labels: Vec<u32> = pool.iter().map(|&i| labels[i]).collect();
     let chosen: Vec<usize> = labels::balanced_subset(&pool_labels, req.labels_per_class, cfg.seed)?
         .into_iter()
         .map(|j| pool[j])
         .collect();
-    let classes = dataset.classes.len().max(labels.iter().copied().max().map_or(0, |m| m as usize + 1));
+    let classes = dataset
+        .classes
+        .len()
+        .max(labels.iter().copied().max().map_or(0, |m| m as usize + 1));
 
     let (encoder, input) = load_source(&req.from, dataset, cfg, &req.device)?;
     input.check(&dataset.train, &dataset.name)?;
-    let stage = if cfg.stage == 0 { encoder.stages() } else { cfg.stage };
+    let stage = if cfg.stage == 0 {
+        encoder.stages()
+    } else {
+        cfg.stage
+    };
     if stage > encoder.stages() {
-        return Err(Error::config("stage", format!("the encoder has {} stages, found {stage}", encoder.stages())));
+        return Err(Error::config(
+            "stage",
+            format!("the encoder has {} stages, found {stage}", encoder.stages()),
+        ));
     }
-    let test_labels = test_set.labels.as_ref().expect("evaluation set is labelled");
+    let test_labels = test_set
+        .labels
+        .as_ref()
+        .expect("evaluation set is labelled");
     let test_y: Vec<u32> = test_idx.iter().map(|&i| test_labels[i]).collect();
     let train_y: Vec<u32> = chosen.iter().map(|&i| labels[i]).collect();
 
-    let protocol = if req.from == Source::Scratch { Protocol::Finetune } else { req.protocol };
+    let protocol = if req.from == Source::Scratch {
+        Protocol::Finetune
+    } else {
+        req.protocol
+    };
     if req.from == Source::Scratch && req.protocol != Protocol::Finetune {
-        return Err(Error::Usage("--from scratch trains the encoder on the labels, so it needs --protocol finetune".into()));
+        return Err(Error::Usage(
+            "--from scratch trains the encoder on the labels, so it needs --protocol finetune"
+                .into(),
+        ));
     }
     let accuracy = match protocol {
         Protocol::Linear | Protocol::Knn => {
-            let (train_x, dim) = features::extract(&encoder, &dataset.train, &chosen, &input, Some(stage), &req.device);
-            let (test_x, _) = features::extract(&encoder, test_set, &test_idx, &input, Some(stage), &req.device);
+            let (train_x, dim) = features::extract(
+                &encoder,
+                &dataset.train,
+                &chosen,
+                &input,
+                Some(stage),
+                &req.device,
+            );
+            let (test_x, _) = features::extract(
+                &encoder,
+                test_set,
+                &test_idx,
+                &input,
+                Some(stage),
+                &req.device,
+            );
             if protocol == Protocol::Linear {
                 let s = linear_probe::ProbeSettings {
                     steps: cfg.probe_steps,
@@ -209,9 +257,28 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
                     weight_decay: cfg.probe_weight_decay,
                     seed: cfg.seed,
                 };
-                linear_probe::linear_probe(train_x, &train_y, test_x, &test_y, dim, classes, &s, &req.device)
+                linear_probe::linear_probe(
+                    train_x,
+                    &train_y,
+                    test_x,
+                    &test_y,
+                    dim,
+                    classes,
+                    &s,
+                    &req.device,
+                )
             } else {
-                knn::knn_accuracy(train_x, &train_y, test_x, &test_y, dim, classes, cfg.knn_k, cfg.knn_temperature, &req.device)
+                knn::knn_accuracy(
+                    train_x,
+                    &train_y,
+                    test_x,
+                    &test_y,
+                    dim,
+                    classes,
+                    cfg.knn_k,
+                    cfg.knn_temperature,
+                    &req.device,
+                )
             }
         }
         Protocol::Finetune => {
@@ -223,10 +290,23 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
                 seed: cfg.seed,
                 crop_scale_min: cfg.finetune_crop_scale_min,
                 flip: cfg.finetune_flip,
-                workers: if cfg.workers == 0 { crate::train::default_workers() } else { cfg.workers },
+                workers: if cfg.workers == 0 {
+                    crate::train::default_workers()
+                } else {
+                    cfg.workers
+                },
                 quiet: req.quiet,
             };
-            finetune::finetune(encoder, dataset.train.subset(&chosen), test_set, &test_idx, classes, &input, &s, &req.device)
+            finetune::finetune(
+                encoder,
+                dataset.train.subset(&chosen),
+                test_set,
+                &test_idx,
+                classes,
+                &input,
+                &s,
+                &req.device,
+            )
         }
     };
     let result = TransferResult {
@@ -247,13 +327,23 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
         (None, other) => PathBuf::from("runs").join(format!("baseline-{}", other.label())),
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let path = dir.join(format!("{}-{}-seed{}.json", protocol.name(), req.labels_per_class.label(), cfg.seed));
+    let path = dir.join(format!(
+        "{}-{}-seed{}.json",
+        protocol.name(),
+        req.labels_per_class.label(),
+        cfg.seed
+    ));
     write_atomic(&path, &serde_json::to_vec_pretty(&result).expect("json"))?;
     Ok((result, path))
 }
 
 /// Build the encoder (on the plain, non-autodiff device) and the input spec it expects.
-fn load_source(from: &Source, dataset: &Dataset, cfg: &TransferConfig, device: &Device) -> Result<(Backbone, InputSpec)> {
+fn load_source(
+    from: &Source,
+    dataset: &Dataset,
+    cfg: &TransferConfig,
+    device: &Device,
+) -> Result<(Backbone, InputSpec)> {
     match from {
         Source::Run(run) => {
             let info = read_encoder_info(run)?;
@@ -263,9 +353,17 @@ fn load_source(from: &Source, dataset: &Dataset, cfg: &TransferConfig, device: &
         }
         Source::Random | Source::Scratch => {
             let input = InputSpec::from_images(&dataset.train);
-            let width = if cfg.width == 0 { cfg.backbone.default_width() } else { cfg.width };
+            let width = if cfg.width == 0 {
+                cfg.backbone.default_width()
+            } else {
+                cfg.width
+            };
             device.seed(cfg.seed);
-            let spec = BackboneSpec { kind: cfg.backbone, in_channels: input.channels, width };
+            let spec = BackboneSpec {
+                kind: cfg.backbone,
+                in_channels: input.channels,
+                width,
+            };
             Ok((spec.init(device), input))
         }
     }
