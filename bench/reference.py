@@ -112,7 +112,9 @@ def main():
     for _ in range(a.steps):
         step()
     dt = time.perf_counter() - t0
-    params = sum(p.numel() for p in model.parameters())
+    # Parameters plus batch-norm running statistics, as burn's num_params counts them.
+    params = sum(p.numel() for p in model.parameters()) + sum(
+        b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked"))
     print(json.dumps({
         "backbone": a.backbone,
         "params": params,

@@ -34,7 +34,7 @@ pub fn builtin_dataset() -> Result<Dataset> {
 pub const DEMO_SETTINGS: &[&str] = &[
     "task=\"rotation\"",
     "data=\"builtin:fashion-mnist-demo\"",
-    "steps=400",
+    "steps=300",
     "batch_size=64",
     "lr=0.002",
     "warmup_steps=30",
@@ -42,11 +42,21 @@ pub const DEMO_SETTINGS: &[&str] = &[
     "checkpoint_every=100",
 ];
 
+/// Label draws averaged per cell (10 labels per class is a small, noisy sample).
+pub const SEEDS: u64 = 3;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct DemoRow {
     pub encoder: String,
-    pub linear: f32,
-    pub knn: f32,
+    /// Mean and standard deviation over the label draws.
+    pub linear: (f32, f32),
+    pub knn: (f32, f32),
+}
+
+fn mean_std(v: &[f32]) -> (f32, f32) {
+    let m = v.iter().sum::<f32>() / v.len() as f32;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / v.len() as f32;
+    (m, var.sqrt())
 }
 
 pub fn run(out: &Path, sets: &[String], device: Device, quiet: bool) -> Result<Vec<DemoRow>> {
@@ -79,23 +89,28 @@ pub fn run(out: &Path, sets: &[String], device: Device, quiet: bool) -> Result<V
         ("rotation-pretrained", Source::Run(out.to_path_buf())),
         ("random weights", Source::Random),
     ] {
-        let mut accs = [0f32; 2];
+        let mut accs = [Vec::new(), Vec::new()];
         for (i, protocol) in [Protocol::Linear, Protocol::Knn].into_iter().enumerate() {
-            let req = TransferRequest {
-                from: from.clone(),
-                protocol,
-                labels_per_class: PerClass::N(10),
-                config: TransferConfig::default(),
-                out: Some(out.join("transfer").join(name.replace(' ', "-"))),
-                device: device.clone(),
-                quiet: true,
-            };
-            accs[i] = transfer::transfer(&dataset, &req)?.0.accuracy;
+            for seed in 0..SEEDS {
+                let req = TransferRequest {
+                    from: from.clone(),
+                    protocol,
+                    labels_per_class: PerClass::N(10),
+                    config: TransferConfig {
+                        seed,
+                        ..TransferConfig::default()
+                    },
+                    out: Some(out.join("transfer").join(name.replace(' ', "-"))),
+                    device: device.clone(),
+                    quiet: true,
+                };
+                accs[i].push(transfer::transfer(&dataset, &req)?.0.accuracy);
+            }
         }
         rows.push(DemoRow {
             encoder: name.into(),
-            linear: accs[0],
-            knn: accs[1],
+            linear: mean_std(&accs[0]),
+            knn: mean_std(&accs[1]),
         });
     }
     println!();
@@ -104,12 +119,20 @@ pub fn run(out: &Path, sets: &[String], device: Device, quiet: bool) -> Result<V
         summary.steps_done, summary.wall_s, summary.final_loss
     );
     println!(
-        "test accuracy on {} Fashion-MNIST test images, 10 labels per class:",
+        "test accuracy on {} Fashion-MNIST test images, 10 labels per class (mean ± std over {SEEDS} label draws):",
         dataset.test.as_ref().map_or(0, |t| t.n)
     );
-    println!("{:<22} {:>13} {:>13}", "encoder", "linear probe", "k-NN");
+    println!(
+        "{:<22} {:>16} {:>16}",
+        "encoder", "linear probe", "k-NN (k=200)"
+    );
     for r in &rows {
-        println!("{:<22} {:>13.4} {:>13.4}", r.encoder, r.linear, r.knn);
+        println!(
+            "{:<22} {:>16} {:>16}",
+            r.encoder,
+            format!("{:.4} ± {:.4}", r.linear.0, r.linear.1),
+            format!("{:.4} ± {:.4}", r.knn.0, r.knn.1)
+        );
     }
     crate::train::checkpoint::write_atomic(
         &out.join("demo.json"),

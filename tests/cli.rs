@@ -327,3 +327,44 @@ fn pretrain_refuses_to_overwrite_and_resumes() {
     assert!(stdout.contains("finished 12 steps"), "{stdout}");
     assert!(run.join("encoder.safetensors").exists());
 }
+
+#[test]
+fn demo_runs_end_to_end_on_the_builtin_data() {
+    // A shortened demo (the real one is 300 steps); checks the whole path and the table.
+    let dir = tmp();
+    let out = dir.path().join("demo");
+    let stdout = ok(&[
+        "demo",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--set",
+        "steps=10",
+        "--set",
+        "width=8",
+    ]);
+    assert!(
+        stdout.contains("rotation-pretrained") && stdout.contains("random weights"),
+        "{stdout}"
+    );
+    let rows: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("demo.json")).unwrap()).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    for row in rows.as_array().unwrap() {
+        for key in ["linear", "knn"] {
+            let mean = row[key][0].as_f64().unwrap();
+            assert!(mean > 0.2 && mean <= 1.0, "{key} {mean} in {row}");
+        }
+    }
+    // Running it again replaces the earlier demo run instead of refusing.
+    ok(&[
+        "demo",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--set",
+        "steps=2",
+        "--set",
+        "width=8",
+    ]);
+}
