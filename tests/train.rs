@@ -158,8 +158,7 @@ fn a_corrupt_checkpoint_is_a_clear_error() {
         stop_after: None,
         quiet: true,
     })
-    .err()
-    .expect("a truncated checkpoint must not load");
+    .expect_err("a truncated checkpoint must not load");
     assert!(err.to_string().contains("model.bpk"), "{err}");
 }
 
@@ -198,9 +197,7 @@ fn saving_the_same_encoder_twice_gives_identical_files() {
         width: 4,
     }
     .init(&device);
-    let err = pretext::train::checkpoint::load_encoder(other, &a)
-        .err()
-        .expect("shape mismatch");
+    let err = pretext::train::checkpoint::load_encoder(other, &a).expect_err("shape mismatch");
     assert!(err.to_string().contains("a.safetensors"), "{err}");
 }
 

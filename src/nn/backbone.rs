@@ -62,6 +62,9 @@ impl BackboneSpec {
     }
 }
 
+/// One of the backbones; the variants are the modules themselves (a few handles each, so the
+/// size difference clippy notes is immaterial).
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Backbone {
     Convnet(ConvNet),

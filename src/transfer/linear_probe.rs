@@ -48,6 +48,7 @@ pub fn standardize(x: &mut [f32], dim: usize, mean: &[f32], std: &[f32]) {
 }
 
 /// Train on (train_x, train_y), return the accuracy on (test_x, test_y).
+#[allow(clippy::too_many_arguments)]
 pub fn linear_probe(
     mut train_x: Vec<f32>,
     train_y: &[u32],
