@@ -368,3 +368,79 @@ fn demo_runs_end_to_end_on_the_builtin_data() {
         "width=8",
     ]);
 }
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_the_run_resumes() {
+    let dir = tmp();
+    let run = dir.path().join("int");
+    let data = fashion();
+    let child = Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args([
+            "pretrain",
+            "--task",
+            "rotation",
+            "--data",
+            &data,
+            "--out",
+            run.to_str().unwrap(),
+        ])
+        .args([
+            "--set",
+            "limit=512",
+            "--set",
+            "steps=100000",
+            "--set",
+            "batch_size=16",
+            "--set",
+            "width=8",
+        ])
+        .args(["--set", "log_every=1", "--set", "checkpoint_every=100000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training is under way (a metrics line is written), then send SIGINT.
+    let metrics = run.join("metrics.jsonl");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(true, |s| s.lines().count() < 3) {
+        assert!(t0.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("--resume"), "{stdout}");
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            run.join("checkpoints")
+                .join(std::fs::read_to_string(run.join("checkpoints/latest")).unwrap())
+                .join("state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let step = state["step"].as_u64().unwrap();
+    assert!(step >= 3 && step < 100000, "checkpoint at step {step}");
+    // Resume with a smaller budget just past the checkpoint: it continues from there.
+    let stdout = ok(&[
+        "pretrain",
+        "--resume",
+        run.to_str().unwrap(),
+        "--stop-after",
+        &(step + 2).to_string(),
+        "--quiet",
+    ]);
+    assert!(
+        stdout.contains(&format!("stopped after {} steps", step + 2)),
+        "{stdout}"
+    );
+}
