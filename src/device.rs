@@ -14,12 +14,20 @@ pub fn parse(name: &str) -> Result<Device> {
         "vulkan" => Ok(Device::vulkan(Default::default())),
         #[cfg(feature = "cuda")]
         "cuda" => Ok(Device::cuda(0)),
-        "vulkan" | "cuda" => Err(Error::Usage(format!(
-            "--device {name}: this binary was built without the `{name}` feature; rebuild with `cargo build --release --features {name}`"
-        ))),
+        #[cfg(not(feature = "vulkan"))]
+        "vulkan" => Err(missing_feature(name)),
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => Err(missing_feature(name)),
         other => Err(Error::Usage(format!(
             "--device {other}: unknown device; expected one of {}",
             DEVICES.join(", ")
         ))),
     }
+}
+
+#[allow(dead_code)] // unused in a build with every GPU feature
+fn missing_feature(name: &str) -> Error {
+    Error::Usage(format!(
+        "--device {name}: this binary was built without the `{name}` feature; rebuild with `cargo build --release --features {name}`"
+    ))
 }
