@@ -184,7 +184,7 @@ fn measure(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let batch = make_batch(&images, &rot, &input, &mut rng);
     let mut step = |model: &mut Option<RotationModel>| {
-        let x = images_tensor(&batch, &device);
+        let x = images_tensor(&mut batch.clone(), &device);
         let y = labels_tensor(&batch.labels, &device);
         let (m, stats) =
             classification_step(model.take().expect("model"), &mut optim, 1e-3, y, |m| {

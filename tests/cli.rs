@@ -429,7 +429,7 @@ fn ctrl_c_writes_a_checkpoint_and_the_run_resumes() {
     )
     .unwrap();
     let step = state["step"].as_u64().unwrap();
-    assert!(step >= 3 && step < 100000, "checkpoint at step {step}");
+    assert!((3..100000).contains(&step), "checkpoint at step {step}");
     // Resume with a smaller budget just past the checkpoint: it continues from there.
     let stdout = ok(&[
         "pretrain",

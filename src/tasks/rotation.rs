@@ -152,8 +152,8 @@ impl PretextTask for Rotation {
         Arc::new(move |images, _labels, rng| make_batch(images, &config, &input, rng))
     }
 
-    fn step(&mut self, batch: Batch, lr: f64) -> StepStats {
-        let x = images_tensor(&batch, &self.device);
+    fn step(&mut self, mut batch: Batch, lr: f64) -> StepStats {
+        let x = images_tensor(&mut batch, &self.device);
         let y = labels_tensor(&batch.labels, &self.device);
         let model = self.model.take().expect("model present between steps");
         let (model, stats) = classification_step(model, &mut self.optim, lr, y, |m| m.forward(x));

@@ -14,10 +14,11 @@ pub struct StepStats {
     pub metrics: Vec<(&'static str, f32)>,
 }
 
-/// The batch's images as a tensor: [b, c, h, w].
-pub fn images_tensor(batch: &Batch, device: &Device) -> Tensor<4> {
+/// The batch's images as a tensor: [b, c, h, w]. Moves the pixels out of the batch (no copy).
+pub fn images_tensor(batch: &mut Batch, device: &Device) -> Tensor<4> {
+    let images = std::mem::take(&mut batch.images);
     Tensor::from_data(
-        TensorData::new(batch.images.clone(), [batch.b, batch.c, batch.h, batch.w]),
+        TensorData::new(images, [batch.b, batch.c, batch.h, batch.w]),
         device,
     )
 }

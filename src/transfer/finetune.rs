@@ -111,8 +111,8 @@ pub fn finetune(
         make,
     );
     let progress = Progress::new("finetune", 0, s.steps, s.quiet);
-    for (step, batch) in loader.take(s.steps as usize).enumerate() {
-        let x = images_tensor(&batch, &ad);
+    for (step, mut batch) in loader.take(s.steps as usize).enumerate() {
+        let x = images_tensor(&mut batch, &ad);
         let y = labels_tensor(&batch.labels, &ad);
         let lr = lr_at(step as u64, s.lr, s.steps / 20, s.steps, 0.0);
         let (m, stats) =
