@@ -52,4 +52,10 @@ pub trait PretextTask {
     fn save(&self, dir: &Path) -> Result<()>;
     /// Restore what `save` wrote.
     fn load(&mut self, dir: &Path) -> Result<()>;
+    /// Write pictures that show what the task does (the inputs as the network sees them with the
+    /// answers; for generative tasks also what the model makes of them) into the run directory
+    /// `dir`. Called once when the loop ends, with a copy of the first batch of this invocation.
+    fn write_samples(&mut self, _batch: &Batch, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
 }

@@ -235,14 +235,21 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     let mut last = step::StepStats::default();
     let mut step = start;
     let mut last_saved = start;
+    let mut first_batch = None;
     for batch in loader.take((end.saturating_sub(start)) as usize) {
+        if first_batch.is_none() {
+            first_batch = Some(batch.clone());
+        }
         let items = batch.b as u64;
         let lr = schedule::lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio);
         let stats = task.step(batch, lr);
         step += 1;
         window.add(items);
         total.add(items);
-        if !stats.loss.is_finite() {
+        let bad = std::iter::once(("loss", stats.loss))
+            .chain(stats.metrics.iter().copied())
+            .find(|(_, v)| !v.is_finite());
+        if let Some((what, value)) = bad {
             let good = if last_saved > start || resumed.is_some() {
                 format!(
                     "the last good checkpoint (step {last_saved}) is in {}",
@@ -253,10 +260,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
             };
             return Err(Error::Training {
                 step,
-                message: format!(
-                    "loss is {} (lr {lr:.3e}); {good}; try a lower lr",
-                    stats.loss
-                ),
+                message: format!("{what} is {value} (lr {lr:.3e}); {good}; try a lower lr"),
             });
         }
         let log_now = step % cfg.log_every == 0 || step == end;
@@ -304,6 +308,9 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     if step != last_saved || step == 0 {
         log.flush()?;
         save(task.as_ref(), step)?;
+    }
+    if let Some(batch) = &first_batch {
+        task.write_samples(batch, &run)?;
     }
     let completed = step >= cfg.steps;
     if completed {
