@@ -12,6 +12,10 @@ use crate::input::InputSpec;
 use crate::nn::Backbone;
 use crate::train::step::StepStats;
 
+pub mod context;
+pub mod jigsaw;
+pub mod permutations;
+pub mod pictures;
 pub mod rotation;
 
 /// Everything a task needs to build itself.
@@ -30,7 +34,7 @@ pub struct TaskEntry {
 }
 
 /// Every pretext task pretext knows, in the order `pretext tasks` lists them.
-pub const TASKS: &[TaskEntry] = &[rotation::ENTRY];
+pub const TASKS: &[TaskEntry] = &[rotation::ENTRY, context::ENTRY, jigsaw::ENTRY];
 
 pub fn find(name: &str) -> Option<&'static TaskEntry> {
     TASKS.iter().find(|t| t.name == name)

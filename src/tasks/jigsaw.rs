@@ -1,0 +1,540 @@
+//! Jigsaw puzzles (Noroozi & Favaro 2016, "Unsupervised Learning of Visual Representations by
+//! Solving Jigsaw Puzzles"): a (randomly cropped) image is cut into a 3×3 grid, a random tile is
+//! taken inside each cell (so tiles do not touch), the 9 tiles are shuffled by one permutation of
+//! a fixed set, and the network predicts which permutation it was. The encoder sees one tile at a
+//! time (a siamese "context-free" network with shared weights); the head sees the 9 feature
+//! vectors concatenated in the shuffled order.
+//!
+//! Shortcut defences: the gaps between tiles (no continuing edges across borders), per-tile
+//! normalisation (no matching of brightness/contrast between neighbours), per-tile colour jitter
+//! and random grayscale on a share of the images (no matching of colour).
+//!
+//! `pretext pretrain --task jigsaw --data idx:../shared/data/fashion-mnist --out runs/jigsaw`
+
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::optim::ModuleOptimizer;
+use burn::prelude::*;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::permutations::{PermutationSet, MAX_SIZE};
+use super::pictures::{for_display, zoom_for, Canvas};
+use super::{PretextTask, TaskContext, TaskEntry};
+use crate::config::parse_section;
+use crate::data::augment::{color_jitter, crop, grayscale, random_resized_crop, Img};
+use crate::data::loader::{Batch, MakeBatch};
+use crate::error::{Error, Result};
+use crate::input::InputSpec;
+use crate::nn::heads::MlpHead;
+use crate::nn::{Backbone, BackboneSpec};
+use crate::train::checkpoint::{
+    load_module, load_optimizer, save_module, save_optimizer, write_atomic,
+};
+use crate::train::optim::build_optimizer;
+use crate::train::step::{classification_step, images_tensor, labels_tensor, StepStats};
+
+pub const ENTRY: TaskEntry = TaskEntry {
+    name: "jigsaw",
+    description:
+        "predict which permutation shuffled the 9 tiles of a 3×3 grid (Noroozi & Favaro 2016)",
+    build,
+};
+
+/// `[jigsaw]` config section. Geometry left unset is scaled to the image size.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JigsawConfig {
+    /// Number of permutations (classes), chosen greedily for maximal Hamming distance.
+    pub permutations: usize,
+    /// Seed of the permutation set (fixed per run; saved as `permutations.json`).
+    pub permutation_seed: u64,
+    /// Side of the square region cut into the 3×3 grid (default: the largest multiple of 3 that
+    /// fits the image).
+    pub crop: Option<usize>,
+    /// Smallest area fraction of the random resized crop that makes the region (1 = a plain
+    /// random crop of `crop` pixels, no resizing).
+    pub crop_scale_min: f32,
+    /// Side of each tile, taken at a random place inside its cell (default: 80% of the cell).
+    pub tile: Option<usize>,
+    /// Normalise each tile to zero mean and unit variance on its own.
+    pub tile_norm: bool,
+    /// Share of colour images turned grey before cutting.
+    pub grayscale_prob: f32,
+    /// Strength of the per-tile brightness/contrast/saturation jitter (0 = off).
+    pub color_jitter: f32,
+    /// Hidden width of the head over the 9 concatenated tile features.
+    pub hidden: usize,
+}
+
+impl Default for JigsawConfig {
+    fn default() -> Self {
+        Self {
+            permutations: 100,
+            permutation_seed: 1,
+            crop: None,
+            crop_scale_min: 0.7,
+            tile: None,
+            tile_norm: true,
+            grayscale_prob: 0.3,
+            color_jitter: 0.4,
+            hidden: 512,
+        }
+    }
+}
+
+/// Resolved puzzle geometry in pixels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Geometry {
+    /// Side of the square region (3 × cell ≤ crop).
+    pub crop: usize,
+    pub cell: usize,
+    pub tile: usize,
+}
+
+impl JigsawConfig {
+    /// Geometry for h×w images, or a config error saying what to change.
+    pub fn geometry(&self, h: usize, w: usize) -> Result<Geometry> {
+        let side = h.min(w);
+        let crop = self.crop.unwrap_or(side / 3 * 3);
+        if crop > side {
+            return Err(Error::config(
+                "jigsaw.crop",
+                format!("{crop} is larger than the {h}×{w} images; use at most {side}"),
+            ));
+        }
+        let cell = crop / 3;
+        if cell < 2 {
+            return Err(Error::config(
+                "jigsaw.crop",
+                format!("{crop} pixels make grid cells of {cell}; need at least 6 (cells of 2)"),
+            ));
+        }
+        let tile = self.tile.unwrap_or((cell * 4 / 5).max(1));
+        if tile == 0 || tile > cell {
+            return Err(Error::config(
+                "jigsaw.tile",
+                format!("must be between 1 and the grid cell ({cell} pixels), found {tile}"),
+            ));
+        }
+        Ok(Geometry { crop, cell, tile })
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(2..=MAX_SIZE).contains(&self.permutations) {
+            return Err(Error::config(
+                "jigsaw.permutations",
+                format!("must be in 2..={MAX_SIZE}, found {}", self.permutations),
+            ));
+        }
+        for (key, v) in [
+            ("jigsaw.grayscale_prob", self.grayscale_prob),
+            ("jigsaw.color_jitter", self.color_jitter),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(Error::config(key, format!("must be in [0, 1], found {v}")));
+            }
+        }
+        if !(0.05..=1.0).contains(&self.crop_scale_min) {
+            return Err(Error::config(
+                "jigsaw.crop_scale_min",
+                format!("must be in [0.05, 1], found {}", self.crop_scale_min),
+            ));
+        }
+        if self.hidden == 0 {
+            return Err(Error::config("jigsaw.hidden", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Shared tile encoder + head over the 9 concatenated tile features.
+#[derive(Module, Debug)]
+pub struct JigsawModel {
+    pub backbone: Backbone,
+    pub head: MlpHead,
+}
+
+impl JigsawModel {
+    /// tiles: [9·n, c, t, t] (9 consecutive tiles per puzzle, in shuffled order) → logits [n, P]
+    pub fn forward(&self, tiles: Tensor<4>) -> Tensor<2> {
+        let feats = self.backbone.features(tiles);
+        let [b, d] = feats.dims();
+        self.head.forward(feats.reshape([b / 9, 9 * d]))
+    }
+}
+
+pub struct Jigsaw {
+    config: JigsawConfig,
+    geometry: Geometry,
+    perms: Arc<PermutationSet>,
+    input: InputSpec,
+    model: Option<JigsawModel>,
+    optim: ModuleOptimizer,
+    device: Device,
+}
+
+fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
+    let config: JigsawConfig = parse_section("jigsaw", ctx.config.section("jigsaw"))?;
+    config.validate()?;
+    let geometry = config.geometry(ctx.input.height, ctx.input.width)?;
+    let perms = PermutationSet::greedy(config.permutations, config.permutation_seed);
+    let backbone = BackboneSpec {
+        kind: ctx.config.backbone,
+        in_channels: ctx.input.channels,
+        width: ctx.config.width(),
+    }
+    .init(&ctx.device);
+    let head = MlpHead::new(
+        9 * backbone.dim(),
+        config.hidden,
+        config.permutations,
+        &ctx.device,
+    );
+    Ok(Box::new(Jigsaw {
+        config,
+        geometry,
+        perms: Arc::new(perms),
+        input: ctx.input.clone(),
+        model: Some(JigsawModel { backbone, head }),
+        optim: build_optimizer(ctx.config),
+        device: ctx.device.clone(),
+    }))
+}
+
+/// Top-left corners of the 9 tiles inside the crop region, cell by cell in reading order: each
+/// tile lies at a random place inside its cell.
+pub fn tile_boxes(g: &Geometry, rng: &mut impl Rng) -> [(usize, usize); 9] {
+    std::array::from_fn(|i| {
+        let (r, c) = (i / 3, i % 3);
+        let slack = g.cell - g.tile;
+        (
+            r * g.cell + rng.gen_range(0..=slack),
+            c * g.cell + rng.gen_range(0..=slack),
+        )
+    })
+}
+
+/// Zero mean and unit variance over all of the tile's values (a flat tile becomes all zeros).
+fn normalize_tile(tile: &mut Img) {
+    let n = tile.data.len() as f32;
+    let mean = tile.data.iter().sum::<f32>() / n;
+    let var = tile.data.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n;
+    let std = var.sqrt().max(0.02);
+    tile.data.iter_mut().for_each(|v| *v = (*v - mean) / std);
+}
+
+/// The pure "damage the data, keep the answer" half. Output: 9 tiles per image in shuffled order
+/// ([9·n, c, tile, tile]) and one label per image, the permutation's index.
+pub fn make_batch(
+    images: &[Img],
+    config: &JigsawConfig,
+    g: &Geometry,
+    perms: &PermutationSet,
+    input: &InputSpec,
+    rng: &mut impl Rng,
+) -> Batch {
+    let c = input.channels;
+    let mut out = Vec::with_capacity(images.len() * 9 * c * g.tile * g.tile);
+    let mut labels = Vec::with_capacity(images.len());
+    for img in images {
+        let mut region = if config.crop_scale_min < 1.0 {
+            random_resized_crop(
+                img,
+                g.crop,
+                (config.crop_scale_min, 1.0),
+                (3.0 / 4.0, 4.0 / 3.0),
+                rng,
+            )
+        } else {
+            let y = rng.gen_range(0..=img.h - g.crop);
+            let x = rng.gen_range(0..=img.w - g.crop);
+            crop(img, y, x, g.crop, g.crop)
+        };
+        if c == 3 && config.grayscale_prob > 0.0 && rng.gen_bool(config.grayscale_prob as f64) {
+            region = grayscale(&region);
+        }
+        let tiles: Vec<Img> = tile_boxes(g, rng)
+            .iter()
+            .map(|&(y, x)| {
+                let mut t = crop(&region, y, x, g.tile, g.tile);
+                if config.color_jitter > 0.0 {
+                    let s = config.color_jitter;
+                    t = color_jitter(&t, s, s, s, rng);
+                }
+                if config.tile_norm {
+                    normalize_tile(&mut t);
+                } else {
+                    input.normalize(&mut t);
+                }
+                t
+            })
+            .collect();
+        let label = rng.gen_range(0..perms.len());
+        for &tile in &perms.perms[label] {
+            out.extend_from_slice(&tiles[tile as usize].data);
+        }
+        labels.push(label as u32);
+    }
+    Batch {
+        index: 0,
+        b: labels.len() * 9,
+        c,
+        h: g.tile,
+        w: g.tile,
+        images: out,
+        labels,
+        extra: Vec::new(),
+    }
+}
+
+impl PretextTask for Jigsaw {
+    fn make_batch(&self) -> MakeBatch {
+        let (config, g, perms, input) = (
+            self.config.clone(),
+            self.geometry,
+            self.perms.clone(),
+            self.input.clone(),
+        );
+        Arc::new(move |images, _labels, rng| make_batch(images, &config, &g, &perms, &input, rng))
+    }
+
+    fn step(&mut self, mut batch: Batch, lr: f64) -> StepStats {
+        let x = images_tensor(&mut batch, &self.device);
+        let y = labels_tensor(&batch.labels, &self.device);
+        let model = self.model.take().expect("model present between steps");
+        let (model, stats) = classification_step(model, &mut self.optim, lr, y, |m| m.forward(x));
+        self.model = Some(model);
+        stats
+    }
+
+    fn encoder(&self) -> Backbone {
+        self.model.as_ref().expect("model present").backbone.clone()
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        save_module(
+            self.model.clone().expect("model present"),
+            &dir.join("model.bpk"),
+        )?;
+        save_optimizer(&self.optim, &dir.join("optimizer.bpk"))?;
+        save_permutations(&self.perms, dir)
+    }
+
+    fn load(&mut self, dir: &Path) -> Result<()> {
+        let path = dir.join("permutations.json");
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let saved: PermutationSet = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Usage(format!(
+                "{}: not a permutation set ({e}); the checkpoint is damaged",
+                path.display()
+            ))
+        })?;
+        if saved.perms != self.perms.perms {
+            return Err(Error::Usage(format!(
+                "{}: the checkpoint's permutation set differs from the one the config makes \
+                 ({} permutations, seed {}); the head's classes would change meaning",
+                path.display(),
+                self.perms.len(),
+                self.perms.seed
+            )));
+        }
+        let model = self.model.take().expect("model present");
+        self.model = Some(load_module(model, &dir.join("model.bpk"))?);
+        self.optim = load_optimizer(self.optim.clone(), &dir.join("optimizer.bpk"))?;
+        Ok(())
+    }
+
+    fn write_samples(&mut self, batch: &Batch, dir: &Path) -> Result<()> {
+        save_permutations(&self.perms, dir)?;
+        write_puzzles(batch, &self.perms, &dir.join("jigsaw-samples.png"))
+    }
+}
+
+fn save_permutations(perms: &PermutationSet, dir: &Path) -> Result<()> {
+    write_atomic(
+        &dir.join("permutations.json"),
+        &serde_json::to_vec(perms).expect("json"),
+    )
+}
+
+/// One row per puzzle (at most 6): the 9 tiles as the network sees them, in shuffled order, then
+/// the same tiles put back where the answer says they belong. `PATH.json` lists each row's label.
+pub fn write_puzzles(batch: &Batch, perms: &PermutationSet, path: &Path) -> Result<()> {
+    let (c, t) = (batch.c, batch.h);
+    let rows = batch.labels.len().min(6);
+    let zoom = zoom_for(t);
+    let (tz, pad) = (t * zoom, 2);
+    let board = 3 * tz + 2 * pad;
+    let mut canvas = Canvas::new(rows * (board + 8) + 8, 2 * board + 40);
+    let tile_len = c * t * t;
+    let mut answers = Vec::new();
+    for (row, &label) in batch.labels.iter().take(rows).enumerate() {
+        let perm = &perms.perms[label as usize];
+        let y0 = 8 + row * (board + 8);
+        for (pos, &orig) in perm.iter().enumerate() {
+            let start = (row * 9 + pos) * tile_len;
+            let tile = for_display(&batch.images[start..start + tile_len], c, t, t);
+            let at = |i: usize| (y0 + (i / 3) * (tz + pad), (i % 3) * (tz + pad));
+            let (y, x) = at(pos);
+            canvas.paste(&tile, y, 8 + x, zoom);
+            let (y, x) = at(orig as usize);
+            canvas.paste(&tile, y, 32 + board + x, zoom);
+        }
+        answers.push(serde_json::json!({ "row": row, "label": label, "permutation": perm }));
+    }
+    canvas.save_png(path)?;
+    let note = serde_json::json!({
+        "picture": "each row: the 9 tiles in the order the network sees them | the same tiles put back by the answer",
+        "rows": answers,
+    });
+    write_atomic(
+        &path.with_extension("json"),
+        &serde_json::to_vec_pretty(&note).expect("json"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn spec(c: usize, s: usize) -> InputSpec {
+        InputSpec {
+            channels: c,
+            height: s,
+            width: s,
+            mean: vec![0.0; c],
+            std: vec![1.0; c],
+        }
+    }
+
+    fn noise_img(c: usize, s: usize, seed: u64) -> Img {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        Img {
+            c,
+            h: s,
+            w: s,
+            data: (0..c * s * s).map(|_| rng.gen::<f32>()).collect(),
+        }
+    }
+
+    #[test]
+    fn default_geometry_scales_with_the_image() {
+        let cfg = JigsawConfig::default();
+        let g = cfg.geometry(28, 28).unwrap();
+        assert_eq!((g.crop, g.cell, g.tile), (27, 9, 7));
+        let g = cfg.geometry(96, 96).unwrap();
+        assert_eq!((g.crop, g.cell, g.tile), (96, 32, 25));
+        let big = JigsawConfig {
+            crop: Some(40),
+            ..JigsawConfig::default()
+        };
+        let err = big.geometry(28, 28).unwrap_err().to_string();
+        assert!(
+            err.contains("jigsaw.crop") && err.contains("larger"),
+            "{err}"
+        );
+        let big_tile = JigsawConfig {
+            tile: Some(10),
+            ..JigsawConfig::default()
+        };
+        assert!(big_tile.geometry(28, 28).is_err());
+    }
+
+    #[test]
+    fn tiles_stay_inside_their_cells() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for (s, tile) in [(28, None), (96, None), (32, Some(10)), (30, Some(1))] {
+            let cfg = JigsawConfig {
+                tile,
+                ..JigsawConfig::default()
+            };
+            let g = cfg.geometry(s, s).unwrap();
+            for _ in 0..500 {
+                for (i, &(y, x)) in tile_boxes(&g, &mut rng).iter().enumerate() {
+                    let (r, c) = (i / 3, i % 3);
+                    assert!(y >= r * g.cell && y + g.tile <= (r + 1) * g.cell);
+                    assert!(x >= c * g.cell && x + g.tile <= (c + 1) * g.cell);
+                    assert!(y + g.tile <= g.crop && x + g.tile <= g.crop);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn inverting_the_permutation_restores_the_grid() {
+        // No randomness in the tiles themselves: the region is the whole 27×27 image and each
+        // tile fills its cell, so the unshuffled tiles are known exactly.
+        let cfg = JigsawConfig {
+            crop_scale_min: 1.0,
+            tile: Some(9),
+            tile_norm: false,
+            color_jitter: 0.0,
+            grayscale_prob: 0.0,
+            ..JigsawConfig::default()
+        };
+        let input = spec(3, 27);
+        let g = cfg.geometry(27, 27).unwrap();
+        let perms = PermutationSet::greedy(100, 0);
+        let imgs: Vec<Img> = (0..4).map(|i| noise_img(3, 27, i)).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let b = make_batch(&imgs, &cfg, &g, &perms, &input, &mut rng);
+        assert_eq!((b.b, b.c, b.h, b.w), (36, 3, 9, 9));
+        assert_eq!(b.labels.len(), 4);
+        let n = 3 * 9 * 9;
+        let mut distinct = std::collections::HashSet::new();
+        for (k, img) in imgs.iter().enumerate() {
+            let label = b.labels[k] as usize;
+            distinct.insert(label);
+            let inv = super::super::permutations::inverse(&perms.perms[label]);
+            for (i, &pos) in inv.iter().enumerate() {
+                let start = (k * 9 + pos as usize) * n;
+                let got = &b.images[start..start + n];
+                let want = crop(img, (i / 3) * 9, (i % 3) * 9, 9, 9);
+                assert_eq!(got, &want.data[..], "image {k} tile {i}");
+            }
+        }
+        assert!(distinct.len() > 1, "labels vary between images");
+    }
+
+    #[test]
+    fn tiles_are_normalised_one_by_one() {
+        let cfg = JigsawConfig::default();
+        let input = spec(3, 32);
+        let g = cfg.geometry(32, 32).unwrap();
+        let perms = PermutationSet::greedy(10, 0);
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let b = make_batch(&[noise_img(3, 32, 5)], &cfg, &g, &perms, &input, &mut rng);
+        let n = 3 * g.tile * g.tile;
+        for t in b.images.chunks(n) {
+            let mean = t.iter().sum::<f32>() / n as f32;
+            let var = t.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n as f32;
+            assert!(
+                mean.abs() < 1e-4 && (var - 1.0).abs() < 1e-3,
+                "{mean} {var}"
+            );
+        }
+    }
+
+    #[test]
+    fn sample_picture_is_written() {
+        let cfg = JigsawConfig::default();
+        let input = spec(1, 28);
+        let g = cfg.geometry(28, 28).unwrap();
+        let perms = PermutationSet::greedy(10, 0);
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let imgs: Vec<Img> = (0..3).map(|i| noise_img(1, 28, i)).collect();
+        let b = make_batch(&imgs, &cfg, &g, &perms, &input, &mut rng);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.png");
+        write_puzzles(&b, &perms, &path).unwrap();
+        let png = image::open(&path).unwrap();
+        assert!(png.height() > 3 * 3 * 7);
+        let note: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("j.json")).unwrap()).unwrap();
+        assert_eq!(note["rows"].as_array().unwrap().len(), 3);
+    }
+}
