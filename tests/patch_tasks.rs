@@ -238,3 +238,42 @@ fn colour_photos_and_fashion_mnist_through_the_binary() {
         assert!(acc > 0.2, "{task}: k-NN accuracy {acc}");
     }
 }
+
+#[test]
+fn listed_and_bad_geometry_is_a_one_line_error_with_exit_code_2() {
+    let listed = pretext(&["tasks"]);
+    for task in ["context", "jigsaw"] {
+        assert!(
+            listed.lines().any(|l| l.starts_with(task)),
+            "{task} missing from:\n{listed}"
+        );
+    }
+    for (task, set, needle) in [
+        ("context", "context.patch=12", "context.patch"),
+        ("context", "context.pairs=9", "context.pairs"),
+        ("jigsaw", "jigsaw.crop=40", "jigsaw.crop"),
+        ("jigsaw", "jigsaw.tile=10", "jigsaw.tile"),
+        ("jigsaw", "jigsaw.permutations=1", "jigsaw.permutations"),
+        ("jigsaw", "jigsaw.tiles=3", "tiles"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_pretext"))
+            .args([
+                "pretrain",
+                "--task",
+                task,
+                "--data",
+                "builtin:fashion-mnist-demo",
+                "--out",
+                tmp.path().join("r").to_str().unwrap(),
+                "--set",
+                set,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{set}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{set}: {stderr}");
+        assert!(stderr.contains(needle), "{set}: {stderr}");
+    }
+}
