@@ -186,10 +186,14 @@ fn measure(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     let mut step = |model: &mut Option<RotationModel>| {
         let x = images_tensor(&mut batch.clone(), &device);
         let y = labels_tensor(&batch.labels, &device);
-        let (m, stats) =
-            classification_step(model.take().expect("model"), &mut optim, 1e-3, y, |m| {
-                m.forward(x)
-            });
+        let (m, stats) = classification_step(
+            model.take().expect("model"),
+            &mut optim,
+            1e-3,
+            y,
+            false,
+            |m| m.forward(x),
+        );
         *model = Some(m);
         stats.loss
     };

@@ -18,6 +18,16 @@ pub enum OptimizerKind {
     Sgd,
 }
 
+/// What the training loop does with a step whose loss (or a reported metric) is NaN or infinite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NonFinite {
+    /// Stop with a message naming the step and the last good checkpoint.
+    Stop,
+    /// Leave the weights as they were and go on (stops after 10 skipped steps in a row).
+    Skip,
+}
+
 /// Pretraining configuration. Task-specific keys live in a table named after the task
 /// (e.g. `[rotation]`, or `--set rotation.flip=false`) and are checked by the task itself.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -58,6 +68,8 @@ pub struct PretrainConfig {
     pub image_size: usize,
     /// Use at most this many training images; 0 = all.
     pub limit: usize,
+    /// NaN or infinite loss: `stop` (default) or `skip` the step.
+    pub on_nonfinite: NonFinite,
     /// Task sections, e.g. `rotation = { flip = true }`.
     #[serde(flatten)]
     pub sections: BTreeMap<String, toml::Value>,
@@ -86,6 +98,7 @@ impl Default for PretrainConfig {
             prefetch: 4,
             image_size: 32,
             limit: 0,
+            on_nonfinite: NonFinite::Stop,
             sections: BTreeMap::new(),
         }
     }

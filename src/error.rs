@@ -58,6 +58,18 @@ impl Error {
     }
 
     /// Exit code for the binary: 2 for a wrong command line or config, 1 for everything else.
+    /// This error and its sources, joined by ": " (what `{:#}` prints for an anyhow chain).
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(e) = source {
+            text.push_str(": ");
+            text.push_str(&e.to_string());
+            source = e.source();
+        }
+        text
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Config { .. } | Self::Usage(_) => 2,

@@ -74,6 +74,12 @@ fn run(cli: Cli) -> Result<()> {
                 summary.final_loss,
                 summary.run_dir.display()
             );
+            if summary.skipped_steps > 0 {
+                println!(
+                    "{} steps were skipped for a NaN/Inf loss (on_nonfinite = \"skip\")",
+                    summary.skipped_steps
+                );
+            }
             Ok(())
         }
         Command::Transfer(a) => {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pictures::{for_display, zoom_for, Canvas};
 use super::{PretextTask, TaskContext, TaskEntry};
-use crate::config::parse_section;
+use crate::config::{parse_section, NonFinite};
 use crate::data::augment::{crop, Img};
 use crate::data::loader::{Batch, MakeBatch};
 use crate::error::{Error, Result};
@@ -197,6 +197,8 @@ pub struct Context {
     model: Option<ContextModel>,
     optim: ModuleOptimizer,
     device: Device,
+    /// `on_nonfinite = "skip"`: leave the model as it was when the loss is NaN/Inf.
+    skip_nonfinite: bool,
 }
 
 fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
@@ -217,6 +219,7 @@ fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
         model: Some(ContextModel { backbone, head }),
         optim: build_optimizer(ctx.config),
         device: ctx.device.clone(),
+        skip_nonfinite: ctx.config.on_nonfinite == NonFinite::Skip,
     }))
 }
 
@@ -308,7 +311,9 @@ impl PretextTask for Context {
         let y = labels_tensor(&batch.labels, &self.device);
         let model = self.model.take().expect("model present between steps");
         let (model, stats) =
-            classification_step(model, &mut self.optim, lr, y, |m| m.forward(x, pairs));
+            classification_step(model, &mut self.optim, lr, y, self.skip_nonfinite, |m| {
+                m.forward(x, pairs)
+            });
         self.model = Some(model);
         stats
     }

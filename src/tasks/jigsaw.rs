@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::permutations::{PermutationSet, MAX_SIZE};
 use super::pictures::{for_display, zoom_for, Canvas};
 use super::{PretextTask, TaskContext, TaskEntry};
-use crate::config::parse_section;
+use crate::config::{parse_section, NonFinite};
 use crate::data::augment::{color_jitter, crop, grayscale, random_resized_crop, Img};
 use crate::data::loader::{Batch, MakeBatch};
 use crate::error::{Error, Result};
@@ -173,6 +173,8 @@ pub struct Jigsaw {
     model: Option<JigsawModel>,
     optim: ModuleOptimizer,
     device: Device,
+    /// `on_nonfinite = "skip"`: leave the model as it was when the loss is NaN/Inf.
+    skip_nonfinite: bool,
 }
 
 fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
@@ -200,6 +202,7 @@ fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
         model: Some(JigsawModel { backbone, head }),
         optim: build_optimizer(ctx.config),
         device: ctx.device.clone(),
+        skip_nonfinite: ctx.config.on_nonfinite == NonFinite::Skip,
     }))
 }
 
@@ -304,7 +307,10 @@ impl PretextTask for Jigsaw {
         let x = images_tensor(&mut batch, &self.device);
         let y = labels_tensor(&batch.labels, &self.device);
         let model = self.model.take().expect("model present between steps");
-        let (model, stats) = classification_step(model, &mut self.optim, lr, y, |m| m.forward(x));
+        let (model, stats) =
+            classification_step(model, &mut self.optim, lr, y, self.skip_nonfinite, |m| {
+                m.forward(x)
+            });
         self.model = Some(model);
         stats
     }

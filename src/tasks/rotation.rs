@@ -13,7 +13,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{PretextTask, TaskContext, TaskEntry};
-use crate::config::parse_section;
+use crate::config::{parse_section, NonFinite};
 use crate::data::augment::{hflip, random_resized_crop, rot90, Img};
 use crate::data::loader::{Batch, MakeBatch};
 use crate::error::{Error, Result};
@@ -69,6 +69,8 @@ pub struct Rotation {
     model: Option<RotationModel>,
     optim: ModuleOptimizer,
     device: Device,
+    /// `on_nonfinite = "skip"`: leave the model as it was when the loss is NaN/Inf.
+    skip_nonfinite: bool,
 }
 
 fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
@@ -98,6 +100,7 @@ fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
         model: Some(RotationModel { backbone, head }),
         optim: build_optimizer(ctx.config),
         device: ctx.device.clone(),
+        skip_nonfinite: ctx.config.on_nonfinite == NonFinite::Skip,
     }))
 }
 
@@ -156,7 +159,10 @@ impl PretextTask for Rotation {
         let x = images_tensor(&mut batch, &self.device);
         let y = labels_tensor(&batch.labels, &self.device);
         let model = self.model.take().expect("model present between steps");
-        let (model, stats) = classification_step(model, &mut self.optim, lr, y, |m| m.forward(x));
+        let (model, stats) =
+            classification_step(model, &mut self.optim, lr, y, self.skip_nonfinite, |m| {
+                m.forward(x)
+            });
         self.model = Some(model);
         stats
     }

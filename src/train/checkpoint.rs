@@ -138,9 +138,16 @@ pub fn write_checkpoint(
         fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    save(&tmp)?;
-    let json = serde_json::to_vec_pretty(state).expect("state serialises");
-    write_atomic(&tmp.join("state.json"), &json)?;
+    let filled = save(&tmp).and_then(|()| {
+        fault_kill_in_checkpoint(state.step);
+        let json = serde_json::to_vec_pretty(state).expect("state serialises");
+        write_atomic(&tmp.join("state.json"), &json)
+    });
+    if let Err(e) = filled {
+        // Disk full or read-only: give the space back; `latest` still names the previous one.
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     if dst.exists() {
         fs::remove_dir_all(&dst).map_err(|e| Error::io(&dst, e))?;
     }
@@ -152,6 +159,21 @@ pub fn write_checkpoint(
     write_atomic(&root.join("latest"), name.as_bytes())?;
     prune(&root, &name, keep)?;
     Ok(dst)
+}
+
+/// Test hook for the interruption tests: when `PRETEXT_FAULT_KILL_IN_CHECKPOINT` equals `step`,
+/// the process SIGKILLs itself halfway through writing that checkpoint (model and optimiser files
+/// written, `state.json` not yet, not renamed into place) — a crash at the worst moment.
+fn fault_kill_in_checkpoint(step: u64) {
+    let wanted = std::env::var("PRETEXT_FAULT_KILL_IN_CHECKPOINT").ok();
+    if wanted.and_then(|v| v.parse::<u64>().ok()) == Some(step) {
+        #[cfg(unix)]
+        // SAFETY: kill(2) on our own pid with a valid signal number has no memory effects.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        std::process::abort();
+    }
 }
 
 fn prune(root: &Path, latest: &str, keep: usize) -> Result<()> {

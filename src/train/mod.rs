@@ -48,6 +48,8 @@ pub struct PretrainSummary {
     pub items_per_s: f64,
     pub run_dir: PathBuf,
     pub completed: bool,
+    /// Steps skipped for a NaN/Inf loss (`on_nonfinite = "skip"`).
+    pub skipped_steps: u64,
 }
 
 pub struct PretrainRequest {
@@ -63,6 +65,9 @@ pub struct PretrainRequest {
     pub stop_after: Option<u64>,
     pub quiet: bool,
 }
+
+/// `on_nonfinite = "skip"` gives up after this many skipped steps in a row.
+const MAX_SKIPPED_IN_ROW: u64 = 10;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -221,6 +226,25 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
             task.save(dir)?;
             save_encoder(&task.encoder(), &dir.join("encoder.safetensors"))
         })
+        .map_err(|e| {
+            let kept = match latest_checkpoint(&run) {
+                Ok(Some((dir, s))) => format!(
+                    "the last complete checkpoint (step {}) is intact in {}",
+                    s.step,
+                    dir.display()
+                ),
+                _ => "no earlier checkpoint exists".into(),
+            };
+            Error::Training {
+                step,
+                message: format!(
+                    "could not write checkpoint {step}: {}; {kept}; fix the output \
+                     directory (space, permissions) and continue with --resume {}",
+                    e.chain(),
+                    run.display()
+                ),
+            }
+        })
     };
 
     let progress = Progress::new(
@@ -236,6 +260,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     let mut step = start;
     let mut last_saved = start;
     let mut first_batch = None;
+    let (mut skipped, mut skipped_in_row) = (0u64, 0u64);
     for batch in loader.take((end.saturating_sub(start)) as usize) {
         if first_batch.is_none() {
             first_batch = Some(batch.clone());
@@ -246,7 +271,31 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         step += 1;
         window.add(items);
         total.add(items);
-        let bad = std::iter::once(("loss", stats.loss))
+        if stats.skipped {
+            skipped += 1;
+            skipped_in_row += 1;
+            log.write(&serde_json::json!({ "step": step, "skipped": true, "lr": lr }))?;
+            progress.println(&format!(
+                "step {step}: loss is {} — step skipped, weights unchanged (on_nonfinite = \"skip\")",
+                stats.loss
+            ));
+            if skipped_in_row >= MAX_SKIPPED_IN_ROW {
+                return Err(Error::Training {
+                    step,
+                    message: format!(
+                        "{MAX_SKIPPED_IN_ROW} steps in a row had a NaN/Inf loss and were skipped; \
+                         the weights are those of step {}; try a lower lr",
+                        step - skipped_in_row
+                    ),
+                });
+            }
+        } else {
+            skipped_in_row = 0;
+        }
+        let bad = (!stats.skipped)
+            .then(|| std::iter::once(("loss", stats.loss)))
+            .into_iter()
+            .flatten()
             .chain(stats.metrics.iter().copied())
             .find(|(_, v)| !v.is_finite());
         if let Some((what, value)) = bad {
@@ -263,7 +312,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
                 message: format!("{what} is {value} (lr {lr:.3e}); {good}; try a lower lr"),
             });
         }
-        let log_now = step % cfg.log_every == 0 || step == end;
+        let log_now = !stats.skipped && (step % cfg.log_every == 0 || step == end);
         if log_now {
             let mut rec = serde_json::json!({
                 "step": step, "loss": stats.loss, "lr": lr,
@@ -289,7 +338,9 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         if log_now {
             window = Throughput::new();
         }
-        last = stats;
+        if !stats.skipped {
+            last = stats;
+        }
         let interrupted = INTERRUPTED.load(Ordering::SeqCst);
         if step % cfg.checkpoint_every == 0 || interrupted {
             log.flush()?;
@@ -330,6 +381,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         items_per_s: total.per_sec(),
         run_dir: run.clone(),
         completed,
+        skipped_steps: skipped,
     };
     checkpoint::write_atomic(
         &run.join("summary.json"),

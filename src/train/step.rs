@@ -12,6 +12,8 @@ use crate::data::loader::Batch;
 pub struct StepStats {
     pub loss: f32,
     pub metrics: Vec<(&'static str, f32)>,
+    /// The loss was NaN or infinite and the step was not applied (`on_nonfinite = "skip"`).
+    pub skipped: bool,
 }
 
 /// The batch's images as a tensor: [b, c, h, w]. Moves the pixels out of the batch (no copy).
@@ -31,18 +33,46 @@ pub fn labels_tensor(labels: &[u32], device: &Device) -> Tensor<1, Int> {
 
 /// Cross-entropy step: `forward` maps the model to logits [b, classes]; returns the updated model
 /// with loss and accuracy.
+///
+/// With `skip_nonfinite`, a NaN or infinite loss leaves the model exactly as it was — parameters
+/// and the batch-norm running statistics the forward pass already touched (restored from a
+/// record taken before it; the optimiser state is not updated either) — and reports the step as
+/// skipped. Without it the update is applied and the caller stops on the non-finite loss.
 pub fn classification_step<M: Module>(
     model: M,
     optim: &mut ModuleOptimizer,
     lr: f64,
     targets: Tensor<1, Int>,
+    skip_nonfinite: bool,
     forward: impl FnOnce(&M) -> Tensor<2>,
 ) -> (M, StepStats) {
+    // `valid()` folds the pending batch-norm update into the stored running statistics first, so
+    // the record holds exactly the state training continues from.
+    let before = skip_nonfinite.then(|| model.valid().into_record());
     let logits = forward(&model);
     let device = logits.device();
     let loss = CrossEntropyLossConfig::new()
         .init(&device)
         .forward(logits.clone(), targets.clone());
+    if let Some(record) = before {
+        let value = loss.clone().detach().into_scalar::<f32>();
+        if !value.is_finite() {
+            // Fold the forward pass's (non-finite) running-statistics update in, then overwrite
+            // every value with the record: nothing of this step survives.
+            let _ = model.valid();
+            let model = model
+                .try_load_record(record)
+                .expect("a record taken from this module loads back into it");
+            return (
+                model,
+                StepStats {
+                    loss: value,
+                    metrics: Vec::new(),
+                    skipped: true,
+                },
+            );
+        }
+    }
     let correct = logits
         .detach()
         .argmax(1)
@@ -60,6 +90,7 @@ pub fn classification_step<M: Module>(
         StepStats {
             loss: loss_value,
             metrics: vec![("acc", acc)],
+            skipped: false,
         },
     )
 }

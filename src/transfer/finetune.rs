@@ -115,10 +115,14 @@ pub fn finetune(
         let x = images_tensor(&mut batch, &ad);
         let y = labels_tensor(&batch.labels, &ad);
         let lr = lr_at(step as u64, s.lr, s.steps / 20, s.steps, 0.0);
-        let (m, stats) =
-            classification_step(model.take().expect("model"), &mut optim, lr, y, |m| {
-                m.forward(x)
-            });
+        let (m, stats) = classification_step(
+            model.take().expect("model"),
+            &mut optim,
+            lr,
+            y,
+            false,
+            |m| m.forward(x),
+        );
         model = Some(m);
         let log = (step + 1) % 50 == 0;
         progress.update(
