@@ -123,6 +123,15 @@ impl PretrainConfig {
         positive("keep_checkpoints", self.keep_checkpoints as f64)?;
         positive("prefetch", self.prefetch as f64)?;
         positive("image_size", self.image_size as f64)?;
+        if self.width > MAX_WIDTH {
+            return Err(Error::config(
+                "width",
+                format!(
+                    "must be at most {MAX_WIDTH} (0 = the backbone's default), found {}",
+                    self.width
+                ),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
             return Err(Error::config(
                 "min_lr_ratio",
@@ -147,19 +156,54 @@ impl PretrainConfig {
     }
 }
 
-fn positive(key: &str, v: f64) -> Result<()> {
-    if v > 0.0 {
+pub(crate) fn positive(key: &str, v: f64) -> Result<()> {
+    if v > 0.0 && v.is_finite() {
         Ok(())
     } else {
-        Err(Error::config(key, format!("must be > 0, found {v}")))
+        Err(Error::config(
+            key,
+            format!("must be a finite number > 0, found {v}"),
+        ))
     }
 }
 
+pub(crate) fn in_range(key: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(Error::config(
+            key,
+            format!("must be in [{lo}, {hi}], found {v}"),
+        ))
+    }
+}
+
+/// Widest backbone accepted (a convnet of width 512 already has ~100M parameters).
+pub const MAX_WIDTH: usize = 512;
+
 /// Parse a task section into the task's config struct (which should `deny_unknown_fields`).
 pub fn parse_section<T: DeserializeOwned>(task: &str, value: toml::Value) -> Result<T> {
-    value
-        .try_into()
-        .map_err(|e: toml::de::Error| Error::config(task, e.message().to_string()))
+    value.clone().try_into().map_err(|e: toml::de::Error| {
+        // Name the key: the first one that fails on its own (sections default every field).
+        let culprit = value.as_table().and_then(|t| {
+            t.iter().find(|(k, v)| {
+                let mut one = toml::Table::new();
+                one.insert(k.to_string(), (*v).clone());
+                toml::Value::Table(one).try_into::<T>().is_err()
+            })
+        });
+        let key = culprit.map_or(task.to_string(), |(k, _)| format!("{task}.{k}"));
+        Error::config(key, friendly(e.message()))
+    })
+}
+
+/// serde's type names in words a user of the command line knows.
+fn friendly(message: &str) -> String {
+    message
+        .replace("expected usize", "expected a whole number >= 0")
+        .replace("expected u64", "expected a whole number >= 0")
+        .replace("expected f64", "expected a number")
+        .replace("expected f32", "expected a number")
 }
 
 /// Known top-level keys of a config struct, taken from its serialised default.
@@ -181,7 +225,8 @@ where
         _ => unreachable!("configs serialise to tables"),
     };
     if let Some(path) = preset {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Usage(format!("--config {}: {e}", path.display())))?;
         let file: toml::Table = toml::from_str(&text).map_err(|e| {
             Error::config(
                 path.display().to_string(),
@@ -226,10 +271,22 @@ where
             ));
         }
     }
-    let value = toml::Value::Table(table);
-    value
+    let defaults = match toml::Value::try_from(T::default()) {
+        Ok(toml::Value::Table(t)) => t,
+        _ => unreachable!("configs serialise to tables"),
+    };
+    toml::Value::Table(table.clone())
         .try_into()
-        .map_err(|e: toml::de::Error| Error::config("config", e.message().to_string()))
+        .map_err(|e: toml::de::Error| {
+            // Name the key: the first one that fails on its own over the defaults.
+            let culprit = table.iter().find(|(k, v)| {
+                let mut one = defaults.clone();
+                one.insert(k.to_string(), (*v).clone());
+                toml::Value::Table(one).try_into::<T>().is_err()
+            });
+            let key = culprit.map_or("config".to_string(), |(k, _)| k.clone());
+            Error::config(key, friendly(e.message()))
+        })
 }
 
 fn merge(table: &mut toml::Table, key: &str, value: toml::Value) {

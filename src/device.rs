@@ -31,3 +31,14 @@ fn missing_feature(name: &str) -> Error {
         "--device {name}: this binary was built without the `{name}` feature; rebuild with `cargo build --release --features {name}`"
     ))
 }
+
+/// Seed the device's random generator and build something from it (weights) while no other
+/// thread of this process can draw from that generator in between: burn's generator is global
+/// per backend, so two runs initialising at once (tests in parallel, `compare`) would otherwise
+/// interleave their draws and lose reproducibility.
+pub fn seeded<T>(device: &Device, seed: u64, init: impl FnOnce() -> T) -> T {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    device.seed(seed);
+    init()
+}

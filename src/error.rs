@@ -73,6 +73,13 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Config { .. } | Self::Usage(_) => 2,
+            // A data spec that names no format or no file is a bad command line too.
+            Self::Data(DataError::Spec { .. }) => 2,
+            Self::Data(DataError::Io { error, .. })
+                if error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                2
+            }
             _ => 1,
         }
     }

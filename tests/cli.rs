@@ -239,7 +239,7 @@ fn bad_command_lines_give_one_line_errors() {
         &[
             "pretrain", "--task", "rotation", "--data", "tiff:/x", "--out", out,
         ],
-        1,
+        2,
         "tiff",
     );
     fails(
@@ -252,7 +252,7 @@ fn bad_command_lines_give_one_line_errors() {
             "--out",
             out,
         ],
-        1,
+        2,
         "/no/such/dir",
     );
     fails(

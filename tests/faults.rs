@@ -41,11 +41,12 @@ fn a_nan_step_is_skipped_and_leaves_weights_and_batchnorm_untouched() {
     let cfg = config(&["on_nonfinite=\"skip\""]);
     let input = InputSpec::from_images(&ds.train);
     let device = Device::flex().autodiff();
-    device.seed(0);
-    let mut task = (tasks::find("rotation").unwrap().build)(&TaskContext {
-        config: &cfg,
-        input: &input,
-        device,
+    let mut task = pretext::device::seeded(&device, 0, || {
+        (tasks::find("rotation").unwrap().build)(&TaskContext {
+            config: &cfg,
+            input: &input,
+            device: device.clone(),
+        })
     })
     .unwrap();
     let imgs: Vec<Img> = (0..8)
@@ -405,4 +406,192 @@ fn full_disk_and_read_only_output_are_clear_errors_and_keep_the_last_checkpoint(
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(run.join("encoder.safetensors").exists());
+}
+
+/// Wrong values on the command line: one line naming the key or flag and what is expected, exit 2.
+#[test]
+fn bad_values_give_one_line_errors_with_exit_code_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r");
+    let out = out.to_str().unwrap();
+    let d = "builtin:fashion-mnist-demo";
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "pretrain",
+                "--data",
+                d,
+                "--out",
+                out,
+                "--set",
+                "batch_size=-1",
+            ],
+            "batch_size",
+        ),
+        (
+            &["pretrain", "--data", d, "--out", out, "--set", "steps=-5"],
+            "steps",
+        ),
+        (
+            &["pretrain", "--data", d, "--out", out, "--set", "lr=abc"],
+            "lr",
+        ),
+        (
+            &["pretrain", "--data", d, "--out", out, "--set", "lr=inf"],
+            "lr",
+        ),
+        (
+            &[
+                "pretrain",
+                "--data",
+                d,
+                "--out",
+                out,
+                "--set",
+                "width=100000",
+            ],
+            "width",
+        ),
+        (
+            &[
+                "pretrain",
+                "--data",
+                d,
+                "--out",
+                out,
+                "--set",
+                "on_nonfinite=maybe",
+            ],
+            "on_nonfinite",
+        ),
+        (
+            &["pretrain", "--data", d, "--out", out, "--set", "limit=5"],
+            "batch_size",
+        ),
+        (
+            &[
+                "pretrain",
+                "--data",
+                d,
+                "--out",
+                out,
+                "--task",
+                "context",
+                "--set",
+                "context.patch=-3",
+            ],
+            "context.patch",
+        ),
+        (
+            &[
+                "pretrain",
+                "--data",
+                d,
+                "--out",
+                out,
+                "--task",
+                "context",
+                "--set",
+                "context.patch=20",
+            ],
+            "context.patch",
+        ),
+        (
+            &[
+                "pretrain",
+                "--data",
+                d,
+                "--out",
+                out,
+                "--config",
+                "/nonexistent.toml",
+            ],
+            "/nonexistent.toml",
+        ),
+        (&["pretrain", "--data", "nope:/x", "--out", out], "nope"),
+        (
+            &["pretrain", "--data", "idx:/nonexistent", "--out", out],
+            "/nonexistent",
+        ),
+        (
+            &[
+                "transfer",
+                "--from",
+                "random",
+                "--data",
+                d,
+                "--labels-per-class",
+                "0",
+            ],
+            "labels-per-class",
+        ),
+        (
+            &[
+                "transfer",
+                "--from",
+                "random",
+                "--data",
+                d,
+                "--labels-per-class",
+                "100000",
+            ],
+            "600",
+        ),
+        (
+            &[
+                "transfer",
+                "--from",
+                "random",
+                "--data",
+                d,
+                "--set",
+                "knn_k=0",
+                "--protocol",
+                "knn",
+            ],
+            "knn_k",
+        ),
+        (
+            &[
+                "transfer",
+                "--from",
+                "random",
+                "--data",
+                d,
+                "--set",
+                "probe_steps=0",
+            ],
+            "probe_steps",
+        ),
+        (
+            &[
+                "transfer",
+                "--from",
+                "random",
+                "--data",
+                d,
+                "--set",
+                "finetune_lr=-1",
+                "--protocol",
+                "finetune",
+            ],
+            "finetune_lr",
+        ),
+        (
+            &[
+                "transfer", "--from", "random", "--data", d, "--set", "stage=9",
+            ],
+            "stage",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = Command::new(env!("CARGO_BIN_EXE_pretext"))
+            .args(*args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
 }

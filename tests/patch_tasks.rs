@@ -14,6 +14,13 @@ use pretext::tasks::{self, PretextTask, TaskContext};
 use pretext::train::{pretrain, PretrainRequest};
 use rand::SeedableRng;
 
+/// In-process trainings of this file run one at a time: burn's CPU backend shares one rayon pool
+/// per process, and concurrent trainings were seen to change float results (bitwise resume checks).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn small_dataset(n: usize) -> Dataset {
     let mut ds = pretext::demo::builtin_dataset().unwrap();
     ds.train = ds.train.take(n);
@@ -36,11 +43,12 @@ fn config(sets: &[&str]) -> PretrainConfig {
 
 fn build(task: &str, cfg: &PretrainConfig, input: &InputSpec) -> Box<dyn PretextTask> {
     let device = Device::flex().autodiff();
-    device.seed(0);
-    (tasks::find(task).unwrap().build)(&TaskContext {
-        config: cfg,
-        input,
-        device,
+    pretext::device::seeded(&device, 0, || {
+        (tasks::find(task).unwrap().build)(&TaskContext {
+            config: cfg,
+            input,
+            device: device.clone(),
+        })
     })
     .unwrap()
 }
@@ -66,6 +74,7 @@ fn overfit(name: &str, sets: &[&str], steps: usize) -> (f32, f32) {
 
 #[test]
 fn overfitting_one_batch_drives_jigsaw_loss_down() {
+    let _serial = serial();
     let (first, last) = overfit("jigsaw", &["lr=0.003"], 60);
     // 100 permutations: chance is ln 100 = 4.6.
     assert!(first > 3.5, "initial loss {first} should be near ln 100");
@@ -77,6 +86,7 @@ fn overfitting_one_batch_drives_jigsaw_loss_down() {
 
 #[test]
 fn overfitting_one_batch_drives_context_loss_down() {
+    let _serial = serial();
     let (first, last) = overfit("context", &["lr=0.003"], 80);
     // 8 positions: chance is ln 8 = 2.08.
     assert!(first > 1.6, "initial loss {first} should be near ln 8");
@@ -104,6 +114,7 @@ fn run(task: &str, dir: &Path, stop_after: Option<u64>, resume: bool) -> f32 {
 
 #[test]
 fn both_tasks_resume_bitwise_and_write_their_pictures() {
+    let _serial = serial();
     for task in ["jigsaw", "context"] {
         let tmp = tempfile::tempdir().unwrap();
         let (a, b) = (tmp.path().join("straight"), tmp.path().join("resumed"));
@@ -123,6 +134,7 @@ fn both_tasks_resume_bitwise_and_write_their_pictures() {
 
 #[test]
 fn a_checkpoint_with_another_permutation_set_is_refused() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("r");
     run("jigsaw", &dir, Some(4), false);

@@ -9,6 +9,13 @@ use pretext::tasks::{self, TaskContext};
 use pretext::train::{pretrain, PretrainRequest};
 use rand::SeedableRng;
 
+/// In-process trainings of this file run one at a time: burn's CPU backend shares one rayon pool
+/// per process, and concurrent trainings were seen to change float results (bitwise resume checks).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn small_dataset(n: usize) -> Dataset {
     let mut ds = pretext::demo::builtin_dataset().unwrap();
     ds.train = ds.train.take(n);
@@ -31,6 +38,7 @@ fn config(sets: &[&str]) -> PretrainConfig {
 
 #[test]
 fn overfitting_one_batch_drives_rotation_loss_near_zero() {
+    let _serial = serial();
     let ds = small_dataset(8);
     let cfg = config(&[
         "lr=0.003",
@@ -39,11 +47,12 @@ fn overfitting_one_batch_drives_rotation_loss_near_zero() {
     ]);
     let input = InputSpec::from_images(&ds.train);
     let device = Device::flex().autodiff();
-    device.seed(0);
-    let mut task = (tasks::find("rotation").unwrap().build)(&TaskContext {
-        config: &cfg,
-        input: &input,
-        device,
+    let mut task = pretext::device::seeded(&device, 0, || {
+        (tasks::find("rotation").unwrap().build)(&TaskContext {
+            config: &cfg,
+            input: &input,
+            device: device.clone(),
+        })
     })
     .unwrap();
     let imgs: Vec<Img> = (0..8)
@@ -88,6 +97,7 @@ fn run(
 
 #[test]
 fn resume_gives_the_same_weights_and_losses_as_one_uninterrupted_run() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("straight"), tmp.path().join("resumed"));
     let straight = run(&a, None, false);
@@ -120,6 +130,7 @@ fn resume_gives_the_same_weights_and_losses_as_one_uninterrupted_run() {
 
 #[test]
 fn a_half_written_checkpoint_is_never_loaded() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("r");
     run(&dir, Some(4), false);
@@ -142,6 +153,7 @@ fn a_half_written_checkpoint_is_never_loaded() {
 
 #[test]
 fn a_corrupt_checkpoint_is_a_clear_error() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("r");
     run(&dir, Some(4), false);
@@ -165,13 +177,14 @@ fn a_corrupt_checkpoint_is_a_clear_error() {
 #[test]
 fn saving_the_same_encoder_twice_gives_identical_files() {
     let device = Device::flex();
-    device.seed(1);
-    let enc = pretext::nn::BackboneSpec {
-        kind: pretext::nn::BackboneKind::Convnet,
-        in_channels: 1,
-        width: 8,
-    }
-    .init(&device);
+    let enc = pretext::device::seeded(&device, 1, || {
+        pretext::nn::BackboneSpec {
+            kind: pretext::nn::BackboneKind::Convnet,
+            in_channels: 1,
+            width: 8,
+        }
+        .init(&device)
+    });
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (
         tmp.path().join("a.safetensors"),
@@ -181,22 +194,26 @@ fn saving_the_same_encoder_twice_gives_identical_files() {
     pretext::train::checkpoint::save_encoder(&enc, &b).unwrap();
     assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
     // And the weights load back into a fresh encoder of the same spec.
-    let fresh = pretext::nn::BackboneSpec {
-        kind: pretext::nn::BackboneKind::Convnet,
-        in_channels: 1,
-        width: 8,
-    }
-    .init(&device);
+    let fresh = pretext::device::seeded(&device, 2, || {
+        pretext::nn::BackboneSpec {
+            kind: pretext::nn::BackboneKind::Convnet,
+            in_channels: 1,
+            width: 8,
+        }
+        .init(&device)
+    });
     let loaded = pretext::train::checkpoint::load_encoder(fresh, &a).unwrap();
     pretext::train::checkpoint::save_encoder(&loaded, &b).unwrap();
     assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
     // Weights of another width do not fit: a clear error naming the file.
-    let other = pretext::nn::BackboneSpec {
-        kind: pretext::nn::BackboneKind::Convnet,
-        in_channels: 1,
-        width: 4,
-    }
-    .init(&device);
+    let other = pretext::device::seeded(&device, 2, || {
+        pretext::nn::BackboneSpec {
+            kind: pretext::nn::BackboneKind::Convnet,
+            in_channels: 1,
+            width: 4,
+        }
+        .init(&device)
+    });
     let err = pretext::train::checkpoint::load_encoder(other, &a).expect_err("shape mismatch");
     assert!(err.to_string().contains("a.safetensors"), "{err}");
 }

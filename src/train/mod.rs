@@ -91,7 +91,11 @@ pub fn open_dataset(cfg: &PretrainConfig, skip_bad: bool) -> Result<Dataset> {
         ));
     }
     if cfg.data == crate::demo::BUILTIN {
-        return crate::demo::builtin_dataset();
+        let mut ds = crate::demo::builtin_dataset()?;
+        if cfg.limit > 0 {
+            ds.train = ds.train.take(cfg.limit);
+        }
+        return Ok(ds);
     }
     let opts = OpenOptions {
         image_size: Some(cfg.image_size),
@@ -158,13 +162,12 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     checkpoint::write_atomic(&run.join("config.toml"), config::to_toml(&cfg).as_bytes())?;
 
     let device = req.device.clone().autodiff();
-    device.seed(cfg.seed);
     let ctx = TaskContext {
         config: &cfg,
         input: &input,
         device: device.clone(),
     };
-    let mut task = (entry.build)(&ctx)?;
+    let mut task = crate::device::seeded(&device, cfg.seed, || (entry.build)(&ctx))?;
     let spec = BackboneSpec {
         kind: cfg.backbone,
         in_channels: input.channels,

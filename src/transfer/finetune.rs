@@ -59,11 +59,11 @@ pub fn finetune(
     device: &Device,
 ) -> f32 {
     let ad = device.clone().autodiff();
-    ad.seed(s.seed);
     let dim = encoder.dim();
+    let head = crate::device::seeded(&ad, s.seed, || LinearHead::new(dim, classes, &ad));
     let mut model = Some(Classifier {
         backbone: encoder.to_device(&ad).train(),
-        head: LinearHead::new(dim, classes, &ad),
+        head,
     });
     let mut optim = optimizer(crate::config::OptimizerKind::Adamw, s.weight_decay, 0.9);
     let (crop, flip, spec) = (s.crop_scale_min, s.flip, input.clone());

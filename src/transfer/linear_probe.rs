@@ -63,8 +63,7 @@ pub fn linear_probe(
     standardize(&mut train_x, dim, &mean, &std);
     standardize(&mut test_x, dim, &mean, &std);
     let ad = device.clone().autodiff();
-    ad.seed(s.seed);
-    let mut head = LinearHead::new(dim, classes, &ad);
+    let mut head = crate::device::seeded(&ad, s.seed, || LinearHead::new(dim, classes, &ad));
     let mut optim = AdamWConfig::new()
         .with_weight_decay(s.weight_decay as f32)
         .init();

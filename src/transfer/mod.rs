@@ -135,6 +135,45 @@ impl Default for TransferConfig {
     }
 }
 
+impl TransferConfig {
+    /// Range checks that serde cannot express.
+    pub fn validate(&self) -> Result<()> {
+        use crate::config::{in_range, positive, MAX_WIDTH};
+        positive("probe_steps", self.probe_steps as f64)?;
+        positive("probe_batch_size", self.probe_batch_size as f64)?;
+        positive("probe_lr", self.probe_lr)?;
+        in_range("probe_weight_decay", self.probe_weight_decay, 0.0, 1.0)?;
+        positive("knn_k", self.knn_k as f64)?;
+        positive("knn_temperature", self.knn_temperature as f64)?;
+        positive("finetune_steps", self.finetune_steps as f64)?;
+        positive("finetune_batch_size", self.finetune_batch_size as f64)?;
+        positive("finetune_lr", self.finetune_lr)?;
+        in_range(
+            "finetune_weight_decay",
+            self.finetune_weight_decay,
+            0.0,
+            1.0,
+        )?;
+        in_range(
+            "finetune_crop_scale_min",
+            self.finetune_crop_scale_min as f64,
+            0.05,
+            1.0,
+        )?;
+        positive("image_size", self.image_size as f64)?;
+        if self.width > MAX_WIDTH {
+            return Err(Error::config(
+                "width",
+                format!(
+                    "must be at most {MAX_WIDTH} (0 = the backbone's default), found {}",
+                    self.width
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub struct TransferRequest {
     pub from: Source,
     pub protocol: Protocol,
@@ -165,6 +204,7 @@ pub struct TransferResult {
 pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferResult, PathBuf)> {
     let t0 = Instant::now();
     let cfg = &req.config;
+    cfg.validate()?;
     let labels = dataset.train.labels.as_ref().ok_or_else(|| {
         Error::Usage(format!(
             "{}: the training images have no labels, so there is nothing to transfer to",
@@ -358,13 +398,15 @@ fn load_source(
             } else {
                 cfg.width
             };
-            device.seed(cfg.seed);
             let spec = BackboneSpec {
                 kind: cfg.backbone,
                 in_channels: input.channels,
                 width,
             };
-            Ok((spec.init(device), input))
+            Ok((
+                crate::device::seeded(device, cfg.seed, || spec.init(device)),
+                input,
+            ))
         }
     }
 }
