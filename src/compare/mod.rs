@@ -172,7 +172,7 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
     // Tasks that do not apply to this data are listed with the reason, not run.
     let mut skipped = Vec::new();
     for cfg in &configs {
-        if let Some(reason) = not_applicable(cfg, &input, req)? {
+        if let Some(reason) = not_applicable(cfg, &input, &req.device, &req.pretrain_sets)? {
             skipped.push((cfg.task.clone(), reason));
         }
     }
@@ -185,9 +185,6 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
     let todo: Vec<&Cell> = cells.iter().filter(|c| c.result(out).is_none()).collect();
 
     let bars = Bars::new(cells.len() as u64, (cells.len() - todo.len()) as u64, req);
-    for (task, reason) in &skipped {
-        bars.println(&format!("skipped {task}: {reason}"));
-    }
     train::install_ctrlc();
     let mut log = Invocation {
         command: req.command.clone(),
@@ -294,19 +291,20 @@ fn pretrain_config(task: &str, req: &CompareRequest) -> Result<PretrainConfig> {
 fn not_applicable(
     cfg: &PretrainConfig,
     input: &InputSpec,
-    req: &CompareRequest,
+    device: &Device,
+    pretrain_sets: &[String],
 ) -> Result<Option<String>> {
     let entry = tasks::find(&cfg.task).expect("checked by parse_tasks");
     let ctx = TaskContext {
         config: cfg,
         input,
-        device: req.device.clone().autodiff(),
+        device: device.clone().autodiff(),
     };
     match (entry.build)(&ctx) {
         Ok(_) => Ok(None),
         Err(e) if e.exit_code() == 2 => {
             let own = format!("{}.", cfg.task);
-            if req.pretrain_sets.iter().any(|s| s.starts_with(&own)) {
+            if pretrain_sets.iter().any(|s| s.starts_with(&own)) {
                 Err(e)
             } else {
                 Ok(Some(e.to_string()))
@@ -550,6 +548,41 @@ mod tests {
         assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00 UTC");
         assert_eq!(format_utc(1_795_000_000), "2026-11-18 11:06:40 UTC");
+    }
+
+    #[test]
+    fn a_task_that_does_not_fit_the_data_is_skipped_with_the_reason() {
+        let cfg = PretrainConfig {
+            task: "rotation".into(),
+            width: 8,
+            ..Default::default()
+        };
+        let square = InputSpec {
+            channels: 1,
+            height: 28,
+            width: 28,
+            mean: vec![0.5],
+            std: vec![0.25],
+        };
+        let wide = InputSpec {
+            width: 40,
+            ..square.clone()
+        };
+        let device = Device::flex();
+        assert_eq!(not_applicable(&cfg, &square, &device, &[]).unwrap(), None);
+        let reason = not_applicable(&cfg, &wide, &device, &[]).unwrap().unwrap();
+        assert!(reason.contains("square"), "{reason}");
+        // A mistake in the task's own keys is the user's to fix, not a reason to skip.
+        let bad = PretrainConfig {
+            sections: [(
+                "rotation".to_string(),
+                toml::toml! { crop_scale_min = 2.0 }.into(),
+            )]
+            .into(),
+            ..cfg.clone()
+        };
+        let sets = ["rotation.crop_scale_min=2.0".to_string()];
+        assert!(not_applicable(&bad, &square, &device, &sets).is_err());
     }
 
     #[test]

@@ -461,7 +461,7 @@ fn markdown_report(
     for r in runs {
         if r.samples.is_empty() {
             m.push_str(&format!(
-                "- {}: no sample picture (the task writes none)\n",
+                "- {}: no sample picture (the task writes none)\n\n",
                 r.task
             ));
         }
