@@ -306,14 +306,15 @@ fn html_report(
     h.push_str("</table>\n");
     for p in plots {
         h.push_str(&format!(
-            "<h2>{}</h2>\n<figure><img alt=\"{}\" src=\"data:image/png;base64,{}\">\n<figcaption>{}</figcaption></figure>\n",
+            "<h2 id=\"{}\">{}</h2>\n<figure><img alt=\"{}\" src=\"data:image/png;base64,{}\">\n<figcaption>{}</figcaption></figure>\n",
+            p.file.trim_end_matches(".png"),
             p.title,
             p.title,
             b64(&p.png),
             esc(&p.caption)
         ));
     }
-    h.push_str("<h2>All numbers</h2>\n<p>Test accuracy, mean ± standard deviation over the label draws; the best of each column in bold.</p>\n");
+    h.push_str("<h2 id=\"numbers\">All numbers</h2>\n<p>Test accuracy, mean ± standard deviation over the label draws; the best of each column in bold.</p>\n");
     h.push_str(&tables::html(res));
     if !res.layers.is_empty() {
         h.push_str("<h3>Per-layer probe</h3>\n<table id=\"layers\">\n");
@@ -330,7 +331,7 @@ fn html_report(
         }
         h.push_str("</table>\n");
     }
-    h.push_str("<h2>What each task shows the network</h2>\n");
+    h.push_str("<h2 id=\"samples\">What each task shows the network</h2>\n");
     for r in runs {
         if r.samples.is_empty() {
             h.push_str(&format!(
@@ -350,13 +351,13 @@ fn html_report(
         }
     }
     if !skipped.is_empty() {
-        h.push_str("<h2>Skipped tasks</h2>\n<ul>\n");
+        h.push_str("<h2 id=\"skipped\">Skipped tasks</h2>\n<ul>\n");
         for (t, why) in skipped {
             h.push_str(&format!("<li><b>{}</b>: {}</li>\n", esc(t), esc(why)));
         }
         h.push_str("</ul>\n");
     }
-    h.push_str("<h2>Reproduce</h2>\n<table class=\"kv\">\n");
+    h.push_str("<h2 id=\"reproduce\">Reproduce</h2>\n<table class=\"kv\">\n");
     for (k, v) in reproduce_lines(log, runs, res) {
         h.push_str(&format!(
             "<tr><th>{}</th><td><code>{}</code></td></tr>\n",
@@ -488,7 +489,7 @@ table { border-collapse: collapse; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 td { font-variant-numeric: tabular-nums; }
 tr.baseline td { background: #f4f4f4; }
-td.best { background: #e3f2e3; }
+#results td.best { background: #e3f2e3; }
 table.kv th { background: #fafafa; font-weight: normal; color: #555; }
 figure { margin: 0.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 img.sample { image-rendering: pixelated; min-width: 300px; }
