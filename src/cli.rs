@@ -27,6 +27,58 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure training throughput per backbone, next to PyTorch when it is installed.
     Bench(BenchArgs),
+    /// Pretrain several tasks with one budget, transfer each at several label budgets next to the
+    /// random and scratch baselines, and write a report (resumable: rerun to continue).
+    Compare(CompareArgs),
+    /// (Re)build OUT/report.html and OUT/report.md of a compare from what is on disk.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CompareArgs {
+    /// Data spec FORMAT:PATH (labelled: the labels are used only for transfer).
+    #[arg(long)]
+    pub data: String,
+    /// Pretext tasks, comma-separated (see `pretext tasks`); tasks that do not apply to the data
+    /// are listed as skipped with the reason.
+    #[arg(long, default_value = "rotation,context,jigsaw")]
+    pub tasks: String,
+    /// Label budgets per class, comma-separated numbers and/or `all`.
+    #[arg(long, default_value = "1,10,100")]
+    pub labels_per_class: String,
+    /// Transfer protocols, comma-separated: linear, knn, finetune. The random baseline gets the
+    /// frozen ones (linear, knn); the scratch baseline is always evaluated with finetune.
+    #[arg(long, default_value = "linear,knn")]
+    pub protocols: String,
+    /// Pretraining steps per task.
+    #[arg(long, default_value_t = 1000)]
+    pub budget: u64,
+    /// Label draws (seeds) for budgets of at most 10 labels per class (mean ± std); larger
+    /// budgets use one.
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// Encoder stages to probe for the per-layer plot: `all`, `none` or e.g. `2,3`.
+    #[arg(long, default_value = "all")]
+    pub stages: String,
+    /// Pretraining key for every task, e.g. --set width=16 --set batch_size=32 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Transfer setting for every cell, e.g. --transfer-set test_limit=2000 (repeatable).
+    #[arg(long = "transfer-set", value_name = "KEY=VALUE")]
+    pub transfer_set: Vec<String>,
+    /// Output directory (rerun with the same settings to continue it).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// A directory written by `pretext compare`.
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]

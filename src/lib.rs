@@ -5,6 +5,7 @@
 //! See `../shared/DESIGN.md` (or the README) for the layout.
 
 pub mod bench;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod demo;

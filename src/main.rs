@@ -7,7 +7,7 @@ use pretext::config::{self, PretrainConfig};
 use pretext::transfer::{
     self, labels::PerClass, Protocol, Source, TransferConfig, TransferRequest,
 };
-use pretext::{bench, demo, device, tasks, train, Error, Result};
+use pretext::{bench, compare, demo, device, tasks, train, Error, Result};
 
 use cli::{Cli, Command};
 
@@ -133,6 +133,53 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => {
             demo::run(&a.out, &a.set, device::parse(&a.device)?, a.quiet).map(|_| ())
         }
+        Command::Compare(a) => {
+            let outcome = compare::run(&compare::CompareRequest {
+                device: device::parse(&a.device)?,
+                data: a.data,
+                tasks: a.tasks,
+                labels_per_class: a.labels_per_class,
+                protocols: a.protocols,
+                budget: a.budget,
+                seeds: a.seeds,
+                stages: a.stages,
+                pretrain_sets: a.set,
+                transfer_sets: a.transfer_set,
+                out: a.out,
+                device_name: a.device,
+                command: command_line(),
+                quiet: a.quiet,
+            })?;
+            for (task, why) in &outcome.skipped {
+                println!("skipped {task}: {why}");
+            }
+            if outcome.interrupted {
+                println!("interrupted: rerun the same command to continue");
+            }
+            let md = std::fs::read_to_string(&outcome.report_md).unwrap_or_default();
+            if let Some(table) = md.split("## All numbers").nth(1) {
+                let table: String = table
+                    .lines()
+                    .skip_while(|l| !l.starts_with('|'))
+                    .take_while(|l| l.starts_with('|'))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                println!("{table}");
+            }
+            println!(
+                "{} of {} cells computed in this run; report: {} and {}",
+                outcome.cells_run,
+                outcome.cells_total,
+                outcome.report_html.display(),
+                outcome.report_md.display()
+            );
+            Ok(())
+        }
+        Command::Report(a) => {
+            let (html, md) = compare::report::build(&a.out)?;
+            println!("report: {} and {}", html.display(), md.display());
+            Ok(())
+        }
         Command::Bench(a) => bench::run(&bench::BenchOptions {
             backbones: a
                 .backbones
@@ -146,6 +193,22 @@ fn run(cli: Cli) -> Result<()> {
             child: a.child,
         }),
     }
+}
+
+/// The command line as typed (arguments with spaces quoted), for the report.
+fn command_line() -> String {
+    std::env::args()
+        .enumerate()
+        .map(|(i, a)| {
+            let a = if i == 0 { "pretext".to_string() } else { a };
+            if a.contains(' ') || a.is_empty() {
+                format!("{a:?}")
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A value for `--set`: quoted so TOML reads it as a string.

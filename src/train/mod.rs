@@ -71,8 +71,13 @@ const MAX_SKIPPED_IN_ROW: u64 = 10;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// Whether Ctrl-C was pressed (since the last pretraining started).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// Ctrl-C asks the loop to write a checkpoint and stop; a second Ctrl-C exits at once.
-fn install_ctrlc() {
+pub fn install_ctrlc() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let _ = ctrlc::set_handler(|| {

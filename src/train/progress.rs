@@ -4,7 +4,24 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Mutex;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+/// When set (by `pretext compare`), every bar is drawn below the overall bar of this group.
+static GROUP: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+/// Draw the bars created from now on inside `group` (None: on their own again).
+pub fn set_group(group: Option<MultiProgress>) {
+    *GROUP.lock().expect("progress group") = group;
+}
+
+fn in_group(bar: ProgressBar) -> ProgressBar {
+    match GROUP.lock().expect("progress group").as_ref() {
+        Some(g) => g.add(bar),
+        None => bar,
+    }
+}
 
 pub struct Progress {
     bar: Option<ProgressBar>,
@@ -17,7 +34,7 @@ impl Progress {
     pub fn new(label: &str, start: u64, total: u64, quiet: bool) -> Self {
         let terminal = std::io::stdout().is_terminal() && !quiet;
         let bar = terminal.then(|| {
-            let bar = ProgressBar::new(total);
+            let bar = in_group(ProgressBar::new(total));
             bar.set_style(
                 ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
                     .expect("valid template")
@@ -60,7 +77,12 @@ impl Progress {
 
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
-            bar.finish();
+            if GROUP.lock().expect("progress group").is_some() {
+                // Under an overall bar, a finished run makes room for the next one.
+                bar.finish_and_clear();
+            } else {
+                bar.finish();
+            }
         }
     }
 }
