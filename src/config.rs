@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::data::Stream;
 use crate::error::{Error, Result};
 use crate::nn::BackboneKind;
 
@@ -58,6 +59,10 @@ pub struct PretrainConfig {
     pub image_size: usize,
     /// Use at most this many training images; 0 = all.
     pub limit: usize,
+    /// Folder data: `auto` decodes images from their files on demand (in the loader's
+    /// workers) when the folder holds more than 10,000 files, otherwise all at open;
+    /// `always` / `never` force either way.
+    pub stream: Stream,
     /// Task sections, e.g. `rotation = { flip = true }`.
     #[serde(flatten)]
     pub sections: BTreeMap<String, toml::Value>,
@@ -86,6 +91,7 @@ impl Default for PretrainConfig {
             prefetch: 4,
             image_size: 32,
             limit: 0,
+            stream: Stream::Auto,
             sections: BTreeMap::new(),
         }
     }
