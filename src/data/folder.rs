@@ -175,27 +175,36 @@ fn read_streamed(
     opts: &OpenOptions,
 ) -> Result<Dataset, DataError> {
     let limit = opts.limit.unwrap_or(usize::MAX);
-    let mut paths = Vec::new();
-    let mut labels = Vec::new();
+    // Which files pass; the paths are moved out of `files` afterwards, never held twice.
+    let mut keep = Vec::with_capacity(files.len());
+    let mut kept = 0;
     let mut all_gray = true;
     let mut skipped = 0;
     'outer: for chunk in files.chunks(HEADER_CHUNK) {
-        let headers = par_map(chunk, |p| header(p));
-        for ((path, label), gray) in chunk.iter().zip(headers) {
-            if paths.len() >= limit {
+        for gray in par_map(chunk, header) {
+            if kept >= limit {
                 break 'outer;
             }
             match gray {
                 Ok(gray) => {
                     all_gray &= gray;
-                    paths.push(path.clone());
-                    labels.push(*label);
+                    keep.push(true);
+                    kept += 1;
                 }
-                Err(DataError::Decode { .. }) if opts.skip_bad => skipped += 1,
+                Err(DataError::Decode { .. }) if opts.skip_bad => {
+                    skipped += 1;
+                    keep.push(false);
+                }
                 Err(e) => return Err(e),
             }
         }
     }
+    let (mut paths, labels): (Vec<PathBuf>, Vec<u32>) = files
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(file, keep)| keep.then_some(file))
+        .unzip();
+    paths.shrink_to_fit();
     if paths.is_empty() {
         return Err(DataError::Empty {
             path: dir.to_path_buf(),
