@@ -329,7 +329,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     let substituted = train_set.substituted();
     if substituted > 0 {
         eprintln!(
-            "warning: {substituted} images failed to decode during training and were replaced by the next good image (--skip-bad)"
+            "warning: {substituted} images failed to decode after the folder was opened and were replaced by the next good image (--skip-bad)"
         );
     }
     if step != last_saved || step == 0 {
