@@ -162,7 +162,7 @@ fn measure(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     device.seed(0);
     let dataset = crate::demo::builtin_dataset()?;
     let set = dataset.train.take(opts.batch_size.max(256));
-    let input = InputSpec::from_images(&set);
+    let input = InputSpec::from_images(&set)?;
     let spec = BackboneSpec {
         kind,
         in_channels: input.channels,
@@ -178,9 +178,16 @@ fn measure(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     };
     let mut optim = build_optimizer(&cfg);
     let rot = RotationConfig::default();
-    let images: Vec<Img> = (0..opts.batch_size)
-        .map(|i| Img::from_u8(set.channels, set.height, set.width, set.image(i)))
-        .collect();
+    let images = (0..opts.batch_size)
+        .map(|i| {
+            Ok(Img::from_u8(
+                set.channels,
+                set.height,
+                set.width,
+                &set.image(i)?,
+            ))
+        })
+        .collect::<Result<Vec<Img>>>()?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let batch = make_batch(&images, &rot, &input, &mut rng);
     let mut step = |model: &mut Option<RotationModel>| {
@@ -228,7 +235,7 @@ fn measure(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     let t1 = Instant::now();
     let mut n = 0usize;
     for b in loader {
-        n += b.b;
+        n += b?.b;
         if t1.elapsed().as_secs_f64() > 1.5 {
             break;
         }

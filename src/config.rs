@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::data::Stream;
 use crate::error::{Error, Result};
 use crate::nn::BackboneKind;
 
@@ -70,6 +71,10 @@ pub struct PretrainConfig {
     pub limit: usize,
     /// NaN or infinite loss: `stop` (default) or `skip` the step.
     pub on_nonfinite: NonFinite,
+    /// Folder data: `auto` decodes images from their files on demand (in the loader's
+    /// workers) when the folder holds more than 10,000 files, otherwise all at open;
+    /// `always` / `never` force either way.
+    pub stream: Stream,
     /// Task sections, e.g. `rotation = { flip = true }`.
     #[serde(flatten)]
     pub sections: BTreeMap<String, toml::Value>,
@@ -99,6 +104,7 @@ impl Default for PretrainConfig {
             image_size: 32,
             limit: 0,
             on_nonfinite: NonFinite::Stop,
+            stream: Stream::Auto,
             sections: BTreeMap::new(),
         }
     }

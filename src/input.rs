@@ -18,14 +18,16 @@ pub struct InputSpec {
 }
 
 impl InputSpec {
-    /// Shape and statistics of `set` (computed over at most 10,000 images).
-    pub fn from_images(set: &ImageSet) -> Self {
+    /// Shape and statistics of `set` (computed over its first 10,000 images at most; for a
+    /// streamed set these are decoded here, and a file that fails to decode is an error naming
+    /// it, or replaced as the loader replaces it under `skip_bad`).
+    pub fn from_images(set: &ImageSet) -> Result<Self, crate::data::DataError> {
         let (c, hw) = (set.channels, set.height * set.width);
         let n = set.n.min(10_000);
         let mut sum = vec![0f64; c];
         let mut sq = vec![0f64; c];
         for i in 0..n {
-            let img = set.image(i);
+            let (_, img) = set.image_or_next(i)?;
             for ch in 0..c {
                 for &p in &img[ch * hw..(ch + 1) * hw] {
                     let v = p as f64 / 255.0;
@@ -41,13 +43,13 @@ impl InputSpec {
             .zip(&mean)
             .map(|(s, &m)| ((s / count - (m as f64).powi(2)).max(1e-8).sqrt() as f32).max(1e-3))
             .collect();
-        Self {
+        Ok(Self {
             channels: c,
             height: set.height,
             width: set.width,
             mean,
             std,
-        }
+        })
     }
 
     /// Does `set` have the shape this encoder was trained on?

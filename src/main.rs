@@ -103,6 +103,7 @@ fn run(cli: Cli) -> Result<()> {
             if let Source::Run(run) = &from {
                 if let Ok(c) = config::from_toml_file::<PretrainConfig>(&run.join("config.toml")) {
                     pcfg.image_size = c.image_size;
+                    pcfg.stream = c.stream;
                 }
             }
             pcfg.limit = 0;

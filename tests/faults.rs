@@ -39,7 +39,7 @@ fn a_nan_step_is_skipped_and_leaves_weights_and_batchnorm_untouched() {
     let mut ds = pretext::demo::builtin_dataset().unwrap();
     ds.train = ds.train.take(8);
     let cfg = config(&["on_nonfinite=\"skip\""]);
-    let input = InputSpec::from_images(&ds.train);
+    let input = InputSpec::from_images(&ds.train).unwrap();
     let device = Device::flex().autodiff();
     let mut task = pretext::device::seeded(&device, 0, || {
         (tasks::find("rotation").unwrap().build)(&TaskContext {
@@ -50,7 +50,7 @@ fn a_nan_step_is_skipped_and_leaves_weights_and_batchnorm_untouched() {
     })
     .unwrap();
     let imgs: Vec<Img> = (0..8)
-        .map(|i| Img::from_u8(1, 28, 28, ds.train.image(i)))
+        .map(|i| Img::from_u8(1, 28, 28, &ds.train.image(i).unwrap()))
         .collect();
     let batch = task.make_batch()(&imgs, &[], &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
     let tmp = tempfile::tempdir().unwrap();

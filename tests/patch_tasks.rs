@@ -57,10 +57,10 @@ fn build(task: &str, cfg: &PretrainConfig, input: &InputSpec) -> Box<dyn Pretext
 fn overfit(name: &str, sets: &[&str], steps: usize) -> (f32, f32) {
     let ds = small_dataset(8);
     let cfg = config(sets);
-    let input = InputSpec::from_images(&ds.train);
+    let input = InputSpec::from_images(&ds.train).unwrap();
     let mut task = build(name, &cfg, &input);
     let imgs: Vec<Img> = (0..8)
-        .map(|i| Img::from_u8(1, 28, 28, ds.train.image(i)))
+        .map(|i| Img::from_u8(1, 28, 28, &ds.train.image(i).unwrap()))
         .collect();
     let batch = task.make_batch()(&imgs, &[], &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
     let first = task.step(batch.clone(), 3e-3).loss;

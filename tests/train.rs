@@ -45,7 +45,7 @@ fn overfitting_one_batch_drives_rotation_loss_near_zero() {
         "rotation.crop_scale_min=1.0",
         "rotation.flip=false",
     ]);
-    let input = InputSpec::from_images(&ds.train);
+    let input = InputSpec::from_images(&ds.train).unwrap();
     let device = Device::flex().autodiff();
     let mut task = pretext::device::seeded(&device, 0, || {
         (tasks::find("rotation").unwrap().build)(&TaskContext {
@@ -56,7 +56,7 @@ fn overfitting_one_batch_drives_rotation_loss_near_zero() {
     })
     .unwrap();
     let imgs: Vec<Img> = (0..8)
-        .map(|i| Img::from_u8(1, 28, 28, ds.train.image(i)))
+        .map(|i| Img::from_u8(1, 28, 28, &ds.train.image(i).unwrap()))
         .collect();
     let make = task.make_batch();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -227,4 +227,88 @@ fn shipped_presets_parse() {
         cfg.validate().unwrap();
         assert!(tasks::find(&cfg.task).is_some(), "{}", path.display());
     }
+}
+
+/// A streamed set whose last file has an intact header but a cut-off body, placed after the
+/// 10,000 images the input statistics read, so the failure happens inside the training loop.
+fn streamed_with_a_corrupt_last_file(dir: &std::path::Path, skip_bad: bool) -> Dataset {
+    use pretext::data::folder::Streamed;
+    use pretext::data::ImageSet;
+    let good = dir.join("good.png");
+    image::RgbImage::from_fn(16, 16, |x, y| {
+        image::Rgb([(x * 16) as u8, (y * 16) as u8, 99])
+    })
+    .save(&good)
+    .unwrap();
+    let bad = dir.join("corrupt.png");
+    image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 97 + y * 13) as u8, (x ^ y) as u8, (x * y * 7) as u8])
+    })
+    .save(&bad)
+    .unwrap();
+    let bytes = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() * 6 / 10]).unwrap();
+    let mut paths = vec![good; 10_015];
+    paths.push(bad);
+    let n = paths.len();
+    let mut train = ImageSet::in_memory(Vec::new(), None, n, 3, 16, 16);
+    train.stream = Some(std::sync::Arc::new(Streamed::new(paths, 16, 3, skip_bad)));
+    Dataset {
+        name: "streamed".into(),
+        train,
+        test: None,
+        classes: Vec::new(),
+        skipped: 0,
+    }
+}
+
+#[test]
+fn a_file_that_stops_decoding_mid_run_stops_training_with_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = 10_016;
+    // a seed whose batch 2 (the third step) holds the corrupt last image
+    let seed = (0..20_000u64)
+        .find(|&s| pretext::data::loader::batch_indices(n, 16, true, s, 2).contains(&(n - 1)))
+        .unwrap();
+    let cfg = config(&[
+        "steps=6",
+        &format!("seed={seed}"),
+        "checkpoint_every=100",
+        "image_size=16",
+    ]);
+    let dir = tmp.path().join("run");
+    let err = pretrain(PretrainRequest {
+        config: cfg.clone(),
+        out: dir.clone(),
+        device: Device::flex(),
+        resume: false,
+        dataset: Some(streamed_with_a_corrupt_last_file(tmp.path(), false)),
+        skip_bad: false,
+        stop_after: None,
+        quiet: true,
+    })
+    .expect_err("a corrupt image must stop training");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("step 2") && msg.contains("corrupt.png") && msg.contains("--skip-bad"),
+        "{msg}"
+    );
+    let (_, state) = pretext::train::checkpoint::latest_checkpoint(&dir)
+        .unwrap()
+        .expect("the steps done are kept");
+    assert_eq!(state.step, 2);
+
+    // with skip_bad the next good image stands in and the run completes
+    let summary = pretrain(PretrainRequest {
+        config: cfg,
+        out: tmp.path().join("run2"),
+        device: Device::flex(),
+        resume: false,
+        dataset: Some(streamed_with_a_corrupt_last_file(tmp.path(), true)),
+        skip_bad: true,
+        stop_after: None,
+        quiet: true,
+    })
+    .unwrap();
+    assert!(summary.completed && summary.final_loss.is_finite());
 }

@@ -141,7 +141,7 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
             full_data.name
         )));
     }
-    let input = InputSpec::from_images(&pre_data.train);
+    let input = InputSpec::from_images(&pre_data.train)?;
     let spec = BackboneSpec {
         kind: base.backbone,
         in_channels: input.channels,

@@ -150,6 +150,7 @@ fn read_files(
     }
     Ok(ImageSet {
         images,
+        stream: None,
         n: labels.len(),
         labels: Some(labels),
         channels: 3,
@@ -258,7 +259,7 @@ mod tests {
         assert_eq!(ds.train.images, px[..4 * PIXELS]);
         let test = ds.test.unwrap();
         assert_eq!(test.labels, Some(vec![5]));
-        assert_eq!(test.image(0), &px[4 * PIXELS..]);
+        assert_eq!(&*test.image(0).unwrap(), &px[4 * PIXELS..]);
         assert_eq!(ds.classes[9], "truck");
         let limited = read_cifar10(&d, Some(2)).unwrap();
         assert_eq!(limited.train.n, 2);

@@ -7,19 +7,97 @@
 //! Each image is converted to RGB (or kept as 1 channel when *every* image is grayscale), its
 //! shorter side resized to `image_size` (Triangle filter) and centre-cropped to a square.
 //! Files are read in sorted order, so the result is deterministic. No test split.
+//!
+//! Large folders (more than [`STREAM_AUTO_FILES`] files, or any size with `stream=always`) are
+//! *streamed*: opening reads only each file's header (format, size, colour type), so a file
+//! that is not a supported image is reported (or skipped) up front, and the pixels are decoded
+//! on demand by the loader's workers ([`Streamed`]). Decoding then gives the same bytes as
+//! the in-memory path, so batches do not depend on the choice.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use image::imageops::FilterType;
-use image::{ColorType, RgbImage};
+use image::{ColorType, ImageDecoder, RgbImage};
 
-use crate::data::{DataError, Dataset, ImageSet, OpenOptions};
+use crate::data::{DataError, Dataset, ImageSet, OpenOptions, Stream, STREAM_AUTO_FILES};
 
 const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
 /// Image files with their class index.
 type Files = Vec<(PathBuf, u32)>;
 /// Files decoded in parallel at a time.
 const CHUNK: usize = 64;
+/// Headers read in parallel at a time (streamed folders).
+const HEADER_CHUNK: usize = 1024;
+
+/// The files of a streamed folder, decoded and resized on demand ([`ImageSet::image`]).
+#[derive(Debug)]
+pub struct Streamed {
+    paths: Vec<PathBuf>,
+    size: usize,
+    channels: usize,
+    /// Replace a file that fails to decode by the next good one ([`ImageSet::image_or_next`]).
+    pub skip_bad: bool,
+    /// Indices of files that failed to decode after opening.
+    bad: Mutex<BTreeSet<usize>>,
+}
+
+impl Streamed {
+    pub fn new(paths: Vec<PathBuf>, size: usize, channels: usize, skip_bad: bool) -> Streamed {
+        Streamed {
+            paths,
+            size,
+            channels,
+            skip_bad,
+            bad: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// The file of image i.
+    pub fn path(&self, i: usize) -> &Path {
+        &self.paths[i]
+    }
+
+    /// Decode image i: CHW, `channels` x `size` x `size`, the same bytes as the in-memory path.
+    pub fn read(&self, i: usize) -> Result<Vec<u8>, DataError> {
+        let (img, _) = load(&self.paths[i], self.size)?;
+        Ok(to_chw(&img, self.channels))
+    }
+
+    /// Record that image i failed to decode; warns once per file.
+    pub fn note_bad(&self, i: usize, err: &DataError) {
+        let mut bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
+        if bad.insert(i) {
+            let why = match err {
+                DataError::Decode { path, message } => format!("{}: {message}", path.display()),
+                other => other.to_string(),
+            };
+            eprintln!("warning: {why}; using the next good image instead (--skip-bad)");
+        }
+    }
+
+    /// How many distinct files failed to decode after opening.
+    pub fn substituted(&self) -> usize {
+        self.bad.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The chosen files, in the order given.
+    pub fn subset(&self, idx: &[usize]) -> Streamed {
+        let paths = idx.iter().map(|&i| self.paths[i].clone()).collect();
+        Streamed::new(paths, self.size, self.channels, self.skip_bad)
+    }
+
+    /// Heap bytes held: the paths (no pixels).
+    pub fn memory_bytes(&self) -> usize {
+        self.paths.capacity() * std::mem::size_of::<PathBuf>()
+            + self
+                .paths
+                .iter()
+                .map(|p| p.as_os_str().len())
+                .sum::<usize>()
+    }
+}
 
 pub fn read_dir(dir: &Path, opts: &OpenOptions) -> Result<Dataset, DataError> {
     let size = opts.image_size.unwrap_or(32);
@@ -36,13 +114,22 @@ pub fn read_dir(dir: &Path, opts: &OpenOptions) -> Result<Dataset, DataError> {
             message: "no .png/.jpg/.jpeg images found in the folder or its class subfolders".into(),
         });
     }
+    let stream = match opts.stream {
+        Stream::Always => true,
+        Stream::Never => false,
+        Stream::Auto => files.len() > STREAM_AUTO_FILES,
+    };
+    if stream {
+        return read_streamed(dir, files, classes, size, opts);
+    }
     let limit = opts.limit.unwrap_or(usize::MAX);
     let mut images: Vec<RgbImage> = Vec::new();
     let mut labels: Vec<u32> = Vec::new();
     let mut all_gray = true;
     let mut skipped = 0;
     'outer: for chunk in files.chunks(CHUNK) {
-        for ((_, label), decoded) in chunk.iter().zip(decode_all(chunk, size)) {
+        let decoded = par_map(chunk, |p| load(p, size));
+        for ((_, label), decoded) in chunk.iter().zip(decoded) {
             if images.len() >= limit {
                 break 'outer;
             }
@@ -66,23 +153,10 @@ pub fn read_dir(dir: &Path, opts: &OpenOptions) -> Result<Dataset, DataError> {
     let channels = if all_gray { 1 } else { 3 };
     let mut data = Vec::with_capacity(images.len() * channels * size * size);
     for img in &images {
-        // HWC interleaved -> CHW planes
-        for c in 0..channels {
-            data.extend(img.pixels().map(|p| p.0[c]));
-        }
+        data.extend(to_chw(img, channels));
     }
-    let train = ImageSet {
-        images: data,
-        labels: if classes.is_empty() {
-            None
-        } else {
-            Some(labels)
-        },
-        n: images.len(),
-        channels,
-        height: size,
-        width: size,
-    };
+    let labels = (!classes.is_empty()).then_some(labels);
+    let train = ImageSet::in_memory(data, labels, images.len(), channels, size, size);
     Ok(Dataset {
         name: crate::data::idx::dir_name(dir),
         train,
@@ -90,6 +164,108 @@ pub fn read_dir(dir: &Path, opts: &OpenOptions) -> Result<Dataset, DataError> {
         classes,
         skipped,
     })
+}
+
+/// Open a folder for streaming: read every file's header (in parallel), keep the paths.
+fn read_streamed(
+    dir: &Path,
+    files: Files,
+    classes: Vec<String>,
+    size: usize,
+    opts: &OpenOptions,
+) -> Result<Dataset, DataError> {
+    let limit = opts.limit.unwrap_or(usize::MAX);
+    // Which files pass; the paths are moved out of `files` afterwards, never held twice.
+    let mut keep = Vec::with_capacity(files.len());
+    let mut kept = 0;
+    let mut all_gray = true;
+    let mut skipped = 0;
+    'outer: for chunk in files.chunks(HEADER_CHUNK) {
+        for gray in par_map(chunk, header) {
+            if kept >= limit {
+                break 'outer;
+            }
+            match gray {
+                Ok(gray) => {
+                    all_gray &= gray;
+                    keep.push(true);
+                    kept += 1;
+                }
+                Err(DataError::Decode { .. }) if opts.skip_bad => {
+                    skipped += 1;
+                    keep.push(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let (mut paths, labels): (Vec<PathBuf>, Vec<u32>) = files
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(file, keep)| keep.then_some(file))
+        .unzip();
+    paths.shrink_to_fit();
+    if paths.is_empty() {
+        return Err(DataError::Empty {
+            path: dir.to_path_buf(),
+            message: format!("none of the {skipped} image files could be decoded"),
+        });
+    }
+    let channels = if all_gray { 1 } else { 3 };
+    let n = paths.len();
+    let labels = (!classes.is_empty()).then_some(labels);
+    let mut train = ImageSet::in_memory(Vec::new(), labels, n, channels, size, size);
+    train.stream = Some(Arc::new(Streamed::new(
+        paths,
+        size,
+        channels,
+        opts.skip_bad,
+    )));
+    Ok(Dataset {
+        name: crate::data::idx::dir_name(dir),
+        train,
+        test: None,
+        classes,
+        skipped,
+    })
+}
+
+/// Read only the header of an image file: is it a supported format with pixels? Returns
+/// whether it is grayscale (decides the channel count as decoding does).
+pub fn header(path: &Path) -> Result<bool, DataError> {
+    let decode_err = |message: String| DataError::Decode {
+        path: path.to_path_buf(),
+        message,
+    };
+    let decoder = image::ImageReader::open(path)
+        .map_err(|e| DataError::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| DataError::io(path, e))?
+        .into_decoder()
+        .map_err(|e| decode_err(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        return Err(decode_err(format!(
+            "expected an image with pixels, found {w}x{h}"
+        )));
+    }
+    Ok(is_gray(decoder.color_type()))
+}
+
+fn is_gray(c: ColorType) -> bool {
+    matches!(
+        c,
+        ColorType::L8 | ColorType::La8 | ColorType::L16 | ColorType::La16
+    )
+}
+
+/// HWC interleaved RGB -> CHW planes, keeping the first `channels` (1: the gray value).
+fn to_chw(img: &RgbImage, channels: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(channels * img.len() / 3);
+    for c in 0..channels {
+        out.extend(img.pixels().map(|p| p.0[c]));
+    }
+    out
 }
 
 /// The image files to read, sorted, each with its class index (0 when unlabelled), and the
@@ -143,21 +319,25 @@ fn is_image(p: &Path) -> bool {
             .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
-/// Decode and resize a chunk of files on scoped threads; results in input order.
-fn decode_all(chunk: &[(PathBuf, u32)], size: usize) -> Vec<Result<(RgbImage, bool), DataError>> {
+/// `f` over a chunk of files on scoped threads; results in input order. A panic inside `f`
+/// (a decoder bug) becomes a decode error naming the file.
+fn par_map<T: Send>(
+    chunk: &[(PathBuf, u32)],
+    f: impl Fn(&Path) -> Result<T, DataError> + Sync,
+) -> Vec<Result<T, DataError>> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(chunk.len())
         .max(1);
-    let mut results: Vec<Option<Result<(RgbImage, bool), DataError>>> =
-        (0..chunk.len()).map(|_| None).collect();
+    let mut results: Vec<Option<Result<T, DataError>>> = (0..chunk.len()).map(|_| None).collect();
+    let f = &f;
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|t| {
                 s.spawn(move || {
                     (t..chunk.len())
                         .step_by(workers)
-                        .map(|i| (i, load(&chunk[i].0, size)))
+                        .map(|i| (i, f(&chunk[i].0)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -196,10 +376,17 @@ pub fn load(path: &Path, size: usize) -> Result<(RgbImage, bool), DataError> {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    let gray = matches!(
-        img.color(),
-        ColorType::L8 | ColorType::La8 | ColorType::L16 | ColorType::La16
-    );
+    if img.width() == 0 || img.height() == 0 {
+        return Err(DataError::Decode {
+            path: path.to_path_buf(),
+            message: format!(
+                "expected an image with pixels, found {}x{}",
+                img.width(),
+                img.height()
+            ),
+        });
+    }
+    let gray = is_gray(img.color());
     let rgb = img.to_rgb8();
     Ok((resize_crop(&rgb, size as u32), gray))
 }
@@ -239,7 +426,7 @@ mod tests {
         assert!(ds.classes.is_empty() && ds.test.is_none());
         assert_eq!((ds.name.as_str(), ds.skipped), ("photos", 0));
         // real content, not a constant: pixel spread within the first image
-        let first = t.image(0);
+        let first = t.image(0).unwrap();
         let (lo, hi) = (first.iter().min().unwrap(), first.iter().max().unwrap());
         assert!(hi - lo > 50, "{lo}..{hi}");
         // limit and other sizes
@@ -346,5 +533,198 @@ mod tests {
         assert!((45..=56).contains(&mid), "{mid}");
         let tiny = RgbImage::new(1, 3);
         assert_eq!(resize_crop(&tiny, 4).dimensions(), (4, 4));
+    }
+
+    /// `n` PNG/JPEG files of varied sizes and content, written with the `image` crate.
+    fn write_images(dir: &Path, n: usize) {
+        for i in 0..n {
+            let (w, h) = (24 + (i as u32 * 7) % 30, 20 + (i as u32 * 11) % 35);
+            let img = RgbImage::from_fn(w, h, |x, y| {
+                let v = (x * 13 + y * 7 + i as u32 * 31) as u8;
+                image::Rgb([v, v.wrapping_mul(3), (x * y) as u8 ^ i as u8])
+            });
+            let ext = if i % 3 == 0 { "jpg" } else { "png" };
+            img.save(dir.join(format!("img{i:03}.{ext}"))).unwrap();
+        }
+    }
+
+    fn opts(stream: Stream, skip_bad: bool) -> OpenOptions {
+        OpenOptions {
+            image_size: Some(16),
+            skip_bad,
+            limit: None,
+            stream,
+        }
+    }
+
+    /// A PNG whose header is intact but whose pixel data is cut short.
+    fn write_corrupt_body(path: &Path) {
+        let noise = RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([(x * 97 + y * 13) as u8, (x ^ y) as u8, (x * y * 7) as u8])
+        });
+        noise.save(path).unwrap();
+        let bytes = std::fs::read(path).unwrap();
+        std::fs::write(path, &bytes[..bytes.len() * 6 / 10]).unwrap();
+        assert!(header(path).is_ok(), "the header must still read");
+        assert!(load(path, 16).is_err(), "the body must fail to decode");
+    }
+
+    #[test]
+    fn streaming_gives_the_same_images_and_batches_as_in_memory() {
+        use crate::data::loader::{default_make_batch, Loader, LoaderConfig};
+        let dir = tempfile::tempdir().unwrap();
+        for class in ["a", "b"] {
+            std::fs::create_dir(dir.path().join(class)).unwrap();
+            write_images(&dir.path().join(class), 20);
+        }
+        let mem = read_dir(dir.path(), &opts(Stream::Never, false)).unwrap();
+        let st = read_dir(dir.path(), &opts(Stream::Always, false)).unwrap();
+        let auto = read_dir(dir.path(), &opts(Stream::Auto, false)).unwrap();
+        assert!(!mem.train.is_streamed() && !auto.train.is_streamed());
+        assert!(st.train.is_streamed());
+        let (m, s) = (&mem.train, &st.train);
+        assert_eq!((s.n, s.channels, s.height, s.width), (40, 3, 16, 16));
+        assert_eq!((m.n, m.channels, m.height, m.width), (s.n, 3, 16, 16));
+        assert_eq!((&m.labels, &mem.classes), (&s.labels, &st.classes));
+        for i in 0..m.n {
+            assert_eq!(m.image(i).unwrap(), s.image(i).unwrap(), "image {i}");
+        }
+        assert_eq!(
+            crate::input::InputSpec::from_images(m).unwrap(),
+            crate::input::InputSpec::from_images(s).unwrap()
+        );
+        let batches = |set: &ImageSet, workers: usize| {
+            let cfg = LoaderConfig {
+                batch_size: 12,
+                seed: 5,
+                workers,
+                prefetch: 2,
+                start_batch: 0,
+                drop_last: true,
+            };
+            Loader::new(Arc::new(set.clone()), cfg, default_make_batch())
+                .take(9)
+                .map(|b| b.unwrap())
+                .collect::<Vec<_>>()
+        };
+        let from_memory = batches(m, 1);
+        assert_eq!(from_memory, batches(s, 1));
+        assert_eq!(from_memory, batches(s, 3));
+        // subsets and prefixes of a streamed set stay streamed and equal
+        assert_eq!(s.subset(&[5, 2]).image(1).unwrap(), m.image(2).unwrap());
+        assert!(s.take(3).is_streamed());
+        assert_eq!(s.take(3).image(2).unwrap(), m.image(2).unwrap());
+        // limit applies to streamed folders too
+        let limited = read_dir(
+            dir.path(),
+            &OpenOptions {
+                limit: Some(7),
+                ..opts(Stream::Always, false)
+            },
+        )
+        .unwrap();
+        assert_eq!(limited.train.n, 7);
+    }
+
+    #[test]
+    fn a_streamed_set_holds_paths_not_pixels() {
+        let dir = tempfile::tempdir().unwrap();
+        write_images(dir.path(), 60);
+        let per_image = |n: usize| {
+            let o = OpenOptions {
+                limit: Some(n),
+                image_size: Some(64),
+                ..opts(Stream::Always, false)
+            };
+            let ds = read_dir(dir.path(), &o).unwrap();
+            assert_eq!(ds.train.n, n);
+            assert!(ds.train.images.is_empty());
+            ds.train.memory_bytes() as f64 / n as f64
+        };
+        let image_len = 3 * 64 * 64;
+        // per image: a path (tens of bytes), whatever n is; the pixels would be 12 KiB
+        for n in [10, 60] {
+            let b = per_image(n);
+            assert!(b < 200.0, "{b} bytes per image for n = {n}");
+            assert!(b * 50.0 < image_len as f64);
+        }
+        let mem = read_dir(dir.path(), &opts(Stream::Never, false)).unwrap();
+        assert!(mem.train.memory_bytes() >= 60 * 3 * 16 * 16);
+    }
+
+    #[test]
+    fn header_bad_files_are_found_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        write_images(dir.path(), 4);
+        let bad = dir.path().join("notes.png");
+        std::fs::write(&bad, b"just some text, not a picture").unwrap();
+        // a GIF (not a supported format) under a .jpg name
+        let gif = dir.path().join("anim.jpg");
+        std::fs::write(&gif, b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").unwrap();
+        let e = read_dir(dir.path(), &opts(Stream::Always, false)).unwrap_err();
+        assert!(matches!(e, DataError::Decode { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("anim.jpg") && msg.contains("--skip-bad"),
+            "{msg}"
+        );
+        let ds = read_dir(dir.path(), &opts(Stream::Always, true)).unwrap();
+        assert_eq!((ds.train.n, ds.skipped), (4, 2));
+        assert!(ds.train.is_streamed());
+    }
+
+    #[test]
+    fn a_corrupt_body_is_an_error_naming_the_file_or_replaced_with_skip_bad() {
+        use crate::data::loader::{default_make_batch, Loader, LoaderConfig};
+        let dir = tempfile::tempdir().unwrap();
+        write_images(dir.path(), 9);
+        let bad = dir.path().join("img004.png");
+        write_corrupt_body(&bad);
+        // the header passes, so the folder opens; the file fails when it is read
+        let ds = read_dir(dir.path(), &opts(Stream::Always, false)).unwrap();
+        assert_eq!(ds.train.n, 9);
+        let e = ds.train.image(4).unwrap_err();
+        assert!(matches!(e, DataError::Decode { .. }), "{e:?}");
+        assert!(e.to_string().contains("img004.png"), "{e}");
+        let cfg = LoaderConfig {
+            batch_size: 3,
+            seed: 1,
+            workers: 2,
+            prefetch: 2,
+            start_batch: 0,
+            drop_last: true,
+        };
+        let k_bad = (0..3)
+            .find(|&k| crate::data::loader::batch_indices(9, 3, true, 1, k).contains(&4))
+            .unwrap();
+        let got: Vec<_> = Loader::new(Arc::new(ds.train), cfg.clone(), default_make_batch())
+            .take(10)
+            .collect();
+        // the batches before the broken one, then one error naming the file, then nothing
+        assert_eq!(got.len() as u64, k_bad + 1);
+        assert!(got[..k_bad as usize].iter().all(|b| b.is_ok()));
+        let e = got[k_bad as usize].as_ref().unwrap_err();
+        assert!(e.to_string().contains("img004.png"), "{e}");
+
+        // --skip-bad: the next good file stands in, every time, and is counted once
+        let ds = read_dir(dir.path(), &opts(Stream::Always, true)).unwrap();
+        let set = Arc::new(ds.train);
+        let (used, px) = set.image_or_next(4).unwrap();
+        assert_eq!((used, px), (5, set.image(5).unwrap()));
+        let run = || -> Vec<_> {
+            Loader::new(set.clone(), cfg.clone(), default_make_batch())
+                .take(6)
+                .map(|b| b.unwrap())
+                .collect()
+        };
+        let first = run();
+        assert_eq!(first, run());
+        assert_eq!(set.substituted(), 1);
+        // an in-memory set never substitutes
+        let mem = read_dir(dir.path(), &opts(Stream::Never, true)).unwrap();
+        assert_eq!(
+            (mem.train.n, mem.skipped, mem.train.substituted()),
+            (8, 1, 0)
+        );
     }
 }

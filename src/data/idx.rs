@@ -109,6 +109,7 @@ pub fn parse_pair(
     }
     let mut set = ImageSet {
         images: pixels.to_vec(),
+        stream: None,
         labels: Some(labels.iter().map(|&l| l as u32).collect()),
         n,
         channels: 1,
@@ -383,7 +384,7 @@ mod tests {
             let (dir, _, _) = craft(gz);
             let ds = read_dir(dir.path(), None).unwrap();
             assert_eq!(ds.train.n, 3);
-            assert_eq!(ds.train.image(2), &[8, 9, 10, 11]);
+            assert_eq!(&*ds.train.image(2).unwrap(), &[8, 9, 10, 11]);
             assert_eq!(ds.train.labels, Some(vec![0, 1, 2]));
             assert!(ds.test.is_none());
             assert_eq!(ds.classes[3], "3");

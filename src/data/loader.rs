@@ -8,6 +8,11 @@
 //! `prefetch + workers` batches ahead of the consumer; the consumer re-orders what they
 //! finish and receives k = start_batch, start_batch+1, … — so resuming from a saved cursor
 //! reproduces the run exactly.
+//!
+//! For a streamed set the workers also decode the image files, so decoding runs in parallel
+//! and at most `prefetch + workers` batches of pixels exist at once. A file that fails to
+//! decode ends the stream: the batches before it are yielded, then an `Err` naming the file
+//! (or, with `skip_bad`, the next good image stands in — see [`ImageSet::image_or_next`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -18,7 +23,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::augment::Img;
-use crate::data::ImageSet;
+use crate::data::{DataError, ImageSet};
 
 /// One batch, ready to become tensors.
 #[derive(Clone, Debug, PartialEq)]
@@ -149,8 +154,10 @@ struct State {
     next_claim: u64,
     /// Next batch number the consumer yields.
     next_yield: u64,
-    ready: BTreeMap<u64, Batch>,
+    ready: BTreeMap<u64, Result<Batch, DataError>>,
     stop: bool,
+    /// A batch failed to load: claim no more (the consumer still gets the ones before it).
+    failed: bool,
     /// A panic from the MakeBatch function, re-raised in the consumer.
     panic: Option<Box<dyn std::any::Any + Send>>,
 }
@@ -173,6 +180,8 @@ pub struct Loader {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     batches_per_epoch: u64,
+    /// An error was yielded; the stream is over.
+    done: bool,
 }
 
 impl Loader {
@@ -185,6 +194,7 @@ impl Loader {
                 next_yield: cfg.start_batch,
                 ready: BTreeMap::new(),
                 stop: false,
+                failed: false,
                 panic: None,
             }),
             cond: Condvar::new(),
@@ -206,6 +216,7 @@ impl Loader {
             shared,
             workers,
             batches_per_epoch: bpe,
+            done: false,
         }
     }
 
@@ -228,10 +239,10 @@ fn work(
     loop {
         let k = {
             let mut st = shared.lock();
-            while !st.stop && st.next_claim >= st.next_yield + window {
+            while !st.stop && !st.failed && st.next_claim >= st.next_yield + window {
                 st = shared.cond.wait(st).unwrap_or_else(|e| e.into_inner());
             }
-            if st.stop {
+            if st.stop || st.failed {
                 return;
             }
             st.next_claim += 1;
@@ -242,23 +253,38 @@ fn work(
             perm = Some((epoch, epoch_permutation(set.n, cfg.seed, epoch)));
         }
         let idx = slice_of(&perm.as_ref().expect("set above").1, b, k % bpe);
-        let imgs: Vec<Img> = idx
-            .iter()
-            .map(|&i| Img::from_u8(set.channels, set.height, set.width, set.image(i)))
-            .collect();
-        let labels: Vec<u32> = set
-            .labels
-            .as_ref()
-            .map_or(Vec::new(), |l| idx.iter().map(|&i| l[i]).collect());
-        let mut rng = batch_rng(cfg.seed, k);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            make(&imgs, &labels, &mut rng)
-        }));
+        let loaded = (|| {
+            let mut imgs = Vec::with_capacity(idx.len());
+            let mut labels = Vec::new();
+            for &i in idx {
+                // a substitute image (skip_bad) brings its own label
+                let (used, px) = set.image_or_next(i)?;
+                imgs.push(Img::from_u8(set.channels, set.height, set.width, &px));
+                if let Some(l) = &set.labels {
+                    labels.push(l[used]);
+                }
+            }
+            Ok::<_, DataError>((imgs, labels))
+        })();
+        let result = match loaded {
+            Ok((imgs, labels)) => {
+                let mut rng = batch_rng(cfg.seed, k);
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    make(&imgs, &labels, &mut rng)
+                }))
+                .map(Ok)
+            }
+            Err(e) => Ok(Err(e)),
+        };
         let mut st = shared.lock();
         match result {
-            Ok(mut batch) => {
+            Ok(Ok(mut batch)) => {
                 batch.index = k;
-                st.ready.insert(k, batch);
+                st.ready.insert(k, Ok(batch));
+            }
+            Ok(Err(e)) => {
+                st.ready.insert(k, Err(e));
+                st.failed = true;
             }
             Err(payload) => {
                 st.panic.get_or_insert(payload);
@@ -266,17 +292,19 @@ fn work(
             }
         }
         shared.cond.notify_all();
-        if st.stop {
+        if st.stop || st.failed {
             return;
         }
     }
 }
 
+/// Yields `Ok(batch)` for k = start_batch, start_batch+1, …; an `Err` (a file that failed to
+/// decode, naming it) ends the stream.
 impl Iterator for Loader {
-    type Item = Batch;
+    type Item = Result<Batch, DataError>;
 
-    fn next(&mut self) -> Option<Batch> {
-        if self.workers.is_empty() {
+    fn next(&mut self) -> Option<Result<Batch, DataError>> {
+        if self.workers.is_empty() || self.done {
             return None;
         }
         let mut st = self.shared.lock();
@@ -288,6 +316,7 @@ impl Iterator for Loader {
             let k = st.next_yield;
             if let Some(batch) = st.ready.remove(&k) {
                 st.next_yield += 1;
+                self.done = batch.is_err();
                 self.shared.cond.notify_all();
                 return Some(batch);
             }
@@ -319,6 +348,7 @@ mod tests {
     fn numbered(n: usize) -> Arc<ImageSet> {
         Arc::new(ImageSet {
             images: (0..n).flat_map(|i| [i as u8; 4]).collect(),
+            stream: None,
             labels: Some((0..n as u32).collect()),
             n,
             channels: 1,
@@ -348,7 +378,10 @@ mod tests {
     }
 
     fn first(n: usize, cfg: LoaderConfig) -> Vec<Batch> {
-        Loader::new(numbered(50), cfg, noisy()).take(n).collect()
+        Loader::new(numbered(50), cfg, noisy())
+            .take(n)
+            .map(|b| b.unwrap())
+            .collect()
     }
 
     #[test]
@@ -394,7 +427,7 @@ mod tests {
             for _ in 0..3 {
                 let mut seen: Vec<u32> = Vec::new();
                 for _ in 0..bpe {
-                    let b = loader.next().unwrap();
+                    let b = loader.next().unwrap().unwrap();
                     assert_eq!(b.labels.len(), b.b);
                     // images and labels travel together
                     for (j, &l) in b.labels.iter().enumerate() {
@@ -436,8 +469,8 @@ mod tests {
             stack(imgs, labels.to_vec())
         });
         let mut loader = Loader::new(numbered(50), cfg(1, 3), slow);
-        loader.next().unwrap();
-        loader.next().unwrap();
+        loader.next().unwrap().unwrap();
+        loader.next().unwrap().unwrap();
         let t = Instant::now();
         drop(loader);
         assert!(
@@ -458,10 +491,12 @@ mod tests {
         };
         let b: Vec<Batch> = Loader::new(numbered(5), big_batch, default_make_batch())
             .take(2)
+            .map(|b| b.unwrap())
             .collect();
         assert_eq!((b[0].b, b[1].b), (5, 5));
         let empty = Arc::new(ImageSet {
             images: vec![],
+            stream: None,
             labels: None,
             n: 0,
             channels: 1,
@@ -477,6 +512,7 @@ mod tests {
         });
         let b = Loader::new(unlabelled, cfg(0, 1), default_make_batch())
             .next()
+            .unwrap()
             .unwrap();
         assert!(b.labels.is_empty());
         assert_eq!((b.b, b.c, b.h, b.w, b.images.len()), (4, 1, 2, 2, 16));

@@ -2,7 +2,8 @@
 //!
 //! A dataset is named by a spec `FORMAT:PATH` (`idx:../shared/data/fashion-mnist`,
 //! `cifar10:data/cifar-10-batches-bin`, `stl10:data/stl10_binary`, `folder:photos/`) and read
-//! whole into memory as u8 by [`open`].
+//! by [`open`]: whole into memory as u8, or — for large folders, see [`Stream`] — as a list of
+//! files that the loader's workers decode on demand.
 
 pub mod augment;
 pub mod cifar;
@@ -14,12 +15,21 @@ pub mod stl10;
 
 pub use error::DataError;
 
+use std::borrow::Cow;
 use std::path::Path;
+use std::sync::Arc;
 
-/// One split of an image dataset, held in memory as u8, layout [n, channels, height, width] (CHW per image).
+/// One split of an image dataset, layout [n, channels, height, width] (CHW per image), as u8.
+///
+/// The pixels are either held in memory (`images`) or, for large folders, decoded from their
+/// files on demand (`stream`, see [`folder::Streamed`]); [`ImageSet::image`] hides the
+/// difference. Streaming keeps memory bounded by what the loader has in flight, not by `n`.
 #[derive(Clone, Debug)]
 pub struct ImageSet {
+    /// All pixels, [n, c, h, w]; empty when `stream` is set.
     pub images: Vec<u8>,
+    /// When set, image i is decoded (and resized) from a file each time it is asked for.
+    pub stream: Option<Arc<folder::Streamed>>,
     pub labels: Option<Vec<u32>>,
     pub n: usize,
     pub channels: usize,
@@ -28,10 +38,78 @@ pub struct ImageSet {
 }
 
 impl ImageSet {
-    /// The i-th image, CHW. Panics if `i >= n` (a programming error, not user input).
-    pub fn image(&self, i: usize) -> &[u8] {
-        let len = self.image_len();
-        &self.images[i * len..(i + 1) * len]
+    /// An in-memory set; `images` holds n images of `channels * height * width` bytes.
+    pub fn in_memory(
+        images: Vec<u8>,
+        labels: Option<Vec<u32>>,
+        n: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+    ) -> ImageSet {
+        ImageSet {
+            images,
+            stream: None,
+            labels,
+            n,
+            channels,
+            height,
+            width,
+        }
+    }
+
+    /// The i-th image, CHW: borrowed for an in-memory set, decoded for a streamed one (which
+    /// fails, naming the file, if the file no longer decodes). Panics if `i >= n` (a
+    /// programming error, not user input).
+    pub fn image(&self, i: usize) -> Result<Cow<'_, [u8]>, DataError> {
+        match &self.stream {
+            None => {
+                let len = self.image_len();
+                Ok(Cow::Borrowed(&self.images[i * len..(i + 1) * len]))
+            }
+            Some(s) => s.read(i).map(Cow::Owned),
+        }
+    }
+
+    /// Like [`image`](Self::image), but for a streamed set opened with `skip_bad`, a file that
+    /// fails to decode is replaced by the next one (in file order, wrapping) that decodes, with
+    /// a warning naming it. Returns the index actually used, so its label goes with it. The
+    /// substitute depends only on which files are broken, so batches stay deterministic.
+    pub fn image_or_next(&self, i: usize) -> Result<(usize, Cow<'_, [u8]>), DataError> {
+        let first = match self.image(i) {
+            Ok(img) => return Ok((i, img)),
+            Err(e) => e,
+        };
+        let Some(s) = self.stream.as_ref().filter(|s| s.skip_bad) else {
+            return Err(first);
+        };
+        s.note_bad(i, &first);
+        for step in 1..self.n {
+            let j = (i + step) % self.n;
+            match self.image(j) {
+                Ok(img) => return Ok((j, img)),
+                Err(e) => s.note_bad(j, &e),
+            }
+        }
+        Err(first)
+    }
+
+    /// Files that failed to decode after opening and were replaced (streamed sets with
+    /// `skip_bad`); 0 for in-memory sets.
+    pub fn substituted(&self) -> usize {
+        self.stream.as_ref().map_or(0, |s| s.substituted())
+    }
+
+    /// Whether pixels are decoded from files on demand.
+    pub fn is_streamed(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Heap bytes this set holds (pixels, labels, file paths); not the pixels of a streamed set.
+    pub fn memory_bytes(&self) -> usize {
+        self.images.capacity()
+            + self.labels.as_ref().map_or(0, |l| l.capacity() * 4)
+            + self.stream.as_ref().map_or(0, |s| s.memory_bytes())
     }
 
     /// Bytes per image: channels * height * width.
@@ -44,18 +122,28 @@ impl ImageSet {
         self.labels.as_ref().map(|l| l[i])
     }
 
-    /// A copy of the chosen images (and their labels), in the order given.
+    /// The chosen images (and their labels), in the order given: copied pixels for an
+    /// in-memory set, the chosen files for a streamed one.
     pub fn subset(&self, idx: &[usize]) -> ImageSet {
-        let mut images = Vec::with_capacity(idx.len() * self.image_len());
-        for &i in idx {
-            images.extend_from_slice(self.image(i));
-        }
+        let labels = self
+            .labels
+            .as_ref()
+            .map(|l| idx.iter().map(|&i| l[i]).collect());
+        let (images, stream) = match &self.stream {
+            Some(s) => (Vec::new(), Some(Arc::new(s.subset(idx)))),
+            None => {
+                let len = self.image_len();
+                let mut images = Vec::with_capacity(idx.len() * len);
+                for &i in idx {
+                    images.extend_from_slice(&self.images[i * len..(i + 1) * len]);
+                }
+                (images, None)
+            }
+        };
         ImageSet {
             images,
-            labels: self
-                .labels
-                .as_ref()
-                .map(|l| idx.iter().map(|&i| l[i]).collect()),
+            stream,
+            labels,
             n: idx.len(),
             channels: self.channels,
             height: self.height,
@@ -66,8 +154,12 @@ impl ImageSet {
     /// The first `n` images (all of them if there are fewer).
     pub fn take(&self, n: usize) -> ImageSet {
         let n = n.min(self.n);
+        if self.stream.is_some() {
+            return self.subset(&(0..n).collect::<Vec<_>>());
+        }
         ImageSet {
             images: self.images[..n * self.image_len()].to_vec(),
+            stream: None,
             labels: self.labels.as_ref().map(|l| l[..n].to_vec()),
             n,
             channels: self.channels,
@@ -96,7 +188,23 @@ pub struct OpenOptions {
     pub skip_bad: bool,
     /// Read at most this many train images.
     pub limit: Option<usize>,
+    /// Folder datasets: decode images from their files on demand instead of all at open.
+    pub stream: Stream,
 }
+
+/// When a folder dataset is streamed from its files rather than decoded whole into memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Stream folders of more than [`STREAM_AUTO_FILES`] image files.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// Folders with more image files than this are streamed under [`Stream::Auto`].
+pub const STREAM_AUTO_FILES: usize = 10_000;
 
 impl Default for OpenOptions {
     fn default() -> Self {
@@ -104,6 +212,7 @@ impl Default for OpenOptions {
             image_size: Some(32),
             skip_bad: false,
             limit: None,
+            stream: Stream::Auto,
         }
     }
 }
@@ -196,6 +305,7 @@ mod tests {
     fn tiny() -> ImageSet {
         ImageSet {
             images: (0..12).collect(),
+            stream: None,
             labels: Some(vec![7, 8, 9]),
             n: 3,
             channels: 1,
@@ -208,7 +318,7 @@ mod tests {
     fn image_subset_take() {
         let s = tiny();
         assert_eq!(s.image_len(), 4);
-        assert_eq!(s.image(1), &[4, 5, 6, 7]);
+        assert_eq!(&*s.image(1).unwrap(), &[4, 5, 6, 7]);
         let sub = s.subset(&[2, 0]);
         assert_eq!(sub.n, 2);
         assert_eq!(sub.images, vec![8, 9, 10, 11, 0, 1, 2, 3]);

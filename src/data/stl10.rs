@@ -139,6 +139,7 @@ fn read_images(path: &Path, limit: Option<usize>) -> Result<ImageSet, DataError>
     }
     Ok(ImageSet {
         images,
+        stream: None,
         labels: None,
         n,
         channels: 3,

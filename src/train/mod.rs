@@ -106,6 +106,7 @@ pub fn open_dataset(cfg: &PretrainConfig, skip_bad: bool) -> Result<Dataset> {
         image_size: Some(cfg.image_size),
         skip_bad,
         limit: (cfg.limit > 0).then_some(cfg.limit),
+        stream: cfg.stream,
     };
     let ds = data::open(&cfg.data, &opts)?;
     if ds.skipped > 0 {
@@ -162,7 +163,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
             ),
         ));
     }
-    let input = InputSpec::from_images(&train_set);
+    let input = InputSpec::from_images(&train_set)?;
     std::fs::create_dir_all(&run).map_err(|e| Error::io(&run, e))?;
     checkpoint::write_atomic(&run.join("config.toml"), config::to_toml(&cfg).as_bytes())?;
 
@@ -205,7 +206,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     let end = req.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
     let mut log = metrics::MetricsLog::open(&run.join("metrics.jsonl"), start)?;
     let loader = Loader::new(
-        train_set,
+        train_set.clone(),
         LoaderConfig {
             batch_size: cfg.batch_size,
             seed: cfg.seed,
@@ -270,6 +271,26 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     let mut first_batch = None;
     let (mut skipped, mut skipped_in_row) = (0u64, 0u64);
     for batch in loader.take((end.saturating_sub(start)) as usize) {
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                // A file that passed the header check at open no longer decodes. Keep what
+                // was learned (a checkpoint at this step) and stop, naming the file.
+                progress.finish();
+                log.flush()?;
+                if step > last_saved || step == 0 {
+                    save(task.as_ref(), step)?;
+                }
+                return Err(Error::Training {
+                    step,
+                    message: format!(
+                        "{e}; the last checkpoint (step {step}) is in {}; continue with: pretext pretrain --resume {} --skip-bad",
+                        checkpoint::checkpoints_dir(&run).display(),
+                        run.display()
+                    ),
+                });
+            }
+        };
         if first_batch.is_none() {
             first_batch = Some(batch.clone());
         }
@@ -364,6 +385,12 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         }
     }
     progress.finish();
+    let substituted = train_set.substituted();
+    if substituted > 0 {
+        eprintln!(
+            "warning: {substituted} images failed to decode after the folder was opened and were replaced by the next good image (--skip-bad)"
+        );
+    }
     if step != last_saved || step == 0 {
         log.flush()?;
         save(task.as_ref(), step)?;

@@ -10,7 +10,7 @@ use rand::Rng;
 
 use crate::data::augment::{hflip, random_resized_crop};
 use crate::data::loader::{Batch, Loader, LoaderConfig};
-use crate::data::ImageSet;
+use crate::data::{DataError, ImageSet};
 use crate::input::InputSpec;
 use crate::nn::heads::LinearHead;
 use crate::nn::Backbone;
@@ -57,7 +57,7 @@ pub fn finetune(
     input: &InputSpec,
     s: &FinetuneSettings,
     device: &Device,
-) -> f32 {
+) -> Result<f32, DataError> {
     let ad = device.clone().autodiff();
     let dim = encoder.dim();
     let head = crate::device::seeded(&ad, s.seed, || LinearHead::new(dim, classes, &ad));
@@ -111,7 +111,8 @@ pub fn finetune(
         make,
     );
     let progress = Progress::new("finetune", 0, s.steps, s.quiet);
-    for (step, mut batch) in loader.take(s.steps as usize).enumerate() {
+    for (step, batch) in loader.take(s.steps as usize).enumerate() {
+        let mut batch = batch?;
         let x = images_tensor(&mut batch, &ad);
         let y = labels_tensor(&batch.labels, &ad);
         let lr = lr_at(step as u64, s.lr, s.steps / 20, s.steps, 0.0);
@@ -135,14 +136,14 @@ pub fn finetune(
     progress.finish();
     let model = model.expect("model").valid().to_device(device);
     let (c, h, w) = (test.channels, test.height, test.width);
-    let x = normalized_images(test, test_idx, input);
+    let x = normalized_images(test, test_idx, input)?;
     let y: Vec<u32> = test_idx
         .iter()
         .map(|&i| test.labels.as_ref().expect("labelled")[i])
         .collect();
     let dim_in = c * h * w;
     // The classifier takes images; wrap rows of flattened images back into [n, c, h, w].
-    accuracy(
+    Ok(accuracy(
         |rows| {
             let n = rows.dims()[0];
             model.forward(rows.reshape([n, c, h, w]))
@@ -151,5 +152,5 @@ pub fn finetune(
         &y,
         dim_in,
         device,
-    )
+    ))
 }

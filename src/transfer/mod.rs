@@ -280,7 +280,7 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
                 &input,
                 Some(stage),
                 &req.device,
-            );
+            )?;
             let (test_x, _) = features::extract(
                 &encoder,
                 test_set,
@@ -288,7 +288,7 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
                 &input,
                 Some(stage),
                 &req.device,
-            );
+            )?;
             if protocol == Protocol::Linear {
                 let s = linear_probe::ProbeSettings {
                     steps: cfg.probe_steps,
@@ -346,7 +346,7 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
                 &input,
                 &s,
                 &req.device,
-            )
+            )?
         }
     };
     let result = TransferResult {
@@ -392,7 +392,7 @@ fn load_source(
             Ok((encoder, info.input))
         }
         Source::Random | Source::Scratch => {
-            let input = InputSpec::from_images(&dataset.train);
+            let input = InputSpec::from_images(&dataset.train)?;
             let width = if cfg.width == 0 {
                 cfg.backbone.default_width()
             } else {
