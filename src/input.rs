@@ -61,6 +61,15 @@ impl InputSpec {
         Ok(())
     }
 
+    /// The same on a tensor: x [b, channels, h, w] in [0,1] → (x - mean) / std per channel.
+    pub fn normalize_tensor(&self, x: burn::prelude::Tensor<4>) -> burn::prelude::Tensor<4> {
+        use burn::prelude::Tensor;
+        let (device, c) = (x.device(), self.channels);
+        let mean = Tensor::<1>::from_floats(self.mean.as_slice(), &device).reshape([1, c, 1, 1]);
+        let std = Tensor::<1>::from_floats(self.std.as_slice(), &device).reshape([1, c, 1, 1]);
+        (x - mean) / std
+    }
+
     /// Normalise one image in place: (x - mean) / std per channel.
     pub fn normalize(&self, img: &mut Img) {
         crate::data::augment::normalize(img, &self.mean, &self.std);

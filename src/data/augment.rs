@@ -130,6 +130,34 @@ pub fn resize_bilinear(img: &Img, h: usize, w: usize) -> Img {
     })
 }
 
+/// Nearest-neighbour resize to h x w (for showing small images large).
+pub fn resize_nearest(img: &Img, h: usize, w: usize) -> Img {
+    Img::from_fn(img.c, h, w, |c, y, x| {
+        img.get(c, y * img.h / h, x * img.w / w)
+    })
+}
+
+/// Shrink by an integer `factor` by averaging each factor x factor block (area / box filter).
+/// The height and width must be multiples of `factor`.
+pub fn downscale_box(img: &Img, factor: usize) -> Img {
+    assert!(
+        img.h.is_multiple_of(factor) && img.w.is_multiple_of(factor),
+        "downscale_box: {}x{} is not a multiple of {factor}",
+        img.h,
+        img.w
+    );
+    let n = (factor * factor) as f32;
+    Img::from_fn(img.c, img.h / factor, img.w / factor, |c, y, x| {
+        let mut s = 0.0;
+        for dy in 0..factor {
+            for dx in 0..factor {
+                s += img.get(c, y * factor + dy, x * factor + dx);
+            }
+        }
+        s / n
+    })
+}
+
 fn uniform(rng: &mut impl Rng, lo: f32, hi: f32) -> f32 {
     lo + (hi - lo) * rng.gen::<f32>()
 }

@@ -7,11 +7,13 @@ use burn::prelude::*;
 
 use crate::config::PretrainConfig;
 use crate::data::loader::{Batch, MakeBatch};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::input::InputSpec;
-use crate::nn::Backbone;
+use crate::nn::decoder::Generator;
+use crate::nn::{Backbone, BackboneSpec};
 use crate::train::step::StepStats;
 
+pub mod inpaint;
 pub mod rotation;
 
 /// Everything a task needs to build itself.
@@ -30,7 +32,7 @@ pub struct TaskEntry {
 }
 
 /// Every pretext task pretext knows, in the order `pretext tasks` lists them.
-pub const TASKS: &[TaskEntry] = &[rotation::ENTRY];
+pub const TASKS: &[TaskEntry] = &[rotation::ENTRY, inpaint::ENTRY];
 
 pub fn find(name: &str) -> Option<&'static TaskEntry> {
     TASKS.iter().find(|t| t.name == name)
@@ -58,4 +60,36 @@ pub trait PretextTask {
     fn write_samples(&mut self, _batch: &Batch, _dir: &Path) -> Result<()> {
         Ok(())
     }
+}
+
+/// For the generative tasks: a generator whose encoder is the configured backbone taking
+/// `in_channels` inputs, its decoder starting at `stage` (0 = the third stage) with `out_channels`
+/// outputs. An out-of-range stage is a config error on `TASK.stage`.
+pub fn build_generator(
+    ctx: &TaskContext,
+    in_channels: usize,
+    stage: usize,
+    skips: bool,
+    out_channels: usize,
+) -> Result<Generator> {
+    let spec = BackboneSpec {
+        kind: ctx.config.backbone,
+        in_channels,
+        width: ctx.config.width(),
+    };
+    let stage = if stage == 0 { 3 } else { stage };
+    let stages = spec.init(&ctx.device).stages();
+    if stage > stages {
+        return Err(Error::config(
+            format!("{}.stage", ctx.config.task),
+            format!("the backbone has {stages} stages, found {stage}"),
+        ));
+    }
+    Ok(Generator::new(
+        &spec,
+        stage,
+        out_channels,
+        skips,
+        &ctx.device,
+    ))
 }

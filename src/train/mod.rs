@@ -3,6 +3,8 @@
 //! `checkpoints/`, `encoder.safetensors` and `summary.json`.
 
 pub mod checkpoint;
+pub mod gan;
+pub mod image_quality;
 pub mod metrics;
 pub mod optim;
 pub mod progress;
