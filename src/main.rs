@@ -74,6 +74,14 @@ fn run(cli: Cli) -> Result<()> {
                 summary.final_loss,
                 summary.run_dir.display()
             );
+            if !summary.eval.is_empty() {
+                let eval: Vec<String> = summary
+                    .eval
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect();
+                println!("held-out test images: {}", eval.join(", "));
+            }
             Ok(())
         }
         Command::Transfer(a) => {

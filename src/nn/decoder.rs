@@ -7,7 +7,7 @@
 //! bottleneck (a Context Encoder).
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::PaddingConfig2d;
+use burn::nn::{Initializer, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
@@ -62,8 +62,11 @@ impl Decoder {
         Self {
             blocks,
             top: ConvBnRelu::new(c_top, c, 1, device),
+            // Zero-initialised: the generator starts from a neutral output (no residual, mid
+            // grey, zero chroma) instead of random noise.
             out: Conv2dConfig::new([c, out_channels], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_initializer(Initializer::Zeros)
                 .init(device),
             skips,
         }

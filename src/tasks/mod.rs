@@ -6,6 +6,7 @@ use std::path::Path;
 use burn::prelude::*;
 
 use crate::config::PretrainConfig;
+use crate::data::augment::Img;
 use crate::data::loader::{Batch, MakeBatch};
 use crate::error::{Error, Result};
 use crate::input::InputSpec;
@@ -15,6 +16,7 @@ use crate::train::step::StepStats;
 
 pub mod inpaint;
 pub mod rotation;
+pub mod superres;
 
 /// Everything a task needs to build itself.
 pub struct TaskContext<'a> {
@@ -32,7 +34,7 @@ pub struct TaskEntry {
 }
 
 /// Every pretext task pretext knows, in the order `pretext tasks` lists them.
-pub const TASKS: &[TaskEntry] = &[rotation::ENTRY, inpaint::ENTRY];
+pub const TASKS: &[TaskEntry] = &[rotation::ENTRY, superres::ENTRY, inpaint::ENTRY];
 
 pub fn find(name: &str) -> Option<&'static TaskEntry> {
     TASKS.iter().find(|t| t.name == name)
@@ -59,6 +61,12 @@ pub trait PretextTask {
     /// `dir`. Called once when the loop ends, with a copy of the first batch of this invocation.
     fn write_samples(&mut self, _batch: &Batch, _dir: &Path) -> Result<()> {
         Ok(())
+    }
+    /// Measure the task on held-out images (the dataset's test split, values in [0,1]), e.g.
+    /// PSNR/SSIM of a generator. Called once when the loop ends, if the data has a test split;
+    /// the numbers go into `summary.json` as `eval`.
+    fn evaluate(&mut self, _held_out: &[Img]) -> Result<Vec<(String, f32)>> {
+        Ok(Vec::new())
     }
 }
 

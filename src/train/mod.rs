@@ -20,6 +20,7 @@ use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, PretrainConfig};
+use crate::data::augment::Img;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{self, Dataset, OpenOptions};
 use crate::error::{Error, Result};
@@ -50,7 +51,13 @@ pub struct PretrainSummary {
     pub items_per_s: f64,
     pub run_dir: PathBuf,
     pub completed: bool,
+    /// The task's own measurements on held-out images (see `PretextTask::evaluate`).
+    #[serde(default)]
+    pub eval: Vec<(String, f32)>,
 }
+
+/// How many test images `PretextTask::evaluate` gets at the end of a run.
+pub const EVAL_IMAGES: usize = 500;
 
 pub struct PretrainRequest {
     pub config: PretrainConfig,
@@ -141,6 +148,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         None => open_dataset(&cfg, req.skip_bad)?,
     };
     let train_set = Arc::new(dataset.train);
+    let test_set = dataset.test;
     if train_set.n < cfg.batch_size {
         return Err(Error::config(
             "batch_size",
@@ -314,6 +322,15 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     if let Some(batch) = &first_batch {
         task.write_samples(batch, &run)?;
     }
+    let eval = match &test_set {
+        Some(t) if t.n > 0 => {
+            let held_out: Vec<Img> = (0..t.n.min(EVAL_IMAGES))
+                .map(|i| Img::from_u8(t.channels, t.height, t.width, t.image(i)))
+                .collect();
+            task.evaluate(&held_out)?
+        }
+        _ => Vec::new(),
+    };
     let completed = step >= cfg.steps;
     if completed {
         save_encoder(&task.encoder(), &run.join("encoder.safetensors"))?;
@@ -332,6 +349,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         items_per_s: total.per_sec(),
         run_dir: run.clone(),
         completed,
+        eval,
     };
     checkpoint::write_atomic(
         &run.join("summary.json"),
