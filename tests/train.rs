@@ -396,3 +396,77 @@ fn a_resumed_gan_run_matches_an_uninterrupted_one() {
     let wb = std::fs::read(b.join("encoder.safetensors")).unwrap();
     assert!(wa == wb, "final encoder weights differ after resume");
 }
+
+#[test]
+fn colorize_pretrains_on_photos_and_transfer_feeds_the_encoder_lightness() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("col");
+    let data = format!("folder:{}", shared_data("photos"));
+    let mut args = vec![
+        "pretrain",
+        "--task",
+        "colorize",
+        "--data",
+        &data,
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    args.extend_from_slice(GAN_SMALL);
+    cli(&args);
+    let rows = pretext::train::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    assert_eq!(rows.len(), 6);
+    assert!(rows.iter().all(|r| r["loss"].as_f64().unwrap().is_finite()));
+    assert!(run.join("samples-colorize.png").exists());
+    assert!(run.join("checkpoints/latest").exists());
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("encoder.json")).unwrap()).unwrap();
+    assert_eq!(info["backbone"]["in_channels"], 1);
+    assert_eq!(info["input_transform"], "lightness");
+    // A labelled colour set (the photos split into two classes): transfer converts it to L.
+    let labelled = tmp.path().join("labelled");
+    let mut files: Vec<_> = std::fs::read_dir(shared_data("photos"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for (i, f) in files.iter().enumerate() {
+        let class = labelled.join(if i % 2 == 0 { "even" } else { "odd" });
+        std::fs::create_dir_all(&class).unwrap();
+        std::fs::copy(f, class.join(f.file_name().unwrap())).unwrap();
+    }
+    let out = cli(&[
+        "transfer",
+        "--from",
+        run.to_str().unwrap(),
+        "--data",
+        &format!("folder:{}", labelled.display()),
+        "--protocol",
+        "knn",
+        "--labels-per-class",
+        "2",
+        "--set",
+        "knn_k=3",
+        "--quiet",
+    ]);
+    assert!(out.contains("accuracy: "), "{out}");
+}
+
+#[test]
+fn colorize_refuses_grayscale_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = format!("idx:{}", shared_data("fashion-mnist"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args([
+            "pretrain", "--task", "colorize", "--data", &data, "--set", "limit=64",
+        ])
+        .arg("--out")
+        .arg(tmp.path().join("c"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("colorize needs colour (3-channel RGB) images"),
+        "{err}"
+    );
+}

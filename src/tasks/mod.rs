@@ -9,11 +9,12 @@ use crate::config::PretrainConfig;
 use crate::data::augment::Img;
 use crate::data::loader::{Batch, MakeBatch};
 use crate::error::{Error, Result};
-use crate::input::InputSpec;
+use crate::input::{InputSpec, InputTransform};
 use crate::nn::decoder::Generator;
 use crate::nn::{Backbone, BackboneSpec};
 use crate::train::step::StepStats;
 
+pub mod colorize;
 pub mod inpaint;
 pub mod rotation;
 pub mod superres;
@@ -34,7 +35,12 @@ pub struct TaskEntry {
 }
 
 /// Every pretext task pretext knows, in the order `pretext tasks` lists them.
-pub const TASKS: &[TaskEntry] = &[rotation::ENTRY, superres::ENTRY, inpaint::ENTRY];
+pub const TASKS: &[TaskEntry] = &[
+    rotation::ENTRY,
+    colorize::ENTRY,
+    superres::ENTRY,
+    inpaint::ENTRY,
+];
 
 pub fn find(name: &str) -> Option<&'static TaskEntry> {
     TASKS.iter().find(|t| t.name == name)
@@ -52,6 +58,11 @@ pub trait PretextTask {
     fn step(&mut self, batch: Batch, lr: f64) -> StepStats;
     /// The part that transfers downstream.
     fn encoder(&self) -> Backbone;
+    /// What the encoder is fed, given the dataset's input spec `data`: by default the images as
+    /// they are; colorization feeds the lightness channel only.
+    fn encoder_input(&self, data: &InputSpec) -> (InputSpec, InputTransform) {
+        (data.clone(), InputTransform::None)
+    }
     /// Write model and optimiser state into `dir` (an empty directory).
     fn save(&self, dir: &Path) -> Result<()>;
     /// Restore what `save` wrote.

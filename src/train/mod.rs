@@ -24,7 +24,7 @@ use crate::data::augment::Img;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{self, Dataset, OpenOptions};
 use crate::error::{Error, Result};
-use crate::input::InputSpec;
+use crate::input::{InputSpec, InputTransform};
 use crate::nn::BackboneSpec;
 use crate::tasks::{self, TaskContext};
 use checkpoint::{latest_checkpoint, save_encoder, write_checkpoint, CheckpointState};
@@ -37,6 +37,9 @@ pub struct EncoderInfo {
     pub input: InputSpec,
     pub task: String,
     pub data: String,
+    /// Conversion of the images before `input` normalisation (e.g. colour → lightness).
+    #[serde(default)]
+    pub input_transform: InputTransform,
 }
 
 /// What a finished (or stopped) pretraining run reports (`summary.json`).
@@ -170,16 +173,18 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         device: device.clone(),
     };
     let mut task = (entry.build)(&ctx)?;
+    let (encoder_input, input_transform) = task.encoder_input(&input);
     let spec = BackboneSpec {
         kind: cfg.backbone,
-        in_channels: input.channels,
+        in_channels: encoder_input.channels,
         width: cfg.width(),
     };
     let info = EncoderInfo {
         backbone: spec,
-        input: input.clone(),
+        input: encoder_input,
         task: cfg.task.clone(),
         data: cfg.data.clone(),
+        input_transform,
     };
     checkpoint::write_atomic(
         &run.join("encoder.json"),
