@@ -76,7 +76,8 @@ pub struct ColorizeConfig {
     pub temperature: f32,
     /// Random horizontal flip.
     pub flip: bool,
-    /// Encoder stage the decoder starts from; 0 = the backbone's third stage.
+    /// Encoder stage the decoder starts from; 0 = the backbone's last stage (the whole encoder
+    /// is trained; stages above the chosen one get no gradient and transfer untrained).
     pub stage: usize,
     /// U-Net skips from earlier encoder stages and the input.
     pub skips: bool,

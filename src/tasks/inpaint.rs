@@ -66,7 +66,8 @@ pub struct InpaintConfig {
     pub adv_weight: f64,
     /// Steps at the start with the reconstruction loss only (the discriminator still trains).
     pub content_only_steps: u64,
-    /// Encoder stage the decoder starts from; 0 = the backbone's third stage.
+    /// Encoder stage the decoder starts from; 0 = the backbone's last stage (the whole encoder
+    /// is trained; stages above the chosen one get no gradient and transfer untrained).
     pub stage: usize,
     /// U-Net skips from earlier encoder stages (off: a pure context encoder).
     pub skips: bool,

@@ -82,7 +82,7 @@ pub trait PretextTask {
 }
 
 /// For the generative tasks: a generator whose encoder is the configured backbone taking
-/// `in_channels` inputs, its decoder starting at `stage` (0 = the third stage) with `out_channels`
+/// `in_channels` inputs, its decoder starting at `stage` (0 = the last stage) with `out_channels`
 /// outputs. An out-of-range stage is a config error on `TASK.stage`.
 pub fn build_generator(
     ctx: &TaskContext,
@@ -96,8 +96,8 @@ pub fn build_generator(
         in_channels,
         width: ctx.config.width(),
     };
-    let stage = if stage == 0 { 3 } else { stage };
     let stages = spec.init(&ctx.device).stages();
+    let stage = if stage == 0 { stages } else { stage };
     if stage > stages {
         return Err(Error::config(
             format!("{}.stage", ctx.config.task),

@@ -62,7 +62,8 @@ pub struct SuperresConfig {
     pub content_only_steps: u64,
     /// Random horizontal flip of the training images.
     pub flip: bool,
-    /// Encoder stage the decoder starts from; 0 = the backbone's third stage.
+    /// Encoder stage the decoder starts from; 0 = the backbone's last stage (the whole encoder
+    /// is trained; stages above the chosen one get no gradient and transfer untrained).
     pub stage: usize,
     /// U-Net skips from earlier encoder stages and the input.
     pub skips: bool,
