@@ -6,6 +6,61 @@ use serde::{Deserialize, Serialize};
 use crate::data::augment::Img;
 use crate::data::ImageSet;
 
+/// A conversion applied to the dataset's images before the encoder sees them (saved in
+/// `encoder.json` as `input_transform`, so transfer converts the same way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputTransform {
+    /// The images as they are.
+    #[default]
+    None,
+    /// RGB → CIE L* / 100, one channel (the colorization encoder's input).
+    Lightness,
+}
+
+impl InputTransform {
+    /// Channels the encoder gets from images with `channels` channels.
+    pub fn channels(self, channels: usize) -> usize {
+        match self {
+            Self::None => channels,
+            Self::Lightness => 1,
+        }
+    }
+
+    /// Convert a whole set (u8 pixels; L/100 is stored as round(255·L/100)). A no-op for `None`
+    /// and for sets that do not have 3 channels.
+    pub fn apply(self, set: &ImageSet) -> Result<ImageSet, crate::data::DataError> {
+        if self == Self::None || set.channels != 3 {
+            return Ok(set.clone());
+        }
+        let mut images = Vec::with_capacity(set.n * set.height * set.width);
+        for i in 0..set.n {
+            let img = Img::from_u8(3, set.height, set.width, &set.image(i)?);
+            images.extend(lightness(&img).to_u8());
+        }
+        Ok(ImageSet::in_memory(
+            images,
+            set.labels.clone(),
+            set.n,
+            1,
+            set.height,
+            set.width,
+        ))
+    }
+}
+
+/// RGB image in [0,1] → its CIE lightness L*/100 in [0,1], one channel.
+pub fn lightness(img: &Img) -> Img {
+    let lab = crate::data::augment::rgb_to_lab(img);
+    let plane = img.h * img.w;
+    Img {
+        c: 1,
+        h: img.h,
+        w: img.w,
+        data: lab.data[..plane].iter().map(|l| l / 100.0).collect(),
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InputSpec {
     pub channels: usize,
@@ -61,6 +116,15 @@ impl InputSpec {
             )));
         }
         Ok(())
+    }
+
+    /// The same on a tensor: x [b, channels, h, w] in [0,1] → (x - mean) / std per channel.
+    pub fn normalize_tensor(&self, x: burn::prelude::Tensor<4>) -> burn::prelude::Tensor<4> {
+        use burn::prelude::Tensor;
+        let (device, c) = (x.device(), self.channels);
+        let mean = Tensor::<1>::from_floats(self.mean.as_slice(), &device).reshape([1, c, 1, 1]);
+        let std = Tensor::<1>::from_floats(self.std.as_slice(), &device).reshape([1, c, 1, 1]);
+        (x - mean) / std
     }
 
     /// Normalise one image in place: (x - mean) / std per channel.

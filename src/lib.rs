@@ -13,6 +13,7 @@ pub mod device;
 pub mod error;
 pub mod input;
 pub mod nn;
+pub mod report;
 pub mod tasks;
 pub mod train;
 pub mod transfer;

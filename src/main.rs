@@ -80,6 +80,14 @@ fn run(cli: Cli) -> Result<()> {
                     summary.skipped_steps
                 );
             }
+            if !summary.eval.is_empty() {
+                let eval: Vec<String> = summary
+                    .eval
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect();
+                println!("held-out test images: {}", eval.join(", "));
+            }
             Ok(())
         }
         Command::Transfer(a) => {

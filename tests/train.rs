@@ -312,3 +312,263 @@ fn a_file_that_stops_decoding_mid_run_stops_training_with_a_checkpoint() {
     .unwrap();
     assert!(summary.completed && summary.final_loss.is_finite());
 }
+
+// ---- generative tasks (GANs): end to end through the binary, and resume ----
+
+fn cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(args)
+        .output()
+        .expect("run pretext");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "pretext {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn shared_data(what: &str) -> String {
+    format!("{}/../shared/data/{what}", env!("CARGO_MANIFEST_DIR"))
+}
+
+const GAN_SMALL: &[&str] = &[
+    "--set",
+    "limit=128",
+    "--set",
+    "steps=6",
+    "--set",
+    "batch_size=8",
+    "--set",
+    "log_every=1",
+    "--set",
+    "width=8",
+    "--set",
+    "warmup_steps=2",
+    "--quiet",
+];
+
+/// The metrics every GAN task logs, each finite, on every logged step.
+fn assert_gan_metrics(run: &std::path::Path, steps: usize) {
+    let rows = pretext::train::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    assert_eq!(rows.len(), steps);
+    for row in &rows {
+        for key in ["loss", "g_adv", "d_loss", "d_acc_real", "d_acc_fake"] {
+            let v = row[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key} missing in {row}"));
+            assert!(v.is_finite(), "{key} = {v}");
+        }
+    }
+}
+
+#[test]
+fn superres_pretrains_on_fashion_mnist_and_reports_psnr_against_bilinear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("sr");
+    let data = format!("idx:{}", shared_data("fashion-mnist"));
+    let mut args = vec![
+        "pretrain",
+        "--task",
+        "superres",
+        "--data",
+        &data,
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "superres.scale=4",
+        "--set",
+        "superres.content_only_steps=3",
+    ];
+    args.extend_from_slice(GAN_SMALL);
+    let stdout = cli(&args);
+    assert!(stdout.contains("held-out test images: psnr"), "{stdout}");
+    assert_gan_metrics(&run, 6);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    let eval = summary["eval"].as_array().unwrap();
+    let names: Vec<&str> = eval.iter().map(|e| e[0].as_str().unwrap()).collect();
+    assert_eq!(names, ["psnr", "ssim", "psnr_bilinear", "ssim_bilinear"]);
+    let png = image::open(run.join("samples-superres.png")).unwrap();
+    assert!(
+        png.width() > png.height() / 2,
+        "4 columns: low-res | bilinear | generated | truth"
+    );
+    // The encoder is a plain backbone: transfer reads it unchanged.
+    let out = cli(&[
+        "transfer",
+        "--from",
+        run.to_str().unwrap(),
+        "--protocol",
+        "knn",
+        "--labels-per-class",
+        "2",
+        "--set",
+        "test_limit=100",
+        "--quiet",
+    ]);
+    assert!(out.contains("accuracy: "), "{out}");
+}
+
+#[test]
+fn inpaint_pretrains_on_colour_photos_and_writes_a_sample_grid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("inp");
+    let data = format!("folder:{}", shared_data("photos"));
+    let mut args = vec![
+        "pretrain",
+        "--task",
+        "inpaint",
+        "--data",
+        &data,
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "inpaint.mask=\"blobs\"",
+    ];
+    args.extend_from_slice(GAN_SMALL);
+    cli(&args);
+    assert_gan_metrics(&run, 6);
+    let png = image::open(run.join("samples-inpaint.png")).unwrap();
+    assert!(
+        png.height() > png.width(),
+        "8 rows of masked | filled | truth"
+    );
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("encoder.json")).unwrap()).unwrap();
+    assert_eq!(info["backbone"]["in_channels"], 3);
+    assert!(run.join("encoder.safetensors").exists());
+}
+
+fn gan_run(
+    dir: &std::path::Path,
+    stop_after: Option<u64>,
+    resume: bool,
+) -> pretext::train::PretrainSummary {
+    pretrain(PretrainRequest {
+        config: config(&[
+            "task=\"inpaint\"",
+            "steps=6",
+            "seed=3",
+            "checkpoint_every=3",
+            "inpaint.mask=\"squares\"",
+        ]),
+        out: dir.to_path_buf(),
+        device: Device::flex(),
+        resume,
+        dataset: Some(small_dataset(64)),
+        skip_bad: false,
+        stop_after,
+        quiet: true,
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_resumed_gan_run_matches_an_uninterrupted_one() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("straight"), tmp.path().join("resumed"));
+    let straight = gan_run(&a, None, false);
+    let half = gan_run(&b, Some(3), false);
+    assert_eq!(half.steps_done, 3);
+    let ckpt = b.join("checkpoints/step-00000003");
+    for f in [
+        "generator.bpk",
+        "discriminator.bpk",
+        "g_optimizer.bpk",
+        "d_optimizer.bpk",
+    ] {
+        assert!(ckpt.join(f).exists(), "{f} missing from the checkpoint");
+    }
+    let resumed = gan_run(&b, None, true);
+    assert_eq!(resumed.steps_done, 6);
+    let rows = |p: &std::path::Path| -> Vec<String> {
+        pretext::train::metrics::read(&p.join("metrics.jsonl"))
+            .unwrap()
+            .iter()
+            .map(|v| format!("{} {} {} {}", v["step"], v["loss"], v["d_loss"], v["g_adv"]))
+            .collect()
+    };
+    assert_eq!(rows(&a).len(), 6);
+    assert_eq!(rows(&a), rows(&b));
+    assert_eq!(straight.final_loss.to_bits(), resumed.final_loss.to_bits());
+    let wa = std::fs::read(a.join("encoder.safetensors")).unwrap();
+    let wb = std::fs::read(b.join("encoder.safetensors")).unwrap();
+    assert!(wa == wb, "final encoder weights differ after resume");
+}
+
+#[test]
+fn colorize_pretrains_on_photos_and_transfer_feeds_the_encoder_lightness() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("col");
+    let data = format!("folder:{}", shared_data("photos"));
+    let mut args = vec![
+        "pretrain",
+        "--task",
+        "colorize",
+        "--data",
+        &data,
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    args.extend_from_slice(GAN_SMALL);
+    cli(&args);
+    let rows = pretext::train::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    assert_eq!(rows.len(), 6);
+    assert!(rows.iter().all(|r| r["loss"].as_f64().unwrap().is_finite()));
+    assert!(run.join("samples-colorize.png").exists());
+    assert!(run.join("checkpoints/latest").exists());
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("encoder.json")).unwrap()).unwrap();
+    assert_eq!(info["backbone"]["in_channels"], 1);
+    assert_eq!(info["input_transform"], "lightness");
+    // A labelled colour set (the photos split into two classes): transfer converts it to L.
+    let labelled = tmp.path().join("labelled");
+    let mut files: Vec<_> = std::fs::read_dir(shared_data("photos"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for (i, f) in files.iter().enumerate() {
+        let class = labelled.join(if i % 2 == 0 { "even" } else { "odd" });
+        std::fs::create_dir_all(&class).unwrap();
+        std::fs::copy(f, class.join(f.file_name().unwrap())).unwrap();
+    }
+    let out = cli(&[
+        "transfer",
+        "--from",
+        run.to_str().unwrap(),
+        "--data",
+        &format!("folder:{}", labelled.display()),
+        "--protocol",
+        "knn",
+        "--labels-per-class",
+        "2",
+        "--set",
+        "knn_k=3",
+        "--quiet",
+    ]);
+    assert!(out.contains("accuracy: "), "{out}");
+}
+
+#[test]
+fn colorize_refuses_grayscale_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = format!("idx:{}", shared_data("fashion-mnist"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args([
+            "pretrain", "--task", "colorize", "--data", &data, "--set", "limit=64",
+        ])
+        .arg("--out")
+        .arg(tmp.path().join("c"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("colorize needs colour (3-channel RGB) images"),
+        "{err}"
+    );
+}

@@ -130,6 +130,34 @@ pub fn resize_bilinear(img: &Img, h: usize, w: usize) -> Img {
     })
 }
 
+/// Nearest-neighbour resize to h x w (for showing small images large).
+pub fn resize_nearest(img: &Img, h: usize, w: usize) -> Img {
+    Img::from_fn(img.c, h, w, |c, y, x| {
+        img.get(c, y * img.h / h, x * img.w / w)
+    })
+}
+
+/// Shrink by an integer `factor` by averaging each factor x factor block (area / box filter).
+/// The height and width must be multiples of `factor`.
+pub fn downscale_box(img: &Img, factor: usize) -> Img {
+    assert!(
+        img.h.is_multiple_of(factor) && img.w.is_multiple_of(factor),
+        "downscale_box: {}x{} is not a multiple of {factor}",
+        img.h,
+        img.w
+    );
+    let n = (factor * factor) as f32;
+    Img::from_fn(img.c, img.h / factor, img.w / factor, |c, y, x| {
+        let mut s = 0.0;
+        for dy in 0..factor {
+            for dx in 0..factor {
+                s += img.get(c, y * factor + dy, x * factor + dx);
+            }
+        }
+        s / n
+    })
+}
+
 fn uniform(rng: &mut impl Rng, lo: f32, hi: f32) -> f32 {
     lo + (hi - lo) * rng.gen::<f32>()
 }
@@ -496,5 +524,42 @@ mod tests {
                 && white.data[2].abs() < 0.1
         );
         assert_eq!(Img::from_u8(1, 1, 2, &[0, 255]).to_u8(), vec![0, 255]);
+    }
+
+    #[test]
+    fn lab_matches_known_values() {
+        // Reference values (D65, sRGB), e.g. from colormine.org / Bruce Lindbloom's calculator.
+        let cases: [([f32; 3], [f32; 3]); 5] = [
+            ([1.0, 0.0, 0.0], [53.24, 80.09, 67.20]),
+            ([0.0, 1.0, 0.0], [87.73, -86.18, 83.18]),
+            ([0.0, 0.0, 1.0], [32.30, 79.19, -107.86]),
+            ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0]),
+            ([0.5, 0.5, 0.5], [53.39, 0.0, 0.0]),
+        ];
+        for (rgb, want) in cases {
+            let lab = rgb_to_lab(&Img::from_fn(3, 1, 1, |c, _, _| rgb[c]));
+            for c in 0..3 {
+                assert!(
+                    (lab.data[c] - want[c]).abs() < 0.05,
+                    "{rgb:?}: {:?} vs {want:?}",
+                    lab.data
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn lab_round_trip_within_one_level_on_random_colours() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let img = Img {
+            c: 3,
+            h: 40,
+            w: 50,
+            data: (0..3 * 40 * 50).map(|_| rng.gen::<f32>()).collect(),
+        };
+        let back = lab_to_rgb(&rgb_to_lab(&img));
+        for (a, b) in img.data.iter().zip(&back.data) {
+            assert!((a - b).abs() < 1.0 / 255.0, "{a} vs {b}");
+        }
     }
 }

@@ -96,6 +96,15 @@ impl Backbone {
         }
     }
 
+    /// x: [batch, channels, h, w] → un-pooled feature maps of stages 1..=`stage`
+    /// ([batch, stage_dim(k), h_k, w_k] each), for decoders with U-Net skips.
+    pub fn stage_maps(&self, x: Tensor<4>, stage: usize) -> Vec<Tensor<4>> {
+        match self {
+            Self::Convnet(m) => m.stage_maps(x, stage),
+            Self::Resnet18(m) => m.stage_maps(x, stage),
+        }
+    }
+
     /// x: [batch, channels, h, w] → pooled features [batch, dim].
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         self.features_at(x, self.stages())

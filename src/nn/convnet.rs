@@ -77,4 +77,18 @@ impl ConvNet {
         }
         x
     }
+
+    /// x: [batch, in_channels, h, w] → the feature maps of stages 1..=`stage` (each as
+    /// `forward_to` returns it), for decoders with skip connections.
+    pub fn stage_maps(&self, mut x: Tensor<4>, stage: usize) -> Vec<Tensor<4>> {
+        let mut maps = Vec::with_capacity(stage);
+        for (i, block) in self.stages.iter().take(stage).enumerate() {
+            x = block.forward(x);
+            if i < 3 && x.dims()[2] >= 2 && x.dims()[3] >= 2 {
+                x = self.pool.forward(x);
+            }
+            maps.push(x.clone());
+        }
+        maps
+    }
 }

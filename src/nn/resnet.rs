@@ -111,4 +111,18 @@ impl ResNet {
         }
         x
     }
+
+    /// x: [batch, in_channels, h, w] → the feature maps of stages 1..=`stage` (each as
+    /// `forward_to` returns it), for decoders with skip connections.
+    pub fn stage_maps(&self, x: Tensor<4>, stage: usize) -> Vec<Tensor<4>> {
+        let mut x = relu(self.stem_bn.forward(self.stem.forward(x)));
+        let mut maps = Vec::with_capacity(stage);
+        for blocks in self.stages.iter().take(stage) {
+            for block in blocks {
+                x = block.forward(x);
+            }
+            maps.push(x.clone());
+        }
+        maps
+    }
 }

@@ -6,17 +6,22 @@ use std::path::Path;
 use burn::prelude::*;
 
 use crate::config::PretrainConfig;
+use crate::data::augment::Img;
 use crate::data::loader::{Batch, MakeBatch};
-use crate::error::Result;
-use crate::input::InputSpec;
-use crate::nn::Backbone;
+use crate::error::{Error, Result};
+use crate::input::{InputSpec, InputTransform};
+use crate::nn::decoder::Generator;
+use crate::nn::{Backbone, BackboneSpec};
 use crate::train::step::StepStats;
 
+pub mod colorize;
 pub mod context;
+pub mod inpaint;
 pub mod jigsaw;
 pub mod permutations;
 pub mod pictures;
 pub mod rotation;
+pub mod superres;
 
 /// Everything a task needs to build itself.
 pub struct TaskContext<'a> {
@@ -34,7 +39,14 @@ pub struct TaskEntry {
 }
 
 /// Every pretext task pretext knows, in the order `pretext tasks` lists them.
-pub const TASKS: &[TaskEntry] = &[rotation::ENTRY, context::ENTRY, jigsaw::ENTRY];
+pub const TASKS: &[TaskEntry] = &[
+    rotation::ENTRY,
+    context::ENTRY,
+    jigsaw::ENTRY,
+    colorize::ENTRY,
+    superres::ENTRY,
+    inpaint::ENTRY,
+];
 
 pub fn find(name: &str) -> Option<&'static TaskEntry> {
     TASKS.iter().find(|t| t.name == name)
@@ -52,6 +64,11 @@ pub trait PretextTask {
     fn step(&mut self, batch: Batch, lr: f64) -> StepStats;
     /// The part that transfers downstream.
     fn encoder(&self) -> Backbone;
+    /// What the encoder is fed, given the dataset's input spec `data`: by default the images as
+    /// they are; colorization feeds the lightness channel only.
+    fn encoder_input(&self, data: &InputSpec) -> (InputSpec, InputTransform) {
+        (data.clone(), InputTransform::None)
+    }
     /// Write model and optimiser state into `dir` (an empty directory).
     fn save(&self, dir: &Path) -> Result<()>;
     /// Restore what `save` wrote.
@@ -62,4 +79,42 @@ pub trait PretextTask {
     fn write_samples(&mut self, _batch: &Batch, _dir: &Path) -> Result<()> {
         Ok(())
     }
+    /// Measure the task on held-out images (the dataset's test split, values in [0,1]), e.g.
+    /// PSNR/SSIM of a generator. Called once when the loop ends, if the data has a test split;
+    /// the numbers go into `summary.json` as `eval`.
+    fn evaluate(&mut self, _held_out: &[Img]) -> Result<Vec<(String, f32)>> {
+        Ok(Vec::new())
+    }
+}
+
+/// For the generative tasks: a generator whose encoder is the configured backbone taking
+/// `in_channels` inputs, its decoder starting at `stage` (0 = the last stage) with `out_channels`
+/// outputs. An out-of-range stage is a config error on `TASK.stage`.
+pub fn build_generator(
+    ctx: &TaskContext,
+    in_channels: usize,
+    stage: usize,
+    skips: bool,
+    out_channels: usize,
+) -> Result<Generator> {
+    let spec = BackboneSpec {
+        kind: ctx.config.backbone,
+        in_channels,
+        width: ctx.config.width(),
+    };
+    let stages = spec.init(&ctx.device).stages();
+    let stage = if stage == 0 { stages } else { stage };
+    if stage > stages {
+        return Err(Error::config(
+            format!("{}.stage", ctx.config.task),
+            format!("the backbone has {stages} stages, found {stage}"),
+        ));
+    }
+    Ok(Generator::new(
+        &spec,
+        stage,
+        out_channels,
+        skips,
+        &ctx.device,
+    ))
 }

@@ -3,6 +3,8 @@
 //! `checkpoints/`, `encoder.safetensors` and `summary.json`.
 
 pub mod checkpoint;
+pub mod gan;
+pub mod image_quality;
 pub mod metrics;
 pub mod optim;
 pub mod progress;
@@ -18,10 +20,11 @@ use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, PretrainConfig};
+use crate::data::augment::Img;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{self, Dataset, OpenOptions};
 use crate::error::{Error, Result};
-use crate::input::InputSpec;
+use crate::input::{InputSpec, InputTransform};
 use crate::nn::BackboneSpec;
 use crate::tasks::{self, TaskContext};
 use checkpoint::{latest_checkpoint, save_encoder, write_checkpoint, CheckpointState};
@@ -34,6 +37,9 @@ pub struct EncoderInfo {
     pub input: InputSpec,
     pub task: String,
     pub data: String,
+    /// Conversion of the images before `input` normalisation (e.g. colour → lightness).
+    #[serde(default)]
+    pub input_transform: InputTransform,
 }
 
 /// What a finished (or stopped) pretraining run reports (`summary.json`).
@@ -50,7 +56,13 @@ pub struct PretrainSummary {
     pub completed: bool,
     /// Steps skipped for a NaN/Inf loss (`on_nonfinite = "skip"`).
     pub skipped_steps: u64,
+    /// The task's own measurements on held-out images (see `PretextTask::evaluate`).
+    #[serde(default)]
+    pub eval: Vec<(String, f32)>,
 }
+
+/// How many test images `PretextTask::evaluate` gets at the end of a run.
+pub const EVAL_IMAGES: usize = 500;
 
 pub struct PretrainRequest {
     pub config: PretrainConfig,
@@ -154,6 +166,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         None => open_dataset(&cfg, req.skip_bad)?,
     };
     let train_set = Arc::new(dataset.train);
+    let test_set = dataset.test;
     if train_set.n < cfg.batch_size {
         return Err(Error::config(
             "batch_size",
@@ -174,16 +187,18 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         device: device.clone(),
     };
     let mut task = crate::device::seeded(&device, cfg.seed, || (entry.build)(&ctx))?;
+    let (encoder_input, input_transform) = task.encoder_input(&input);
     let spec = BackboneSpec {
         kind: cfg.backbone,
-        in_channels: input.channels,
+        in_channels: encoder_input.channels,
         width: cfg.width(),
     };
     let info = EncoderInfo {
         backbone: spec,
-        input: input.clone(),
+        input: encoder_input,
         task: cfg.task.clone(),
         data: cfg.data.clone(),
+        input_transform,
     };
     checkpoint::write_atomic(
         &run.join("encoder.json"),
@@ -398,6 +413,15 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     if let Some(batch) = &first_batch {
         task.write_samples(batch, &run)?;
     }
+    let eval = match &test_set {
+        Some(t) if t.n > 0 => {
+            let held_out: Vec<Img> = (0..t.n.min(EVAL_IMAGES))
+                .map(|i| Ok(Img::from_u8(t.channels, t.height, t.width, &t.image(i)?)))
+                .collect::<Result<_>>()?;
+            task.evaluate(&held_out)?
+        }
+        _ => Vec::new(),
+    };
     let completed = step >= cfg.steps;
     if completed {
         save_encoder(&task.encoder(), &run.join("encoder.safetensors"))?;
@@ -417,6 +441,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         run_dir: run.clone(),
         completed,
         skipped_steps: skipped,
+        eval,
     };
     checkpoint::write_atomic(
         &run.join("summary.json"),

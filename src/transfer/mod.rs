@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, ImageSet};
 use crate::error::{Error, Result};
-use crate::input::InputSpec;
+use crate::input::{InputSpec, InputTransform};
 use crate::nn::{Backbone, BackboneKind, BackboneSpec};
 use crate::train::checkpoint::{load_encoder, write_atomic};
 use crate::train::EncoderInfo;
@@ -203,6 +203,25 @@ pub struct TransferResult {
 /// Run one transfer evaluation on `dataset` and write its JSON next to the run (or into `out`).
 pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferResult, PathBuf)> {
     let t0 = Instant::now();
+    // An encoder pretrained on converted images (colorization: lightness only) gets the same
+    // conversion of the downstream images.
+    let converted;
+    let dataset = match &req.from {
+        Source::Run(run) => match read_encoder_info(run)?.input_transform {
+            InputTransform::None => dataset,
+            t => {
+                converted = Dataset {
+                    name: dataset.name.clone(),
+                    train: t.apply(&dataset.train)?,
+                    test: dataset.test.as_ref().map(|s| t.apply(s)).transpose()?,
+                    classes: dataset.classes.clone(),
+                    skipped: dataset.skipped,
+                };
+                &converted
+            }
+        },
+        _ => dataset,
+    };
     let cfg = &req.config;
     cfg.validate()?;
     let labels = dataset.train.labels.as_ref().ok_or_else(|| {

@@ -1,0 +1,3 @@
+//! Pictures for people: sample grids (PNG).
+
+pub mod grid;

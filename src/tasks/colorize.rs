@@ -1,0 +1,756 @@
+//! Colorization (Zhang, Isola & Efros 2016, "Colorful Image Colorization"): a colour image is
+//! converted to CIE Lab; the network sees the lightness L and predicts the colour channels ab.
+//! Predicting plausible colour needs to recognise what is in the picture.
+//!
+//! `pretext pretrain --task colorize --data folder:../shared/data/photos --out runs/col`
+//!
+//! Two losses (`colorize.loss`):
+//! - `classification` (the paper's): ab is quantised into the in-gamut cells of a grid of step
+//!   10; each pixel's target is a soft encoding over its 5 nearest bins (Gaussian, σ = 5); pixels
+//!   are weighted by class rebalancing — the empirical prior of the bins (accumulated over the
+//!   batches seen so far, smoothed with a Gaussian of σ = 5 in ab) mixed with a uniform
+//!   distribution (λ = 0.5), inverted and normalised to mean 1 under the prior.
+//! - `l2` / `smooth_l1` regression of ab / 110.
+//!
+//! Images without colour (mean chroma below `min_chroma`) are kept out of the loss; grayscale
+//! datasets are refused. The encoder gets one channel, L/100 normalised as (L/100 − 0.5)/0.25,
+//! and `encoder.json` records `input_transform = "lightness"`, so `pretext transfer` converts the
+//! downstream images to lightness the same way.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use burn::prelude::*;
+use burn::tensor::activation::{log_softmax, softmax};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{build_generator, PretextTask, TaskContext, TaskEntry};
+use crate::config::parse_section;
+use crate::data::augment::{hflip, lab_to_rgb, rgb_to_lab, Img};
+use crate::data::loader::{Batch, MakeBatch};
+use crate::error::{Error, Result};
+use crate::input::{InputSpec, InputTransform};
+use crate::nn::decoder::Generator;
+use crate::nn::Backbone;
+use crate::report::grid::{tensor_images, write_grid, zoom_for};
+use crate::train::checkpoint::{
+    load_module, load_optimizer, save_module, save_optimizer, write_atomic,
+};
+use crate::train::optim::build_optimizer;
+use crate::train::step::StepStats;
+
+pub const ENTRY: TaskEntry = TaskEntry {
+    name: "colorize",
+    description: "predict the colour (Lab ab) of an image from its lightness (Zhang et al. 2016)",
+    build,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColorLoss {
+    Classification,
+    L2,
+    SmoothL1,
+}
+
+/// `[colorize]` config section.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ColorizeConfig {
+    pub loss: ColorLoss,
+    /// σ of the Gaussian soft encoding over the nearest bins (ab units).
+    pub sigma: f32,
+    /// Bins each pixel's soft target spreads over.
+    pub neighbours: usize,
+    /// λ: weight of the uniform distribution mixed into the prior for class rebalancing
+    /// (1 = no rebalancing).
+    pub rebalance: f32,
+    /// σ of the Gaussian that smooths the empirical prior (ab units).
+    pub prior_sigma: f32,
+    /// Images whose mean chroma √(a²+b²) is below this are left out of the loss.
+    pub min_chroma: f32,
+    /// Temperature of the annealed mean that turns bin probabilities into a colour (samples).
+    pub temperature: f32,
+    /// Random horizontal flip.
+    pub flip: bool,
+    /// Encoder stage the decoder starts from; 0 = the backbone's last stage (the whole encoder
+    /// is trained; stages above the chosen one get no gradient and transfer untrained).
+    pub stage: usize,
+    /// U-Net skips from earlier encoder stages and the input.
+    pub skips: bool,
+}
+
+impl Default for ColorizeConfig {
+    fn default() -> Self {
+        Self {
+            loss: ColorLoss::Classification,
+            sigma: 5.0,
+            neighbours: 5,
+            rebalance: 0.5,
+            prior_sigma: 5.0,
+            min_chroma: 2.0,
+            temperature: 0.38,
+            flip: true,
+            stage: 0,
+            skips: true,
+        }
+    }
+}
+
+/// Grid step of the ab quantisation, and the grid's extent.
+const STEP: f32 = 10.0;
+const GRID_MIN: f32 = -110.0;
+const GRID_N: usize = 23;
+/// Encoder input: (L/100 - MEAN) / STD.
+const L_MEAN: f32 = 0.5;
+const L_STD: f32 = 0.25;
+/// Regression targets are ab / AB_SCALE.
+const AB_SCALE: f32 = 110.0;
+
+/// The in-gamut ab bins: cells of the grid that some sRGB colour falls into.
+#[derive(Clone, Debug)]
+pub struct AbBins {
+    /// Bin centres (a, b).
+    pub centres: Vec<[f32; 2]>,
+    /// Grid cell (row-major, a then b) → bin index.
+    cell: Vec<Option<usize>>,
+}
+
+impl AbBins {
+    /// Sample the sRGB cube at 48 levels per channel and keep every grid cell that is hit.
+    pub fn in_gamut() -> Self {
+        let n = 48;
+        let lv = |i: usize| i as f32 / (n - 1) as f32;
+        let cube = Img::from_fn(3, n * n, n, |c, y, x| match c {
+            0 => lv(y / n),
+            1 => lv(y % n),
+            _ => lv(x),
+        });
+        let lab = rgb_to_lab(&cube);
+        let plane = n * n * n;
+        let mut hit = vec![false; GRID_N * GRID_N];
+        for p in 0..plane {
+            if let Some(k) = cell_of(lab.data[plane + p], lab.data[2 * plane + p]) {
+                hit[k] = true;
+            }
+        }
+        let mut centres = Vec::new();
+        let mut cell = vec![None; GRID_N * GRID_N];
+        for (k, &h) in hit.iter().enumerate() {
+            if h {
+                cell[k] = Some(centres.len());
+                centres.push([
+                    GRID_MIN + STEP * (k / GRID_N) as f32,
+                    GRID_MIN + STEP * (k % GRID_N) as f32,
+                ]);
+            }
+        }
+        Self { centres, cell }
+    }
+
+    pub fn len(&self) -> usize {
+        self.centres.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.centres.is_empty()
+    }
+
+    /// The `k` bins nearest to (a, b), nearest first, with squared distances.
+    pub fn nearest(&self, a: f32, b: f32, k: usize) -> Vec<(usize, f32)> {
+        let (ia, ib) = (grid_index(a), grid_index(b));
+        let mut found: Vec<(usize, f32)> = Vec::with_capacity(25);
+        for da in -2i32..=2 {
+            for db in -2i32..=2 {
+                let (ra, rb) = (ia as i32 + da, ib as i32 + db);
+                if !(0..GRID_N as i32).contains(&ra) || !(0..GRID_N as i32).contains(&rb) {
+                    continue;
+                }
+                if let Some(q) = self.cell[ra as usize * GRID_N + rb as usize] {
+                    found.push((q, dist2(self.centres[q], a, b)));
+                }
+            }
+        }
+        if found.len() < k {
+            // Far outside the gamut (never for real sRGB pixels): search every bin.
+            found = (0..self.len())
+                .map(|q| (q, dist2(self.centres[q], a, b)))
+                .collect();
+        }
+        found.sort_by(|x, y| x.1.total_cmp(&y.1).then(x.0.cmp(&y.0)));
+        found.truncate(k);
+        found
+    }
+
+    /// Soft encoding: the `k` nearest bins with Gaussian weights (σ = `sigma`) summing to 1.
+    pub fn soft_encode(&self, a: f32, b: f32, k: usize, sigma: f32) -> Vec<(usize, f32)> {
+        let near = self.nearest(a, b, k);
+        let w: Vec<f32> = near
+            .iter()
+            .map(|&(_, d2)| (-d2 / (2.0 * sigma * sigma)).exp())
+            .collect();
+        let sum: f32 = w.iter().sum::<f32>().max(1e-12);
+        near.iter()
+            .zip(w)
+            .map(|(&(q, _), w)| (q, w / sum))
+            .collect()
+    }
+
+    /// Class-rebalancing weights from bin `counts`: smooth the empirical distribution with a
+    /// Gaussian (σ = `prior_sigma`), mix with uniform (`lambda`), invert, and normalise so the
+    /// expected weight under the smoothed prior is 1.
+    pub fn rebalance_weights(&self, counts: &[f64], prior_sigma: f32, lambda: f32) -> Vec<f32> {
+        let q = self.len();
+        let total: f64 = counts.iter().sum();
+        if total <= 0.0 {
+            return vec![1.0; q];
+        }
+        let mut smooth = vec![0f64; q];
+        for (i, ci) in self.centres.iter().enumerate() {
+            for (j, &n) in counts.iter().enumerate() {
+                if n > 0.0 {
+                    let d2 = dist2(self.centres[j], ci[0], ci[1]) as f64;
+                    smooth[i] += n * (-d2 / (2.0 * (prior_sigma as f64).powi(2))).exp();
+                }
+            }
+        }
+        let s: f64 = smooth.iter().sum();
+        let lambda = lambda as f64;
+        let w: Vec<f64> = smooth
+            .iter()
+            .map(|p| 1.0 / ((1.0 - lambda) * p / s + lambda / q as f64))
+            .collect();
+        let expect: f64 = smooth.iter().zip(&w).map(|(p, w)| p / s * w).sum();
+        w.iter().map(|w| (w / expect) as f32).collect()
+    }
+}
+
+fn grid_index(v: f32) -> usize {
+    (((v - GRID_MIN) / STEP).round().max(0.0) as usize).min(GRID_N - 1)
+}
+
+fn cell_of(a: f32, b: f32) -> Option<usize> {
+    let inside = |v: f32| (GRID_MIN - STEP / 2.0..-GRID_MIN + STEP / 2.0).contains(&v);
+    (inside(a) && inside(b)).then(|| grid_index(a) * GRID_N + grid_index(b))
+}
+
+fn dist2(c: [f32; 2], a: f32, b: f32) -> f32 {
+    (c[0] - a).powi(2) + (c[1] - b).powi(2)
+}
+
+pub struct Colorize {
+    config: ColorizeConfig,
+    bins: Arc<AbBins>,
+    /// Kept pixels per bin (nearest bin) over all batches so far: the empirical prior.
+    counts: Vec<f64>,
+    gen: Option<Generator>,
+    optim: ModuleOptimizer,
+    device: Device,
+}
+
+fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
+    let config: ColorizeConfig = parse_section("colorize", ctx.config.section("colorize"))?;
+    if ctx.input.channels != 3 {
+        return Err(Error::Usage(format!(
+            "colorize needs colour (3-channel RGB) images, but {} has {} channel(s); \
+             use superres or inpaint on grayscale data",
+            ctx.config.data, ctx.input.channels
+        )));
+    }
+    if !(1..=25).contains(&config.neighbours) {
+        return Err(Error::config(
+            "colorize.neighbours",
+            format!("must be in 1..=25, found {}", config.neighbours),
+        ));
+    }
+    if !(0.0..=1.0).contains(&config.rebalance) {
+        return Err(Error::config(
+            "colorize.rebalance",
+            format!("must be in [0, 1], found {}", config.rebalance),
+        ));
+    }
+    for (key, v) in [
+        ("colorize.sigma", config.sigma),
+        ("colorize.prior_sigma", config.prior_sigma),
+        ("colorize.temperature", config.temperature),
+    ] {
+        if !(v > 0.0 && v.is_finite()) {
+            return Err(Error::config(key, format!("must be > 0, found {v}")));
+        }
+    }
+    let bins = Arc::new(AbBins::in_gamut());
+    let out = match config.loss {
+        ColorLoss::Classification => bins.len(),
+        ColorLoss::L2 | ColorLoss::SmoothL1 => 2,
+    };
+    Ok(Box::new(Colorize {
+        gen: Some(build_generator(ctx, 1, config.stage, config.skips, out)?),
+        counts: vec![0.0; bins.len()],
+        bins,
+        config,
+        optim: build_optimizer(ctx.config),
+        device: ctx.device.clone(),
+    }))
+}
+
+/// The pure half. `images`: normalised lightness [b, 1, h, w]; `labels`: 1 for images with
+/// colour, 0 for those left out; `extra`: [ab (b·2·h·w) | for classification: bin indices
+/// (b·k·h·w, nearest first) | their soft weights (b·k·h·w)].
+pub fn make_batch(
+    images: &[Img],
+    config: &ColorizeConfig,
+    bins: &AbBins,
+    rng: &mut impl Rng,
+) -> Batch {
+    let (h, w) = images.first().map_or((0, 0), |i| (i.h, i.w));
+    let (plane, k) = (h * w, config.neighbours);
+    let classify = config.loss == ColorLoss::Classification;
+    let mut l = Vec::with_capacity(images.len() * plane);
+    let mut ab = Vec::with_capacity(images.len() * 2 * plane);
+    let (mut idx, mut wts) = (Vec::new(), Vec::new());
+    let mut keep = Vec::with_capacity(images.len());
+    for img in images {
+        let img = if config.flip && rng.gen_bool(0.5) {
+            hflip(img)
+        } else {
+            img.clone()
+        };
+        let lab = rgb_to_lab(&img);
+        l.extend(
+            lab.data[..plane]
+                .iter()
+                .map(|v| (v / 100.0 - L_MEAN) / L_STD),
+        );
+        let (a, b) = (&lab.data[plane..2 * plane], &lab.data[2 * plane..]);
+        let chroma = a
+            .iter()
+            .zip(b)
+            .map(|(a, b)| (a * a + b * b).sqrt())
+            .sum::<f32>()
+            / plane as f32;
+        keep.push(u32::from(chroma >= config.min_chroma));
+        ab.extend_from_slice(&lab.data[plane..]);
+        if classify {
+            let start = idx.len();
+            idx.resize(start + k * plane, 0.0);
+            wts.resize(start + k * plane, 0.0);
+            for p in 0..plane {
+                for (j, (q, wq)) in bins
+                    .soft_encode(a[p], b[p], k, config.sigma)
+                    .into_iter()
+                    .enumerate()
+                {
+                    idx[start + j * plane + p] = q as f32;
+                    wts[start + j * plane + p] = wq;
+                }
+            }
+        }
+    }
+    let mut extra = ab;
+    extra.extend(idx);
+    extra.extend(wts);
+    Batch {
+        index: 0,
+        b: images.len(),
+        c: 1,
+        h,
+        w,
+        images: l,
+        labels: keep,
+        extra,
+    }
+}
+
+impl Colorize {
+    /// Per-pixel loss [b, 1, h, w] of generator output `out` against the batch's targets, and
+    /// the per-pixel weights [b, 1, h, w] (image kept × class rebalancing).
+    fn loss(&mut self, out: Tensor<4>, batch: &Batch, device: &Device) -> Tensor<1> {
+        let (b, h, w) = (batch.b, batch.h, batch.w);
+        let plane = h * w;
+        let keep: Vec<f32> = batch.labels.iter().map(|&k| k as f32).collect();
+        let kept_pixels = keep.iter().sum::<f32>() * plane as f32;
+        let keep_t = Tensor::<1>::from_floats(keep.as_slice(), device).reshape([b, 1, 1, 1]);
+        let ab = Tensor::<4>::from_data(
+            TensorData::new(batch.extra[..b * 2 * plane].to_vec(), [b, 2, h, w]),
+            device,
+        );
+        let per_pixel = match self.config.loss {
+            ColorLoss::Classification => {
+                let k = self.config.neighbours;
+                let n = b * k * plane;
+                let idx_f = &batch.extra[b * 2 * plane..b * 2 * plane + n];
+                let wts = &batch.extra[b * 2 * plane + n..];
+                // The prior counts the nearest bin of every kept pixel, this batch included.
+                for i in 0..b {
+                    if batch.labels[i] == 1 {
+                        for p in 0..plane {
+                            self.counts[idx_f[i * k * plane + p] as usize] += 1.0;
+                        }
+                    }
+                }
+                let rw = self.bins.rebalance_weights(
+                    &self.counts,
+                    self.config.prior_sigma,
+                    self.config.rebalance,
+                );
+                let pix_w: Vec<f32> = (0..b * plane)
+                    .map(|j| rw[idx_f[(j / plane) * k * plane + j % plane] as usize])
+                    .collect();
+                let idx: Vec<i64> = idx_f.iter().map(|&q| q as i64).collect();
+                let idx = Tensor::<4, Int>::from_data(TensorData::new(idx, [b, k, h, w]), device);
+                let wts =
+                    Tensor::<4>::from_data(TensorData::new(wts.to_vec(), [b, k, h, w]), device);
+                let pix_w = Tensor::<4>::from_data(TensorData::new(pix_w, [b, 1, h, w]), device);
+                // Soft cross-entropy: -Σ_j w_j log p(bin_j), only the k target bins are non-zero.
+                let logp = log_softmax(out, 1).gather(1, idx);
+                (logp * wts).sum_dim(1).neg() * pix_w
+            }
+            ColorLoss::L2 => (out - ab / AB_SCALE).powi_scalar(2).sum_dim(1),
+            ColorLoss::SmoothL1 => {
+                let beta = 0.1;
+                let d = (out - ab / AB_SCALE).abs();
+                let m = d.clone().clamp_max(beta);
+                (m.clone() * (d - m * 0.5) / beta).sum_dim(1)
+            }
+        };
+        (per_pixel * keep_t).sum() / kept_pixels.max(1.0)
+    }
+
+    /// Generator output → ab [b, 2, h, w] (annealed mean of the bins for classification).
+    fn predict_ab(&self, out: Tensor<4>) -> Tensor<4> {
+        match self.config.loss {
+            ColorLoss::Classification => {
+                let device = out.device();
+                let [b, q, h, w] = out.dims();
+                let p = softmax(log_softmax(out, 1) / self.config.temperature as f64, 1);
+                let centres: Vec<f32> = self
+                    .bins
+                    .centres
+                    .iter()
+                    .flat_map(|c| [c[0], c[1]])
+                    .collect();
+                let centres = Tensor::<2>::from_data(TensorData::new(centres, [q, 2]), &device);
+                // [b, q, h, w] → [b, h·w, q] · [q, 2] → [b, h·w, 2] → [b, 2, h, w]
+                let p = p.reshape([b, q, h * w]).swap_dims(1, 2);
+                p.matmul(centres.unsqueeze::<3>())
+                    .swap_dims(1, 2)
+                    .reshape([b, 2, h, w])
+            }
+            _ => out * AB_SCALE,
+        }
+    }
+}
+
+impl PretextTask for Colorize {
+    fn make_batch(&self) -> MakeBatch {
+        let config = self.config.clone();
+        let bins = self.bins.clone();
+        Arc::new(move |images, _labels, rng| make_batch(images, &config, &bins, rng))
+    }
+
+    fn step(&mut self, mut batch: Batch, lr: f64) -> StepStats {
+        let device = self.device.clone();
+        let x = crate::train::step::images_tensor(&mut batch, &device);
+        let gen = self.gen.take().expect("generator present between steps");
+        let out = gen.forward(x);
+        let loss = self.loss(out, &batch, &device);
+        let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &gen);
+        let value = loss.detach().into_scalar::<f32>();
+        self.gen = Some(self.optim.step(lr, gen, grads));
+        let kept = batch.labels.iter().sum::<u32>() as f32 / batch.b as f32;
+        StepStats {
+            loss: value,
+            metrics: vec![("kept", kept)],
+            skipped: false,
+        }
+    }
+
+    fn encoder(&self) -> Backbone {
+        self.gen
+            .as_ref()
+            .expect("generator present")
+            .encoder
+            .clone()
+    }
+
+    fn encoder_input(&self, data: &InputSpec) -> (InputSpec, InputTransform) {
+        let spec = InputSpec {
+            channels: 1,
+            height: data.height,
+            width: data.width,
+            mean: vec![L_MEAN],
+            std: vec![L_STD],
+        };
+        (spec, InputTransform::Lightness)
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        save_module(
+            self.gen.clone().expect("generator"),
+            &dir.join("generator.bpk"),
+        )?;
+        save_optimizer(&self.optim, &dir.join("optimizer.bpk"))?;
+        write_atomic(
+            &dir.join("ab_prior.json"),
+            &serde_json::to_vec(&self.counts).expect("json"),
+        )
+    }
+
+    fn load(&mut self, dir: &Path) -> Result<()> {
+        let gen = self.gen.take().expect("generator");
+        self.gen = Some(load_module(gen, &dir.join("generator.bpk"))?);
+        self.optim = load_optimizer(self.optim.clone(), &dir.join("optimizer.bpk"))?;
+        let path = dir.join("ab_prior.json");
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let counts: Vec<f64> =
+            serde_json::from_slice(&bytes).map_err(|e| Error::checkpoint(&path, e))?;
+        if counts.len() != self.bins.len() {
+            return Err(Error::checkpoint(
+                &path,
+                format!("{} bins, expected {}", counts.len(), self.bins.len()),
+            ));
+        }
+        self.counts = counts;
+        Ok(())
+    }
+
+    fn write_samples(&mut self, batch: &Batch, dir: &Path) -> Result<()> {
+        let device = self.device.clone().inner();
+        let (b, h, w) = (batch.b.min(8), batch.h, batch.w);
+        let plane = h * w;
+        let gen = self
+            .gen
+            .as_ref()
+            .expect("generator")
+            .valid()
+            .to_device(&device);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(batch.images[..b * plane].to_vec(), [b, 1, h, w]),
+            &device,
+        );
+        let ab = tensor_images(self.predict_ab(gen.forward(x)), b);
+        let mut rows = Vec::new();
+        for (i, ab_pred) in ab.iter().enumerate() {
+            let l: Vec<f32> = batch.images[i * plane..(i + 1) * plane]
+                .iter()
+                .map(|v| (v * L_STD + L_MEAN) * 100.0)
+                .collect();
+            let lab = |ab: &[f32]| Img {
+                c: 3,
+                h,
+                w,
+                data: l.iter().copied().chain(ab.iter().copied()).collect(),
+            };
+            let truth_ab = &batch.extra[i * 2 * plane..(i + 1) * 2 * plane];
+            let gray = Img {
+                c: 1,
+                h,
+                w,
+                data: l.iter().map(|v| v / 100.0).collect(),
+            };
+            rows.push(vec![
+                gray,
+                lab_to_rgb(&lab(&ab_pred.data)),
+                lab_to_rgb(&lab(truth_ab)),
+            ]);
+        }
+        write_grid(&dir.join("samples-colorize.png"), &rows, zoom_for(h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn colour_image(s: usize, k: usize) -> Img {
+        Img::from_fn(3, s, s, |c, y, x| {
+            (((y + k) as f32 / 3.0 + (x * (c + 1)) as f32 / 5.0 + c as f32).sin() * 0.5 + 0.5)
+                .clamp(0.0, 1.0)
+        })
+    }
+
+    fn task(sets: &[&str], s: usize) -> Colorize {
+        let mut all = vec!["task=\"colorize\"".to_string(), "width=4".into()];
+        all.extend(sets.iter().map(|s| s.to_string()));
+        let cfg: crate::config::PretrainConfig =
+            crate::config::resolve(None, &all, &crate::tasks::names()).unwrap();
+        let input = InputSpec {
+            channels: 3,
+            height: s,
+            width: s,
+            mean: vec![0.5; 3],
+            std: vec![0.25; 3],
+        };
+        let device = Device::flex().autodiff();
+        device.seed(0);
+        let config: ColorizeConfig = parse_section("colorize", cfg.section("colorize")).unwrap();
+        let bins = Arc::new(AbBins::in_gamut());
+        let ctx = TaskContext {
+            config: &cfg,
+            input: &input,
+            device: device.clone(),
+        };
+        let out = if config.loss == ColorLoss::Classification {
+            bins.len()
+        } else {
+            2
+        };
+        Colorize {
+            gen: Some(build_generator(&ctx, 1, config.stage, config.skips, out).unwrap()),
+            counts: vec![0.0; bins.len()],
+            bins,
+            config,
+            optim: build_optimizer(&cfg),
+            device,
+        }
+    }
+
+    #[test]
+    fn in_gamut_bins_and_soft_encoding() {
+        let bins = AbBins::in_gamut();
+        // Zhang et al. report 313 in-gamut bins; the exact count depends on the gamut sampling.
+        assert!((250..=330).contains(&bins.len()), "{} bins", bins.len());
+        // Grey (a = b = 0) is a bin; pure red (a 80, b 67) falls in the cell (80, 70).
+        let near = bins.nearest(0.0, 0.0, 5);
+        assert_eq!(bins.centres[near[0].0], [0.0, 0.0]);
+        assert_eq!(
+            bins.centres[bins.nearest(80.09, 67.2, 1)[0].0],
+            [80.0, 70.0]
+        );
+        let soft = bins.soft_encode(3.0, -2.0, 5, 5.0);
+        assert_eq!(soft.len(), 5);
+        assert!((soft.iter().map(|s| s.1).sum::<f32>() - 1.0).abs() < 1e-5);
+        assert!(
+            soft.windows(2).all(|w| w[0].1 >= w[1].1),
+            "nearest bins weigh most"
+        );
+        // Far outside the grid: still k bins.
+        assert_eq!(bins.nearest(500.0, 500.0, 5).len(), 5);
+    }
+
+    #[test]
+    fn rebalancing_favours_rare_colours_and_averages_to_one() {
+        let bins = AbBins::in_gamut();
+        let mut counts = vec![0.0; bins.len()];
+        let grey = bins.nearest(0.0, 0.0, 1)[0].0;
+        let red = bins.nearest(80.0, 70.0, 1)[0].0;
+        counts[grey] = 1000.0;
+        counts[red] = 10.0;
+        let w = bins.rebalance_weights(&counts, 5.0, 0.5);
+        assert!(
+            w[red] > w[grey],
+            "rare red {} vs common grey {}",
+            w[red],
+            w[grey]
+        );
+        // λ = 1: uniform, every weight 1.
+        assert!(bins
+            .rebalance_weights(&counts, 5.0, 1.0)
+            .iter()
+            .all(|&v| (v - 1.0).abs() < 1e-4));
+        // The common colour is weighted down, below the mean weight of 1.
+        assert!(
+            w[grey] < 1.0 && w[red] > 1.0,
+            "grey {} red {}",
+            w[grey],
+            w[red]
+        );
+    }
+
+    #[test]
+    fn batch_keeps_colour_images_and_skips_grey_ones() {
+        let grey = Img::from_fn(3, 8, 8, |_, y, x| (y * 8 + x) as f32 / 64.0);
+        let imgs = vec![colour_image(8, 0), grey];
+        let cfg = ColorizeConfig {
+            flip: false,
+            ..Default::default()
+        };
+        let bins = AbBins::in_gamut();
+        let b = make_batch(
+            &imgs,
+            &cfg,
+            &bins,
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
+        );
+        assert_eq!((b.b, b.c, b.h, b.w), (2, 1, 8, 8));
+        assert_eq!(b.labels, vec![1, 0]);
+        assert_eq!(b.extra.len(), 2 * 2 * 64 + 2 * 2 * 5 * 64);
+        // Lightness of a mid-grey pixel: (L/100 - 0.5) / 0.25 with L of the pixel.
+        let lab = rgb_to_lab(&imgs[0]);
+        assert!((b.images[0] - (lab.data[0] / 100.0 - 0.5) / 0.25).abs() < 1e-5);
+    }
+
+    #[test]
+    fn grayscale_data_is_refused() {
+        let cfg: crate::config::PretrainConfig = crate::config::resolve(
+            None,
+            &[
+                "task=\"colorize\"".to_string(),
+                "data=\"idx:fashion\"".into(),
+            ],
+            &crate::tasks::names(),
+        )
+        .unwrap();
+        let input = InputSpec {
+            channels: 1,
+            height: 28,
+            width: 28,
+            mean: vec![0.3],
+            std: vec![0.3],
+        };
+        let err = build(&TaskContext {
+            config: &cfg,
+            input: &input,
+            device: Device::flex().autodiff(),
+        })
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("colour (3-channel RGB)"), "{err}");
+    }
+
+    #[test]
+    fn shapes_and_overfitting_lowers_the_loss_for_every_loss() {
+        let imgs: Vec<Img> = (0..4).map(|k| colour_image(16, k)).collect();
+        for loss in ["classification", "l2", "smooth_l1"] {
+            let mut t = task(
+                &[&format!("colorize.loss=\"{loss}\""), "colorize.flip=false"],
+                16,
+            );
+            let make = t.make_batch();
+            let batch = make(&imgs, &[], &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+            let first = t.step(batch.clone(), 3e-3).loss;
+            let mut last = first;
+            for _ in 0..60 {
+                last = t.step(batch.clone(), 3e-3).loss;
+            }
+            assert!(last < 0.7 * first, "{loss}: {first} → {last}");
+            let out = t
+                .gen
+                .as_ref()
+                .unwrap()
+                .forward(Tensor::zeros([2, 1, 16, 16], &t.device));
+            assert_eq!(t.predict_ab(out).dims(), [2, 2, 16, 16]);
+        }
+    }
+
+    #[test]
+    fn the_encoder_takes_lightness() {
+        let t = task(&[], 16);
+        let data = InputSpec {
+            channels: 3,
+            height: 16,
+            width: 16,
+            mean: vec![0.4; 3],
+            std: vec![0.2; 3],
+        };
+        let (spec, transform) = t.encoder_input(&data);
+        assert_eq!((spec.channels, transform), (1, InputTransform::Lightness));
+        let x = Tensor::<4>::zeros([1, 1, 16, 16], &t.device.clone().inner());
+        let enc = t.encoder().valid().to_device(&t.device.clone().inner());
+        assert_eq!(enc.features(x).dims()[0], 1);
+    }
+}
