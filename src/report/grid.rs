@@ -2,8 +2,9 @@
 
 use std::path::Path;
 
-use crate::data::augment::{resize_nearest, Img};
-use crate::error::{Error, Result};
+use super::canvas::Canvas;
+use crate::data::augment::Img;
+use crate::error::Result;
 
 /// Write `rows` (each a list of images of one size; 1- or 3-channel, values in [0,1]) as one PNG,
 /// every image scaled by `zoom` (nearest neighbour) so small images stay visible.
@@ -12,32 +13,22 @@ pub fn write_grid(path: &Path, rows: &[Vec<Img>], zoom: usize) -> Result<()> {
     let cell_h = rows.iter().flatten().map(|i| i.h).max().unwrap_or(1) * zoom;
     let cell_w = rows.iter().flatten().map(|i| i.w).max().unwrap_or(1) * zoom;
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    let width = (cols * (cell_w + gap) + gap) as u32;
-    let height = (rows.len() * (cell_h + gap) + gap) as u32;
-    let mut canvas = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    let mut canvas = Canvas::filled(
+        rows.len() * (cell_h + gap) + gap,
+        cols * (cell_w + gap) + gap,
+        [255, 255, 255],
+    );
     for (r, row) in rows.iter().enumerate() {
         for (k, img) in row.iter().enumerate() {
-            let img = resize_nearest(img, img.h * zoom, img.w * zoom);
-            let px = img.to_u8();
-            let plane = img.h * img.w;
-            let (x0, y0) = (gap + k * (cell_w + gap), gap + r * (cell_h + gap));
-            for y in 0..img.h {
-                for x in 0..img.w {
-                    let at = |c: usize| px[(c % img.c) * plane + y * img.w + x];
-                    canvas.put_pixel(
-                        (x0 + x) as u32,
-                        (y0 + y) as u32,
-                        image::Rgb([at(0), at(1), at(2)]),
-                    );
-                }
-            }
+            canvas.paste(
+                img,
+                gap + r * (cell_h + gap),
+                gap + k * (cell_w + gap),
+                zoom,
+            );
         }
     }
-    let tmp = path.with_extension("png.tmp");
-    canvas
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| Error::io(path, std::io::Error::other(e)))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    canvas.save_png(path)
 }
 
 /// Zoom that makes an image side at least ~96 px in a grid.

@@ -1,3 +1,4 @@
 //! Pictures for people: sample grids (PNG).
 
+pub mod canvas;
 pub mod grid;

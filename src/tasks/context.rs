@@ -22,7 +22,6 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::pictures::{for_display, zoom_for, Canvas};
 use super::{PretextTask, TaskContext, TaskEntry};
 use crate::config::{parse_section, NonFinite};
 use crate::data::augment::{crop, Img};
@@ -31,6 +30,8 @@ use crate::error::{Error, Result};
 use crate::input::InputSpec;
 use crate::nn::heads::MlpHead;
 use crate::nn::{Backbone, BackboneSpec};
+use crate::report::canvas::{for_display, Canvas};
+use crate::report::grid::zoom_for;
 use crate::train::checkpoint::{
     load_module, load_optimizer, save_module, save_optimizer, write_atomic,
 };

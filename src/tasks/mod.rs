@@ -19,7 +19,6 @@ pub mod context;
 pub mod inpaint;
 pub mod jigsaw;
 pub mod permutations;
-pub mod pictures;
 pub mod rotation;
 pub mod superres;
 

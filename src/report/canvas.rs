@@ -1,12 +1,12 @@
-//! Sample pictures a task writes into its run directory: a canvas of small images (tiles,
-//! patches, reconstructions) pasted at grid positions and saved as a PNG.
+//! A canvas of small images (tiles, patches, reconstructions) pasted at chosen positions and
+//! saved as a PNG: what the sample pictures of every task are drawn on.
 
 use std::path::Path;
 
 use crate::data::augment::Img;
 use crate::error::{Error, Result};
 
-/// An RGB canvas, filled with a neutral grey.
+/// An RGB canvas.
 pub struct Canvas {
     w: usize,
     h: usize,
@@ -14,11 +14,16 @@ pub struct Canvas {
 }
 
 impl Canvas {
+    /// A canvas filled with a neutral grey.
     pub fn new(h: usize, w: usize) -> Self {
+        Self::filled(h, w, [96, 96, 96])
+    }
+
+    pub fn filled(h: usize, w: usize, rgb: [u8; 3]) -> Self {
         Self {
             w,
             h,
-            rgb: vec![96; h * w * 3],
+            rgb: rgb.repeat(h * w),
         }
     }
 
@@ -74,11 +79,6 @@ pub fn for_display(data: &[f32], c: usize, h: usize, w: usize) -> Img {
         w,
         data: data.iter().map(|v| (v - lo) / span).collect(),
     }
-}
-
-/// Zoom that makes a `side`-pixel image at least about 48 pixels wide on the page.
-pub fn zoom_for(side: usize) -> usize {
-    (48 / side.max(1)).clamp(1, 8)
 }
 
 #[cfg(test)]
