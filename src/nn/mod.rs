@@ -8,5 +8,6 @@ pub mod decoder;
 pub mod discriminator;
 pub mod heads;
 pub mod resnet;
+pub mod transformer;
 
 pub use backbone::{Backbone, BackboneKind, BackboneSpec};

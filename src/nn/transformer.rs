@@ -1,0 +1,379 @@
+//! The text model: a pre-LayerNorm transformer (GPT-2 layout). Token + learned position
+//! embeddings, `layers` blocks of `x + attn(LN(x))`, `x + MLP(LN(x))` (GELU, 4× wide by default),
+//! a final LayerNorm and a vocabulary head, tied to the token embedding by default.
+//!
+//! The causal model (next-token prediction) lets position t attend to positions ≤ t only; the
+//! masked model (BERT style) is the same blocks without that mask, with an optional padding mask.
+//! Initialisation as GPT-2: N(0, 0.02) weights, residual projections N(0, 0.02/√(2·layers)).
+
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
+    Linear, LinearConfig,
+};
+use burn::prelude::*;
+use burn::tensor::activation::gelu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Everything needed to rebuild the model before loading its weights (saved in `lm.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransformerSpec {
+    pub vocab: usize,
+    pub d_model: usize,
+    pub layers: usize,
+    pub heads: usize,
+    /// Width of the MLP's hidden layer.
+    pub d_ff: usize,
+    /// Longest sequence (positions with an embedding).
+    pub max_len: usize,
+    pub dropout: f64,
+    /// Share the token embedding with the output head.
+    pub tie_weights: bool,
+    /// Causal self-attention (GPT) or bidirectional (BERT).
+    pub causal: bool,
+}
+
+/// Named sizes: (name, d_model, layers, heads, max_len). `d_ff` is 4 × d_model.
+pub const PRESETS: &[(&str, usize, usize, usize, usize)] = &[
+    // CPU, a few minutes (~0.8M parameters without embeddings).
+    ("tiny", 128, 4, 4, 128),
+    // nanoGPT's Shakespeare-char model: 6 × 384, context 256 (~10.6M without embeddings).
+    ("small", 384, 6, 6, 256),
+    // GPT-2 small: 12 × 768, context 1024 (~85M without embeddings, ~100M with a 16k vocabulary).
+    ("base", 768, 12, 12, 1024),
+];
+
+impl TransformerSpec {
+    /// A preset by name with the given vocabulary; `None` if the name is unknown.
+    pub fn preset(name: &str, vocab: usize, causal: bool) -> Option<Self> {
+        PRESETS
+            .iter()
+            .find(|p| p.0 == name)
+            .map(|&(_, d, l, h, t)| Self {
+                vocab,
+                d_model: d,
+                layers: l,
+                heads: h,
+                d_ff: 4 * d,
+                max_len: t,
+                dropout: 0.1,
+                tie_weights: true,
+                causal,
+            })
+    }
+
+    /// Shape checks, as config errors naming the key.
+    pub fn validate(&self) -> Result<()> {
+        for (key, v) in [
+            ("vocab", self.vocab),
+            ("d_model", self.d_model),
+            ("layers", self.layers),
+            ("heads", self.heads),
+            ("d_ff", self.d_ff),
+            ("max_len", self.max_len),
+        ] {
+            if v == 0 {
+                return Err(Error::config(key, "must be at least 1, found 0"));
+            }
+        }
+        if self.d_model % self.heads != 0 {
+            return Err(Error::config(
+                "heads",
+                format!(
+                    "d_model {} is not divisible by heads {}",
+                    self.d_model, self.heads
+                ),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::config(
+                "dropout",
+                format!("must be in [0, 1), found {}", self.dropout),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parameter count of the model this spec builds.
+    pub fn parameters(&self) -> usize {
+        let d = self.d_model;
+        let block = 2 * 2 * d
+            + (d * 3 * d + 3 * d)
+            + (d * d + d)
+            + (d * self.d_ff + self.d_ff)
+            + (self.d_ff * d + d);
+        let head = if self.tie_weights {
+            0
+        } else {
+            d * self.vocab + self.vocab
+        };
+        self.vocab * d + self.max_len * d + self.layers * block + 2 * d + head
+    }
+
+    /// Forward-pass FLOPs per token (matmuls only, 2 per multiply-add) at context length `t`:
+    /// the standard 6N-style estimate is 3× this for a training step.
+    pub fn flops_per_token(&self, t: usize) -> f64 {
+        let d = self.d_model as f64;
+        let per_layer =
+            2.0 * (3.0 * d * d + d * d + 2.0 * d * self.d_ff as f64) + 2.0 * 2.0 * t as f64 * d; // scores and weighted sum
+        self.layers as f64 * per_layer + 2.0 * d * self.vocab as f64
+    }
+
+    pub fn init(&self, device: &Device) -> Transformer {
+        let std = 0.02;
+        let resid_std = std / ((2 * self.layers) as f64).sqrt();
+        let normal = |s: f64| Initializer::Normal { mean: 0.0, std: s };
+        let linear = |i: usize, o: usize, s: f64| {
+            LinearConfig::new(i, o)
+                .with_initializer(normal(s))
+                .init(device)
+        };
+        let blocks = (0..self.layers)
+            .map(|_| Block {
+                ln1: LayerNormConfig::new(self.d_model).init(device),
+                qkv: linear(self.d_model, 3 * self.d_model, std),
+                proj: linear(self.d_model, self.d_model, resid_std),
+                ln2: LayerNormConfig::new(self.d_model).init(device),
+                fc1: linear(self.d_model, self.d_ff, std),
+                fc2: linear(self.d_ff, self.d_model, resid_std),
+                dropout: DropoutConfig::new(self.dropout).init(),
+                heads: self.heads,
+                causal: self.causal,
+            })
+            .collect();
+        Transformer {
+            tok: EmbeddingConfig::new(self.vocab, self.d_model)
+                .with_initializer(normal(std))
+                .init(device),
+            pos: EmbeddingConfig::new(self.max_len, self.d_model)
+                .with_initializer(normal(std))
+                .init(device),
+            blocks,
+            ln_f: LayerNormConfig::new(self.d_model).init(device),
+            head: (!self.tie_weights).then(|| linear(self.d_model, self.vocab, std)),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            max_len: self.max_len,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Block {
+    ln1: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    ln2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    dropout: Dropout,
+    heads: usize,
+    causal: bool,
+}
+
+impl Block {
+    /// x: [b, t, d]; `mask`: [b, heads, t, t], true = may not attend.
+    fn forward(&self, x: Tensor<3>, mask: Option<Tensor<4, Bool>>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let h = self.heads;
+        let qkv = self
+            .qkv
+            .forward(self.ln1.forward(x.clone()))
+            .reshape([b, t, 3, h, d / h])
+            .permute([2, 0, 3, 1, 4]); // [3, b, h, t, dk]
+        let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, h, t, d / h]);
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: self.causal,
+        };
+        let context = attention(part(0), part(1), part(2), mask, None, options)
+            .swap_dims(1, 2)
+            .reshape([b, t, d]);
+        let x = x + self.dropout.forward(self.proj.forward(context));
+        let mlp = self
+            .fc2
+            .forward(gelu(self.fc1.forward(self.ln2.forward(x.clone()))));
+        x + self.dropout.forward(mlp)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Transformer {
+    tok: Embedding,
+    pos: Embedding,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    /// None when tied to `tok`.
+    head: Option<Linear>,
+    dropout: Dropout,
+    max_len: usize,
+}
+
+impl Transformer {
+    /// tokens [b, t] (t ≤ max_len) → final hidden states [b, t, d] (after the last LayerNorm).
+    /// `pad`: [b, t], true at padding positions; they are hidden from every query (bidirectional
+    /// model) — the causal model needs no padding mask when padding is on the right.
+    pub fn hidden(&self, tokens: Tensor<2, Int>, pad: Option<Tensor<2, Bool>>) -> Tensor<3> {
+        let [b, t] = tokens.dims();
+        assert!(
+            t <= self.max_len,
+            "sequence of {t} > max_len {}",
+            self.max_len
+        );
+        let device = tokens.device();
+        let positions = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([1, t]);
+        let x = self.tok.forward(tokens) + self.pos.forward(positions);
+        let mut x = self.dropout.forward(x);
+        let mask = pad.map(|p| {
+            let heads = self.blocks.first().map_or(1, |bl| bl.heads);
+            p.reshape([b, 1, 1, t]).expand([b, heads, t, t])
+        });
+        for block in &self.blocks {
+            x = block.forward(x, mask.clone());
+        }
+        self.ln_f.forward(x)
+    }
+
+    /// Hidden states [b, t, d] → logits over the vocabulary [b, t, vocab].
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.head {
+            Some(head) => head.forward(hidden),
+            None => burn::tensor::module::linear(hidden, self.tok.weight.val().transpose(), None),
+        }
+    }
+
+    /// tokens [b, t] → logits [b, t, vocab].
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.logits(self.hidden(tokens, None))
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(causal: bool) -> TransformerSpec {
+        TransformerSpec {
+            vocab: 50,
+            d_model: 32,
+            layers: 2,
+            heads: 4,
+            d_ff: 64,
+            max_len: 16,
+            dropout: 0.0,
+            tie_weights: true,
+            causal,
+        }
+    }
+
+    fn tokens(v: &[i64], device: &Device) -> Tensor<2, Int> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [1, v.len()]), device)
+    }
+
+    #[test]
+    fn parameter_count_matches_the_module() {
+        let device = Device::flex();
+        for tie in [true, false] {
+            let spec = TransformerSpec {
+                tie_weights: tie,
+                ..tiny(true)
+            };
+            let model = spec.init(&device);
+            assert_eq!(model.num_params(), spec.parameters(), "tie {tie}");
+        }
+    }
+
+    #[test]
+    fn causal_mask_blocks_the_future() {
+        let device = Device::flex();
+        let model = crate::device::seeded(&device, 1, || tiny(true).init(&device));
+        let a = [3i64, 7, 1, 9, 4, 4, 2, 8];
+        let mut b = a;
+        b[5] = 11; // change a later token
+        b[7] = 0;
+        let la = model
+            .forward(tokens(&a, &device))
+            .into_data()
+            .iter::<f32>()
+            .collect::<Vec<_>>();
+        let lb = model
+            .forward(tokens(&b, &device))
+            .into_data()
+            .iter::<f32>()
+            .collect::<Vec<_>>();
+        let v = 50;
+        // Positions 0..5 see only tokens before the change: identical logits.
+        for i in 0..5 * v {
+            assert!((la[i] - lb[i]).abs() < 1e-5, "position {} changed", i / v);
+        }
+        // Position 5 onwards sees the change.
+        let diff: f32 = (5 * v..8 * v).map(|i| (la[i] - lb[i]).abs()).sum();
+        assert!(diff > 1e-3, "later logits did not change: {diff}");
+    }
+
+    #[test]
+    fn bidirectional_model_sees_the_future() {
+        let device = Device::flex();
+        let model = crate::device::seeded(&device, 1, || tiny(false).init(&device));
+        let a = [3i64, 7, 1, 9];
+        let b = [3i64, 7, 1, 5];
+        let la = model
+            .forward(tokens(&a, &device))
+            .into_data()
+            .iter::<f32>()
+            .collect::<Vec<_>>();
+        let lb = model
+            .forward(tokens(&b, &device))
+            .into_data()
+            .iter::<f32>()
+            .collect::<Vec<_>>();
+        let diff: f32 = (0..50).map(|i| (la[i] - lb[i]).abs()).sum();
+        assert!(diff > 1e-4, "position 0 did not see position 3: {diff}");
+    }
+
+    #[test]
+    fn padding_is_invisible_to_the_bidirectional_model() {
+        let device = Device::flex();
+        let model = crate::device::seeded(&device, 2, || tiny(false).init(&device));
+        let run = |v: [i64; 6]| {
+            let pad = Tensor::<2, Bool>::from_data(
+                TensorData::new(vec![false, false, false, false, true, true], [1, 6]),
+                &device,
+            );
+            model
+                .hidden(tokens(&v, &device), Some(pad))
+                .narrow(1, 0, 4)
+                .into_data()
+                .iter::<f32>()
+                .collect::<Vec<_>>()
+        };
+        let a = run([3, 7, 1, 9, 0, 0]);
+        let b = run([3, 7, 1, 9, 12, 30]);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn bad_specs_are_config_errors() {
+        let err = TransformerSpec {
+            heads: 5,
+            ..tiny(true)
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("heads"), "{err}");
+        assert!(TransformerSpec::preset("tiny", 100, true).is_some());
+        assert!(TransformerSpec::preset("huge", 100, true).is_none());
+        let base = TransformerSpec::preset("base", 16384, true).unwrap();
+        let p = base.parameters();
+        assert!((90_000_000..130_000_000).contains(&p), "{p}");
+    }
+}
