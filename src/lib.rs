@@ -11,6 +11,7 @@ pub mod data;
 pub mod demo;
 pub mod device;
 pub mod error;
+pub mod generate;
 pub mod input;
 pub mod nn;
 pub mod report;

@@ -16,11 +16,14 @@ use crate::train::step::StepStats;
 
 pub mod colorize;
 pub mod context;
+pub mod causal_lm;
 pub mod inpaint;
 pub mod jigsaw;
+pub mod masked_lm;
 pub mod permutations;
 pub mod rotation;
 pub mod superres;
+pub mod text;
 
 /// Everything a task needs to build itself.
 pub struct TaskContext<'a> {

@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod gan;
 pub mod image_quality;
+pub mod lm_step;
 pub mod metrics;
 pub mod optim;
 pub mod progress;
