@@ -82,6 +82,16 @@ pub fn load_optimizer(optim: ModuleOptimizer, path: &Path) -> Result<ModuleOptim
 
 /// Save an encoder's weights as safetensors (the interchange format users load elsewhere).
 pub fn save_encoder(encoder: &Backbone, path: &Path) -> Result<()> {
+    save_weights(encoder, path)
+}
+
+/// Load safetensors weights into an encoder built from its spec; every tensor must fit.
+pub fn load_encoder(encoder: Backbone, path: &Path) -> Result<Backbone> {
+    load_weights(encoder, path)
+}
+
+/// Save any module's weights as safetensors.
+pub fn save_weights<M: Module>(module: &M, path: &Path) -> Result<()> {
     // One metadata key only: burn keeps metadata in a HashMap, so several keys would be written in
     // a different order each time and identical weights would give different files.
     let mut store = SafetensorsStore::from_bytes(None)
@@ -90,7 +100,8 @@ pub fn save_encoder(encoder: &Backbone, path: &Path) -> Result<()> {
             "producer",
             concat!("pretext ", env!("CARGO_PKG_VERSION"), " (burn 0.22.1)"),
         );
-    encoder
+    module
+        .clone()
         .valid()
         .save_into(&mut store)
         .map_err(|e| Error::checkpoint(path, e))?;
@@ -98,23 +109,23 @@ pub fn save_encoder(encoder: &Backbone, path: &Path) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
-/// Load safetensors weights into an encoder built from its spec; every tensor must fit.
-pub fn load_encoder(mut encoder: Backbone, path: &Path) -> Result<Backbone> {
+/// Load safetensors weights into a module built from its spec; every tensor must fit.
+pub fn load_weights<M: Module>(mut module: M, path: &Path) -> Result<M> {
     let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
     let mut store = SafetensorsStore::from_bytes(Some(bytes));
-    let result = encoder
+    let result = module
         .load_from(&mut store)
         .map_err(|e| Error::checkpoint(path, e))?;
     if !result.errors.is_empty() || !result.missing.is_empty() {
         return Err(Error::checkpoint(
             path,
             format!(
-                "weights do not fit the encoder: errors {:?}, missing {:?}",
+                "weights do not fit the model: errors {:?}, missing {:?}",
                 result.errors, result.missing
             ),
         ));
     }
-    Ok(encoder)
+    Ok(module)
 }
 
 pub fn checkpoints_dir(run: &Path) -> PathBuf {

@@ -13,9 +13,9 @@ fn l2_normalize(x: &mut [f32], dim: usize) {
 
 #[allow(clippy::too_many_arguments)]
 pub fn knn_accuracy(
-    mut train_x: Vec<f32>,
+    train_x: Vec<f32>,
     train_y: &[u32],
-    mut test_x: Vec<f32>,
+    test_x: Vec<f32>,
     test_y: &[u32],
     dim: usize,
     classes: usize,
@@ -23,6 +23,33 @@ pub fn knn_accuracy(
     temperature: f32,
     device: &Device,
 ) -> f32 {
+    let pred = knn_predict(
+        train_x,
+        train_y,
+        test_x,
+        dim,
+        classes,
+        k,
+        temperature,
+        device,
+    );
+    super::scores::accuracy(&pred, test_y)
+}
+
+/// The class each test row gets from its k nearest training rows (cosine similarity, votes
+/// weighted by exp(similarity / temperature)).
+#[allow(clippy::too_many_arguments)]
+pub fn knn_predict(
+    mut train_x: Vec<f32>,
+    train_y: &[u32],
+    mut test_x: Vec<f32>,
+    dim: usize,
+    classes: usize,
+    k: usize,
+    temperature: f32,
+    device: &Device,
+) -> Vec<u32> {
+    let n_test = test_x.len() / dim.max(1);
     l2_normalize(&mut train_x, dim);
     l2_normalize(&mut test_x, dim);
     let n_train = train_y.len();
@@ -30,10 +57,10 @@ pub fn knn_accuracy(
     // [dim, n_train], the right-hand side of every similarity product.
     let train_t =
         Tensor::<2>::from_data(TensorData::new(train_x, [n_train, dim]), device).transpose();
-    let mut correct = 0usize;
+    let mut predictions = Vec::with_capacity(n_test);
     let chunk = (16_000_000 / n_train.max(1)).clamp(1, 1024);
-    for (rows, labels) in test_x.chunks(chunk * dim).zip(test_y.chunks(chunk)) {
-        let n = labels.len();
+    for rows in test_x.chunks(chunk * dim) {
+        let n = rows.len() / dim;
         let q = Tensor::<2>::from_data(TensorData::new(rows.to_vec(), [n, dim]), device);
         // [n, dim] × [dim, n_train] → cosine similarities [n, n_train]
         let sims = q
@@ -42,7 +69,7 @@ pub fn knn_accuracy(
             .try_into_vec::<f32>()
             .expect("f32 sims");
         let mut order: Vec<usize> = (0..n_train).collect();
-        for (r, &label) in labels.iter().enumerate() {
+        for r in 0..n {
             let s = &sims[r * n_train..(r + 1) * n_train];
             order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
             if k < n_train {
@@ -57,10 +84,10 @@ pub fn knn_accuracy(
                 .enumerate()
                 .max_by(|a, b| a.1.total_cmp(b.1))
                 .map_or(0, |(c, _)| c);
-            correct += (pred == label as usize) as usize;
+            predictions.push(pred as u32);
         }
     }
-    correct as f32 / test_y.len().max(1) as f32
+    predictions
 }
 
 #[cfg(test)]

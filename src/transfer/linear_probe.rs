@@ -50,15 +50,29 @@ pub fn standardize(x: &mut [f32], dim: usize, mean: &[f32], std: &[f32]) {
 /// Train on (train_x, train_y), return the accuracy on (test_x, test_y).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_probe(
-    mut train_x: Vec<f32>,
+    train_x: Vec<f32>,
     train_y: &[u32],
-    mut test_x: Vec<f32>,
+    test_x: Vec<f32>,
     test_y: &[u32],
     dim: usize,
     classes: usize,
     s: &ProbeSettings,
     device: &Device,
 ) -> f32 {
+    let pred = linear_probe_predict(train_x, train_y, test_x, dim, classes, s, device);
+    super::scores::accuracy(&pred, test_y)
+}
+
+/// Train on (train_x, train_y), return the predicted class of every row of test_x.
+pub fn linear_probe_predict(
+    mut train_x: Vec<f32>,
+    train_y: &[u32],
+    mut test_x: Vec<f32>,
+    dim: usize,
+    classes: usize,
+    s: &ProbeSettings,
+    device: &Device,
+) -> Vec<u32> {
     let (mean, std) = standardizer(&train_x, dim);
     standardize(&mut train_x, dim, &mean, &std);
     standardize(&mut test_x, dim, &mean, &std);
@@ -94,7 +108,26 @@ pub fn linear_probe(
         head = optim.step(lr, head, grads);
     }
     let head = head.valid().to_device(device);
-    accuracy(|x| head.forward(x), &test_x, test_y, dim, device)
+    predict(|x| head.forward(x), &test_x, dim, device)
+}
+
+/// The arg-max class of a classifier over row-major features, evaluated in chunks.
+pub fn predict(
+    forward: impl Fn(Tensor<2>) -> Tensor<2>,
+    x: &[f32],
+    dim: usize,
+    device: &Device,
+) -> Vec<u32> {
+    let mut out = Vec::with_capacity(x.len() / dim.max(1));
+    for rows in x.chunks(1024 * dim) {
+        let n = rows.len() / dim;
+        let logits = forward(Tensor::<2>::from_data(
+            TensorData::new(rows.to_vec(), [n, dim]),
+            device,
+        ));
+        out.extend(logits.argmax(1).into_data().iter::<i64>().map(|p| p as u32));
+    }
+    out
 }
 
 /// Accuracy of a classifier over row-major features, evaluated in chunks.

@@ -6,6 +6,7 @@ pub mod finetune;
 pub mod knn;
 pub mod labels;
 pub mod linear_probe;
+pub mod scores;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
