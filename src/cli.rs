@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "pretext",
     version,
-    about = "Self-supervised pretraining on unlabelled images, transfer with few labels"
+    about = "Self-supervised pretraining on unlabelled images and text, transfer with few labels"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -17,7 +17,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Pretrain an encoder with a pretext task on unlabelled images.
+    /// Pretrain an encoder with a pretext task on unlabelled images or text.
     Pretrain(PretrainArgs),
     /// Evaluate an encoder on a labelled task with a few labels per class.
     Transfer(TransferArgs),
@@ -32,6 +32,32 @@ pub enum Command {
     Compare(CompareArgs),
     /// (Re)build OUT/report.html and OUT/report.md of a compare from what is on disk.
     Report(ReportArgs),
+    /// Continue a prompt with a causal language model (a `--task causal-lm` run).
+    Generate(GenerateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// A causal-lm run directory.
+    #[arg(long)]
+    pub from: std::path::PathBuf,
+    /// The text to continue.
+    #[arg(long)]
+    pub prompt: String,
+    /// How many tokens to generate.
+    #[arg(long, default_value_t = 200)]
+    pub tokens: usize,
+    /// Softmax temperature; 0 always picks the most likely token.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// Sample among the k most likely tokens only; 0 = all.
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Random seed: the same seed gives the same text.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -86,14 +112,19 @@ pub struct PretrainArgs {
     /// Pretext task (see `pretext tasks`).
     #[arg(long)]
     pub task: Option<String>,
-    /// Data spec FORMAT:PATH, e.g. idx:../shared/data/fashion-mnist (formats: idx, cifar10, cifar100, stl10, folder).
+    /// Data spec FORMAT:PATH, e.g. idx:../shared/data/fashion-mnist (images: idx, cifar10,
+    /// cifar100, stl10, folder; text for causal-lm/masked-lm: text, jsonl).
     #[arg(long)]
     pub data: Option<String>,
+    /// Text tasks: a tokenizer.json (from `pretext tokenizer train`); default: train one on the
+    /// corpus (`--set vocab=4096`), or `bytes` for the byte-level tokenizer.
+    #[arg(long)]
+    pub tokenizer: Option<String>,
     /// Run directory to create.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory from its latest checkpoint.
-    #[arg(long, conflicts_with_all = ["task", "data", "out", "config", "set"])]
+    #[arg(long, conflicts_with_all = ["task", "data", "out", "config", "set", "tokenizer"])]
     pub resume: Option<PathBuf>,
     /// TOML preset file (see configs/); unknown keys are errors.
     #[arg(long)]
@@ -126,7 +157,8 @@ pub struct TransferArgs {
     /// Labelled examples per class: a number or `all`.
     #[arg(long, default_value = "10")]
     pub labels_per_class: String,
-    /// linear (probe on frozen features), knn (k=200, cosine, T=0.1) or finetune (whole encoder).
+    /// linear (probe on frozen features), knn (images k=200, text k=20; cosine, T=0.1) or
+    /// finetune (whole encoder).
     #[arg(long, default_value = "linear")]
     pub protocol: String,
     /// TOML preset file of transfer settings.

@@ -8,6 +8,7 @@ use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::nn::transformer::Transformer;
 
@@ -107,6 +108,14 @@ pub fn generate(
         on_token(next)?;
     }
     Ok(ids[prompt.len()..].to_vec())
+}
+
+/// Text of generated ids, with each end-of-document token shown as a blank line.
+pub fn render(tok: &Tokenizer, ids: &[u32]) -> String {
+    ids.split(|&i| i == tok.eos_id())
+        .map(|part| tok.decode(part))
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@ mod cli;
 
 use clap::Parser;
 use pretext::config::{self, PretrainConfig};
+use pretext::train::text::{TextConfig, TextPretrainRequest};
+use pretext::transfer::text::{self as text_transfer, TextTransferConfig, TextTransferRequest};
 use pretext::transfer::{
     self, labels::PerClass, Protocol, Source, TransferConfig, TransferRequest,
 };
@@ -23,13 +25,32 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Tasks => {
-            let width = tasks::TASKS.iter().map(|t| t.name.len()).max().unwrap_or(0);
-            for t in tasks::TASKS {
-                println!("{:width$}  {}", t.name, t.description);
+            let text = tasks::text::TEXT_TASKS
+                .iter()
+                .map(|t| (t.name, t.description));
+            let all: Vec<(&str, &str)> = tasks::TASKS
+                .iter()
+                .map(|t| (t.name, t.description))
+                .chain(text)
+                .collect();
+            let width = all.iter().map(|t| t.0.len()).max().unwrap_or(0);
+            println!("images:");
+            for (name, description) in &all[..tasks::TASKS.len()] {
+                println!("  {name:width$}  {description}");
+            }
+            println!("text:");
+            for (name, description) in &all[tasks::TASKS.len()..] {
+                println!("  {name:width$}  {description}");
             }
             Ok(())
         }
+        Command::Pretrain(a) if is_text_pretrain(&a)? => pretrain_text(a),
         Command::Pretrain(a) => {
+            if a.tokenizer.is_some() {
+                return Err(Error::Usage(
+                    "--tokenizer is for the text tasks (causal-lm, masked-lm)".into(),
+                ));
+            }
             let device = device::parse(&a.device)?;
             let (config, out, resume) = match a.resume {
                 Some(dir) => (PretrainConfig::default(), dir, true),
@@ -89,6 +110,11 @@ fn run(cli: Cli) -> Result<()> {
                 println!("held-out test images: {}", eval.join(", "));
             }
             Ok(())
+        }
+        Command::Transfer(a)
+            if text_transfer::is_text_transfer(&Source::parse(&a.from), a.data.as_deref()) =>
+        {
+            transfer_text(a)
         }
         Command::Transfer(a) => {
             let device = device::parse(&a.device)?;
@@ -189,6 +215,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("report: {} and {}", html.display(), md.display());
             Ok(())
         }
+        Command::Generate(a) => generate(a),
         Command::Bench(a) => bench::run(&bench::BenchOptions {
             backbones: a
                 .backbones
@@ -202,6 +229,166 @@ fn run(cli: Cli) -> Result<()> {
             child: a.child,
         }),
     }
+}
+
+/// Whether `pretrain` asks for a text task: resuming a text run, or a text task named by
+/// `--task`, `--set task=…` or the `--config` file.
+fn is_text_pretrain(a: &cli::PretrainArgs) -> Result<bool> {
+    if let Some(dir) = &a.resume {
+        let cfg = std::fs::read_to_string(dir.join("config.toml")).unwrap_or_default();
+        let task = toml::from_str::<toml::Table>(&cfg)
+            .ok()
+            .and_then(|t| t.get("task")?.as_str().map(str::to_string));
+        return Ok(task.is_some_and(|t| tasks::text::find(&t).is_some()));
+    }
+    let mut task = a.task.clone();
+    for set in &a.set {
+        if let Some(v) = set.strip_prefix("task=") {
+            task = Some(v.trim_matches('"').to_string());
+        }
+    }
+    if task.is_none() {
+        if let Some(path) = &a.config {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Usage(format!("--config {}: {e}", path.display())))?;
+            task = toml::from_str::<toml::Table>(&text)
+                .ok()
+                .and_then(|t| t.get("task")?.as_str().map(str::to_string));
+        }
+    }
+    Ok(task.is_some_and(|t| tasks::text::find(&t).is_some()))
+}
+
+fn pretrain_text(a: cli::PretrainArgs) -> Result<()> {
+    let device = device::parse(&a.device)?;
+    if a.skip_bad {
+        return Err(Error::Usage("--skip-bad is for image data".into()));
+    }
+    let (config, out, resume) = match a.resume {
+        Some(dir) => (TextConfig::default(), dir, true),
+        None => {
+            let mut sets = Vec::new();
+            if let Some(t) = &a.task {
+                sets.push(format!("task={}", quote(t)));
+            }
+            if let Some(d) = &a.data {
+                sets.push(format!("data={}", quote(d)));
+            }
+            if let Some(t) = &a.tokenizer {
+                sets.push(format!("tokenizer={}", quote(t)));
+            }
+            sets.extend(a.set.iter().cloned());
+            let cfg: TextConfig =
+                config::resolve(a.config.as_deref(), &sets, &tasks::text::names())?;
+            let out = a.out.ok_or_else(|| {
+                Error::Usage("--out DIR is required (the run directory to create)".into())
+            })?;
+            (cfg, out, false)
+        }
+    };
+    let s = train::text::pretrain_text(TextPretrainRequest {
+        config,
+        out,
+        device,
+        resume,
+        stop_after: a.stop_after,
+        quiet: a.quiet,
+    })?;
+    println!(
+        "{} {} steps of {} in {:.1}s ({:.0} tokens/s), final loss {:.4}; run in {}",
+        if s.completed {
+            "finished"
+        } else {
+            "stopped after"
+        },
+        s.steps_done,
+        s.steps,
+        s.wall_s,
+        s.items_per_s,
+        s.final_loss,
+        s.run_dir.display()
+    );
+    if let (Some((_, loss)), Some((_, ppl))) = (s.eval.first(), s.eval.get(1)) {
+        println!("validation loss {loss:.4} (perplexity {ppl:.2})");
+    }
+    let sample = s.run_dir.join("sample.txt");
+    if s.completed && sample.exists() {
+        println!("a generated sample is in {}", sample.display());
+    }
+    Ok(())
+}
+
+fn transfer_text(a: cli::TransferArgs) -> Result<()> {
+    let cfg: TextTransferConfig = config::resolve(a.config.as_deref(), &a.set, &[])?;
+    let req = TextTransferRequest {
+        from: Source::parse(&a.from),
+        data: a.data,
+        protocol: Protocol::parse(&a.protocol)?,
+        labels_per_class: PerClass::parse(&a.labels_per_class)?,
+        config: cfg,
+        out: a.out,
+        device: device::parse(&a.device)?,
+        quiet: a.quiet,
+    };
+    let (r, path) = text_transfer::transfer_text(&req)?;
+    println!(
+        "{} on {} with {} labels/class ({} train, {} held-out), from {}:",
+        r.protocol.name(),
+        r.data,
+        r.labels_per_class,
+        r.n_train,
+        r.n_test,
+        r.from
+    );
+    let f1: Vec<String> = r
+        .f1_per_class
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect();
+    println!(
+        "accuracy: {:.4}  macro-F1: {:.4}  (F1 per class: {}; majority class alone: accuracy {:.4})",
+        r.accuracy,
+        r.macro_f1,
+        f1.join(", "),
+        r.majority_accuracy
+    );
+    println!("written to {}", path.display());
+    Ok(())
+}
+
+fn generate(a: cli::GenerateArgs) -> Result<()> {
+    use std::io::Write;
+    let device = device::parse(&a.device)?;
+    let (info, model, tok) = train::text::load_run(&a.from, &device)?;
+    if !info.spec.causal {
+        return Err(Error::Usage(format!(
+            "{}: a {} model predicts hidden tokens from both sides and cannot continue a text; generate from a causal-lm run",
+            a.from.display(),
+            info.task
+        )));
+    }
+    let sampling = pretext::generate::Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        seed: a.seed,
+    };
+    let prompt = tok.encode(&a.prompt);
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{}", a.prompt);
+    let _ = out.flush();
+    let mut decoder = pretext::data::tokenizer::StreamDecoder::new(&tok);
+    pretext::generate::generate(&model, &prompt, a.tokens, &sampling, &device, |id| {
+        let piece = if id == tok.eos_id() {
+            "\n\n".to_string()
+        } else {
+            decoder.push(id)
+        };
+        let _ = write!(out, "{piece}");
+        let _ = out.flush();
+        Ok(())
+    })?;
+    let _ = writeln!(out, "{}", decoder.finish());
+    Ok(())
 }
 
 /// The command line as typed (arguments with spaces quoted), for the report.

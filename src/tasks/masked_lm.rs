@@ -199,9 +199,21 @@ mod tests {
         let p = chosen as f64 / total as f64;
         assert!((p - 0.15).abs() < 0.005, "chosen fraction {p}");
         let c = chosen as f64;
-        assert!((masked as f64 / c - 0.8).abs() < 0.01, "masked {}", masked as f64 / c);
-        assert!((random as f64 / c - 0.1).abs() < 0.01, "random {}", random as f64 / c);
-        assert!((kept as f64 / c - 0.1).abs() < 0.01, "kept {}", kept as f64 / c);
+        assert!(
+            (masked as f64 / c - 0.8).abs() < 0.01,
+            "masked {}",
+            masked as f64 / c
+        );
+        assert!(
+            (random as f64 / c - 0.1).abs() < 0.01,
+            "random {}",
+            random as f64 / c
+        );
+        assert!(
+            (kept as f64 / c - 0.1).abs() < 0.01,
+            "kept {}",
+            kept as f64 / c
+        );
         assert!(changed_random as f64 / random as f64 > 0.99);
     }
 

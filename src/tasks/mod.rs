@@ -14,9 +14,9 @@ use crate::nn::decoder::Generator;
 use crate::nn::{Backbone, BackboneSpec};
 use crate::train::step::StepStats;
 
+pub mod causal_lm;
 pub mod colorize;
 pub mod context;
-pub mod causal_lm;
 pub mod inpaint;
 pub mod jigsaw;
 pub mod masked_lm;

@@ -48,7 +48,11 @@ pub fn lm_step(
     lr: f64,
     skip_nonfinite: bool,
 ) -> (Transformer, StepStats) {
-    let device = model.devices().first().cloned().unwrap_or_else(Device::flex);
+    let device = model
+        .devices()
+        .first()
+        .cloned()
+        .unwrap_or_else(Device::flex);
     let (loss, correct) = lm_loss(&model, batch, &device);
     let value = loss.clone().detach().into_scalar::<f32>();
     if skip_nonfinite && !value.is_finite() {
@@ -78,7 +82,11 @@ pub fn lm_step(
 /// Mean loss over held-out batches (weighted by their counted positions), without gradients.
 pub fn held_out_loss(model: &Transformer, batches: &[TextBatch]) -> f32 {
     let model = model.clone().valid();
-    let device = model.devices().first().cloned().unwrap_or_else(Device::flex);
+    let device = model
+        .devices()
+        .first()
+        .cloned()
+        .unwrap_or_else(Device::flex);
     let (mut sum, mut n) = (0f64, 0f64);
     for batch in batches {
         let w = batch.weights.iter().sum::<f32>() as f64;
@@ -129,7 +137,11 @@ mod tests {
         }
         let after = held_out_loss(&model, std::slice::from_ref(&batch));
         assert!(first > 4.0, "starts near ln(256) = 5.5: {first}");
-        assert!(after < 0.1, "loss after overfitting {after} (train {})", last.loss);
+        assert!(
+            after < 0.1,
+            "loss after overfitting {after} (train {})",
+            last.loss
+        );
         assert!(last.metrics[0].1 > 0.98, "acc {:?}", last.metrics);
     }
 }

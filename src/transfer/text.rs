@@ -1,0 +1,529 @@
+//! Transfer of a pretrained language model to a labelled text task (e.g. spam/ham e-mails in
+//! `jsonl:` data): each document becomes one vector (the mean of the final hidden states over its
+//! tokens, or the state of a `<cls>` token: appended at the end for the causal model, which only
+//! sees the whole text at its last position, prepended for the bidirectional one), then a linear
+//! probe or k-NN on frozen vectors, or fine-tuning of the whole model with a linear head.
+//! Baselines: `--from random` (frozen random weights) and `--from scratch` (the same network
+//! trained on the labels only); `--set like=RUN` gives them the architecture and tokenizer of a
+//! pretrained run, so the comparison is like for like. Scores: accuracy and macro-F1 on held-out
+//! documents chosen by a hash of their index (`test_fraction`, `split_seed`) — the same rule
+//! pretraining uses for its validation split, so pretraining with the same seed and fraction on
+//! the same file never sees the test documents.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::labels::{self, PerClass};
+use super::{knn, linear_probe, scores, Protocol, Source};
+use crate::config::{in_range, positive};
+use crate::data::text::{is_validation, Fields, TextSource};
+use crate::data::tokenizer::Tokenizer;
+use crate::error::{Error, Result};
+use crate::nn::heads::LinearHead;
+use crate::nn::transformer::{Transformer, TransformerSpec};
+use crate::train::checkpoint::write_atomic;
+use crate::train::schedule::lr_at;
+use crate::train::text::{load_run, read_lm_info};
+
+/// Text transfer settings (`pretext transfer --set key=value`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TextTransferConfig {
+    pub text_field: String,
+    pub label_field: String,
+    /// Fraction of documents held out for the scores.
+    pub test_fraction: f64,
+    /// Seed of the held-out split (fixed across label draws, so every method sees one test set).
+    pub split_seed: u64,
+    /// Seed of the label draw, the head's initialisation and the batch order.
+    pub seed: u64,
+    /// Document vector: `mean` of the hidden states or the state of a `cls` token.
+    pub pool: String,
+    /// Tokens per document (the first ones); 0 = the model's max_len.
+    pub max_tokens: usize,
+    /// For random/scratch: take the architecture and tokenizer of this run.
+    pub like: String,
+    /// For random/scratch without `like`: the model preset, with the byte-level tokenizer.
+    pub model: String,
+    pub probe_steps: u64,
+    pub probe_lr: f64,
+    pub probe_batch_size: usize,
+    pub probe_weight_decay: f64,
+    pub knn_k: usize,
+    pub knn_temperature: f32,
+    pub finetune_steps: u64,
+    pub finetune_lr: f64,
+    pub finetune_batch_size: usize,
+    pub finetune_weight_decay: f64,
+    /// Evaluate on at most this many held-out documents; 0 = all.
+    pub test_limit: usize,
+}
+
+impl Default for TextTransferConfig {
+    fn default() -> Self {
+        Self {
+            text_field: "text".into(),
+            label_field: "label".into(),
+            test_fraction: 0.2,
+            split_seed: 0,
+            seed: 0,
+            pool: "mean".into(),
+            max_tokens: 0,
+            like: String::new(),
+            model: "tiny".into(),
+            probe_steps: 300,
+            probe_lr: 1e-2,
+            probe_batch_size: 64,
+            probe_weight_decay: 1e-4,
+            knn_k: 20,
+            knn_temperature: 0.1,
+            finetune_steps: 300,
+            finetune_lr: 3e-4,
+            finetune_batch_size: 16,
+            finetune_weight_decay: 0.01,
+            test_limit: 0,
+        }
+    }
+}
+
+impl TextTransferConfig {
+    pub fn validate(&self) -> Result<()> {
+        in_range("test_fraction", self.test_fraction, 0.01, 0.9)?;
+        positive("probe_steps", self.probe_steps as f64)?;
+        positive("probe_lr", self.probe_lr)?;
+        positive("probe_batch_size", self.probe_batch_size as f64)?;
+        positive("knn_k", self.knn_k as f64)?;
+        positive("knn_temperature", self.knn_temperature as f64)?;
+        positive("finetune_steps", self.finetune_steps as f64)?;
+        positive("finetune_lr", self.finetune_lr)?;
+        positive("finetune_batch_size", self.finetune_batch_size as f64)?;
+        if self.pool != "mean" && self.pool != "cls" {
+            return Err(Error::config(
+                "pool",
+                format!("expected mean or cls, found {:?}", self.pool),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a transfer is a text transfer: from a text run, or onto text data.
+pub fn is_text_transfer(from: &Source, data: Option<&str>) -> bool {
+    match from {
+        Source::Run(run) if crate::train::text::is_text_run(run) => true,
+        _ => data.is_some_and(|d| d.starts_with("text:") || d.starts_with("jsonl:")),
+    }
+}
+
+pub struct TextTransferRequest {
+    pub from: Source,
+    /// Labelled `jsonl:` data; defaults to the run's pretraining data.
+    pub data: Option<String>,
+    pub protocol: Protocol,
+    pub labels_per_class: PerClass,
+    pub config: TextTransferConfig,
+    pub out: Option<PathBuf>,
+    pub device: Device,
+    pub quiet: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TextTransferResult {
+    pub from: String,
+    pub data: String,
+    pub protocol: Protocol,
+    pub labels_per_class: String,
+    pub pool: String,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub accuracy: f32,
+    pub macro_f1: f32,
+    pub f1_per_class: BTreeMap<String, f32>,
+    /// Accuracy of always answering the most common class of the test set.
+    pub majority_accuracy: f32,
+    pub seed: u64,
+    pub wall_s: f64,
+    pub evaluated_on: String,
+}
+
+/// One labelled document, tokenized.
+struct Example {
+    tokens: Vec<u32>,
+    label: u32,
+}
+
+/// The model to transfer, its tokenizer, and where it came from.
+fn load_model(
+    from: &Source,
+    cfg: &TextTransferConfig,
+    device: &Device,
+) -> Result<(TransformerSpec, Transformer, Tokenizer)> {
+    match from {
+        Source::Run(run) => {
+            let (info, model, tok) = load_run(run, device)?;
+            Ok((info.spec, model, tok))
+        }
+        Source::Random | Source::Scratch => {
+            let (spec, tok) = if cfg.like.is_empty() {
+                let tok = Tokenizer::bytes();
+                let spec = TransformerSpec::preset(&cfg.model, tok.vocab_size(), true).ok_or_else(
+                    || Error::config("model", format!("unknown preset {:?}", cfg.model)),
+                )?;
+                (spec, tok)
+            } else {
+                let run = Path::new(&cfg.like);
+                let info = read_lm_info(run)?;
+                (info.spec, Tokenizer::load(&run.join(&info.tokenizer))?)
+            };
+            let model = crate::device::seeded(device, cfg.seed, || spec.init(device));
+            Ok((spec, model, tok))
+        }
+    }
+}
+
+/// Token ids and a weight per position for pooling: [b, t] ids, [b, t] pad flags, [b, t, 1]
+/// pooling weights (1/len over the tokens for `mean`, 1 at the `<cls>` position for `cls`).
+fn pack(
+    batch: &[&Example],
+    pad_id: u32,
+    cls_first: Option<bool>,
+    device: &Device,
+) -> (Tensor<2, Int>, Tensor<2, Bool>, Tensor<3>) {
+    let b = batch.len();
+    let t = batch
+        .iter()
+        .map(|e| e.tokens.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let mut ids = vec![pad_id as i64; b * t];
+    let mut pad = vec![true; b * t];
+    let mut w = vec![0f32; b * t];
+    for (r, e) in batch.iter().enumerate() {
+        let n = e.tokens.len();
+        for (i, &tok) in e.tokens.iter().enumerate() {
+            ids[r * t + i] = tok as i64;
+            pad[r * t + i] = false;
+        }
+        match cls_first {
+            None => w[r * t..r * t + n]
+                .iter_mut()
+                .for_each(|x| *x = 1.0 / n as f32),
+            Some(true) => w[r * t] = 1.0,
+            Some(false) => w[r * t + n - 1] = 1.0,
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(ids, [b, t]), device),
+        Tensor::from_data(TensorData::new(pad, [b, t]), device),
+        Tensor::from_data(TensorData::new(w, [b, t, 1]), device),
+    )
+}
+
+/// Pooled document vectors [b, d].
+fn pooled(
+    model: &Transformer,
+    batch: &[&Example],
+    pad_id: u32,
+    cls: Option<bool>,
+    device: &Device,
+) -> Tensor<2> {
+    let (ids, pad, w) = pack(batch, pad_id, cls, device);
+    let hidden = model.hidden(ids, Some(pad));
+    let [b, _, d] = hidden.dims();
+    (hidden * w).sum_dim(1).reshape([b, d])
+}
+
+fn features(
+    model: &Transformer,
+    examples: &[&Example],
+    pad_id: u32,
+    cls: Option<bool>,
+    device: &Device,
+) -> (Vec<f32>, usize) {
+    let mut out = Vec::new();
+    let mut dim = 0;
+    for chunk in examples.chunks(32) {
+        let f = pooled(model, chunk, pad_id, cls, device);
+        dim = f.dims()[1];
+        out.extend(f.into_data().iter::<f32>());
+    }
+    (out, dim)
+}
+
+#[derive(Module, Debug)]
+struct TextClassifier {
+    lm: Transformer,
+    head: LinearHead,
+}
+
+pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, PathBuf)> {
+    let t0 = Instant::now();
+    let cfg = &req.config;
+    cfg.validate()?;
+    let data = match (&req.data, &req.from) {
+        (Some(d), _) => d.clone(),
+        (None, Source::Run(run)) => read_lm_info(run)?.data,
+        (None, _) => {
+            return Err(Error::Usage(
+                "--data jsonl:PATH is required with --from random|scratch".into(),
+            ))
+        }
+    };
+    if req.from == Source::Scratch && req.protocol != Protocol::Finetune {
+        return Err(Error::Usage(
+            "--from scratch trains the model on the labels, so it needs --protocol finetune".into(),
+        ));
+    }
+    let source = TextSource::open(
+        &data,
+        &Fields {
+            text: cfg.text_field.clone(),
+            label: Some(cfg.label_field.clone()),
+        },
+    )?;
+    let (spec, model, tok) = load_model(&req.from, cfg, &req.device)?;
+    let max_tokens = if cfg.max_tokens == 0 {
+        spec.max_len
+    } else {
+        cfg.max_tokens.min(spec.max_len)
+    };
+    // `<cls>`: last for the causal model, first for the bidirectional one.
+    let cls = (cfg.pool == "cls").then_some(!spec.causal);
+    let mut names: BTreeMap<String, u32> = BTreeMap::new();
+    let mut raw: Vec<(Vec<u32>, String, bool)> = Vec::new();
+    for doc in source.docs() {
+        let doc = doc?;
+        let label = doc.label.clone().unwrap_or_default();
+        names.entry(label.clone()).or_insert(0);
+        let keep = if cls.is_some() {
+            max_tokens - 1
+        } else {
+            max_tokens
+        };
+        let mut tokens = tok.encode(&doc.text);
+        tokens.truncate(keep);
+        if tokens.is_empty() && cls.is_none() {
+            tokens.push(tok.eos_id());
+        }
+        match cls {
+            Some(true) => tokens.insert(0, tok.cls_id()),
+            Some(false) => tokens.push(tok.cls_id()),
+            None => {}
+        }
+        let test = is_validation(cfg.split_seed, doc.index, cfg.test_fraction);
+        raw.push((tokens, label, test));
+    }
+    if names.len() < 2 {
+        return Err(Error::Usage(format!(
+            "{data}: found {} distinct value(s) of the label field `{}`; a classification task needs at least 2",
+            names.len(),
+            cfg.label_field
+        )));
+    }
+    for (i, v) in names.values_mut().enumerate() {
+        *v = i as u32;
+    }
+    let class_names: Vec<String> = names.keys().cloned().collect();
+    let classes = class_names.len();
+    let mut pool = Vec::new();
+    let mut test = Vec::new();
+    for (tokens, label, is_test) in raw {
+        let e = Example {
+            tokens,
+            label: names[&label],
+        };
+        if is_test {
+            test.push(e);
+        } else {
+            pool.push(e);
+        }
+    }
+    if cfg.test_limit > 0 {
+        test.truncate(cfg.test_limit);
+    }
+    if test.is_empty() {
+        return Err(Error::config(
+            "test_fraction",
+            format!("{data}: no document fell into the held-out split; raise test_fraction"),
+        ));
+    }
+    let pool_labels: Vec<u32> = pool.iter().map(|e| e.label).collect();
+    let chosen: Vec<&Example> =
+        labels::balanced_subset(&pool_labels, req.labels_per_class, cfg.seed)?
+            .into_iter()
+            .map(|i| &pool[i])
+            .collect();
+    let train_y: Vec<u32> = chosen.iter().map(|e| e.label).collect();
+    let test_refs: Vec<&Example> = test.iter().collect();
+    let test_y: Vec<u32> = test.iter().map(|e| e.label).collect();
+    if !req.quiet {
+        eprintln!(
+            "{} on {data}: {} labelled training documents, {} held-out, classes {}",
+            req.protocol.name(),
+            chosen.len(),
+            test.len(),
+            class_names.join(", ")
+        );
+    }
+    let pad_id = tok.pad_id();
+    let pred = match req.protocol {
+        Protocol::Linear | Protocol::Knn => {
+            let (train_x, dim) = features(&model, &chosen, pad_id, cls, &req.device);
+            let (test_x, _) = features(&model, &test_refs, pad_id, cls, &req.device);
+            if req.protocol == Protocol::Linear {
+                let s = linear_probe::ProbeSettings {
+                    steps: cfg.probe_steps,
+                    batch_size: cfg.probe_batch_size,
+                    lr: cfg.probe_lr,
+                    weight_decay: cfg.probe_weight_decay,
+                    seed: cfg.seed,
+                };
+                linear_probe::linear_probe_predict(
+                    train_x,
+                    &train_y,
+                    test_x,
+                    dim,
+                    classes,
+                    &s,
+                    &req.device,
+                )
+            } else {
+                knn::knn_predict(
+                    train_x,
+                    &train_y,
+                    test_x,
+                    dim,
+                    classes,
+                    cfg.knn_k,
+                    cfg.knn_temperature,
+                    &req.device,
+                )
+            }
+        }
+        Protocol::Finetune => {
+            finetune(model, &spec, &chosen, &test_refs, classes, pad_id, cls, req)?
+        }
+    };
+    let accuracy = scores::accuracy(&pred, &test_y);
+    let f1 = scores::f1_per_class(&pred, &test_y, classes);
+    let majority = (0..classes as u32)
+        .map(|c| test_y.iter().filter(|&&y| y == c).count())
+        .max()
+        .unwrap_or(0) as f32
+        / test_y.len() as f32;
+    let result = TextTransferResult {
+        from: req.from.label(),
+        data: data.clone(),
+        protocol: req.protocol,
+        labels_per_class: req.labels_per_class.label(),
+        pool: cfg.pool.clone(),
+        n_train: chosen.len(),
+        n_test: test.len(),
+        accuracy,
+        macro_f1: scores::macro_f1(&pred, &test_y, classes),
+        f1_per_class: class_names.iter().cloned().zip(f1).collect(),
+        majority_accuracy: majority,
+        seed: cfg.seed,
+        wall_s: t0.elapsed().as_secs_f64(),
+        evaluated_on: format!(
+            "held-out {:.0}% of the documents (split_seed {})",
+            cfg.test_fraction * 100.0,
+            cfg.split_seed
+        ),
+    };
+    let dir = match (&req.out, &req.from) {
+        (Some(d), _) => d.clone(),
+        (None, Source::Run(run)) => run.join("transfer"),
+        (None, s) => PathBuf::from(format!("runs/baseline-text-{}", s.label())),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let path = dir.join(format!(
+        "{}-{}-{}-seed{}.json",
+        req.protocol.name(),
+        req.labels_per_class.label(),
+        cfg.pool,
+        cfg.seed
+    ));
+    write_atomic(&path, &serde_json::to_vec_pretty(&result).expect("json"))?;
+    Ok((result, path))
+}
+
+/// Train the whole model with a linear head on the labelled documents; predict the held-out.
+#[allow(clippy::too_many_arguments)]
+fn finetune(
+    model: Transformer,
+    spec: &TransformerSpec,
+    train: &[&Example],
+    test: &[&Example],
+    classes: usize,
+    pad_id: u32,
+    cls: Option<bool>,
+    req: &TextTransferRequest,
+) -> Result<Vec<u32>> {
+    let cfg = &req.config;
+    let ad = req.device.clone().autodiff();
+    let head = crate::device::seeded(&ad, cfg.seed, || {
+        LinearHead::new(spec.d_model, classes, &ad)
+    });
+    let mut net = TextClassifier {
+        lm: model.to_device(&ad).train(),
+        head,
+    };
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(cfg.finetune_weight_decay as f32)
+        .init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let n = train.len();
+    let bs = cfg.finetune_batch_size.min(n).max(1);
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut pos = n;
+    for step in 0..cfg.finetune_steps {
+        if pos + bs > n {
+            order.shuffle(&mut rng);
+            pos = 0;
+        }
+        let batch: Vec<&Example> = order[pos..pos + bs].iter().map(|&i| train[i]).collect();
+        pos += bs;
+        let y: Vec<i64> = batch.iter().map(|e| e.label as i64).collect();
+        let y = Tensor::<1, Int>::from_data(TensorData::new(y, [bs]), &ad);
+        let logits = net.head.forward(pooled(&net.lm, &batch, pad_id, cls, &ad));
+        let loss = loss_fn.forward(logits, y);
+        let value = loss.clone().into_scalar::<f32>();
+        if !value.is_finite() {
+            return Err(Error::Training {
+                step,
+                message: format!("fine-tuning loss is {value}; try a lower finetune_lr"),
+            });
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        let lr = lr_at(
+            step,
+            cfg.finetune_lr,
+            cfg.finetune_steps / 10,
+            cfg.finetune_steps,
+            0.0,
+        );
+        net = optim.step(lr, net, grads);
+    }
+    let net = net.valid();
+    let mut pred = Vec::with_capacity(test.len());
+    for chunk in test.chunks(32) {
+        let logits = net
+            .head
+            .forward(pooled(&net.lm, chunk, pad_id, cls, &req.device));
+        pred.extend(logits.argmax(1).into_data().iter::<i64>().map(|p| p as u32));
+    }
+    Ok(pred)
+}

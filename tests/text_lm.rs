@@ -1,0 +1,362 @@
+//! Language models end to end through the binary, on slices of the real texts in
+//! ../shared/data/text: pretraining (causal and masked), validation loss, resume, generation,
+//! transfer to labelled documents, and clear errors for bad input.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/text")
+        .join(name)
+}
+
+fn pretext(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(args)
+        .output()
+        .expect("run pretext")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = pretext(args);
+    assert!(
+        out.status.success(),
+        "pretext {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The first `bytes` of Austen's novels as a plain .txt file.
+fn austen_slice(dir: &Path, bytes: usize) -> PathBuf {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(data("austen.txt.gz")).unwrap())
+        .read_to_string(&mut text)
+        .unwrap();
+    let mut end = bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let path = dir.join("austen.txt");
+    std::fs::write(&path, &text[..end]).unwrap();
+    path
+}
+
+const SMALL: &[&str] = &[
+    "--set",
+    "vocab=400",
+    "--set",
+    "d_model=64",
+    "--set",
+    "layers=2",
+    "--set",
+    "heads=2",
+    "--set",
+    "seq_len=48",
+    "--set",
+    "batch_size=8",
+    "--set",
+    "warmup_steps=5",
+    "--set",
+    "lr=0.003",
+    "--set",
+    "eval_every=10",
+    "--set",
+    "eval_batches=4",
+    "--set",
+    "checkpoint_every=10",
+    "--set",
+    "val_fraction=0.1",
+    "-q",
+];
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn val_losses(run: &Path) -> Vec<f64> {
+    metrics(run)
+        .iter()
+        .filter_map(|m| m.get("val_loss")?.as_f64())
+        .collect()
+}
+
+#[test]
+fn causal_lm_learns_resumes_exactly_and_generates_reproducibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let txt = austen_slice(dir.path(), 150_000);
+    let spec = format!("text:{}", txt.display());
+    let straight = dir.path().join("straight");
+    let mut args = vec![
+        "pretrain",
+        "--task",
+        "causal-lm",
+        "--data",
+        &spec,
+        "--set",
+        "steps=40",
+    ];
+    args.extend_from_slice(SMALL);
+    let out_flag = straight.to_str().unwrap();
+    let mut a = args.clone();
+    a.extend_from_slice(&["--out", out_flag]);
+    let stdout = ok(&a);
+    assert!(stdout.contains("validation loss"), "{stdout}");
+    for f in [
+        "config.toml",
+        "lm.json",
+        "tokenizer.json",
+        "tokens/train.tokens",
+        "model.safetensors",
+        "summary.json",
+        "sample.txt",
+    ] {
+        assert!(straight.join(f).exists(), "{f} missing");
+    }
+    // Validation loss falls from about ln(400) = 6.0 (the untrained model, step 0) as it learns.
+    let v = val_losses(&straight);
+    assert_eq!(v.len(), 5, "{v:?}");
+    assert!(v.iter().all(|x| x.is_finite()));
+    assert!((v[0] - 400f64.ln()).abs() < 0.5, "untrained loss {v:?}");
+    assert!(v[4] < v[0] - 0.5, "validation loss did not fall: {v:?}");
+
+    // Stopped at step 20 and resumed: the same metrics and the same weights, bit for bit.
+    let resumed = dir.path().join("resumed");
+    let mut a = args.clone();
+    a.extend_from_slice(&["--out", resumed.to_str().unwrap(), "--stop-after", "20"]);
+    ok(&a);
+    assert!(!resumed.join("model.safetensors").exists());
+    ok(&["pretrain", "--resume", resumed.to_str().unwrap(), "-q"]);
+    let strip = |run: &Path| -> Vec<String> {
+        metrics(run)
+            .into_iter()
+            .map(|mut m| {
+                let o = m.as_object_mut().unwrap();
+                o.remove("tokens_per_s");
+                o.remove("elapsed_s");
+                serde_json::to_string(o).unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(strip(&straight), strip(&resumed));
+    assert_eq!(
+        std::fs::read(straight.join("model.safetensors")).unwrap(),
+        std::fs::read(resumed.join("model.safetensors")).unwrap()
+    );
+
+    // Generation: same seed, same text; another seed, another text.
+    let run = straight.to_str().unwrap();
+    let gen = |seed: &str| {
+        ok(&[
+            "generate",
+            "--from",
+            run,
+            "--prompt",
+            "It is a truth",
+            "--tokens",
+            "30",
+            "--seed",
+            seed,
+        ])
+    };
+    let a = gen("1");
+    assert!(a.starts_with("It is a truth"), "{a}");
+    assert!(a.len() > "It is a truth".len() + 10, "{a}");
+    assert_eq!(a, gen("1"));
+    assert_ne!(a, gen("2"));
+}
+
+#[test]
+fn masked_lm_pretrains_and_its_features_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let txt = austen_slice(dir.path(), 60_000);
+    let spec = format!("text:{}", txt.display());
+    let run = dir.path().join("bert");
+    let mut a = vec![
+        "pretrain",
+        "--task",
+        "masked-lm",
+        "--data",
+        &spec,
+        "--set",
+        "steps=20",
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    a.extend_from_slice(SMALL);
+    ok(&a);
+    let v = val_losses(&run);
+    assert!(v.len() >= 2 && v.iter().all(|x| x.is_finite()), "{v:?}");
+    // The masked model cannot continue a text.
+    let out = pretext(&[
+        "generate",
+        "--from",
+        run.to_str().unwrap(),
+        "--prompt",
+        "Emma",
+        "--tokens",
+        "5",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("causal-lm"));
+
+    // A labelled JSON-lines file where the class shows in the words: letters vs digits.
+    let jsonl = dir.path().join("docs.jsonl");
+    let mut f = std::fs::File::create(&jsonl).unwrap();
+    for i in 0..200 {
+        let (text, label) = if i % 2 == 0 {
+            (format!("the lady walked to the house {i} times"), "prose")
+        } else {
+            (
+                format!("{} {} {} {}", i * 7919, i * 104729, i * 31, i),
+                "digits",
+            )
+        };
+        writeln!(f, "{}", serde_json::json!({"body": text, "kind": label})).unwrap();
+    }
+    drop(f);
+    let data = format!("jsonl:{}", jsonl.display());
+    for protocol in ["linear", "knn", "finetune"] {
+        let stdout = ok(&[
+            "transfer",
+            "--from",
+            run.to_str().unwrap(),
+            "--data",
+            &data,
+            "--labels-per-class",
+            "8",
+            "--protocol",
+            protocol,
+            "--set",
+            "text_field=body",
+            "--set",
+            "label_field=kind",
+            "--set",
+            "finetune_steps=30",
+            "--out",
+            dir.path().join("t").to_str().unwrap(),
+            "-q",
+        ]);
+        assert!(stdout.contains("macro-F1"), "{stdout}");
+    }
+    let result: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("t/linear-8-mean-seed0.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(result["n_train"], 16);
+    let acc = result["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.9, "letters vs digits is easy: {acc}");
+    // The scratch baseline with the run's architecture and tokenizer.
+    let like = format!("like={}", run.display());
+    ok(&[
+        "transfer",
+        "--from",
+        "scratch",
+        "--data",
+        &data,
+        "--labels-per-class",
+        "8",
+        "--protocol",
+        "finetune",
+        "--set",
+        "text_field=body",
+        "--set",
+        "label_field=kind",
+        "--set",
+        &like,
+        "--set",
+        "finetune_steps=20",
+        "--out",
+        dir.path().join("s").to_str().unwrap(),
+        "-q",
+    ]);
+}
+
+#[test]
+fn bad_text_input_gets_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // A JSON line without the label field: the file, the line and the field are named.
+    let jsonl = dir.path().join("mail.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"text\": \"hello\", \"label\": \"ham\"}\n{\"text\": \"buy now\"}\n",
+    )
+    .unwrap();
+    let out = pretext(&[
+        "transfer",
+        "--from",
+        "random",
+        "--data",
+        &format!("jsonl:{}", jsonl.display()),
+        "--labels-per-class",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("mail.jsonl") && err.contains("line 2") && err.contains("label"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // Invalid UTF-8: the byte offset is named.
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&bad, b"good text here\nthen \xff\xfe broken\n").unwrap();
+    let out = pretext(&[
+        "pretrain",
+        "--task",
+        "causal-lm",
+        "--data",
+        &format!("text:{}", bad.display()),
+        "--out",
+        dir.path().join("r1").to_str().unwrap(),
+        "-q",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("bad.txt") && err.contains("byte 20"), "{err}");
+
+    // An empty corpus.
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    let out = pretext(&[
+        "pretrain",
+        "--task",
+        "causal-lm",
+        "--data",
+        &format!("text:{}", empty.display()),
+        "--out",
+        dir.path().join("r2").to_str().unwrap(),
+        "-q",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("empty.txt"), "{err}");
+
+    // A bad model setting names the key and exits 2.
+    let txt = austen_slice(dir.path(), 20_000);
+    let out = pretext(&[
+        "pretrain",
+        "--task",
+        "causal-lm",
+        "--data",
+        &format!("text:{}", txt.display()),
+        "--set",
+        "heads=5",
+        "--set",
+        "tokenizer=bytes",
+        "--out",
+        dir.path().join("r3").to_str().unwrap(),
+        "-q",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("heads"), "{err}");
+}
