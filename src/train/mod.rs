@@ -11,6 +11,7 @@ pub mod optim;
 pub mod progress;
 pub mod schedule;
 pub mod step;
+pub mod text;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -7,6 +7,7 @@ pub mod knn;
 pub mod labels;
 pub mod linear_probe;
 pub mod scores;
+pub mod text;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
