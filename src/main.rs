@@ -7,9 +7,9 @@ use pretext::config::{self, PretrainConfig};
 use pretext::transfer::{
     self, labels::PerClass, Protocol, Source, TransferConfig, TransferRequest,
 };
-use pretext::{bench, compare, demo, device, tasks, train, Error, Result};
+use pretext::{bench, compare, demo, device, tasks, tokenize_cmd, train, Error, Result};
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, TokenizerCommand};
 
 fn main() {
     let cli = Cli::parse();
@@ -189,6 +189,15 @@ fn run(cli: Cli) -> Result<()> {
             println!("report: {} and {}", html.display(), md.display());
             Ok(())
         }
+        Command::Tokenizer(TokenizerCommand::Train(a)) => tokenize_cmd::train(
+            &a.data,
+            &a.text_field,
+            a.vocab,
+            a.min_frequency,
+            &a.out,
+            a.quiet,
+        ),
+        Command::Tokenizer(TokenizerCommand::Encode(a)) => tokenize_cmd::encode(&a.tokenizer, &a.text),
         Command::Bench(a) => bench::run(&bench::BenchOptions {
             backbones: a
                 .backbones
