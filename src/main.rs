@@ -197,7 +197,9 @@ fn run(cli: Cli) -> Result<()> {
             &a.out,
             a.quiet,
         ),
-        Command::Tokenizer(TokenizerCommand::Encode(a)) => tokenize_cmd::encode(&a.tokenizer, &a.text),
+        Command::Tokenizer(TokenizerCommand::Encode(a)) => {
+            tokenize_cmd::encode(&a.tokenizer, &a.text)
+        }
         Command::Bench(a) => bench::run(&bench::BenchOptions {
             backbones: a
                 .backbones

@@ -12,7 +12,11 @@ fn data(name: &str) -> String {
 }
 
 fn austen() -> TextSource {
-    TextSource::open(&format!("text:{}", data("austen.txt.gz")), &Fields::default()).unwrap()
+    TextSource::open(
+        &format!("text:{}", data("austen.txt.gz")),
+        &Fields::default(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -45,8 +49,8 @@ fn spamassassin_labels() {
         text: "text".into(),
         label: Some("label".into()),
     };
-    let src = TextSource::open(&format!("jsonl:{}", data("spamassassin.jsonl.gz")), &fields)
-        .unwrap();
+    let src =
+        TextSource::open(&format!("jsonl:{}", data("spamassassin.jsonl.gz")), &fields).unwrap();
     assert!(src.is_labelled());
     let mut counts: HashMap<String, usize> = HashMap::new();
     let mut n = 0;
@@ -64,10 +68,13 @@ fn spamassassin_labels() {
         text: "body".into(),
         label: None,
     };
-    let src = TextSource::open(&format!("jsonl:{}", data("spamassassin.jsonl.gz")), &fields)
-        .unwrap();
+    let src =
+        TextSource::open(&format!("jsonl:{}", data("spamassassin.jsonl.gz")), &fields).unwrap();
     let e = src.docs().next().unwrap().unwrap_err().to_string();
-    assert!(e.contains("line 1") && e.contains("`body`") && e.contains("`label`"), "{e}");
+    assert!(
+        e.contains("line 1") && e.contains("`body`") && e.contains("`label`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -124,13 +131,31 @@ fn tokenizer_train_command() {
         "-q",
     ]);
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
-    for want in ["kind: bpe", "vocab size: 300", "documents: 200", "characters: 23", "tokens: ", "chars/token: ", "seconds: "] {
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for want in [
+        "kind: bpe",
+        "vocab size: 300",
+        "documents: 200",
+        "characters: 23",
+        "tokens: ",
+        "chars/token: ",
+        "seconds: ",
+    ] {
         assert!(stdout.contains(want), "{want}:\n{stdout}");
     }
     let tok = Tokenizer::load(&out).unwrap();
     assert_eq!(tok.vocab_size(), 300);
-    let o = run(&["tokenizer", "encode", "--tokenizer", out.to_str().unwrap(), "a single man"]);
+    let o = run(&[
+        "tokenizer",
+        "encode",
+        "--tokenizer",
+        out.to_str().unwrap(),
+        "a single man",
+    ]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success() && stdout.contains("12 chars (bpe tokenizer, vocab 300)"),
@@ -143,14 +168,42 @@ fn tokenizer_train_command() {
         .collect();
     assert_eq!(pieces, "a single man");
     // Errors: one line, non-zero.
-    let o = run(&["tokenizer", "train", "--data", "text:/no/such.txt", "--out", "x.json"]);
+    let o = run(&[
+        "tokenizer",
+        "train",
+        "--data",
+        "text:/no/such.txt",
+        "--out",
+        "x.json",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains("/no/such.txt") && stderr.lines().count() == 1, "{stderr}");
-    let o = run(&["tokenizer", "train", "--data", &spec, "--vocab", "100", "--out", "x.json"]);
+    assert!(
+        stderr.contains("/no/such.txt") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    let o = run(&[
+        "tokenizer",
+        "train",
+        "--data",
+        &spec,
+        "--vocab",
+        "100",
+        "--out",
+        "x.json",
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    let o = run(&["tokenizer", "encode", "--tokenizer", corpus.to_str().unwrap(), "x"]);
+    let o = run(&[
+        "tokenizer",
+        "encode",
+        "--tokenizer",
+        corpus.to_str().unwrap(),
+        "x",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains("small.txt") && stderr.contains("not a usable tokenizer"), "{stderr}");
+    assert!(
+        stderr.contains("small.txt") && stderr.contains("not a usable tokenizer"),
+        "{stderr}"
+    );
 }

@@ -18,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
     out.push_str(&dec.finish());
     assert_eq!(out, s);
     // Arbitrary ids (out of range too) decode without panicking, streamed or not.
-    let raw: Vec<u32> = data.chunks(2).map(|c| c.iter().fold(0u32, |a, &b| a * 256 + b as u32) % 300).collect();
+    let raw: Vec<u32> = data
+        .chunks(2)
+        .map(|c| c.iter().fold(0u32, |a, &b| a * 256 + b as u32) % 300)
+        .collect();
     let whole = tok.decode(&raw);
     let mut dec = StreamDecoder::new(tok);
     let mut out: String = raw.iter().map(|&i| dec.push(i)).collect();

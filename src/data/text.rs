@@ -503,8 +503,8 @@ impl FileDocs {
                 ));
             }
             self.line += 1;
-            let text = std::str::from_utf8(&bytes)
-                .map_err(|e| self.utf8_error(offset, &bytes, e))?;
+            let text =
+                std::str::from_utf8(&bytes).map_err(|e| self.utf8_error(offset, &bytes, e))?;
             if text.trim().is_empty() {
                 continue;
             }
@@ -573,10 +573,7 @@ impl FileDocs {
                     None => {
                         return Err(self.line_error(
                             line,
-                            format!(
-                                "no label field `{name}` (fields present: {})",
-                                keys()
-                            ),
+                            format!("no label field `{name}` (fields present: {})", keys()),
                         ))
                     }
                 }),
@@ -658,16 +655,14 @@ mod tests {
             let docs = all(&format!("text:{}", p.display()), &Fields::default()).unwrap();
             assert_eq!(
                 texts(&docs),
-                ["First line\nsecond line", "Next para", "last without newline"]
+                [
+                    "First line\nsecond line",
+                    "Next para",
+                    "last without newline"
+                ]
             );
-            assert_eq!(
-                docs.iter().map(|d| d.line).collect::<Vec<_>>(),
-                [3, 7, 10]
-            );
-            assert_eq!(
-                docs.iter().map(|d| d.index).collect::<Vec<_>>(),
-                [0, 1, 2]
-            );
+            assert_eq!(docs.iter().map(|d| d.line).collect::<Vec<_>>(), [3, 7, 10]);
+            assert_eq!(docs.iter().map(|d| d.index).collect::<Vec<_>>(), [0, 1, 2]);
             assert_eq!(docs[0].file, p);
             assert_eq!(docs[0].label, None);
         }
@@ -682,8 +677,11 @@ mod tests {
         std::fs::write(dir.path().join("sub/c.txt"), "c1").unwrap();
         std::fs::write(dir.path().join("ignored.md"), "x").unwrap();
         std::fs::write(dir.path().join(".hidden.txt"), "x").unwrap();
-        let src = TextSource::open(&format!("text:{}", dir.path().display()), &Fields::default())
-            .unwrap();
+        let src = TextSource::open(
+            &format!("text:{}", dir.path().display()),
+            &Fields::default(),
+        )
+        .unwrap();
         assert_eq!(src.files.len(), 3);
         assert!(!src.is_labelled());
         let docs: Vec<Doc> = src.docs().collect::<Result<_, _>>().unwrap();
@@ -695,8 +693,11 @@ mod tests {
     #[test]
     fn empty_sources_are_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let e = TextSource::open(&format!("text:{}", dir.path().display()), &Fields::default())
-            .unwrap_err();
+        let e = TextSource::open(
+            &format!("text:{}", dir.path().display()),
+            &Fields::default(),
+        )
+        .unwrap_err();
         assert!(matches!(e, DataError::Empty { .. }), "{e}");
         assert!(e.to_string().contains(".txt"), "{e}");
         let p = dir.path().join("blank.txt");
@@ -743,8 +744,13 @@ mod tests {
         std::fs::write(&p, gz(text.as_bytes())).unwrap();
         let docs = all(&format!("text:{}", p.display()), &Fields::default()).unwrap();
         assert!(docs.len() >= 3, "{}", docs.len());
-        assert!(docs.iter().all(|d| d.text.len() <= MAX_PARAGRAPH_BYTES && d.line == 1));
-        assert_eq!(docs.iter().map(|d| d.text.as_str()).collect::<String>(), text);
+        assert!(docs
+            .iter()
+            .all(|d| d.text.len() <= MAX_PARAGRAPH_BYTES && d.line == 1));
+        assert_eq!(
+            docs.iter().map(|d| d.text.as_str()).collect::<String>(),
+            text
+        );
     }
 
     #[test]
@@ -757,8 +763,8 @@ mod tests {
         for (name, data) in [("bad.txt", bytes.clone()), ("bad.txt.gz", gz(&bytes))] {
             let p = dir.path().join(name);
             std::fs::write(&p, data).unwrap();
-            let src = TextSource::open(&format!("text:{}", p.display()), &Fields::default())
-                .unwrap();
+            let src =
+                TextSource::open(&format!("text:{}", p.display()), &Fields::default()).unwrap();
             let mut docs = src.docs();
             assert_eq!(docs.next().unwrap().unwrap().text, "fine");
             let e = docs.next().unwrap().unwrap_err();
@@ -776,7 +782,10 @@ mod tests {
         let p = dir.path().join("trunc.txt");
         std::fs::write(&p, b"abc\xe2\x82").unwrap();
         let e = all(&format!("text:{}", p.display()), &Fields::default()).unwrap_err();
-        assert!(e.to_string().contains("at byte 3") && e.to_string().contains("e2 82"), "{e}");
+        assert!(
+            e.to_string().contains("at byte 3") && e.to_string().contains("e2 82"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -810,15 +819,21 @@ mod tests {
             text: "text".into(),
             label: Some("label".into()),
         };
-        let src = TextSource::open(&format!("jsonl:{}", dir.path().join("d").display()), &fields)
-            .unwrap();
+        let src = TextSource::open(
+            &format!("jsonl:{}", dir.path().join("d").display()),
+            &fields,
+        )
+        .unwrap();
         assert!(src.is_labelled());
         let docs: Vec<Doc> = src.docs().collect::<Result<_, _>>().unwrap();
         assert_eq!(docs.len(), 6);
         assert_eq!(texts(&docs)[..3], ["hello", "a\nb", "t"]);
         let labels: Vec<_> = docs.iter().map(|d| d.label.clone().unwrap()).collect();
         assert_eq!(labels[..3], ["ham", "3", "true"]);
-        assert_eq!(docs.iter().map(|d| d.line).collect::<Vec<_>>(), [1, 3, 4, 1, 3, 4]);
+        assert_eq!(
+            docs.iter().map(|d| d.line).collect::<Vec<_>>(),
+            [1, 3, 4, 1, 3, 4]
+        );
         assert!(docs[4].file.ends_with("b.jsonl.gz"));
         // Another text field.
         let f2 = Fields {
@@ -841,12 +856,36 @@ mod tests {
             label: Some("label".into()),
         };
         let cases: &[(&str, &Fields, &[&str])] = &[
-            ("{\"text\": \"ok\"}\n{\"text\": \"x\",,}\n", &Fields::default(), &["line 2", "column 14", "invalid JSON"]),
-            ("{\"text\": \"ok\"}\n\n{\"body\": \"x\", \"id\": 1}\n", &Fields::default(), &["line 3", "`text`", "`body`, `id`"]),
-            ("{\"text\": 42}\n", &Fields::default(), &["line 1", "`text`", "must be a string", "a number (42)"]),
-            ("[1, 2]\n", &Fields::default(), &["line 1", "expected a JSON object", "an array"]),
-            ("{\"text\": \"x\", \"label\": \"a\"}\n{\"text\": \"y\"}\n", &labelled, &["line 2", "label field `label`", "`text`"]),
-            ("{\"text\": \"x\", \"label\": null}\n", &labelled, &["line 1", "label field `label`", "null"]),
+            (
+                "{\"text\": \"ok\"}\n{\"text\": \"x\",,}\n",
+                &Fields::default(),
+                &["line 2", "column 14", "invalid JSON"],
+            ),
+            (
+                "{\"text\": \"ok\"}\n\n{\"body\": \"x\", \"id\": 1}\n",
+                &Fields::default(),
+                &["line 3", "`text`", "`body`, `id`"],
+            ),
+            (
+                "{\"text\": 42}\n",
+                &Fields::default(),
+                &["line 1", "`text`", "must be a string", "a number (42)"],
+            ),
+            (
+                "[1, 2]\n",
+                &Fields::default(),
+                &["line 1", "expected a JSON object", "an array"],
+            ),
+            (
+                "{\"text\": \"x\", \"label\": \"a\"}\n{\"text\": \"y\"}\n",
+                &labelled,
+                &["line 2", "label field `label`", "`text`"],
+            ),
+            (
+                "{\"text\": \"x\", \"label\": null}\n",
+                &labelled,
+                &["line 1", "label field `label`", "null"],
+            ),
         ];
         for (body, fields, wants) in cases {
             std::fs::write(&p, body).unwrap();

@@ -125,7 +125,9 @@ impl Tokenizer {
         }
         if vocab_size == BYTES_VOCAB {
             let mut tok = Tokenizer::bytes();
-            tok.fallback_reason = Some(format!("a vocabulary of {BYTES_VOCAB} leaves no room for merges"));
+            tok.fallback_reason = Some(format!(
+                "a vocabulary of {BYTES_VOCAB} leaves no room for merges"
+            ));
             return Ok(tok);
         }
         if chars < TINY_CORPUS_CHARS {
@@ -257,7 +259,10 @@ impl Tokenizer {
             }
             *slot = id;
         }
-        if let Some((_, t)) = added.iter().find(|(_, t)| !SPECIALS.contains(&t.content.as_str())) {
+        if let Some((_, t)) = added
+            .iter()
+            .find(|(_, t)| !SPECIALS.contains(&t.content.as_str()))
+        {
             return Err(format!(
                 "it has an added token `{}` besides pretext's specials",
                 t.content
@@ -424,8 +429,10 @@ impl Tokenizer {
         let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
             .map_err(|_| "the tokenizers library failed on this file".to_string())?;
         let inner = parsed.map_err(|e| format!("not a tokenizer.json: {e}"))?;
-        let tok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || Tokenizer::from_inner(inner)))
-            .map_err(|_| "the tokenizers library failed on this file".to_string())??;
+        let tok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            Tokenizer::from_inner(inner)
+        }))
+        .map_err(|_| "the tokenizers library failed on this file".to_string())??;
         Ok(tok)
     }
 
@@ -620,9 +627,36 @@ mod tests {
     /// chars, specials' text and leading spaces.
     pub(crate) fn random_text(rng: &mut impl Rng) -> String {
         const PARTS: &[&str] = &[
-            "the", " the", "  ", "\n", "\n\n", "\t", "\r\n", "é", "e\u{301}", "naïve", "日本語",
-            "中文", "😀", "👩\u{200d}💻", "\u{0}", "\u{7}", "\u{1b}[0m", "<eos>", "<pad>", "'s",
-            " 123", "4.5", "\u{a0}", "\u{feff}", "\u{fffd}", "Ω", "—", "   x", "ß", "\u{10ffff}",
+            "the",
+            " the",
+            "  ",
+            "\n",
+            "\n\n",
+            "\t",
+            "\r\n",
+            "é",
+            "e\u{301}",
+            "naïve",
+            "日本語",
+            "中文",
+            "😀",
+            "👩\u{200d}💻",
+            "\u{0}",
+            "\u{7}",
+            "\u{1b}[0m",
+            "<eos>",
+            "<pad>",
+            "'s",
+            " 123",
+            "4.5",
+            "\u{a0}",
+            "\u{feff}",
+            "\u{fffd}",
+            "Ω",
+            "—",
+            "   x",
+            "ß",
+            "\u{10ffff}",
         ];
         let n = rng.gen_range(0..24);
         let mut s = String::new();
@@ -777,7 +811,10 @@ mod tests {
                 "prefix space",
             ),
             (
-                json.replace("\"normalizer\": null", "\"normalizer\": {\"type\": \"Lowercase\"}"),
+                json.replace(
+                    "\"normalizer\": null",
+                    "\"normalizer\": {\"type\": \"Lowercase\"}",
+                ),
                 "normaliser",
             ),
         ];

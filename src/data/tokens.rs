@@ -51,7 +51,10 @@ impl TokenFile {
                 path: path.to_path_buf(),
                 offset: 0,
                 what: "magic".to_string(),
-                expected: format!("{:?} (a pretext token file)", String::from_utf8_lossy(MAGIC)),
+                expected: format!(
+                    "{:?} (a pretext token file)",
+                    String::from_utf8_lossy(MAGIC)
+                ),
                 found: format!("{:?}", String::from_utf8_lossy(&header[..8])),
             }
             .into());
@@ -328,10 +331,7 @@ pub fn tokenize_corpus(
             write_batch(&mut batch, &mut meta)?;
             batch_bytes = 0;
             if let Some(bar) = &bar {
-                bar.set_message(format!(
-                    "{} documents",
-                    meta.docs_train + meta.docs_val
-                ));
+                bar.set_message(format!("{} documents", meta.docs_train + meta.docs_val));
             }
         }
     }
@@ -425,14 +425,20 @@ mod tests {
         // Every document and its EOS, in order: decode the train file back.
         let all = c.train.read(0, c.train.len() as usize).unwrap();
         let eos = tok.eos_id();
-        assert_eq!(all.iter().filter(|&&t| t == eos).count() as u64, c.docs_train);
+        assert_eq!(
+            all.iter().filter(|&&t| t == eos).count() as u64,
+            c.docs_train
+        );
         let docs: Vec<String> = all
             .split(|&t| t == eos)
             .filter(|d| !d.is_empty())
             .map(|d| tok.decode(d))
             .collect();
         let first_train = (0..500).find(|&i| !is_validation(3, i, 0.1)).unwrap();
-        assert_eq!(docs[0], format!("document number {first_train}\nsecond line é"));
+        assert_eq!(
+            docs[0],
+            format!("document number {first_train}\nsecond line é")
+        );
         // Positioned reads agree with the whole.
         assert_eq!(c.train.read(5, 7).unwrap(), all[5..12].to_vec());
         assert!(c.train.read(c.train.len() - 1, 2).is_err());
@@ -441,10 +447,16 @@ mod tests {
         assert_eq!(meta.tokens_train, c.train.len());
         assert_eq!(meta.tokenizer, tok.fingerprint());
         // Same inputs: reused (files untouched); another seed: rebuilt.
-        let before = std::fs::metadata(out.join(TRAIN_FILE)).unwrap().modified().unwrap();
+        let before = std::fs::metadata(out.join(TRAIN_FILE))
+            .unwrap()
+            .modified()
+            .unwrap();
         let again = tokenize_corpus(&src, &tok, 3, 0.1, &out, false).unwrap();
         assert_eq!(again.train.len(), c.train.len());
-        let after = std::fs::metadata(out.join(TRAIN_FILE)).unwrap().modified().unwrap();
+        let after = std::fs::metadata(out.join(TRAIN_FILE))
+            .unwrap()
+            .modified()
+            .unwrap();
         assert_eq!(before, after);
         let other = tokenize_corpus(&src, &tok, 4, 0.1, &out, false).unwrap();
         assert_eq!(other.docs_train + other.docs_val, 500);
@@ -461,14 +473,28 @@ mod tests {
     fn empty_split_is_still_written() {
         let dir = tempfile::tempdir().unwrap();
         let src = corpus(dir.path(), 3);
-        let c = tokenize_corpus(&src, &Tokenizer::bytes(), 1, 0.0, &dir.path().join("t"), false)
-            .unwrap();
+        let c = tokenize_corpus(
+            &src,
+            &Tokenizer::bytes(),
+            1,
+            0.0,
+            &dir.path().join("t"),
+            false,
+        )
+        .unwrap();
         assert_eq!(c.docs_val, 0);
         assert_eq!(c.val.len(), 0);
         assert!(c.val.is_empty());
         assert_eq!(c.val.read(0, 0).unwrap(), Vec::<u32>::new());
-        let e = tokenize_corpus(&src, &Tokenizer::bytes(), 1, 1.5, &dir.path().join("t"), false)
-            .unwrap_err();
+        let e = tokenize_corpus(
+            &src,
+            &Tokenizer::bytes(),
+            1,
+            1.5,
+            &dir.path().join("t"),
+            false,
+        )
+        .unwrap_err();
         assert_eq!(e.exit_code(), 2);
     }
 
@@ -476,8 +502,15 @@ mod tests {
     fn corrupt_token_files_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let src = corpus(dir.path(), 20);
-        let c = tokenize_corpus(&src, &Tokenizer::bytes(), 1, 0.0, &dir.path().join("t"), false)
-            .unwrap();
+        let c = tokenize_corpus(
+            &src,
+            &Tokenizer::bytes(),
+            1,
+            0.0,
+            &dir.path().join("t"),
+            false,
+        )
+        .unwrap();
         let good = std::fs::read(c.train.path()).unwrap();
         let p = dir.path().join("bad.tokens");
         let check = |bytes: &[u8], wants: &[&str]| {
@@ -489,7 +522,10 @@ mod tests {
                 assert!(msg.contains(w), "{msg} lacks {w}");
             }
         };
-        check(&good[..good.len() - 3], &["truncated", &format!("{}", good.len())]);
+        check(
+            &good[..good.len() - 3],
+            &["truncated", &format!("{}", good.len())],
+        );
         check(&good[..10], &["truncated", "20 bytes"]);
         let mut m = good.clone();
         m[0] = b'X';
@@ -506,6 +542,9 @@ mod tests {
         std::fs::write(&p, &m).unwrap();
         let f = TokenFile::open(&p).unwrap();
         let e = f.read(0, 10).unwrap_err().to_string();
-        assert!(e.contains("token 3") && e.contains("5000") && e.contains("at byte 32"), "{e}");
+        assert!(
+            e.contains("token 3") && e.contains("5000") && e.contains("at byte 32"),
+            "{e}"
+        );
     }
 }
