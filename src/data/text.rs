@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use super::DataError;
 
 /// A plain-text paragraph longer than this is cut (at the next line end, or inside a line that
-/// alone is longer), so a file without blank lines never has to fit in memory.
+/// alone is longer), so a file without blank lines never has to fit in memory: a plain-text
+/// document is always shorter than twice this.
 pub const MAX_PARAGRAPH_BYTES: usize = 64 * 1024;
 
 /// A JSON line longer than this is an error rather than an allocation without bound.
@@ -610,7 +611,7 @@ fn describe(v: &serde_json::Value) -> String {
 /// A hash of (seed, index) compared against `val_fraction`, so it needs no pass over the corpus
 /// and a document keeps its side however the corpus is read.
 pub fn is_validation(seed: u64, index: u64, val_fraction: f64) -> bool {
-    if !(val_fraction > 0.0) {
+    if val_fraction.is_nan() || val_fraction <= 0.0 {
         return false;
     }
     let h = splitmix64(splitmix64(seed ^ 0x7465_7874_7370_6c74) ^ index);

@@ -157,7 +157,7 @@ impl Tokenizer {
             Ok(d) => {
                 docs += 1;
                 if let Some(bar) = &bar {
-                    if docs % 256 == 0 {
+                    if docs.is_multiple_of(256) {
                         bar.set_message(format!("{docs} documents"));
                     }
                 }

@@ -336,7 +336,6 @@ pub fn tokenize_corpus(
         }
     }
     write_batch(&mut batch, &mut meta)?;
-    drop(write_batch);
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
