@@ -917,4 +917,61 @@ mod tests {
         assert!((0..1000).all(|i| is_validation(3, i, 1.0)));
         assert!(!is_validation(3, 1, f64::NAN));
     }
+
+    /// A cheap stand-in for the fuzz targets: random files (valid and broken UTF-8, JSON-ish
+    /// lines, gzip, damaged gzip) give documents or an error, never a panic.
+    #[test]
+    fn random_files_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let dir = tempfile::tempdir().unwrap();
+        const PARTS: &[&[u8]] = &[
+            b"\n",
+            b"\n\n",
+            b"\r\n",
+            b" ",
+            b"{",
+            b"}",
+            b"\"text\"",
+            b"\"label\"",
+            b":",
+            b",",
+            b"\"x\"",
+            b"1",
+            b"null",
+            b"[",
+            b"]",
+            b"\xff",
+            b"\xe2\x82",
+            b"\xe2\x82\xac",
+            b"word",
+        ];
+        let fields = Fields {
+            text: "text".into(),
+            label: Some("label".into()),
+        };
+        for case in 0..400 {
+            let mut bytes = Vec::new();
+            for _ in 0..rng.gen_range(0..60) {
+                bytes.extend_from_slice(PARTS[rng.gen_range(0..PARTS.len())]);
+            }
+            if case % 3 == 1 {
+                bytes = gz(&bytes);
+                if case % 2 == 0 && !bytes.is_empty() {
+                    let i = rng.gen_range(0..bytes.len());
+                    bytes[i] ^= rng.gen_range(1..=255u8);
+                }
+            }
+            for (spec, name) in [("text", "f.txt"), ("jsonl", "f.jsonl")] {
+                let p = dir.path().join(name);
+                std::fs::write(&p, &bytes).unwrap();
+                let src = TextSource::open(&format!("{spec}:{}", p.display()), &fields).unwrap();
+                for doc in src.docs() {
+                    if let Err(e) = doc {
+                        assert!(e.to_string().contains(name), "{e}");
+                    }
+                }
+            }
+        }
+    }
 }
