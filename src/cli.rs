@@ -34,6 +34,9 @@ pub enum Command {
     Report(ReportArgs),
     /// Continue a prompt with a causal language model (a `--task causal-lm` run).
     Generate(GenerateArgs),
+    /// Train a byte-level BPE tokenizer on a text corpus, or show how one splits a text.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -58,6 +61,45 @@ pub struct GenerateArgs {
     pub seed: u64,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenizerCommand {
+    /// Train byte-level BPE on a corpus and save it as a tokenizer.json.
+    Train(TokenizerTrainArgs),
+    /// Print the token ids and pieces of a text.
+    Encode(TokenizerEncodeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TokenizerTrainArgs {
+    /// Text corpus: text:PATH (.txt/.txt.gz file or folder; a document per paragraph) or
+    /// jsonl:PATH (.jsonl/.jsonl.gz file or folder; a document per line).
+    #[arg(long)]
+    pub data: String,
+    /// Vocabulary size, including the 256 byte tokens and 4 specials (260 = bytes only).
+    #[arg(long, default_value_t = 4096)]
+    pub vocab: usize,
+    /// Where to write the tokenizer (Hugging Face tokenizer.json format).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A pair must occur this often to be merged.
+    #[arg(long, default_value_t = 2)]
+    pub min_frequency: u64,
+    /// JSON lines: the field holding the text.
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TokenizerEncodeArgs {
+    /// A tokenizer.json written by `pretext tokenizer train`.
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// The text to encode.
+    pub text: String,
 }
 
 #[derive(clap::Args, Debug)]

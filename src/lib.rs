@@ -16,6 +16,7 @@ pub mod input;
 pub mod nn;
 pub mod report;
 pub mod tasks;
+pub mod tokenize_cmd;
 pub mod train;
 pub mod transfer;
 

@@ -9,9 +9,9 @@ use pretext::transfer::text::{self as text_transfer, TextTransferConfig, TextTra
 use pretext::transfer::{
     self, labels::PerClass, Protocol, Source, TransferConfig, TransferRequest,
 };
-use pretext::{bench, compare, demo, device, tasks, train, Error, Result};
+use pretext::{bench, compare, demo, device, tasks, tokenize_cmd, train, Error, Result};
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, TokenizerCommand};
 
 fn main() {
     let cli = Cli::parse();
@@ -216,6 +216,17 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Generate(a) => generate(a),
+        Command::Tokenizer(TokenizerCommand::Train(a)) => tokenize_cmd::train(
+            &a.data,
+            &a.text_field,
+            a.vocab,
+            a.min_frequency,
+            &a.out,
+            a.quiet,
+        ),
+        Command::Tokenizer(TokenizerCommand::Encode(a)) => {
+            tokenize_cmd::encode(&a.tokenizer, &a.text)
+        }
         Command::Bench(a) => bench::run(&bench::BenchOptions {
             backbones: a
                 .backbones

@@ -52,6 +52,19 @@ pub enum DataError {
     #[error("{}: {message}", path.display())]
     Empty { path: PathBuf, message: String },
 
+    /// A line of a line-based file (JSON lines) is not what was expected: bad JSON, a missing or
+    /// mistyped field. `message` says what was expected and what was found.
+    #[error("{}: line {line}: {message}", path.display())]
+    Line {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+
+    /// A tokenizer file is not a valid tokenizer, or not one pretext can use.
+    #[error("{}: not a usable tokenizer: {message}", path.display())]
+    Tokenizer { path: PathBuf, message: String },
+
     /// The data spec (`FORMAT:PATH`) is malformed or names an unknown format.
     #[error("bad data spec `{spec}`: {message}")]
     Spec { spec: String, message: String },

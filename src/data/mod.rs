@@ -12,6 +12,9 @@ pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod stl10;
+pub mod text;
+pub mod tokenizer;
+pub mod tokens;
 
 pub use error::DataError;
 
