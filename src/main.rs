@@ -190,16 +190,22 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(a) => bench::run(&bench::BenchOptions {
-            backbones: a
-                .backbones
+            tasks: a
+                .tasks
                 .split(',')
                 .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
                 .collect(),
+            backbone: a.backbone,
             batch_size: a.batch_size,
             steps: a.steps,
             python: a.python,
             device: a.device,
+            torch_device: a.torch_device,
+            loader_seconds: a.loader_seconds,
+            json: a.json,
             child: a.child,
+            dump: a.dump,
         }),
     }
 }

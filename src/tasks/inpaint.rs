@@ -368,6 +368,11 @@ impl PretextTask for Inpaint {
         }
     }
 
+    fn num_params(&self) -> usize {
+        self.gen.as_ref().map_or(0, |m| m.num_params())
+            + self.disc.as_ref().map_or(0, |m| m.num_params())
+    }
+
     fn encoder(&self) -> Backbone {
         self.gen
             .as_ref()

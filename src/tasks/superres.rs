@@ -287,6 +287,11 @@ impl PretextTask for Superres {
         }
     }
 
+    fn num_params(&self) -> usize {
+        self.gen.as_ref().map_or(0, |m| m.num_params())
+            + self.disc.as_ref().map_or(0, |m| m.num_params())
+    }
+
     fn encoder(&self) -> Backbone {
         self.gen
             .as_ref()
