@@ -385,6 +385,11 @@ def load_batch(folder, device):
     return meta, d
 
 
+def cpu_seconds():
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
 def count_params(modules):
     """Parameters plus batch-norm running statistics, as burn's num_params counts them."""
     return sum(sum(p.numel() for p in m.parameters())
@@ -411,6 +416,7 @@ def main():
     for _ in range(a.warmup):
         step()
     times = []
+    cpu0 = cpu_seconds()
     for _ in range(a.steps):
         if a.device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -419,6 +425,7 @@ def main():
         if a.device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+    cpu_ms = (cpu_seconds() - cpu0) * 1e3 / max(a.steps, 1)
     times.sort()
     n = len(times)
     median = times[n // 2] if n % 2 else (times[n // 2 - 1] + times[n // 2]) / 2
@@ -428,6 +435,7 @@ def main():
         "items_per_s": meta["images_per_step"] / median,
         "step_ms_median": median * 1e3,
         "step_ms_mean": sum(times) / n * 1e3,
+        "cpu_ms_per_step": cpu_ms,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

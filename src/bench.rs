@@ -52,6 +52,9 @@ pub struct BenchOptions {
     pub device: String,
     /// Device for the PyTorch reference; default `cpu` for `--device cpu`, else `cuda`.
     pub torch_device: Option<String>,
+    /// Compute threads of both sides: burn-flex's rayon pool (RAYON_NUM_THREADS of the child) and
+    /// torch.set_num_threads; 0 = one per core.
+    pub threads: usize,
     /// Seconds the loader is run per task.
     pub loader_seconds: f64,
     /// Also write the rows as JSON lines here.
@@ -78,6 +81,10 @@ pub struct Measurement {
     pub items_per_s: f64,
     pub step_ms_median: f64,
     pub step_ms_mean: f64,
+    /// CPU time (user + system, all threads) per timed step: less sensitive than wall time to
+    /// other processes on a shared machine.
+    #[serde(default)]
+    pub cpu_ms_per_step: f64,
     pub peak_rss_mb: f64,
     /// Images per second the real loader delivers with `make_batch` and the default workers.
     #[serde(default)]
@@ -106,8 +113,27 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 * 1e-6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn threads(opts: &BenchOptions) -> usize {
+    if opts.threads == 0 {
+        cores()
+    } else {
+        opts.threads
+    }
 }
 
 pub fn run(opts: &BenchOptions) -> Result<()> {
@@ -133,17 +159,19 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
     let scratch = std::env::temp_dir().join(format!("pretext-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
-    let torch_device = opts.torch_device.clone().unwrap_or_else(|| {
-        if opts.device == "cpu" { "cpu" } else { "cuda" }.to_string()
-    });
+    let torch_device = opts
+        .torch_device
+        .clone()
+        .unwrap_or_else(|| if opts.device == "cpu" { "cpu" } else { "cuda" }.to_string());
     eprintln!(
         "bench: {} task(s), backbone {}, {} images per step, {} timed steps (after 2 warm-up), \
-         pretext on {}, PyTorch on {torch_device}, {} cores",
+         pretext on {}, PyTorch on {torch_device}, {} compute threads on {} cores",
         opts.tasks.len(),
         opts.backbone,
         opts.batch_size,
         opts.steps,
         opts.device,
+        threads(opts),
         cores()
     );
     let mut rows = Vec::new();
@@ -162,7 +190,10 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         rows.push(Row { ours, torch });
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    println!("{}", markdown_table(&rows, &opts.device, &torch_device));
+    println!(
+        "{}",
+        markdown_table(&rows, &opts.device, &torch_device, threads(opts))
+    );
     if let Some(path) = &opts.json {
         let text: String = rows
             .iter()
@@ -182,6 +213,7 @@ fn run_child(exe: &Path, name: &str, dump: &Path, opts: &BenchOptions) -> Result
         .args(["--loader-seconds", &opts.loader_seconds.to_string()])
         .arg("--dump")
         .arg(dump)
+        .env("RAYON_NUM_THREADS", threads(opts).to_string())
         .output()
         .map_err(|e| Error::io(exe, e))?;
     serde_json::from_slice(last_line(&out.stdout)).map_err(|_| {
@@ -207,7 +239,7 @@ fn run_reference(
         .arg(dump)
         .args(["--steps", &opts.steps.to_string()])
         .args(["--device", device])
-        .args(["--threads", &cores().to_string()])
+        .args(["--threads", &threads(opts).to_string()])
         .output()
         .map_err(|e| format!("not installed ({python}: {e})"))?;
     let value: Option<serde_json::Value> = serde_json::from_slice(last_line(&out.stdout)).ok();
@@ -244,20 +276,22 @@ fn thousands(n: usize) -> String {
     out
 }
 
-fn markdown_table(rows: &[Row], device: &str, torch_device: &str) -> String {
+fn markdown_table(rows: &[Row], device: &str, torch_device: &str, threads: usize) -> String {
     let mut s = format!(
         "items = images drawn from the data per second (median step); one step = the task's own \
          training step (forward, backward, AdamW; GAN tasks: discriminator and generator steps), \
-         fp32, pretext on {device}, PyTorch on {torch_device}\n\n\
+         fp32, pretext on {device}, PyTorch on {torch_device}, {threads} compute thread(s) each; \
+         ratio = pretext/PyTorch throughput by wall time, and by CPU time per step (PyTorch CPU s / \
+         pretext CPU s; steadier on a shared machine)\n\n\
          | task | backbone | batch (inputs per step) | params pretext / PyTorch | pretext items/s | \
-         PyTorch items/s | ratio | pretext peak MB | PyTorch peak MB | loader items/s |\n\
-         |---|---|---|---|---:|---:|---:|---:|---:|---:|\n"
+         PyTorch items/s | ratio | ratio by CPU time | pretext peak MB | PyTorch peak MB | loader items/s |\n\
+         |---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     let mut notes = Vec::new();
     for r in rows {
         let o = &r.ours;
         let [c, h, w] = o.input_shape;
-        let (params, ts, ratio, tm) = match &r.torch {
+        let (params, ts, ratio, cpu_ratio, tm) = match &r.torch {
             Ok(t) => {
                 let tp = t["params"].as_u64().unwrap_or(0) as usize;
                 let its = t["items_per_s"].as_f64().unwrap_or(0.0);
@@ -274,12 +308,19 @@ fn markdown_table(rows: &[Row], device: &str, torch_device: &str) -> String {
                     p,
                     format!("{its:.1}"),
                     format!("{:.2}×", o.items_per_s / its.max(1e-9)),
+                    match t["cpu_ms_per_step"].as_f64() {
+                        Some(c) if o.cpu_ms_per_step > 0.0 => {
+                            format!("{:.2}×", c / o.cpu_ms_per_step)
+                        }
+                        _ => "-".into(),
+                    },
                     format!("{:.0}", t["peak_rss_mb"].as_f64().unwrap_or(0.0)),
                 )
             }
             Err(e) => (
                 format!("{} / -", thousands(o.params)),
                 e.clone(),
+                "-".into(),
                 "-".into(),
                 "-".into(),
             ),
@@ -294,7 +335,7 @@ fn markdown_table(rows: &[Row], device: &str, torch_device: &str) -> String {
             format!("{:.0}", o.loader_items_per_s)
         };
         s += &format!(
-            "| {} | {} | {} ({}×{c}×{h}×{w}) | {params} | {:.1} | {ts} | {ratio} | {:.0} | {tm} | {loader} |\n",
+            "| {} | {} | {} ({}×{c}×{h}×{w}) | {params} | {:.1} | {ts} | {ratio} | {cpu_ratio} | {:.0} | {tm} | {loader} |\n",
             o.task, o.backbone, o.batch, o.inputs, o.items_per_s, o.peak_rss_mb
         );
     }
@@ -307,16 +348,20 @@ fn markdown_table(rows: &[Row], device: &str, torch_device: &str) -> String {
 /// Measures one task in this process. Image tasks go through the registry; a text task adds its
 /// own branch here (its data, its batch) and one step function in `bench/reference.py`.
 pub fn measure_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
-    match name {
-        _ => measure_image_task(name, opts),
-    }
+    // A text task adds its branch before this line, e.g.
+    // `if text::is_text_task(name) { return measure_text_task(name, opts); }`.
+    measure_image_task(name, opts)
 }
 
 /// The images a task is benchmarked on: the built-in Fashion-MNIST (1×28×28); colorize needs
 /// colour, so it gets the same images tinted into 3×32×32 RGB (see [`tinted`]).
 pub fn bench_images(task: &str, n: usize) -> Result<ImageSet> {
     let set = crate::demo::builtin_dataset()?.train.take(n);
-    Ok(if task == "colorize" { tinted(&set)? } else { set })
+    Ok(if task == "colorize" {
+        tinted(&set)?
+    } else {
+        set
+    })
 }
 
 /// Fashion-MNIST turned into colour pictures: each article gets its own random foreground and
@@ -349,9 +394,8 @@ pub fn tinted(set: &ImageSet) -> Result<ImageSet> {
 
 fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     let entry = tasks::find(name).ok_or_else(|| Error::Usage(format!("unknown task '{name}'")))?;
-    let kind = BackboneKind::parse(&opts.backbone).ok_or_else(|| {
-        Error::Usage(format!("--backbone: unknown backbone '{}'", opts.backbone))
-    })?;
+    let kind = BackboneKind::parse(&opts.backbone)
+        .ok_or_else(|| Error::Usage(format!("--backbone: unknown backbone '{}'", opts.backbone)))?;
     let device = crate::device::parse(&opts.device)?.autodiff();
     let set = bench_images(name, opts.batch_size.max(256))?;
     let input = InputSpec::from_images(&set)?;
@@ -370,19 +414,36 @@ fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     let params = task.num_params();
     let make = task.make_batch();
     let images = (0..opts.batch_size)
-        .map(|i| Ok(Img::from_u8(set.channels, set.height, set.width, &set.image(i)?)))
+        .map(|i| {
+            Ok(Img::from_u8(
+                set.channels,
+                set.height,
+                set.width,
+                &set.image(i)?,
+            ))
+        })
         .collect::<Result<Vec<Img>>>()?;
     let labels = vec![0u32; images.len()];
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut batch = make(&images, &labels, &mut rng);
     batch.index = STEADY_STATE_INDEX;
     if let Some(dir) = &opts.dump {
-        dump_batch(dir, name, &opts.backbone, cfg.width(), opts.batch_size, &batch, &input, params)?;
+        dump_batch(
+            dir,
+            name,
+            &opts.backbone,
+            cfg.width(),
+            opts.batch_size,
+            &batch,
+            &input,
+            params,
+        )?;
     }
     for _ in 0..2 {
         task.step(batch.clone(), LR);
     }
     let mut times = Vec::with_capacity(opts.steps);
+    let cpu0 = cpu_seconds();
     for _ in 0..opts.steps {
         let b = batch.clone();
         let t = Instant::now();
@@ -390,6 +451,7 @@ fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
         times.push(t.elapsed().as_secs_f64());
         std::hint::black_box(stats);
     }
+    let cpu_ms_per_step = (cpu_seconds() - cpu0) * 1e3 / opts.steps.max(1) as f64;
     let peak = peak_rss_mb();
     let (median, mean) = median_mean(&mut times);
 
@@ -427,11 +489,21 @@ fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
         items_per_s: opts.batch_size as f64 / median,
         step_ms_median: median * 1e3,
         step_ms_mean: mean * 1e3,
+        cpu_ms_per_step,
         peak_rss_mb: peak,
         loader_items_per_s,
         loader_workers: workers,
-        threads: cores(),
+        threads: rayon_threads(),
     })
+}
+
+/// The size of rayon's global pool, which burn-flex computes on.
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(cores)
 }
 
 fn median_mean(times: &mut [f64]) -> (f64, f64) {
@@ -489,7 +561,10 @@ fn dump_batch(
         "params": params,
     });
     meta["task_config"] = task_settings(task);
-    write("batch.json", serde_json::to_vec_pretty(&meta).expect("json"))
+    write(
+        "batch.json",
+        serde_json::to_vec_pretty(&meta).expect("json"),
+    )
 }
 
 /// The settings of a task the reference needs to build the same model (defaults).
@@ -526,6 +601,7 @@ mod tests {
             python: "python3".into(),
             device: "cpu".into(),
             torch_device: None,
+            threads: 0,
             loader_seconds: 0.05,
             json: None,
             child: Some("rotation".into()),
@@ -535,10 +611,9 @@ mod tests {
         assert_eq!((m.batch, m.inputs, m.input_shape), (2, 8, [1, 28, 28]));
         assert!(m.params > 0 && m.items_per_s > 0.0 && m.peak_rss_mb > 0.0);
         assert!(m.loader_items_per_s > 0.0);
-        let meta: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(dir.path().join("rotation/batch.json")).unwrap(),
-        )
-        .unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("rotation/batch.json")).unwrap())
+                .unwrap();
         assert_eq!(meta["params"], m.params);
         let bytes = std::fs::read(dir.path().join("rotation/images.f32")).unwrap();
         assert_eq!(bytes.len(), 8 * 28 * 28 * 4);

@@ -161,7 +161,10 @@ pub struct DemoArgs {
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Pretext tasks to measure, comma-separated (default: every image task).
-    #[arg(long, default_value = "rotation,context,jigsaw,colorize,superres,inpaint")]
+    #[arg(
+        long,
+        default_value = "rotation,context,jigsaw,colorize,superres,inpaint"
+    )]
     pub tasks: String,
     /// Backbone of every task: convnet or resnet18.
     #[arg(long, default_value = "convnet")]
@@ -182,6 +185,10 @@ pub struct BenchArgs {
     /// Device for the PyTorch reference (default: cpu for --device cpu, otherwise cuda).
     #[arg(long)]
     pub torch_device: Option<String>,
+    /// Compute threads for both pretext (rayon pool) and PyTorch (set_num_threads); 0 = one per
+    /// core.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// Seconds the loader runs per task to measure its delivery rate.
     #[arg(long, default_value_t = 1.5)]
     pub loader_seconds: f64,

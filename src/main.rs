@@ -202,6 +202,7 @@ fn run(cli: Cli) -> Result<()> {
             python: a.python,
             device: a.device,
             torch_device: a.torch_device,
+            threads: a.threads,
             loader_seconds: a.loader_seconds,
             json: a.json,
             child: a.child,
