@@ -1,47 +1,108 @@
-//! `pretext bench`: training throughput of rotation pretraining per backbone (one step = forward,
-//! backward, AdamW on a fixed batch), peak memory, the loader's delivery rate, and the same model
-//! in PyTorch (`bench/reference.py`) on the same machine in the same invocation, with the ratio.
-//! Each measurement runs in its own child process so peak memory is its own.
+//! `pretext bench`: training throughput of every pretext task next to the same model in PyTorch.
+//!
+//! For each task one training step is driven through the task's own `PretextTask::step` (the
+//! registry's `build`, the task's `make_batch`): forward, backward and AdamW, and for the GAN
+//! tasks (superres, inpaint) the discriminator step and the generator step, exactly as
+//! `pretext pretrain` runs it. The batch is fixed (made once by the task's `make_batch` from the
+//! built-in Fashion-MNIST images; colorize gets them tinted into 3×32×32 colour images) and is
+//! written to disk, so `bench/reference.py` trains the same architecture on the very same numbers.
+//! Each side runs in its own child process, so peak memory is its own. The loader column runs the
+//! task's `make_batch` through the real [`Loader`] with the default worker count, to show data is
+//! not the bottleneck.
+//!
+//! Adding a model family (e.g. text tasks) is one branch in [`measure_task`] plus one step
+//! function in `bench/reference.py`'s `TASKS`.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::module::Module;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::config::PretrainConfig;
 use crate::data::augment::Img;
-use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::loader::{Batch, Loader, LoaderConfig};
+use crate::data::ImageSet;
 use crate::error::{Error, Result};
 use crate::input::InputSpec;
-use crate::nn::heads::LinearHead;
-use crate::nn::{BackboneKind, BackboneSpec};
-use crate::tasks::rotation::{make_batch, RotationConfig, RotationModel};
-use crate::train::optim::build_optimizer;
-use crate::train::step::{classification_step, images_tensor, labels_tensor};
+use crate::nn::BackboneKind;
+use crate::tasks::{self, TaskContext};
+
+/// The image tasks `--tasks` measures by default.
+pub const IMAGE_TASKS: &[&str] = &[
+    "rotation", "context", "jigsaw", "colorize", "superres", "inpaint",
+];
+
+/// The batch index the bench steps carry: past every task's content-only warm-up, so the GAN
+/// tasks run their full steady-state step (the generator's adversarial term included).
+const STEADY_STATE_INDEX: u64 = 1_000_000;
+
+/// Learning rate of the timed steps (the default peak rate).
+const LR: f64 = 2e-3;
 
 pub struct BenchOptions {
-    pub backbones: Vec<String>,
+    pub tasks: Vec<String>,
+    pub backbone: String,
+    /// Images drawn from the data per step (a task may expand each into several inputs).
     pub batch_size: usize,
     pub steps: usize,
     pub python: String,
     pub device: String,
+    /// Device for the PyTorch reference; default `cpu` for `--device cpu`, else `cuda`.
+    pub torch_device: Option<String>,
+    /// Compute threads of both sides: burn-flex's rayon pool (RAYON_NUM_THREADS of the child) and
+    /// torch.set_num_threads; 0 = one per core.
+    pub threads: usize,
+    /// Seconds the loader is run per task.
+    pub loader_seconds: f64,
+    /// Also write the rows as JSON lines here.
+    pub json: Option<PathBuf>,
+    /// Internal: measure this task in this process, print one JSON line.
     pub child: Option<String>,
+    /// Internal (child): write the batch for the reference here.
+    pub dump: Option<PathBuf>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Measurement {
-    backbone: String,
-    params: usize,
-    items_per_s: f64,
-    peak_rss_mb: f64,
+/// One side's measurement of one task, as a child prints it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Measurement {
+    pub task: String,
+    pub backbone: String,
+    /// Images drawn from the data per step.
+    pub batch: usize,
+    /// Network inputs per step and their shape [c, h, w] (rotation: 4 per image, context and
+    /// jigsaw: 9 patches or tiles per image).
+    pub inputs: usize,
+    pub input_shape: [usize; 3],
+    pub params: usize,
+    /// Images (drawn from the data) per second: batch / median step time.
+    pub items_per_s: f64,
+    pub step_ms_median: f64,
+    pub step_ms_mean: f64,
+    /// CPU time (user + system, all threads) per timed step: less sensitive than wall time to
+    /// other processes on a shared machine.
     #[serde(default)]
-    loader_items_per_s: f64,
+    pub cpu_ms_per_step: f64,
+    pub peak_rss_mb: f64,
+    /// Images per second the real loader delivers with `make_batch` and the default workers.
+    #[serde(default)]
+    pub loader_items_per_s: f64,
+    #[serde(default)]
+    pub loader_workers: usize,
+    #[serde(default)]
+    pub threads: usize,
 }
 
-fn peak_rss_mb() -> f64 {
+/// A row of the table: pretext's measurement and PyTorch's (or why there is none).
+#[derive(Debug, Serialize)]
+struct Row {
+    ours: Measurement,
+    torch: std::result::Result<serde_json::Value, String>,
+}
+
+pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -52,96 +113,147 @@ fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 * 1e-6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn threads(opts: &BenchOptions) -> usize {
+    if opts.threads == 0 {
+        cores()
+    } else {
+        opts.threads
+    }
+}
+
 pub fn run(opts: &BenchOptions) -> Result<()> {
     if let Some(name) = &opts.child {
-        let m = measure(name, opts)?;
+        let m = measure_task(name, opts)?;
         println!("{}", serde_json::to_string(&m).expect("json"));
         return Ok(());
     }
+    BackboneKind::parse(&opts.backbone).ok_or_else(|| {
+        Error::Usage(format!(
+            "--backbone: unknown backbone '{}'; expected convnet or resnet18",
+            opts.backbone
+        ))
+    })?;
+    for t in &opts.tasks {
+        if tasks::find(t).is_none() {
+            return Err(Error::Usage(format!(
+                "--tasks: unknown task '{t}'; known tasks: {}",
+                tasks::names().join(", ")
+            )));
+        }
+    }
     let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/reference.py");
-    let items = opts.batch_size * 4;
-    println!(
-        "rotation pretraining, one step = forward + backward + AdamW, fp32, {} inputs of 1×28×28 (Fashion-MNIST), device {}",
-        items, opts.device
+    let scratch = std::env::temp_dir().join(format!("pretext-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
+    let torch_device = opts
+        .torch_device
+        .clone()
+        .unwrap_or_else(|| if opts.device == "cpu" { "cpu" } else { "cuda" }.to_string());
+    eprintln!(
+        "bench: {} task(s), backbone {}, {} images per step, {} timed steps (after 2 warm-up), \
+         pretext on {}, PyTorch on {torch_device}, {} compute threads on {} cores",
+        opts.tasks.len(),
+        opts.backbone,
+        opts.batch_size,
+        opts.steps,
+        opts.device,
+        threads(opts),
+        cores()
     );
-    println!(
-        "{:<10} {:>10} {:>12} {:>10} {:>14} {:>12} {:>12} {:>8} {:>14}",
-        "backbone",
-        "params",
-        "pretext/s",
-        "peak MB",
-        "loader img/s",
-        "torch params",
-        "pytorch/s",
-        "torch MB",
-        "pretext/torch"
-    );
-    for name in &opts.backbones {
-        let out = Command::new(&exe)
-            .args([
-                "bench",
-                "--child",
-                name,
-                "--batch-size",
-                &opts.batch_size.to_string(),
-                "--steps",
-                &opts.steps.to_string(),
-                "--device",
-                &opts.device,
-            ])
-            .output()
-            .map_err(|e| Error::io(&exe, e))?;
-        let ours: Measurement = serde_json::from_slice(last_line(&out.stdout)).map_err(|_| {
-            Error::Usage(format!(
-                "bench child for {name} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        })?;
-        let torch_device = if opts.device == "cpu" { "cpu" } else { "cuda" };
-        let reference = Command::new(&opts.python)
-            .args([
-                script,
-                "--backbone",
-                name,
-                "--batch",
-                &items.to_string(),
-                "--steps",
-                &opts.steps.to_string(),
-                "--device",
-                torch_device,
-            ])
-            .output();
-        let theirs: Option<serde_json::Value> = reference
-            .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| serde_json::from_slice(last_line(&o.stdout)).ok());
-        let (tp, ts, tm, ratio) = match &theirs {
-            Some(t) => {
-                let s = t["items_per_s"].as_f64().unwrap_or(0.0);
-                (
-                    t["params"].as_u64().unwrap_or(0).to_string(),
-                    format!("{s:.1}"),
-                    format!("{:.0}", t["peak_rss_mb"].as_f64().unwrap_or(0.0)),
-                    format!("{:.2}×", ours.items_per_s / s.max(1e-9)),
-                )
-            }
-            None => ("-".into(), "not installed".into(), "-".into(), "-".into()),
-        };
-        println!(
-            "{:<10} {:>10} {:>12.1} {:>10.0} {:>14.0} {:>12} {:>12} {:>8} {:>14}",
-            ours.backbone,
-            ours.params,
+    let mut rows = Vec::new();
+    for name in &opts.tasks {
+        let dump = scratch.join(name);
+        let ours = run_child(&exe, name, &dump, opts)?;
+        let torch = run_reference(&opts.python, &dump, opts, &torch_device);
+        eprintln!(
+            "  {name}: pretext {:.1} img/s, PyTorch {}",
             ours.items_per_s,
-            ours.peak_rss_mb,
-            ours.loader_items_per_s,
-            tp,
-            ts,
-            tm,
-            ratio
+            match &torch {
+                Ok(t) => format!("{:.1} img/s", t["items_per_s"].as_f64().unwrap_or(0.0)),
+                Err(e) => e.clone(),
+            }
         );
+        rows.push(Row { ours, torch });
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    println!(
+        "{}",
+        markdown_table(&rows, &opts.device, &torch_device, threads(opts))
+    );
+    if let Some(path) = &opts.json {
+        let text: String = rows
+            .iter()
+            .map(|r| serde_json::to_string(r).expect("json") + "\n")
+            .collect();
+        std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
     }
     Ok(())
+}
+
+fn run_child(exe: &Path, name: &str, dump: &Path, opts: &BenchOptions) -> Result<Measurement> {
+    let out = Command::new(exe)
+        .args(["bench", "--child", name, "--backbone", &opts.backbone])
+        .args(["--batch-size", &opts.batch_size.to_string()])
+        .args(["--steps", &opts.steps.to_string()])
+        .args(["--device", &opts.device])
+        .args(["--loader-seconds", &opts.loader_seconds.to_string()])
+        .arg("--dump")
+        .arg(dump)
+        .env("RAYON_NUM_THREADS", threads(opts).to_string())
+        .output()
+        .map_err(|e| Error::io(exe, e))?;
+    serde_json::from_slice(last_line(&out.stdout)).map_err(|_| {
+        Error::Usage(format!(
+            "bench child for {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    })
+}
+
+/// Runs `bench/reference.py` on the dumped batch; Err says why there is no number.
+fn run_reference(
+    python: &str,
+    dump: &Path,
+    opts: &BenchOptions,
+    device: &str,
+) -> std::result::Result<serde_json::Value, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/reference.py");
+    let script = std::env::var("PRETEXT_BENCH_REFERENCE").unwrap_or_else(|_| script.to_string());
+    let out = Command::new(python)
+        .arg(&script)
+        .arg("--batch-dir")
+        .arg(dump)
+        .args(["--steps", &opts.steps.to_string()])
+        .args(["--device", device])
+        .args(["--threads", &threads(opts).to_string()])
+        .output()
+        .map_err(|e| format!("not installed ({python}: {e})"))?;
+    let value: Option<serde_json::Value> = serde_json::from_slice(last_line(&out.stdout)).ok();
+    match value {
+        Some(v) if out.status.success() => Ok(v),
+        Some(v) if v["error"] == "torch not installed" => Err("not installed".into()),
+        _ => Err(format!(
+            "failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        )),
+    }
 }
 
 fn last_line(bytes: &[u8]) -> &[u8] {
@@ -152,32 +264,155 @@ fn last_line(bytes: &[u8]) -> &[u8] {
     }
 }
 
-fn measure(name: &str, opts: &BenchOptions) -> Result<Measurement> {
-    let kind = BackboneKind::parse(name).ok_or_else(|| {
-        Error::Usage(format!(
-            "--backbones: unknown backbone '{name}'; expected convnet or resnet18"
-        ))
-    })?;
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn markdown_table(rows: &[Row], device: &str, torch_device: &str, threads: usize) -> String {
+    let mut s = format!(
+        "items = images drawn from the data per second (median step); one step = the task's own \
+         training step (forward, backward, AdamW; GAN tasks: discriminator and generator steps), \
+         fp32, pretext on {device}, PyTorch on {torch_device}, {threads} compute thread(s) each; \
+         ratio = pretext/PyTorch throughput by wall time, and by CPU time per step (PyTorch CPU s / \
+         pretext CPU s; steadier on a shared machine)\n\n\
+         | task | backbone | batch (inputs per step) | params pretext / PyTorch | pretext items/s | \
+         PyTorch items/s | ratio | ratio by CPU time | pretext peak MB | PyTorch peak MB | loader items/s |\n\
+         |---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    let mut notes = Vec::new();
+    for r in rows {
+        let o = &r.ours;
+        let [c, h, w] = o.input_shape;
+        let (params, ts, ratio, cpu_ratio, tm) = match &r.torch {
+            Ok(t) => {
+                let tp = t["params"].as_u64().unwrap_or(0) as usize;
+                let its = t["items_per_s"].as_f64().unwrap_or(0.0);
+                let p = if tp == o.params {
+                    format!("{} / same", thousands(o.params))
+                } else {
+                    notes.push(format!(
+                        "**PARAMETER MISMATCH** in {}: pretext {} vs PyTorch {} — the models differ",
+                        o.task, o.params, tp
+                    ));
+                    format!("{} / **{}** ≠", thousands(o.params), thousands(tp))
+                };
+                (
+                    p,
+                    format!("{its:.1}"),
+                    format!("{:.2}×", o.items_per_s / its.max(1e-9)),
+                    match t["cpu_ms_per_step"].as_f64() {
+                        Some(c) if o.cpu_ms_per_step > 0.0 => {
+                            format!("{:.2}×", c / o.cpu_ms_per_step)
+                        }
+                        _ => "-".into(),
+                    },
+                    format!("{:.0}", t["peak_rss_mb"].as_f64().unwrap_or(0.0)),
+                )
+            }
+            Err(e) => (
+                format!("{} / -", thousands(o.params)),
+                e.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ),
+        };
+        let loader = if o.loader_items_per_s < o.items_per_s {
+            notes.push(format!(
+                "**LOADER TOO SLOW** for {}: {:.0} img/s delivered < {:.0} img/s trained",
+                o.task, o.loader_items_per_s, o.items_per_s
+            ));
+            format!("**{:.0}** (slower than training)", o.loader_items_per_s)
+        } else {
+            format!("{:.0}", o.loader_items_per_s)
+        };
+        s += &format!(
+            "| {} | {} | {} ({}×{c}×{h}×{w}) | {params} | {:.1} | {ts} | {ratio} | {cpu_ratio} | {:.0} | {tm} | {loader} |\n",
+            o.task, o.backbone, o.batch, o.inputs, o.items_per_s, o.peak_rss_mb
+        );
+    }
+    for n in notes {
+        s += &format!("\n{n}\n");
+    }
+    s
+}
+
+/// Measures one task in this process. Image tasks go through the registry; a text task adds its
+/// own branch here (its data, its batch) and one step function in `bench/reference.py`.
+pub fn measure_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
+    // A text task adds its branch before this line, e.g.
+    // `if text::is_text_task(name) { return measure_text_task(name, opts); }`.
+    measure_image_task(name, opts)
+}
+
+/// The images a task is benchmarked on: the built-in Fashion-MNIST (1×28×28); colorize needs
+/// colour, so it gets the same images tinted into 3×32×32 RGB (see [`tinted`]).
+pub fn bench_images(task: &str, n: usize) -> Result<ImageSet> {
+    let set = crate::demo::builtin_dataset()?.train.take(n);
+    Ok(if task == "colorize" {
+        tinted(&set)?
+    } else {
+        set
+    })
+}
+
+/// Fashion-MNIST turned into colour pictures: each article gets its own random foreground and
+/// background colour (deterministic), is blended by its grey level and padded to 32×32.
+pub fn tinted(set: &ImageSet) -> Result<ImageSet> {
+    let (h, w, side) = (set.height, set.width, 32usize);
+    let (oy, ox) = ((side - h) / 2, (side - w) / 2);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut out = Vec::with_capacity(set.n * 3 * side * side);
+    for i in 0..set.n {
+        let grey = set.image(i)?;
+        let fg: [f32; 3] = std::array::from_fn(|_| rng.gen_range(0.2..1.0));
+        let bg: [f32; 3] = std::array::from_fn(|_| rng.gen_range(0.0..0.5));
+        for ch in 0..3 {
+            for y in 0..side {
+                for x in 0..side {
+                    let g = if (oy..oy + h).contains(&y) && (ox..ox + w).contains(&x) {
+                        grey[(y - oy) * w + (x - ox)] as f32 / 255.0
+                    } else {
+                        0.0
+                    };
+                    let v = bg[ch] * (1.0 - g) + fg[ch] * g;
+                    out.push((v * 255.0).round() as u8);
+                }
+            }
+        }
+    }
+    Ok(ImageSet::in_memory(out, None, set.n, 3, side, side))
+}
+
+fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
+    let entry = tasks::find(name).ok_or_else(|| Error::Usage(format!("unknown task '{name}'")))?;
+    let kind = BackboneKind::parse(&opts.backbone)
+        .ok_or_else(|| Error::Usage(format!("--backbone: unknown backbone '{}'", opts.backbone)))?;
     let device = crate::device::parse(&opts.device)?.autodiff();
-    device.seed(0);
-    let dataset = crate::demo::builtin_dataset()?;
-    let set = dataset.train.take(opts.batch_size.max(256));
+    let set = bench_images(name, opts.batch_size.max(256))?;
     let input = InputSpec::from_images(&set)?;
-    let spec = BackboneSpec {
-        kind,
-        in_channels: input.channels,
-        width: kind.default_width(),
-    };
-    let backbone = spec.init(&device);
-    let head = LinearHead::new(backbone.dim(), 4, &device);
-    let mut model = Some(RotationModel { backbone, head });
-    let params = model.as_ref().map_or(0, |m| m.num_params());
     let cfg = PretrainConfig {
+        task: name.into(),
         backbone: kind,
+        batch_size: opts.batch_size,
         ..Default::default()
     };
-    let mut optim = build_optimizer(&cfg);
-    let rot = RotationConfig::default();
+    let ctx = TaskContext {
+        config: &cfg,
+        input: &input,
+        device: device.clone(),
+    };
+    let mut task = crate::device::seeded(&device, 0, || (entry.build)(&ctx))?;
+    let params = task.num_params();
+    let make = task.make_batch();
     let images = (0..opts.batch_size)
         .map(|i| {
             Ok(Img::from_u8(
@@ -188,64 +423,208 @@ fn measure(name: &str, opts: &BenchOptions) -> Result<Measurement> {
             ))
         })
         .collect::<Result<Vec<Img>>>()?;
+    let labels = vec![0u32; images.len()];
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let batch = make_batch(&images, &rot, &input, &mut rng);
-    let mut step = |model: &mut Option<RotationModel>| {
-        let x = images_tensor(&mut batch.clone(), &device);
-        let y = labels_tensor(&batch.labels, &device);
-        let (m, stats) = classification_step(
-            model.take().expect("model"),
-            &mut optim,
-            1e-3,
-            y,
-            false,
-            |m| m.forward(x),
-        );
-        *model = Some(m);
-        stats.loss
-    };
+    let mut batch = make(&images, &labels, &mut rng);
+    batch.index = STEADY_STATE_INDEX;
+    if let Some(dir) = &opts.dump {
+        dump_batch(
+            dir,
+            name,
+            &opts.backbone,
+            cfg.width(),
+            opts.batch_size,
+            &batch,
+            &input,
+            params,
+        )?;
+    }
     for _ in 0..2 {
-        step(&mut model);
+        task.step(batch.clone(), LR);
     }
-    let t0 = Instant::now();
+    let mut times = Vec::with_capacity(opts.steps);
+    let cpu0 = cpu_seconds();
     for _ in 0..opts.steps {
-        step(&mut model);
+        let b = batch.clone();
+        let t = Instant::now();
+        let stats = task.step(b, LR);
+        times.push(t.elapsed().as_secs_f64());
+        std::hint::black_box(stats);
     }
-    let items_per_s = (batch.b * opts.steps) as f64 / t0.elapsed().as_secs_f64();
+    let cpu_ms_per_step = (cpu_seconds() - cpu0) * 1e3 / opts.steps.max(1) as f64;
     let peak = peak_rss_mb();
+    let (median, mean) = median_mean(&mut times);
 
-    // Loader: decode + augment + batch with the default worker count, for ~1.5 s.
-    let (rot2, input2) = (rot.clone(), input.clone());
+    // Loader: the task's make_batch over the real Loader with the default worker count.
+    let workers = crate::train::default_workers();
     let loader = Loader::new(
         Arc::new(set),
         LoaderConfig {
             batch_size: opts.batch_size,
             seed: 0,
-            workers: crate::train::default_workers(),
+            workers,
             prefetch: 4,
             start_batch: 0,
             drop_last: true,
         },
-        Arc::new(
-            move |imgs: &[Img], _l: &[u32], rng: &mut rand_chacha::ChaCha8Rng| {
-                make_batch(imgs, &rot2, &input2, rng)
-            },
-        ),
+        make,
     );
     let t1 = Instant::now();
     let mut n = 0usize;
     for b in loader {
-        n += b?.b;
-        if t1.elapsed().as_secs_f64() > 1.5 {
+        b?;
+        n += opts.batch_size;
+        if t1.elapsed().as_secs_f64() > opts.loader_seconds {
             break;
         }
     }
     let loader_items_per_s = n as f64 / t1.elapsed().as_secs_f64();
     Ok(Measurement {
-        backbone: name.into(),
+        task: name.into(),
+        backbone: opts.backbone.clone(),
+        batch: opts.batch_size,
+        inputs: batch.b,
+        input_shape: [batch.c, batch.h, batch.w],
         params,
-        items_per_s,
+        items_per_s: opts.batch_size as f64 / median,
+        step_ms_median: median * 1e3,
+        step_ms_mean: mean * 1e3,
+        cpu_ms_per_step,
         peak_rss_mb: peak,
         loader_items_per_s,
+        loader_workers: workers,
+        threads: rayon_threads(),
     })
+}
+
+/// The size of rayon's global pool, which burn-flex computes on.
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(cores)
+}
+
+fn median_mean(times: &mut [f64]) -> (f64, f64) {
+    if times.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    times.sort_by(f64::total_cmp);
+    let n = times.len();
+    let median = if n % 2 == 1 {
+        times[n / 2]
+    } else {
+        (times[n / 2 - 1] + times[n / 2]) / 2.0
+    };
+    (median, times.iter().sum::<f64>() / n as f64)
+}
+
+/// Writes the batch for `bench/reference.py`: `batch.json` (shapes, the task's settings) and the
+/// raw little-endian arrays `images.f32`, `labels.u32`, `extra.f32`.
+#[allow(clippy::too_many_arguments)]
+fn dump_batch(
+    dir: &Path,
+    task: &str,
+    backbone: &str,
+    width: usize,
+    images: usize,
+    batch: &Batch,
+    input: &InputSpec,
+    params: usize,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let write = |file: &str, bytes: Vec<u8>| {
+        let p = dir.join(file);
+        std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))
+    };
+    write("images.f32", f32s(&batch.images))?;
+    write("extra.f32", f32s(&batch.extra))?;
+    write(
+        "labels.u32",
+        batch.labels.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )?;
+    let mut meta = serde_json::json!({
+        "task": task,
+        "backbone": backbone,
+        "width": width,
+        "images_per_step": images,
+        "b": batch.b, "c": batch.c, "h": batch.h, "w": batch.w,
+        "labels": batch.labels.len(),
+        "extra": batch.extra.len(),
+        "mean": input.mean,
+        "std": input.std,
+        "data_channels": input.channels,
+        "lr": LR,
+        "weight_decay": PretrainConfig::default().weight_decay,
+        "params": params,
+    });
+    meta["task_config"] = task_settings(task);
+    write(
+        "batch.json",
+        serde_json::to_vec_pretty(&meta).expect("json"),
+    )
+}
+
+/// The settings of a task the reference needs to build the same model (defaults).
+fn task_settings(task: &str) -> serde_json::Value {
+    use crate::tasks::*;
+    match task {
+        "context" => serde_json::to_value(context::ContextConfig::default()),
+        "jigsaw" => serde_json::to_value(jigsaw::JigsawConfig::default()),
+        "colorize" => {
+            let bins = colorize::AbBins::in_gamut();
+            let mut v = serde_json::to_value(colorize::ColorizeConfig::default()).expect("json");
+            v["bins"] = serde_json::json!(bins.centres);
+            Ok(v)
+        }
+        "superres" => serde_json::to_value(superres::SuperresConfig::default()),
+        "inpaint" => serde_json::to_value(inpaint::InpaintConfig::default()),
+        _ => Ok(serde_json::json!({})),
+    }
+    .expect("json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_tiny_task_gives_a_well_formed_measurement() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = BenchOptions {
+            tasks: vec!["rotation".into()],
+            backbone: "convnet".into(),
+            batch_size: 2,
+            steps: 1,
+            python: "python3".into(),
+            device: "cpu".into(),
+            torch_device: None,
+            threads: 0,
+            loader_seconds: 0.05,
+            json: None,
+            child: Some("rotation".into()),
+            dump: Some(dir.path().join("rotation")),
+        };
+        let m = measure_task("rotation", &opts).unwrap();
+        assert_eq!((m.batch, m.inputs, m.input_shape), (2, 8, [1, 28, 28]));
+        assert!(m.params > 0 && m.items_per_s > 0.0 && m.peak_rss_mb > 0.0);
+        assert!(m.loader_items_per_s > 0.0);
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("rotation/batch.json")).unwrap())
+                .unwrap();
+        assert_eq!(meta["params"], m.params);
+        let bytes = std::fs::read(dir.path().join("rotation/images.f32")).unwrap();
+        assert_eq!(bytes.len(), 8 * 28 * 28 * 4);
+    }
+
+    #[test]
+    fn tinted_images_are_colour_and_32_square() {
+        let set = bench_images("colorize", 3).unwrap();
+        assert_eq!((set.n, set.channels, set.height, set.width), (3, 3, 32, 32));
+        let px = set.image(0).unwrap();
+        let plane = 32 * 32;
+        assert!((0..plane).any(|p| px[p] != px[plane + p] || px[p] != px[2 * plane + p]));
+    }
 }

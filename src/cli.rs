@@ -234,21 +234,45 @@ pub struct DemoArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Backbones to measure, comma-separated.
-    #[arg(long, default_value = "convnet,resnet18")]
-    pub backbones: String,
-    /// Images per step before the rotation task quadruples them.
+    /// Pretext tasks to measure, comma-separated (default: every image task).
+    #[arg(
+        long,
+        default_value = "rotation,context,jigsaw,colorize,superres,inpaint"
+    )]
+    pub tasks: String,
+    /// Backbone of every task: convnet or resnet18.
+    #[arg(long, default_value = "convnet")]
+    pub backbone: String,
+    /// Images drawn from the data per step (rotation makes 4 inputs of each, context and jigsaw
+    /// 9 patches or tiles).
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    /// Timed steps per backbone (after 2 warm-up steps).
+    /// Timed steps per task (after 2 warm-up steps); the median step is reported.
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
-    /// Python interpreter for the PyTorch reference.
+    /// Python interpreter for the PyTorch reference (bench/reference.py).
     #[arg(long, default_value = "python3")]
     pub python: String,
+    /// Device for pretext: cpu, vulkan, cuda (the latter two need the binary's feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Internal: measure one backbone in this process and print JSON.
+    /// Device for the PyTorch reference (default: cpu for --device cpu, otherwise cuda).
+    #[arg(long)]
+    pub torch_device: Option<String>,
+    /// Compute threads for both pretext (rayon pool) and PyTorch (set_num_threads); 0 = one per
+    /// core.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Seconds the loader runs per task to measure its delivery rate.
+    #[arg(long, default_value_t = 1.5)]
+    pub loader_seconds: f64,
+    /// Also write the measurements as JSON lines to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Internal: measure one task in this process and print JSON.
     #[arg(long, hide = true)]
     pub child: Option<String>,
+    /// Internal: where the child writes the batch for the reference.
+    #[arg(long, hide = true)]
+    pub dump: Option<std::path::PathBuf>,
 }

@@ -228,16 +228,23 @@ fn run(cli: Cli) -> Result<()> {
             tokenize_cmd::encode(&a.tokenizer, &a.text)
         }
         Command::Bench(a) => bench::run(&bench::BenchOptions {
-            backbones: a
-                .backbones
+            tasks: a
+                .tasks
                 .split(',')
                 .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
                 .collect(),
+            backbone: a.backbone,
             batch_size: a.batch_size,
             steps: a.steps,
             python: a.python,
             device: a.device,
+            torch_device: a.torch_device,
+            threads: a.threads,
+            loader_seconds: a.loader_seconds,
+            json: a.json,
             child: a.child,
+            dump: a.dump,
         }),
     }
 }

@@ -468,6 +468,10 @@ impl PretextTask for Colorize {
         }
     }
 
+    fn num_params(&self) -> usize {
+        self.gen.as_ref().map_or(0, |m| m.num_params())
+    }
+
     fn encoder(&self) -> Backbone {
         self.gen
             .as_ref()

@@ -282,6 +282,22 @@ pub fn make_batch(
 }
 
 /// Tensors of one inpainting batch on `device`: (masked, truth, hole [b,1,h,w], weights [b,1,h,w]).
+/// As [`batch_tensors`], moving the arrays out of the batch instead of copying them (the step).
+fn take_tensors(batch: &mut Batch, device: &Device) -> [Tensor<4>; 4] {
+    let (b, c, h, w) = (batch.b, batch.c, batch.h, batch.w);
+    let img = b * c * h * w;
+    let t = |v: Vec<f32>, ch: usize| Tensor::from_data(TensorData::new(v, [b, ch, h, w]), device);
+    let mut truth = std::mem::take(&mut batch.extra);
+    let mut hole = truth.split_off(img);
+    let weights = hole.split_off(b * h * w);
+    [
+        t(std::mem::take(&mut batch.images), c),
+        t(truth, c),
+        t(hole, 1),
+        t(weights, 1),
+    ]
+}
+
 fn batch_tensors(batch: &Batch, device: &Device) -> [Tensor<4>; 4] {
     let (b, c, h, w) = (batch.b, batch.c, batch.h, batch.w);
     let img = b * c * h * w;
@@ -324,8 +340,8 @@ impl PretextTask for Inpaint {
         Arc::new(move |images, _labels, rng| make_batch(images, &config, &input, rng))
     }
 
-    fn step(&mut self, batch: Batch, lr: f64) -> StepStats {
-        let [masked, truth, hole, weights] = batch_tensors(&batch, &self.device);
+    fn step(&mut self, mut batch: Batch, lr: f64) -> StepStats {
+        let [masked, truth, hole, weights] = take_tensors(&mut batch, &self.device);
         let gen = self.gen.take().expect("generator present between steps");
         let disc = self
             .disc
@@ -366,6 +382,11 @@ impl PretextTask for Inpaint {
             ],
             skipped: false,
         }
+    }
+
+    fn num_params(&self) -> usize {
+        self.gen.as_ref().map_or(0, |m| m.num_params())
+            + self.disc.as_ref().map_or(0, |m| m.num_params())
     }
 
     fn encoder(&self) -> Backbone {

@@ -316,6 +316,10 @@ impl PretextTask for Jigsaw {
         stats
     }
 
+    fn num_params(&self) -> usize {
+        self.model.as_ref().map_or(0, |m| m.num_params())
+    }
+
     fn encoder(&self) -> Backbone {
         self.model.as_ref().expect("model present").backbone.clone()
     }

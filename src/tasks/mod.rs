@@ -66,6 +66,9 @@ pub trait PretextTask {
     fn step(&mut self, batch: Batch, lr: f64) -> StepStats;
     /// The part that transfers downstream.
     fn encoder(&self) -> Backbone;
+    /// Trainable parameters plus batch-norm running statistics of every model the task trains
+    /// (generator and discriminator for the GAN tasks), as burn's `num_params` counts them.
+    fn num_params(&self) -> usize;
     /// What the encoder is fed, given the dataset's input spec `data`: by default the images as
     /// they are; colorization feeds the lightness channel only.
     fn encoder_input(&self, data: &InputSpec) -> (InputSpec, InputTransform) {

@@ -167,6 +167,10 @@ impl PretextTask for Rotation {
         stats
     }
 
+    fn num_params(&self) -> usize {
+        self.model.as_ref().map_or(0, |m| m.num_params())
+    }
+
     fn encoder(&self) -> Backbone {
         self.model.as_ref().expect("model present").backbone.clone()
     }
