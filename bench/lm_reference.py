@@ -5,7 +5,7 @@ qkv, GELU MLP, final LayerNorm, head tied to the token embedding; causal or bidi
 training step (forward, cross-entropy, backward, AdamW with betas (0.9, 0.95), weight decay 0.1,
 gradient norm clipped per parameter tensor as burn does) at the same shapes, fp32.
 
-Prints one JSON line: {"task", "params", "items_per_s" (tokens/s), "step_s", "peak_rss_mb",
+Prints one JSON line: {"task", "params", "items_per_s" (tokens/s, median step), "step_ms_median", "cpu_ms_per_step", "peak_rss_mb",
 "torch", "threads"}. Exits 3 with {"error": "torch not installed"} when PyTorch is missing."""
 import argparse
 import json
@@ -103,17 +103,22 @@ def main():
         step()
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    times = []
+    c0 = time.process_time()
     for _ in range(a.steps):
+        t0 = time.perf_counter()
         step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    dt = (time.perf_counter() - t0) / a.steps
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    cpu_ms = (time.process_time() - c0) * 1e3 / a.steps
+    dt = sorted(times)[len(times) // 2]
     print(json.dumps({
         "task": a.task,
         "params": params,
         "items_per_s": b * t / dt,
-        "step_s": dt,
+        "step_ms_median": dt * 1e3,
+        "cpu_ms_per_step": cpu_ms,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -27,8 +27,11 @@ use crate::data::loader::{Batch, Loader, LoaderConfig};
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
 use crate::input::InputSpec;
+use crate::nn::transformer::{Transformer, TransformerSpec};
 use crate::nn::BackboneKind;
+use crate::tasks::text as text_tasks;
 use crate::tasks::{self, TaskContext};
+use crate::train::lm_step::lm_step;
 
 /// The image tasks `--tasks` measures by default.
 pub const IMAGE_TASKS: &[&str] = &[
@@ -149,10 +152,11 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         ))
     })?;
     for t in &opts.tasks {
-        if tasks::find(t).is_none() {
+        if tasks::find(t).is_none() && text_tasks::find(t).is_none() {
             return Err(Error::Usage(format!(
-                "--tasks: unknown task '{t}'; known tasks: {}",
-                tasks::names().join(", ")
+                "--tasks: unknown task '{t}'; known tasks: {}, {}",
+                tasks::names().join(", "),
+                text_tasks::names().join(", ")
             )));
         }
     }
@@ -180,10 +184,10 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         let ours = run_child(&exe, name, &dump, opts)?;
         let torch = run_reference(&opts.python, &dump, opts, &torch_device);
         eprintln!(
-            "  {name}: pretext {:.1} img/s, PyTorch {}",
+            "  {name}: pretext {:.1} items/s, PyTorch {}",
             ours.items_per_s,
             match &torch {
-                Ok(t) => format!("{:.1} img/s", t["items_per_s"].as_f64().unwrap_or(0.0)),
+                Ok(t) => format!("{:.1} items/s", t["items_per_s"].as_f64().unwrap_or(0.0)),
                 Err(e) => e.clone(),
             }
         );
@@ -231,12 +235,32 @@ fn run_reference(
     opts: &BenchOptions,
     device: &str,
 ) -> std::result::Result<serde_json::Value, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/reference.py");
-    let script = std::env::var("PRETEXT_BENCH_REFERENCE").unwrap_or_else(|_| script.to_string());
-    let out = Command::new(python)
-        .arg(&script)
-        .arg("--batch-dir")
-        .arg(dump)
+    let text = dump
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(text_tasks::find);
+    let mut cmd = Command::new(python);
+    if let Some(entry) = text {
+        let s = text_spec(entry.causal);
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/lm_reference.py");
+        cmd.arg(script).args(["--task", entry.name]).args([
+            format!("--vocab={}", s.vocab),
+            format!("--d-model={}", s.d_model),
+            format!("--layers={}", s.layers),
+            format!("--heads={}", s.heads),
+            format!("--d-ff={}", s.d_ff),
+            format!("--max-len={}", s.max_len),
+            format!("--seq-len={}", s.max_len),
+            format!("--batch-size={}", opts.batch_size),
+            format!("--dropout={}", s.dropout),
+        ]);
+    } else {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/reference.py");
+        let script =
+            std::env::var("PRETEXT_BENCH_REFERENCE").unwrap_or_else(|_| script.to_string());
+        cmd.arg(script).arg("--batch-dir").arg(dump);
+    }
+    let out = cmd
         .args(["--steps", &opts.steps.to_string()])
         .args(["--device", device])
         .args(["--threads", &threads(opts).to_string()])
@@ -325,6 +349,29 @@ fn markdown_table(rows: &[Row], device: &str, torch_device: &str, threads: usize
                 "-".into(),
             ),
         };
+        if let Some(entry) = text_tasks::find(&o.task) {
+            let spec = text_spec(entry.causal);
+            let flops = 3.0 * spec.flops_per_token(spec.max_len);
+            let gflops = |tok_s: f64| flops * tok_s / 1e9;
+            let torch = r
+                .torch
+                .as_ref()
+                .ok()
+                .and_then(|t| t["items_per_s"].as_f64())
+                .map_or(String::new(), |t| {
+                    format!(", PyTorch {t:.0} tokens/s = {:.1} GFLOP/s", gflops(t))
+                });
+            notes.push(format!(
+                "{}: items are tokens ({} sequences × {} tokens per step); ~{:.1} MFLOP per token per \
+                 training step (3 × forward matmuls) → pretext {:.0} tokens/s = {:.1} GFLOP/s{torch}",
+                o.task,
+                o.batch,
+                spec.max_len,
+                flops / 1e6,
+                o.items_per_s,
+                gflops(o.items_per_s)
+            ));
+        }
         let loader = if o.loader_items_per_s < o.items_per_s {
             notes.push(format!(
                 "**LOADER TOO SLOW** for {}: {:.0} img/s delivered < {:.0} img/s trained",
@@ -348,9 +395,89 @@ fn markdown_table(rows: &[Row], device: &str, torch_device: &str, threads: usize
 /// Measures one task in this process. Image tasks go through the registry; a text task adds its
 /// own branch here (its data, its batch) and one step function in `bench/reference.py`.
 pub fn measure_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
-    // A text task adds its branch before this line, e.g.
-    // `if text::is_text_task(name) { return measure_text_task(name, opts); }`.
+    if text_tasks::find(name).is_some() {
+        return measure_text_task(name, opts);
+    }
     measure_image_task(name, opts)
+}
+
+/// The text model of the language-model rows: the `tiny` preset (4 layers × 128, 4 heads,
+/// context 128) with a 4,096-token vocabulary, `opts.batch_size` sequences of 128 tokens.
+pub fn text_spec(causal: bool) -> TransformerSpec {
+    TransformerSpec::preset("tiny", 4096, causal).expect("the tiny preset exists")
+}
+
+/// One language-model training step (forward, masked cross-entropy, backward, AdamW with the
+/// pretraining settings) on random token windows; items are tokens. The "loader" column is
+/// the rate at which windows are cut from a token file and made into batches by the task.
+fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
+    let entry = text_tasks::find(name).expect("checked by the caller");
+    let device = crate::device::parse(&opts.device)?.autodiff();
+    let spec = text_spec(entry.causal);
+    let t = spec.max_len;
+    let b = opts.batch_size;
+    let specials = text_tasks::Specials {
+        vocab: spec.vocab,
+        pad: 0,
+        eos: 1,
+        mask: 2,
+        cls: 3,
+        ordinary: (4..spec.vocab as u32).collect(),
+    };
+    let task = (entry.build)(&toml::Value::Table(Default::default()), &specials)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let corpus: Vec<u32> = (0..200_000)
+        .map(|_| rng.gen_range(4..spec.vocab as u32))
+        .collect();
+    let wlen = task.window_len(t);
+    let windows = |rng: &mut rand_chacha::ChaCha8Rng| -> Vec<Vec<u32>> {
+        (0..b)
+            .map(|_| {
+                let o = rng.gen_range(0..corpus.len() - wlen);
+                corpus[o..o + wlen].to_vec()
+            })
+            .collect()
+    };
+    let batch = task.make_batch(&windows(&mut rng), &mut rng);
+    let cfg = crate::train::text::TextConfig::default();
+    let mut model = crate::device::seeded(&device, 0, || spec.init(&device));
+    let mut optim = crate::train::text::optimizer(&cfg);
+    let mut step = |model: Transformer| lm_step(model, &mut optim, &batch, 1e-3, false).0;
+    for _ in 0..2 {
+        model = step(model);
+    }
+    let mut times = Vec::with_capacity(opts.steps);
+    let cpu0 = cpu_seconds();
+    for _ in 0..opts.steps {
+        let t0 = Instant::now();
+        model = step(model);
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    let cpu_ms_per_step = (cpu_seconds() - cpu0) * 1e3 / opts.steps.max(1) as f64;
+    let peak = peak_rss_mb();
+    let (median, mean) = median_mean(&mut times);
+    let t1 = Instant::now();
+    let mut made = 0usize;
+    while t1.elapsed().as_secs_f64() < opts.loader_seconds.min(1.0) {
+        let w = windows(&mut rng);
+        made += task.make_batch(&w, &mut rng).inputs.len();
+    }
+    Ok(Measurement {
+        task: name.into(),
+        backbone: "transformer-tiny".into(),
+        batch: b,
+        inputs: b * t,
+        input_shape: [1, 1, t],
+        params: spec.parameters(),
+        items_per_s: (b * t) as f64 / median,
+        step_ms_median: median * 1e3,
+        step_ms_mean: mean * 1e3,
+        cpu_ms_per_step,
+        peak_rss_mb: peak,
+        loader_items_per_s: made as f64 / t1.elapsed().as_secs_f64(),
+        loader_workers: 1,
+        threads: rayon_threads(),
+    })
 }
 
 /// The images a task is benchmarked on: the built-in Fashion-MNIST (1×28×28); colorize needs

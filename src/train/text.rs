@@ -255,7 +255,7 @@ pub struct TextPretrainRequest {
     pub quiet: bool,
 }
 
-fn optimizer(cfg: &TextConfig) -> ModuleOptimizer {
+pub fn optimizer(cfg: &TextConfig) -> ModuleOptimizer {
     AdamWConfig::new()
         .with_beta_2(0.95)
         .with_weight_decay(cfg.weight_decay as f32)
