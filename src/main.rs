@@ -25,22 +25,18 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Tasks => {
-            let text = tasks::text::TEXT_TASKS
+            let all: Vec<(&str, &str, &str)> = tasks::TASKS
                 .iter()
-                .map(|t| (t.name, t.description));
-            let all: Vec<(&str, &str)> = tasks::TASKS
-                .iter()
-                .map(|t| (t.name, t.description))
-                .chain(text)
+                .map(|t| (t.name, "images", t.description))
+                .chain(
+                    tasks::text::TEXT_TASKS
+                        .iter()
+                        .map(|t| (t.name, "text", t.description)),
+                )
                 .collect();
             let width = all.iter().map(|t| t.0.len()).max().unwrap_or(0);
-            println!("images:");
-            for (name, description) in &all[..tasks::TASKS.len()] {
-                println!("  {name:width$}  {description}");
-            }
-            println!("text:");
-            for (name, description) in &all[tasks::TASKS.len()..] {
-                println!("  {name:width$}  {description}");
+            for (name, kind, description) in &all {
+                println!("{name:width$}  {kind:6}  {description}");
             }
             Ok(())
         }

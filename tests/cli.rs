@@ -174,11 +174,13 @@ fn pretrain_then_transfer_writes_the_expected_files() {
 #[test]
 fn tasks_lists_rotation() {
     let out = ok(&["tasks"]);
-    assert!(
+    let listed = |name: &str, word: &str| {
         out.lines()
-            .any(|l| l.starts_with("rotation") && l.contains("90")),
-        "{out}"
-    );
+            .any(|l| l.trim_start().starts_with(name) && l.contains(word))
+    };
+    assert!(listed("rotation", "90"), "{out}");
+    assert!(listed("causal-lm", "next token"), "{out}");
+    assert!(listed("masked-lm", "15%"), "{out}");
 }
 
 fn fails(args: &[&str], code: i32, needle: &str) {

@@ -292,6 +292,13 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
             label: Some(cfg.label_field.clone()),
         },
     )?;
+    if !source.is_labelled() {
+        return Err(Error::Usage(format!(
+            "{data}: plain text has no labels; transfer needs labelled documents, e.g. \
+             --data jsonl:FILE with a `{}` field (--set label_field=NAME)",
+            cfg.label_field
+        )));
+    }
     let (spec, model, tok) = load_model(&req.from, cfg, &req.device)?;
     let max_tokens = if cfg.max_tokens == 0 {
         spec.max_len
