@@ -79,7 +79,7 @@ impl TransformerSpec {
                 return Err(Error::config(key, "must be at least 1, found 0"));
             }
         }
-        if self.d_model % self.heads != 0 {
+        if !self.d_model.is_multiple_of(self.heads) {
             return Err(Error::config(
                 "heads",
                 format!(

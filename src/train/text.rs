@@ -260,7 +260,7 @@ pub fn optimizer(cfg: &TextConfig) -> ModuleOptimizer {
         .with_beta_2(0.95)
         .with_weight_decay(cfg.weight_decay as f32)
         .with_grad_clipping(
-            (cfg.grad_clip > 0.0).then(|| GradientClippingConfig::Norm(cfg.grad_clip as f32)),
+            (cfg.grad_clip > 0.0).then_some(GradientClippingConfig::Norm(cfg.grad_clip as f32)),
         )
         .init()
 }
