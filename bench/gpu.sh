@@ -11,7 +11,7 @@
 # Environment:
 #   PRETEXT_BIN   the carried binary (default target/release/pretext)
 #   OUT           where the table, the JSON lines and the machine facts go (default ./bench-gpu)
-#   TASKS         default rotation,context,jigsaw,colorize,superres,inpaint
+#   TASKS         default rotation,context,jigsaw,colorize,superres,inpaint,causal-lm,masked-lm
 #   BACKBONE      default convnet
 #   BATCH         images per step (default 128)
 #   STEPS         timed steps per task (default 20)
@@ -22,7 +22,7 @@ set -euo pipefail
 
 BIN=${PRETEXT_BIN:-target/release/pretext}
 OUT=${OUT:-bench-gpu}
-TASKS=${TASKS:-rotation,context,jigsaw,colorize,superres,inpaint}
+TASKS=${TASKS:-rotation,context,jigsaw,colorize,superres,inpaint,causal-lm,masked-lm}
 BACKBONE=${BACKBONE:-convnet}
 BATCH=${BATCH:-128}
 STEPS=${STEPS:-20}

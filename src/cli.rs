@@ -234,10 +234,11 @@ pub struct DemoArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Pretext tasks to measure, comma-separated (default: every image task).
+    /// Pretext tasks to measure, comma-separated (default: every task; causal-lm and masked-lm
+    /// use the tiny transformer with 128-token sequences and report tokens/s).
     #[arg(
         long,
-        default_value = "rotation,context,jigsaw,colorize,superres,inpaint"
+        default_value = "rotation,context,jigsaw,colorize,superres,inpaint,causal-lm,masked-lm"
     )]
     pub tasks: String,
     /// Backbone of every task: convnet or resnet18.
