@@ -134,27 +134,7 @@ pub fn open_dataset(cfg: &PretrainConfig, skip_bad: bool) -> Result<Dataset> {
 
 pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     let run = req.out.clone();
-    let (cfg, resumed) = if req.resume {
-        let path = run.join("config.toml");
-        if !path.exists() {
-            return Err(Error::Usage(format!(
-                "--resume {}: no config.toml there; is it a run directory?",
-                run.display()
-            )));
-        }
-        let cfg: PretrainConfig = config::from_toml_file(&path)?;
-        let ckpt = latest_checkpoint(&run)?;
-        (cfg, ckpt)
-    } else {
-        if latest_checkpoint(&run)?.is_some() {
-            return Err(Error::Usage(format!(
-                "{} already holds a run with checkpoints; continue it with --resume {} or choose another --out",
-                run.display(),
-                run.display()
-            )));
-        }
-        (req.config.clone(), None)
-    };
+    let (cfg, resumed) = run_start(&run, req.resume, &req.config)?;
     cfg.validate()?;
     let entry = tasks::find(&cfg.task).ok_or_else(|| {
         Error::Usage(format!(
@@ -252,25 +232,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
             task.save(dir)?;
             save_encoder(&task.encoder(), &dir.join("encoder.safetensors"))
         })
-        .map_err(|e| {
-            let kept = match latest_checkpoint(&run) {
-                Ok(Some((dir, s))) => format!(
-                    "the last complete checkpoint (step {}) is intact in {}",
-                    s.step,
-                    dir.display()
-                ),
-                _ => "no earlier checkpoint exists".into(),
-            };
-            Error::Training {
-                step,
-                message: format!(
-                    "could not write checkpoint {step}: {}; {kept}; fix the output \
-                     directory (space, permissions) and continue with --resume {}",
-                    e.chain(),
-                    run.display()
-                ),
-            }
-        })
+        .map_err(|e| checkpoint_failed(&run, step, &e))
     };
 
     let progress = Progress::new(
@@ -450,6 +412,55 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         &serde_json::to_vec_pretty(&summary).expect("json"),
     )?;
     Ok(summary)
+}
+
+/// The config and newest checkpoint of the run in `run` for `--resume`; for a new run, `config`
+/// after checking that `run` does not already hold one (never overwrite a run's checkpoints).
+pub(crate) fn run_start<C: Clone + serde::de::DeserializeOwned>(
+    run: &Path,
+    resume: bool,
+    config: &C,
+) -> Result<(C, Option<(PathBuf, CheckpointState)>)> {
+    if resume {
+        let path = run.join("config.toml");
+        if !path.exists() {
+            return Err(Error::Usage(format!(
+                "--resume {}: no config.toml there; is it a run directory?",
+                run.display()
+            )));
+        }
+        return Ok((config::from_toml_file(&path)?, latest_checkpoint(run)?));
+    }
+    if latest_checkpoint(run)?.is_some() {
+        return Err(Error::Usage(format!(
+            "{} already holds a run with checkpoints; continue it with --resume {} or choose another --out",
+            run.display(),
+            run.display()
+        )));
+    }
+    Ok((config.clone(), None))
+}
+
+/// The error for a checkpoint that could not be written: why, which checkpoint is still intact,
+/// and how to continue.
+pub(crate) fn checkpoint_failed(run: &Path, step: u64, e: &Error) -> Error {
+    let kept = match latest_checkpoint(run) {
+        Ok(Some((dir, s))) => format!(
+            "the last complete checkpoint (step {}) is intact in {}",
+            s.step,
+            dir.display()
+        ),
+        _ => "no earlier checkpoint exists".into(),
+    };
+    Error::Training {
+        step,
+        message: format!(
+            "could not write checkpoint {step}: {}; {kept}; fix the output \
+             directory (space, permissions) and continue with --resume {}",
+            e.chain(),
+            run.display()
+        ),
+    }
 }
 
 pub fn default_workers() -> usize {

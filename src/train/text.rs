@@ -330,20 +330,7 @@ fn make_tokenizer(cfg: &TextConfig, source: &TextSource, quiet: bool) -> Result<
 
 pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
     let run = req.out.clone();
-    let (cfg, resumed) = if req.resume {
-        let path = run.join("config.toml");
-        let cfg: TextConfig = config::from_toml_file(&path)?;
-        (cfg, latest_checkpoint(&run)?)
-    } else {
-        if latest_checkpoint(&run)?.is_some() {
-            return Err(Error::Usage(format!(
-                "{} already holds a run with checkpoints; continue it with --resume {} or choose another --out",
-                run.display(),
-                run.display()
-            )));
-        }
-        (req.config.clone(), None)
-    };
+    let (cfg, resumed) = super::run_start(&run, req.resume, &req.config)?;
     cfg.validate()?;
     let entry = text_tasks::find(&cfg.task).ok_or_else(|| {
         Error::Usage(format!(
@@ -482,14 +469,7 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
             checkpoint::save_module(model.clone(), &dir.join("model.bpk"))?;
             checkpoint::save_optimizer(optim, &dir.join("optim.bpk"))
         })
-        .map_err(|e| Error::Training {
-            step,
-            message: format!(
-                "could not write checkpoint {step}: {}; fix the output directory (space, permissions) and continue with --resume {}",
-                e.chain(),
-                run.display()
-            ),
-        })
+        .map_err(|e| super::checkpoint_failed(&run, step, &e))
     };
 
     if evaluate && start == 0 {
