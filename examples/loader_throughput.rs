@@ -38,7 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t0.elapsed().as_secs_f64()
     );
     let rot = RotationConfig::default();
-    let workers = pretext::train::default_workers();
+    let workers = pretext::engine::default_workers();
     let loader = Loader::new(
         set,
         LoaderConfig {
@@ -58,7 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t1 = Instant::now();
     let mut n = 0usize;
     for b in loader {
-        n += b?.b / 4; // rotation expands each source image into 4 inputs
+        n += b?.shape[0] / 4; // rotation expands each source image into 4 inputs
         if t1.elapsed().as_secs_f64() > secs {
             break;
         }

@@ -1,9 +1,9 @@
 //! `pretext bench`: training throughput of every pretext task next to the same model in PyTorch.
 //!
-//! For each task one training step is driven through the task's own `PretextTask::step` (the
-//! registry's `build`, the task's `make_batch`): forward, backward and AdamW, and for the GAN
-//! tasks (superres, inpaint) the discriminator step and the generator step, exactly as
-//! `pretext pretrain` runs it. The batch is fixed (made once by the task's `make_batch` from the
+//! For each task one training step is driven through the engine's step of the task (the
+//! registry's `build`, the task's `make_batch`, `engine::Bound`): forward, backward and AdamW, and
+//! for the GAN tasks (superres, inpaint) the discriminator step and the generator step, exactly
+//! as `pretext pretrain` runs it. The batch is fixed (made once by the task's `make_batch` from the
 //! built-in Fashion-MNIST images; colorize gets them tinted into 3×32×32 colour images) and is
 //! written to disk, so `bench/reference.py` trains the same architecture on the very same numbers.
 //! Each side runs in its own child process, so peak memory is its own. The loader column runs the
@@ -23,22 +23,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::PretrainConfig;
 use crate::data::augment::Img;
-use crate::data::loader::{Batch, Loader, LoaderConfig};
+use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::ImageSet;
+use crate::engine::optim::lm_optimizer;
+use crate::engine::Bound;
 use crate::error::{Error, Result};
 use crate::input::InputSpec;
-use crate::nn::transformer::{Transformer, TransformerSpec};
+use crate::nn::transformer::TransformerSpec;
 use crate::nn::BackboneKind;
-use crate::tasks::text as text_tasks;
-use crate::tasks::{self, TaskContext};
-use crate::train::lm_step::lm_step;
+use crate::tasks::lm::LmTask;
+use crate::tasks::{self, FlatBatch, TaskContext};
 
 /// The image tasks `--tasks` measures by default.
 pub const IMAGE_TASKS: &[&str] = &[
     "rotation", "context", "jigsaw", "colorize", "superres", "inpaint",
 ];
 
-/// The batch index the bench steps carry: past every task's content-only warm-up, so the GAN
+/// The step number the bench steps carry: past every task's content-only warm-up, so the GAN
 /// tasks run their full steady-state step (the generator's adversarial term included).
 const STEADY_STATE_INDEX: u64 = 1_000_000;
 
@@ -152,11 +153,11 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         ))
     })?;
     for t in &opts.tasks {
-        if tasks::find(t).is_none() && text_tasks::find(t).is_none() {
+        if tasks::find(t).is_none() {
             return Err(Error::Usage(format!(
                 "--tasks: unknown task '{t}'; known tasks: {}, {}",
-                tasks::names().join(", "),
-                text_tasks::names().join(", ")
+                tasks::image_names().join(", "),
+                tasks::text_names().join(", ")
             )));
         }
     }
@@ -238,10 +239,10 @@ fn run_reference(
     let text = dump
         .file_name()
         .and_then(|n| n.to_str())
-        .and_then(text_tasks::find);
+        .and_then(tasks::find_text);
     let mut cmd = Command::new(python);
     if let Some(entry) = text {
-        let s = text_spec(entry.causal);
+        let s = text_spec(entry.causal());
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/lm_reference.py");
         cmd.arg(script).args(["--task", entry.name]).args([
             format!("--vocab={}", s.vocab),
@@ -349,8 +350,8 @@ fn markdown_table(rows: &[Row], device: &str, torch_device: &str, threads: usize
                 "-".into(),
             ),
         };
-        if let Some(entry) = text_tasks::find(&o.task) {
-            let spec = text_spec(entry.causal);
+        if let Some(entry) = tasks::find_text(&o.task) {
+            let spec = text_spec(entry.causal());
             let flops = 3.0 * spec.flops_per_token(spec.max_len);
             let gflops = |tok_s: f64| flops * tok_s / 1e9;
             let torch = r
@@ -395,7 +396,7 @@ fn markdown_table(rows: &[Row], device: &str, torch_device: &str, threads: usize
 /// Measures one task in this process. Image tasks go through the registry; a text task adds its
 /// own branch here (its data, its batch) and one step function in `bench/reference.py`.
 pub fn measure_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
-    if text_tasks::find(name).is_some() {
+    if tasks::find_text(name).is_some() {
         return measure_text_task(name, opts);
     }
     measure_image_task(name, opts)
@@ -411,12 +412,15 @@ pub fn text_spec(causal: bool) -> TransformerSpec {
 /// pretraining settings) on random token windows; items are tokens. The "loader" column is
 /// the rate at which windows are cut from a token file and made into batches by the task.
 fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
-    let entry = text_tasks::find(name).expect("checked by the caller");
+    let entry = tasks::find_text(name).expect("checked by the caller");
+    let tasks::Build::Text { causal, build } = entry.build else {
+        unreachable!("a text task");
+    };
     let device = crate::device::parse(&opts.device)?.autodiff();
-    let spec = text_spec(entry.causal);
+    let spec = text_spec(causal);
     let t = spec.max_len;
     let b = opts.batch_size;
-    let specials = text_tasks::Specials {
+    let specials = tasks::Specials {
         vocab: spec.vocab,
         pad: 0,
         eos: 1,
@@ -424,7 +428,7 @@ fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
         cls: 3,
         ordinary: (4..spec.vocab as u32).collect(),
     };
-    let task = (entry.build)(&toml::Value::Table(Default::default()), &specials)?;
+    let task = build(&toml::Value::Table(Default::default()), &specials)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let corpus: Vec<u32> = (0..200_000)
         .map(|_| rng.gen_range(4..spec.vocab as u32))
@@ -439,18 +443,30 @@ fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
             .collect()
     };
     let batch = task.make_batch(&windows(&mut rng), &mut rng);
-    let cfg = crate::train::text::TextConfig::default();
-    let mut model = crate::device::seeded(&device, 0, || spec.init(&device));
-    let mut optim = crate::train::text::optimizer(&cfg);
-    let mut step = |model: Transformer| lm_step(model, &mut optim, &batch, 1e-3, false).0;
-    for _ in 0..2 {
-        model = step(model);
+    // The step as `pretext pretrain` runs it: the language-model task bound by the engine.
+    let cfg = crate::config::TextConfig::default();
+    let model = crate::device::seeded(&device, 0, || spec.init(&device));
+    let lm = LmTask {
+        task: task.clone(),
+        validation: Default::default(),
+        seed: 0,
+        device: device.clone(),
+    };
+    let mut bound = Bound::new(
+        lm,
+        model,
+        &lm_optimizer(cfg.weight_decay, cfg.grad_clip),
+        false,
+    );
+    for k in 0..2 {
+        bound.step_typed(batch.clone(), k, 1e-3);
     }
     let mut times = Vec::with_capacity(opts.steps);
     let cpu0 = cpu_seconds();
-    for _ in 0..opts.steps {
+    for k in 0..opts.steps {
+        let b = batch.clone();
         let t0 = Instant::now();
-        model = step(model);
+        std::hint::black_box(bound.step_typed(b, 2 + k as u64, 1e-3));
         times.push(t0.elapsed().as_secs_f64());
     }
     let cpu_ms_per_step = (cpu_seconds() - cpu0) * 1e3 / opts.steps.max(1) as f64;
@@ -520,7 +536,9 @@ pub fn tinted(set: &ImageSet) -> Result<ImageSet> {
 }
 
 fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
-    let entry = tasks::find(name).ok_or_else(|| Error::Usage(format!("unknown task '{name}'")))?;
+    let Some(tasks::Build::Image(build)) = tasks::find(name).map(|e| e.build) else {
+        return Err(Error::Usage(format!("unknown task '{name}'")));
+    };
     let kind = BackboneKind::parse(&opts.backbone)
         .ok_or_else(|| Error::Usage(format!("--backbone: unknown backbone '{}'", opts.backbone)))?;
     let device = crate::device::parse(&opts.device)?.autodiff();
@@ -537,7 +555,7 @@ fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
         input: &input,
         device: device.clone(),
     };
-    let mut task = crate::device::seeded(&device, 0, || (entry.build)(&ctx))?;
+    let mut task = crate::device::seeded(&device, 0, || build(&ctx))?;
     let params = task.num_params();
     let make = task.make_batch();
     let images = (0..opts.batch_size)
@@ -552,8 +570,8 @@ fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
         .collect::<Result<Vec<Img>>>()?;
     let labels = vec![0u32; images.len()];
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut batch = make(&images, &labels, &mut rng);
-    batch.index = STEADY_STATE_INDEX;
+    let batch = make(&images, &labels, &mut rng);
+    let flat = task.flat(batch.as_ref());
     if let Some(dir) = &opts.dump {
         dump_batch(
             dir,
@@ -561,20 +579,20 @@ fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
             &opts.backbone,
             cfg.width(),
             opts.batch_size,
-            &batch,
+            &flat,
             &input,
             params,
         )?;
     }
     for _ in 0..2 {
-        task.step(batch.clone(), LR);
+        task.step(batch.clone(), STEADY_STATE_INDEX, LR);
     }
     let mut times = Vec::with_capacity(opts.steps);
     let cpu0 = cpu_seconds();
     for _ in 0..opts.steps {
         let b = batch.clone();
         let t = Instant::now();
-        let stats = task.step(b, LR);
+        let stats = task.step(b, STEADY_STATE_INDEX, LR);
         times.push(t.elapsed().as_secs_f64());
         std::hint::black_box(stats);
     }
@@ -583,7 +601,7 @@ fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     let (median, mean) = median_mean(&mut times);
 
     // Loader: the task's make_batch over the real Loader with the default worker count.
-    let workers = crate::train::default_workers();
+    let workers = crate::engine::default_workers();
     let loader = Loader::new(
         Arc::new(set),
         LoaderConfig {
@@ -610,8 +628,8 @@ fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
         task: name.into(),
         backbone: opts.backbone.clone(),
         batch: opts.batch_size,
-        inputs: batch.b,
-        input_shape: [batch.c, batch.h, batch.w],
+        inputs: flat.b,
+        input_shape: [flat.c, flat.h, flat.w],
         params,
         items_per_s: opts.batch_size as f64 / median,
         step_ms_median: median * 1e3,
@@ -656,7 +674,7 @@ fn dump_batch(
     backbone: &str,
     width: usize,
     images: usize,
-    batch: &Batch,
+    batch: &FlatBatch,
     input: &InputSpec,
     params: usize,
 ) -> Result<()> {

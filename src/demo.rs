@@ -9,26 +9,12 @@ use burn::prelude::Device;
 use serde::Serialize;
 
 use crate::config::{self, PretrainConfig};
-use crate::data::{self, Dataset};
 use crate::error::{Error, Result};
+use crate::pretrain::{self, PretrainRequest};
 use crate::tasks;
-use crate::train::{self, PretrainRequest};
 use crate::transfer::{self, labels::PerClass, Protocol, Source, TransferConfig, TransferRequest};
 
-/// Data spec of the built-in dataset (accepted by `--data` too).
-pub const BUILTIN: &str = "builtin:fashion-mnist-demo";
-
-/// The built-in data: the first 600 training and 200 test images of every Fashion-MNIST class,
-/// as the original gzip idx files (assets/fashion-mnist-demo).
-pub fn builtin_dataset() -> Result<Dataset> {
-    Ok(data::idx_from_bytes(
-        BUILTIN,
-        include_bytes!("../assets/fashion-mnist-demo/train-images-idx3-ubyte.gz"),
-        include_bytes!("../assets/fashion-mnist-demo/train-labels-idx1-ubyte.gz"),
-        include_bytes!("../assets/fashion-mnist-demo/t10k-images-idx3-ubyte.gz"),
-        include_bytes!("../assets/fashion-mnist-demo/t10k-labels-idx1-ubyte.gz"),
-    )?)
-}
+pub use crate::data::builtin::{builtin_dataset, BUILTIN};
 
 /// The demo's pretraining settings (before `--set` overrides).
 pub const DEMO_SETTINGS: &[&str] = &[
@@ -62,7 +48,7 @@ fn mean_std(v: &[f32]) -> (f32, f32) {
 pub fn run(out: &Path, sets: &[String], device: Device, quiet: bool) -> Result<Vec<DemoRow>> {
     let mut all: Vec<String> = DEMO_SETTINGS.iter().map(|s| s.to_string()).collect();
     all.extend(sets.iter().cloned());
-    let cfg: PretrainConfig = config::resolve(None, &all, &tasks::names())?;
+    let cfg: PretrainConfig = config::resolve(None, &all, &tasks::image_names())?;
     clear_previous(out)?;
     let dataset = builtin_dataset()?;
     if !quiet {
@@ -74,7 +60,7 @@ pub fn run(out: &Path, sets: &[String], device: Device, quiet: bool) -> Result<V
             cfg.steps
         );
     }
-    let summary = train::pretrain(PretrainRequest {
+    let summary = pretrain::pretrain(PretrainRequest {
         config: cfg,
         out: out.to_path_buf(),
         device: device.clone(),
@@ -134,7 +120,7 @@ pub fn run(out: &Path, sets: &[String], device: Device, quiet: bool) -> Result<V
             format!("{:.4} ± {:.4}", r.knn.0, r.knn.1)
         );
     }
-    crate::train::checkpoint::write_atomic(
+    crate::fsio::write_atomic(
         &out.join("demo.json"),
         &serde_json::to_vec_pretty(&rows).expect("json"),
     )?;
@@ -146,7 +132,9 @@ fn clear_previous(out: &Path) -> Result<()> {
     if !out.exists() {
         return Ok(());
     }
-    if out.join("config.toml").exists() && out.join("encoder.json").exists() {
+    if out.join("config.toml").exists()
+        && (out.join("run.json").exists() || out.join("encoder.json").exists())
+    {
         std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))
     } else if std::fs::read_dir(out)
         .map_err(|e| Error::io(out, e))?

@@ -7,7 +7,7 @@ use crate::data::augment::Img;
 use crate::data::ImageSet;
 
 /// A conversion applied to the dataset's images before the encoder sees them (saved in
-/// `encoder.json` as `input_transform`, so transfer converts the same way).
+/// `run.json` as `input_transform`, so transfer converts the same way).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InputTransform {

@@ -4,12 +4,13 @@ mod cli;
 
 use clap::Parser;
 use pretext::config::{self, PretrainConfig};
-use pretext::train::text::{TextConfig, TextPretrainRequest};
+use pretext::config::TextConfig;
+use pretext::pretrain::{self, TextPretrainRequest};
 use pretext::transfer::text::{self as text_transfer, TextTransferConfig, TextTransferRequest};
 use pretext::transfer::{
     self, labels::PerClass, Protocol, Source, TransferConfig, TransferRequest,
 };
-use pretext::{bench, compare, demo, device, tasks, tokenize_cmd, train, Error, Result};
+use pretext::{bench, compare, demo, device, tasks, tokenize_cmd, Error, Result};
 
 use cli::{Cli, Command, TokenizerCommand};
 
@@ -25,18 +26,10 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Tasks => {
-            let all: Vec<(&str, &str, &str)> = tasks::TASKS
-                .iter()
-                .map(|t| (t.name, "images", t.description))
-                .chain(
-                    tasks::text::TEXT_TASKS
-                        .iter()
-                        .map(|t| (t.name, "text", t.description)),
-                )
-                .collect();
-            let width = all.iter().map(|t| t.0.len()).max().unwrap_or(0);
-            for (name, kind, description) in &all {
-                println!("{name:width$}  {kind:6}  {description}");
+            let width = tasks::TASKS.iter().map(|t| t.name.len()).max().unwrap_or(0);
+            for t in tasks::TASKS {
+                let kind = if t.is_text() { "text" } else { "images" };
+                println!("{:width$}  {kind:6}  {}", t.name, t.description);
             }
             Ok(())
         }
@@ -60,14 +53,14 @@ fn run(cli: Cli) -> Result<()> {
                     }
                     sets.extend(a.set.iter().cloned());
                     let cfg: PretrainConfig =
-                        config::resolve(a.config.as_deref(), &sets, &tasks::names())?;
+                        config::resolve(a.config.as_deref(), &sets, &tasks::image_names())?;
                     let out = a.out.ok_or_else(|| {
                         Error::Usage("--out DIR is required (the run directory to create)".into())
                     })?;
                     (cfg, out, false)
                 }
             };
-            let summary = train::pretrain(train::PretrainRequest {
+            let summary = pretrain::pretrain(pretrain::PretrainRequest {
                 config,
                 out,
                 device,
@@ -137,7 +130,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             pcfg.limit = 0;
-            let dataset = train::open_dataset(&pcfg, false)?;
+            let dataset = pretrain::open_dataset(&pcfg, false)?;
             let req = TransferRequest {
                 from,
                 protocol: Protocol::parse(&a.protocol)?,
@@ -253,7 +246,7 @@ fn is_text_pretrain(a: &cli::PretrainArgs) -> Result<bool> {
         let task = toml::from_str::<toml::Table>(&cfg)
             .ok()
             .and_then(|t| t.get("task")?.as_str().map(str::to_string));
-        return Ok(task.is_some_and(|t| tasks::text::find(&t).is_some()));
+        return Ok(task.is_some_and(|t| tasks::find_text(&t).is_some()));
     }
     let mut task = a.task.clone();
     for set in &a.set {
@@ -270,7 +263,7 @@ fn is_text_pretrain(a: &cli::PretrainArgs) -> Result<bool> {
                 .and_then(|t| t.get("task")?.as_str().map(str::to_string));
         }
     }
-    Ok(task.is_some_and(|t| tasks::text::find(&t).is_some()))
+    Ok(task.is_some_and(|t| tasks::find_text(&t).is_some()))
 }
 
 fn pretrain_text(a: cli::PretrainArgs) -> Result<()> {
@@ -293,14 +286,14 @@ fn pretrain_text(a: cli::PretrainArgs) -> Result<()> {
             }
             sets.extend(a.set.iter().cloned());
             let cfg: TextConfig =
-                config::resolve(a.config.as_deref(), &sets, &tasks::text::names())?;
+                config::resolve(a.config.as_deref(), &sets, &tasks::text_names())?;
             let out = a.out.ok_or_else(|| {
                 Error::Usage("--out DIR is required (the run directory to create)".into())
             })?;
             (cfg, out, false)
         }
     };
-    let s = train::text::pretrain_text(TextPretrainRequest {
+    let s = pretrain::pretrain_text(TextPretrainRequest {
         config,
         out,
         device,
@@ -373,7 +366,7 @@ fn transfer_text(a: cli::TransferArgs) -> Result<()> {
 fn generate(a: cli::GenerateArgs) -> Result<()> {
     use std::io::Write;
     let device = device::parse(&a.device)?;
-    let (info, model, tok) = train::text::load_run(&a.from, &device)?;
+    let (info, model, tok) = pretrain::text_run::load_run(&a.from, &device)?;
     if !info.spec.causal {
         return Err(Error::Usage(format!(
             "{}: a {} model predicts hidden tokens from both sides and cannot continue a text; generate from a causal-lm run",

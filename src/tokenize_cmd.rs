@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::data::text::Fields;
+use crate::data::corpus::Fields;
 use crate::data::tokenizer::{self, Tokenizer};
 use crate::Result;
 

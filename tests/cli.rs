@@ -1,31 +1,17 @@
 //! End-to-end: the real binary on real Fashion-MNIST from ../shared/data, on small slices.
 
+mod common;
+
+use common::{ok, pretext};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 fn fashion() -> String {
     format!(
         "idx:{}/../shared/data/fashion-mnist",
         env!("CARGO_MANIFEST_DIR")
     )
-}
-
-fn pretext(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .args(args)
-        .output()
-        .expect("run pretext")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = pretext(args);
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "pretext {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 fn accuracy(stdout: &str) -> f32 {
@@ -75,7 +61,7 @@ fn pretrain_then_transfer_writes_the_expected_files() {
     assert!(stdout.contains("finished 12 steps"), "{stdout}");
     for f in [
         "config.toml",
-        "encoder.json",
+        "run.json",
         "metrics.jsonl",
         "encoder.safetensors",
         "summary.json",
@@ -87,7 +73,7 @@ fn pretrain_then_transfer_writes_the_expected_files() {
     assert_eq!(latest, "step-00000012");
     for f in [
         "model.bpk",
-        "optimizer.bpk",
+        "optim-model.bpk",
         "encoder.safetensors",
         "state.json",
     ] {
@@ -286,7 +272,7 @@ fn bad_command_lines_give_one_line_errors() {
     fails(
         &["transfer", "--from", "/no/such/run", "--data", &data],
         2,
-        "encoder.json",
+        "run.json",
     );
     fails(
         &[

@@ -1,27 +1,12 @@
 //! `pretext compare` end to end on the built-in data with tiny budgets: everything lands on disk,
 //! the report is built, and running the same command again skips everything.
 
+mod common;
+
+use common::{ok, pretext};
+
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::SystemTime;
-
-fn pretext(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .args(args)
-        .output()
-        .expect("run pretext")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = pretext(args);
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "pretext {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 fn fails(args: &[&str], needle: &str) {
     let out = pretext(args);

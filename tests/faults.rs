@@ -1,6 +1,10 @@
 //! Faults a long run meets: NaN losses, SIGKILL at any moment (also halfway through a checkpoint),
 //! a full disk and a read-only output directory. Real processes, real files, real Fashion-MNIST.
 
+mod common;
+
+use common::build;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -8,10 +12,10 @@ use std::time::Duration;
 use burn::prelude::Device;
 use pretext::config::{resolve, PretrainConfig};
 use pretext::data::augment::Img;
+use pretext::engine::checkpoint::{latest_checkpoint, save_encoder};
 use pretext::input::InputSpec;
-use pretext::tasks::{self, TaskContext};
-use pretext::train::checkpoint::{latest_checkpoint, save_encoder};
-use pretext::train::{pretrain, PretrainRequest};
+use pretext::pretrain::{pretrain, PretrainRequest};
+use pretext::tasks::{self, rotation};
 use rand::{Rng, SeedableRng};
 
 fn config(sets: &[&str]) -> PretrainConfig {
@@ -28,10 +32,26 @@ fn config(sets: &[&str]) -> PretrainConfig {
     resolve(None, &all, &tasks::names()).unwrap()
 }
 
-fn encoder_bytes(task: &dyn tasks::PretextTask, dir: &Path, name: &str) -> Vec<u8> {
+fn encoder_bytes(task: &dyn tasks::ImageTrainer, dir: &Path, name: &str) -> Vec<u8> {
     let path = dir.join(name);
     save_encoder(&task.encoder(), &path).unwrap();
     std::fs::read(path).unwrap()
+}
+
+/// Everything a checkpoint holds (model, every optimiser, task state), file by file.
+fn checkpoint_files(task: &dyn tasks::ImageTrainer, dir: &Path) -> Vec<(String, Vec<u8>)> {
+    std::fs::create_dir_all(dir).unwrap();
+    task.save(dir).unwrap();
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            (name, std::fs::read(e.path()).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 #[test]
@@ -40,42 +60,122 @@ fn a_nan_step_is_skipped_and_leaves_weights_and_batchnorm_untouched() {
     ds.train = ds.train.take(8);
     let cfg = config(&["on_nonfinite=\"skip\""]);
     let input = InputSpec::from_images(&ds.train).unwrap();
-    let device = Device::flex().autodiff();
-    let mut task = pretext::device::seeded(&device, 0, || {
-        (tasks::find("rotation").unwrap().build)(&TaskContext {
-            config: &cfg,
-            input: &input,
-            device: device.clone(),
-        })
-    })
-    .unwrap();
+    let mut task = build("rotation", &cfg, &input);
     let imgs: Vec<Img> = (0..8)
         .map(|i| Img::from_u8(1, 28, 28, &ds.train.image(i).unwrap()))
         .collect();
-    let batch = task.make_batch()(&imgs, &[], &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+    let batch = rotation::make_batch(
+        &imgs,
+        &Default::default(),
+        &input,
+        &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
+    );
     let tmp = tempfile::tempdir().unwrap();
-    let first = task.step(batch.clone(), 1e-3);
+    let first = task.step(Box::new(batch.clone()), 0, 1e-3);
     assert!(!first.skipped && first.loss.is_finite());
     let before = encoder_bytes(task.as_ref(), tmp.path(), "a.safetensors");
+    let state_before = checkpoint_files(task.as_ref(), &tmp.path().join("before"));
     // A batch of NaN pixels (what a corrupt input or an overflow upstream produces).
     let mut poisoned = batch.clone();
     poisoned.images.iter_mut().for_each(|v| *v = f32::NAN);
-    let stats = task.step(poisoned, 1e-3);
+    let stats = task.step(Box::new(poisoned), 1, 1e-3);
     assert!(stats.skipped, "loss {} should be skipped", stats.loss);
     let after = encoder_bytes(task.as_ref(), tmp.path(), "b.safetensors");
     assert!(
         before == after,
         "a skipped step changed the encoder (weights or running statistics)"
     );
+    assert!(
+        state_before == checkpoint_files(task.as_ref(), &tmp.path().join("after")),
+        "a skipped step changed the model or the optimiser state"
+    );
     // Training goes on normally afterwards.
-    for _ in 0..3 {
-        let s = task.step(batch.clone(), 1e-3);
+    for step in 2..5 {
+        let s = task.step(Box::new(batch.clone()), step, 1e-3);
         assert!(!s.skipped && s.loss.is_finite(), "loss {}", s.loss);
     }
     assert!(before != encoder_bytes(task.as_ref(), tmp.path(), "c.safetensors"));
 }
 
-fn run(dir: &Path, sets: &[&str]) -> pretext::Result<pretext::train::PretrainSummary> {
+#[test]
+fn a_gan_step_with_nan_restores_both_networks_and_both_optimisers() {
+    let mut ds = pretext::demo::builtin_dataset().unwrap();
+    ds.train = ds.train.take(8);
+    let cfg = config(&[
+        "task=\"superres\"",
+        "on_nonfinite=\"skip\"",
+        "superres.content_only_steps=0",
+    ]);
+    let input = InputSpec::from_images(&ds.train).unwrap();
+    let mut task = build("superres", &cfg, &input);
+    let imgs: Vec<Img> = (0..8)
+        .map(|i| Img::from_u8(1, 28, 28, &ds.train.image(i).unwrap()))
+        .collect();
+    let batch = task.make_batch()(&imgs, &[], &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+    let tmp = tempfile::tempdir().unwrap();
+    for step in 0..2 {
+        let s = task.step(batch.clone(), step, 1e-3);
+        assert!(!s.skipped && s.loss.is_finite(), "loss {}", s.loss);
+    }
+    let before = checkpoint_files(task.as_ref(), &tmp.path().join("before"));
+    let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"optim-generator.bpk") && names.contains(&"optim-discriminator.bpk"),
+        "{names:?}"
+    );
+    // An exploding learning rate: the first such update overflows the weights (its own losses
+    // may still be finite), the next step's losses are NaN. A skipped step — discriminator
+    // phase, generator phase and both optimisers — must leave every file as it was.
+    let mut before = before;
+    let mut skipped = false;
+    for step in 2..6 {
+        let stats = task.step(batch.clone(), step, 1e35);
+        let after = checkpoint_files(task.as_ref(), &tmp.path().join(format!("after{step}")));
+        if stats.skipped {
+            assert!(
+                before == after,
+                "a skipped GAN step changed a network or an optimiser"
+            );
+            skipped = true;
+            break;
+        }
+        assert!(before != after, "an applied step changed nothing");
+        before = after;
+    }
+    assert!(skipped, "lr 1e35 never produced a NaN step");
+}
+
+#[test]
+fn a_gan_run_skipping_at_an_exploding_lr_stops_naming_the_kept_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("gan");
+    let err = run(
+        &dir,
+        &[
+            "task=\"superres\"",
+            "superres.content_only_steps=0",
+            "lr=1e35",
+            "warmup_steps=0",
+            "steps=30",
+            "on_nonfinite=\"skip\"",
+        ],
+    )
+    .expect_err("must give up")
+    .to_string();
+    assert!(err.contains("10 steps in a row"), "{err}");
+    let kept: u64 = err
+        .split("the weights are those of step ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("names the kept step: {err}"));
+    assert!(err.contains(&format!("step {}", kept + 10)), "{err}");
+    // The skipped steps still checkpointed on schedule (every 4 steps).
+    let (_, state) = latest_checkpoint(&dir).unwrap().expect("a checkpoint");
+    assert_eq!(state.step, (kept + 10) / 4 * 4, "{err}");
+}
+
+fn run(dir: &Path, sets: &[&str]) -> pretext::Result<pretext::engine::PretrainSummary> {
     let mut ds = pretext::demo::builtin_dataset().unwrap();
     ds.train = ds.train.take(128);
     pretrain(PretrainRequest {
@@ -148,7 +248,7 @@ fn pretext_cmd(out: &Path, resume: bool) -> Command {
 
 /// The numbers of metrics.jsonl that must not depend on interruptions (not the timings).
 fn metrics(run: &Path) -> Vec<(u64, String, String, String)> {
-    pretext::train::metrics::read(&run.join("metrics.jsonl"))
+    pretext::engine::metrics::read(&run.join("metrics.jsonl"))
         .unwrap()
         .iter()
         .map(|v| {

@@ -2,56 +2,18 @@
 //! and real photographs from ../shared/data: they learn, resume exactly, write their sample
 //! pictures, and their encoders transfer through the real binary.
 
+mod common;
+
+use common::{build, config, ok, serial, small_dataset};
+
 use std::path::Path;
 use std::process::Command;
 
 use burn::prelude::Device;
-use pretext::config::{resolve, PretrainConfig};
 use pretext::data::augment::Img;
-use pretext::data::Dataset;
 use pretext::input::InputSpec;
-use pretext::tasks::{self, PretextTask, TaskContext};
-use pretext::train::{pretrain, PretrainRequest};
+use pretext::pretrain::{pretrain, PretrainRequest};
 use rand::SeedableRng;
-
-/// In-process trainings of this file run one at a time: burn's CPU backend shares one rayon pool
-/// per process, and concurrent trainings were seen to change float results (bitwise resume checks).
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn small_dataset(n: usize) -> Dataset {
-    let mut ds = pretext::demo::builtin_dataset().unwrap();
-    ds.train = ds.train.take(n);
-    ds
-}
-
-fn config(sets: &[&str]) -> PretrainConfig {
-    let mut all = vec![
-        "width=8",
-        "batch_size=16",
-        "warmup_steps=2",
-        "log_every=1",
-        "checkpoint_every=4",
-        "data=\"builtin:fashion-mnist-demo\"",
-    ];
-    all.extend_from_slice(sets);
-    let all: Vec<String> = all.into_iter().map(String::from).collect();
-    resolve(None, &all, &tasks::names()).unwrap()
-}
-
-fn build(task: &str, cfg: &PretrainConfig, input: &InputSpec) -> Box<dyn PretextTask> {
-    let device = Device::flex().autodiff();
-    pretext::device::seeded(&device, 0, || {
-        (tasks::find(task).unwrap().build)(&TaskContext {
-            config: cfg,
-            input,
-            device: device.clone(),
-        })
-    })
-    .unwrap()
-}
 
 /// Train repeatedly on one fixed batch of 8 real images; returns (first loss, last loss).
 fn overfit(name: &str, sets: &[&str], steps: usize) -> (f32, f32) {
@@ -63,10 +25,10 @@ fn overfit(name: &str, sets: &[&str], steps: usize) -> (f32, f32) {
         .map(|i| Img::from_u8(1, 28, 28, &ds.train.image(i).unwrap()))
         .collect();
     let batch = task.make_batch()(&imgs, &[], &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
-    let first = task.step(batch.clone(), 3e-3).loss;
+    let first = task.step(batch.clone(), 0, 3e-3).loss;
     let mut last = first;
-    for _ in 0..steps {
-        last = task.step(batch.clone(), 3e-3).loss;
+    for step in 1..=steps as u64 {
+        last = task.step(batch.clone(), step, 3e-3).loss;
     }
     println!("{name}: loss {first:.4} → {last:.4} after {steps} steps on one batch");
     (first, last)
@@ -159,20 +121,6 @@ fn a_checkpoint_with_another_permutation_set_is_refused() {
     assert!(err.to_string().contains("permutation set"), "{err}");
 }
 
-fn pretext(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .args(args)
-        .output()
-        .expect("run pretext");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "pretext {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 /// Colour photographs at 64×64 and 96×96 through the real binary: pretrain each task briefly,
 /// then transfer its encoder with k-NN on Fashion-MNIST-free data (the photos have no labels, so
 /// transfer runs on the built-in Fashion-MNIST for the grayscale run).
@@ -209,9 +157,9 @@ fn colour_photos_and_fashion_mnist_through_the_binary() {
             &size_key,
         ];
         args.extend_from_slice(&small);
-        pretext(&args);
+        ok(&args);
         let info: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.join("encoder.json")).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
         assert_eq!(info["input"]["channels"], 3, "{task}: photos are colour");
         assert!(out.join(format!("{task}-samples.png")).exists());
     }
@@ -227,8 +175,8 @@ fn colour_photos_and_fashion_mnist_through_the_binary() {
             out.to_str().unwrap(),
         ];
         args.extend_from_slice(&small);
-        pretext(&args);
-        let stdout = pretext(&[
+        ok(&args);
+        let stdout = ok(&[
             "transfer",
             "--from",
             out.to_str().unwrap(),
@@ -253,7 +201,7 @@ fn colour_photos_and_fashion_mnist_through_the_binary() {
 
 #[test]
 fn listed_and_bad_geometry_is_a_one_line_error_with_exit_code_2() {
-    let listed = pretext(&["tasks"]);
+    let listed = ok(&["tasks"]);
     for task in ["context", "jigsaw"] {
         assert!(
             listed.lines().any(|l| l.starts_with(task)),

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::Instant;
 
-use pretext::data::text::{Fields, TextSource};
+use pretext::data::corpus::{Fields, TextSource};
 use pretext::data::tokenizer::{StreamDecoder, Tokenizer};
 
 fn data(name: &str) -> String {

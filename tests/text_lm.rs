@@ -2,32 +2,17 @@
 //! ../shared/data/text: pretraining (causal and masked), validation loss, resume, generation,
 //! transfer to labelled documents, and clear errors for bad input.
 
+mod common;
+
+use common::{ok, pretext};
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/data/text")
         .join(name)
-}
-
-fn pretext(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .args(args)
-        .output()
-        .expect("run pretext")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = pretext(args);
-    assert!(
-        out.status.success(),
-        "pretext {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The first `bytes` of Austen's novels as a plain .txt file.
@@ -111,10 +96,10 @@ fn causal_lm_learns_resumes_exactly_and_generates_reproducibly() {
     assert!(stdout.contains("validation loss"), "{stdout}");
     for f in [
         "config.toml",
-        "lm.json",
+        "run.json",
         "tokenizer.json",
         "tokens/train.tokens",
-        "model.safetensors",
+        "encoder.safetensors",
         "summary.json",
         "sample.txt",
     ] {
@@ -132,7 +117,7 @@ fn causal_lm_learns_resumes_exactly_and_generates_reproducibly() {
     let mut a = args.clone();
     a.extend_from_slice(&["--out", resumed.to_str().unwrap(), "--stop-after", "20"]);
     ok(&a);
-    assert!(!resumed.join("model.safetensors").exists());
+    assert!(!resumed.join("encoder.safetensors").exists());
     ok(&["pretrain", "--resume", resumed.to_str().unwrap(), "-q"]);
     let strip = |run: &Path| -> Vec<String> {
         metrics(run)
@@ -147,8 +132,8 @@ fn causal_lm_learns_resumes_exactly_and_generates_reproducibly() {
     };
     assert_eq!(strip(&straight), strip(&resumed));
     assert_eq!(
-        std::fs::read(straight.join("model.safetensors")).unwrap(),
-        std::fs::read(resumed.join("model.safetensors")).unwrap()
+        std::fs::read(straight.join("encoder.safetensors")).unwrap(),
+        std::fs::read(resumed.join("encoder.safetensors")).unwrap()
     );
 
     // Generation: same seed, same text; another seed, another text.
@@ -359,4 +344,71 @@ fn bad_text_input_gets_one_clear_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("heads"), "{err}");
+}
+
+/// A run whose language model diverges under `on_nonfinite = "skip"`: the skipped steps still
+/// checkpoint on schedule, the run gives up after 10 in a row naming the kept step, and the
+/// checkpoint holds the model and its optimiser under the engine's names.
+#[test]
+fn skipped_text_steps_still_checkpoint_on_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = austen_slice(dir.path(), 60_000);
+    let run = dir.path().join("diverge");
+    let data = format!("text:{}", text.display());
+    let mut a = vec![
+        "pretrain",
+        "--task",
+        "causal-lm",
+        "--data",
+        &data,
+        "--tokenizer",
+        "bytes",
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "steps=40",
+        "--set",
+        "on_nonfinite=\"skip\"",
+        "--set",
+        "grad_clip=0",
+        "--set",
+        "dropout=0",
+    ];
+    a.extend_from_slice(SMALL);
+    // After SMALL, so these win: a learning rate that overflows the weights, checkpoints every 4.
+    a.extend_from_slice(&[
+        "--set",
+        "lr=1e36",
+        "--set",
+        "warmup_steps=0",
+        "--set",
+        "checkpoint_every=4",
+    ]);
+    let out = pretext(&a);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("10 steps in a row"), "{err}");
+    let kept: u64 = err
+        .split("the weights are those of step ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("names the kept step: {err}"));
+    let last = kept + 10;
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    assert_eq!(latest, format!("step-{:08}", last / 4 * 4), "{err}");
+    let ckpt = run.join("checkpoints").join(latest);
+    for f in [
+        "model.bpk",
+        "optim-model.bpk",
+        "encoder.safetensors",
+        "state.json",
+    ] {
+        assert!(ckpt.join(f).exists(), "{f} missing");
+    }
+    let skipped = metrics(&run)
+        .iter()
+        .filter(|m| m.get("skipped").is_some())
+        .count();
+    assert_eq!(skipped, 10);
 }

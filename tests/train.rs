@@ -1,40 +1,17 @@
 //! Training-loop properties on real Fashion-MNIST images (the built-in subset of the real files).
 
+mod common;
+
+use common::{config, ok, serial, shared_data, small_dataset};
+
 use burn::prelude::Device;
 use pretext::config::{resolve, PretrainConfig};
 use pretext::data::augment::Img;
 use pretext::data::Dataset;
 use pretext::input::InputSpec;
+use pretext::pretrain::{pretrain, PretrainRequest};
 use pretext::tasks::{self, TaskContext};
-use pretext::train::{pretrain, PretrainRequest};
 use rand::SeedableRng;
-
-/// In-process trainings of this file run one at a time: burn's CPU backend shares one rayon pool
-/// per process, and concurrent trainings were seen to change float results (bitwise resume checks).
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn small_dataset(n: usize) -> Dataset {
-    let mut ds = pretext::demo::builtin_dataset().unwrap();
-    ds.train = ds.train.take(n);
-    ds
-}
-
-fn config(sets: &[&str]) -> PretrainConfig {
-    let mut all = vec![
-        "width=8",
-        "batch_size=16",
-        "warmup_steps=2",
-        "log_every=1",
-        "checkpoint_every=4",
-        "data=\"builtin:fashion-mnist-demo\"",
-    ];
-    all.extend_from_slice(sets);
-    let all: Vec<String> = all.into_iter().map(String::from).collect();
-    resolve(None, &all, &tasks::names()).unwrap()
-}
 
 #[test]
 fn overfitting_one_batch_drives_rotation_loss_near_zero() {
@@ -48,7 +25,10 @@ fn overfitting_one_batch_drives_rotation_loss_near_zero() {
     let input = InputSpec::from_images(&ds.train).unwrap();
     let device = Device::flex().autodiff();
     let mut task = pretext::device::seeded(&device, 0, || {
-        (tasks::find("rotation").unwrap().build)(&TaskContext {
+        let tasks::Build::Image(build) = tasks::find("rotation").unwrap().build else {
+            unreachable!()
+        };
+        build(&TaskContext {
             config: &cfg,
             input: &input,
             device: device.clone(),
@@ -61,11 +41,11 @@ fn overfitting_one_batch_drives_rotation_loss_near_zero() {
     let make = task.make_batch();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let batch = make(&imgs, &[], &mut rng);
-    assert_eq!(batch.b, 32);
-    let first = task.step(batch.clone(), 3e-3).loss;
+    assert_eq!(task.flat(batch.as_ref()).b, 32);
+    let first = task.step(batch.clone(), 0, 3e-3).loss;
     let mut last = first;
-    for _ in 0..80 {
-        last = task.step(batch.clone(), 3e-3).loss;
+    for step in 1..=80 {
+        last = task.step(batch.clone(), step, 3e-3).loss;
     }
     assert!(
         first > 1.0,
@@ -81,7 +61,7 @@ fn run(
     dir: &std::path::Path,
     stop_after: Option<u64>,
     resume: bool,
-) -> pretext::train::PretrainSummary {
+) -> pretext::engine::PretrainSummary {
     pretrain(PretrainRequest {
         config: config(&["steps=8", "seed=7"]),
         out: dir.to_path_buf(),
@@ -114,7 +94,7 @@ fn resume_gives_the_same_weights_and_losses_as_one_uninterrupted_run() {
         resumed.final_loss
     );
     let losses = |p: &std::path::Path| -> Vec<(u64, f64)> {
-        pretext::train::metrics::read(&p.join("metrics.jsonl"))
+        pretext::engine::metrics::read(&p.join("metrics.jsonl"))
             .unwrap()
             .iter()
             .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
@@ -138,7 +118,7 @@ fn a_half_written_checkpoint_is_never_loaded() {
     let partial = dir.join("checkpoints/.tmp-step-00000008");
     std::fs::create_dir_all(&partial).unwrap();
     std::fs::write(partial.join("model.bpk"), b"half").unwrap();
-    let (ckpt, state) = pretext::train::checkpoint::latest_checkpoint(&dir)
+    let (ckpt, state) = pretext::engine::checkpoint::latest_checkpoint(&dir)
         .unwrap()
         .unwrap();
     assert_eq!(state.step, 4);
@@ -190,8 +170,8 @@ fn saving_the_same_encoder_twice_gives_identical_files() {
         tmp.path().join("a.safetensors"),
         tmp.path().join("b.safetensors"),
     );
-    pretext::train::checkpoint::save_encoder(&enc, &a).unwrap();
-    pretext::train::checkpoint::save_encoder(&enc, &b).unwrap();
+    pretext::engine::checkpoint::save_encoder(&enc, &a).unwrap();
+    pretext::engine::checkpoint::save_encoder(&enc, &b).unwrap();
     assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
     // And the weights load back into a fresh encoder of the same spec.
     let fresh = pretext::device::seeded(&device, 2, || {
@@ -202,8 +182,8 @@ fn saving_the_same_encoder_twice_gives_identical_files() {
         }
         .init(&device)
     });
-    let loaded = pretext::train::checkpoint::load_encoder(fresh, &a).unwrap();
-    pretext::train::checkpoint::save_encoder(&loaded, &b).unwrap();
+    let loaded = pretext::engine::checkpoint::load_encoder(fresh, &a).unwrap();
+    pretext::engine::checkpoint::save_encoder(&loaded, &b).unwrap();
     assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
     // Weights of another width do not fit: a clear error naming the file.
     let other = pretext::device::seeded(&device, 2, || {
@@ -214,7 +194,7 @@ fn saving_the_same_encoder_twice_gives_identical_files() {
         }
         .init(&device)
     });
-    let err = pretext::train::checkpoint::load_encoder(other, &a).expect_err("shape mismatch");
+    let err = pretext::engine::checkpoint::load_encoder(other, &a).expect_err("shape mismatch");
     assert!(err.to_string().contains("a.safetensors"), "{err}");
 }
 
@@ -264,6 +244,7 @@ fn streamed_with_a_corrupt_last_file(dir: &std::path::Path, skip_bad: bool) -> D
 
 #[test]
 fn a_file_that_stops_decoding_mid_run_stops_training_with_a_checkpoint() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let n = 10_016;
     // a seed whose batch 2 (the third step) holds the corrupt last image
@@ -293,7 +274,7 @@ fn a_file_that_stops_decoding_mid_run_stops_training_with_a_checkpoint() {
         msg.contains("step 2") && msg.contains("corrupt.png") && msg.contains("--skip-bad"),
         "{msg}"
     );
-    let (_, state) = pretext::train::checkpoint::latest_checkpoint(&dir)
+    let (_, state) = pretext::engine::checkpoint::latest_checkpoint(&dir)
         .unwrap()
         .expect("the steps done are kept");
     assert_eq!(state.step, 2);
@@ -315,24 +296,6 @@ fn a_file_that_stops_decoding_mid_run_stops_training_with_a_checkpoint() {
 
 // ---- generative tasks (GANs): end to end through the binary, and resume ----
 
-fn cli(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .args(args)
-        .output()
-        .expect("run pretext");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "pretext {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn shared_data(what: &str) -> String {
-    format!("{}/../shared/data/{what}", env!("CARGO_MANIFEST_DIR"))
-}
-
 const GAN_SMALL: &[&str] = &[
     "--set",
     "limit=128",
@@ -351,7 +314,7 @@ const GAN_SMALL: &[&str] = &[
 
 /// The metrics every GAN task logs, each finite, on every logged step.
 fn assert_gan_metrics(run: &std::path::Path, steps: usize) {
-    let rows = pretext::train::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let rows = pretext::engine::metrics::read(&run.join("metrics.jsonl")).unwrap();
     assert_eq!(rows.len(), steps);
     for row in &rows {
         for key in ["loss", "g_adv", "d_loss", "d_acc_real", "d_acc_fake"] {
@@ -382,7 +345,7 @@ fn superres_pretrains_on_fashion_mnist_and_reports_psnr_against_bilinear() {
         "superres.content_only_steps=3",
     ];
     args.extend_from_slice(GAN_SMALL);
-    let stdout = cli(&args);
+    let stdout = ok(&args);
     assert!(stdout.contains("held-out test images: psnr"), "{stdout}");
     assert_gan_metrics(&run, 6);
     let summary: serde_json::Value =
@@ -396,7 +359,7 @@ fn superres_pretrains_on_fashion_mnist_and_reports_psnr_against_bilinear() {
         "4 columns: low-res | bilinear | generated | truth"
     );
     // The encoder is a plain backbone: transfer reads it unchanged.
-    let out = cli(&[
+    let out = ok(&[
         "transfer",
         "--from",
         run.to_str().unwrap(),
@@ -428,7 +391,7 @@ fn inpaint_pretrains_on_colour_photos_and_writes_a_sample_grid() {
         "inpaint.mask=\"blobs\"",
     ];
     args.extend_from_slice(GAN_SMALL);
-    cli(&args);
+    ok(&args);
     assert_gan_metrics(&run, 6);
     let png = image::open(run.join("samples-inpaint.png")).unwrap();
     assert!(
@@ -436,7 +399,7 @@ fn inpaint_pretrains_on_colour_photos_and_writes_a_sample_grid() {
         "8 rows of masked | filled | truth"
     );
     let info: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("encoder.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(info["backbone"]["in_channels"], 3);
     assert!(run.join("encoder.safetensors").exists());
 }
@@ -445,7 +408,7 @@ fn gan_run(
     dir: &std::path::Path,
     stop_after: Option<u64>,
     resume: bool,
-) -> pretext::train::PretrainSummary {
+) -> pretext::engine::PretrainSummary {
     pretrain(PretrainRequest {
         config: config(&[
             "task=\"inpaint\"",
@@ -475,17 +438,17 @@ fn a_resumed_gan_run_matches_an_uninterrupted_one() {
     assert_eq!(half.steps_done, 3);
     let ckpt = b.join("checkpoints/step-00000003");
     for f in [
-        "generator.bpk",
-        "discriminator.bpk",
-        "g_optimizer.bpk",
-        "d_optimizer.bpk",
+        "model.bpk",
+        "optim-generator.bpk",
+        "optim-discriminator.bpk",
+        "encoder.safetensors",
     ] {
         assert!(ckpt.join(f).exists(), "{f} missing from the checkpoint");
     }
     let resumed = gan_run(&b, None, true);
     assert_eq!(resumed.steps_done, 6);
     let rows = |p: &std::path::Path| -> Vec<String> {
-        pretext::train::metrics::read(&p.join("metrics.jsonl"))
+        pretext::engine::metrics::read(&p.join("metrics.jsonl"))
             .unwrap()
             .iter()
             .map(|v| format!("{} {} {} {}", v["step"], v["loss"], v["d_loss"], v["g_adv"]))
@@ -514,14 +477,14 @@ fn colorize_pretrains_on_photos_and_transfer_feeds_the_encoder_lightness() {
         run.to_str().unwrap(),
     ];
     args.extend_from_slice(GAN_SMALL);
-    cli(&args);
-    let rows = pretext::train::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    ok(&args);
+    let rows = pretext::engine::metrics::read(&run.join("metrics.jsonl")).unwrap();
     assert_eq!(rows.len(), 6);
     assert!(rows.iter().all(|r| r["loss"].as_f64().unwrap().is_finite()));
     assert!(run.join("samples-colorize.png").exists());
     assert!(run.join("checkpoints/latest").exists());
     let info: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("encoder.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(info["backbone"]["in_channels"], 1);
     assert_eq!(info["input_transform"], "lightness");
     // A labelled colour set (the photos split into two classes): transfer converts it to L.
@@ -536,7 +499,7 @@ fn colorize_pretrains_on_photos_and_transfer_feeds_the_encoder_lightness() {
         std::fs::create_dir_all(&class).unwrap();
         std::fs::copy(f, class.join(f.file_name().unwrap())).unwrap();
     }
-    let out = cli(&[
+    let out = ok(&[
         "transfer",
         "--from",
         run.to_str().unwrap(),

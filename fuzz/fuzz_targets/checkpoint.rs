@@ -1,5 +1,5 @@
 //! What `--resume` and `transfer --from RUN` read back from a run directory: `checkpoints/latest`,
-//! `state.json`, `encoder.json`, `metrics.jsonl`, and the encoder weights (safetensors).
+//! `state.json`, `run.json` (or the older `encoder.json`), `metrics.jsonl`, and the encoder weights (safetensors).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use pretext::nn::{BackboneKind, BackboneSpec};
@@ -20,20 +20,20 @@ fuzz_target!(|data: &[u8]| {
                 br#"{"step":4,"data_cursor":4,"seed":0,"task":"rotation"}"#,
             )
             .unwrap();
-            let _ = pretext::train::checkpoint::latest_checkpoint(run);
+            let _ = pretext::engine::checkpoint::latest_checkpoint(run);
         }
         1 => {
             std::fs::write(run.join("checkpoints/latest"), b"step-00000004").unwrap();
             std::fs::write(ckpt.join("state.json"), rest).unwrap();
-            let _ = pretext::train::checkpoint::latest_checkpoint(run);
+            let _ = pretext::engine::checkpoint::latest_checkpoint(run);
         }
         2 => {
-            std::fs::write(run.join("encoder.json"), rest).unwrap();
+            std::fs::write(run.join(if which % 2 == 0 { "run.json" } else { "encoder.json" }), rest).unwrap();
             let _ = pretext::transfer::read_encoder_info(run);
         }
         3 => {
             std::fs::write(run.join("metrics.jsonl"), rest).unwrap();
-            let _ = pretext::train::metrics::read(&run.join("metrics.jsonl"));
+            let _ = pretext::engine::metrics::read(&run.join("metrics.jsonl"));
         }
         _ => {
             let path = run.join("encoder.safetensors");
@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
                 width: 1,
             }
             .init(&device);
-            let _ = pretext::train::checkpoint::load_encoder(enc, &path);
+            let _ = pretext::engine::checkpoint::load_encoder(enc, &path);
         }
     }
 });

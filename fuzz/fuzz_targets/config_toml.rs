@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let names = pretext::tasks::names();
+    let names = pretext::tasks::image_names();
     // Lines starting with "--set " are overrides, the rest is the preset file.
     let (sets, file): (Vec<&str>, Vec<&str>) = text.lines().partition(|l| l.starts_with("--set "));
     let sets: Vec<String> = sets.iter().map(|l| l[6..].to_string()).collect();
@@ -30,7 +30,8 @@ fuzz_target!(|data: &[u8]| {
             t.insert("permutations".into(), toml::Value::Integer(10));
         }
     }
-    let Some(entry) = pretext::tasks::find(&cfg.task) else {
+    let Some(pretext::tasks::Build::Image(build)) = pretext::tasks::find(&cfg.task).map(|e| e.build)
+    else {
         return;
     };
     let input = pretext::input::InputSpec {
@@ -45,5 +46,5 @@ fuzz_target!(|data: &[u8]| {
         input: &input,
         device: burn::tensor::Device::flex().autodiff(),
     };
-    let _ = (entry.build)(&ctx);
+    let _ = build(&ctx);
 });

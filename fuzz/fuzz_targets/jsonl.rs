@@ -2,7 +2,7 @@
 //! an error, never a panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pretext::data::text::{Fields, TextSource};
+use pretext::data::corpus::{Fields, TextSource};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {

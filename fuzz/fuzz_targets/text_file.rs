@@ -2,7 +2,7 @@
 //! paragraphs or an error, never a panic; the paragraphs are a subset of the input.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pretext::data::text::{Fields, TextSource, MAX_PARAGRAPH_BYTES};
+use pretext::data::corpus::{Fields, TextSource, MAX_PARAGRAPH_BYTES};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {

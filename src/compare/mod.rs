@@ -24,13 +24,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{self, PretrainConfig};
 use crate::data::Dataset;
+use crate::engine::checkpoint::latest_checkpoint;
+use crate::engine::progress::{fmt_duration, set_group};
+use crate::engine::{self, run_loop, PretrainSummary};
 use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use crate::input::InputSpec;
 use crate::nn::BackboneSpec;
+use crate::pretrain::{self, PretrainRequest};
 use crate::tasks::{self, TaskContext};
-use crate::train::checkpoint::{latest_checkpoint, write_atomic};
-use crate::train::progress::{fmt_duration, set_group};
-use crate::train::{self, PretrainRequest, PretrainSummary};
 use crate::transfer::{self, Source, TransferConfig, TransferRequest};
 use plan::{Cell, Encoder, Settings};
 
@@ -123,9 +125,9 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
 
     // The data: pretraining honours `limit`, transfer always sees all of it.
     let base = &configs[0];
-    let pre_data = train::open_dataset(base, false)?;
+    let pre_data = pretrain::open_dataset(base, false)?;
     let full_data = if base.limit > 0 {
-        train::open_dataset(
+        pretrain::open_dataset(
             &PretrainConfig {
                 limit: 0,
                 ..base.clone()
@@ -185,7 +187,7 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
     let todo: Vec<&Cell> = cells.iter().filter(|c| c.result(out).is_none()).collect();
 
     let bars = Bars::new(cells.len() as u64, (cells.len() - todo.len()) as u64, req);
-    train::install_ctrlc();
+    run_loop::install_ctrlc();
     let mut log = Invocation {
         command: req.command.clone(),
         pretext_version: env!("CARGO_PKG_VERSION").into(),
@@ -217,7 +219,7 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
             runnable.len()
         ));
         let resume = dir.join("config.toml").exists() && latest_checkpoint(&dir)?.is_some();
-        let summary = train::pretrain(PretrainRequest {
+        let summary = pretrain::pretrain(PretrainRequest {
             config: (*cfg).clone(),
             out: dir.clone(),
             device: req.device.clone(),
@@ -243,7 +245,7 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
 
     if !interrupted {
         for cell in &todo {
-            if train::interrupted() {
+            if engine::interrupted() {
                 interrupted = true;
                 break;
             }
@@ -280,7 +282,7 @@ fn pretrain_config(task: &str, req: &CompareRequest) -> Result<PretrainConfig> {
     sets.push(format!("task={task:?}"));
     sets.push(format!("data={:?}", req.data));
     sets.push(format!("steps={}", req.budget));
-    let cfg: PretrainConfig = config::resolve(None, &sets, &tasks::names())?;
+    let cfg: PretrainConfig = config::resolve(None, &sets, &tasks::image_names())?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -294,13 +296,15 @@ fn not_applicable(
     device: &Device,
     pretrain_sets: &[String],
 ) -> Result<Option<String>> {
-    let entry = tasks::find(&cfg.task).expect("checked by parse_tasks");
+    let Some(tasks::Build::Image(build)) = tasks::find(&cfg.task).map(|e| e.build) else {
+        unreachable!("parse_tasks admits image tasks only");
+    };
     let ctx = TaskContext {
         config: cfg,
         input,
         device: device.clone().autodiff(),
     };
-    match (entry.build)(&ctx) {
+    match build(&ctx) {
         Ok(_) => Ok(None),
         Err(e) if e.exit_code() == 2 => {
             let own = format!("{}.", cfg.task);

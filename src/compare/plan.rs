@@ -117,10 +117,15 @@ pub fn parse_tasks(s: &str) -> Result<Vec<String>> {
         ));
     }
     for n in &names {
-        if tasks::find(n).is_none() {
+        if tasks::find_image(n).is_none() {
+            let why = if tasks::find_text(n).is_some() {
+                "a text task (compare runs image tasks)"
+            } else {
+                "unknown task"
+            };
             return Err(Error::Usage(format!(
-                "--tasks: unknown task '{n}'; known tasks: {}",
-                tasks::names().join(", ")
+                "--tasks: {why} '{n}'; image tasks: {}",
+                tasks::image_names().join(", ")
             )));
         }
     }

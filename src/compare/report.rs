@@ -10,9 +10,9 @@ use super::plan::{Encoder, Settings};
 use super::plots::{self, Line, Style};
 use super::tables::{self, esc, Results};
 use super::{finished_pretraining, Invocation};
+use crate::engine::PretrainSummary;
 use crate::error::{Error, Result};
-use crate::train::checkpoint::write_atomic;
-use crate::train::PretrainSummary;
+use crate::fsio::write_atomic;
 
 /// What the report knows about one task's pretraining run.
 struct Pretraining {

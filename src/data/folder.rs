@@ -589,10 +589,6 @@ mod tests {
         for i in 0..m.n {
             assert_eq!(m.image(i).unwrap(), s.image(i).unwrap(), "image {i}");
         }
-        assert_eq!(
-            crate::input::InputSpec::from_images(m).unwrap(),
-            crate::input::InputSpec::from_images(s).unwrap()
-        );
         let batches = |set: &ImageSet, workers: usize| {
             let cfg = LoaderConfig {
                 batch_size: 12,

@@ -25,26 +25,23 @@ use rand_chacha::ChaCha8Rng;
 use crate::data::augment::Img;
 use crate::data::{DataError, ImageSet};
 
-/// One batch, ready to become tensors.
+/// Images stacked as they are, with their dataset labels: what [`default_make_batch`] makes
+/// (transfer's batches). Pretext tasks make batches of their own types.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
-    /// Global batch number (the resume cursor after this batch is index + 1).
-    pub index: u64,
     /// [b, c, h, w]
     pub images: Vec<f32>,
-    /// Task-specific targets or dataset labels; may be empty.
+    /// Dataset labels; empty for unlabelled data.
     pub labels: Vec<u32>,
     pub b: usize,
     pub c: usize,
     pub h: usize,
     pub w: usize,
-    /// Free for tasks (masks, permutation ids, second views …).
-    pub extra: Vec<f32>,
 }
 
-/// Turns the raw images of one batch into a Batch. Gets its own RNG seeded from (seed, batch
-/// index), so its output depends only on those.
-pub type MakeBatch = Arc<dyn Fn(&[Img], &[u32], &mut ChaCha8Rng) -> Batch + Send + Sync>;
+/// Turns the raw images (and labels) of one batch into a batch of type `B`. Gets its own RNG
+/// seeded from (seed, batch index), so its output depends only on those.
+pub type MakeBatch<B = Batch> = Arc<dyn Fn(&[Img], &[u32], &mut ChaCha8Rng) -> B + Send + Sync>;
 
 #[derive(Clone, Debug)]
 pub struct LoaderConfig {
@@ -79,7 +76,7 @@ pub fn default_make_batch() -> MakeBatch {
     Arc::new(|imgs: &[Img], labels: &[u32], _rng: &mut ChaCha8Rng| stack(imgs, labels.to_vec()))
 }
 
-/// Stack same-sized images into a Batch (index 0, to be set by the loader; `extra` empty).
+/// Stack same-sized images into a Batch.
 pub fn stack(imgs: &[Img], labels: Vec<u32>) -> Batch {
     let (c, h, w) = imgs.first().map_or((0, 0, 0), |i| (i.c, i.h, i.w));
     let mut images = Vec::with_capacity(imgs.len() * c * h * w);
@@ -92,14 +89,12 @@ pub fn stack(imgs: &[Img], labels: Vec<u32>) -> Batch {
         images.extend_from_slice(&img.data);
     }
     Batch {
-        index: 0,
         images,
         labels,
         b: imgs.len(),
         c,
         h,
         w,
-        extra: Vec::new(),
     }
 }
 
@@ -149,12 +144,12 @@ fn slice_of(perm: &[usize], b: usize, pos: u64) -> &[usize] {
     &perm[start..(start + b).min(perm.len())]
 }
 
-struct State {
+struct State<B> {
     /// Next batch number a worker may claim.
     next_claim: u64,
     /// Next batch number the consumer yields.
     next_yield: u64,
-    ready: BTreeMap<u64, Result<Batch, DataError>>,
+    ready: BTreeMap<u64, Result<B, DataError>>,
     stop: bool,
     /// A batch failed to load: claim no more (the consumer still gets the ones before it).
     failed: bool,
@@ -162,13 +157,13 @@ struct State {
     panic: Option<Box<dyn std::any::Any + Send>>,
 }
 
-struct Shared {
-    state: Mutex<State>,
+struct Shared<B> {
+    state: Mutex<State<B>>,
     cond: Condvar,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+impl<B> Shared<B> {
+    fn lock(&self) -> MutexGuard<'_, State<B>> {
         // a poisoned lock only means another thread panicked; the state itself stays valid
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -176,16 +171,16 @@ impl Shared {
 
 /// An infinite iterator of batches (epochs repeat, each reshuffled). Dropping it stops the
 /// workers; a batch being made at that moment is finished and discarded.
-pub struct Loader {
-    shared: Arc<Shared>,
+pub struct Loader<B: Send + 'static = Batch> {
+    shared: Arc<Shared<B>>,
     workers: Vec<JoinHandle<()>>,
     batches_per_epoch: u64,
     /// An error was yielded; the stream is over.
     done: bool,
 }
 
-impl Loader {
-    pub fn new(set: Arc<ImageSet>, cfg: LoaderConfig, make: MakeBatch) -> Loader {
+impl<B: Send + 'static> Loader<B> {
+    pub fn new(set: Arc<ImageSet>, cfg: LoaderConfig, make: MakeBatch<B>) -> Loader<B> {
         let n = set.n;
         let bpe = batches_per_epoch(n, cfg.batch_size, cfg.drop_last);
         let shared = Arc::new(Shared {
@@ -226,11 +221,11 @@ impl Loader {
     }
 }
 
-fn work(
+fn work<B>(
     set: &ImageSet,
     cfg: &LoaderConfig,
-    make: &MakeBatch,
-    shared: &Shared,
+    make: &MakeBatch<B>,
+    shared: &Shared<B>,
     bpe: u64,
     window: u64,
 ) {
@@ -278,8 +273,7 @@ fn work(
         };
         let mut st = shared.lock();
         match result {
-            Ok(Ok(mut batch)) => {
-                batch.index = k;
+            Ok(Ok(batch)) => {
                 st.ready.insert(k, Ok(batch));
             }
             Ok(Err(e)) => {
@@ -300,10 +294,10 @@ fn work(
 
 /// Yields `Ok(batch)` for k = start_batch, start_batch+1, …; an `Err` (a file that failed to
 /// decode, naming it) ends the stream.
-impl Iterator for Loader {
-    type Item = Result<Batch, DataError>;
+impl<B: Send + 'static> Iterator for Loader<B> {
+    type Item = Result<B, DataError>;
 
-    fn next(&mut self) -> Option<Result<Batch, DataError>> {
+    fn next(&mut self) -> Option<Result<B, DataError>> {
         if self.workers.is_empty() || self.done {
             return None;
         }
@@ -328,7 +322,7 @@ impl Iterator for Loader {
     }
 }
 
-impl Drop for Loader {
+impl<B: Send + 'static> Drop for Loader<B> {
     fn drop(&mut self) {
         self.shared.lock().stop = true;
         self.shared.cond.notify_all();
@@ -358,11 +352,9 @@ mod tests {
     }
 
     /// Stacks the images and adds a random number, so the per-batch RNG shows in the output.
-    fn noisy() -> MakeBatch {
+    fn noisy() -> MakeBatch<(Batch, f32)> {
         Arc::new(|imgs: &[Img], labels: &[u32], rng: &mut ChaCha8Rng| {
-            let mut b = stack(imgs, labels.to_vec());
-            b.extra = vec![rng.gen::<f32>()];
-            b
+            (stack(imgs, labels.to_vec()), rng.gen::<f32>())
         })
     }
 
@@ -377,7 +369,7 @@ mod tests {
         }
     }
 
-    fn first(n: usize, cfg: LoaderConfig) -> Vec<Batch> {
+    fn first(n: usize, cfg: LoaderConfig) -> Vec<(Batch, f32)> {
         Loader::new(numbered(50), cfg, noisy())
             .take(n)
             .map(|b| b.unwrap())
@@ -391,10 +383,6 @@ mod tests {
         let c = first(30, cfg(11, 3));
         assert_eq!(a, b);
         assert_eq!(a, c);
-        assert_eq!(
-            a.iter().map(|b| b.index).collect::<Vec<_>>(),
-            (0..30).collect::<Vec<_>>()
-        );
         let d = first(30, cfg(12, 3));
         assert_ne!(a, d);
     }
@@ -410,7 +398,6 @@ mod tests {
             },
         );
         assert_eq!(resumed, fresh[5..]);
-        assert_eq!(resumed[0].index, 5);
     }
 
     #[test]
@@ -453,8 +440,8 @@ mod tests {
     #[test]
     fn batch_indices_match_loader() {
         let batches = first(12, cfg(4, 2));
-        for b in &batches {
-            let idx: Vec<u32> = batch_indices(50, 7, false, 4, b.index)
+        for (k, (b, _)) in batches.iter().enumerate() {
+            let idx: Vec<u32> = batch_indices(50, 7, false, 4, k as u64)
                 .iter()
                 .map(|&i| i as u32)
                 .collect();

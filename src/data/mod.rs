@@ -6,17 +6,17 @@
 //! files that the loader's workers decode on demand.
 
 pub mod augment;
+pub mod builtin;
 pub mod cifar;
-pub mod error;
+pub mod corpus;
 pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod stl10;
-pub mod text;
 pub mod tokenizer;
 pub mod tokens;
 
-pub use error::DataError;
+pub use crate::error::DataError;
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -244,6 +244,7 @@ pub fn open(spec: &str, opts: &OpenOptions) -> Result<Dataset, DataError> {
     }
     let dir = Path::new(path);
     let mut ds = match format.to_ascii_lowercase().as_str() {
+        _ if spec == builtin::BUILTIN => builtin::builtin_dataset()?,
         "idx" => idx::read_dir(dir, opts.limit)?,
         "cifar10" => cifar::read_cifar10(dir, opts.limit)?,
         "cifar100" => cifar::read_cifar100(dir, opts.limit)?,

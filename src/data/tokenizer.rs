@@ -19,7 +19,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::AddedToken;
 
-use super::text::TextSource;
+use super::corpus::TextSource;
 use super::DataError;
 use crate::{Error, Result};
 
@@ -406,7 +406,7 @@ impl Tokenizer {
 
     /// Write the Hugging Face `tokenizer.json` format (atomically).
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::train::checkpoint::write_atomic(path, self.json.as_bytes())
+        crate::fsio::write_atomic(path, self.json.as_bytes())
     }
 
     /// Read a tokenizer file; an error names the file and says why it is not usable (not JSON,
@@ -596,7 +596,7 @@ pub struct TrainReport {
 /// `pretext tokenizer train`: train on `spec`, save to `out`, count tokens.
 pub fn train_command(
     spec: &str,
-    fields: &super::text::Fields,
+    fields: &super::corpus::Fields,
     vocab_size: usize,
     min_frequency: u64,
     out: &Path,
@@ -620,7 +620,7 @@ pub fn train_command(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::text::Fields;
+    use crate::data::corpus::Fields;
     use rand::{Rng, SeedableRng};
 
     /// Random text mixing ASCII, whitespace runs, newlines, tabs, accents, CJK, emoji, control

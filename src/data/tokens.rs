@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::text::{is_validation, TextSource};
+use super::corpus::{is_validation, TextSource};
 use super::tokenizer::{spinner, Tokenizer};
 use super::DataError;
 use crate::{Error, Result};
@@ -342,7 +342,7 @@ pub fn tokenize_corpus(
     meta.tokens_train = train.finish()?;
     meta.tokens_val = val.finish()?;
     let json = serde_json::to_string_pretty(&meta).expect("plain struct serialises");
-    crate::train::checkpoint::write_atomic(&meta_path, json.as_bytes())?;
+    crate::fsio::write_atomic(&meta_path, json.as_bytes())?;
     Ok(TokenCorpus {
         train: TokenFile::open(&dir.join(TRAIN_FILE))?,
         val: TokenFile::open(&dir.join(VAL_FILE))?,
@@ -399,7 +399,7 @@ pub fn read_meta(dir: &Path) -> Result<TokensMeta> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::text::Fields;
+    use crate::data::corpus::Fields;
 
     fn corpus(dir: &Path, docs: usize) -> TextSource {
         let p = dir.join("c.txt");

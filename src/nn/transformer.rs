@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Everything needed to rebuild the model before loading its weights (saved in `lm.json`).
+/// Everything needed to rebuild the model before loading its weights (saved in the run's `run.json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TransformerSpec {
     pub vocab: usize,

@@ -6,24 +6,29 @@
 
 use rand_chacha::ChaCha8Rng;
 
-use super::text::{Specials, TextBatch, TextTask, TextTaskEntry};
+use std::sync::Arc;
+
+use super::lm::{Specials, TextBatch, TextTask};
+use super::{Build, TaskEntry};
 use crate::error::{Error, Result};
 
-pub const ENTRY: TextTaskEntry = TextTaskEntry {
+pub const ENTRY: TaskEntry = TaskEntry {
     name: "causal-lm",
     description: "predict the next token from the ones before it (GPT-style language model)",
-    causal: true,
-    build,
+    build: Build::Text {
+        causal: true,
+        build,
+    },
 };
 
-fn build(section: &toml::Value, _specials: &Specials) -> Result<Box<dyn TextTask>> {
+fn build(section: &toml::Value, _specials: &Specials) -> Result<Arc<dyn TextTask>> {
     if let Some((key, _)) = section.as_table().and_then(|t| t.iter().next()) {
         return Err(Error::config(
             format!("causal-lm.{key}"),
             "unknown key; causal-lm has no settings of its own",
         ));
     }
-    Ok(Box::new(CausalLm))
+    Ok(Arc::new(CausalLm))
 }
 
 pub struct CausalLm;

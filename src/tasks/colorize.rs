@@ -21,31 +21,30 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::module::Module;
-use burn::optim::ModuleOptimizer;
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{build_generator, PretextTask, TaskContext, TaskEntry};
+use super::{bind, build_generator, Build, FlatBatch, ImageTask, ImageTrainer};
+use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::{hflip, lab_to_rgb, rgb_to_lab, Img};
-use crate::data::loader::{Batch, MakeBatch};
+use crate::data::loader::MakeBatch;
+use crate::engine::step::images_tensor;
+use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use crate::input::{InputSpec, InputTransform};
 use crate::nn::decoder::Generator;
 use crate::nn::Backbone;
 use crate::report::grid::{tensor_images, write_grid, zoom_for};
-use crate::train::checkpoint::{
-    load_module, load_optimizer, save_module, save_optimizer, write_atomic,
-};
-use crate::train::optim::build_optimizer;
-use crate::train::step::StepStats;
 
 pub const ENTRY: TaskEntry = TaskEntry {
     name: "colorize",
     description: "predict the colour (Lab ab) of an image from its lightness (Zhang et al. 2016)",
-    build,
+    build: Build::Image(build),
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,70 +240,93 @@ fn dist2(c: [f32; 2], a: f32, b: f32) -> f32 {
     (c[0] - a).powi(2) + (c[1] - b).powi(2)
 }
 
+/// Lightness in, colour as the answer.
+#[derive(Clone, Debug)]
+pub struct ColorizeBatch {
+    /// Normalised lightness (L/100 − 0.5)/0.25: [b, 1, h, w].
+    pub lightness: Vec<f32>,
+    pub shape: [usize; 4],
+    /// 1 for images with colour, 0 for those left out of the loss.
+    pub keep: Vec<u32>,
+    /// The true colour ab in Lab units: [b, 2, h, w].
+    pub ab: Vec<f32>,
+    /// Classification loss only (empty otherwise): each pixel's `k` target bins, nearest first,
+    /// [b, k, h, w] …
+    pub bins: Vec<u32>,
+    /// … and their soft-encoding weights, [b, k, h, w].
+    pub weights: Vec<f32>,
+}
+
+#[derive(Clone)]
 pub struct Colorize {
     config: ColorizeConfig,
     bins: Arc<AbBins>,
     /// Kept pixels per bin (nearest bin) over all batches so far: the empirical prior.
     counts: Vec<f64>,
-    gen: Option<Generator>,
-    optim: ModuleOptimizer,
     device: Device,
 }
 
-fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
-    let config: ColorizeConfig = parse_section("colorize", ctx.config.section("colorize"))?;
-    if ctx.input.channels != 3 {
-        return Err(Error::Usage(format!(
-            "colorize needs colour (3-channel RGB) images, but {} has {} channel(s); \
-             use superres or inpaint on grayscale data",
-            ctx.config.data, ctx.input.channels
-        )));
-    }
-    if !(1..=25).contains(&config.neighbours) {
-        return Err(Error::config(
-            "colorize.neighbours",
-            format!("must be in 1..=25, found {}", config.neighbours),
-        ));
-    }
-    if !(0.0..=1.0).contains(&config.rebalance) {
-        return Err(Error::config(
-            "colorize.rebalance",
-            format!("must be in [0, 1], found {}", config.rebalance),
-        ));
-    }
-    for (key, v) in [
-        ("colorize.sigma", config.sigma),
-        ("colorize.prior_sigma", config.prior_sigma),
-        ("colorize.temperature", config.temperature),
-    ] {
-        if !(v > 0.0 && v.is_finite()) {
-            return Err(Error::config(key, format!("must be > 0, found {v}")));
-        }
-    }
-    let bins = Arc::new(AbBins::in_gamut());
-    let out = match config.loss {
-        ColorLoss::Classification => bins.len(),
-        ColorLoss::L2 | ColorLoss::SmoothL1 => 2,
-    };
-    Ok(Box::new(Colorize {
-        gen: Some(build_generator(ctx, 1, config.stage, config.skips, out)?),
-        counts: vec![0.0; bins.len()],
-        bins,
-        config,
-        optim: build_optimizer(ctx.config),
-        device: ctx.device.clone(),
-    }))
+fn build(ctx: &TaskContext) -> Result<Box<dyn ImageTrainer>> {
+    let (task, gen) = Colorize::new(ctx)?;
+    Ok(bind(task, gen, ctx))
 }
 
-/// The pure half. `images`: normalised lightness [b, 1, h, w]; `labels`: 1 for images with
-/// colour, 0 for those left out; `extra`: [ab (b·2·h·w) | for classification: bin indices
-/// (b·k·h·w, nearest first) | their soft weights (b·k·h·w)].
+impl Colorize {
+    /// The task and its generator (one input channel, lightness), or a config error.
+    fn new(ctx: &TaskContext) -> Result<(Self, Generator)> {
+        let config: ColorizeConfig = parse_section("colorize", ctx.config.section("colorize"))?;
+        if ctx.input.channels != 3 {
+            return Err(Error::Usage(format!(
+                "colorize needs colour (3-channel RGB) images, but {} has {} channel(s); \
+                 use superres or inpaint on grayscale data",
+                ctx.config.data, ctx.input.channels
+            )));
+        }
+        if !(1..=25).contains(&config.neighbours) {
+            return Err(Error::config(
+                "colorize.neighbours",
+                format!("must be in 1..=25, found {}", config.neighbours),
+            ));
+        }
+        if !(0.0..=1.0).contains(&config.rebalance) {
+            return Err(Error::config(
+                "colorize.rebalance",
+                format!("must be in [0, 1], found {}", config.rebalance),
+            ));
+        }
+        for (key, v) in [
+            ("colorize.sigma", config.sigma),
+            ("colorize.prior_sigma", config.prior_sigma),
+            ("colorize.temperature", config.temperature),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(Error::config(key, format!("must be > 0, found {v}")));
+            }
+        }
+        let bins = Arc::new(AbBins::in_gamut());
+        let out = match config.loss {
+            ColorLoss::Classification => bins.len(),
+            ColorLoss::L2 | ColorLoss::SmoothL1 => 2,
+        };
+        let gen = build_generator(ctx, 1, config.stage, config.skips, out)?;
+        let task = Colorize {
+            counts: vec![0.0; bins.len()],
+            bins,
+            config,
+            device: ctx.device.clone(),
+        };
+        Ok((task, gen))
+    }
+}
+
+/// The pure half: lightness, which images have colour, the true ab and (for classification)
+/// each pixel's soft target over the bins (see [`ColorizeBatch`]).
 pub fn make_batch(
     images: &[Img],
     config: &ColorizeConfig,
     bins: &AbBins,
     rng: &mut impl Rng,
-) -> Batch {
+) -> ColorizeBatch {
     let (h, w) = images.first().map_or((0, 0), |i| (i.h, i.w));
     let (plane, k) = (h * w, config.neighbours);
     let classify = config.loss == ColorLoss::Classification;
@@ -335,7 +357,7 @@ pub fn make_batch(
         ab.extend_from_slice(&lab.data[plane..]);
         if classify {
             let start = idx.len();
-            idx.resize(start + k * plane, 0.0);
+            idx.resize(start + k * plane, 0);
             wts.resize(start + k * plane, 0.0);
             for p in 0..plane {
                 for (j, (q, wq)) in bins
@@ -343,51 +365,43 @@ pub fn make_batch(
                     .into_iter()
                     .enumerate()
                 {
-                    idx[start + j * plane + p] = q as f32;
+                    idx[start + j * plane + p] = q as u32;
                     wts[start + j * plane + p] = wq;
                 }
             }
         }
     }
-    let mut extra = ab;
-    extra.extend(idx);
-    extra.extend(wts);
-    Batch {
-        index: 0,
-        b: images.len(),
-        c: 1,
-        h,
-        w,
-        images: l,
-        labels: keep,
-        extra,
+    ColorizeBatch {
+        lightness: l,
+        shape: [images.len(), 1, h, w],
+        keep,
+        ab,
+        bins: idx,
+        weights: wts,
     }
 }
 
 impl Colorize {
     /// Per-pixel loss [b, 1, h, w] of generator output `out` against the batch's targets, and
     /// the per-pixel weights [b, 1, h, w] (image kept × class rebalancing).
-    fn loss(&mut self, out: Tensor<4>, batch: &Batch, device: &Device) -> Tensor<1> {
-        let (b, h, w) = (batch.b, batch.h, batch.w);
+    ///
+    /// Classification adds the batch's kept pixels to the empirical prior first.
+    fn loss(&mut self, out: Tensor<4>, batch: &ColorizeBatch, device: &Device) -> Tensor<1> {
+        let [b, _, h, w] = batch.shape;
         let plane = h * w;
-        let keep: Vec<f32> = batch.labels.iter().map(|&k| k as f32).collect();
+        let keep: Vec<f32> = batch.keep.iter().map(|&k| k as f32).collect();
         let kept_pixels = keep.iter().sum::<f32>() * plane as f32;
         let keep_t = Tensor::<1>::from_floats(keep.as_slice(), device).reshape([b, 1, 1, 1]);
-        let ab = Tensor::<4>::from_data(
-            TensorData::new(batch.extra[..b * 2 * plane].to_vec(), [b, 2, h, w]),
-            device,
-        );
+        let ab = Tensor::<4>::from_data(TensorData::new(batch.ab.clone(), [b, 2, h, w]), device);
         let per_pixel = match self.config.loss {
             ColorLoss::Classification => {
                 let k = self.config.neighbours;
-                let n = b * k * plane;
-                let idx_f = &batch.extra[b * 2 * plane..b * 2 * plane + n];
-                let wts = &batch.extra[b * 2 * plane + n..];
+                let (bins, wts) = (&batch.bins, &batch.weights);
                 // The prior counts the nearest bin of every kept pixel, this batch included.
                 for i in 0..b {
-                    if batch.labels[i] == 1 {
+                    if batch.keep[i] == 1 {
                         for p in 0..plane {
-                            self.counts[idx_f[i * k * plane + p] as usize] += 1.0;
+                            self.counts[bins[i * k * plane + p] as usize] += 1.0;
                         }
                     }
                 }
@@ -397,12 +411,12 @@ impl Colorize {
                     self.config.rebalance,
                 );
                 let pix_w: Vec<f32> = (0..b * plane)
-                    .map(|j| rw[idx_f[(j / plane) * k * plane + j % plane] as usize])
+                    .map(|j| rw[bins[(j / plane) * k * plane + j % plane] as usize])
                     .collect();
-                let idx: Vec<i64> = idx_f.iter().map(|&q| q as i64).collect();
+                let idx: Vec<i64> = bins.iter().map(|&q| q as i64).collect();
                 let idx = Tensor::<4, Int>::from_data(TensorData::new(idx, [b, k, h, w]), device);
                 let wts =
-                    Tensor::<4>::from_data(TensorData::new(wts.to_vec(), [b, k, h, w]), device);
+                    Tensor::<4>::from_data(TensorData::new(wts.clone(), [b, k, h, w]), device);
                 let pix_w = Tensor::<4>::from_data(TensorData::new(pix_w, [b, 1, h, w]), device);
                 // Soft cross-entropy: -Σ_j w_j log p(bin_j), only the k target bins are non-zero.
                 let logp = log_softmax(out, 1).gather(1, idx);
@@ -444,69 +458,48 @@ impl Colorize {
     }
 }
 
-impl PretextTask for Colorize {
-    fn make_batch(&self) -> MakeBatch {
-        let config = self.config.clone();
-        let bins = self.bins.clone();
-        Arc::new(move |images, _labels, rng| make_batch(images, &config, &bins, rng))
-    }
+impl Task for Colorize {
+    type Model = Generator;
+    type Batch = ColorizeBatch;
+    type Encoder = Backbone;
 
-    fn step(&mut self, mut batch: Batch, lr: f64) -> StepStats {
+    fn step(
+        &mut self,
+        model: Generator,
+        mut batch: ColorizeBatch,
+        cx: &mut StepCtx,
+    ) -> (Generator, StepStats) {
         let device = self.device.clone();
-        let x = crate::train::step::images_tensor(&mut batch, &device);
-        let gen = self.gen.take().expect("generator present between steps");
-        let out = gen.forward(x);
+        let x = images_tensor(std::mem::take(&mut batch.lightness), batch.shape, &device);
+        let out = model.forward(x);
         let loss = self.loss(out, &batch, &device);
-        let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &gen);
-        let value = loss.detach().into_scalar::<f32>();
-        self.gen = Some(self.optim.step(lr, gen, grads));
-        let kept = batch.labels.iter().sum::<u32>() as f32 / batch.b as f32;
-        StepStats {
-            loss: value,
-            metrics: vec![("kept", kept)],
-            skipped: false,
+        let value = loss.clone().detach().into_scalar::<f32>();
+        let kept = batch.keep.iter().sum::<u32>() as f32 / batch.shape[0] as f32;
+        let stats = StepStats::new(value, vec![("kept", kept)]);
+        if !value.is_finite() {
+            // Nothing to learn from; the engine stops or undoes the step (prior included).
+            return (model, stats);
         }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        (cx.optim.step("model", cx.lr, model, grads), stats)
     }
 
-    fn num_params(&self) -> usize {
-        self.gen.as_ref().map_or(0, |m| m.num_params())
+    fn items(batch: &ColorizeBatch) -> u64 {
+        batch.shape[0] as u64
     }
 
-    fn encoder(&self) -> Backbone {
-        self.gen
-            .as_ref()
-            .expect("generator present")
-            .encoder
-            .clone()
+    fn encoder(model: &Generator) -> Backbone {
+        model.encoder.clone()
     }
 
-    fn encoder_input(&self, data: &InputSpec) -> (InputSpec, InputTransform) {
-        let spec = InputSpec {
-            channels: 1,
-            height: data.height,
-            width: data.width,
-            mean: vec![L_MEAN],
-            std: vec![L_STD],
-        };
-        (spec, InputTransform::Lightness)
-    }
-
-    fn save(&self, dir: &Path) -> Result<()> {
-        save_module(
-            self.gen.clone().expect("generator"),
-            &dir.join("generator.bpk"),
-        )?;
-        save_optimizer(&self.optim, &dir.join("optimizer.bpk"))?;
+    fn save_state(&self, dir: &Path) -> Result<()> {
         write_atomic(
             &dir.join("ab_prior.json"),
             &serde_json::to_vec(&self.counts).expect("json"),
         )
     }
 
-    fn load(&mut self, dir: &Path) -> Result<()> {
-        let gen = self.gen.take().expect("generator");
-        self.gen = Some(load_module(gen, &dir.join("generator.bpk"))?);
-        self.optim = load_optimizer(self.optim.clone(), &dir.join("optimizer.bpk"))?;
+    fn load_state(&mut self, dir: &Path) -> Result<()> {
         let path = dir.join("ab_prior.json");
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         let counts: Vec<f64> =
@@ -520,25 +513,40 @@ impl PretextTask for Colorize {
         self.counts = counts;
         Ok(())
     }
+}
 
-    fn write_samples(&mut self, batch: &Batch, dir: &Path) -> Result<()> {
+impl ImageTask for Colorize {
+    fn make_batch(&self) -> MakeBatch<ColorizeBatch> {
+        let config = self.config.clone();
+        let bins = self.bins.clone();
+        Arc::new(move |images, _labels, rng| make_batch(images, &config, &bins, rng))
+    }
+
+    fn encoder_input(&self, data: &InputSpec) -> (InputSpec, InputTransform) {
+        let spec = InputSpec {
+            channels: 1,
+            height: data.height,
+            width: data.width,
+            mean: vec![L_MEAN],
+            std: vec![L_STD],
+        };
+        (spec, InputTransform::Lightness)
+    }
+
+    fn write_samples(&self, model: &Generator, batch: &ColorizeBatch, dir: &Path) -> Result<()> {
         let device = self.device.clone().inner();
-        let (b, h, w) = (batch.b.min(8), batch.h, batch.w);
+        let [b, _, h, w] = batch.shape;
+        let b = b.min(8);
         let plane = h * w;
-        let gen = self
-            .gen
-            .as_ref()
-            .expect("generator")
-            .valid()
-            .to_device(&device);
+        let gen = model.valid().to_device(&device);
         let x = Tensor::<4>::from_data(
-            TensorData::new(batch.images[..b * plane].to_vec(), [b, 1, h, w]),
+            TensorData::new(batch.lightness[..b * plane].to_vec(), [b, 1, h, w]),
             &device,
         );
         let ab = tensor_images(self.predict_ab(gen.forward(x)), b);
         let mut rows = Vec::new();
         for (i, ab_pred) in ab.iter().enumerate() {
-            let l: Vec<f32> = batch.images[i * plane..(i + 1) * plane]
+            let l: Vec<f32> = batch.lightness[i * plane..(i + 1) * plane]
                 .iter()
                 .map(|v| (v * L_STD + L_MEAN) * 100.0)
                 .collect();
@@ -548,7 +556,7 @@ impl PretextTask for Colorize {
                 w,
                 data: l.iter().copied().chain(ab.iter().copied()).collect(),
             };
-            let truth_ab = &batch.extra[i * 2 * plane..(i + 1) * 2 * plane];
+            let truth_ab = &batch.ab[i * 2 * plane..(i + 1) * 2 * plane];
             let gray = Img {
                 c: 1,
                 h,
@@ -563,11 +571,21 @@ impl PretextTask for Colorize {
         }
         write_grid(&dir.join("samples-colorize.png"), &rows, zoom_for(h))
     }
+
+    /// `images`: the lightness; `labels`: `keep`; `extra`: [ab (b·2·h·w) | for classification:
+    /// bin indices (b·k·h·w, nearest first) | their soft weights (b·k·h·w)].
+    fn flat(b: &ColorizeBatch) -> FlatBatch {
+        let bins: Vec<f32> = b.bins.iter().map(|&q| q as f32).collect();
+        let extra = [&b.ab[..], &bins, &b.weights].concat();
+        FlatBatch::new(b.shape, &b.lightness, &b.keep, extra)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::optim::build_optimizer;
+    use crate::engine::Bound;
     use rand::SeedableRng;
 
     fn colour_image(s: usize, k: usize) -> Img {
@@ -577,7 +595,8 @@ mod tests {
         })
     }
 
-    fn task(sets: &[&str], s: usize) -> Colorize {
+    /// The task bound to its generator and optimiser, as a run has it (no skipping).
+    fn task(sets: &[&str], s: usize) -> Bound<Colorize> {
         let mut all = vec!["task=\"colorize\"".to_string(), "width=4".into()];
         all.extend(sets.iter().map(|s| s.to_string()));
         let cfg: crate::config::PretrainConfig =
@@ -591,26 +610,13 @@ mod tests {
         };
         let device = Device::flex().autodiff();
         device.seed(0);
-        let config: ColorizeConfig = parse_section("colorize", cfg.section("colorize")).unwrap();
-        let bins = Arc::new(AbBins::in_gamut());
-        let ctx = TaskContext {
+        let (task, gen) = Colorize::new(&TaskContext {
             config: &cfg,
             input: &input,
-            device: device.clone(),
-        };
-        let out = if config.loss == ColorLoss::Classification {
-            bins.len()
-        } else {
-            2
-        };
-        Colorize {
-            gen: Some(build_generator(&ctx, 1, config.stage, config.skips, out).unwrap()),
-            counts: vec![0.0; bins.len()],
-            bins,
-            config,
-            optim: build_optimizer(&cfg),
             device,
-        }
+        })
+        .unwrap();
+        Bound::new(task, gen, &build_optimizer(&cfg), false)
     }
 
     #[test]
@@ -680,12 +686,20 @@ mod tests {
             &bins,
             &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
         );
-        assert_eq!((b.b, b.c, b.h, b.w), (2, 1, 8, 8));
-        assert_eq!(b.labels, vec![1, 0]);
-        assert_eq!(b.extra.len(), 2 * 2 * 64 + 2 * 2 * 5 * 64);
+        assert_eq!(b.shape, [2, 1, 8, 8]);
+        assert_eq!(b.keep, vec![1, 0]);
+        assert_eq!(Colorize::items(&b), 2);
+        // `bench/reference.py`'s layout: extra = [ab | bin indices | weights].
+        let flat = Colorize::flat(&b);
+        assert_eq!((flat.b, flat.c, flat.h, flat.w), (2, 1, 8, 8));
+        assert_eq!(flat.labels, vec![1, 0]);
+        assert_eq!(flat.extra.len(), 2 * 2 * 64 + 2 * 2 * 5 * 64);
+        assert_eq!(flat.extra[..2 * 2 * 64], b.ab[..]);
+        assert_eq!(flat.extra[2 * 2 * 64], b.bins[0] as f32);
+        assert_eq!(flat.extra[2 * 2 * 64 + 2 * 5 * 64..], b.weights[..]);
         // Lightness of a mid-grey pixel: (L/100 - 0.5) / 0.25 with L of the pixel.
         let lab = rgb_to_lab(&imgs[0]);
-        assert!((b.images[0] - (lab.data[0] / 100.0 - 0.5) / 0.25).abs() < 1e-5);
+        assert!((b.lightness[0] - (lab.data[0] / 100.0 - 0.5) / 0.25).abs() < 1e-5);
     }
 
     #[test]
@@ -724,20 +738,18 @@ mod tests {
                 &[&format!("colorize.loss=\"{loss}\""), "colorize.flip=false"],
                 16,
             );
-            let make = t.make_batch();
+            let make = t.task.make_batch();
             let batch = make(&imgs, &[], &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
-            let first = t.step(batch.clone(), 3e-3).loss;
+            let first = t.step_typed(batch.clone(), 0, 3e-3).loss;
             let mut last = first;
-            for _ in 0..60 {
-                last = t.step(batch.clone(), 3e-3).loss;
+            for step in 1..=60 {
+                last = t.step_typed(batch.clone(), step, 3e-3).loss;
             }
             assert!(last < 0.7 * first, "{loss}: {first} → {last}");
             let out = t
-                .gen
-                .as_ref()
-                .unwrap()
-                .forward(Tensor::zeros([2, 1, 16, 16], &t.device));
-            assert_eq!(t.predict_ab(out).dims(), [2, 2, 16, 16]);
+                .model()
+                .forward(Tensor::zeros([2, 1, 16, 16], &t.task.device));
+            assert_eq!(t.task.predict_ab(out).dims(), [2, 2, 16, 16]);
         }
     }
 
@@ -751,10 +763,12 @@ mod tests {
             mean: vec![0.4; 3],
             std: vec![0.2; 3],
         };
-        let (spec, transform) = t.encoder_input(&data);
+        let (spec, transform) = t.task.encoder_input(&data);
         assert_eq!((spec.channels, transform), (1, InputTransform::Lightness));
-        let x = Tensor::<4>::zeros([1, 1, 16, 16], &t.device.clone().inner());
-        let enc = t.encoder().valid().to_device(&t.device.clone().inner());
+        let x = Tensor::<4>::zeros([1, 1, 16, 16], &t.task.device.clone().inner());
+        let enc = Colorize::encoder(t.model())
+            .valid()
+            .to_device(&t.task.device.clone().inner());
         assert_eq!(enc.features(x).dims()[0], 1);
     }
 }

@@ -16,32 +16,29 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{PretextTask, TaskContext, TaskEntry};
-use crate::config::{parse_section, NonFinite};
+use super::{backbone, bind, Build, ClassBatch, FlatBatch, ImageTask, ImageTrainer};
+use super::{TaskContext, TaskEntry};
+use crate::config::parse_section;
 use crate::data::augment::{crop, Img};
-use crate::data::loader::{Batch, MakeBatch};
+use crate::data::loader::MakeBatch;
+use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use crate::input::InputSpec;
 use crate::nn::heads::MlpHead;
-use crate::nn::{Backbone, BackboneSpec};
+use crate::nn::Backbone;
 use crate::report::canvas::{for_display, Canvas};
 use crate::report::grid::zoom_for;
-use crate::train::checkpoint::{
-    load_module, load_optimizer, save_module, save_optimizer, write_atomic,
-};
-use crate::train::optim::build_optimizer;
-use crate::train::step::{classification_step, images_tensor, labels_tensor, StepStats};
 
 pub const ENTRY: TaskEntry = TaskEntry {
     name: "context",
     description: "predict where a patch sits among the 8 neighbours of the centre patch (Doersch et al. 2015)",
-    build,
+    build: Build::Image(build),
 };
 
 /// Grid positions (row-major 0..9) of the 8 classes; the centre is 4.
@@ -191,37 +188,27 @@ impl ContextModel {
     }
 }
 
+#[derive(Clone)]
 pub struct Context {
     config: ContextConfig,
     geometry: Geometry,
     input: InputSpec,
-    model: Option<ContextModel>,
-    optim: ModuleOptimizer,
     device: Device,
-    /// `on_nonfinite = "skip"`: leave the model as it was when the loss is NaN/Inf.
-    skip_nonfinite: bool,
 }
 
-fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
+fn build(ctx: &TaskContext) -> Result<Box<dyn ImageTrainer>> {
     let config: ContextConfig = parse_section("context", ctx.config.section("context"))?;
     config.validate()?;
     let geometry = config.geometry(ctx.input.height, ctx.input.width)?;
-    let backbone = BackboneSpec {
-        kind: ctx.config.backbone,
-        in_channels: ctx.input.channels,
-        width: ctx.config.width(),
-    }
-    .init(&ctx.device);
+    let backbone = backbone(ctx, ctx.input.channels);
     let head = MlpHead::new(2 * backbone.dim(), config.hidden, 8, &ctx.device);
-    Ok(Box::new(Context {
+    let task = Context {
         config,
         geometry,
         input: ctx.input.clone(),
-        model: Some(ContextModel { backbone, head }),
-        optim: build_optimizer(ctx.config),
         device: ctx.device.clone(),
-        skip_nonfinite: ctx.config.on_nonfinite == NonFinite::Skip,
-    }))
+    };
+    Ok(bind(task, ContextModel { backbone, head }, ctx))
 }
 
 /// Top-left corners of the 9 patches (row-major; 4 is the centre) for an h×w image: the grid is
@@ -266,7 +253,7 @@ pub fn make_batch(
     g: &Geometry,
     input: &InputSpec,
     rng: &mut impl Rng,
-) -> Batch {
+) -> ClassBatch {
     let (c, p) = (input.channels, g.patch);
     let per_image = 1 + config.pairs;
     let mut out = Vec::with_capacity(images.len() * per_image * c * p * p);
@@ -288,72 +275,62 @@ pub fn make_batch(
         }
         labels.extend_from_slice(&classes);
     }
-    Batch {
-        index: 0,
-        b: images.len() * per_image,
-        c,
-        h: p,
-        w: p,
+    // Per image the centre patch, then its `pairs` neighbours; the neighbours' classes (index
+    // into [`NEIGHBOURS`]) as labels, n·pairs of them.
+    ClassBatch {
         images: out,
+        shape: [images.len() * per_image, c, p, p],
         labels,
-        extra: Vec::new(),
+        drawn: images.len(),
     }
 }
 
-impl PretextTask for Context {
-    fn make_batch(&self) -> MakeBatch {
+impl Task for Context {
+    type Model = ContextModel;
+    type Batch = ClassBatch;
+    type Encoder = Backbone;
+
+    fn step(
+        &mut self,
+        model: ContextModel,
+        b: ClassBatch,
+        cx: &mut StepCtx,
+    ) -> (ContextModel, StepStats) {
+        let pairs = self.config.pairs;
+        b.step(model, cx, &self.device, |m, x| m.forward(x, pairs))
+    }
+
+    fn items(batch: &ClassBatch) -> u64 {
+        batch.drawn as u64
+    }
+
+    fn encoder(model: &ContextModel) -> Backbone {
+        model.backbone.clone()
+    }
+}
+
+impl ImageTask for Context {
+    fn make_batch(&self) -> MakeBatch<ClassBatch> {
         let (config, g, input) = (self.config.clone(), self.geometry, self.input.clone());
         Arc::new(move |images, _labels, rng| make_batch(images, &config, &g, &input, rng))
     }
 
-    fn step(&mut self, mut batch: Batch, lr: f64) -> StepStats {
-        let pairs = self.config.pairs;
-        let x = images_tensor(&mut batch, &self.device);
-        let y = labels_tensor(&batch.labels, &self.device);
-        let model = self.model.take().expect("model present between steps");
-        let (model, stats) =
-            classification_step(model, &mut self.optim, lr, y, self.skip_nonfinite, |m| {
-                m.forward(x, pairs)
-            });
-        self.model = Some(model);
-        stats
-    }
-
-    fn num_params(&self) -> usize {
-        self.model.as_ref().map_or(0, |m| m.num_params())
-    }
-
-    fn encoder(&self) -> Backbone {
-        self.model.as_ref().expect("model present").backbone.clone()
-    }
-
-    fn save(&self, dir: &Path) -> Result<()> {
-        save_module(
-            self.model.clone().expect("model present"),
-            &dir.join("model.bpk"),
-        )?;
-        save_optimizer(&self.optim, &dir.join("optimizer.bpk"))
-    }
-
-    fn load(&mut self, dir: &Path) -> Result<()> {
-        let model = self.model.take().expect("model present");
-        self.model = Some(load_module(model, &dir.join("model.bpk"))?);
-        self.optim = load_optimizer(self.optim.clone(), &dir.join("optimizer.bpk"))?;
-        Ok(())
-    }
-
-    fn write_samples(&mut self, batch: &Batch, dir: &Path) -> Result<()> {
+    fn write_samples(&self, _model: &ContextModel, batch: &ClassBatch, dir: &Path) -> Result<()> {
         write_pairs(batch, self.config.pairs, &dir.join("context-samples.png"))
+    }
+
+    fn flat(b: &ClassBatch) -> FlatBatch {
+        b.flat()
     }
 }
 
 /// One row per image (at most 6): the pair as the network sees it (centre | neighbour), then a
 /// 3×3 board with the centre and the neighbour drawn where the answer puts it. `PATH.json` lists
 /// each row's answer.
-pub fn write_pairs(batch: &Batch, pairs: usize, path: &Path) -> Result<()> {
-    let (c, p) = (batch.c, batch.h);
+pub fn write_pairs(batch: &ClassBatch, pairs: usize, path: &Path) -> Result<()> {
+    let [b, c, p, _] = batch.shape;
     let per_image = 1 + pairs;
-    let rows = (batch.b / per_image).min(6);
+    let rows = (b / per_image).min(6);
     let zoom = zoom_for(p);
     let (pz, pad) = (p * zoom, 3);
     let board = 3 * pz + 2 * pad;
@@ -507,8 +484,9 @@ mod tests {
         let g = cfg.geometry(h, w).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         let b = make_batch(&[img.clone(), img], &cfg, &g, &spec(1, h, w), &mut rng);
-        assert_eq!((b.b, b.c, b.h, b.w), (8, 1, 7, 7));
+        assert_eq!(b.shape, [8, 1, 7, 7]);
         assert_eq!(b.labels.len(), 6);
+        assert_eq!(Context::items(&b), 2);
         let len = 49;
         let corner = |i: usize| {
             let v = b.images[i * len] as usize;
@@ -563,6 +541,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let b = make_batch(&[img.clone(), img], &cfg, &g, &spec(1, 28, 28), &mut rng);
         let dir = tempfile::tempdir().unwrap();
+        assert_eq!(b.labels.len(), 2 * cfg.pairs);
         write_pairs(&b, cfg.pairs, &dir.path().join("c.png")).unwrap();
         assert!(image::open(dir.path().join("c.png")).is_ok());
         let note: serde_json::Value =

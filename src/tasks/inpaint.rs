@@ -14,31 +14,30 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::module::Module;
-use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{build_generator, PretextTask, TaskContext, TaskEntry};
+use super::{bind, build_gan, Build, FlatBatch, ImageTask, ImageTrainer};
+use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::Img;
-use crate::data::loader::{Batch, MakeBatch};
+use crate::data::loader::MakeBatch;
+use crate::engine::gan::{gan_step, Gan, GanWeights, Generated, GAN_OPTIMIZERS};
+use crate::engine::step::images_tensor;
+use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
 use crate::input::InputSpec;
 use crate::nn::decoder::Generator;
-use crate::nn::discriminator::Discriminator;
 use crate::nn::Backbone;
 use crate::report::grid::{tensor_images, write_grid, zoom_for};
-use crate::train::gan::{centre, discriminator_phase, generator_phase, load_gan, save_gan};
-use crate::train::optim::build_optimizer;
-use crate::train::step::StepStats;
 
 pub const ENTRY: TaskEntry = TaskEntry {
     name: "inpaint",
     description:
         "fill a removed region, L2 + adversarial loss (Context Encoders, Pathak et al. 2016)",
-    build,
+    build: Build::Image(build),
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,17 +97,29 @@ impl Default for InpaintConfig {
 /// Smallest image side a mask can be cut from.
 const MIN_SIDE: usize = 8;
 
+/// One batch: the masked images, the answers and where the loss looks.
+#[derive(Clone, Debug)]
+pub struct InpaintBatch {
+    /// [b, c, h, w] in [0,1], the hole at the dataset mean.
+    pub masked: Vec<f32>,
+    /// [b, c, h, w], the images as they were.
+    pub truth: Vec<f32>,
+    /// [b, 1, h, w], 1 = removed.
+    pub hole: Vec<f32>,
+    /// [b, 1, h, w], per-pixel loss weights (see [`loss_weights`]).
+    pub weights: Vec<f32>,
+    /// [b, c, h, w]
+    pub shape: [usize; 4],
+}
+
+#[derive(Clone)]
 pub struct Inpaint {
     config: InpaintConfig,
     input: InputSpec,
-    gen: Option<Generator>,
-    disc: Option<Discriminator>,
-    g_optim: ModuleOptimizer,
-    d_optim: ModuleOptimizer,
     device: Device,
 }
 
-fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
+fn build(ctx: &TaskContext) -> Result<Box<dyn ImageTrainer>> {
     let config: InpaintConfig = parse_section("inpaint", ctx.config.section("inpaint"))?;
     if !(0.05..=0.5).contains(&config.coverage) {
         return Err(Error::config(
@@ -132,21 +143,14 @@ fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
             ctx.input.height, ctx.input.width
         )));
     }
-    if config.d_width == 0 {
-        return Err(Error::config("inpaint.d_width", "must be > 0"));
-    }
     let c = ctx.input.channels;
-    let gen = build_generator(ctx, c, config.stage, config.skips, c)?;
-    let disc = Discriminator::new(c, config.d_width, &ctx.device);
-    Ok(Box::new(Inpaint {
+    let model = build_gan(ctx, c, config.stage, config.skips, config.d_width)?;
+    let task = Inpaint {
         config,
         input: ctx.input.clone(),
-        gen: Some(gen),
-        disc: Some(disc),
-        g_optim: build_optimizer(ctx.config),
-        d_optim: build_optimizer(ctx.config),
         device: ctx.device.clone(),
-    }))
+    };
+    Ok(bind(task, model, ctx))
 }
 
 /// A hole mask (h·w values, 1 = removed) of the configured kind.
@@ -231,14 +235,14 @@ pub fn loss_weights(hole: &[f32], h: usize, w: usize, overlap: usize, weight: f3
     out
 }
 
-/// The pure half. `images`: the masked images in [0,1] with the hole at the dataset mean;
-/// `extra`: [truth (b·c·h·w) | hole (b·h·w) | loss weights (b·h·w)].
+/// The pure half: the masked images in [0,1] with the hole at the dataset mean, the true images,
+/// the holes and the loss weights.
 pub fn make_batch(
     images: &[Img],
     config: &InpaintConfig,
     input: &InputSpec,
     rng: &mut impl Rng,
-) -> Batch {
+) -> InpaintBatch {
     let (c, h, w) = (input.channels, input.height, input.width);
     let n = images.len();
     let mut masked = Vec::with_capacity(n * c * h * w);
@@ -266,49 +270,23 @@ pub fn make_batch(
         ));
         holes.extend(hole);
     }
-    let mut extra = truth;
-    extra.extend(holes);
-    extra.extend(weights);
-    Batch {
-        index: 0,
-        b: n,
-        c,
-        h,
-        w,
-        images: masked,
-        labels: Vec::new(),
-        extra,
+    InpaintBatch {
+        masked,
+        truth,
+        hole: holes,
+        weights,
+        shape: [n, c, h, w],
     }
 }
 
 /// Tensors of one inpainting batch on `device`: (masked, truth, hole [b,1,h,w], weights [b,1,h,w]).
-/// As [`batch_tensors`], moving the arrays out of the batch instead of copying them (the step).
-fn take_tensors(batch: &mut Batch, device: &Device) -> [Tensor<4>; 4] {
-    let (b, c, h, w) = (batch.b, batch.c, batch.h, batch.w);
-    let img = b * c * h * w;
-    let t = |v: Vec<f32>, ch: usize| Tensor::from_data(TensorData::new(v, [b, ch, h, w]), device);
-    let mut truth = std::mem::take(&mut batch.extra);
-    let mut hole = truth.split_off(img);
-    let weights = hole.split_off(b * h * w);
+fn tensors(batch: InpaintBatch, device: &Device) -> [Tensor<4>; 4] {
+    let [b, c, h, w] = batch.shape;
     [
-        t(std::mem::take(&mut batch.images), c),
-        t(truth, c),
-        t(hole, 1),
-        t(weights, 1),
-    ]
-}
-
-fn batch_tensors(batch: &Batch, device: &Device) -> [Tensor<4>; 4] {
-    let (b, c, h, w) = (batch.b, batch.c, batch.h, batch.w);
-    let img = b * c * h * w;
-    let t = |v: &[f32], ch: usize| {
-        Tensor::from_data(TensorData::new(v.to_vec(), [b, ch, h, w]), device)
-    };
-    [
-        t(&batch.images, c),
-        t(&batch.extra[..img], c),
-        t(&batch.extra[img..img + b * h * w], 1),
-        t(&batch.extra[img + b * h * w..], 1),
+        images_tensor(batch.masked, [b, c, h, w], device),
+        images_tensor(batch.truth, [b, c, h, w], device),
+        images_tensor(batch.hole, [b, 1, h, w], device),
+        images_tensor(batch.weights, [b, 1, h, w], device),
     ]
 }
 
@@ -333,102 +311,55 @@ pub fn weighted_l2(pred: Tensor<4>, truth: Tensor<4>, weights: Tensor<4>) -> Ten
     err.sum() / (weights.sum() * c + 1e-8)
 }
 
-impl PretextTask for Inpaint {
-    fn make_batch(&self) -> MakeBatch {
+impl Task for Inpaint {
+    type Model = Gan;
+    type Batch = InpaintBatch;
+    type Encoder = Backbone;
+    const OPTIMIZERS: &'static [&'static str] = GAN_OPTIMIZERS;
+
+    /// Loss: the reconstruction loss (without `rec_weight`).
+    fn step(&mut self, model: Gan, batch: InpaintBatch, cx: &mut StepCtx) -> (Gan, StepStats) {
+        let [masked, truth, hole, weights] = tensors(batch, &self.device);
+        let config = &self.config;
+        let rec_weight = config.rec_weight;
+        let w = GanWeights {
+            adv_weight: config.adv_weight,
+            content_only_steps: config.content_only_steps,
+            d_lr_scale: config.d_lr_scale,
+            content_scale: rec_weight,
+        };
+        gan_step(model, cx, w, |gen| {
+            let (pred, filled) = Self::fill(gen, masked, hole, &self.input);
+            Generated {
+                content: weighted_l2(pred, truth.clone(), weights) * rec_weight,
+                real: truth,
+                fake: filled,
+            }
+        })
+    }
+
+    fn items(batch: &InpaintBatch) -> u64 {
+        batch.shape[0] as u64
+    }
+
+    fn encoder(model: &Gan) -> Backbone {
+        model.generator.encoder.clone()
+    }
+}
+
+impl ImageTask for Inpaint {
+    fn make_batch(&self) -> MakeBatch<InpaintBatch> {
         let config = self.config.clone();
         let input = self.input.clone();
         Arc::new(move |images, _labels, rng| make_batch(images, &config, &input, rng))
     }
 
-    fn step(&mut self, mut batch: Batch, lr: f64) -> StepStats {
-        let [masked, truth, hole, weights] = take_tensors(&mut batch, &self.device);
-        let gen = self.gen.take().expect("generator present between steps");
-        let disc = self
-            .disc
-            .take()
-            .expect("discriminator present between steps");
-        let (pred, filled) = Self::fill(&gen, masked, hole, &self.input);
-        let rec = weighted_l2(pred, truth.clone(), weights);
-        let (disc, d) = discriminator_phase(
-            disc,
-            &mut self.d_optim,
-            lr * self.config.d_lr_scale,
-            centre(truth),
-            centre(filled.clone()),
-        );
-        let adv_weight = if batch.index < self.config.content_only_steps {
-            0.0
-        } else {
-            self.config.adv_weight
-        };
-        let (gen, rec, adv) = generator_phase(
-            gen,
-            &mut self.g_optim,
-            lr,
-            rec * self.config.rec_weight,
-            centre(filled),
-            &disc,
-            adv_weight,
-        );
-        self.gen = Some(gen);
-        self.disc = Some(disc);
-        StepStats {
-            loss: rec / self.config.rec_weight.max(1e-12) as f32,
-            metrics: vec![
-                ("g_adv", adv),
-                ("d_loss", d.loss),
-                ("d_acc_real", d.acc_real),
-                ("d_acc_fake", d.acc_fake),
-            ],
-            skipped: false,
-        }
-    }
-
-    fn num_params(&self) -> usize {
-        self.gen.as_ref().map_or(0, |m| m.num_params())
-            + self.disc.as_ref().map_or(0, |m| m.num_params())
-    }
-
-    fn encoder(&self) -> Backbone {
-        self.gen
-            .as_ref()
-            .expect("generator present")
-            .encoder
-            .clone()
-    }
-
-    fn save(&self, dir: &Path) -> Result<()> {
-        let (g, d) = (self.gen.as_ref(), self.disc.as_ref());
-        save_gan(
-            dir,
-            g.expect("generator"),
-            d.expect("disc"),
-            &self.g_optim,
-            &self.d_optim,
-        )
-    }
-
-    fn load(&mut self, dir: &Path) -> Result<()> {
-        let (g, d) = (
-            self.gen.take().expect("generator"),
-            self.disc.take().expect("disc"),
-        );
-        let (g, d) = load_gan(dir, g, d, &mut self.g_optim, &mut self.d_optim)?;
-        self.gen = Some(g);
-        self.disc = Some(d);
-        Ok(())
-    }
-
-    fn write_samples(&mut self, batch: &Batch, dir: &Path) -> Result<()> {
-        let n = batch.b.min(8);
+    fn write_samples(&self, model: &Gan, batch: &InpaintBatch, dir: &Path) -> Result<()> {
+        let [b, _, h, _] = batch.shape;
+        let n = b.min(8);
         let device = self.device.clone().inner();
-        let gen = self
-            .gen
-            .as_ref()
-            .expect("generator")
-            .valid()
-            .to_device(&device);
-        let [masked, truth, hole, _] = batch_tensors(batch, &device);
+        let gen = model.generator.valid().to_device(&device);
+        let [masked, truth, hole, _] = tensors(batch.clone(), &device);
         let (_, filled) = Self::fill(&gen, masked.clone(), hole, &self.input);
         let (m, f, t) = (
             tensor_images(masked, n),
@@ -438,14 +369,24 @@ impl PretextTask for Inpaint {
         let rows: Vec<Vec<Img>> = (0..n)
             .map(|i| vec![m[i].clone(), f[i].clone(), t[i].clone()])
             .collect();
-        write_grid(&dir.join("samples-inpaint.png"), &rows, zoom_for(batch.h))
+        write_grid(&dir.join("samples-inpaint.png"), &rows, zoom_for(h))
+    }
+
+    /// `images`: the masked images; `extra`: [truth (b·c·h·w) | hole (b·h·w) | loss weights
+    /// (b·h·w)].
+    fn flat(batch: &InpaintBatch) -> FlatBatch {
+        let extra = [&batch.truth[..], &batch.hole, &batch.weights].concat();
+        FlatBatch::new(batch.shape, &batch.masked, &[], extra)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::gan::flat_params;
+    use crate::config::PretrainConfig;
+    use crate::engine::gan::{centre, discriminator_phase, flat_params, generator_phase};
+    use crate::engine::optim::build_optimizer;
+    use crate::engine::{Bound, Optimizers};
     use rand::SeedableRng;
 
     pub(crate) fn spec(c: usize, s: usize) -> InputSpec {
@@ -466,10 +407,11 @@ mod tests {
         })
     }
 
-    fn task(cfg_sets: &[&str], input: &InputSpec) -> Inpaint {
+    /// The task, its model (a discriminator of width 4) and the config it was made from.
+    fn task(cfg_sets: &[&str], input: &InputSpec) -> (Inpaint, Gan, PretrainConfig) {
         let mut sets = vec!["task=\"inpaint\"".to_string(), "width=4".into()];
         sets.extend(cfg_sets.iter().map(|s| s.to_string()));
-        let cfg: crate::config::PretrainConfig =
+        let cfg: PretrainConfig =
             crate::config::resolve(None, &sets, &crate::tasks::names()).unwrap();
         let device = Device::flex().autodiff();
         device.seed(0);
@@ -480,15 +422,13 @@ mod tests {
         };
         let config: InpaintConfig = parse_section("inpaint", cfg.section("inpaint")).unwrap();
         let c = input.channels;
-        Inpaint {
-            gen: Some(build_generator(&ctx, c, config.stage, config.skips, c).unwrap()),
-            disc: Some(Discriminator::new(c, 4, &ctx.device)),
+        let model = build_gan(&ctx, c, config.stage, config.skips, 4).unwrap();
+        let task = Inpaint {
             config,
             input: input.clone(),
-            g_optim: build_optimizer(&cfg),
-            d_optim: build_optimizer(&cfg),
             device: ctx.device.clone(),
-        }
+        };
+        (task, model, cfg)
     }
 
     #[test]
@@ -527,7 +467,13 @@ mod tests {
             ..Default::default()
         };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let b = make_batch(&imgs, &cfg, &input, &mut rng);
+        let batch = make_batch(&imgs, &cfg, &input, &mut rng);
+        assert_eq!(batch.shape, [2, 3, 16, 16]);
+        // Checked in the layout bench/reference.py reads: images = masked,
+        // extra = truth | hole | weights.
+        let b = Inpaint::flat(&batch);
+        assert_eq!((b.b, b.c, b.h, b.w), (2, 3, 16, 16));
+        assert!(b.labels.is_empty());
         let (img, plane) = (2 * 3 * 256, 256);
         assert_eq!(b.images.len(), img);
         assert_eq!(b.extra.len(), img + 2 * 2 * plane);
@@ -554,17 +500,17 @@ mod tests {
     fn shapes_through_generator_and_discriminator() {
         for (c, s) in [(1, 28), (3, 32)] {
             let input = spec(c, s);
-            let t = task(&[], &input);
+            let (t, model, _) = task(&[], &input);
             let x = Tensor::<4>::zeros([2, c, s, s], &t.device);
-            let y = t.gen.as_ref().unwrap().forward(x.clone());
+            let y = model.generator.forward(x.clone());
             assert_eq!(y.dims(), [2, c, s, s]);
-            assert_eq!(t.disc.as_ref().unwrap().forward(x).dims(), [2]);
+            assert_eq!(model.discriminator.forward(x).dims(), [2]);
         }
     }
 
     #[test]
     fn too_small_images_and_bad_values_are_config_errors() {
-        let cfg: crate::config::PretrainConfig = crate::config::resolve(
+        let cfg: PretrainConfig = crate::config::resolve(
             None,
             &["task=\"inpaint\"".to_string()],
             &crate::tasks::names(),
@@ -579,7 +525,7 @@ mod tests {
         .err()
         .unwrap();
         assert!(err.to_string().contains("at least 8"), "{err}");
-        let cfg: crate::config::PretrainConfig = crate::config::resolve(
+        let cfg: PretrainConfig = crate::config::resolve(
             None,
             &[
                 "task=\"inpaint\"".to_string(),
@@ -601,18 +547,22 @@ mod tests {
     #[test]
     fn each_gan_phase_updates_only_its_network() {
         let input = spec(1, 16);
-        let mut t = task(&[], &input);
+        let (t, model, cfg) = task(&[], &input);
+        let mut optim = Optimizers::new(GAN_OPTIMIZERS, &build_optimizer(&cfg));
         let imgs: Vec<Img> = (0..4).map(|k| blobs_image(1, 16, k)).collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         let batch = make_batch(&imgs, &t.config, &input, &mut rng);
-        let [masked, truth, hole, weights] = batch_tensors(&batch, &t.device);
-        let (gen, disc) = (t.gen.take().unwrap(), t.disc.take().unwrap());
+        let [masked, truth, hole, weights] = tensors(batch, &t.device);
+        let Gan {
+            generator: gen,
+            discriminator: disc,
+        } = model;
         let (pred, filled) = Inpaint::fill(&gen, masked, hole, &input);
         let rec = weighted_l2(pred, truth.clone(), weights);
         let (g0, d0) = (flat_params(&gen), flat_params(&disc));
         let (disc, _) = discriminator_phase(
             disc,
-            &mut t.d_optim,
+            &mut optim,
             1e-2,
             centre(truth),
             centre(filled.clone()),
@@ -623,8 +573,7 @@ mod tests {
             d0, d1,
             "the discriminator phase left the discriminator unchanged"
         );
-        let (gen, _, adv) =
-            generator_phase(gen, &mut t.g_optim, 1e-2, rec, centre(filled), &disc, 0.5);
+        let (gen, _, adv) = generator_phase(gen, &mut optim, 1e-2, rec, centre(filled), &disc, 0.5);
         assert!(adv > 0.0);
         let (g2, d2) = (flat_params(&gen), flat_params(&disc));
         assert_ne!(g1, g2, "the generator phase left the generator unchanged");
@@ -634,15 +583,17 @@ mod tests {
     #[test]
     fn overfitting_one_batch_lowers_the_reconstruction_loss() {
         let input = spec(1, 16);
-        let mut t = task(&["inpaint.mask=\"squares\""], &input);
+        let (t, model, cfg) = task(&["inpaint.mask=\"squares\""], &input);
         let imgs: Vec<Img> = (0..4).map(|k| blobs_image(1, 16, k)).collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         let batch = make_batch(&imgs, &t.config, &input, &mut rng);
-        let first = t.step(batch.clone(), 3e-3);
+        let mut t = Bound::new(t, model, &build_optimizer(&cfg), false);
+        let first = t.step_typed(batch.clone(), 0, 3e-3);
         assert_eq!(first.metrics.len(), 4);
+        assert_eq!(first.items, 4);
         let mut last = first.loss;
-        for _ in 0..40 {
-            last = t.step(batch.clone(), 3e-3).loss;
+        for step in 1..=40 {
+            last = t.step_typed(batch.clone(), step, 3e-3).loss;
         }
         assert!(last < 0.5 * first.loss, "loss {} → {last}", first.loss);
     }

@@ -14,33 +14,30 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::permutations::{PermutationSet, MAX_SIZE};
-use super::{PretextTask, TaskContext, TaskEntry};
-use crate::config::{parse_section, NonFinite};
+use super::{backbone, bind, Build, ClassBatch, FlatBatch, ImageTask, ImageTrainer};
+use super::{TaskContext, TaskEntry};
+use crate::config::parse_section;
 use crate::data::augment::{color_jitter, crop, grayscale, random_resized_crop, Img};
-use crate::data::loader::{Batch, MakeBatch};
+use crate::data::loader::MakeBatch;
+use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use crate::input::InputSpec;
 use crate::nn::heads::MlpHead;
-use crate::nn::{Backbone, BackboneSpec};
+use crate::nn::Backbone;
 use crate::report::canvas::{for_display, Canvas};
 use crate::report::grid::zoom_for;
-use crate::train::checkpoint::{
-    load_module, load_optimizer, save_module, save_optimizer, write_atomic,
-};
-use crate::train::optim::build_optimizer;
-use crate::train::step::{classification_step, images_tensor, labels_tensor, StepStats};
 
 pub const ENTRY: TaskEntry = TaskEntry {
     name: "jigsaw",
     description:
         "predict which permutation shuffled the 9 tiles of a 3×3 grid (Noroozi & Favaro 2016)",
-    build,
+    build: Build::Image(build),
 };
 
 /// `[jigsaw]` config section. Geometry left unset is scaled to the image size.
@@ -166,45 +163,35 @@ impl JigsawModel {
     }
 }
 
+#[derive(Clone)]
 pub struct Jigsaw {
     config: JigsawConfig,
     geometry: Geometry,
     perms: Arc<PermutationSet>,
     input: InputSpec,
-    model: Option<JigsawModel>,
-    optim: ModuleOptimizer,
     device: Device,
-    /// `on_nonfinite = "skip"`: leave the model as it was when the loss is NaN/Inf.
-    skip_nonfinite: bool,
 }
 
-fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
+fn build(ctx: &TaskContext) -> Result<Box<dyn ImageTrainer>> {
     let config: JigsawConfig = parse_section("jigsaw", ctx.config.section("jigsaw"))?;
     config.validate()?;
     let geometry = config.geometry(ctx.input.height, ctx.input.width)?;
     let perms = PermutationSet::greedy(config.permutations, config.permutation_seed);
-    let backbone = BackboneSpec {
-        kind: ctx.config.backbone,
-        in_channels: ctx.input.channels,
-        width: ctx.config.width(),
-    }
-    .init(&ctx.device);
+    let backbone = backbone(ctx, ctx.input.channels);
     let head = MlpHead::new(
         9 * backbone.dim(),
         config.hidden,
         config.permutations,
         &ctx.device,
     );
-    Ok(Box::new(Jigsaw {
+    let task = Jigsaw {
         config,
         geometry,
         perms: Arc::new(perms),
         input: ctx.input.clone(),
-        model: Some(JigsawModel { backbone, head }),
-        optim: build_optimizer(ctx.config),
         device: ctx.device.clone(),
-        skip_nonfinite: ctx.config.on_nonfinite == NonFinite::Skip,
-    }))
+    };
+    Ok(bind(task, JigsawModel { backbone, head }, ctx))
 }
 
 /// Top-left corners of the 9 tiles inside the crop region, cell by cell in reading order: each
@@ -238,7 +225,7 @@ pub fn make_batch(
     perms: &PermutationSet,
     input: &InputSpec,
     rng: &mut impl Rng,
-) -> Batch {
+) -> ClassBatch {
     let c = input.channels;
     let mut out = Vec::with_capacity(images.len() * 9 * c * g.tile * g.tile);
     let mut labels = Vec::with_capacity(images.len());
@@ -281,59 +268,45 @@ pub fn make_batch(
         }
         labels.push(label as u32);
     }
-    Batch {
-        index: 0,
-        b: labels.len() * 9,
-        c,
-        h: g.tile,
-        w: g.tile,
+    // [9·n, c, tile, tile]: 9 consecutive tiles per image, in shuffled order; one label per
+    // image: the index of its permutation in the set.
+    ClassBatch {
         images: out,
+        shape: [labels.len() * 9, c, g.tile, g.tile],
+        drawn: labels.len(),
         labels,
-        extra: Vec::new(),
     }
 }
 
-impl PretextTask for Jigsaw {
-    fn make_batch(&self) -> MakeBatch {
-        let (config, g, perms, input) = (
-            self.config.clone(),
-            self.geometry,
-            self.perms.clone(),
-            self.input.clone(),
-        );
-        Arc::new(move |images, _labels, rng| make_batch(images, &config, &g, &perms, &input, rng))
+impl Task for Jigsaw {
+    type Model = JigsawModel;
+    type Batch = ClassBatch;
+    type Encoder = Backbone;
+
+    fn step(
+        &mut self,
+        model: JigsawModel,
+        b: ClassBatch,
+        cx: &mut StepCtx,
+    ) -> (JigsawModel, StepStats) {
+        b.step(model, cx, &self.device, |m, x| m.forward(x))
     }
 
-    fn step(&mut self, mut batch: Batch, lr: f64) -> StepStats {
-        let x = images_tensor(&mut batch, &self.device);
-        let y = labels_tensor(&batch.labels, &self.device);
-        let model = self.model.take().expect("model present between steps");
-        let (model, stats) =
-            classification_step(model, &mut self.optim, lr, y, self.skip_nonfinite, |m| {
-                m.forward(x)
-            });
-        self.model = Some(model);
-        stats
+    fn items(batch: &ClassBatch) -> u64 {
+        batch.drawn as u64
     }
 
-    fn num_params(&self) -> usize {
-        self.model.as_ref().map_or(0, |m| m.num_params())
+    fn encoder(model: &JigsawModel) -> Backbone {
+        model.backbone.clone()
     }
 
-    fn encoder(&self) -> Backbone {
-        self.model.as_ref().expect("model present").backbone.clone()
-    }
-
-    fn save(&self, dir: &Path) -> Result<()> {
-        save_module(
-            self.model.clone().expect("model present"),
-            &dir.join("model.bpk"),
-        )?;
-        save_optimizer(&self.optim, &dir.join("optimizer.bpk"))?;
+    fn save_state(&self, dir: &Path) -> Result<()> {
         save_permutations(&self.perms, dir)
     }
 
-    fn load(&mut self, dir: &Path) -> Result<()> {
+    /// The checkpoint's permutation set must be the one the config makes, or the head's classes
+    /// would change meaning.
+    fn load_state(&mut self, dir: &Path) -> Result<()> {
         let path = dir.join("permutations.json");
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         let saved: PermutationSet = serde_json::from_slice(&bytes).map_err(|e| {
@@ -351,15 +324,28 @@ impl PretextTask for Jigsaw {
                 self.perms.seed
             )));
         }
-        let model = self.model.take().expect("model present");
-        self.model = Some(load_module(model, &dir.join("model.bpk"))?);
-        self.optim = load_optimizer(self.optim.clone(), &dir.join("optimizer.bpk"))?;
         Ok(())
     }
+}
 
-    fn write_samples(&mut self, batch: &Batch, dir: &Path) -> Result<()> {
+impl ImageTask for Jigsaw {
+    fn make_batch(&self) -> MakeBatch<ClassBatch> {
+        let (config, g, perms, input) = (
+            self.config.clone(),
+            self.geometry,
+            self.perms.clone(),
+            self.input.clone(),
+        );
+        Arc::new(move |images, _labels, rng| make_batch(images, &config, &g, &perms, &input, rng))
+    }
+
+    fn write_samples(&self, _model: &JigsawModel, batch: &ClassBatch, dir: &Path) -> Result<()> {
         save_permutations(&self.perms, dir)?;
         write_puzzles(batch, &self.perms, &dir.join("jigsaw-samples.png"))
+    }
+
+    fn flat(b: &ClassBatch) -> FlatBatch {
+        b.flat()
     }
 }
 
@@ -372,8 +358,8 @@ fn save_permutations(perms: &PermutationSet, dir: &Path) -> Result<()> {
 
 /// One row per puzzle (at most 6): the 9 tiles as the network sees them, in shuffled order, then
 /// the same tiles put back where the answer says they belong. `PATH.json` lists each row's label.
-pub fn write_puzzles(batch: &Batch, perms: &PermutationSet, path: &Path) -> Result<()> {
-    let (c, t) = (batch.c, batch.h);
+pub fn write_puzzles(batch: &ClassBatch, perms: &PermutationSet, path: &Path) -> Result<()> {
+    let [_, c, t, _] = batch.shape;
     let rows = batch.labels.len().min(6);
     let zoom = zoom_for(t);
     let (tz, pad) = (t * zoom, 2);
@@ -493,8 +479,9 @@ mod tests {
         let imgs: Vec<Img> = (0..4).map(|i| noise_img(3, 27, i)).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         let b = make_batch(&imgs, &cfg, &g, &perms, &input, &mut rng);
-        assert_eq!((b.b, b.c, b.h, b.w), (36, 3, 9, 9));
+        assert_eq!(b.shape, [36, 3, 9, 9]);
         assert_eq!(b.labels.len(), 4);
+        assert_eq!(Jigsaw::items(&b), 4);
         let n = 3 * 9 * 9;
         let mut distinct = std::collections::HashSet::new();
         for (k, img) in imgs.iter().enumerate() {
@@ -528,6 +515,22 @@ mod tests {
                 "{mean} {var}"
             );
         }
+    }
+
+    #[test]
+    fn the_permutation_set_is_checkpointed_and_checked() {
+        let task = |seed| Jigsaw {
+            config: JigsawConfig::default(),
+            geometry: JigsawConfig::default().geometry(28, 28).unwrap(),
+            perms: Arc::new(PermutationSet::greedy(10, seed)),
+            input: spec(1, 28),
+            device: Device::flex(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        task(0).save_state(dir.path()).unwrap();
+        task(0).load_state(dir.path()).unwrap();
+        let err = task(1).load_state(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("permutation set differs"), "{err}");
     }
 
     #[test]

@@ -10,15 +10,20 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::text::{Specials, TextBatch, TextTask, TextTaskEntry};
+use std::sync::Arc;
+
+use super::lm::{Specials, TextBatch, TextTask};
+use super::{Build, TaskEntry};
 use crate::config::{in_range, parse_section};
 use crate::error::{Error, Result};
 
-pub const ENTRY: TextTaskEntry = TextTaskEntry {
+pub const ENTRY: TaskEntry = TaskEntry {
     name: "masked-lm",
     description: "restore 15% hidden tokens from both sides (BERT-style masked language model)",
-    causal: false,
-    build,
+    build: Build::Text {
+        causal: false,
+        build,
+    },
 };
 
 /// `[masked-lm]` settings.
@@ -43,7 +48,7 @@ impl Default for MaskedLmConfig {
     }
 }
 
-fn build(section: &toml::Value, specials: &Specials) -> Result<Box<dyn TextTask>> {
+fn build(section: &toml::Value, specials: &Specials) -> Result<Arc<dyn TextTask>> {
     let cfg: MaskedLmConfig = parse_section("masked-lm", section.clone())?;
     in_range("masked-lm.mask_prob", cfg.mask_prob, 1e-9, 1.0)?;
     in_range("masked-lm.mask_token", cfg.mask_token, 0.0, 1.0)?;
@@ -62,7 +67,7 @@ fn build(section: &toml::Value, specials: &Specials) -> Result<Box<dyn TextTask>
             "masked-lm: the tokenizer has no ordinary tokens".into(),
         ));
     }
-    Ok(Box::new(MaskedLm {
+    Ok(Arc::new(MaskedLm {
         cfg,
         specials: specials.clone(),
     }))

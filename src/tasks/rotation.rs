@@ -4,30 +4,27 @@
 //!
 //! `pretext pretrain --task rotation --data idx:../shared/data/fashion-mnist --out runs/rot`
 
-use std::path::Path;
 use std::sync::Arc;
 
-use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{PretextTask, TaskContext, TaskEntry};
-use crate::config::{parse_section, NonFinite};
+use super::{backbone, bind, Build, ClassBatch, FlatBatch, ImageTask, ImageTrainer};
+use super::{TaskContext, TaskEntry};
+use crate::config::parse_section;
 use crate::data::augment::{hflip, random_resized_crop, rot90, Img};
-use crate::data::loader::{Batch, MakeBatch};
+use crate::data::loader::MakeBatch;
+use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
 use crate::input::InputSpec;
 use crate::nn::heads::LinearHead;
-use crate::nn::{Backbone, BackboneSpec};
-use crate::train::checkpoint::{load_module, load_optimizer, save_module, save_optimizer};
-use crate::train::optim::build_optimizer;
-use crate::train::step::{classification_step, images_tensor, labels_tensor, StepStats};
+use crate::nn::Backbone;
 
 pub const ENTRY: TaskEntry = TaskEntry {
     name: "rotation",
     description: "predict which of 0/90/180/270° an image was rotated by (Gidaris et al. 2018)",
-    build,
+    build: Build::Image(build),
 };
 
 /// `[rotation]` config section.
@@ -63,17 +60,14 @@ impl RotationModel {
     }
 }
 
+#[derive(Clone)]
 pub struct Rotation {
     config: RotationConfig,
     input: InputSpec,
-    model: Option<RotationModel>,
-    optim: ModuleOptimizer,
     device: Device,
-    /// `on_nonfinite = "skip"`: leave the model as it was when the loss is NaN/Inf.
-    skip_nonfinite: bool,
 }
 
-fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
+fn build(ctx: &TaskContext) -> Result<Box<dyn ImageTrainer>> {
     let config: RotationConfig = parse_section("rotation", ctx.config.section("rotation"))?;
     if !(0.05..=1.0).contains(&config.crop_scale_min) {
         return Err(Error::config(
@@ -87,21 +81,14 @@ fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
             ctx.input.height, ctx.input.width
         )));
     }
-    let spec = BackboneSpec {
-        kind: ctx.config.backbone,
-        in_channels: ctx.input.channels,
-        width: ctx.config.width(),
-    };
-    let backbone = spec.init(&ctx.device);
+    let backbone = backbone(ctx, ctx.input.channels);
     let head = LinearHead::new(backbone.dim(), 4, &ctx.device);
-    Ok(Box::new(Rotation {
+    let task = Rotation {
         config,
         input: ctx.input.clone(),
-        model: Some(RotationModel { backbone, head }),
-        optim: build_optimizer(ctx.config),
         device: ctx.device.clone(),
-        skip_nonfinite: ctx.config.on_nonfinite == NonFinite::Skip,
-    }))
+    };
+    Ok(bind(task, RotationModel { backbone, head }, ctx))
 }
 
 /// The pure "damage the data, keep the answer" half: every image appears four times, rotated
@@ -111,7 +98,7 @@ pub fn make_batch(
     config: &RotationConfig,
     input: &InputSpec,
     rng: &mut impl Rng,
-) -> Batch {
+) -> ClassBatch {
     let (c, h, w) = (input.channels, input.height, input.width);
     let mut out = Vec::with_capacity(images.len() * 4 * c * h * w);
     let mut labels = Vec::with_capacity(images.len() * 4);
@@ -136,58 +123,45 @@ pub fn make_batch(
             labels.push(k as u32);
         }
     }
-    Batch {
-        index: 0,
-        b: labels.len(),
-        c,
-        h,
-        w,
+    ClassBatch {
         images: out,
+        shape: [labels.len(), c, h, w],
         labels,
-        extra: Vec::new(),
+        drawn: images.len(),
     }
 }
 
-impl PretextTask for Rotation {
-    fn make_batch(&self) -> MakeBatch {
-        let config = self.config.clone();
-        let input = self.input.clone();
+impl Task for Rotation {
+    type Model = RotationModel;
+    type Batch = ClassBatch;
+    type Encoder = Backbone;
+
+    fn step(
+        &mut self,
+        model: RotationModel,
+        b: ClassBatch,
+        cx: &mut StepCtx,
+    ) -> (RotationModel, StepStats) {
+        b.step(model, cx, &self.device, |m, x| m.forward(x))
+    }
+
+    fn items(batch: &ClassBatch) -> u64 {
+        batch.drawn as u64
+    }
+
+    fn encoder(model: &RotationModel) -> Backbone {
+        model.backbone.clone()
+    }
+}
+
+impl ImageTask for Rotation {
+    fn make_batch(&self) -> MakeBatch<ClassBatch> {
+        let (config, input) = (self.config.clone(), self.input.clone());
         Arc::new(move |images, _labels, rng| make_batch(images, &config, &input, rng))
     }
 
-    fn step(&mut self, mut batch: Batch, lr: f64) -> StepStats {
-        let x = images_tensor(&mut batch, &self.device);
-        let y = labels_tensor(&batch.labels, &self.device);
-        let model = self.model.take().expect("model present between steps");
-        let (model, stats) =
-            classification_step(model, &mut self.optim, lr, y, self.skip_nonfinite, |m| {
-                m.forward(x)
-            });
-        self.model = Some(model);
-        stats
-    }
-
-    fn num_params(&self) -> usize {
-        self.model.as_ref().map_or(0, |m| m.num_params())
-    }
-
-    fn encoder(&self) -> Backbone {
-        self.model.as_ref().expect("model present").backbone.clone()
-    }
-
-    fn save(&self, dir: &Path) -> Result<()> {
-        save_module(
-            self.model.clone().expect("model present"),
-            &dir.join("model.bpk"),
-        )?;
-        save_optimizer(&self.optim, &dir.join("optimizer.bpk"))
-    }
-
-    fn load(&mut self, dir: &Path) -> Result<()> {
-        let model = self.model.take().expect("model present");
-        self.model = Some(load_module(model, &dir.join("model.bpk"))?);
-        self.optim = load_optimizer(self.optim.clone(), &dir.join("optimizer.bpk"))?;
-        Ok(())
+    fn flat(b: &ClassBatch) -> FlatBatch {
+        b.flat()
     }
 }
 
@@ -227,7 +201,7 @@ mod tests {
         let imgs = vec![ramp(1, 5), ramp(1, 5)];
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         let b = make_batch(&imgs, &cfg, &input, &mut rng);
-        assert_eq!((b.b, b.c, b.h, b.w), (8, 1, 5, 5));
+        assert_eq!(b.shape, [8, 1, 5, 5]);
         assert_eq!(b.labels, vec![0, 1, 2, 3, 0, 1, 2, 3]);
         let n = 25;
         // The k=0 copy is the image itself, each copy is the previous one turned by 90°.

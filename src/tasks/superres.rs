@@ -15,30 +15,29 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::module::Module;
-use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{build_generator, PretextTask, TaskContext, TaskEntry};
+use super::{bind, build_gan, Build, FlatBatch, ImageTask, ImageTrainer};
+use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::{downscale_box, hflip, resize_bilinear, resize_nearest, Img};
-use crate::data::loader::{Batch, MakeBatch};
+use crate::data::loader::MakeBatch;
+use crate::engine::gan::{gan_step, Gan, GanWeights, Generated, GAN_OPTIMIZERS};
+use crate::engine::step::images_tensor;
+use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
 use crate::input::InputSpec;
 use crate::nn::decoder::Generator;
-use crate::nn::discriminator::Discriminator;
 use crate::nn::Backbone;
 use crate::report::grid::{tensor_images, write_grid, zoom_for};
-use crate::train::gan::{centre, discriminator_phase, generator_phase, load_gan, save_gan};
-use crate::train::image_quality::{psnr, ssim};
-use crate::train::optim::build_optimizer;
-use crate::train::step::StepStats;
+use crate::tasks::image_quality::{psnr, ssim};
 
 pub const ENTRY: TaskEntry = TaskEntry {
     name: "superres",
     description: "restore an image shrunk ×2 or ×4, pixel + adversarial loss (after SRGAN, Ledig et al. 2017)",
-    build,
+    build: Build::Image(build),
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,17 +88,24 @@ impl Default for SuperresConfig {
     }
 }
 
+/// One batch: the bilinear enlargements of the low-res images and the true images.
+#[derive(Clone, Debug)]
+pub struct SuperresBatch {
+    /// [b, c, h, w], pixels in [0,1].
+    pub up: Vec<f32>,
+    /// [b, c, h, w], pixels in [0,1].
+    pub truth: Vec<f32>,
+    pub shape: [usize; 4],
+}
+
+#[derive(Clone)]
 pub struct Superres {
     config: SuperresConfig,
     input: InputSpec,
-    gen: Option<Generator>,
-    disc: Option<Discriminator>,
-    g_optim: ModuleOptimizer,
-    d_optim: ModuleOptimizer,
     device: Device,
 }
 
-fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
+fn build(ctx: &TaskContext) -> Result<Box<dyn ImageTrainer>> {
     let config: SuperresConfig = parse_section("superres", ctx.config.section("superres"))?;
     if ![2, 4].contains(&config.scale) {
         return Err(Error::config(
@@ -127,19 +133,14 @@ fn build(ctx: &TaskContext) -> Result<Box<dyn PretextTask>> {
             "adv_weight and d_lr_scale must be >= 0",
         ));
     }
-    if config.d_width == 0 {
-        return Err(Error::config("superres.d_width", "must be > 0"));
-    }
     let c = ctx.input.channels;
-    Ok(Box::new(Superres {
-        gen: Some(build_generator(ctx, c, config.stage, config.skips, c)?),
-        disc: Some(Discriminator::new(c, config.d_width, &ctx.device)),
+    let model = build_gan(ctx, c, config.stage, config.skips, config.d_width)?;
+    let task = Superres {
         config,
         input: ctx.input.clone(),
-        g_optim: build_optimizer(ctx.config),
-        d_optim: build_optimizer(ctx.config),
         device: ctx.device.clone(),
-    }))
+    };
+    Ok(bind(task, model, ctx))
 }
 
 /// Low-res version of `img` (box filter) and its bilinear enlargement back to full size.
@@ -149,9 +150,8 @@ pub fn degrade(img: &Img, scale: usize) -> (Img, Img) {
     (low, up)
 }
 
-/// The pure half. `images`: the bilinear enlargements of the low-res images (pixels in [0,1]);
-/// `extra`: the true images.
-pub fn make_batch(images: &[Img], config: &SuperresConfig, rng: &mut impl Rng) -> Batch {
+/// The pure half: the bilinear enlargements of the low-res images and the true images.
+pub fn make_batch(images: &[Img], config: &SuperresConfig, rng: &mut impl Rng) -> SuperresBatch {
     let mut up = Vec::new();
     let mut truth = Vec::new();
     let (c, h, w) = images.first().map_or((0, 0, 0), |i| (i.c, i.h, i.w));
@@ -164,34 +164,19 @@ pub fn make_batch(images: &[Img], config: &SuperresConfig, rng: &mut impl Rng) -
         up.extend(degrade(&img, config.scale).1.data);
         truth.extend(img.data);
     }
-    Batch {
-        index: 0,
-        b: images.len(),
-        c,
-        h,
-        w,
-        images: up,
-        labels: Vec::new(),
-        extra: truth,
+    SuperresBatch {
+        up,
+        truth,
+        shape: [images.len(), c, h, w],
     }
 }
 
-/// (enlarged low-res, truth) as [b, c, h, w] tensors.
-/// As [`batch_tensors`], moving the pixels out of the batch instead of copying them (the step).
-fn take_tensors(batch: &mut Batch, device: &Device) -> (Tensor<4>, Tensor<4>) {
-    let shape = [batch.b, batch.c, batch.h, batch.w];
-    let t = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, shape), device);
+/// (enlarged low-res, truth) as [b, c, h, w] tensors on `device`.
+fn tensors(batch: SuperresBatch, device: &Device) -> (Tensor<4>, Tensor<4>) {
     (
-        t(std::mem::take(&mut batch.images)),
-        t(std::mem::take(&mut batch.extra)),
+        images_tensor(batch.up, batch.shape, device),
+        images_tensor(batch.truth, batch.shape, device),
     )
-}
-
-#[cfg_attr(not(test), allow(dead_code))]
-fn batch_tensors(batch: &Batch, device: &Device) -> (Tensor<4>, Tensor<4>) {
-    let shape = [batch.b, batch.c, batch.h, batch.w];
-    let t = |v: &[f32]| Tensor::from_data(TensorData::new(v.to_vec(), shape), device);
-    (t(&batch.images), t(&batch.extra))
 }
 
 /// PSNR in dB from a mean squared error.
@@ -212,15 +197,10 @@ impl Superres {
         }
     }
 
-    /// Generated images for `truth` images on the inference device.
-    fn restore(&self, truth: &[Img]) -> Vec<Img> {
+    /// Generated images for `truth` images, by `model`'s generator on the inference device.
+    fn restore(&self, model: &Gan, truth: &[Img]) -> Vec<Img> {
         let device = self.device.clone().inner();
-        let gen = self
-            .gen
-            .as_ref()
-            .expect("generator")
-            .valid()
-            .to_device(&device);
+        let gen = model.generator.valid().to_device(&device);
         let mut out = Vec::with_capacity(truth.len());
         for chunk in truth.chunks(64) {
             let (c, h, w) = (chunk[0].c, chunk[0].h, chunk[0].w);
@@ -228,7 +208,7 @@ impl Superres {
                 .iter()
                 .flat_map(|i| degrade(i, self.config.scale).1.data)
                 .collect();
-            let up = Tensor::from_data(TensorData::new(up, [chunk.len(), c, h, w]), &device);
+            let up = images_tensor(up, [chunk.len(), c, h, w], &device);
             out.extend(tensor_images(
                 Self::generate(&gen, up, &self.input).clamp(0.0, 1.0),
                 chunk.len(),
@@ -238,113 +218,73 @@ impl Superres {
     }
 }
 
-impl PretextTask for Superres {
-    fn make_batch(&self) -> MakeBatch {
+impl Task for Superres {
+    type Model = Gan;
+    type Batch = SuperresBatch;
+    type Encoder = Backbone;
+    const OPTIMIZERS: &'static [&'static str] = GAN_OPTIMIZERS;
+
+    fn step(&mut self, model: Gan, batch: SuperresBatch, cx: &mut StepCtx) -> (Gan, StepStats) {
+        let (up, truth) = tensors(batch, &self.device);
+        let config = &self.config;
+        let mut quality = Vec::with_capacity(2);
+        let w = GanWeights {
+            adv_weight: config.adv_weight,
+            content_only_steps: config.content_only_steps,
+            d_lr_scale: config.d_lr_scale,
+            content_scale: 1.0,
+        };
+        let (model, mut stats) = gan_step(model, cx, w, |gen| {
+            let out = Self::generate(gen, up.clone(), &self.input);
+            let mse = (out.clone().detach() - truth.clone())
+                .powi_scalar(2)
+                .mean()
+                .into_scalar::<f32>();
+            let mse_bilinear = (up - truth.clone())
+                .powi_scalar(2)
+                .mean()
+                .into_scalar::<f32>();
+            quality.extend([
+                ("psnr", psnr_of(mse)),
+                ("psnr_bilinear", psnr_of(mse_bilinear)),
+            ]);
+            Generated {
+                content: self.content(out.clone(), truth.clone()),
+                real: truth,
+                fake: out,
+            }
+        });
+        stats.metrics.extend(quality);
+        (model, stats)
+    }
+
+    fn items(batch: &SuperresBatch) -> u64 {
+        batch.shape[0] as u64
+    }
+
+    fn encoder(model: &Gan) -> Backbone {
+        model.generator.encoder.clone()
+    }
+}
+
+impl ImageTask for Superres {
+    fn make_batch(&self) -> MakeBatch<SuperresBatch> {
         let config = self.config.clone();
         Arc::new(move |images, _labels, rng| make_batch(images, &config, rng))
     }
 
-    fn step(&mut self, mut batch: Batch, lr: f64) -> StepStats {
-        let (up, truth) = take_tensors(&mut batch, &self.device);
-        let gen = self.gen.take().expect("generator present between steps");
-        let disc = self
-            .disc
-            .take()
-            .expect("discriminator present between steps");
-        let out = Self::generate(&gen, up.clone(), &self.input);
-        let mse = (out.clone().detach() - truth.clone())
-            .powi_scalar(2)
-            .mean()
-            .into_scalar::<f32>();
-        let mse_bilinear = (up - truth.clone())
-            .powi_scalar(2)
-            .mean()
-            .into_scalar::<f32>();
-        let content = self.content(out.clone(), truth.clone());
-        let (disc, d) = discriminator_phase(
-            disc,
-            &mut self.d_optim,
-            lr * self.config.d_lr_scale,
-            centre(truth),
-            centre(out.clone()),
-        );
-        let adv_weight = if batch.index < self.config.content_only_steps {
-            0.0
-        } else {
-            self.config.adv_weight
-        };
-        let (gen, content, adv) = generator_phase(
-            gen,
-            &mut self.g_optim,
-            lr,
-            content,
-            centre(out),
-            &disc,
-            adv_weight,
-        );
-        self.gen = Some(gen);
-        self.disc = Some(disc);
-        StepStats {
-            loss: content,
-            metrics: vec![
-                ("g_adv", adv),
-                ("d_loss", d.loss),
-                ("d_acc_real", d.acc_real),
-                ("d_acc_fake", d.acc_fake),
-                ("psnr", psnr_of(mse)),
-                ("psnr_bilinear", psnr_of(mse_bilinear)),
-            ],
-            skipped: false,
-        }
-    }
-
-    fn num_params(&self) -> usize {
-        self.gen.as_ref().map_or(0, |m| m.num_params())
-            + self.disc.as_ref().map_or(0, |m| m.num_params())
-    }
-
-    fn encoder(&self) -> Backbone {
-        self.gen
-            .as_ref()
-            .expect("generator present")
-            .encoder
-            .clone()
-    }
-
-    fn save(&self, dir: &Path) -> Result<()> {
-        let (g, d) = (self.gen.as_ref(), self.disc.as_ref());
-        save_gan(
-            dir,
-            g.expect("generator"),
-            d.expect("disc"),
-            &self.g_optim,
-            &self.d_optim,
-        )
-    }
-
-    fn load(&mut self, dir: &Path) -> Result<()> {
-        let (g, d) = (
-            self.gen.take().expect("generator"),
-            self.disc.take().expect("disc"),
-        );
-        let (g, d) = load_gan(dir, g, d, &mut self.g_optim, &mut self.d_optim)?;
-        self.gen = Some(g);
-        self.disc = Some(d);
-        Ok(())
-    }
-
-    fn write_samples(&mut self, batch: &Batch, dir: &Path) -> Result<()> {
-        let (c, h, w) = (batch.c, batch.h, batch.w);
-        let n = batch.b.min(8);
+    fn write_samples(&self, model: &Gan, batch: &SuperresBatch, dir: &Path) -> Result<()> {
+        let [b, c, h, w] = batch.shape;
+        let n = b.min(8);
         let truth: Vec<Img> = (0..n)
             .map(|i| Img {
                 c,
                 h,
                 w,
-                data: batch.extra[i * c * h * w..(i + 1) * c * h * w].to_vec(),
+                data: batch.truth[i * c * h * w..(i + 1) * c * h * w].to_vec(),
             })
             .collect();
-        let generated = self.restore(&truth);
+        let generated = self.restore(model, &truth);
         let rows: Vec<Vec<Img>> = truth
             .iter()
             .zip(generated)
@@ -356,11 +296,11 @@ impl PretextTask for Superres {
         write_grid(&dir.join("samples-superres.png"), &rows, zoom_for(h))
     }
 
-    fn evaluate(&mut self, held_out: &[Img]) -> Result<Vec<(String, f32)>> {
+    fn evaluate(&self, model: &Gan, held_out: &[Img]) -> Result<Vec<(String, f32)>> {
         if held_out.is_empty() {
             return Ok(Vec::new());
         }
-        let generated = self.restore(held_out);
+        let generated = self.restore(model, held_out);
         let n = held_out.len() as f32;
         let (mut p, mut s, mut pb, mut sb) = (0.0, 0.0, 0.0, 0.0);
         for (t, g) in held_out.iter().zip(&generated) {
@@ -377,12 +317,20 @@ impl PretextTask for Superres {
             ("ssim_bilinear".into(), sb / n),
         ])
     }
+
+    /// `images`: the enlarged low-res images; `extra`: the true images.
+    fn flat(batch: &SuperresBatch) -> FlatBatch {
+        FlatBatch::new(batch.shape, &batch.up, &[], batch.truth.clone())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::gan::flat_params;
+    use crate::config::PretrainConfig;
+    use crate::engine::gan::{centre, discriminator_phase, flat_params, generator_phase};
+    use crate::engine::optim::build_optimizer;
+    use crate::engine::{Bound, Optimizers};
     use rand::SeedableRng;
 
     fn spec(c: usize, s: usize) -> InputSpec {
@@ -401,7 +349,7 @@ mod tests {
         })
     }
 
-    fn context(sets: &[&str]) -> (crate::config::PretrainConfig, Device) {
+    fn context(sets: &[&str]) -> (PretrainConfig, Device) {
         let mut all = vec!["task=\"superres\"".to_string(), "width=4".into()];
         all.extend(sets.iter().map(|s| s.to_string()));
         let cfg = crate::config::resolve(None, &all, &crate::tasks::names()).unwrap();
@@ -410,7 +358,8 @@ mod tests {
         (cfg, device)
     }
 
-    fn task(sets: &[&str], input: &InputSpec) -> Superres {
+    /// The task, its model (a discriminator of width 4) and the config it was made from.
+    fn task(sets: &[&str], input: &InputSpec) -> (Superres, Gan, PretrainConfig) {
         let (cfg, device) = context(sets);
         let config: SuperresConfig = parse_section("superres", cfg.section("superres")).unwrap();
         let ctx = TaskContext {
@@ -419,15 +368,13 @@ mod tests {
             device: device.clone(),
         };
         let c = input.channels;
-        Superres {
-            gen: Some(build_generator(&ctx, c, config.stage, config.skips, c).unwrap()),
-            disc: Some(Discriminator::new(c, 4, &device)),
+        let model = build_gan(&ctx, c, config.stage, config.skips, 4).unwrap();
+        let task = Superres {
             config,
             input: input.clone(),
-            g_optim: build_optimizer(&cfg),
-            d_optim: build_optimizer(&cfg),
             device,
-        }
+        };
+        (task, model, cfg)
     }
 
     #[test]
@@ -455,8 +402,14 @@ mod tests {
             &cfg,
             &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
         );
-        assert_eq!(b.extra, img.data);
-        assert_eq!(b.images, degrade(&img, 2).1.data);
+        assert_eq!(b.truth, img.data);
+        assert_eq!(b.up, degrade(&img, 2).1.data);
+        // The layout bench/reference.py reads: images = enlarged low-res, extra = truth.
+        let f = Superres::flat(&b);
+        assert_eq!((f.b, f.c, f.h, f.w), (1, 1, 8, 8));
+        assert_eq!(f.extra, img.data);
+        assert_eq!(f.images, degrade(&img, 2).1.data);
+        assert!(f.labels.is_empty());
     }
 
     #[test]
@@ -482,9 +435,9 @@ mod tests {
     #[test]
     fn shapes_and_a_fresh_generator_returns_the_bilinear_image() {
         let input = spec(3, 16);
-        let t = task(&["superres.scale=4"], &input);
+        let (t, model, _) = task(&["superres.scale=4"], &input);
         let imgs: Vec<Img> = (0..2).map(|k| image(3, 16, k)).collect();
-        let out = t.restore(&imgs);
+        let out = t.restore(&model, &imgs);
         assert_eq!(out.len(), 2);
         // The decoder's output layer starts at zero: no residual yet.
         for (o, i) in out.iter().zip(&imgs) {
@@ -494,10 +447,8 @@ mod tests {
                 assert!((a - b).abs() < 1e-5);
             }
         }
-        let d = t
-            .disc
-            .as_ref()
-            .unwrap()
+        let d = model
+            .discriminator
             .forward(Tensor::zeros([2, 3, 16, 16], &t.device));
         assert_eq!(d.dims(), [2]);
     }
@@ -505,33 +456,31 @@ mod tests {
     #[test]
     fn each_gan_phase_updates_only_its_network() {
         let input = spec(1, 16);
-        let mut t = task(&[], &input);
+        let (t, model, cfg) = task(&[], &input);
+        let mut optim = Optimizers::new(GAN_OPTIMIZERS, &build_optimizer(&cfg));
         let imgs: Vec<Img> = (0..4).map(|k| image(1, 16, k)).collect();
         let batch = make_batch(
             &imgs,
             &t.config,
             &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
         );
-        let (up, truth) = batch_tensors(&batch, &t.device);
-        let (gen, disc) = (t.gen.take().unwrap(), t.disc.take().unwrap());
+        let (up, truth) = tensors(batch, &t.device);
+        let Gan {
+            generator: gen,
+            discriminator: disc,
+        } = model;
         let out = Superres::generate(&gen, up, &input);
         let content = t.content(out.clone(), truth.clone());
         let (g0, d0) = (flat_params(&gen), flat_params(&disc));
-        let (disc, _) = discriminator_phase(
-            disc,
-            &mut t.d_optim,
-            1e-2,
-            centre(truth),
-            centre(out.clone()),
-        );
+        let (disc, _) =
+            discriminator_phase(disc, &mut optim, 1e-2, centre(truth), centre(out.clone()));
         let (g1, d1) = (flat_params(&gen), flat_params(&disc));
         assert_eq!(g0, g1, "the discriminator phase changed the generator");
         assert_ne!(
             d0, d1,
             "the discriminator phase left the discriminator unchanged"
         );
-        let (gen, _, _) =
-            generator_phase(gen, &mut t.g_optim, 1e-2, content, centre(out), &disc, 0.5);
+        let (gen, _, _) = generator_phase(gen, &mut optim, 1e-2, content, centre(out), &disc, 0.5);
         let (g2, d2) = (flat_params(&gen), flat_params(&disc));
         assert_ne!(g1, g2, "the generator phase left the generator unchanged");
         assert_eq!(d1, d2, "the generator phase changed the discriminator");
@@ -540,7 +489,7 @@ mod tests {
     #[test]
     fn overfitting_one_batch_lowers_the_content_loss_below_bilinear() {
         let input = spec(1, 16);
-        let mut t = task(
+        let (t, model, cfg) = task(
             &["superres.flip=false", "superres.content_only_steps=0"],
             &input,
         );
@@ -550,10 +499,12 @@ mod tests {
             &t.config,
             &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
         );
-        let first = t.step(batch.clone(), 3e-3);
+        let mut t = Bound::new(t, model, &build_optimizer(&cfg), false);
+        let first = t.step_typed(batch.clone(), 0, 3e-3);
+        assert_eq!(first.items, 4);
         let mut last = first.clone();
-        for _ in 0..40 {
-            last = t.step(batch.clone(), 3e-3);
+        for step in 1..=40 {
+            last = t.step_typed(batch.clone(), step, 3e-3);
         }
         assert!(
             last.loss < 0.7 * first.loss,
@@ -563,7 +514,7 @@ mod tests {
         );
         let metric = |s: &StepStats, k: &str| s.metrics.iter().find(|m| m.0 == k).unwrap().1;
         assert!(metric(&last, "psnr") > metric(&last, "psnr_bilinear"));
-        let eval = t.evaluate(&imgs).unwrap();
+        let eval = t.task.evaluate(t.model(), &imgs).unwrap();
         assert_eq!(eval.len(), 4);
         assert!(
             eval[0].1 > eval[2].1,

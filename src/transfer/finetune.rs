@@ -11,13 +11,14 @@ use rand::Rng;
 use crate::data::augment::{hflip, random_resized_crop};
 use crate::data::loader::{Batch, Loader, LoaderConfig};
 use crate::data::{DataError, ImageSet};
+use crate::engine::optim::optimizer;
+use crate::engine::progress::Progress;
+use crate::engine::schedule::lr_at;
+use crate::engine::step::{classification_step, images_tensor, labels_tensor};
+use crate::engine::{Optimizers, StepCtx};
 use crate::input::InputSpec;
 use crate::nn::heads::LinearHead;
 use crate::nn::Backbone;
-use crate::train::optim::optimizer;
-use crate::train::progress::Progress;
-use crate::train::schedule::lr_at;
-use crate::train::step::{classification_step, images_tensor, labels_tensor};
 use crate::transfer::features::normalized_images;
 use crate::transfer::linear_probe::accuracy;
 
@@ -65,7 +66,10 @@ pub fn finetune(
         backbone: encoder.to_device(&ad).train(),
         head,
     });
-    let mut optim = optimizer(crate::config::OptimizerKind::Adamw, s.weight_decay, 0.9);
+    let mut optim = Optimizers::new(
+        &["model"],
+        &optimizer(crate::config::OptimizerKind::Adamw, s.weight_decay, 0.9),
+    );
     let (crop, flip, spec) = (s.crop_scale_min, s.flip, input.clone());
     let size = input.height;
     let make = Arc::new(
@@ -86,14 +90,12 @@ pub fn finetune(
                 out.extend_from_slice(&img.data);
             }
             Batch {
-                index: 0,
                 b: images.len(),
                 c: spec.channels,
                 h: spec.height,
                 w: spec.width,
                 images: out,
                 labels: labels.to_vec(),
-                extra: Vec::new(),
             }
         },
     );
@@ -112,23 +114,25 @@ pub fn finetune(
     );
     let progress = Progress::new("finetune", 0, s.steps, s.quiet);
     for (step, batch) in loader.take(s.steps as usize).enumerate() {
-        let mut batch = batch?;
-        let x = images_tensor(&mut batch, &ad);
+        let batch = batch?;
         let y = labels_tensor(&batch.labels, &ad);
-        let lr = lr_at(step as u64, s.lr, s.steps / 20, s.steps, 0.0);
-        let (m, stats) = classification_step(
-            model.take().expect("model"),
-            &mut optim,
-            lr,
-            y,
-            false,
-            |m| m.forward(x),
-        );
+        let x = images_tensor(batch.images, [batch.b, batch.c, batch.h, batch.w], &ad);
+        let mut cx = StepCtx {
+            step: step as u64,
+            lr: lr_at(step as u64, s.lr, s.steps / 20, s.steps, 0.0),
+            optim: &mut optim,
+        };
+        let (m, stats) =
+            classification_step(model.take().expect("model"), &mut cx, y, |m| m.forward(x));
         model = Some(m);
         let log = (step + 1) % 50 == 0;
         progress.update(
             step as u64 + 1,
-            &format!("loss {:.4} acc {:.3}", stats.loss, stats.metrics[0].1),
+            &format!(
+                "loss {:.4} acc {:.3}",
+                stats.loss,
+                stats.metrics.first().map_or(f32::NAN, |m| m.1)
+            ),
             log,
             Default::default(),
         );

@@ -8,9 +8,10 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::engine::schedule::lr_at;
 use crate::nn::heads::LinearHead;
-use crate::train::schedule::lr_at;
 
+#[derive(Clone, Debug)]
 pub struct ProbeSettings {
     pub steps: u64,
     pub batch_size: usize,

@@ -3,24 +3,26 @@
 
 pub mod features;
 pub mod finetune;
+pub mod frozen;
 pub mod knn;
 pub mod labels;
 pub mod linear_probe;
 pub mod scores;
 pub mod text;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, ImageSet};
+use crate::engine::checkpoint::load_encoder;
+use crate::engine::run_dir;
 use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use crate::input::{InputSpec, InputTransform};
 use crate::nn::{Backbone, BackboneKind, BackboneSpec};
-use crate::train::checkpoint::{load_encoder, write_atomic};
-use crate::train::EncoderInfo;
 use labels::PerClass;
 
 /// Where the encoder comes from.
@@ -138,6 +140,21 @@ impl Default for TransferConfig {
 }
 
 impl TransferConfig {
+    /// The linear probe's and k-NN's settings.
+    pub fn frozen_settings(&self) -> frozen::FrozenSettings {
+        frozen::FrozenSettings {
+            probe: linear_probe::ProbeSettings {
+                steps: self.probe_steps,
+                batch_size: self.probe_batch_size,
+                lr: self.probe_lr,
+                weight_decay: self.probe_weight_decay,
+                seed: self.seed,
+            },
+            knn_k: self.knn_k,
+            knn_temperature: self.knn_temperature,
+        }
+    }
+
     /// Range checks that serde cannot express.
     pub fn validate(&self) -> Result<()> {
         use crate::config::{in_range, positive, MAX_WIDTH};
@@ -310,37 +327,17 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
                 Some(stage),
                 &req.device,
             )?;
-            if protocol == Protocol::Linear {
-                let s = linear_probe::ProbeSettings {
-                    steps: cfg.probe_steps,
-                    batch_size: cfg.probe_batch_size,
-                    lr: cfg.probe_lr,
-                    weight_decay: cfg.probe_weight_decay,
-                    seed: cfg.seed,
-                };
-                linear_probe::linear_probe(
-                    train_x,
-                    &train_y,
-                    test_x,
-                    &test_y,
-                    dim,
-                    classes,
-                    &s,
-                    &req.device,
-                )
-            } else {
-                knn::knn_accuracy(
-                    train_x,
-                    &train_y,
-                    test_x,
-                    &test_y,
-                    dim,
-                    classes,
-                    cfg.knn_k,
-                    cfg.knn_temperature,
-                    &req.device,
-                )
-            }
+            let f = frozen::Features {
+                train_x,
+                train_y,
+                test_x,
+                dim,
+                classes,
+            };
+            scores::accuracy(
+                &frozen::predict(protocol, f, &cfg.frozen_settings(), &req.device),
+                &test_y,
+            )
         }
         Protocol::Finetune => {
             let s = finetune::FinetuneSettings {
@@ -352,7 +349,7 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
                 crop_scale_min: cfg.finetune_crop_scale_min,
                 flip: cfg.finetune_flip,
                 workers: if cfg.workers == 0 {
-                    crate::train::default_workers()
+                    crate::engine::default_workers()
                 } else {
                     cfg.workers
                 },
@@ -408,7 +405,7 @@ fn load_source(
     match from {
         Source::Run(run) => {
             let info = read_encoder_info(run)?;
-            let weights = crate::train::encoder_weights(run)?;
+            let weights = run_dir::transferable_weights(run)?;
             let encoder = load_encoder(info.backbone.init(device), &weights)?;
             Ok((encoder, info.input))
         }
@@ -432,14 +429,4 @@ fn load_source(
     }
 }
 
-pub fn read_encoder_info(run: &Path) -> Result<EncoderInfo> {
-    let path = run.join("encoder.json");
-    let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::Usage(format!(
-            "--from {}: no encoder.json there; pass a directory written by `pretext pretrain`, or 'random' / 'scratch'",
-            run.display()
-        )),
-        _ => Error::io(&path, e),
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::checkpoint(&path, e))
-}
+pub use run_dir::read_encoder_info;

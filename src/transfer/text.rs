@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::AdamWConfig;
 use burn::prelude::*;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -24,16 +23,18 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::labels::{self, PerClass};
-use super::{knn, linear_probe, scores, Protocol, Source};
+use super::{frozen, linear_probe, scores, Protocol, Source};
 use crate::config::{in_range, positive};
-use crate::data::text::{is_validation, Fields, TextSource};
+use crate::data::corpus::{is_validation, Fields, TextSource};
 use crate::data::tokenizer::Tokenizer;
+use crate::engine::run_dir::{is_text_run, load_run, read_lm_info};
+use crate::engine::schedule::lr_at;
+use crate::engine::step::{classification_step, labels_tensor};
+use crate::engine::{Optimizers, StepCtx};
 use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use crate::nn::heads::LinearHead;
 use crate::nn::transformer::{Transformer, TransformerSpec};
-use crate::train::checkpoint::write_atomic;
-use crate::train::schedule::lr_at;
-use crate::train::text::{load_run, read_lm_info};
 
 /// Text transfer settings (`pretext transfer --set key=value`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -97,6 +98,21 @@ impl Default for TextTransferConfig {
 }
 
 impl TextTransferConfig {
+    /// The linear probe's and k-NN's settings.
+    pub fn frozen_settings(&self) -> frozen::FrozenSettings {
+        frozen::FrozenSettings {
+            probe: linear_probe::ProbeSettings {
+                steps: self.probe_steps,
+                batch_size: self.probe_batch_size,
+                lr: self.probe_lr,
+                weight_decay: self.probe_weight_decay,
+                seed: self.seed,
+            },
+            knn_k: self.knn_k,
+            knn_temperature: self.knn_temperature,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         in_range("test_fraction", self.test_fraction, 0.01, 0.9)?;
         positive("probe_steps", self.probe_steps as f64)?;
@@ -120,7 +136,7 @@ impl TextTransferConfig {
 /// Whether a transfer is a text transfer: from a text run, or onto text data.
 pub fn is_text_transfer(from: &Source, data: Option<&str>) -> bool {
     match from {
-        Source::Run(run) if crate::train::text::is_text_run(run) => true,
+        Source::Run(run) if is_text_run(run) => true,
         _ => data.is_some_and(|d| d.starts_with("text:") || d.starts_with("jsonl:")),
     }
 }
@@ -388,35 +404,14 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
         Protocol::Linear | Protocol::Knn => {
             let (train_x, dim) = features(&model, &chosen, pad_id, cls, &req.device);
             let (test_x, _) = features(&model, &test_refs, pad_id, cls, &req.device);
-            if req.protocol == Protocol::Linear {
-                let s = linear_probe::ProbeSettings {
-                    steps: cfg.probe_steps,
-                    batch_size: cfg.probe_batch_size,
-                    lr: cfg.probe_lr,
-                    weight_decay: cfg.probe_weight_decay,
-                    seed: cfg.seed,
-                };
-                linear_probe::linear_probe_predict(
-                    train_x,
-                    &train_y,
-                    test_x,
-                    dim,
-                    classes,
-                    &s,
-                    &req.device,
-                )
-            } else {
-                knn::knn_predict(
-                    train_x,
-                    &train_y,
-                    test_x,
-                    dim,
-                    classes,
-                    cfg.knn_k,
-                    cfg.knn_temperature,
-                    &req.device,
-                )
-            }
+            let f = frozen::Features {
+                train_x,
+                train_y: train_y.clone(),
+                test_x,
+                dim,
+                classes,
+            };
+            frozen::predict(req.protocol, f, &cfg.frozen_settings(), &req.device)
         }
         Protocol::Finetune => {
             finetune(model, &spec, &chosen, &test_refs, classes, pad_id, cls, req)?
@@ -487,10 +482,12 @@ fn finetune(
         lm: model.to_device(&ad).train(),
         head,
     };
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(cfg.finetune_weight_decay as f32)
-        .init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let mut optim = Optimizers::new(
+        &["model"],
+        &AdamWConfig::new()
+            .with_weight_decay(cfg.finetune_weight_decay as f32)
+            .init(),
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let n = train.len();
     let bs = cfg.finetune_batch_size.min(n).max(1);
@@ -503,26 +500,31 @@ fn finetune(
         }
         let batch: Vec<&Example> = order[pos..pos + bs].iter().map(|&i| train[i]).collect();
         pos += bs;
-        let y: Vec<i64> = batch.iter().map(|e| e.label as i64).collect();
-        let y = Tensor::<1, Int>::from_data(TensorData::new(y, [bs]), &ad);
-        let logits = net.head.forward(pooled(&net.lm, &batch, pad_id, cls, &ad));
-        let loss = loss_fn.forward(logits, y);
-        let value = loss.clone().into_scalar::<f32>();
-        if !value.is_finite() {
+        let y: Vec<u32> = batch.iter().map(|e| e.label).collect();
+        let mut cx = StepCtx {
+            step,
+            lr: lr_at(
+                step,
+                cfg.finetune_lr,
+                cfg.finetune_steps / 10,
+                cfg.finetune_steps,
+                0.0,
+            ),
+            optim: &mut optim,
+        };
+        let (next, stats) = classification_step(net, &mut cx, labels_tensor(&y, &ad), |m| {
+            m.head.forward(pooled(&m.lm, &batch, pad_id, cls, &ad))
+        });
+        net = next;
+        if !stats.loss.is_finite() {
             return Err(Error::Training {
                 step,
-                message: format!("fine-tuning loss is {value}; try a lower finetune_lr"),
+                message: format!(
+                    "fine-tuning loss is {}; try a lower finetune_lr",
+                    stats.loss
+                ),
             });
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &net);
-        let lr = lr_at(
-            step,
-            cfg.finetune_lr,
-            cfg.finetune_steps / 10,
-            cfg.finetune_steps,
-            0.0,
-        );
-        net = optim.step(lr, net, grads);
     }
     let net = net.valid();
     let mut pred = Vec::with_capacity(test.len());

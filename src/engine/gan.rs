@@ -1,22 +1,109 @@
-//! The two phases of a GAN step, in the order the generative tasks run them:
+//! The GAN step of the generative tasks (superres, inpaint), in the order it runs:
 //!
 //! 1. the task runs its generator once, getting `fake` (with graph) and its content loss;
-//! 2. [`discriminator_phase`]: D sees real and `fake.detach()` — only D's optimiser steps, and
-//!    no gradient can reach the generator;
+//! 2. [`discriminator_phase`]: D sees real and `fake.detach()` — only the `discriminator`
+//!    optimiser steps, and no gradient can reach the generator;
 //! 3. [`generator_phase`]: loss = content + adv_weight · BCE(D'(fake), "real"), with D' the
-//!    freshly updated discriminator made non-trainable (`no_grad`), so only G's optimiser steps.
+//!    freshly updated discriminator made non-trainable (`no_grad`), so only the `generator`
+//!    optimiser steps.
+//!
+//! [`gan_step`] is that order written out once; a task supplies step 1.
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::softplus;
 
-use std::path::Path;
-
-use crate::error::Result;
+use super::step::StepStats;
+use super::task::{Optimizers, StepCtx};
 use crate::nn::decoder::Generator;
 use crate::nn::discriminator::Discriminator;
-use crate::train::checkpoint::{load_module, load_optimizer, save_module, save_optimizer};
+
+/// The two networks of a GAN task, trained as one model with two optimisers.
+#[derive(Module, Debug)]
+pub struct Gan {
+    pub generator: Generator,
+    pub discriminator: Discriminator,
+}
+
+/// The optimiser names of a GAN task.
+pub const GAN_OPTIMIZERS: &[&str] = &["generator", "discriminator"];
+
+/// What step 1 of a GAN step hands back: the content loss (scalar, with graph back to the
+/// generator), and the real and generated images in [0, 1] as the discriminator judges them.
+pub struct Generated {
+    pub content: Tensor<1>,
+    pub real: Tensor<4>,
+    pub fake: Tensor<4>,
+}
+
+/// How a GAN step weighs its parts.
+#[derive(Clone, Copy, Debug)]
+pub struct GanWeights {
+    /// Weight of the adversarial term in the generator's loss ...
+    pub adv_weight: f64,
+    /// ... which is 0 for the first this many steps (the discriminator still trains).
+    pub content_only_steps: u64,
+    /// The discriminator's learning rate as a multiple of the step's.
+    pub d_lr_scale: f64,
+    /// The task's weight on its content loss: the reported loss is the content loss divided by it.
+    pub content_scale: f64,
+}
+
+/// One GAN step: `generate` (step 1), then the discriminator phase at `lr · d_lr_scale`, then the
+/// generator phase at `lr` with the adversarial term weighted `adv_weight` (0 during the first
+/// `content_only_steps`). Reports the content loss (over `content_scale`) with `g_adv`,
+/// `d_loss`, `d_acc_real`, `d_acc_fake` as metrics.
+pub fn gan_step(
+    model: Gan,
+    cx: &mut StepCtx,
+    w: GanWeights,
+    generate: impl FnOnce(&Generator) -> Generated,
+) -> (Gan, StepStats) {
+    let Gan {
+        generator,
+        discriminator,
+    } = model;
+    let adv_weight = if cx.step < w.content_only_steps {
+        0.0
+    } else {
+        w.adv_weight
+    };
+    let (d_lr_scale, content_scale) = (w.d_lr_scale, w.content_scale);
+    let g = generate(&generator);
+    let (discriminator, d) = discriminator_phase(
+        discriminator,
+        cx.optim,
+        cx.lr * d_lr_scale,
+        centre(g.real),
+        centre(g.fake.clone()),
+    );
+    let (generator, content, adv) = generator_phase(
+        generator,
+        cx.optim,
+        cx.lr,
+        g.content,
+        centre(g.fake),
+        &discriminator,
+        adv_weight,
+    );
+    let stats = StepStats::new(
+        content / content_scale.max(1e-12) as f32,
+        vec![
+            ("g_adv", adv),
+            ("d_loss", d.loss),
+            ("d_acc_real", d.acc_real),
+            ("d_acc_fake", d.acc_fake),
+        ],
+    );
+    (
+        Gan {
+            generator,
+            discriminator,
+        },
+        stats,
+    )
+}
 
 /// Binary cross-entropy on logits, mean over the batch: target "real" → softplus(-z), "fake" →
 /// softplus(z) (the numerically stable forms of -log σ(z) and -log(1-σ(z))).
@@ -43,7 +130,7 @@ pub struct DStats {
 /// One D update on `real` and `fake` ([b, c, h, w] each, as D is fed). `fake` is detached here.
 pub fn discriminator_phase(
     disc: Discriminator,
-    optim: &mut ModuleOptimizer,
+    optim: &mut Optimizers,
     lr: f64,
     real: Tensor<4>,
     fake: Tensor<4>,
@@ -63,7 +150,7 @@ pub fn discriminator_phase(
     let acc_fake = z[b..].iter().filter(|&&v| v <= 0.0).count() as f32 / b as f32;
     let grads = GradientsParams::from_grads(loss.backward(), &disc);
     let loss_value = loss.detach().into_scalar::<f32>();
-    let disc = optim.step(lr, disc, grads);
+    let disc = optim.step("discriminator", lr, disc, grads);
     (
         disc,
         DStats {
@@ -78,7 +165,7 @@ pub fn discriminator_phase(
 /// adversarial loss of `fake` under a frozen copy of `disc`. Returns (gen, content, adversarial).
 pub fn generator_phase<G: Module>(
     gen: G,
-    optim: &mut ModuleOptimizer,
+    optim: &mut Optimizers,
     lr: f64,
     content: Tensor<1>,
     fake: Tensor<4>,
@@ -92,7 +179,7 @@ pub fn generator_phase<G: Module>(
         (content.clone(), None)
     };
     let grads = GradientsParams::from_grads(loss.backward(), &gen);
-    let gen = optim.step(lr, gen, grads);
+    let gen = optim.step("generator", lr, gen, grads);
     let adv = adv.map_or(0.0, |a| a.detach().into_scalar::<f32>());
     (gen, content.detach().into_scalar::<f32>(), adv)
 }
@@ -114,35 +201,6 @@ pub fn flat_params<M: Module>(module: &M) -> Vec<f32> {
     let mut c = Collect(Vec::new());
     module.visit(&mut c);
     c.0
-}
-
-/// Save generator, discriminator and both optimisers into `dir`.
-pub fn save_gan(
-    dir: &Path,
-    gen: &Generator,
-    disc: &Discriminator,
-    g_optim: &ModuleOptimizer,
-    d_optim: &ModuleOptimizer,
-) -> Result<()> {
-    save_module(gen.clone(), &dir.join("generator.bpk"))?;
-    save_module(disc.clone(), &dir.join("discriminator.bpk"))?;
-    save_optimizer(g_optim, &dir.join("g_optimizer.bpk"))?;
-    save_optimizer(d_optim, &dir.join("d_optimizer.bpk"))
-}
-
-/// Restore what [`save_gan`] wrote.
-pub fn load_gan(
-    dir: &Path,
-    gen: Generator,
-    disc: Discriminator,
-    g_optim: &mut ModuleOptimizer,
-    d_optim: &mut ModuleOptimizer,
-) -> Result<(Generator, Discriminator)> {
-    let gen = load_module(gen, &dir.join("generator.bpk"))?;
-    let disc = load_module(disc, &dir.join("discriminator.bpk"))?;
-    *g_optim = load_optimizer(g_optim.clone(), &dir.join("g_optimizer.bpk"))?;
-    *d_optim = load_optimizer(d_optim.clone(), &dir.join("d_optimizer.bpk"))?;
-    Ok((gen, disc))
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ impl MetricsLog {
             if !text.is_empty() {
                 text.push('\n');
             }
-            crate::train::checkpoint::write_atomic(path, text.as_bytes())?;
+            crate::fsio::write_atomic(path, text.as_bytes())?;
         }
         let file = OpenOptions::new()
             .create(true)

@@ -6,7 +6,6 @@
 //! checkpoint whole, and a half-written one is never loaded.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
@@ -15,6 +14,7 @@ use burn::store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::fsio::write_atomic;
 use crate::nn::Backbone;
 
 /// What besides the weights a run needs to continue exactly where it stopped.
@@ -26,25 +26,6 @@ pub struct CheckpointState {
     pub data_cursor: u64,
     pub seed: u64,
     pub task: String,
-}
-
-/// Write `bytes` to `path` atomically: a temp file in the same directory, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
 }
 
 /// Save a module's parameters and buffers. `valid()` first: it folds the pending per-thread update

@@ -11,6 +11,10 @@ use crate::data::Stream;
 use crate::error::{Error, Result};
 use crate::nn::BackboneKind;
 
+mod lm;
+
+pub use lm::TextConfig;
+
 /// Optimiser choice for pretraining and fine-tuning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

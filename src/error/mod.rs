@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use crate::data::error::DataError;
+mod data;
+
+pub use data::DataError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -27,3 +27,15 @@ pub fn optimizer(kind: OptimizerKind, weight_decay: f64, momentum: f64) -> Modul
             .init(),
     }
 }
+
+/// The language models' AdamW (β₂ = 0.95, as GPT-2/3) with per-parameter gradient clipping at
+/// `grad_clip` (0 = off).
+pub fn lm_optimizer(weight_decay: f64, grad_clip: f64) -> ModuleOptimizer {
+    AdamWConfig::new()
+        .with_beta_2(0.95)
+        .with_weight_decay(weight_decay as f32)
+        .with_grad_clipping((grad_clip > 0.0).then_some(
+            burn::grad_clipping::GradientClippingConfig::Norm(grad_clip as f32),
+        ))
+        .init()
+}

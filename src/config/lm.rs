@@ -1,0 +1,167 @@
+//! Language-model pretraining configuration (`pretext pretrain --task causal-lm|masked-lm`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{in_range, positive, NonFinite};
+use crate::error::{Error, Result};
+use crate::nn::transformer::{TransformerSpec, PRESETS};
+
+/// Language-model pretraining configuration (`pretext pretrain --task causal-lm|masked-lm`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TextConfig {
+    /// causal-lm or masked-lm.
+    pub task: String,
+    /// `text:PATH` (.txt/.txt.gz files or a folder of them) or `jsonl:PATH`.
+    pub data: String,
+    /// The JSON field holding the text (jsonl data).
+    pub text_field: String,
+    /// A tokenizer.json to use; empty = train a byte-level BPE of `vocab` tokens on the corpus;
+    /// `bytes` = the byte-level tokenizer (260 tokens).
+    pub tokenizer: String,
+    /// Vocabulary size when the tokenizer is trained here.
+    pub vocab: usize,
+    /// Model size preset: tiny, small or base (see `src/nn/transformer.rs`).
+    pub model: String,
+    /// Overrides of the preset; 0 = the preset's value.
+    pub d_model: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub d_ff: usize,
+    /// Longest sequence the model accepts (position embeddings); 0 = the preset's.
+    pub max_len: usize,
+    pub dropout: f64,
+    pub tie_weights: bool,
+    /// Training sequence length in tokens; 0 = max_len.
+    pub seq_len: usize,
+    pub steps: u64,
+    /// Sequences per step.
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: u64,
+    pub min_lr_ratio: f64,
+    /// Clip every parameter's gradient to this L2 norm (burn clips per tensor); 0 = off.
+    pub grad_clip: f64,
+    /// Fraction of documents (paragraphs / JSON lines) held out for validation.
+    pub val_fraction: f64,
+    /// Validation loss every N steps (and at the end).
+    pub eval_every: u64,
+    /// Validation batches per evaluation (fixed windows, the same every time).
+    pub eval_batches: usize,
+    pub log_every: u64,
+    pub checkpoint_every: u64,
+    pub keep_checkpoints: usize,
+    pub seed: u64,
+    pub on_nonfinite: NonFinite,
+    /// Task sections, e.g. `[masked-lm] mask_prob = 0.15`.
+    #[serde(flatten)]
+    pub sections: BTreeMap<String, toml::Value>,
+}
+
+impl Default for TextConfig {
+    fn default() -> Self {
+        Self {
+            task: "causal-lm".into(),
+            data: String::new(),
+            text_field: "text".into(),
+            tokenizer: String::new(),
+            vocab: 4096,
+            model: "tiny".into(),
+            d_model: 0,
+            layers: 0,
+            heads: 0,
+            d_ff: 0,
+            max_len: 0,
+            dropout: 0.1,
+            tie_weights: true,
+            seq_len: 0,
+            steps: 2000,
+            batch_size: 32,
+            lr: 1e-3,
+            weight_decay: 0.1,
+            warmup_steps: 100,
+            min_lr_ratio: 0.1,
+            grad_clip: 1.0,
+            val_fraction: 0.05,
+            eval_every: 200,
+            eval_batches: 8,
+            log_every: 10,
+            checkpoint_every: 500,
+            keep_checkpoints: 2,
+            seed: 0,
+            on_nonfinite: NonFinite::Stop,
+            sections: BTreeMap::new(),
+        }
+    }
+}
+
+impl TextConfig {
+    pub fn validate(&self) -> Result<()> {
+        positive("steps", self.steps as f64)?;
+        positive("batch_size", self.batch_size as f64)?;
+        positive("lr", self.lr)?;
+        positive("eval_every", self.eval_every as f64)?;
+        positive("log_every", self.log_every as f64)?;
+        positive("checkpoint_every", self.checkpoint_every as f64)?;
+        positive("keep_checkpoints", self.keep_checkpoints as f64)?;
+        in_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)?;
+        in_range("val_fraction", self.val_fraction, 0.0, 0.5)?;
+        in_range("weight_decay", self.weight_decay, 0.0, 10.0)?;
+        in_range("grad_clip", self.grad_clip, 0.0, 1e6)?;
+        if self.tokenizer.is_empty() && self.vocab < 260 {
+            return Err(Error::config(
+                "vocab",
+                format!(
+                    "must be at least 260 (256 bytes + 4 special tokens), found {}",
+                    self.vocab
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The model this config describes for a tokenizer of `vocab` tokens.
+    pub fn spec(&self, vocab: usize, causal: bool) -> Result<TransformerSpec> {
+        let mut spec = TransformerSpec::preset(&self.model, vocab, causal).ok_or_else(|| {
+            let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
+            Error::config(
+                "model",
+                format!(
+                    "unknown preset {:?}; expected one of {}",
+                    self.model,
+                    names.join(", ")
+                ),
+            )
+        })?;
+        let pick = |v: usize, default: usize| if v == 0 { default } else { v };
+        spec.d_model = pick(self.d_model, spec.d_model);
+        spec.layers = pick(self.layers, spec.layers);
+        spec.heads = pick(self.heads, spec.heads);
+        spec.d_ff = pick(self.d_ff, 4 * spec.d_model);
+        spec.max_len = pick(self.max_len, spec.max_len);
+        spec.dropout = self.dropout;
+        spec.tie_weights = self.tie_weights;
+        spec.validate()?;
+        if self.seq_len > spec.max_len {
+            return Err(Error::config(
+                "seq_len",
+                format!(
+                    "must be at most max_len {}, found {}",
+                    spec.max_len, self.seq_len
+                ),
+            ));
+        }
+        Ok(spec)
+    }
+
+    pub fn seq_len(&self, spec: &TransformerSpec) -> usize {
+        if self.seq_len == 0 {
+            spec.max_len
+        } else {
+            self.seq_len
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! What a step reports, and the pieces of a classification step (rotation, context, jigsaw …).
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+
+use super::task::StepCtx;
+
+/// Loss and any extra numbers a step reports (accuracy, …), read back from the device.
+#[derive(Clone, Debug, Default)]
+pub struct StepStats {
+    pub loss: f32,
+    pub metrics: Vec<(&'static str, f32)>,
+    /// The loss was NaN or infinite and the step was undone (`on_nonfinite = "skip"`).
+    pub skipped: bool,
+    /// What the batch counted as for throughput (set by the engine from `Task::items`).
+    pub items: u64,
+}
+
+impl StepStats {
+    pub fn new(loss: f32, metrics: Vec<(&'static str, f32)>) -> Self {
+        Self {
+            loss,
+            metrics,
+            ..Default::default()
+        }
+    }
+
+    /// The first of loss and metrics that is NaN or infinite.
+    pub fn non_finite(&self) -> Option<(&'static str, f32)> {
+        std::iter::once(("loss", self.loss))
+            .chain(self.metrics.iter().copied())
+            .find(|(_, v)| !v.is_finite())
+    }
+
+    pub fn finite(&self) -> bool {
+        self.non_finite().is_none()
+    }
+}
+
+/// Pixels `[b, c, h, w]` (row-major) as a tensor.
+pub fn images_tensor(pixels: Vec<f32>, shape: [usize; 4], device: &Device) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(pixels, shape), device)
+}
+
+/// Class labels as an Int tensor: [b].
+pub fn labels_tensor(labels: &[u32], device: &Device) -> Tensor<1, Int> {
+    let v: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+    Tensor::from_data(TensorData::new(v, [labels.len()]), device)
+}
+
+/// Cross-entropy step with the optimiser `model`: `forward` maps the model to logits
+/// [b, classes]; returns the updated model with loss and accuracy.
+pub fn classification_step<M: Module>(
+    model: M,
+    cx: &mut StepCtx,
+    targets: Tensor<1, Int>,
+    forward: impl FnOnce(&M) -> Tensor<2>,
+) -> (M, StepStats) {
+    let logits = forward(&model);
+    let device = logits.device();
+    let loss = CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(logits.clone(), targets.clone());
+    let loss_value = loss.clone().detach().into_scalar::<f32>();
+    if !loss_value.is_finite() {
+        // Nothing to learn from; the engine stops or undoes the step.
+        return (model, StepStats::new(loss_value, Vec::new()));
+    }
+    let b = targets.dims()[0];
+    let correct = logits
+        .detach()
+        .argmax(1)
+        .reshape([b])
+        .equal(targets)
+        .int()
+        .sum()
+        .into_scalar::<i64>();
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let model = cx.optim.step("model", cx.lr, model, grads);
+    (
+        model,
+        StepStats::new(loss_value, vec![("acc", correct as f32 / b as f32)]),
+    )
+}

@@ -1,0 +1,175 @@
+//! Pretraining an image task: open the data, build the task from the registry, feed the engine's
+//! loop from the loader (the task's `make_batch` on worker threads), then sample pictures,
+//! held-out measurements and the finished encoder.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use burn::prelude::Device;
+
+use crate::config::{self, PretrainConfig};
+use crate::data::augment::Img;
+use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::{self, Dataset, OpenOptions};
+use crate::engine::run_dir::{self, EncoderInfo, PretrainSummary, RunInfo, WEIGHTS};
+use crate::engine::{self, run_loop, LoopSettings};
+use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
+use crate::input::InputSpec;
+use crate::nn::BackboneSpec;
+use crate::tasks::{self, Build, TaskContext};
+
+/// How many test images `ImageTask::evaluate` gets at the end of a run.
+pub const EVAL_IMAGES: usize = 500;
+
+pub struct PretrainRequest {
+    pub config: PretrainConfig,
+    pub out: PathBuf,
+    pub device: Device,
+    /// Continue the run in `out` from its latest checkpoint.
+    pub resume: bool,
+    /// Use this dataset instead of opening `config.data` (the demo's built-in data).
+    pub dataset: Option<Dataset>,
+    pub skip_bad: bool,
+    /// Stop (with a checkpoint) once this many steps are done, even if the budget is larger.
+    pub stop_after: Option<u64>,
+    pub quiet: bool,
+}
+
+pub fn open_dataset(cfg: &PretrainConfig, skip_bad: bool) -> Result<Dataset> {
+    if cfg.data.is_empty() {
+        return Err(Error::Usage(
+            "no data: pass --data FORMAT:PATH (e.g. idx:../shared/data/fashion-mnist)".into(),
+        ));
+    }
+    let opts = OpenOptions {
+        image_size: Some(cfg.image_size),
+        skip_bad,
+        limit: (cfg.limit > 0).then_some(cfg.limit),
+        stream: cfg.stream,
+    };
+    let ds = data::open(&cfg.data, &opts)?;
+    if ds.skipped > 0 {
+        eprintln!(
+            "warning: skipped {} unreadable images in {}",
+            ds.skipped, cfg.data
+        );
+    }
+    Ok(ds)
+}
+
+pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
+    let run = req.out.clone();
+    let (cfg, resumed) = run_dir::run_start(&run, req.resume, &req.config)?;
+    cfg.validate()?;
+    let entry = tasks::find(&cfg.task).ok_or_else(|| {
+        Error::Usage(format!(
+            "unknown task '{}'; known tasks: {}",
+            cfg.task,
+            tasks::names().join(", ")
+        ))
+    })?;
+    let Build::Image(build) = entry.build else {
+        return Err(Error::Usage(format!(
+            "{} is a text task; pass text data (text:PATH or jsonl:PATH)",
+            cfg.task
+        )));
+    };
+    let dataset = match req.dataset {
+        Some(ds) => ds,
+        None => open_dataset(&cfg, req.skip_bad)?,
+    };
+    let train_set = Arc::new(dataset.train);
+    let test_set = dataset.test;
+    if train_set.n < cfg.batch_size {
+        return Err(Error::config(
+            "batch_size",
+            format!(
+                "{} is larger than the {} training images",
+                cfg.batch_size, train_set.n
+            ),
+        ));
+    }
+    let input = InputSpec::from_images(&train_set)?;
+    std::fs::create_dir_all(&run).map_err(|e| Error::io(&run, e))?;
+    write_atomic(&run.join("config.toml"), config::to_toml(&cfg).as_bytes())?;
+
+    let device = req.device.clone().autodiff();
+    let ctx = TaskContext {
+        config: &cfg,
+        input: &input,
+        device: device.clone(),
+    };
+    let mut trainer = crate::device::seeded(&device, cfg.seed, || build(&ctx))?;
+    let (encoder_input, input_transform) = trainer.encoder_input(&input);
+    let info = EncoderInfo {
+        backbone: BackboneSpec {
+            kind: cfg.backbone,
+            in_channels: encoder_input.channels,
+            width: cfg.width(),
+        },
+        input: encoder_input,
+        task: cfg.task.clone(),
+        data: cfg.data.clone(),
+        input_transform,
+    };
+    run_dir::write_run_info(&run, &RunInfo::Image(info))?;
+
+    let start = run_loop::resume(trainer.as_mut(), &resumed, &run, req.quiet)?;
+    let end = req.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
+    let mut loader = Loader::new(
+        train_set.clone(),
+        LoaderConfig {
+            batch_size: cfg.batch_size,
+            seed: cfg.seed,
+            workers: if cfg.workers == 0 {
+                engine::default_workers()
+            } else {
+                cfg.workers
+            },
+            prefetch: cfg.prefetch,
+            start_batch: start,
+            drop_last: true,
+        },
+        trainer.make_batch(),
+    );
+    let mut next = |_step: u64| match loader.next() {
+        Some(Ok(batch)) => Ok(batch),
+        Some(Err(e)) => Err(Error::from(e)),
+        None => Err(Error::Usage(format!("{}: no training images", cfg.data))),
+    };
+    let outcome = run_loop::run(
+        trainer.as_mut(),
+        &mut next,
+        &LoopSettings {
+            resume_hint: " --skip-bad",
+            ..LoopSettings::of(&cfg, "items", req.quiet)
+        },
+        &run,
+        start,
+        end,
+    )?;
+    drop(loader);
+    let substituted = train_set.substituted();
+    if substituted > 0 {
+        eprintln!(
+            "warning: {substituted} images failed to decode after the folder was opened and were replaced by the next good image (--skip-bad)"
+        );
+    }
+    trainer.write_samples(&run)?;
+    let eval = match &test_set {
+        Some(t) if t.n > 0 => {
+            let held_out: Vec<Img> = (0..t.n.min(EVAL_IMAGES))
+                .map(|i| Ok(Img::from_u8(t.channels, t.height, t.width, &t.image(i)?)))
+                .collect::<Result<_>>()?;
+            trainer.evaluate(&held_out)?
+        }
+        _ => Vec::new(),
+    };
+    let summary = PretrainSummary::new(&cfg.task, cfg.steps, &run, &outcome, eval);
+    if summary.completed {
+        trainer.save_transferable(&run.join(WEIGHTS))?;
+    }
+    summary.write()?;
+    Ok(summary)
+}

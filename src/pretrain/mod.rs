@@ -1,0 +1,10 @@
+//! `pretext pretrain`: set a run up for the engine. Image tasks read images through the loader
+//! ([`image_run`]); text tasks tokenize a corpus and draw windows ([`text_run`]). Both hand their
+//! task to the same loop (`crate::engine::run_loop`).
+
+pub mod image_run;
+pub mod text_run;
+
+pub use crate::engine::run_dir::{EncoderInfo, LmInfo, PretrainSummary};
+pub use image_run::{open_dataset, pretrain, PretrainRequest, EVAL_IMAGES};
+pub use text_run::{pretrain_text, TextPretrainRequest};

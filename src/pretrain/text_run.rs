@@ -1,0 +1,301 @@
+//! Pretraining a language model: text → tokenizer → token files → random windows → task batch →
+//! the engine's loop (validation loss/perplexity every `eval_every` steps, checkpoints, resume).
+//!
+//! Besides the engine's run layout (`run.json` of kind `text`, `encoder.safetensors` = the
+//! transformer), a text run holds `tokenizer.json`, `tokens/` (the corpus tokenized once, split
+//! into train/validation by document) and, for the causal model, `sample.txt`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{self, NonFinite, TextConfig};
+use crate::data::corpus::{Fields, TextSource};
+use crate::data::tokenizer::Tokenizer;
+use crate::data::tokens::{tokenize_corpus, TokenFile};
+use crate::engine::optim::lm_optimizer;
+use crate::engine::run_dir::{self, LmInfo, PretrainSummary, RunInfo, WEIGHTS};
+use crate::engine::{run_loop, Bound, LoopSettings, Trainable};
+use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
+use crate::nn::transformer::Transformer;
+use crate::tasks::lm::LmTask;
+use crate::tasks::{self, Build, Specials, TextBatch, TextTask};
+
+pub use run_dir::{is_text_run, load_run, read_lm_info};
+
+pub struct TextPretrainRequest {
+    pub config: TextConfig,
+    pub out: PathBuf,
+    pub device: Device,
+    pub resume: bool,
+    pub stop_after: Option<u64>,
+    pub quiet: bool,
+}
+
+pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
+    let run = req.out.clone();
+    let (cfg, resumed) = run_dir::run_start(&run, req.resume, &req.config)?;
+    cfg.validate()?;
+    let entry = tasks::find_text(&cfg.task).ok_or_else(|| {
+        Error::Usage(format!(
+            "unknown text task '{}'; known: {}",
+            cfg.task,
+            tasks::text_names().join(", ")
+        ))
+    })?;
+    let Build::Text { causal, build } = entry.build else {
+        unreachable!("find_text returns text tasks");
+    };
+    if cfg.data.is_empty() {
+        return Err(Error::Usage(
+            "no data: pass --data text:PATH or jsonl:PATH (e.g. text:../shared/data/text/austen.txt.gz)".into(),
+        ));
+    }
+    // Check the model settings before the (slow) tokenizer and corpus work.
+    cfg.spec(260, causal)?;
+    let source = TextSource::open(
+        &cfg.data,
+        &Fields {
+            text: cfg.text_field.clone(),
+            label: None,
+        },
+    )?;
+    std::fs::create_dir_all(&run).map_err(|e| Error::io(&run, e))?;
+    write_atomic(&run.join("config.toml"), config::to_toml(&cfg).as_bytes())?;
+
+    let tok_path = run.join("tokenizer.json");
+    let tok = if tok_path.exists() && req.resume {
+        Tokenizer::load(&tok_path)?
+    } else {
+        let tok = make_tokenizer(&cfg, &source, req.quiet)?;
+        tok.save(&tok_path)?;
+        tok
+    };
+    let specials = Specials::of(&tok);
+    let task = build(
+        &cfg.sections
+            .get(entry.name)
+            .cloned()
+            .unwrap_or_else(|| toml::Value::Table(Default::default())),
+        &specials,
+    )?;
+    let spec = cfg.spec(tok.vocab_size(), causal)?;
+    let t = cfg.seq_len(&spec);
+    let wlen = task.window_len(t);
+
+    let corpus = tokenize_corpus(
+        &source,
+        &tok,
+        cfg.seed,
+        cfg.val_fraction,
+        &run.join("tokens"),
+        !req.quiet,
+    )?;
+    if corpus.train.len() < wlen as u64 {
+        return Err(Error::Usage(format!(
+            "{}: the training split has {} tokens, fewer than one window of {wlen}; use more text or a smaller seq_len",
+            cfg.data,
+            corpus.train.len()
+        )));
+    }
+    let evaluate = cfg.val_fraction > 0.0;
+    if evaluate && corpus.val.len() < wlen as u64 {
+        return Err(Error::config(
+            "val_fraction",
+            format!(
+                "the validation split of {} has {} tokens ({} documents), fewer than one window of {wlen}; raise val_fraction or set it to 0 to train without validation",
+                cfg.data,
+                corpus.val.len(),
+                corpus.docs_val
+            ),
+        ));
+    }
+    let info = LmInfo {
+        spec: spec.clone(),
+        task: cfg.task.clone(),
+        data: cfg.data.clone(),
+        text_field: cfg.text_field.clone(),
+        tokenizer: "tokenizer.json".into(),
+        seq_len: t,
+    };
+    run_dir::write_run_info(&run, &RunInfo::Text(info))?;
+
+    let device = req.device.clone().autodiff();
+    let model = crate::device::seeded(&device, cfg.seed, || spec.init(&device));
+    let validation = if evaluate {
+        validation_batches(&cfg, task.as_ref(), &corpus.val, t)?
+    } else {
+        Vec::new()
+    };
+    let lm = LmTask {
+        task: task.clone(),
+        validation: Arc::new(validation),
+        seed: cfg.seed,
+        device: device.clone(),
+    };
+    let mut trainer = Bound::new(
+        lm,
+        model,
+        &lm_optimizer(cfg.weight_decay, cfg.grad_clip),
+        cfg.on_nonfinite == NonFinite::Skip,
+    );
+    let start = run_loop::resume(&mut trainer, &resumed, &run, req.quiet)?;
+    if !req.quiet {
+        println!(
+            "{}: {} parameters ({} layers × {}, {} heads), vocabulary {} ({}), {} training tokens in {} documents, {} validation tokens",
+            cfg.task,
+            spec.parameters(),
+            spec.layers,
+            spec.d_model,
+            spec.heads,
+            tok.vocab_size(),
+            tok.kind(),
+            corpus.train.len(),
+            corpus.docs_train,
+            corpus.val.len()
+        );
+    }
+    let end = req.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
+    // Every step's windows and damage come from (seed, step) alone: a resumed run continues with
+    // exactly the batches an uninterrupted one would have drawn.
+    let mut next = |step: u64| -> Result<Box<dyn crate::engine::AnyBatch>> {
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step);
+        let windows = random_windows(&corpus.train, cfg.batch_size, wlen, &mut rng)?;
+        let batch: TextBatch = task.make_batch(&windows, &mut rng);
+        Ok(Box::new(batch))
+    };
+    let outcome = run_loop::run(
+        &mut trainer,
+        &mut next,
+        &LoopSettings {
+            // Without a validation split there is nothing to validate on.
+            eval_every: if evaluate { cfg.eval_every } else { 0 },
+            ..LoopSettings::of(&cfg, "tokens", req.quiet)
+        },
+        &run,
+        start,
+        end,
+    )?;
+    let summary = PretrainSummary::new(
+        &cfg.task,
+        cfg.steps,
+        &run,
+        &outcome,
+        outcome.last_eval.clone(),
+    );
+    if summary.completed {
+        trainer.save_transferable(&run.join(WEIGHTS))?;
+        if causal {
+            write_sample(trainer.model(), &tok, &corpus.val, &corpus.train, &run)?;
+        }
+    }
+    summary.write()?;
+    Ok(summary)
+}
+
+/// The tokens of `n` windows of `len` at random offsets, drawn from `rng`.
+fn random_windows(
+    file: &TokenFile,
+    n: usize,
+    len: usize,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<Vec<u32>>> {
+    let last = file.len() - len as u64;
+    (0..n)
+        .map(|_| file.read(rng.gen_range(0..=last), len))
+        .collect()
+}
+
+/// Fixed validation batches: windows at evenly spaced offsets, damaged with a fixed seed, so
+/// every evaluation of a run measures the same thing.
+fn validation_batches(
+    cfg: &TextConfig,
+    task: &dyn TextTask,
+    val: &TokenFile,
+    t: usize,
+) -> Result<Vec<TextBatch>> {
+    let len = task.window_len(t);
+    let last = val.len().saturating_sub(len as u64);
+    let total = cfg.eval_batches * cfg.batch_size;
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x7a1d_a7e5);
+    let offsets: Vec<u64> = (0..total)
+        .map(|i| {
+            if total > 1 {
+                last * i as u64 / (total - 1) as u64
+            } else {
+                0
+            }
+        })
+        .collect();
+    offsets
+        .chunks(cfg.batch_size)
+        .map(|chunk| {
+            let windows = chunk
+                .iter()
+                .map(|&o| val.read(o, len))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(task.make_batch(&windows, &mut rng))
+        })
+        .collect()
+}
+
+/// The tokenizer for a new run: trained on the corpus, the byte-level one, or a given file.
+fn make_tokenizer(cfg: &TextConfig, source: &TextSource, quiet: bool) -> Result<Tokenizer> {
+    match cfg.tokenizer.as_str() {
+        "" => {
+            if !quiet {
+                eprintln!(
+                    "training a {}-token byte-level BPE tokenizer on {}",
+                    cfg.vocab, cfg.data
+                );
+            }
+            Tokenizer::train(source, cfg.vocab, 2, !quiet)
+        }
+        "bytes" => Ok(Tokenizer::bytes()),
+        path => Tokenizer::load(Path::new(path)),
+    }
+}
+
+/// `sample.txt`: the start of a validation paragraph (or training text) as the prompt and 200
+/// generated tokens after it (temperature 0.8, top-k 40, seed 0), so a run shows what it learned.
+fn write_sample(
+    model: &Transformer,
+    tok: &Tokenizer,
+    val: &TokenFile,
+    train: &TokenFile,
+    run: &Path,
+) -> Result<()> {
+    let source = if val.len() >= 16 { val } else { train };
+    let prompt: Vec<u32> = source
+        .read(0, 16.min(source.len() as usize))?
+        .into_iter()
+        .filter(|&id| id != tok.eos_id())
+        .collect();
+    if prompt.is_empty() {
+        return Ok(());
+    }
+    let inference = model.clone().valid();
+    let device = inference
+        .devices()
+        .first()
+        .cloned()
+        .unwrap_or_else(Device::flex);
+    let s = crate::generate::Sampling {
+        temperature: 0.8,
+        top_k: 40,
+        seed: 0,
+    };
+    let out = crate::generate::generate(&inference, &prompt, 200, &s, &device, |_| Ok(()))?;
+    let text = format!(
+        "prompt: {}\n---\n{}{}\n",
+        tok.decode(&prompt),
+        tok.decode(&prompt),
+        crate::generate::render(tok, &out)
+    );
+    write_atomic(&run.join("sample.txt"), text.as_bytes())
+}

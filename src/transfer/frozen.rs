@@ -1,0 +1,44 @@
+//! The frozen-feature protocols, the same for images and text: features of the labelled
+//! examples and of the held-out ones in, the held-out predictions out (linear probe or k-NN).
+
+use burn::prelude::Device;
+
+use super::linear_probe::{linear_probe_predict, ProbeSettings};
+use super::{knn, Protocol};
+
+/// Settings of the two frozen protocols.
+#[derive(Clone, Debug)]
+pub struct FrozenSettings {
+    pub probe: ProbeSettings,
+    pub knn_k: usize,
+    pub knn_temperature: f32,
+}
+
+/// Row-major features ([n, dim]) with their labels.
+pub struct Features {
+    pub train_x: Vec<f32>,
+    pub train_y: Vec<u32>,
+    pub test_x: Vec<f32>,
+    pub dim: usize,
+    pub classes: usize,
+}
+
+/// The predicted class of every held-out row under `protocol` (`linear` or `knn`).
+pub fn predict(protocol: Protocol, f: Features, s: &FrozenSettings, device: &Device) -> Vec<u32> {
+    match protocol {
+        Protocol::Linear => linear_probe_predict(
+            f.train_x, &f.train_y, f.test_x, f.dim, f.classes, &s.probe, device,
+        ),
+        Protocol::Knn => knn::knn_predict(
+            f.train_x,
+            &f.train_y,
+            f.test_x,
+            f.dim,
+            f.classes,
+            s.knn_k,
+            s.knn_temperature,
+            device,
+        ),
+        Protocol::Finetune => unreachable!("fine-tuning trains the encoder, not frozen features"),
+    }
+}
