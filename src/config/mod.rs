@@ -60,6 +60,10 @@ pub struct PretrainConfig {
     pub min_lr_ratio: f64,
     /// Log metrics every N steps.
     pub log_every: u64,
+    /// When the data has labels: k-NN accuracy of the encoder on a fixed labelled subset every N
+    /// steps (and at the start and end) in `metrics.jsonl` as `knn`; 0 = off. The labels are
+    /// used for this number only.
+    pub eval_every: u64,
     /// Write a checkpoint every N steps (and always at the end).
     pub checkpoint_every: u64,
     /// How many checkpoints to keep on disk.
@@ -100,6 +104,7 @@ impl Default for PretrainConfig {
             warmup_steps: 50,
             min_lr_ratio: 0.05,
             log_every: 10,
+            eval_every: 100,
             checkpoint_every: 200,
             keep_checkpoints: 2,
             seed: 0,

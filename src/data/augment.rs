@@ -57,7 +57,7 @@ impl Img {
     }
 
     #[inline]
-    fn set(&mut self, c: usize, y: usize, x: usize, v: f32) {
+    pub fn set(&mut self, c: usize, y: usize, x: usize, v: f32) {
         self.data[(c * self.h + y) * self.w + x] = v;
     }
 

@@ -15,6 +15,7 @@ pub mod loader;
 pub mod stl10;
 pub mod tokenizer;
 pub mod tokens;
+pub mod views;
 
 pub use crate::error::DataError;
 

@@ -353,7 +353,10 @@ mod tests {
         let text: serde_json::Value =
             serde_json::from_slice(&std::fs::read(run.join(RUN_INFO)).unwrap()).unwrap();
         assert_eq!(text["kind"], "image");
-        assert!(matches!(read_run_info(run).unwrap(), Some(RunInfo::Image(_))));
+        assert!(matches!(
+            read_run_info(run).unwrap(),
+            Some(RunInfo::Image(_))
+        ));
 
         // A damaged run.json is an error naming the file, not a fallback.
         std::fs::write(run.join(RUN_INFO), b"{\"kind\": \"image\"").unwrap();

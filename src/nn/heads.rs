@@ -1,6 +1,6 @@
 //! Small heads that sit on top of a backbone's pooled features.
 
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
 /// A single linear layer: features [batch, dim] → logits [batch, classes].
@@ -43,5 +43,30 @@ impl MlpHead {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         self.fc2
             .forward(burn::tensor::activation::relu(self.fc1.forward(x)))
+    }
+}
+
+/// The projection (and BYOL's prediction) head of the joint-embedding methods: Linear → batch
+/// norm → ReLU → Linear (SimCLR v2, BYOL). Features [batch, dim] → embeddings [batch, out].
+#[derive(Module, Debug)]
+pub struct ProjectionHead {
+    fc1: Linear,
+    bn: BatchNorm,
+    fc2: Linear,
+}
+
+impl ProjectionHead {
+    pub fn new(dim: usize, hidden: usize, out: usize, device: &Device) -> Self {
+        Self {
+            fc1: LinearConfig::new(dim, hidden).init(device),
+            bn: BatchNormConfig::new(hidden).init(device),
+            fc2: LinearConfig::new(hidden, out).init(device),
+        }
+    }
+
+    /// x: [batch, dim] → [batch, out]
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let h = burn::tensor::activation::relu(self.bn.forward(self.fc1.forward(x)));
+        self.fc2.forward(h)
     }
 }

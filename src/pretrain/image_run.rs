@@ -19,6 +19,8 @@ use crate::input::InputSpec;
 use crate::nn::BackboneSpec;
 use crate::tasks::{self, Build, TaskContext};
 
+use super::monitor::{KnnMonitor, Monitored};
+
 /// How many test images `ImageTask::evaluate` gets at the end of a run.
 pub const EVAL_IMAGES: usize = 500;
 
@@ -79,18 +81,16 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         Some(ds) => ds,
         None => open_dataset(&cfg, req.skip_bad)?,
     };
-    let train_set = Arc::new(dataset.train);
-    let test_set = dataset.test;
-    if train_set.n < cfg.batch_size {
+    if dataset.train.n < cfg.batch_size {
         return Err(Error::config(
             "batch_size",
             format!(
                 "{} is larger than the {} training images",
-                cfg.batch_size, train_set.n
+                cfg.batch_size, dataset.train.n
             ),
         ));
     }
-    let input = InputSpec::from_images(&train_set)?;
+    let input = InputSpec::from_images(&dataset.train)?;
     std::fs::create_dir_all(&run).map_err(|e| Error::io(&run, e))?;
     write_atomic(&run.join("config.toml"), config::to_toml(&cfg).as_bytes())?;
 
@@ -113,7 +113,15 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         data: cfg.data.clone(),
         input_transform,
     };
+    let monitor = if cfg.eval_every > 0 {
+        let (transform, input) = (info.input_transform, info.input.clone());
+        KnnMonitor::new(&dataset, input, transform, cfg.seed, &req.device)?
+    } else {
+        None
+    };
     run_dir::write_run_info(&run, &RunInfo::Image(info))?;
+    let train_set = Arc::new(dataset.train);
+    let test_set = dataset.test;
 
     let start = run_loop::resume(trainer.as_mut(), &resumed, &run, req.quiet)?;
     let end = req.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
@@ -138,8 +146,12 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         Some(Err(e)) => Err(Error::from(e)),
         None => Err(Error::Usage(format!("{}: no training images", cfg.data))),
     };
+    let mut monitored = Monitored {
+        inner: trainer.as_mut(),
+        monitor,
+    };
     let outcome = run_loop::run(
-        trainer.as_mut(),
+        &mut monitored,
         &mut next,
         &LoopSettings {
             resume_hint: " --skip-bad",

@@ -3,6 +3,7 @@
 //! task to the same loop (`crate::engine::run_loop`).
 
 pub mod image_run;
+pub mod monitor;
 pub mod text_run;
 
 pub use crate::engine::run_dir::{EncoderInfo, LmInfo, PretrainSummary};

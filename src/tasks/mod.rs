@@ -22,6 +22,7 @@ use crate::nn::decoder::Generator;
 use crate::nn::discriminator::Discriminator;
 use crate::nn::{Backbone, BackboneSpec};
 
+pub mod byol;
 pub mod causal_lm;
 pub mod colorize;
 pub mod context;
@@ -32,6 +33,7 @@ pub mod lm;
 pub mod masked_lm;
 pub mod permutations;
 pub mod rotation;
+pub mod simclr;
 pub mod superres;
 
 pub use lm::{Specials, TextBatch, TextTask};
@@ -90,6 +92,8 @@ pub const TASKS: &[TaskEntry] = &[
     colorize::ENTRY,
     superres::ENTRY,
     inpaint::ENTRY,
+    simclr::ENTRY,
+    byol::ENTRY,
     causal_lm::ENTRY,
     masked_lm::ENTRY,
 ];

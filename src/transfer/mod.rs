@@ -8,6 +8,7 @@ pub mod knn;
 pub mod labels;
 pub mod linear_probe;
 pub mod scores;
+pub mod split;
 pub mod text;
 
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use std::time::Instant;
 use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Dataset, ImageSet};
+use crate::data::Dataset;
 use crate::engine::checkpoint::load_encoder;
 use crate::engine::run_dir;
 use crate::error::{Error, Result};
@@ -243,40 +244,15 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
     };
     let cfg = &req.config;
     cfg.validate()?;
-    let labels = dataset.train.labels.as_ref().ok_or_else(|| {
-        Error::Usage(format!(
-            "{}: the training images have no labels, so there is nothing to transfer to",
-            dataset.name
-        ))
-    })?;
-    // Labelled pool and evaluation set.
-    let (pool, test_set, test_idx, evaluated_on): (Vec<usize>, &ImageSet, Vec<usize>, String) =
-        match &dataset.test {
-            Some(t) if t.labels.is_some() => (
-                (0..dataset.train.n).collect(),
-                t,
-                (0..t.n).collect(),
-                "test split".into(),
-            ),
-            _ => {
-                let (tr, te) = labels::holdout_split(labels, 0.2, cfg.seed);
-                (tr, &dataset.train, te, "held-out 20% of train".into())
-            }
-        };
-    let test_idx: Vec<usize> = if cfg.test_limit > 0 {
-        test_idx.into_iter().take(cfg.test_limit).collect()
-    } else {
-        test_idx
-    };
-    let pool_labels: Vec<u32> = pool.iter().map(|&i| labels[i]).collect();
-    let chosen: Vec<usize> = labels::balanced_subset(&pool_labels, req.labels_per_class, cfg.seed)?
-        .into_iter()
-        .map(|j| pool[j])
-        .collect();
-    let classes = dataset
-        .classes
-        .len()
-        .max(labels.iter().copied().max().map_or(0, |m| m as usize + 1));
+    let split::LabelledSplit {
+        chosen,
+        train_y,
+        test_set,
+        test_idx,
+        test_y,
+        classes,
+        evaluated_on,
+    } = split::labelled_split(dataset, req.labels_per_class, cfg.test_limit, cfg.seed)?;
 
     let (encoder, input) = load_source(&req.from, dataset, cfg, &req.device)?;
     input.check(&dataset.train, &dataset.name)?;
@@ -291,13 +267,6 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
             format!("the encoder has {} stages, found {stage}", encoder.stages()),
         ));
     }
-    let test_labels = test_set
-        .labels
-        .as_ref()
-        .expect("evaluation set is labelled");
-    let test_y: Vec<u32> = test_idx.iter().map(|&i| test_labels[i]).collect();
-    let train_y: Vec<u32> = chosen.iter().map(|&i| labels[i]).collect();
-
     let protocol = if req.from == Source::Scratch {
         Protocol::Finetune
     } else {

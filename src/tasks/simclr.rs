@@ -1,0 +1,303 @@
+//! SimCLR (Chen, Kornblith, Norouzi & Hinton 2020, "A Simple Framework for Contrastive Learning
+//! of Visual Representations"): two random views of every image (crop, flip, colour jitter,
+//! grayscale, blur — `src/data/views.rs`), the backbone and a 2-layer projection head map each
+//! view to an embedding, and the NT-Xent loss pulls the two views of an image together and pushes
+//! them away from the other 2N−2 views of the batch.
+//!
+//! `pretext pretrain --task simclr --data idx:../shared/data/fashion-mnist --out runs/simclr`
+
+use std::sync::Arc;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{backbone, bind, Build, ClassBatch, FlatBatch, ImageTask, ImageTrainer};
+use super::{TaskContext, TaskEntry};
+use crate::config::parse_section;
+use crate::data::augment::Img;
+use crate::data::loader::MakeBatch;
+use crate::data::views::{ViewConfig, Views};
+use crate::engine::step::images_tensor;
+use crate::engine::{StepCtx, StepStats, Task};
+use crate::error::{Error, Result};
+use crate::input::InputSpec;
+use crate::nn::heads::ProjectionHead;
+use crate::nn::Backbone;
+
+pub const ENTRY: TaskEntry = TaskEntry {
+    name: "simclr",
+    description:
+        "pull two augmented views of an image together, push other images away (Chen et al. 2020)",
+    build: Build::Image(build),
+};
+
+/// `[simclr]` config section.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimclrConfig {
+    /// τ of NT-Xent.
+    pub temperature: f64,
+    /// Width of the projection head's hidden layer and of its output.
+    pub proj_hidden: usize,
+    pub proj_dim: usize,
+    /// How views are made (`simclr.views.jitter = 0.4`, …).
+    pub views: ViewConfig,
+}
+
+impl Default for SimclrConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 0.2,
+            proj_hidden: 512,
+            proj_dim: 128,
+            views: ViewConfig::default(),
+        }
+    }
+}
+
+/// Backbone + projection head.
+#[derive(Module, Debug)]
+pub struct SimclrModel {
+    pub backbone: Backbone,
+    pub projector: ProjectionHead,
+}
+
+impl SimclrModel {
+    /// x: [n, c, h, w] → embeddings [n, proj_dim], L2-normalised.
+    pub fn embed(&self, x: Tensor<4>) -> Tensor<2> {
+        l2_normalize(self.projector.forward(self.backbone.features(x)))
+    }
+}
+
+#[derive(Clone)]
+pub struct Simclr {
+    config: SimclrConfig,
+    views: Views,
+    input: InputSpec,
+    device: Device,
+}
+
+/// The views settings for the data, or a config error naming the key.
+pub fn resolve_views(task: &str, views: &ViewConfig, input: &InputSpec) -> Result<Views> {
+    views
+        .resolve(input.channels, input.height.min(input.width))
+        .map_err(|(key, message)| Error::config(format!("{task}.{key}"), message))
+}
+
+fn build(ctx: &TaskContext) -> Result<Box<dyn ImageTrainer>> {
+    let config: SimclrConfig = parse_section("simclr", ctx.config.section("simclr"))?;
+    if !(config.temperature > 0.0 && config.temperature.is_finite()) {
+        return Err(Error::config(
+            "simclr.temperature",
+            format!("must be > 0, found {}", config.temperature),
+        ));
+    }
+    if config.proj_hidden == 0 || config.proj_dim == 0 {
+        return Err(Error::config(
+            "simclr.proj_dim",
+            "proj_hidden and proj_dim must be at least 1",
+        ));
+    }
+    if ctx.config.batch_size < 2 {
+        return Err(Error::config(
+            "batch_size",
+            "simclr needs at least 2 images per batch (the other images are the negatives)",
+        ));
+    }
+    let views = resolve_views("simclr", &config.views, ctx.input)?;
+    let backbone = backbone(ctx, ctx.input.channels);
+    let projector = ProjectionHead::new(
+        backbone.dim(),
+        config.proj_hidden,
+        config.proj_dim,
+        &ctx.device,
+    );
+    let task = Simclr {
+        config,
+        views,
+        input: ctx.input.clone(),
+        device: ctx.device.clone(),
+    };
+    Ok(bind(
+        task,
+        SimclrModel {
+            backbone,
+            projector,
+        },
+        ctx,
+    ))
+}
+
+/// Two views of every image, normalised: the first views of all images, then the second views
+/// ([2n, c, h, w]); view i and view i + n are of the same image. Labels are unused (empty).
+pub fn two_views(
+    images: &[Img],
+    views: &Views,
+    input: &InputSpec,
+    rng: &mut impl Rng,
+) -> ClassBatch {
+    let (c, h, w) = (input.channels, input.height, input.width);
+    let n = images.len();
+    let mut pairs: Vec<(Img, Img)> = Vec::with_capacity(n);
+    for img in images {
+        let a = views.view(img, h, rng);
+        let b = views.view(img, h, rng);
+        pairs.push((a, b));
+    }
+    let mut out = Vec::with_capacity(2 * n * c * h * w);
+    for pick in [0, 1] {
+        for (a, b) in &pairs {
+            let mut v = if pick == 0 { a.clone() } else { b.clone() };
+            input.normalize(&mut v);
+            out.extend_from_slice(&v.data);
+        }
+    }
+    ClassBatch {
+        images: out,
+        shape: [2 * n, c, h, w],
+        labels: Vec::new(),
+        drawn: n,
+    }
+}
+
+/// Rows scaled to unit L2 norm: [n, d] → [n, d].
+pub fn l2_normalize(z: Tensor<2>) -> Tensor<2> {
+    let norm = z.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
+    z / norm
+}
+
+/// NT-Xent over 2n L2-normalised embeddings `z` ([2n, d]; rows i and i+n are a positive pair):
+/// the mean over all 2n rows of the cross-entropy of picking the positive among the other 2n−1
+/// rows by cosine similarity / τ. Also returns how often the positive ranks first.
+pub fn nt_xent(z: Tensor<2>, temperature: f64) -> (Tensor<1>, Tensor<1>) {
+    let [n2, _] = z.dims();
+    let n = n2 / 2;
+    let device = z.device();
+    // [2n, 2n] similarities; a row's own similarity can never be picked.
+    let self_mask = Tensor::<2, Bool>::diag_mask([n2, n2], 0, &device).bool_not();
+    let logits = z
+        .clone()
+        .matmul(z.transpose())
+        .div_scalar(temperature)
+        .mask_fill(self_mask, -1e9);
+    let targets: Vec<i64> = (0..n2).map(|i| ((i + n) % n2) as i64).collect();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [n2]), &device);
+    let loss = CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(logits.clone(), targets.clone());
+    let correct = logits
+        .detach()
+        .argmax(1)
+        .reshape([n2])
+        .equal(targets)
+        .float()
+        .mean();
+    (loss, correct)
+}
+
+impl Task for Simclr {
+    type Model = SimclrModel;
+    type Batch = ClassBatch;
+    type Encoder = Backbone;
+
+    fn step(
+        &mut self,
+        model: SimclrModel,
+        batch: ClassBatch,
+        cx: &mut StepCtx,
+    ) -> (SimclrModel, StepStats) {
+        let x = images_tensor(batch.images, batch.shape, &self.device);
+        let (loss, acc) = nt_xent(model.embed(x), self.config.temperature);
+        let value = loss.clone().detach().into_scalar::<f32>();
+        let stats = StepStats::new(value, vec![("acc", acc.into_scalar::<f32>())]);
+        if !value.is_finite() {
+            return (model, stats);
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        (cx.optim.step("model", cx.lr, model, grads), stats)
+    }
+
+    fn items(batch: &ClassBatch) -> u64 {
+        batch.drawn as u64
+    }
+
+    fn encoder(model: &SimclrModel) -> Backbone {
+        model.backbone.clone()
+    }
+}
+
+impl ImageTask for Simclr {
+    fn make_batch(&self) -> MakeBatch<ClassBatch> {
+        let (views, input) = (self.views.clone(), self.input.clone());
+        Arc::new(move |images, _labels, rng| two_views(images, &views, &input, rng))
+    }
+
+    fn flat(b: &ClassBatch) -> FlatBatch {
+        b.flat()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn nt_xent_matches_a_hand_computation() {
+        let device = Device::flex();
+        // Two images, two views each, 2-d embeddings already of unit length (no ties).
+        let rows = [[1.0, 0.0], [0.0, 1.0], [0.8, 0.6], [0.6, -0.8]];
+        let z = Tensor::<2>::from_data(TensorData::new(rows.concat(), [4, 2]), &device);
+        let t = 0.5;
+        let (loss, acc) = nt_xent(z, t);
+        // By hand: row i's positive is (i+2)%4; softmax over the 3 other rows' cos/τ.
+        let dot = |a: [f32; 2], b: [f32; 2]| a[0] * b[0] + a[1] * b[1];
+        let mut want = 0.0;
+        let mut right = 0;
+        for i in 0..4 {
+            let others: Vec<usize> = (0..4).filter(|&j| j != i).collect();
+            let lse = others
+                .iter()
+                .map(|&j| (dot(rows[i], rows[j]) / t as f32).exp())
+                .sum::<f32>()
+                .ln();
+            let pos = (i + 2) % 4;
+            want += lse - dot(rows[i], rows[pos]) / t as f32;
+            let best = others
+                .iter()
+                .copied()
+                .max_by(|&a, &b| dot(rows[i], rows[a]).total_cmp(&dot(rows[i], rows[b])))
+                .unwrap();
+            right += usize::from(best == pos);
+        }
+        want /= 4.0;
+        let got = loss.into_scalar::<f32>();
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        assert!((acc.into_scalar::<f32>() - right as f32 / 4.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn views_are_paired_and_normalised() {
+        let input = InputSpec {
+            channels: 1,
+            height: 16,
+            width: 16,
+            mean: vec![0.5],
+            std: vec![0.25],
+        };
+        let imgs: Vec<Img> = (0..3)
+            .map(|k| Img::from_fn(1, 16, 16, move |_, y, x| ((y + x * k) % 5) as f32 / 5.0))
+            .collect();
+        let views = ViewConfig::default().resolve(1, 16).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let b = two_views(&imgs, &views, &input, &mut rng);
+        assert_eq!(b.shape, [6, 1, 16, 16]);
+        assert_eq!(b.drawn, 3);
+        assert!(b.labels.is_empty());
+        // Normalised: pixels in [(0-0.5)/0.25, (1-0.5)/0.25].
+        assert!(b.images.iter().all(|v| (-2.0..=2.0).contains(v)));
+    }
+}
