@@ -37,6 +37,74 @@ pub enum Command {
     /// Train a byte-level BPE tokenizer on a text corpus, or show how one splits a text.
     #[command(subcommand)]
     Tokenizer(TokenizerCommand),
+    /// Write one vector per image (or document) from a run's encoder: FILE.npy, with FILE.csv
+    /// (row, file or id, label) and FILE.json (what made them) beside it.
+    Embed(EmbedArgs),
+    /// The images of an embedding file closest to a query image (exact cosine top-k).
+    Similar(SimilarArgs),
+    /// Export a run's encoder as ONNX (one file) or for PyTorch (a directory with the weights,
+    /// config.json and a small Python module), with the run's metadata.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EmbedArgs {
+    /// A pretraining run directory.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Data spec FORMAT:PATH (images: idx, cifar10, cifar100, stl10, folder; text runs: text,
+    /// jsonl); defaults to the run's pretraining data. Folders are streamed in file order.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Output FILE.npy (float32 [rows, dim]); FILE.csv and FILE.json are written beside it.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Image runs: the encoder stage whose pooled output is written (1..=4; default the last).
+    #[arg(long)]
+    pub stage: Option<usize>,
+    /// Leave out images that fail to decode (with a warning and a count) instead of stopping.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Inputs per forward pass (default 256 images, 32 documents).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SimilarArgs {
+    /// The image run whose encoder wrote the index.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// FILE.npy written by `pretext embed` (FILE.csv beside it names the rows).
+    #[arg(long)]
+    pub index: PathBuf,
+    /// The query image (PNG or JPEG).
+    #[arg(long)]
+    pub query: PathBuf,
+    /// How many neighbours to print.
+    #[arg(short, long, default_value_t = 5)]
+    pub k: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// A pretraining run directory (image runs: convnet, resnet18).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// onnx (one .onnx file, opset 17) or torch (a directory: model.safetensors, config.json,
+    /// pretext_encoder.py).
+    #[arg(long)]
+    pub format: String,
+    /// The .onnx file, or the directory for torch.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]

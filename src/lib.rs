@@ -13,7 +13,8 @@
 //! 5. `engine` — the training loop, optimisers, checkpoints, the run layout
 //! 6. `tasks` — one file per pretext task
 //! 7. `transfer` — linear probe, k-NN, fine-tuning
-//! 8. commands: `pretrain`, `generate`, `compare`, `demo`, `bench`, `tokenize_cmd`
+//! 8. commands: `pretrain`, `generate`, `compare`, `demo`, `bench`, `tokenize_cmd`, `embed`
+//!    (and `similar`), `export`
 //!
 //! (`cli`/`main` sit on top, in the binary.)
 
@@ -23,8 +24,10 @@ pub mod config;
 pub mod data;
 pub mod demo;
 pub mod device;
+pub mod embed;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod fsio;
 pub mod generate;
 pub mod input;

@@ -3,8 +3,8 @@
 mod cli;
 
 use clap::Parser;
-use pretext::config::{self, PretrainConfig};
 use pretext::config::TextConfig;
+use pretext::config::{self, PretrainConfig};
 use pretext::pretrain::{self, TextPretrainRequest};
 use pretext::transfer::text::{self as text_transfer, TextTransferConfig, TextTransferRequest};
 use pretext::transfer::{
@@ -216,6 +216,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tokenizer(TokenizerCommand::Encode(a)) => {
             tokenize_cmd::encode(&a.tokenizer, &a.text)
         }
+        Command::Embed(a) => embed(a),
+        Command::Similar(a) => similar(a),
+        Command::Export(a) => export(a),
         Command::Bench(a) => bench::run(&bench::BenchOptions {
             tasks: a
                 .tasks
@@ -395,6 +398,89 @@ fn generate(a: cli::GenerateArgs) -> Result<()> {
         Ok(())
     })?;
     let _ = writeln!(out, "{}", decoder.finish());
+    Ok(())
+}
+
+fn embed(a: cli::EmbedArgs) -> Result<()> {
+    let info = pretext::embed::embed(&pretext::embed::EmbedRequest {
+        from: a.from,
+        data: a.data,
+        out: a.out.clone(),
+        stage: a.stage,
+        skip_bad: a.skip_bad,
+        batch_size: a.batch_size,
+        device: device::parse(&a.device)?,
+        quiet: a.quiet,
+    })?;
+    let unit = if info.kind == "text" {
+        "documents"
+    } else {
+        "images"
+    };
+    println!(
+        "{} vectors of {} floats from {} {unit} in {:.1}s ({:.0} {unit}/s{}){}",
+        info.rows,
+        info.dim,
+        info.data,
+        info.wall_s,
+        info.items_per_s,
+        info.train_items_per_s.map_or(String::new(), |t| format!(
+            "; training ran at {t:.0} items/s"
+        )),
+        if info.skipped > 0 {
+            format!(", {} skipped", info.skipped)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "written to {} (+ {}, {})",
+        a.out.display(),
+        a.out.with_extension("csv").display(),
+        a.out.with_extension("json").display()
+    );
+    Ok(())
+}
+
+fn similar(a: cli::SimilarArgs) -> Result<()> {
+    use pretext::embed::similar::{similar, SimilarRequest};
+    let (hits, t) = similar(&SimilarRequest {
+        from: a.from,
+        index: a.index,
+        query: a.query,
+        k: a.k,
+        device: device::parse(&a.device)?,
+    })?;
+    println!("rank  score   path");
+    for (i, h) in hits.iter().enumerate() {
+        println!("{:4}  {:.4}  {}", i + 1, h.score, h.id);
+    }
+    eprintln!(
+        "searched {} vectors in {:.1} ms (index read in {:.1} ms, query embedded in {:.1} ms)",
+        t.rows, t.search_ms, t.load_index_ms, t.embed_query_ms
+    );
+    Ok(())
+}
+
+fn export(a: cli::ExportArgs) -> Result<()> {
+    use pretext::export::{export, ExportRequest, Format};
+    let r = export(&ExportRequest {
+        from: a.from,
+        format: Format::parse(&a.format)?,
+        out: a.out,
+        device: device::parse("cpu")?,
+    })?;
+    println!(
+        "exported {} ({} floats, {} steps of {}) as {} in {:.2}s: {} ({:.1} MB)",
+        r.meta.architecture.name,
+        r.params,
+        r.meta.steps.map_or("?".to_string(), |s| s.to_string()),
+        r.meta.task,
+        r.meta.format,
+        r.wall_s,
+        r.path.display(),
+        r.bytes as f64 / 1e6
+    );
     Ok(())
 }
 

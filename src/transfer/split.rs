@@ -29,7 +29,7 @@ pub fn sample_limit(idx: Vec<usize>, limit: usize, seed: u64) -> Vec<usize> {
     if limit == 0 || idx.len() <= limit {
         return idx;
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7e57_5e7);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x07e5_75e7);
     let mut picked: Vec<usize> = idx.choose_multiple(&mut rng, limit).copied().collect();
     picked.sort_unstable();
     picked

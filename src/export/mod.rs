@@ -1,0 +1,252 @@
+//! `pretext export`: a run's encoder in a format other tools load, with the run's metadata.
+//!
+//! ```text
+//! pretext export --from runs/ssl --format onnx  --out encoder.onnx   # any ONNX runtime
+//! pretext export --from runs/ssl --format torch --out encoder/       # PyTorch, see torch.rs
+//! ```
+//!
+//! Both take the same input: float32 [batch, C, H, W] pixels / 255 of an image resized as the
+//! run's data was (a folder image: shorter side to H with a triangle filter, centre crop), after
+//! the run's input transform; both normalise inside the model and return the pooled features of
+//! the last stage — exactly what `pretext embed` writes. [`ExportMeta`] (`config.json`, and the
+//! ONNX model's `metadata_props`) says so, with the architecture, task, data and steps.
+//!
+//! Image encoders (convnet, resnet18) only, for now; a text run is refused with a clear line.
+
+pub mod onnx;
+pub mod params;
+pub mod torch;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::prelude::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::checkpoint::latest_checkpoint;
+use crate::engine::run_dir::{read_run_info, RunInfo, RUN_INFO};
+use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
+use crate::input::{InputSpec, InputTransform};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Onnx,
+    Torch,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "onnx" => Ok(Self::Onnx),
+            "torch" | "pytorch" => Ok(Self::Torch),
+            other => Err(Error::Usage(format!(
+                "--format {other}: expected onnx or torch"
+            ))),
+        }
+    }
+}
+
+pub struct ExportRequest {
+    pub from: PathBuf,
+    pub format: Format,
+    /// `FILE.onnx` for onnx, a directory for torch.
+    pub out: PathBuf,
+    pub device: Device,
+}
+
+/// The architecture as the Python module and an ONNX reader need it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Architecture {
+    /// `convnet` or `resnet18`.
+    pub name: String,
+    pub in_channels: usize,
+    /// Base width: stage widths are width × 1, 2, 4, 8.
+    pub width: usize,
+    pub stages: usize,
+    /// Width of the output vector.
+    pub dim: usize,
+    pub batch_norm_eps: f32,
+}
+
+/// How to turn an image into the model's input.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Preprocessing {
+    /// [C, H, W] of the model's input.
+    pub input_shape: [usize; 3],
+    /// Channel count of the images before `input_transform` (3 for `lightness`).
+    pub image_channels: usize,
+    /// `none`, or `lightness`: RGB → CIE L*/100, one channel (stored as u8, round(255·L/100)).
+    pub input_transform: InputTransform,
+    pub resize: String,
+    /// The model's input: `pixel / 255`.
+    pub scale: String,
+    /// Per-channel mean and std of the training images (in [0, 1] units).
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// Whether (x − mean) / std happens inside the exported model (it does in both formats).
+    pub normalization_included: bool,
+}
+
+/// `config.json` of a torch export; the same JSON is the `pretext` entry of an ONNX model's
+/// metadata.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExportMeta {
+    pub producer: String,
+    pub architecture: Architecture,
+    pub preprocessing: Preprocessing,
+    pub output: String,
+    pub task: String,
+    pub data: String,
+    /// Training steps done (summary.json, or the latest checkpoint's state).
+    pub steps: Option<u64>,
+    pub run: PathBuf,
+    /// `onnx` or `torch`.
+    pub format: String,
+    /// torch: the weights file in the directory, under PyTorch names.
+    pub weights: Option<String>,
+    /// onnx: the opset of the default domain.
+    pub opset: Option<i64>,
+}
+
+/// Steps the run trained: `summary.json`'s, else the latest checkpoint's.
+fn steps_done(run: &Path) -> Option<u64> {
+    let summary = std::fs::read(run.join("summary.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("steps_done")?.as_u64());
+    summary.or_else(|| latest_checkpoint(run).ok().flatten().map(|(_, s)| s.step))
+}
+
+#[derive(Clone, Debug)]
+pub struct ExportResult {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub params: usize,
+    pub wall_s: f64,
+    pub meta: ExportMeta,
+}
+
+pub fn export(req: &ExportRequest) -> Result<ExportResult> {
+    let t0 = Instant::now();
+    let info = match read_run_info(&req.from)? {
+        Some(RunInfo::Image(i)) => i,
+        Some(RunInfo::Text(i)) => {
+            return Err(Error::Usage(format!(
+                "--from {}: a {} (text) run; exporting the text transformer is not supported yet \
+                 (image encoders only: convnet, resnet18)",
+                req.from.display(),
+                i.task
+            )))
+        }
+        None => {
+            return Err(Error::Usage(format!(
+                "--from {}: no {RUN_INFO} there; pass a directory written by `pretext pretrain`",
+                req.from.display()
+            )))
+        }
+    };
+    let encoder = crate::embed::images::load(&req.from, &info, &req.device)?;
+    let kind = info.backbone.kind;
+    let params = params::torch_params(&encoder, kind)?;
+    let n_params: usize = params.values().map(|p| p.data.len()).sum();
+    let input: &InputSpec = &info.input;
+    let mut meta = ExportMeta {
+        producer: concat!("pretext ", env!("CARGO_PKG_VERSION")).into(),
+        architecture: Architecture {
+            name: kind.name().into(),
+            in_channels: info.backbone.in_channels,
+            width: info.backbone.width,
+            stages: encoder.stages(),
+            dim: encoder.dim(),
+            batch_norm_eps: onnx::BN_EPS,
+        },
+        preprocessing: Preprocessing {
+            input_shape: [input.channels, input.height, input.width],
+            image_channels: crate::embed::images::data_channels(&info),
+            input_transform: info.input_transform,
+            resize: format!(
+                "folder images: shorter side to {} (triangle filter), centre crop to {}x{}",
+                input.height, input.height, input.width
+            ),
+            scale: "pixel / 255".into(),
+            mean: input.mean.clone(),
+            std: input.std.clone(),
+            normalization_included: true,
+        },
+        output: format!(
+            "float32 [batch, {}]: global average of the last stage's feature map",
+            encoder.dim()
+        ),
+        task: info.task.clone(),
+        data: info.data.clone(),
+        steps: steps_done(&req.from),
+        run: req.from.clone(),
+        format: String::new(),
+        weights: None,
+        opset: None,
+    };
+    let bytes = match req.format {
+        Format::Onnx => {
+            if req.out.is_dir() {
+                return Err(Error::Usage(format!(
+                    "--out {}: a directory; --format onnx writes one file (e.g. encoder.onnx)",
+                    req.out.display()
+                )));
+            }
+            meta.format = "onnx".into();
+            meta.opset = Some(onnx::OPSET);
+            let json = serde_json::to_string(&meta).expect("json");
+            let p = &meta.preprocessing;
+            let join = |v: &[f32]| {
+                v.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let props = vec![
+                ("pretext".to_string(), json),
+                ("architecture".into(), kind.name().into()),
+                ("task".into(), info.task.clone()),
+                ("data".into(), info.data.clone()),
+                (
+                    "steps".into(),
+                    meta.steps.map_or(String::new(), |s| s.to_string()),
+                ),
+                ("input".into(), "pixel / 255, [batch, C, H, W]".into()),
+                (
+                    "input_transform".into(),
+                    format!("{:?}", p.input_transform).to_lowercase(),
+                ),
+                ("normalization".into(), "included: (x - mean) / std".into()),
+                ("mean".into(), join(&p.mean)),
+                ("std".into(), join(&p.std)),
+            ];
+            let bytes = onnx::model_bytes(&info.backbone, input, encoder.dim(), &params, &props)?;
+            if let Some(dir) = req.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
+            write_atomic(&req.out, &bytes)?;
+            bytes.len() as u64
+        }
+        Format::Torch => {
+            if req.out.is_file() {
+                return Err(Error::Usage(format!(
+                    "--out {}: a file; --format torch writes a directory",
+                    req.out.display()
+                )));
+            }
+            meta.format = "torch".into();
+            meta.weights = Some(torch::WEIGHTS.into());
+            let json = serde_json::to_vec_pretty(&meta).expect("json");
+            torch::write_dir(&req.out, &params, &json)?
+        }
+    };
+    Ok(ExportResult {
+        path: req.out.clone(),
+        bytes,
+        params: n_params,
+        wall_s: t0.elapsed().as_secs_f64(),
+        meta,
+    })
+}

@@ -1,0 +1,302 @@
+//! `pretext export --format onnx`: the image encoder as a standard ONNX graph.
+//!
+//! ONNX opset 17 (IR version 8), operators from the default domain only: Sub, Div (the input
+//! normalisation), Conv, BatchNormalization (inference form), Relu, MaxPool, Add,
+//! GlobalAveragePool, Flatten. Input `image`: float32 [batch, C, H, W], pixel / 255 (after the
+//! run's resize and input transform); output `features`: float32 [batch, dim], the pooled last
+//! stage, as `pretext embed` writes it. The batch dimension is symbolic (`batch`). The run's
+//! metadata (`config.json`'s content) is in the model's `metadata_props`. The protobuf messages
+//! come from the `onnx-protobuf` crate (rust-protobuf code generated from onnx.proto).
+
+use std::collections::BTreeMap;
+
+use onnx_protobuf::attribute_proto::AttributeType;
+use onnx_protobuf::tensor_proto::DataType;
+use onnx_protobuf::tensor_shape_proto::{dimension, Dimension};
+use onnx_protobuf::{
+    type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use protobuf::{EnumOrUnknown, MessageField};
+
+use super::params::Param;
+use crate::error::{Error, Result};
+use crate::input::InputSpec;
+use crate::nn::{BackboneKind, BackboneSpec};
+
+pub const OPSET: i64 = 17;
+pub const IR_VERSION: i64 = 8;
+/// Batch-norm epsilon of every `BatchNorm` in `src/nn` (burn's default).
+pub const BN_EPS: f32 = 1e-5;
+
+/// Nodes and initializers, with names made unique by a counter.
+struct Graph<'a> {
+    params: &'a BTreeMap<String, Param>,
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    used: Vec<String>,
+    count: usize,
+}
+
+fn ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        type_: EnumOrUnknown::new(AttributeType::INTS),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        type_: EnumOrUnknown::new(AttributeType::FLOAT),
+        f: v,
+        ..Default::default()
+    }
+}
+
+fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        type_: EnumOrUnknown::new(AttributeType::INT),
+        i: v,
+        ..Default::default()
+    }
+}
+
+fn tensor(name: &str, shape: &[usize], data: &[f32]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: shape.iter().map(|&d| d as i64).collect(),
+        data_type: DataType::FLOAT as i32,
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+/// A float32 value with a symbolic batch dimension and fixed others.
+fn value_info(name: &str, fixed: &[usize]) -> ValueInfoProto {
+    let mut dim = vec![Dimension {
+        value: Some(dimension::Value::DimParam("batch".into())),
+        ..Default::default()
+    }];
+    dim.extend(fixed.iter().map(|&d| Dimension {
+        value: Some(dimension::Value::DimValue(d as i64)),
+        ..Default::default()
+    }));
+    ValueInfoProto {
+        name: name.into(),
+        type_: MessageField::some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: DataType::FLOAT as i32,
+                shape: MessageField::some(TensorShapeProto {
+                    dim,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl Graph<'_> {
+    /// A node of `op` on `inputs`; returns its output's name.
+    fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        self.count += 1;
+        let out = format!("{}_{}", op.to_ascii_lowercase(), self.count);
+        self.nodes.push(NodeProto {
+            name: format!("{op}_{}", self.count),
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.clone()],
+            attribute: attrs,
+            ..Default::default()
+        });
+        out
+    }
+
+    /// The initializer for the encoder tensor `name` (added once).
+    fn param(&mut self, name: &str) -> Result<String> {
+        let p = self.params.get(name).ok_or_else(|| {
+            Error::Usage(format!(
+                "the encoder has no tensor {name}; cannot export it"
+            ))
+        })?;
+        if !self.used.iter().any(|u| u == name) {
+            self.inits.push(tensor(name, &p.shape, &p.data));
+            self.used.push(name.to_string());
+        }
+        Ok(name.to_string())
+    }
+
+    /// Conv (no bias) → BatchNormalization [→ Relu]; `conv`/`bn` are module paths.
+    fn conv_bn(
+        &mut self,
+        x: &str,
+        conv: &str,
+        bn: &str,
+        stride: usize,
+        relu: bool,
+    ) -> Result<String> {
+        let w = self.param(&format!("{conv}.weight"))?;
+        let k = self.params[&w].shape[2];
+        let pad = (k / 2) as i64;
+        let y = self.node(
+            "Conv",
+            &[x, &w],
+            vec![
+                ints("kernel_shape", &[k as i64, k as i64]),
+                ints("strides", &[stride as i64, stride as i64]),
+                ints("pads", &[pad, pad, pad, pad]),
+            ],
+        );
+        let bn_in: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
+            .iter()
+            .map(|p| self.param(&format!("{bn}.{p}")))
+            .collect::<Result<_>>()?;
+        let mut inputs = vec![y.as_str()];
+        inputs.extend(bn_in.iter().map(String::as_str));
+        let y = self.node(
+            "BatchNormalization",
+            &inputs,
+            vec![float("epsilon", BN_EPS)],
+        );
+        Ok(if relu {
+            self.node("Relu", &[&y], vec![])
+        } else {
+            y
+        })
+    }
+
+    /// (x − mean) / std per channel, as `InputSpec::normalize`.
+    fn normalize(&mut self, x: &str, input: &InputSpec) -> String {
+        let c = input.channels;
+        self.inits
+            .push(tensor("input_mean", &[1, c, 1, 1], &input.mean));
+        self.inits
+            .push(tensor("input_std", &[1, c, 1, 1], &input.std));
+        let y = self.node("Sub", &[x, "input_mean"], vec![]);
+        self.node("Div", &[&y, "input_std"], vec![])
+    }
+
+    /// src/nn/convnet.rs: 4 × conv–BN–ReLU, 2×2 max-pooling after the first three while the
+    /// map is at least 2×2.
+    fn convnet(&mut self, mut x: String, mut hw: (usize, usize)) -> Result<String> {
+        for i in 0..4 {
+            x = self.conv_bn(
+                &x,
+                &format!("stages.{i}.conv"),
+                &format!("stages.{i}.bn"),
+                1,
+                true,
+            )?;
+            if i < 3 && hw.0 >= 2 && hw.1 >= 2 {
+                x = self.node(
+                    "MaxPool",
+                    &[&x],
+                    vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+                );
+                hw = (hw.0 / 2, hw.1 / 2);
+            }
+        }
+        Ok(x)
+    }
+
+    /// src/nn/resnet.rs under torchvision names: stem conv–BN–ReLU, 4 layers of 2 basic blocks.
+    fn resnet18(&mut self, x: String) -> Result<String> {
+        let mut x = self.conv_bn(&x, "conv1", "bn1", 1, true)?;
+        for layer in 1..=4 {
+            for block in 0..2 {
+                let p = format!("layer{layer}.{block}");
+                let stride = if layer > 1 && block == 0 { 2 } else { 1 };
+                let y =
+                    self.conv_bn(&x, &format!("{p}.conv1"), &format!("{p}.bn1"), stride, true)?;
+                let y = self.conv_bn(&y, &format!("{p}.conv2"), &format!("{p}.bn2"), 1, false)?;
+                let skip = if self
+                    .params
+                    .contains_key(&format!("{p}.downsample.0.weight"))
+                {
+                    self.conv_bn(
+                        &x,
+                        &format!("{p}.downsample.0"),
+                        &format!("{p}.downsample.1"),
+                        stride,
+                        false,
+                    )?
+                } else {
+                    x.clone()
+                };
+                let sum = self.node("Add", &[&y, &skip], vec![]);
+                x = self.node("Relu", &[&sum], vec![]);
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// The encoder as ONNX bytes; `metadata` goes into `metadata_props` in the order given.
+pub fn model_bytes(
+    spec: &BackboneSpec,
+    input: &InputSpec,
+    dim: usize,
+    params: &BTreeMap<String, Param>,
+    metadata: &[(String, String)],
+) -> Result<Vec<u8>> {
+    let mut g = Graph {
+        params,
+        nodes: Vec::new(),
+        inits: Vec::new(),
+        used: Vec::new(),
+        count: 0,
+    };
+    let x = g.normalize("image", input);
+    let map = match spec.kind {
+        BackboneKind::Convnet => g.convnet(x, (input.height, input.width))?,
+        BackboneKind::Resnet18 => g.resnet18(x)?,
+    };
+    // [b, dim, h, w] → mean over h, w → [b, dim]
+    let pooled = g.node("GlobalAveragePool", &[&map], vec![]);
+    g.node("Flatten", &[&pooled], vec![int("axis", 1)]);
+    // The graph's output is the last node's.
+    g.nodes.last_mut().expect("a node").output = vec!["features".into()];
+    let graph = GraphProto {
+        name: format!("pretext {}", spec.kind.name()),
+        node: g.nodes,
+        initializer: g.inits,
+        input: vec![value_info(
+            "image",
+            &[input.channels, input.height, input.width],
+        )],
+        output: vec![value_info("features", &[dim])],
+        doc_string: "image: float32 [batch, C, H, W] = pixel / 255 (normalisation is inside); \
+                     features: the pooled last stage"
+            .into(),
+        ..Default::default()
+    };
+    let model = ModelProto {
+        ir_version: IR_VERSION,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+            ..Default::default()
+        }],
+        producer_name: "pretext".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        graph: MessageField::some(graph),
+        metadata_props: metadata
+            .iter()
+            .map(|(k, v)| StringStringEntryProto {
+                key: k.clone(),
+                value: v.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    model
+        .write_to_bytes()
+        .map_err(|e| Error::Usage(format!("encoding the ONNX model: {e}")))
+}

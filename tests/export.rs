@@ -1,0 +1,751 @@
+//! `pretext embed`, `similar` and `export` end to end through the binary, on real data from
+//! ../shared/data: the ONNX export run by onnxruntime and the PyTorch export run by the shipped
+//! module (or, without torch, by a NumPy reference forward over the exported state dict) give
+//! `pretext embed`'s vectors within 1e-4; a broken file with and without `--skip-bad`; the query
+//! image comes back first; bad inputs give one clear line and exit code 2.
+
+mod common;
+
+use common::{ok, pretext, shared_data};
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use onnx_protobuf::tensor_shape_proto::dimension;
+use onnx_protobuf::{type_proto, Message, ModelProto};
+use pretext::data::{OpenOptions, Stream};
+use pretext::embed::npy;
+
+/// Runs made once for the whole file (tests run in parallel and share them).
+struct Runs {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    /// convnet, rotation on the photos folder (colour, 32×32).
+    conv: PathBuf,
+    /// resnet18, rotation on Fashion-MNIST (grayscale, 28×28).
+    res: PathBuf,
+    /// A 64-image idx slice of Fashion-MNIST's training images.
+    fashion64: String,
+}
+
+fn photos() -> String {
+    format!("folder:{}", shared_data("photos"))
+}
+
+fn runs() -> &'static Runs {
+    static RUNS: OnceLock<Runs> = OnceLock::new();
+    RUNS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let conv = root.join("conv");
+        let res = root.join("res");
+        let common = [
+            "--set",
+            "width=8",
+            "--set",
+            "steps=4",
+            "--set",
+            "warmup_steps=1",
+            "--set",
+            "log_every=2",
+            "--set",
+            "checkpoint_every=4",
+            "--quiet",
+        ];
+        let photos = photos();
+        let mut a = vec!["pretrain", "--task", "rotation", "--data", &photos, "--out"];
+        let conv_s = conv.to_str().unwrap().to_string();
+        a.push(&conv_s);
+        a.extend_from_slice(&["--set", "image_size=32", "--set", "batch_size=8"]);
+        a.extend_from_slice(&common);
+        ok(&a);
+        let res_s = res.to_str().unwrap().to_string();
+        let fashion = format!("idx:{}", shared_data("fashion-mnist"));
+        let mut a = vec![
+            "pretrain", "--task", "rotation", "--data", &fashion, "--out",
+        ];
+        a.push(&res_s);
+        a.extend_from_slice(&[
+            "--set",
+            "backbone=\"resnet18\"",
+            "--set",
+            "batch_size=8",
+            "--set",
+            "limit=256",
+        ]);
+        a.extend_from_slice(&common);
+        ok(&a);
+        // The first 64 training images of Fashion-MNIST, in the idx format.
+        let ds = pretext::data::open(
+            &fashion,
+            &OpenOptions {
+                limit: Some(64),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let slice = root.join("fashion64");
+        std::fs::create_dir_all(&slice).unwrap();
+        pretext::data::idx::write_idx_images(
+            slice.join("train-images-idx3-ubyte"),
+            64,
+            28,
+            28,
+            &ds.train.images,
+        )
+        .unwrap();
+        let labels: Vec<u8> = ds.train.labels.unwrap().iter().map(|&l| l as u8).collect();
+        pretext::data::idx::write_idx_labels(slice.join("train-labels-idx1-ubyte"), &labels)
+            .unwrap();
+        Runs {
+            fashion64: format!("idx:{}", slice.display()),
+            _dir: dir,
+            root,
+            conv,
+            res,
+        }
+    })
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Exit code and stderr of a command that must fail.
+fn fails(args: &[&str]) -> (i32, String) {
+    let out = pretext(args);
+    assert!(!out.status.success(), "pretext {args:?} succeeded");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+/// The CSV's rows after the header.
+fn csv_rows(npy_path: &Path) -> Vec<String> {
+    std::fs::read_to_string(npy_path.with_extension("csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+/// The pixels `pretext embed` feeds the encoder, before normalisation: pixel / 255 as float32
+/// [n, C·H·W], in row order.
+fn write_pixels(spec: &str, size: usize, out: &Path) {
+    let ds = pretext::data::open(
+        spec,
+        &OpenOptions {
+            image_size: Some(size),
+            stream: Stream::Always,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let set = &ds.train;
+    let mut w = npy::NpyWriter::create(out, set.image_len()).unwrap();
+    for i in 0..set.n {
+        let px: Vec<f32> = set
+            .image(i)
+            .unwrap()
+            .iter()
+            .map(|&v| v as f32 / 255.0)
+            .collect();
+        w.push(&px).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// Compares the exports with `pretext embed`'s vectors; prints one line per check, exits 1 when
+/// a difference is over 1e-4.
+const CHECK_PY: &str = r#"
+import json, os, struct, sys
+sys.path.pop(0)  # not this script's folder: a directory there must not pass for a package
+import numpy as np
+
+onnx_path, torch_dir, pixels_path, emb_path = sys.argv[1:5]
+cfg = json.load(open(os.path.join(torch_dir, "config.json")))
+c, h, w = cfg["preprocessing"]["input_shape"]
+x = np.load(pixels_path).reshape(-1, c, h, w).astype(np.float32)
+want = np.load(emb_path)
+assert want.shape[0] == x.shape[0], (want.shape, x.shape)
+failed = False
+
+def report(what, got):
+    global failed
+    d = float(np.abs(got - want).max())
+    ok = d <= 1e-4
+    failed |= not ok
+    print("%s: max abs diff %.3g over %d images (%s)" % (what, d, len(x), "ok" if ok else "OVER 1e-4"))
+
+try:
+    import onnxruntime as ort
+except Exception as e:
+    print("onnx: skipped: onnxruntime not importable (%s)" % e)
+else:
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    got = sess.run(["features"], {"image": x})[0]
+    one = np.concatenate([sess.run(["features"], {"image": x[i:i + 1]})[0] for i in range(3)])
+    assert np.abs(one - got[:3]).max() < 1e-5, "batch of 1 differs from the whole batch"
+    report("onnx (onnxruntime %s)" % ort.__version__, got)
+
+try:
+    import torch
+except Exception as e:
+    print("torch: skipped: torch not importable (%s)" % str(e).splitlines()[0][:120])
+    import py_compile
+    py_compile.compile(os.path.join(torch_dir, "pretext_encoder.py"), doraise=True)
+else:
+    sys.path.insert(0, torch_dir)
+    import pretext_encoder
+    model = pretext_encoder.load(torch_dir)
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy()
+    report("torch %s (pretext_encoder.load)" % torch.__version__, got)
+
+# Without torch too: a NumPy forward over the exported state dict, by its PyTorch names.
+def read_safetensors(path):
+    data = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", data[:8])
+    head = json.loads(data[8:8 + n])
+    kinds = {"F32": "<f4", "I64": "<i8"}
+    return {k: np.frombuffer(data[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]],
+                             dtype=kinds[v["dtype"]]).reshape(v["shape"]).astype(np.float64)
+            for k, v in head.items() if k != "__metadata__"}
+
+sd = read_safetensors(os.path.join(torch_dir, cfg["weights"]))
+eps = cfg["architecture"]["batch_norm_eps"]
+
+def conv(x, name, stride):
+    wt = sd[name + ".weight"]
+    k = wt.shape[2]
+    p = k // 2
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    oh = (x.shape[2] + 2 * p - k) // stride + 1
+    ow = (x.shape[3] + 2 * p - k) // stride + 1
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))
+    win = win[:, :, ::stride, ::stride][:, :, :oh, :ow]
+    return np.einsum("ncijkl,ockl->noij", win, wt, optimize=True)
+
+def bn(x, name):
+    g, b = sd[name + ".weight"], sd[name + ".bias"]
+    m, v = sd[name + ".running_mean"], sd[name + ".running_var"]
+    r = lambda a: a.reshape(1, -1, 1, 1)
+    return (x - r(m)) / np.sqrt(r(v) + eps) * r(g) + r(b)
+
+relu = lambda a: np.maximum(a, 0)
+
+def maxpool(x):
+    n, ch, hh, ww = x.shape
+    return x[:, :, :hh // 2 * 2, :ww // 2 * 2].reshape(n, ch, hh // 2, 2, ww // 2, 2).max(axis=(3, 5))
+
+pre = cfg["preprocessing"]
+z = (x.astype(np.float64) - np.array(pre["mean"]).reshape(1, -1, 1, 1)) / np.array(pre["std"]).reshape(1, -1, 1, 1)
+if cfg["architecture"]["name"] == "convnet":
+    for i in range(4):
+        z = relu(bn(conv(z, "stages.%d.conv" % i, 1), "stages.%d.bn" % i))
+        if i < 3 and z.shape[2] >= 2 and z.shape[3] >= 2:
+            z = maxpool(z)
+else:
+    z = relu(bn(conv(z, "conv1", 1), "bn1"))
+    for layer in range(1, 5):
+        for block in range(2):
+            p = "layer%d.%d" % (layer, block)
+            stride = 2 if layer > 1 and block == 0 else 1
+            y = relu(bn(conv(z, p + ".conv1", stride), p + ".bn1"))
+            y = bn(conv(y, p + ".conv2", 1), p + ".bn2")
+            if p + ".downsample.0.weight" in sd:
+                z = bn(conv(z, p + ".downsample.0", stride), p + ".downsample.1")
+            z = relu(y + z)
+report("numpy reference over %s" % cfg["weights"], z.mean(axis=(2, 3)))
+sys.exit(1 if failed else 0)
+"#;
+
+/// `python3` with NumPy, or why not.
+fn python_with_numpy() -> Result<(), String> {
+    match Command::new("python3")
+        .args(["-c", "import numpy"])
+        .output()
+    {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+        Err(e) => Err(format!("python3: {e}")),
+    }
+}
+
+/// The ONNX file is a standard model: opset 17, a symbolic batch, the run's metadata.
+fn check_onnx_structure(path: &Path, task: &str) {
+    let model = ModelProto::parse_from_bytes(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(model.opset_import[0].version, 17);
+    assert!(model.opset_import[0].domain.is_empty());
+    let graph = model.graph.as_ref().unwrap();
+    let Some(type_proto::Value::TensorType(t)) = &graph.input[0].type_.value else {
+        panic!("input is not a tensor");
+    };
+    assert_eq!(
+        t.shape.dim[0].value,
+        Some(dimension::Value::DimParam("batch".into()))
+    );
+    let meta: serde_json::Value = serde_json::from_str(
+        &model
+            .metadata_props
+            .iter()
+            .find(|p| p.key == "pretext")
+            .unwrap()
+            .value,
+    )
+    .unwrap();
+    assert_eq!(meta["task"], task);
+    assert_eq!(meta["steps"], 4);
+    assert_eq!(meta["preprocessing"]["normalization_included"], true);
+}
+
+#[test]
+fn onnx_and_torch_exports_give_the_vectors_of_embed() {
+    let r = runs();
+    for (name, run, data, size) in [
+        ("convnet", &r.conv, photos(), 32),
+        ("resnet18", &r.res, r.fashion64.clone(), 28),
+    ] {
+        let dir = r.root.join(format!("check-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let emb = dir.join("emb.npy");
+        let stdout = ok(&[
+            "embed",
+            "--from",
+            s(run),
+            "--data",
+            &data,
+            "--out",
+            s(&emb),
+            "-q",
+        ]);
+        assert!(stdout.contains("images/s"), "{stdout}");
+        let (vectors, rows, dim) = npy::read(&emb).unwrap();
+        assert_eq!(dim, 64, "{name}: width 8 × 8");
+        assert_eq!(csv_rows(&emb).len(), rows);
+        assert!(vectors.iter().all(|v| v.is_finite()));
+
+        let onnx = dir.join("encoder.onnx");
+        let torch = dir.join("torch-export");
+        let stdout = ok(&[
+            "export",
+            "--from",
+            s(run),
+            "--format",
+            "onnx",
+            "--out",
+            s(&onnx),
+        ]);
+        assert!(stdout.contains(name), "{stdout}");
+        ok(&[
+            "export",
+            "--from",
+            s(run),
+            "--format",
+            "torch",
+            "--out",
+            s(&torch),
+        ]);
+        check_onnx_structure(&onnx, "rotation");
+        for f in ["model.safetensors", "config.json", "pretext_encoder.py"] {
+            assert!(torch.join(f).exists(), "{name}: {f}");
+        }
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(torch.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["architecture"]["name"], name);
+        assert!(!config["data"].as_str().unwrap().is_empty());
+
+        if let Err(why) = python_with_numpy() {
+            eprintln!("skipped the Python checks ({name}): python3 with numpy: {why}");
+            continue;
+        }
+        let pixels = dir.join("pixels.npy");
+        write_pixels(&data, size, &pixels);
+        let script = dir.join("check.py");
+        std::fs::write(&script, CHECK_PY).unwrap();
+        let out = Command::new("python3")
+            .args([s(&script), s(&onnx), s(&torch), s(&pixels), s(&emb)])
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        eprintln!("{name}:\n{report}");
+        assert!(
+            out.status.success(),
+            "{name}: the exports differ from embed\n{report}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(report.contains("numpy reference") && report.contains("onnx"));
+    }
+}
+
+#[test]
+fn similar_finds_the_query_image_itself_first() {
+    let r = runs();
+    let emb = r.root.join("similar/photos.npy");
+    ok(&[
+        "embed",
+        "--from",
+        s(&r.conv),
+        "--data",
+        &photos(),
+        "--out",
+        s(&emb),
+        "-q",
+    ]);
+    let query = format!("{}/astronaut.png", shared_data("photos"));
+    let stdout = ok(&[
+        "similar",
+        "--from",
+        s(&r.conv),
+        "--index",
+        s(&emb),
+        "--query",
+        &query,
+        "-k",
+        "3",
+    ]);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    let first: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(first[0], "1", "{stdout}");
+    assert!(first[1].parse::<f32>().unwrap() > 0.9999, "{stdout}");
+    assert!(first[2].ends_with("astronaut.png"), "{stdout}");
+    // An intermediate stage: the file says which, and `similar` follows it.
+    let emb2 = r.root.join("similar/stage2.npy");
+    ok(&[
+        "embed",
+        "--from",
+        s(&r.conv),
+        "--data",
+        &photos(),
+        "--out",
+        s(&emb2),
+        "--stage",
+        "2",
+        "-q",
+    ]);
+    assert_eq!(npy::read(&emb2).unwrap().2, 16);
+    let stdout = ok(&[
+        "similar",
+        "--from",
+        s(&r.conv),
+        "--index",
+        s(&emb2),
+        "--query",
+        &query,
+        "-k",
+        "1",
+    ]);
+    assert!(
+        stdout.lines().nth(1).unwrap().ends_with("astronaut.png"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_broken_file_stops_embed_or_is_left_out_with_skip_bad() {
+    let r = runs();
+    let dir = r.root.join("broken");
+    let folder = dir.join("imgs");
+    std::fs::create_dir_all(&folder).unwrap();
+    let names = [
+        "apple.jpg",
+        "astronaut.png",
+        "baboon.jpg",
+        "chelsea.png",
+        "coffee.png",
+    ];
+    for n in names {
+        std::fs::copy(format!("{}/{n}", shared_data("photos")), folder.join(n)).unwrap();
+    }
+    // Not an image at all (fails at open), and a PNG cut in half (fails when decoded).
+    std::fs::write(folder.join("b-garbage.jpg"), b"this is not a JPEG").unwrap();
+    let png = std::fs::read(format!("{}/chelsea.png", shared_data("photos"))).unwrap();
+    std::fs::write(folder.join("c-truncated.png"), &png[..png.len() / 2]).unwrap();
+    let data = format!("folder:{}", folder.display());
+    let emb = dir.join("emb.npy");
+    let (code, err) = fails(&[
+        "embed",
+        "--from",
+        s(&r.conv),
+        "--data",
+        &data,
+        "--out",
+        s(&emb),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("b-garbage.jpg") && err.contains("--skip-bad"),
+        "{err}"
+    );
+    assert!(!emb.exists());
+
+    // The garbage file removed: the truncated one fails while streaming, naming it.
+    std::fs::rename(folder.join("b-garbage.jpg"), dir.join("garbage.jpg")).unwrap();
+    let (code, err) = fails(&[
+        "embed",
+        "--from",
+        s(&r.conv),
+        "--data",
+        &data,
+        "--out",
+        s(&emb),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("c-truncated.png"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        !emb.exists() && left.len() == 2,
+        "no partial file is left: {left:?}"
+    );
+    std::fs::rename(dir.join("garbage.jpg"), folder.join("b-garbage.jpg")).unwrap();
+
+    let stdout = ok(&[
+        "embed",
+        "--from",
+        s(&r.conv),
+        "--data",
+        &data,
+        "--out",
+        s(&emb),
+        "--skip-bad",
+        "-q",
+    ]);
+    assert!(stdout.contains("2 skipped"), "{stdout}");
+    let rows = csv_rows(&emb);
+    assert_eq!(rows.len(), names.len());
+    assert_eq!(npy::read(&emb).unwrap().1, names.len());
+    for (row, name) in rows.iter().zip(names) {
+        assert!(row.contains(name), "{row} vs {name}");
+    }
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(emb.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(info["skipped"], 2);
+}
+
+#[test]
+fn bad_inputs_give_one_clear_line_and_exit_code_2() {
+    let r = runs();
+    let dir = r.root.join("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("x.onnx");
+    let check = |args: &[&str], want: &[&str]| {
+        let (code, err) = fails(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        for w in want {
+            assert!(err.contains(w), "{args:?}: {err} lacks {w}");
+        }
+    };
+    check(
+        &[
+            "export",
+            "--from",
+            s(&r.conv),
+            "--format",
+            "tflite",
+            "--out",
+            s(&out),
+        ],
+        &["tflite", "onnx or torch"],
+    );
+    // A run directory whose encoder is gone (only run.json left).
+    let bare = dir.join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::copy(r.conv.join("run.json"), bare.join("run.json")).unwrap();
+    check(
+        &[
+            "export",
+            "--from",
+            s(&bare),
+            "--format",
+            "onnx",
+            "--out",
+            s(&out),
+        ],
+        &["encoder.safetensors", "bare"],
+    );
+    check(
+        &[
+            "export",
+            "--from",
+            s(&dir),
+            "--format",
+            "onnx",
+            "--out",
+            s(&out),
+        ],
+        &["run.json"],
+    );
+    // A text run exported as an image model.
+    let text = dir.join("text");
+    std::fs::create_dir_all(&text).unwrap();
+    std::fs::write(
+        text.join("run.json"),
+        serde_json::json!({
+            "kind": "text", "task": "masked-lm", "data": "text:x.txt", "text_field": "text",
+            "tokenizer": "tokenizer.json", "seq_len": 16,
+            "spec": {"vocab": 260, "d_model": 16, "layers": 1, "heads": 2, "d_ff": 64,
+                     "max_len": 16, "dropout": 0.0, "tie_weights": true, "causal": false}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    check(
+        &[
+            "export",
+            "--from",
+            s(&text),
+            "--format",
+            "onnx",
+            "--out",
+            s(&out),
+        ],
+        &["text", "not supported yet"],
+    );
+    let jsonl = format!("jsonl:{}", dir.join("x.jsonl").display());
+    check(
+        &[
+            "embed",
+            "--from",
+            s(&r.conv),
+            "--data",
+            &jsonl,
+            "--out",
+            s(&dir.join("e.npy")),
+        ],
+        &["image run", "jsonl:"],
+    );
+    check(
+        &[
+            "embed",
+            "--from",
+            s(&r.conv),
+            "--out",
+            s(&dir.join("e.parquet")),
+        ],
+        &["Parquet", ".npy"],
+    );
+    check(
+        &[
+            "embed",
+            "--from",
+            s(&r.conv),
+            "--stage",
+            "7",
+            "--out",
+            s(&dir.join("e.npy")),
+        ],
+        &["--stage 7", "1 to 4"],
+    );
+    // The grayscale resnet run cannot embed colour photos.
+    check(
+        &[
+            "embed",
+            "--from",
+            s(&r.res),
+            "--data",
+            &photos(),
+            "--out",
+            s(&dir.join("e.npy")),
+        ],
+        &["3×28×28", "1×28×28"],
+    );
+}
+
+#[test]
+fn text_runs_embed_each_document_as_its_mean_hidden_state() {
+    let r = runs();
+    let dir = r.root.join("text-run");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A small masked-lm run on the start of Austen's novels.
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(
+            std::fs::File::open(shared_data("text/austen.txt.gz")).unwrap(),
+        ),
+        &mut text,
+    )
+    .unwrap();
+    let mut end = 20_000;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let txt = dir.join("austen.txt");
+    std::fs::write(&txt, &text[..end]).unwrap();
+    let run = dir.join("bert");
+    ok(&[
+        "pretrain",
+        "--task",
+        "masked-lm",
+        "--data",
+        &format!("text:{}", txt.display()),
+        "--out",
+        s(&run),
+        "--tokenizer",
+        "bytes",
+        "--set",
+        "d_model=32",
+        "--set",
+        "layers=1",
+        "--set",
+        "heads=2",
+        "--set",
+        "seq_len=32",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "steps=3",
+        "--set",
+        "warmup_steps=1",
+        "-q",
+    ]);
+    let jsonl = dir.join("docs.jsonl");
+    // Batches of 2: the third document is padded next to the longer fourth, the first is not.
+    let docs = [
+        "Emma was handsome.",
+        "",
+        "Emma was handsome.",
+        "A house in Kent, with a park of some extent.",
+    ];
+    let lines: Vec<String> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            serde_json::json!({"text": d, "label": if i % 2 == 0 {"a"} else {"b"}}).to_string()
+        })
+        .collect();
+    std::fs::write(&jsonl, lines.join("\n")).unwrap();
+    let emb = dir.join("docs.npy");
+    let stdout = ok(&[
+        "embed",
+        "--from",
+        s(&run),
+        "--data",
+        &format!("jsonl:{}", jsonl.display()),
+        "--out",
+        s(&emb),
+        "--batch-size",
+        "2",
+        "-q",
+    ]);
+    assert!(stdout.contains("documents/s"), "{stdout}");
+    let (v, rows, dim) = npy::read(&emb).unwrap();
+    assert_eq!((rows, dim), (4, 32));
+    // The same text gives the same vector, padded or not.
+    let max = (0..dim)
+        .map(|j| (v[j] - v[2 * dim + j]).abs())
+        .fold(0f32, f32::max);
+    assert!(max < 1e-5, "{max}");
+    let csv = csv_rows(&emb);
+    assert!(
+        csv[0].ends_with("docs.jsonl:1,a") && csv[3].ends_with("docs.jsonl:4,b"),
+        "{csv:?}"
+    );
+}
