@@ -60,6 +60,7 @@ pub fn run(out: &Path, sets: &[String], device: Device, quiet: bool) -> Result<V
             cfg.steps
         );
     }
+    let task = cfg.task.clone();
     let summary = pretrain::pretrain(PretrainRequest {
         config: cfg,
         out: out.to_path_buf(),
@@ -71,8 +72,9 @@ pub fn run(out: &Path, sets: &[String], device: Device, quiet: bool) -> Result<V
         quiet,
     })?;
     let mut rows = Vec::new();
+    let pretrained = format!("{task}-pretrained");
     for (name, from) in [
-        ("rotation-pretrained", Source::Run(out.to_path_buf())),
+        (pretrained.as_str(), Source::Run(out.to_path_buf())),
         ("random weights", Source::Random),
     ] {
         let mut accs = [Vec::new(), Vec::new()];
@@ -101,7 +103,7 @@ pub fn run(out: &Path, sets: &[String], device: Device, quiet: bool) -> Result<V
     }
     println!();
     println!(
-        "pretraining: {} steps in {:.0}s, final rotation loss {:.3}",
+        "pretraining: {} steps in {:.0}s, final {task} loss {:.3}",
         summary.steps_done, summary.wall_s, summary.final_loss
     );
     println!(

@@ -82,17 +82,25 @@ fn pretrain_then_transfer_writes_the_expected_files() {
             "missing checkpoint file {f}"
         );
     }
-    // Metrics: one line per 4 steps, with loss and accuracy.
+    // Metrics: the k-NN monitor on the untrained encoder (step 0), then one line per 4 steps
+    // with loss and accuracy; the monitor again at the end (the data is labelled).
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let steps: Vec<u64> = metrics
+    let rows: Vec<serde_json::Value> = metrics
         .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                .as_u64()
-                .unwrap()
-        })
+        .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(steps, vec![4, 8, 12]);
+    let steps: Vec<u64> = rows.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![0, 4, 8, 12]);
+    assert!(
+        rows[0]["loss"].is_null() && rows[0]["knn"].is_number(),
+        "{}",
+        rows[0]
+    );
+    assert!(
+        rows[3]["loss"].is_number() && rows[3]["knn"].is_number(),
+        "{}",
+        rows[3]
+    );
     // The resolved config records the overrides.
     let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(

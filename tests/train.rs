@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{config, ok, serial, shared_data, small_dataset};
+use common::{config, ok, serial, shared_data, small_dataset, step_rows};
 
 use burn::prelude::Device;
 use pretext::config::{resolve, PretrainConfig};
@@ -97,6 +97,7 @@ fn resume_gives_the_same_weights_and_losses_as_one_uninterrupted_run() {
         pretext::engine::metrics::read(&p.join("metrics.jsonl"))
             .unwrap()
             .iter()
+            .filter(|v| v.get("loss").is_some()) // not the k-NN monitor's rows
             .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
             .collect()
     };
@@ -314,7 +315,7 @@ const GAN_SMALL: &[&str] = &[
 
 /// The metrics every GAN task logs, each finite, on every logged step.
 fn assert_gan_metrics(run: &std::path::Path, steps: usize) {
-    let rows = pretext::engine::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let rows = step_rows(run);
     assert_eq!(rows.len(), steps);
     for row in &rows {
         for key in ["loss", "g_adv", "d_loss", "d_acc_real", "d_acc_fake"] {
@@ -451,10 +452,13 @@ fn a_resumed_gan_run_matches_an_uninterrupted_one() {
         pretext::engine::metrics::read(&p.join("metrics.jsonl"))
             .unwrap()
             .iter()
-            .map(|v| format!("{} {} {} {}", v["step"], v["loss"], v["d_loss"], v["g_adv"]))
+            .map(|v| {
+                let (s, l, d, g) = (&v["step"], &v["loss"], &v["d_loss"], &v["g_adv"]);
+                format!("{s} {l} {d} {g} {}", v["knn"])
+            })
             .collect()
     };
-    assert_eq!(rows(&a).len(), 6);
+    assert_eq!(step_rows(&a).len(), 6);
     assert_eq!(rows(&a), rows(&b));
     assert_eq!(straight.final_loss.to_bits(), resumed.final_loss.to_bits());
     let wa = std::fs::read(a.join("encoder.safetensors")).unwrap();
@@ -478,7 +482,7 @@ fn colorize_pretrains_on_photos_and_transfer_feeds_the_encoder_lightness() {
     ];
     args.extend_from_slice(GAN_SMALL);
     ok(&args);
-    let rows = pretext::engine::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let rows = step_rows(&run);
     assert_eq!(rows.len(), 6);
     assert!(rows.iter().all(|r| r["loss"].as_f64().unwrap().is_finite()));
     assert!(run.join("samples-colorize.png").exists());

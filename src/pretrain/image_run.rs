@@ -149,6 +149,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     let mut monitored = Monitored {
         inner: trainer.as_mut(),
         monitor,
+        failed: Default::default(),
     };
     let outcome = run_loop::run(
         &mut monitored,

@@ -107,10 +107,13 @@ impl KnnMonitor {
     }
 }
 
-/// An image task with the monitor as its held-out validation (`knn` in `metrics.jsonl`).
+/// An image task with the monitor as its held-out validation (`knn` in `metrics.jsonl`). A
+/// monitor that cannot read its images (a file that stopped decoding) is switched off with a
+/// warning: it must never stop the training it watches.
 pub struct Monitored<'a> {
     pub inner: &'a mut dyn ImageTrainer,
     pub monitor: Option<KnnMonitor>,
+    pub failed: std::cell::Cell<bool>,
 }
 
 impl Trainable for Monitored<'_> {
@@ -128,8 +131,14 @@ impl Trainable for Monitored<'_> {
     }
     fn validate(&self) -> Result<Vec<(String, f32)>> {
         let mut out = self.inner.validate()?;
-        if let Some(m) = &self.monitor {
-            out.push(("knn".into(), m.measure(&*self.inner)?));
+        if let (Some(m), false) = (&self.monitor, self.failed.get()) {
+            match m.measure(&*self.inner) {
+                Ok(acc) => out.push(("knn".into(), acc)),
+                Err(e) => {
+                    eprintln!("warning: k-NN monitor switched off: {e}");
+                    self.failed.set(true);
+                }
+            }
         }
         Ok(out)
     }

@@ -81,3 +81,13 @@ pub fn build(task: &str, cfg: &PretrainConfig, input: &InputSpec) -> Box<dyn Ima
     })
     .unwrap()
 }
+
+/// The rows of a run's `metrics.jsonl` written by training steps (those with a loss; not the
+/// k-NN monitor's or a language model's validation-only rows).
+pub fn step_rows(run: &std::path::Path) -> Vec<serde_json::Value> {
+    pretext::engine::metrics::read(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.get("loss").is_some())
+        .collect()
+}
