@@ -27,27 +27,9 @@ pub fn mean_pooled(
     pad_id: u32,
     device: &Device,
 ) -> Vec<f32> {
-    let b = docs.len();
-    let t = docs.iter().map(Vec::len).max().unwrap_or(1).max(1);
-    let mut ids = vec![pad_id as i64; b * t];
-    let mut pad = vec![true; b * t];
-    let mut w = vec![0f32; b * t];
-    for (r, doc) in docs.iter().enumerate() {
-        for (i, &tok) in doc.iter().enumerate() {
-            ids[r * t + i] = tok as i64;
-            pad[r * t + i] = false;
-            w[r * t + i] = 1.0 / doc.len() as f32;
-        }
-    }
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), device);
-    let pad = Tensor::<2, Bool>::from_data(TensorData::new(pad, [b, t]), device);
-    let w = Tensor::<3>::from_data(TensorData::new(w, [b, t, 1]), device);
-    // [b, t, d] · [b, t, 1] summed over t → [b, d]
-    let hidden = model.hidden(ids, Some(pad));
-    let [b, _, d] = hidden.dims();
-    (hidden * w)
-        .sum_dim(1)
-        .reshape([b, d])
+    let docs: Vec<&[u32]> = docs.iter().map(Vec::as_slice).collect();
+    model
+        .pooled(&docs, pad_id, None, device)
         .into_data()
         .try_into_vec::<f32>()
         .expect("f32 features")

@@ -32,11 +32,11 @@ impl Optimizers {
     }
 
     fn get(&mut self, name: &str) -> &mut ModuleOptimizer {
-        let names: Vec<&str> = self.named.iter().map(|(n, _)| *n).collect();
-        match self.named.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, o)) => o,
-            None => panic!("no optimiser named {name:?}; the task declares {names:?}"),
-        }
+        let Some(i) = self.named.iter().position(|(n, _)| *n == name) else {
+            let names: Vec<&str> = self.named.iter().map(|(n, _)| *n).collect();
+            panic!("no optimiser named {name:?}; the task declares {names:?}");
+        };
+        &mut self.named[i].1
     }
 
     /// One update of `module` with its gradients by the optimiser `name` at learning rate `lr`.

@@ -213,6 +213,45 @@ pub struct Transformer {
 }
 
 impl Transformer {
+    /// One vector per document ([b, d]): the documents' tokens padded on the right with `pad_id`
+    /// into one batch, then the final hidden states averaged over each document's tokens
+    /// (`cls: None`), or the state at its `<cls>` token, first (`Some(true)`) or last
+    /// (`Some(false)`). Every document has at least one token.
+    pub fn pooled(
+        &self,
+        docs: &[&[u32]],
+        pad_id: u32,
+        cls: Option<bool>,
+        device: &Device,
+    ) -> Tensor<2> {
+        let b = docs.len();
+        let t = docs.iter().map(|d| d.len()).max().unwrap_or(1).max(1);
+        let mut ids = vec![pad_id as i64; b * t];
+        let mut pad = vec![true; b * t];
+        let mut w = vec![0f32; b * t];
+        for (r, doc) in docs.iter().enumerate() {
+            let n = doc.len();
+            for (i, &tok) in doc.iter().enumerate() {
+                ids[r * t + i] = tok as i64;
+                pad[r * t + i] = false;
+            }
+            match cls {
+                None => w[r * t..r * t + n]
+                    .iter_mut()
+                    .for_each(|x| *x = 1.0 / n as f32),
+                Some(true) => w[r * t] = 1.0,
+                Some(false) => w[r * t + n - 1] = 1.0,
+            }
+        }
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), device);
+        let pad = Tensor::<2, Bool>::from_data(TensorData::new(pad, [b, t]), device);
+        let w = Tensor::<3>::from_data(TensorData::new(w, [b, t, 1]), device);
+        // [b, t, d] weighted by [b, t, 1], summed over t → [b, d]
+        let hidden = self.hidden(ids, Some(pad));
+        let [b, _, d] = hidden.dims();
+        (hidden * w).sum_dim(1).reshape([b, d])
+    }
+
     /// tokens [b, t] (t ≤ max_len) → final hidden states [b, t, d] (after the last LayerNorm).
     /// `pad`: [b, t], true at padding positions; they are hidden from every query (bidirectional
     /// model) — the causal model needs no padding mask when padding is on the right.

@@ -207,46 +207,7 @@ fn load_model(
     }
 }
 
-/// Token ids and a weight per position for pooling: [b, t] ids, [b, t] pad flags, [b, t, 1]
-/// pooling weights (1/len over the tokens for `mean`, 1 at the `<cls>` position for `cls`).
-fn pack(
-    batch: &[&Example],
-    pad_id: u32,
-    cls_first: Option<bool>,
-    device: &Device,
-) -> (Tensor<2, Int>, Tensor<2, Bool>, Tensor<3>) {
-    let b = batch.len();
-    let t = batch
-        .iter()
-        .map(|e| e.tokens.len())
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let mut ids = vec![pad_id as i64; b * t];
-    let mut pad = vec![true; b * t];
-    let mut w = vec![0f32; b * t];
-    for (r, e) in batch.iter().enumerate() {
-        let n = e.tokens.len();
-        for (i, &tok) in e.tokens.iter().enumerate() {
-            ids[r * t + i] = tok as i64;
-            pad[r * t + i] = false;
-        }
-        match cls_first {
-            None => w[r * t..r * t + n]
-                .iter_mut()
-                .for_each(|x| *x = 1.0 / n as f32),
-            Some(true) => w[r * t] = 1.0,
-            Some(false) => w[r * t + n - 1] = 1.0,
-        }
-    }
-    (
-        Tensor::from_data(TensorData::new(ids, [b, t]), device),
-        Tensor::from_data(TensorData::new(pad, [b, t]), device),
-        Tensor::from_data(TensorData::new(w, [b, t, 1]), device),
-    )
-}
-
-/// Pooled document vectors [b, d].
+/// One vector per example ([b, d]): mean of its final states, or the `<cls>` state.
 fn pooled(
     model: &Transformer,
     batch: &[&Example],
@@ -254,10 +215,8 @@ fn pooled(
     cls: Option<bool>,
     device: &Device,
 ) -> Tensor<2> {
-    let (ids, pad, w) = pack(batch, pad_id, cls, device);
-    let hidden = model.hidden(ids, Some(pad));
-    let [b, _, d] = hidden.dims();
-    (hidden * w).sum_dim(1).reshape([b, d])
+    let docs: Vec<&[u32]> = batch.iter().map(|e| e.tokens.as_slice()).collect();
+    model.pooled(&docs, pad_id, cls, device)
 }
 
 fn features(
