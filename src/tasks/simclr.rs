@@ -141,18 +141,15 @@ pub fn two_views(
 ) -> ClassBatch {
     let (c, h, w) = (input.channels, input.height, input.width);
     let n = images.len();
-    let mut pairs: Vec<(Img, Img)> = Vec::with_capacity(n);
-    for img in images {
-        let a = views.view(img, h, rng);
-        let b = views.view(img, h, rng);
-        pairs.push((a, b));
-    }
-    let mut out = Vec::with_capacity(2 * n * c * h * w);
-    for pick in [0, 1] {
-        for (a, b) in &pairs {
-            let mut v = if pick == 0 { a.clone() } else { b.clone() };
+    let plane = c * h * w;
+    // First views fill the first half, second views the second half.
+    let mut out = vec![0f32; 2 * n * plane];
+    let (first, second) = out.split_at_mut(n * plane);
+    for (i, img) in images.iter().enumerate() {
+        for half in [&mut *first, &mut *second] {
+            let mut v = views.view(img, h, rng);
             input.normalize(&mut v);
-            out.extend_from_slice(&v.data);
+            half[i * plane..(i + 1) * plane].copy_from_slice(&v.data);
         }
     }
     ClassBatch {
