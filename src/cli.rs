@@ -177,14 +177,15 @@ pub struct CompareArgs {
     pub data: String,
     /// Pretext tasks, comma-separated (see `pretext tasks`); tasks that do not apply to the data
     /// are listed as skipped with the reason.
-    #[arg(long, default_value = "rotation,context,jigsaw")]
+    #[arg(long, default_value = "rotation,context,jigsaw,simclr")]
     pub tasks: String,
     /// Label budgets per class, comma-separated numbers and/or `all`.
     #[arg(long, default_value = "1,10,100")]
     pub labels_per_class: String,
     /// Transfer protocols, comma-separated: linear, knn, finetune. The random baseline gets the
-    /// frozen ones (linear, knn); the scratch baseline is always evaluated with finetune.
-    #[arg(long, default_value = "linear,knn")]
+    /// frozen ones (linear, knn); the scratch baseline is always evaluated with finetune, so
+    /// every table answers "does pretraining beat training on the labels alone?".
+    #[arg(long, default_value = "linear,knn,finetune")]
     pub protocols: String,
     /// Pretraining steps per task.
     #[arg(long, default_value_t = 1000)]
@@ -294,6 +295,9 @@ pub struct DemoArgs {
     /// Override a pretraining key, e.g. --set steps=100.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Override a transfer key for every evaluation, e.g. --transfer-set finetune_steps=100.
+    #[arg(long = "transfer-set", value_name = "KEY=VALUE")]
+    pub transfer_set: Vec<String>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[arg(long, short)]

@@ -154,9 +154,14 @@ fn run(cli: Cli) -> Result<()> {
             println!("written to {}", path.display());
             Ok(())
         }
-        Command::Demo(a) => {
-            demo::run(&a.out, &a.set, device::parse(&a.device)?, a.quiet).map(|_| ())
-        }
+        Command::Demo(a) => demo::run(
+            &a.out,
+            &a.set,
+            &a.transfer_set,
+            device::parse(&a.device)?,
+            a.quiet,
+        )
+        .map(|_| ()),
         Command::Compare(a) => {
             let outcome = compare::run(&compare::CompareRequest {
                 device: device::parse(&a.device)?,

@@ -326,7 +326,7 @@ fn pretrain_refuses_to_overwrite_and_resumes() {
 
 #[test]
 fn demo_runs_end_to_end_on_the_builtin_data() {
-    // A shortened demo (the real one is 300 steps); checks the whole path and the table.
+    // A shortened demo (the real one is 1,000 steps); checks the whole path and the table.
     let dir = tmp();
     let out = dir.path().join("demo");
     let stdout = ok(&[
@@ -338,20 +338,43 @@ fn demo_runs_end_to_end_on_the_builtin_data() {
         "steps=10",
         "--set",
         "width=8",
+        "--transfer-set",
+        "finetune_steps=20",
     ]);
     assert!(
-        stdout.contains("rotation-pretrained") && stdout.contains("random weights"),
+        stdout.contains("simclr-pretrained")
+            && stdout.contains("random weights")
+            && stdout.contains("scratch")
+            && stdout.contains("fine-tune"),
         "{stdout}"
     );
     let rows: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("demo.json")).unwrap()).unwrap();
-    assert_eq!(rows.as_array().unwrap().len(), 2);
-    for row in rows.as_array().unwrap() {
-        for key in ["linear", "knn"] {
-            let mean = row[key][0].as_f64().unwrap();
-            assert!(mean > 0.2 && mean <= 1.0, "{key} {mean} in {row}");
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    // Which protocols each encoder gets: random weights are not fine-tuned, scratch is only
+    // fine-tuned.
+    let expect = [
+        ["linear", "knn", "finetune"].as_slice(),
+        &["linear", "knn"],
+        &["finetune"],
+    ];
+    for (row, keys) in rows.iter().zip(expect) {
+        for key in ["linear", "knn", "finetune"] {
+            if keys.contains(&key) {
+                let mean = row[key][0].as_f64().unwrap();
+                assert!(mean > 0.2 && mean <= 1.0, "{key} {mean} in {row}");
+            } else {
+                assert!(row[key].is_null(), "{key} in {row}");
+            }
         }
     }
+    // The baselines were built with the demo's width (8), like the pretrained encoder.
+    let scratch: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("transfer/scratch/finetune-10-seed0.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(scratch["n_train"], 100, "{scratch}");
     // Running it again replaces the earlier demo run instead of refusing.
     ok(&[
         "demo",
@@ -362,6 +385,8 @@ fn demo_runs_end_to_end_on_the_builtin_data() {
         "steps=2",
         "--set",
         "width=8",
+        "--transfer-set",
+        "finetune_steps=2",
     ]);
 }
 

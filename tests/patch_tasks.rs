@@ -49,13 +49,67 @@ fn overfitting_one_batch_drives_jigsaw_loss_down() {
 #[test]
 fn overfitting_one_batch_drives_context_loss_down() {
     let _serial = serial();
-    let (first, last) = overfit("context", &["lr=0.003"], 80);
+    let (first, last) = overfit("context", &["lr=0.003"], 160);
     // 8 positions: chance is ln 8 = 2.08.
     assert!(first > 1.6, "initial loss {first} should be near ln 8");
+    // Some (centre, neighbour) pairs of this batch are pixel-identical with different answers
+    // (blank background patches: the gap keeps patches apart, so corner ones often miss the
+    // object); no network can go below the entropy of those answers. The same batch, drawn with
+    // the same seed, gives that floor.
+    let floor = context_loss_floor();
+    println!("context: the floor of this batch is {floor:.4}");
     assert!(
-        last < 0.1,
-        "loss after 80 steps on one batch: {last} (from {first})"
+        last < floor + 0.1,
+        "loss after 160 steps on one batch: {last} (from {first}; floor {floor})"
     );
+}
+
+/// The smallest mean cross-entropy any model can reach on `overfit`'s context batch: pairs
+/// with identical inputs must share one prediction.
+fn context_loss_floor() -> f32 {
+    use pretext::tasks::context::{make_batch, ContextConfig};
+    let ds = small_dataset(8);
+    let input = InputSpec::from_images(&ds.train).unwrap();
+    let imgs: Vec<Img> = (0..8)
+        .map(|i| Img::from_u8(1, 28, 28, &ds.train.image(i).unwrap()))
+        .collect();
+    let cfg = ContextConfig::default();
+    let g = cfg.geometry(28, 28).unwrap();
+    let b = make_batch(
+        &imgs,
+        &cfg,
+        &g,
+        &input,
+        &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
+    );
+    let len = b.shape[1] * b.shape[2] * b.shape[3];
+    let key = |i: usize| -> Vec<u32> {
+        b.images[i * len..(i + 1) * len]
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    let pairs = cfg.pairs;
+    let mut groups: std::collections::HashMap<(Vec<u32>, Vec<u32>), Vec<u32>> = Default::default();
+    for (k, &label) in b.labels.iter().enumerate() {
+        let (image, j) = (k / pairs, k % pairs);
+        let base = image * (1 + pairs);
+        groups
+            .entry((key(base), key(base + 1 + j)))
+            .or_default()
+            .push(label);
+    }
+    let mut total = 0.0f64;
+    for labels in groups.values() {
+        let n = labels.len() as f64;
+        for c in 0..8u32 {
+            let m = labels.iter().filter(|&&l| l == c).count() as f64;
+            if m > 0.0 {
+                total -= m * (m / n).ln();
+            }
+        }
+    }
+    (total / b.labels.len() as f64) as f32
 }
 
 fn run(task: &str, dir: &Path, stop_after: Option<u64>, resume: bool) -> f32 {

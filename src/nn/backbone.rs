@@ -80,6 +80,15 @@ impl Backbone {
         }
     }
 
+    /// Set the running-statistics momentum of every batch norm (1 replaces the statistics
+    /// with the next batch's; 1/(k+1) at the k-th batch keeps their plain average).
+    pub fn set_bn_momentum(&mut self, momentum: f64) {
+        match self {
+            Self::Convnet(m) => m.set_bn_momentum(momentum),
+            Self::Resnet18(m) => m.set_bn_momentum(momentum),
+        }
+    }
+
     /// Width of the pooled feature vector.
     pub fn dim(&self) -> usize {
         match self {

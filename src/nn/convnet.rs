@@ -62,6 +62,13 @@ impl ConvNet {
         self.width * 8
     }
 
+    /// Set the running-statistics momentum of every batch norm.
+    pub fn set_bn_momentum(&mut self, momentum: f64) {
+        for s in &mut self.stages {
+            s.bn.momentum = momentum;
+        }
+    }
+
     pub fn stage_dim(&self, stage: usize) -> usize {
         self.width << (stage - 1)
     }

@@ -16,6 +16,52 @@ impl LinearHead {
         }
     }
 
+    /// A head whose weights and bias start at zero (a probe that has learnt nothing predicts
+    /// every class alike, and a weight no label moves stays zero).
+    pub fn zeros(dim: usize, classes: usize, device: &Device) -> Self {
+        Self {
+            fc: LinearConfig::new(dim, classes)
+                .with_initializer(burn::nn::Initializer::Zeros)
+                .init(device),
+        }
+    }
+
+    /// A head with the given weights (row-major [dim, classes]) and bias ([classes]).
+    pub fn from_affine(
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        dim: usize,
+        classes: usize,
+        device: &Device,
+    ) -> Self {
+        let mut fc = LinearConfig::new(dim, classes).init(device);
+        fc.weight = burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(weight, [dim, classes]),
+            device,
+        ));
+        fc.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(bias, [classes]),
+            device,
+        )));
+        Self { fc }
+    }
+
+    /// Weights (row-major [dim, classes]) and bias ([classes]).
+    pub fn affine(&self) -> (Vec<f32>, Vec<f32>) {
+        let w = self
+            .fc
+            .weight
+            .val()
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("f32");
+        let b = self.fc.bias.as_ref().map_or_else(
+            || vec![0.0; self.fc.weight.dims()[1]],
+            |b| b.val().into_data().try_into_vec::<f32>().expect("f32"),
+        );
+        (w, b)
+    }
+
     /// x: [batch, dim] → [batch, classes]
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         self.fc.forward(x)

@@ -72,6 +72,18 @@ pub struct ResNet {
 impl ResNet {
     pub const STAGES: usize = 4;
 
+    /// Set the running-statistics momentum of every batch norm.
+    pub fn set_bn_momentum(&mut self, momentum: f64) {
+        self.stem_bn.momentum = momentum;
+        for block in self.stages.iter_mut().flatten() {
+            block.bn1.momentum = momentum;
+            block.bn2.momentum = momentum;
+            if let Some(s) = &mut block.shortcut {
+                s.bn.momentum = momentum;
+            }
+        }
+    }
+
     /// ResNet-18 layout with base width `width` (64 in the paper).
     pub fn resnet18(in_channels: usize, width: usize, device: &Device) -> Self {
         let widths = [width, width * 2, width * 4, width * 8];

@@ -29,6 +29,9 @@ pub struct KnnMonitor {
     test: ImageSet,
     test_y: Vec<u32>,
     classes: usize,
+    /// The images the encoder's batch-norm statistics are re-estimated on before each
+    /// measurement (as `transfer` does), when that is on.
+    bn: Option<ImageSet>,
     /// The encoder's input normalisation.
     input: InputSpec,
     settings: frozen::FrozenSettings,
@@ -63,12 +66,19 @@ impl KnnMonitor {
             seed,
             ..Default::default()
         };
+        let bn = if cfg.bn_reestimate {
+            let idx = features::bn_sample(&dataset.train, seed);
+            Some(transform.apply(&dataset.train.subset(&idx))?)
+        } else {
+            None
+        };
         Ok(Some(Self {
             train,
             train_y: s.train_y,
             test,
             test_y: s.test_y,
             classes: s.classes,
+            bn,
             input,
             settings: cfg.frozen_settings(),
             device: device.clone(),
@@ -77,7 +87,11 @@ impl KnnMonitor {
 
     /// k-NN accuracy of `trainer`'s current encoder (last stage).
     pub fn measure(&self, trainer: &dyn ImageTrainer) -> Result<f32> {
-        let encoder = trainer.encoder();
+        let mut encoder = trainer.encoder();
+        if let Some(bn) = &self.bn {
+            let all: Vec<usize> = (0..bn.n).collect();
+            encoder = features::reestimate_bn(encoder, bn, &all, &self.input, &self.device)?;
+        }
         let all = |n: usize| (0..n).collect::<Vec<usize>>();
         let (train_x, dim) = features::extract(
             &encoder,
@@ -99,6 +113,7 @@ impl KnnMonitor {
             train_x,
             train_y: self.train_y.clone(),
             test_x,
+            pool_x: None,
             dim,
             classes: self.classes,
         };

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::{backbone, bind, Build, ClassBatch, FlatBatch, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
-use crate::data::augment::{crop, Img};
+use crate::data::augment::{crop, resize_bilinear, Img};
 use crate::data::loader::MakeBatch;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
@@ -59,12 +59,17 @@ pub const POSITION_NAMES: [&str; 8] = [
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ContextConfig {
-    /// Side of each square patch (default: a quarter of the image side).
+    /// Side of each square patch (default: a quarter of the image side, less where the gaps and
+    /// jitter would not fit).
     pub patch: Option<usize>,
-    /// Pixels between neighbouring patches (default: 15% of the patch, at least 1).
+    /// Pixels between neighbouring patches (default: 2 × jitter + 1; must exceed 2 × jitter, so
+    /// two neighbouring patches never touch whatever their jitter).
     pub gap: Option<usize>,
-    /// Largest random shift of each patch in y and x (default: 15% of the patch, at least 1).
+    /// Largest random shift of each patch in y and x (default: 4% of the image side, at least 1).
     pub jitter: Option<usize>,
+    /// Side the patches are resized to (bilinear) before the encoder, so that every stage of a
+    /// backbone sees real spatial input and not 1×1 maps (default: the patch side, at least 16).
+    pub input_size: Option<usize>,
     /// Neighbours asked about per image (1..=8, distinct positions).
     pub pairs: usize,
     /// On colour data, keep one random channel per patch and replace the others by noise.
@@ -81,6 +86,7 @@ impl Default for ContextConfig {
             patch: None,
             gap: None,
             jitter: None,
+            input_size: None,
             pairs: 8,
             color_drop: true,
             noise_std: 0.01,
@@ -95,6 +101,8 @@ pub struct Geometry {
     pub patch: usize,
     pub gap: usize,
     pub jitter: usize,
+    /// Side of the patches the encoder sees (resized from `patch`).
+    pub input: usize,
 }
 
 impl Geometry {
@@ -108,17 +116,35 @@ impl ContextConfig {
     /// Geometry for h×w images, or a config error saying what to change.
     pub fn geometry(&self, h: usize, w: usize) -> Result<Geometry> {
         let side = h.min(w);
-        let patch = self
-            .patch
-            .unwrap_or(((side as f32 * 0.25).round() as usize).max(2));
-        let auto = ((patch as f32 * 0.15).round() as usize).max(1);
+        let jitter = self
+            .jitter
+            .unwrap_or(((side as f32 * 0.04).round() as usize).max(1));
+        let gap = self.gap.unwrap_or(2 * jitter + 1);
+        let patch = self.patch.unwrap_or_else(|| {
+            let fits = side.saturating_sub(2 * gap + 2 * jitter) / 3;
+            ((side as f32 * 0.25).round() as usize).min(fits).max(2)
+        });
         let g = Geometry {
             patch,
-            gap: self.gap.unwrap_or(auto),
-            jitter: self.jitter.unwrap_or(auto),
+            gap,
+            jitter,
+            input: self.input_size.unwrap_or(patch.max(16)),
         };
         if patch == 0 {
             return Err(Error::config("context.patch", "must be at least 1"));
+        }
+        if g.input == 0 {
+            return Err(Error::config("context.input_size", "must be at least 1"));
+        }
+        if g.gap <= 2 * g.jitter {
+            return Err(Error::config(
+                "context.gap",
+                format!(
+                    "{} must be more than 2 × jitter ({}), or two neighbouring patches can touch \
+                     and the network can continue edges across the border",
+                    g.gap, g.jitter
+                ),
+            ));
         }
         if 4 * g.jitter >= g.patch + g.gap {
             return Err(Error::config(
@@ -254,9 +280,9 @@ pub fn make_batch(
     input: &InputSpec,
     rng: &mut impl Rng,
 ) -> ClassBatch {
-    let (c, p) = (input.channels, g.patch);
+    let (c, p, side) = (input.channels, g.patch, g.input);
     let per_image = 1 + config.pairs;
-    let mut out = Vec::with_capacity(images.len() * per_image * c * p * p);
+    let mut out = Vec::with_capacity(images.len() * per_image * c * side * side);
     let mut labels = Vec::with_capacity(images.len() * config.pairs);
     for img in images {
         let boxes = patch_boxes(g, img.h, img.w, rng);
@@ -267,6 +293,9 @@ pub fn make_batch(
         for pos in grid {
             let (y, x) = boxes[pos];
             let mut patch = crop(img, y, x, p, p);
+            if side != p {
+                patch = resize_bilinear(&patch, side, side);
+            }
             input.normalize(&mut patch);
             if c == 3 && config.color_drop {
                 drop_colour(&mut patch, config.noise_std, rng);
@@ -279,7 +308,7 @@ pub fn make_batch(
     // into [`NEIGHBOURS`]) as labels, n·pairs of them.
     ClassBatch {
         images: out,
-        shape: [images.len() * per_image, c, p, p],
+        shape: [images.len() * per_image, c, side, side],
         labels,
         drawn: images.len(),
     }
@@ -389,13 +418,13 @@ mod tests {
     fn default_geometry_scales_with_the_image() {
         let cfg = ContextConfig::default();
         let g = cfg.geometry(28, 28).unwrap();
-        assert_eq!((g.patch, g.gap, g.jitter), (7, 1, 1));
+        assert_eq!((g.patch, g.gap, g.jitter, g.input), (6, 3, 1, 16));
         assert!(g.extent() <= 28);
         for s in [32, 64, 96, 224] {
             assert!(cfg.geometry(s, s).unwrap().extent() <= s);
         }
         let g = cfg.geometry(96, 96).unwrap();
-        assert_eq!((g.patch, g.gap, g.jitter), (24, 4, 4));
+        assert_eq!((g.patch, g.gap, g.jitter, g.input), (23, 9, 4, 23));
         let err = ContextConfig {
             patch: Some(12),
             ..ContextConfig::default()
@@ -408,6 +437,7 @@ mod tests {
             "{err}"
         );
         let err = ContextConfig {
+            patch: Some(10),
             jitter: Some(7),
             ..ContextConfig::default()
         }
@@ -415,6 +445,38 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("ambiguous"), "{err}");
+        let err = ContextConfig {
+            gap: Some(2),
+            jitter: Some(1),
+            ..ContextConfig::default()
+        }
+        .geometry(28, 28)
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("context.gap") && err.contains("touch"),
+            "{err}"
+        );
+    }
+
+    /// Neighbouring patches never touch: at least one pixel between them in every draw.
+    #[test]
+    fn neighbouring_patches_never_touch() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        for s in [28, 32, 64, 96, 224] {
+            let g = ContextConfig::default().geometry(s, s).unwrap();
+            for _ in 0..2000 {
+                let b = patch_boxes(&g, s, s, &mut rng);
+                for r in 0..3 {
+                    for c in 0..2 {
+                        let (left, right) = (b[r * 3 + c], b[r * 3 + c + 1]);
+                        assert!(right.1 > left.1 + g.patch, "{s}px: {left:?} {right:?}");
+                        let (top, below) = (b[c * 3 + r], b[(c + 1) * 3 + r]);
+                        assert!(below.0 > top.0 + g.patch, "{s}px: {top:?} {below:?}");
+                    }
+                }
+            }
+        }
     }
 
     /// Which side (0 before, 1 level, 2 after) offset `d` puts a patch on, asserting that `d` is
@@ -441,8 +503,8 @@ mod tests {
                 30,
                 30,
                 ContextConfig {
-                    patch: Some(8),
-                    gap: Some(0),
+                    patch: Some(7),
+                    gap: Some(3),
                     jitter: Some(1),
                     ..ContextConfig::default()
                 },
@@ -479,15 +541,16 @@ mod tests {
         let img = Img::from_fn(1, h, w, |_, y, x| (y * w + x) as f32);
         let cfg = ContextConfig {
             pairs: 3,
+            input_size: Some(6),
             ..ContextConfig::default()
         };
         let g = cfg.geometry(h, w).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         let b = make_batch(&[img.clone(), img], &cfg, &g, &spec(1, h, w), &mut rng);
-        assert_eq!(b.shape, [8, 1, 7, 7]);
+        assert_eq!(b.shape, [8, 1, 6, 6]);
         assert_eq!(b.labels.len(), 6);
         assert_eq!(Context::items(&b), 2);
-        let len = 49;
+        let len = 36;
         let corner = |i: usize| {
             let v = b.images[i * len] as usize;
             (v / w, v % w)
@@ -500,8 +563,8 @@ mod tests {
                 assert!(seen.insert(class), "neighbours are distinct");
                 let pos = NEIGHBOURS[class];
                 let (y, x) = corner(k * 4 + 1 + j);
-                let dy = side(y as i64 - cy as i64, 8, 1);
-                let dx = side(x as i64 - cx as i64, 8, 1);
+                let dy = side(y as i64 - cy as i64, 9, 1);
+                let dx = side(x as i64 - cx as i64, 9, 1);
                 assert_eq!((dy, dx), ((pos / 3) as i64, (pos % 3) as i64));
             }
         }
@@ -519,7 +582,8 @@ mod tests {
         let g = cfg.geometry(32, 32).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let b = make_batch(&[img], &cfg, &g, &spec(3, 32, 32), &mut rng);
-        let plane = g.patch * g.patch;
+        let plane = g.input * g.input;
+        assert_eq!(b.shape, [2, 3, 16, 16], "8-px patches are resized to 16");
         for patch in b.images.chunks(3 * plane) {
             let kept: Vec<bool> = patch
                 .chunks(plane)

@@ -22,7 +22,9 @@ use super::permutations::{PermutationSet, MAX_SIZE};
 use super::{backbone, bind, Build, ClassBatch, FlatBatch, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
-use crate::data::augment::{color_jitter, crop, grayscale, random_resized_crop, Img};
+use crate::data::augment::{
+    color_jitter, crop, grayscale, random_resized_crop, resize_bilinear, Img,
+};
 use crate::data::loader::MakeBatch;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
@@ -56,6 +58,9 @@ pub struct JigsawConfig {
     pub crop_scale_min: f32,
     /// Side of each tile, taken at a random place inside its cell (default: 80% of the cell).
     pub tile: Option<usize>,
+    /// Side the tiles are resized to (bilinear) before the encoder, so that every stage of a
+    /// backbone sees real spatial input and not 1×1 maps (default: the tile side, at least 16).
+    pub input_size: Option<usize>,
     /// Normalise each tile to zero mean and unit variance on its own.
     pub tile_norm: bool,
     /// Share of colour images turned grey before cutting.
@@ -74,6 +79,7 @@ impl Default for JigsawConfig {
             crop: None,
             crop_scale_min: 0.7,
             tile: None,
+            input_size: None,
             tile_norm: true,
             grayscale_prob: 0.3,
             color_jitter: 0.4,
@@ -89,6 +95,8 @@ pub struct Geometry {
     pub crop: usize,
     pub cell: usize,
     pub tile: usize,
+    /// Side of the tiles the encoder sees (resized from `tile`).
+    pub input: usize,
 }
 
 impl JigsawConfig {
@@ -116,7 +124,16 @@ impl JigsawConfig {
                 format!("must be between 1 and the grid cell ({cell} pixels), found {tile}"),
             ));
         }
-        Ok(Geometry { crop, cell, tile })
+        let input = self.input_size.unwrap_or(tile.max(16));
+        if input == 0 {
+            return Err(Error::config("jigsaw.input_size", "must be at least 1"));
+        }
+        Ok(Geometry {
+            crop,
+            cell,
+            tile,
+            input,
+        })
     }
 
     fn validate(&self) -> Result<()> {
@@ -227,7 +244,7 @@ pub fn make_batch(
     rng: &mut impl Rng,
 ) -> ClassBatch {
     let c = input.channels;
-    let mut out = Vec::with_capacity(images.len() * 9 * c * g.tile * g.tile);
+    let mut out = Vec::with_capacity(images.len() * 9 * c * g.input * g.input);
     let mut labels = Vec::with_capacity(images.len());
     for img in images {
         let mut region = if config.crop_scale_min < 1.0 {
@@ -250,6 +267,9 @@ pub fn make_batch(
             .iter()
             .map(|&(y, x)| {
                 let mut t = crop(&region, y, x, g.tile, g.tile);
+                if g.input != g.tile {
+                    t = resize_bilinear(&t, g.input, g.input);
+                }
                 if config.color_jitter > 0.0 {
                     let s = config.color_jitter;
                     t = color_jitter(&t, s, s, s, rng);
@@ -272,7 +292,7 @@ pub fn make_batch(
     // image: the index of its permutation in the set.
     ClassBatch {
         images: out,
-        shape: [labels.len() * 9, c, g.tile, g.tile],
+        shape: [labels.len() * 9, c, g.input, g.input],
         drawn: labels.len(),
         labels,
     }
@@ -422,9 +442,9 @@ mod tests {
     fn default_geometry_scales_with_the_image() {
         let cfg = JigsawConfig::default();
         let g = cfg.geometry(28, 28).unwrap();
-        assert_eq!((g.crop, g.cell, g.tile), (27, 9, 7));
+        assert_eq!((g.crop, g.cell, g.tile, g.input), (27, 9, 7, 16));
         let g = cfg.geometry(96, 96).unwrap();
-        assert_eq!((g.crop, g.cell, g.tile), (96, 32, 25));
+        assert_eq!((g.crop, g.cell, g.tile, g.input), (96, 32, 25, 25));
         let big = JigsawConfig {
             crop: Some(40),
             ..JigsawConfig::default()
@@ -468,6 +488,7 @@ mod tests {
         let cfg = JigsawConfig {
             crop_scale_min: 1.0,
             tile: Some(9),
+            input_size: Some(9),
             tile_norm: false,
             color_jitter: 0.0,
             grayscale_prob: 0.0,
@@ -506,7 +527,8 @@ mod tests {
         let perms = PermutationSet::greedy(10, 0);
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         let b = make_batch(&[noise_img(3, 32, 5)], &cfg, &g, &perms, &input, &mut rng);
-        let n = 3 * g.tile * g.tile;
+        let n = 3 * g.input * g.input;
+        assert_eq!(b.shape, [9, 3, 16, 16], "8-px tiles are resized to 16");
         for t in b.images.chunks(n) {
             let mean = t.iter().sum::<f32>() / n as f32;
             let var = t.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n as f32;

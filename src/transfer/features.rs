@@ -1,4 +1,5 @@
-//! Frozen features: run an encoder (in inference mode, no autodiff) over a set of images.
+//! Frozen features: run an encoder (in inference mode, no autodiff) over a set of images, with
+//! its batch-norm statistics first re-estimated on the downstream images.
 
 use burn::module::Module;
 use burn::prelude::*;
@@ -48,4 +49,42 @@ pub fn extract(
         out.extend(f.into_data().try_into_vec::<f32>().expect("f32 features"));
     }
     Ok((out, dim))
+}
+
+/// Images the batch-norm statistics are re-estimated on, and the batch size of that pass.
+pub const BN_IMAGES: usize = 2048;
+const BN_BATCH: usize = 128;
+
+/// The images of `set` that batch-norm re-estimation uses: a seeded sample of at most
+/// [`BN_IMAGES`] (labels unused).
+pub fn bn_sample(set: &ImageSet, seed: u64) -> Vec<usize> {
+    super::split::sample_limit((0..set.n).collect(), BN_IMAGES, seed ^ 0xb4)
+}
+
+/// `encoder` with every batch norm's running mean and variance replaced by their average over
+/// batches of `set[idx]` (the encoder was pretrained on other inputs: augmented views, patches,
+/// another dataset; or, with random weights, has never seen any). Weights are unchanged.
+pub fn reestimate_bn(
+    encoder: Backbone,
+    set: &ImageSet,
+    idx: &[usize],
+    input: &InputSpec,
+    device: &Device,
+) -> Result<Backbone, DataError> {
+    let ad = device.clone().autodiff();
+    let mut enc = encoder.valid().to_device(&ad).train();
+    for (k, chunk) in idx.chunks(BN_BATCH).enumerate() {
+        if chunk.len() < 2 {
+            break;
+        }
+        enc.set_bn_momentum(1.0 / (k + 1) as f64);
+        let x = normalized_images(set, chunk, input)?;
+        let x = Tensor::<4>::from_data(
+            TensorData::new(x, [chunk.len(), set.channels, set.height, set.width]),
+            &ad,
+        );
+        let _ = enc.features(x.detach());
+    }
+    enc.set_bn_momentum(0.1);
+    Ok(enc.valid().to_device(device))
 }

@@ -47,10 +47,12 @@ impl Classifier {
     }
 }
 
-/// Fine-tune `encoder` on `train` (labelled), return accuracy on `test`.
+/// Fine-tune `encoder` and a linear head (`head`, or a random one) on `train` (labelled),
+/// return accuracy on `test`.
 #[allow(clippy::too_many_arguments)]
 pub fn finetune(
     encoder: Backbone,
+    head: Option<LinearHead>,
     train: ImageSet,
     test: &ImageSet,
     test_idx: &[usize],
@@ -61,7 +63,10 @@ pub fn finetune(
 ) -> Result<f32, DataError> {
     let ad = device.clone().autodiff();
     let dim = encoder.dim();
-    let head = crate::device::seeded(&ad, s.seed, || LinearHead::new(dim, classes, &ad));
+    let head = match head {
+        Some(h) => h.to_device(&ad),
+        None => crate::device::seeded(&ad, s.seed, || LinearHead::new(dim, classes, &ad)),
+    };
     let mut model = Some(Classifier {
         backbone: encoder.to_device(&ad).train(),
         head,

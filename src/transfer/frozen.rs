@@ -19,6 +19,9 @@ pub struct Features {
     pub train_x: Vec<f32>,
     pub train_y: Vec<u32>,
     pub test_x: Vec<f32>,
+    /// Features of unlabelled rows of the training pool (the linear probe's standardiser is
+    /// fitted on them); `None` fits it on the labelled rows.
+    pub pool_x: Option<Vec<f32>>,
     pub dim: usize,
     pub classes: usize,
 }
@@ -27,7 +30,14 @@ pub struct Features {
 pub fn predict(protocol: Protocol, f: Features, s: &FrozenSettings, device: &Device) -> Vec<u32> {
     match protocol {
         Protocol::Linear => linear_probe_predict(
-            f.train_x, &f.train_y, f.test_x, f.dim, f.classes, &s.probe, device,
+            f.train_x,
+            &f.train_y,
+            f.test_x,
+            f.pool_x.as_deref(),
+            f.dim,
+            f.classes,
+            &s.probe,
+            device,
         ),
         Protocol::Knn => knn::knn_predict(
             f.train_x,

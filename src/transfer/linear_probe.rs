@@ -1,4 +1,9 @@
 //! Linear probe: a linear classifier trained on frozen, standardised encoder features.
+//!
+//! The standardiser is fitted on a sample of the unlabelled training pool (no labels needed), not
+//! on the few labelled rows: a feature that happens to be constant on 10 labelled images would
+//! otherwise be multiplied by ~1e6 at test time. Its spread is floored at 1% of the typical
+//! feature's, and the head starts at zero, so a weight that the labels never move stays zero.
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -20,7 +25,11 @@ pub struct ProbeSettings {
     pub seed: u64,
 }
 
-/// Per-dimension mean and std of row-major features [n, dim].
+/// How many unlabelled pool rows the standardiser is fitted on.
+pub const STANDARDIZER_POOL: usize = 2048;
+
+/// Per-dimension mean and std of row-major features [n, dim]; each std is at least 1% of the
+/// mean std over all dimensions (and 1e-6), so a near-constant feature is not blown up.
 pub fn standardizer(x: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
     let n = (x.len() / dim).max(1) as f64;
     let mut mean = vec![0f64; dim];
@@ -32,11 +41,13 @@ pub fn standardizer(x: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
         }
     }
     let mean: Vec<f32> = mean.iter().map(|m| (m / n) as f32).collect();
-    let std = sq
+    let std: Vec<f32> = sq
         .iter()
         .zip(&mean)
-        .map(|(s, &m)| ((s / n - (m as f64).powi(2)).max(0.0).sqrt() as f32).max(1e-6))
+        .map(|(s, &m)| (s / n - (m as f64).powi(2)).max(0.0).sqrt() as f32)
         .collect();
+    let floor = (1e-2 * std.iter().sum::<f32>() / dim.max(1) as f32).max(1e-6);
+    let std = std.into_iter().map(|s| s.max(floor)).collect();
     (mean, std)
 }
 
@@ -55,30 +66,72 @@ pub fn linear_probe(
     train_y: &[u32],
     test_x: Vec<f32>,
     test_y: &[u32],
+    pool_x: Option<&[f32]>,
     dim: usize,
     classes: usize,
     s: &ProbeSettings,
     device: &Device,
 ) -> f32 {
-    let pred = linear_probe_predict(train_x, train_y, test_x, dim, classes, s, device);
+    let pred = linear_probe_predict(train_x, train_y, test_x, pool_x, dim, classes, s, device);
     super::scores::accuracy(&pred, test_y)
 }
 
-/// Train on (train_x, train_y), return the predicted class of every row of test_x.
+/// Train on (train_x, train_y), return the predicted class of every row of test_x. The
+/// standardiser is fitted on `pool_x` (unlabelled rows of the training pool) when given, else on
+/// the labelled rows.
+#[allow(clippy::too_many_arguments)]
 pub fn linear_probe_predict(
-    mut train_x: Vec<f32>,
+    train_x: Vec<f32>,
     train_y: &[u32],
-    mut test_x: Vec<f32>,
+    test_x: Vec<f32>,
+    pool_x: Option<&[f32]>,
     dim: usize,
     classes: usize,
     s: &ProbeSettings,
     device: &Device,
 ) -> Vec<u32> {
-    let (mean, std) = standardizer(&train_x, dim);
+    let head = train_probe(train_x, train_y, pool_x, dim, classes, s, device).folded(device);
+    predict(|x| head.forward(x), &test_x, dim, device)
+}
+
+/// A trained probe: a linear head over standardised features and the standardiser.
+pub struct TrainedProbe {
+    pub head: LinearHead,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl TrainedProbe {
+    /// The same classifier as one linear layer over raw features (the standardiser folded into
+    /// the weights: w' = w / std, b' = b − Σ w·mean / std), e.g. to start fine-tuning from.
+    pub fn folded(&self, device: &Device) -> LinearHead {
+        let (mut w, mut b) = self.head.affine();
+        let classes = b.len();
+        for (j, row) in w.chunks_mut(classes).enumerate() {
+            for (k, v) in row.iter_mut().enumerate() {
+                *v /= self.std[j];
+                b[k] -= *v * self.mean[j];
+            }
+        }
+        LinearHead::from_affine(w, b, self.mean.len(), classes, device)
+    }
+}
+
+/// Train a probe on (train_x, train_y), the standardiser fitted on `pool_x` when given.
+#[allow(clippy::too_many_arguments)]
+pub fn train_probe(
+    mut train_x: Vec<f32>,
+    train_y: &[u32],
+    pool_x: Option<&[f32]>,
+    dim: usize,
+    classes: usize,
+    s: &ProbeSettings,
+    device: &Device,
+) -> TrainedProbe {
+    let (mean, std) = standardizer(pool_x.unwrap_or(&train_x), dim);
     standardize(&mut train_x, dim, &mean, &std);
-    standardize(&mut test_x, dim, &mean, &std);
     let ad = device.clone().autodiff();
-    let mut head = crate::device::seeded(&ad, s.seed, || LinearHead::new(dim, classes, &ad));
+    let mut head = LinearHead::zeros(dim, classes, &ad);
     let mut optim = AdamWConfig::new()
         .with_weight_decay(s.weight_decay as f32)
         .init();
@@ -108,8 +161,11 @@ pub fn linear_probe_predict(
         let lr = lr_at(step, s.lr, s.steps / 20, s.steps, 0.0);
         head = optim.step(lr, head, grads);
     }
-    let head = head.valid().to_device(device);
-    predict(|x| head.forward(x), &test_x, dim, device)
+    TrainedProbe {
+        head: head.valid().to_device(device),
+        mean,
+        std,
+    }
 }
 
 /// The arg-max class of a classifier over row-major features, evaluated in chunks.
@@ -184,7 +240,77 @@ mod tests {
             weight_decay: 0.0,
             seed: 0,
         };
-        let acc = linear_probe(x.clone(), &y, x, &y, dim, 2, &s, &Device::flex());
+        let acc = linear_probe(x.clone(), &y, x, &y, None, dim, 2, &s, &Device::flex());
         assert!(acc > 0.95, "accuracy {acc}");
+    }
+
+    #[test]
+    fn a_feature_constant_on_the_labelled_rows_is_scaled_by_the_pool() {
+        // Feature 1 is 0 on every labelled row but spreads over the pool: fitted on the labelled
+        // rows its std would be the floor and a test value of 1 would become huge.
+        let dim = 2;
+        let train = vec![1.0, 0.0, -1.0, 0.0, 1.1, 0.0, -0.9, 0.0];
+        let pool: Vec<f32> = (0..100)
+            .flat_map(|i| [((i % 2) as f32) * 2.0 - 1.0, (i as f32 / 50.0) - 1.0])
+            .collect();
+        let (mean, std) = standardizer(&pool, dim);
+        assert!((std[1] - 0.577).abs() < 0.01, "pool std {std:?}");
+        let mut test = vec![1.0, 1.0];
+        standardize(&mut test, dim, &mean, &std);
+        assert!(test[1].abs() < 2.0, "standardised {test:?}");
+        let (_, labelled_std) = standardizer(&train, dim);
+        assert!(
+            labelled_std[1] >= 1e-2 * 0.5,
+            "floored std {labelled_std:?}"
+        );
+    }
+
+    #[test]
+    fn the_untrained_probe_predicts_every_class_alike() {
+        // Zero-initialised head: with no steps the logits are equal and arg-max picks class 0.
+        let s = ProbeSettings {
+            steps: 0,
+            batch_size: 4,
+            lr: 0.01,
+            weight_decay: 0.0,
+            seed: 3,
+        };
+        let x = vec![1.0, -2.0, 0.5, 3.0, -1.0, 0.2];
+        let pred = linear_probe_predict(x.clone(), &[0, 1, 2], x, None, 2, 3, &s, &Device::flex());
+        assert_eq!(pred, vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn the_folded_probe_gives_the_same_logits_on_raw_features() {
+        let (dim, classes) = (3, 2);
+        let x: Vec<f32> = (0..60).map(|i| ((i * 7) % 11) as f32 * 0.3 - 1.0).collect();
+        let y: Vec<u32> = (0..20).map(|i| (i % 2) as u32).collect();
+        let s = ProbeSettings {
+            steps: 50,
+            batch_size: 8,
+            lr: 0.05,
+            weight_decay: 0.0,
+            seed: 1,
+        };
+        let d = Device::flex();
+        let p = train_probe(x.clone(), &y, None, dim, classes, &s, &d);
+        let mut standardised = x.clone();
+        standardize(&mut standardised, dim, &p.mean, &p.std);
+        let raw = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [20, dim]), &d);
+        let a = p
+            .head
+            .forward(raw(standardised))
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        let b = p
+            .folded(&d)
+            .forward(raw(x))
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        for (a, b) in a.iter().zip(&b) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
     }
 }

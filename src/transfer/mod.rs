@@ -84,6 +84,14 @@ impl Protocol {
     }
 }
 
+/// Where fine-tuning's linear head starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinetuneHead {
+    Probe,
+    Random,
+}
+
 /// Transfer settings (`--set key=value`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
@@ -107,6 +115,15 @@ pub struct TransferConfig {
     pub finetune_weight_decay: f64,
     pub finetune_crop_scale_min: f32,
     pub finetune_flip: bool,
+    /// Where fine-tuning's head starts: `random` (default), or `probe`: a linear probe trained
+    /// on the frozen features of the labelled images first (LP-FT, Kumar et al. 2022), so the
+    /// first steps do not push a random head's gradients through the encoder. Measured on the
+    /// built-in data (SimCLR, width 16, 10 labels per class) it did not help: 0.718 vs 0.720
+    /// pretrained, 0.690 vs 0.702 from scratch.
+    pub finetune_head: FinetuneHead,
+    /// Linear and k-NN: re-estimate the encoder's batch-norm statistics on (up to 2,048 of) the
+    /// downstream training images, labels unused, before taking features.
+    pub bn_reestimate: bool,
     /// Evaluate on at most this many test images; 0 = all.
     pub test_limit: usize,
     /// Folder images are resized to this square size (when not given by the run).
@@ -133,6 +150,8 @@ impl Default for TransferConfig {
             finetune_weight_decay: 5e-4,
             finetune_crop_scale_min: 0.8,
             finetune_flip: true,
+            finetune_head: FinetuneHead::Random,
+            bn_reestimate: true,
             test_limit: 0,
             image_size: 32,
             workers: 0,
@@ -256,6 +275,16 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
 
     let (encoder, input) = load_source(&req.from, dataset, cfg, &req.device)?;
     input.check(&dataset.train, &dataset.name)?;
+    // (Fine-tuning's probe-first head is trained on these features too; fine-tuning then
+    // replaces the statistics as it trains.)
+    let probe_first =
+        protocol_of(req) == Protocol::Finetune && cfg.finetune_head == FinetuneHead::Probe;
+    let encoder = if cfg.bn_reestimate && (protocol_of(req) != Protocol::Finetune || probe_first) {
+        let idx = features::bn_sample(&dataset.train, cfg.seed);
+        features::reestimate_bn(encoder, &dataset.train, &idx, &input, &req.device)?
+    } else {
+        encoder
+    };
     let stage = if cfg.stage == 0 {
         encoder.stages()
     } else {
@@ -267,11 +296,7 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
             format!("the encoder has {} stages, found {stage}", encoder.stages()),
         ));
     }
-    let protocol = if req.from == Source::Scratch {
-        Protocol::Finetune
-    } else {
-        req.protocol
-    };
+    let protocol = protocol_of(req);
     if req.from == Source::Scratch && req.protocol != Protocol::Finetune {
         return Err(Error::Usage(
             "--from scratch trains the encoder on the labels, so it needs --protocol finetune"
@@ -296,10 +321,30 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
                 Some(stage),
                 &req.device,
             )?;
+            // The linear probe's standardiser is fitted on unlabelled images of the pool.
+            let pool_x = if protocol == Protocol::Linear {
+                let pool = split::sample_limit(
+                    (0..dataset.train.n).collect(),
+                    linear_probe::STANDARDIZER_POOL,
+                    cfg.seed,
+                );
+                let (x, _) = features::extract(
+                    &encoder,
+                    &dataset.train,
+                    &pool,
+                    &input,
+                    Some(stage),
+                    &req.device,
+                )?;
+                Some(x)
+            } else {
+                None
+            };
             let f = frozen::Features {
                 train_x,
                 train_y,
                 test_x,
+                pool_x,
                 dim,
                 classes,
             };
@@ -309,6 +354,43 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
             )
         }
         Protocol::Finetune => {
+            let head = match cfg.finetune_head {
+                FinetuneHead::Random => None,
+                FinetuneHead::Probe => {
+                    let last = Some(encoder.stages());
+                    let (train_x, dim) = features::extract(
+                        &encoder,
+                        &dataset.train,
+                        &chosen,
+                        &input,
+                        last,
+                        &req.device,
+                    )?;
+                    let pool = split::sample_limit(
+                        (0..dataset.train.n).collect(),
+                        linear_probe::STANDARDIZER_POOL,
+                        cfg.seed,
+                    );
+                    let (pool_x, _) = features::extract(
+                        &encoder,
+                        &dataset.train,
+                        &pool,
+                        &input,
+                        last,
+                        &req.device,
+                    )?;
+                    let probe = linear_probe::train_probe(
+                        train_x,
+                        &train_y,
+                        Some(&pool_x),
+                        dim,
+                        classes,
+                        &cfg.frozen_settings().probe,
+                        &req.device,
+                    );
+                    Some(probe.folded(&req.device))
+                }
+            };
             let s = finetune::FinetuneSettings {
                 steps: cfg.finetune_steps,
                 batch_size: cfg.finetune_batch_size,
@@ -326,6 +408,7 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
             };
             finetune::finetune(
                 encoder,
+                head,
                 dataset.train.subset(&chosen),
                 test_set,
                 &test_idx,
@@ -362,6 +445,15 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
     ));
     write_atomic(&path, &serde_json::to_vec_pretty(&result).expect("json"))?;
     Ok((result, path))
+}
+
+/// The protocol a request runs (training from scratch is always fine-tuning).
+fn protocol_of(req: &TransferRequest) -> Protocol {
+    if req.from == Source::Scratch {
+        Protocol::Finetune
+    } else {
+        req.protocol
+    }
 }
 
 /// Build the encoder (on the plain, non-autodiff device) and the input spec it expects.

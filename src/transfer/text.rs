@@ -36,6 +36,10 @@ use crate::fsio::write_atomic;
 use crate::nn::heads::LinearHead;
 use crate::nn::transformer::{Transformer, TransformerSpec};
 
+/// How many unlabelled pool documents the linear probe's standardiser is fitted on (fewer than
+/// for images: a document costs a transformer pass of up to `max_tokens`).
+const TEXT_STANDARDIZER_POOL: usize = 1024;
+
 /// Text transfer settings (`pretext transfer --set key=value`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
@@ -363,10 +367,23 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
         Protocol::Linear | Protocol::Knn => {
             let (train_x, dim) = features(&model, &chosen, pad_id, cls, &req.device);
             let (test_x, _) = features(&model, &test_refs, pad_id, cls, &req.device);
+            // The linear probe's standardiser is fitted on unlabelled documents of the pool.
+            let pool_x = if req.protocol == Protocol::Linear {
+                let idx = super::split::sample_limit(
+                    (0..pool.len()).collect(),
+                    TEXT_STANDARDIZER_POOL,
+                    cfg.seed,
+                );
+                let docs: Vec<&Example> = idx.iter().map(|&i| &pool[i]).collect();
+                Some(features(&model, &docs, pad_id, cls, &req.device).0)
+            } else {
+                None
+            };
             let f = frozen::Features {
                 train_x,
                 train_y: train_y.clone(),
                 test_x,
+                pool_x,
                 dim,
                 classes,
             };
