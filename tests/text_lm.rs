@@ -262,6 +262,64 @@ fn masked_lm_pretrains_and_its_features_transfer() {
         dir.path().join("s").to_str().unwrap(),
         "-q",
     ]);
+    // That run never saw these documents, so nothing is left out of the evaluation.
+    assert_eq!(result["left_out_pretrained_on"], 0, "{result}");
+
+    // A run pretrained on the labelled file itself with val_fraction 0.1 trained on part of
+    // transfer's held-out 20%: those documents are left out of the evaluation and counted.
+    let on_docs = dir.path().join("on-docs");
+    let mut a = vec![
+        "pretrain",
+        "--task",
+        "masked-lm",
+        "--data",
+        &data,
+        "--set",
+        "text_field=body",
+        "--set",
+        "steps=2",
+        "--out",
+        on_docs.to_str().unwrap(),
+    ];
+    a.extend_from_slice(SMALL);
+    ok(&a);
+    let out = pretext(&[
+        "transfer",
+        "--from",
+        on_docs.to_str().unwrap(),
+        "--labels-per-class",
+        "8",
+        "--protocol",
+        "knn",
+        "--set",
+        "text_field=body",
+        "--set",
+        "label_field=kind",
+        "--out",
+        dir.path().join("o").to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("were pretraining text"),
+        "{out:?}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("o/knn-8-mean-seed0.json")).unwrap())
+            .unwrap();
+    use pretext::data::corpus::is_validation;
+    let test: Vec<u64> = (0..200).filter(|&i| is_validation(0, i, 0.2)).collect();
+    let trained = test.iter().filter(|&&i| !is_validation(0, i, 0.1)).count();
+    assert!(trained > 0, "the hash splits are nested");
+    assert_eq!(r["left_out_pretrained_on"], trained, "{r}");
+    assert_eq!(r["n_test"], test.len() - trained, "{r}");
+    assert!(
+        r["tokenizer_trained_on"]
+            .as_str()
+            .unwrap()
+            .contains("all documents"),
+        "{r}"
+    );
 }
 
 #[test]

@@ -45,7 +45,9 @@ pub struct TextConfig {
     pub min_lr_ratio: f64,
     /// Clip every parameter's gradient to this L2 norm (burn clips per tensor); 0 = off.
     pub grad_clip: f64,
-    /// Fraction of documents (paragraphs / JSON lines) held out for validation.
+    /// Fraction of documents (paragraphs / JSON lines) held out for validation. The default
+    /// equals `transfer`'s `test_fraction` (same hash, same seed 0), so the documents a transfer
+    /// tests on were never pretraining text.
     pub val_fraction: f64,
     /// Validation loss every N steps (and at the end).
     pub eval_every: u64,
@@ -85,7 +87,7 @@ impl Default for TextConfig {
             warmup_steps: 100,
             min_lr_ratio: 0.1,
             grad_clip: 1.0,
-            val_fraction: 0.05,
+            val_fraction: 0.2,
             eval_every: 200,
             eval_batches: 8,
             log_every: 10,

@@ -174,6 +174,50 @@ pub struct TextTransferResult {
     pub seed: u64,
     pub wall_s: f64,
     pub evaluated_on: String,
+    /// Held-out documents left out because the pretrained run (or `like`) trained on them.
+    #[serde(default)]
+    pub left_out_pretrained_on: usize,
+    /// Which documents the tokenizer was trained on (labels are never used for it).
+    #[serde(default)]
+    pub tokenizer_trained_on: String,
+}
+
+/// What a pretrained text run saw: its data, the (seed, fraction) of its held-out split, and
+/// which documents its tokenizer was trained on.
+struct RunText {
+    run: PathBuf,
+    data: String,
+    seed: u64,
+    val_fraction: f64,
+    tokenizer: String,
+}
+
+impl RunText {
+    /// `None` for a run without a readable `config.toml` (nothing known to exclude).
+    fn read(run: &Path) -> Option<Self> {
+        let cfg: crate::config::TextConfig =
+            crate::config::from_toml_file(&run.join("config.toml")).ok()?;
+        let tokenizer = match cfg.tokenizer.as_str() {
+            "" => format!(
+                "all documents of {} (byte-level BPE trained by the run, no labels)",
+                cfg.data
+            ),
+            "bytes" => "none (byte-level, untrained)".to_string(),
+            path => format!("{path} (given to the run)"),
+        };
+        Some(Self {
+            run: run.to_path_buf(),
+            data: cfg.data,
+            seed: cfg.seed,
+            val_fraction: cfg.val_fraction,
+            tokenizer,
+        })
+    }
+
+    /// Whether the run trained on document `index` of `data`.
+    fn trained_on(&self, data: &str, index: u64) -> bool {
+        self.data == data && !is_validation(self.seed, index, self.val_fraction)
+    }
 }
 
 /// One labelled document, tokenized.
@@ -286,6 +330,14 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
     };
     // `<cls>`: last for the causal model, first for the bidirectional one.
     let cls = (cfg.pool == "cls").then_some(!spec.causal);
+    // The run whose pretraining text must not be tested on: the pretrained one, or the run the
+    // baselines are built like (so both are evaluated on the same documents).
+    let seen = match &req.from {
+        Source::Run(run) => RunText::read(run),
+        _ if !cfg.like.is_empty() => RunText::read(Path::new(&cfg.like)),
+        _ => None,
+    };
+    let mut left_out = 0usize;
     let mut names: BTreeMap<String, u32> = BTreeMap::new();
     let mut raw: Vec<(Vec<u32>, String, bool)> = Vec::new();
     for doc in source.docs() {
@@ -308,7 +360,30 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
             None => {}
         }
         let test = is_validation(cfg.split_seed, doc.index, cfg.test_fraction);
+        if test
+            && seen
+                .as_ref()
+                .is_some_and(|r| r.trained_on(&data, doc.index))
+        {
+            // Pretraining text: testing on it would flatter the pretrained model.
+            left_out += 1;
+            continue;
+        }
         raw.push((tokens, label, test));
+    }
+    if left_out > 0 {
+        let r = seen.as_ref().expect("a run");
+        eprintln!(
+            "warning: {left_out} held-out documents of {data} were pretraining text of {} (its \
+             val_fraction {} with seed {} does not cover test_fraction {} with split_seed {}); \
+             they are left out of the evaluation. Pretrain with val_fraction >= test_fraction \
+             and seed = split_seed to test on all of them.",
+            r.run.display(),
+            r.val_fraction,
+            r.seed,
+            cfg.test_fraction,
+            cfg.split_seed
+        );
     }
     if names.len() < 2 {
         return Err(Error::Usage(format!(
@@ -414,11 +489,27 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
         majority_accuracy: majority,
         seed: cfg.seed,
         wall_s: t0.elapsed().as_secs_f64(),
-        evaluated_on: format!(
-            "held-out {:.0}% of the documents (split_seed {})",
-            cfg.test_fraction * 100.0,
-            cfg.split_seed
-        ),
+        evaluated_on: if left_out > 0 {
+            format!(
+                "held-out {:.0}% of the documents (split_seed {}), less {left_out} the pretrained run trained on",
+                cfg.test_fraction * 100.0,
+                cfg.split_seed
+            )
+        } else {
+            format!(
+                "held-out {:.0}% of the documents (split_seed {})",
+                cfg.test_fraction * 100.0,
+                cfg.split_seed
+            )
+        },
+        left_out_pretrained_on: left_out,
+        tokenizer_trained_on: match &seen {
+            Some(r) => r.tokenizer.clone(),
+            None if matches!(req.from, Source::Run(_)) || !cfg.like.is_empty() => {
+                "unknown (the run has no readable config.toml)".to_string()
+            }
+            None => "none (byte-level, untrained)".to_string(),
+        },
     };
     let dir = match (&req.out, &req.from) {
         (Some(d), _) => d.clone(),
