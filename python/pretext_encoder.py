@@ -126,6 +126,11 @@ class Encoder(nn.Module):
         self.register_buffer("std", torch.tensor(pre["std"], dtype=torch.float32).view(1, c, 1, 1))
 
     def normalize(self, x):
+        if self.config["preprocessing"].get("per_image", False):
+            # Each image standardised on its own (a jigsaw encoder), std floored at 0.02.
+            m = x.mean(dim=(1, 2, 3), keepdim=True)
+            s = (x - m).pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(0.02)
+            return (x - m) / s
         return (x - self.mean) / self.std
 
     def features_at(self, x, stage):

@@ -70,6 +70,23 @@ pub struct InputSpec {
     pub mean: Vec<f32>,
     /// Per-channel standard deviation of the training images.
     pub std: Vec<f32>,
+    /// Instead of (x − mean) / std: standardise each image on its own, over all its pixels and
+    /// channels (std floored at [`PER_IMAGE_STD_FLOOR`]) — what jigsaw does to every tile, so its
+    /// encoder is fed the same way at transfer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_image: bool,
+}
+
+/// The smallest spread a per-image standardisation divides by (a blank image stays near 0).
+pub const PER_IMAGE_STD_FLOOR: f32 = 0.02;
+
+/// Standardise `data` (one image) to zero mean and unit variance, std floored.
+pub fn standardize_image(data: &mut [f32]) {
+    let n = data.len().max(1) as f32;
+    let mean = data.iter().sum::<f32>() / n;
+    let var = data.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n;
+    let std = var.sqrt().max(PER_IMAGE_STD_FLOOR);
+    data.iter_mut().for_each(|v| *v = (*v - mean) / std);
 }
 
 impl InputSpec {
@@ -104,6 +121,7 @@ impl InputSpec {
             width: set.width,
             mean,
             std,
+            per_image: false,
         })
     }
 
@@ -122,13 +140,91 @@ impl InputSpec {
     pub fn normalize_tensor(&self, x: burn::prelude::Tensor<4>) -> burn::prelude::Tensor<4> {
         use burn::prelude::Tensor;
         let (device, c) = (x.device(), self.channels);
+        if self.per_image {
+            let [b, c, h, w] = x.dims();
+            let flat = x.reshape([b, c * h * w]);
+            let mean = flat.clone().mean_dim(1);
+            let centred = flat - mean;
+            let std = centred
+                .clone()
+                .powi_scalar(2)
+                .mean_dim(1)
+                .sqrt()
+                .clamp_min(PER_IMAGE_STD_FLOOR);
+            return (centred / std).reshape([b, c, h, w]);
+        }
         let mean = Tensor::<1>::from_floats(self.mean.as_slice(), &device).reshape([1, c, 1, 1]);
         let std = Tensor::<1>::from_floats(self.std.as_slice(), &device).reshape([1, c, 1, 1]);
         (x - mean) / std
     }
 
-    /// Normalise one image in place: (x - mean) / std per channel.
+    /// Normalise one image in place: (x - mean) / std per channel, or each image on its own
+    /// when `per_image`.
     pub fn normalize(&self, img: &mut Img) {
-        crate::data::augment::normalize(img, &self.mean, &self.std);
+        if self.per_image {
+            standardize_image(&mut img.data);
+        } else {
+            crate::data::augment::normalize(img, &self.mean, &self.std);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::prelude::{Device, Tensor, TensorData};
+
+    #[test]
+    fn per_image_standardisation_is_the_same_on_images_and_tensors() {
+        let spec = InputSpec {
+            channels: 2,
+            height: 3,
+            width: 4,
+            mean: vec![0.5, 0.5],
+            std: vec![0.2, 0.2],
+            per_image: true,
+        };
+        let imgs: Vec<Img> = (0..3)
+            .map(|k| {
+                Img::from_fn(2, 3, 4, |c, y, x| {
+                    ((k * 7 + c * 5 + y * 3 + x) % 11) as f32 / 11.0
+                })
+            })
+            .collect();
+        // A blank image stays at 0 (the floor), not NaN.
+        let mut blank = Img::from_fn(2, 3, 4, |_, _, _| 0.3);
+        spec.normalize(&mut blank);
+        assert!(
+            blank.data.iter().all(|v| v.abs() < 1e-5),
+            "{:?}",
+            blank.data
+        );
+        let flat: Vec<f32> = imgs.iter().flat_map(|i| i.data.clone()).collect();
+        let d = Device::flex();
+        let t = spec.normalize_tensor(Tensor::from_data(TensorData::new(flat, [3, 2, 3, 4]), &d));
+        let got = t.into_data().try_into_vec::<f32>().unwrap();
+        for (k, img) in imgs.into_iter().enumerate() {
+            let mut img = img;
+            spec.normalize(&mut img);
+            let n = img.data.len() as f32;
+            let mean = img.data.iter().sum::<f32>() / n;
+            let var = img.data.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n;
+            assert!(
+                mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4,
+                "{mean} {var}"
+            );
+            for (a, b) in img.data.iter().zip(&got[k * 24..(k + 1) * 24]) {
+                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn run_metadata_written_before_per_image_still_reads() {
+        let old = r#"{"channels":1,"height":28,"width":28,"mean":[0.28],"std":[0.35]}"#;
+        let spec: InputSpec = serde_json::from_str(old).unwrap();
+        assert!(!spec.per_image);
+        // And it is not written when off, so older pretext versions read new runs too.
+        assert!(!serde_json::to_string(&spec).unwrap().contains("per_image"));
     }
 }

@@ -25,6 +25,8 @@ struct Runs {
     conv: PathBuf,
     /// resnet18, rotation on Fashion-MNIST (grayscale, 28×28).
     res: PathBuf,
+    /// convnet, jigsaw on Fashion-MNIST: its encoder is fed per-image standardised images.
+    jig: PathBuf,
     /// A 64-image idx slice of Fashion-MNIST's training images.
     fashion64: String,
 }
@@ -76,6 +78,13 @@ fn runs() -> &'static Runs {
         ]);
         a.extend_from_slice(&common);
         ok(&a);
+        let jig = root.join("jig");
+        let jig_s = jig.to_str().unwrap().to_string();
+        let mut a = vec!["pretrain", "--task", "jigsaw", "--data", &fashion, "--out"];
+        a.push(&jig_s);
+        a.extend_from_slice(&["--set", "batch_size=8", "--set", "limit=256"]);
+        a.extend_from_slice(&common);
+        ok(&a);
         // The first 64 training images of Fashion-MNIST, in the idx format.
         let ds = pretext::data::open(
             &fashion,
@@ -104,6 +113,7 @@ fn runs() -> &'static Runs {
             root,
             conv,
             res,
+            jig,
         }
     })
 }
@@ -242,7 +252,12 @@ def maxpool(x):
     return x[:, :, :hh // 2 * 2, :ww // 2 * 2].reshape(n, ch, hh // 2, 2, ww // 2, 2).max(axis=(3, 5))
 
 pre = cfg["preprocessing"]
-z = (x.astype(np.float64) - np.array(pre["mean"]).reshape(1, -1, 1, 1)) / np.array(pre["std"]).reshape(1, -1, 1, 1)
+if pre.get("per_image", False):
+    z = x.astype(np.float64)
+    z = z - z.mean(axis=(1, 2, 3), keepdims=True)
+    z = z / np.maximum(np.sqrt((z * z).mean(axis=(1, 2, 3), keepdims=True)), 0.02)
+else:
+    z = (x.astype(np.float64) - np.array(pre["mean"]).reshape(1, -1, 1, 1)) / np.array(pre["std"]).reshape(1, -1, 1, 1)
 if cfg["architecture"]["name"] == "convnet":
     for i in range(4):
         z = relu(bn(conv(z, "stages.%d.conv" % i, 1), "stages.%d.bn" % i))
@@ -305,11 +320,12 @@ fn check_onnx_structure(path: &Path, task: &str) {
 #[test]
 fn onnx_and_torch_exports_give_the_vectors_of_embed() {
     let r = runs();
-    for (name, run, data, size) in [
-        ("convnet", &r.conv, photos(), 32),
-        ("resnet18", &r.res, r.fashion64.clone(), 28),
+    for (name, task, run, data, size) in [
+        ("convnet", "rotation", &r.conv, photos(), 32),
+        ("resnet18", "rotation", &r.res, r.fashion64.clone(), 28),
+        ("convnet", "jigsaw", &r.jig, r.fashion64.clone(), 28),
     ] {
-        let dir = r.root.join(format!("check-{name}"));
+        let dir = r.root.join(format!("check-{name}-{task}"));
         std::fs::create_dir_all(&dir).unwrap();
         let emb = dir.join("emb.npy");
         let stdout = ok(&[
@@ -349,13 +365,18 @@ fn onnx_and_torch_exports_give_the_vectors_of_embed() {
             "--out",
             s(&torch),
         ]);
-        check_onnx_structure(&onnx, "rotation");
+        check_onnx_structure(&onnx, task);
         for f in ["model.safetensors", "config.json", "pretext_encoder.py"] {
             assert!(torch.join(f).exists(), "{name}: {f}");
         }
         let config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(torch.join("config.json")).unwrap()).unwrap();
         assert_eq!(config["architecture"]["name"], name);
+        assert_eq!(
+            config["preprocessing"]["per_image"],
+            task == "jigsaw",
+            "{task}: tiles standardised one by one"
+        );
         assert!(!config["data"].as_str().unwrap().is_empty());
 
         if let Err(why) = python_with_numpy() {

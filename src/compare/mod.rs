@@ -567,6 +567,7 @@ mod tests {
             width: 28,
             mean: vec![0.5],
             std: vec![0.25],
+            per_image: false,
         };
         let wide = InputSpec {
             width: 40,

@@ -324,6 +324,7 @@ mod tests {
                 width: 28,
                 mean: vec![0.3],
                 std: vec![0.3],
+                per_image: false,
             },
             task: "rotation".into(),
             data: "builtin:fashion-mnist-demo".into(),

@@ -84,7 +84,10 @@ pub struct Preprocessing {
     /// Per-channel mean and std of the training images (in [0, 1] units).
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
-    /// Whether (x − mean) / std happens inside the exported model (it does in both formats).
+    /// Instead of (x − mean) / std, each image is standardised on its own over C, H, W (std
+    /// floored at 0.02): a jigsaw encoder pretrained on per-tile standardised tiles.
+    pub per_image: bool,
+    /// Whether the normalisation happens inside the exported model (it does in both formats).
     pub normalization_included: bool,
 }
 
@@ -172,6 +175,7 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
             scale: "pixel / 255".into(),
             mean: input.mean.clone(),
             std: input.std.clone(),
+            per_image: input.per_image,
             normalization_included: true,
         },
         output: format!(
@@ -218,7 +222,14 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
                     "input_transform".into(),
                     format!("{:?}", p.input_transform).to_lowercase(),
                 ),
-                ("normalization".into(), "included: (x - mean) / std".into()),
+                (
+                    "normalization".into(),
+                    if p.per_image {
+                        "included: each image standardised on its own (x - mean(x)) / max(std(x), 0.02) over C, H, W".into()
+                    } else {
+                        "included: (x - mean) / std".into()
+                    },
+                ),
                 ("mean".into(), join(&p.mean)),
                 ("std".into(), join(&p.std)),
             ];

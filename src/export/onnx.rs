@@ -171,8 +171,25 @@ impl Graph<'_> {
         })
     }
 
-    /// (x − mean) / std per channel, as `InputSpec::normalize`.
+    /// (x − mean) / std per channel, or each image standardised on its own (`per_image`), as
+    /// `InputSpec::normalize`.
     fn normalize(&mut self, x: &str, input: &InputSpec) -> String {
+        if input.per_image {
+            let axes = || ints("axes", &[1, 2, 3]);
+            let keep = || int("keepdims", 1);
+            let mean = self.node("ReduceMean", &[x], vec![axes(), keep()]);
+            let centred = self.node("Sub", &[x, &mean], vec![]);
+            let sq = self.node("Mul", &[&centred, &centred], vec![]);
+            let var = self.node("ReduceMean", &[&sq], vec![axes(), keep()]);
+            let std = self.node("Sqrt", &[&var], vec![]);
+            self.inits.push(tensor(
+                "input_std_floor",
+                &[],
+                &[crate::input::PER_IMAGE_STD_FLOOR],
+            ));
+            let std = self.node("Max", &[&std, "input_std_floor"], vec![]);
+            return self.node("Div", &[&centred, &std], vec![]);
+        }
         let c = input.channels;
         self.inits
             .push(tensor("input_mean", &[1, c, 1, 1], &input.mean));

@@ -529,6 +529,7 @@ impl ImageTask for Colorize {
             width: data.width,
             mean: vec![L_MEAN],
             std: vec![L_STD],
+            per_image: false,
         };
         (spec, InputTransform::Lightness)
     }
@@ -607,6 +608,7 @@ mod tests {
             width: s,
             mean: vec![0.5; 3],
             std: vec![0.25; 3],
+            per_image: false,
         };
         let device = Device::flex().autodiff();
         device.seed(0);
@@ -719,6 +721,7 @@ mod tests {
             width: 28,
             mean: vec![0.3],
             std: vec![0.3],
+            per_image: false,
         };
         let err = build(&TaskContext {
             config: &cfg,
@@ -762,6 +765,7 @@ mod tests {
             width: 16,
             mean: vec![0.4; 3],
             std: vec![0.2; 3],
+            per_image: false,
         };
         let (spec, transform) = t.task.encoder_input(&data);
         assert_eq!((spec.channels, transform), (1, InputTransform::Lightness));

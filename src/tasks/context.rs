@@ -411,6 +411,7 @@ mod tests {
             width: w,
             mean: vec![0.0; c],
             std: vec![1.0; c],
+            per_image: false,
         }
     }
 

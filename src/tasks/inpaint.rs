@@ -396,6 +396,7 @@ mod tests {
             width: s,
             mean: vec![0.4; c],
             std: vec![0.3; c],
+            per_image: false,
         }
     }
 

@@ -29,7 +29,7 @@ use crate::data::loader::MakeBatch;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
-use crate::input::InputSpec;
+use crate::input::{standardize_image, InputSpec, InputTransform};
 use crate::nn::heads::MlpHead;
 use crate::nn::Backbone;
 use crate::report::canvas::{for_display, Canvas};
@@ -226,11 +226,7 @@ pub fn tile_boxes(g: &Geometry, rng: &mut impl Rng) -> [(usize, usize); 9] {
 
 /// Zero mean and unit variance over all of the tile's values (a flat tile becomes all zeros).
 fn normalize_tile(tile: &mut Img) {
-    let n = tile.data.len() as f32;
-    let mean = tile.data.iter().sum::<f32>() / n;
-    let var = tile.data.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n;
-    let std = var.sqrt().max(0.02);
-    tile.data.iter_mut().for_each(|v| *v = (*v - mean) / std);
+    standardize_image(&mut tile.data);
 }
 
 /// The pure "damage the data, keep the answer" half. Output: 9 tiles per image in shuffled order
@@ -359,6 +355,16 @@ impl ImageTask for Jigsaw {
         Arc::new(move |images, _labels, rng| make_batch(images, &config, &g, &perms, &input, rng))
     }
 
+    /// With `tile_norm` every tile is standardised on its own, so at transfer (and in embed and
+    /// the exports) each image is too: run.json records `per_image = true`.
+    fn encoder_input(&self, data: &InputSpec) -> (InputSpec, InputTransform) {
+        let spec = InputSpec {
+            per_image: self.config.tile_norm,
+            ..data.clone()
+        };
+        (spec, InputTransform::None)
+    }
+
     fn write_samples(&self, _model: &JigsawModel, batch: &ClassBatch, dir: &Path) -> Result<()> {
         save_permutations(&self.perms, dir)?;
         write_puzzles(batch, &self.perms, &dir.join("jigsaw-samples.png"))
@@ -425,6 +431,7 @@ mod tests {
             width: s,
             mean: vec![0.0; c],
             std: vec![1.0; c],
+            per_image: false,
         }
     }
 
@@ -537,6 +544,32 @@ mod tests {
                 "{mean} {var}"
             );
         }
+    }
+
+    #[test]
+    fn the_encoder_is_fed_standardised_images_when_tiles_are() {
+        let task = |tile_norm| Jigsaw {
+            config: JigsawConfig {
+                tile_norm,
+                ..JigsawConfig::default()
+            },
+            geometry: JigsawConfig::default().geometry(28, 28).unwrap(),
+            perms: Arc::new(PermutationSet::greedy(10, 0)),
+            input: spec(1, 28),
+            device: Device::flex(),
+        };
+        let (fed, _) = task(true).encoder_input(&spec(1, 28));
+        assert!(fed.per_image);
+        let mut img = noise_img(1, 28, 3);
+        fed.normalize(&mut img);
+        let n = img.data.len() as f32;
+        let mean = img.data.iter().sum::<f32>() / n;
+        let var = img.data.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n;
+        assert!(
+            mean.abs() < 1e-4 && (var - 1.0).abs() < 1e-3,
+            "{mean} {var}"
+        );
+        assert!(!task(false).encoder_input(&spec(1, 28)).0.per_image);
     }
 
     #[test]

@@ -177,6 +177,7 @@ mod tests {
             width: s,
             mean: vec![0.0; c],
             std: vec![1.0; c],
+            per_image: false,
         }
     }
 
@@ -233,6 +234,7 @@ mod tests {
             width: 6,
             mean: vec![0.0],
             std: vec![1.0],
+            per_image: false,
         };
         let err = build(&TaskContext {
             config: &cfg,

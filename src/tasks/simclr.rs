@@ -284,6 +284,7 @@ mod tests {
             width: 16,
             mean: vec![0.5],
             std: vec![0.25],
+            per_image: false,
         };
         let imgs: Vec<Img> = (0..3)
             .map(|k| Img::from_fn(1, 16, 16, move |_, y, x| ((y + x * k) % 5) as f32 / 5.0))
