@@ -78,7 +78,9 @@ pub struct ColorizeConfig {
     /// Encoder stage the decoder starts from; 0 = the backbone's last stage (the whole encoder
     /// is trained; stages above the chosen one get no gradient and transfer untrained).
     pub stage: usize,
-    /// U-Net skips from earlier encoder stages and the input.
+    /// U-Net skips from earlier encoder stages and the input. Off by default: with skips the
+    /// decoder can take the fine detail from the early stages and the deep ones (what transfers)
+    /// learn less; on gives sharper pictures.
     pub skips: bool,
 }
 
@@ -94,7 +96,7 @@ impl Default for ColorizeConfig {
             temperature: 0.38,
             flip: true,
             stage: 0,
-            skips: true,
+            skips: false,
         }
     }
 }

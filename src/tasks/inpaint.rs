@@ -79,7 +79,7 @@ pub struct InpaintConfig {
 impl Default for InpaintConfig {
     fn default() -> Self {
         Self {
-            mask: MaskKind::Center,
+            mask: MaskKind::Blobs,
             coverage: 0.25,
             overlap: 2,
             overlap_weight: 2.0,

@@ -64,7 +64,10 @@ pub struct SuperresConfig {
     /// Encoder stage the decoder starts from; 0 = the backbone's last stage (the whole encoder
     /// is trained; stages above the chosen one get no gradient and transfer untrained).
     pub stage: usize,
-    /// U-Net skips from earlier encoder stages and the input.
+    /// U-Net skips from earlier encoder stages and the input. On by default: without them the
+    /// detail must pass the last stage's 2×2 map (28 px images) and one batch is not even
+    /// overfitted below the bilinear enlargement in 40 steps (content loss 0.278 → 0.221); off
+    /// makes the deep stages (what transfers) do all the work.
     pub skips: bool,
     /// Base width of the discriminator.
     pub d_width: usize,
