@@ -163,6 +163,20 @@ fn pretrain_then_transfer_writes_the_expected_files() {
     .concat()));
     assert!(scratch > 0.1, "scratch finetune accuracy {scratch}");
     assert!(base.join("finetune-5-seed0.json").exists());
+    // Fine-tuning whose head starts from a linear probe (LP-FT), with no fine-tuning step to
+    // speak of: it keeps what the probe learnt (a random head would sit near chance).
+    let lp = accuracy(&ok(&[
+        &["transfer", "--from", "scratch", "--protocol", "finetune"][..],
+        &common,
+        &[
+            "--set",
+            "finetune_head=\"probe\"",
+            "--set",
+            "finetune_steps=1",
+        ],
+    ]
+    .concat()));
+    assert!(lp > 0.3, "probe-first finetune accuracy {lp}");
 }
 
 #[test]

@@ -323,20 +323,14 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
             )?;
             // The linear probe's standardiser is fitted on unlabelled images of the pool.
             let pool_x = if protocol == Protocol::Linear {
-                let pool = split::sample_limit(
-                    (0..dataset.train.n).collect(),
-                    linear_probe::STANDARDIZER_POOL,
-                    cfg.seed,
-                );
-                let (x, _) = features::extract(
+                Some(pool_features(
                     &encoder,
-                    &dataset.train,
-                    &pool,
+                    dataset,
                     &input,
-                    Some(stage),
+                    stage,
+                    cfg.seed,
                     &req.device,
-                )?;
-                Some(x)
+                )?)
             } else {
                 None
             };
@@ -366,17 +360,12 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
                         last,
                         &req.device,
                     )?;
-                    let pool = split::sample_limit(
-                        (0..dataset.train.n).collect(),
-                        linear_probe::STANDARDIZER_POOL,
-                        cfg.seed,
-                    );
-                    let (pool_x, _) = features::extract(
+                    let pool_x = pool_features(
                         &encoder,
-                        &dataset.train,
-                        &pool,
+                        dataset,
                         &input,
-                        last,
+                        encoder.stages(),
+                        cfg.seed,
                         &req.device,
                     )?;
                     let probe = linear_probe::train_probe(
@@ -445,6 +434,25 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
     ));
     write_atomic(&path, &serde_json::to_vec_pretty(&result).expect("json"))?;
     Ok((result, path))
+}
+
+/// Features of `stage` for a seeded sample of unlabelled training images (at most
+/// [`linear_probe::STANDARDIZER_POOL`]): what the linear probe's standardiser is fitted on.
+fn pool_features(
+    encoder: &Backbone,
+    dataset: &Dataset,
+    input: &InputSpec,
+    stage: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let pool = split::sample_limit(
+        (0..dataset.train.n).collect(),
+        linear_probe::STANDARDIZER_POOL,
+        seed,
+    );
+    let (x, _) = features::extract(encoder, &dataset.train, &pool, input, Some(stage), device)?;
+    Ok(x)
 }
 
 /// The protocol a request runs (training from scratch is always fine-tuning).
