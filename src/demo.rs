@@ -50,6 +50,21 @@ pub struct DemoRow {
     pub finetune: Option<(f32, f32)>,
 }
 
+/// The demo's transfer settings with `--transfer-set` applied; the baselines (random weights,
+/// scratch) get the pretrained network's backbone and width.
+fn transfer_config(cfg: &PretrainConfig, transfer_sets: &[String]) -> Result<TransferConfig> {
+    let mut all: Vec<String> = DEMO_TRANSFER_SETTINGS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    all.extend(transfer_sets.iter().cloned());
+    let mut tcfg: TransferConfig = config::resolve(None, &all, &[])?;
+    tcfg.backbone = cfg.backbone;
+    tcfg.width = cfg.width();
+    tcfg.validate()?;
+    Ok(tcfg)
+}
+
 fn mean_std(v: &[f32]) -> (f32, f32) {
     let m = v.iter().sum::<f32>() / v.len() as f32;
     let var = v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / v.len() as f32;
@@ -66,16 +81,7 @@ pub fn run(
     let mut all: Vec<String> = DEMO_SETTINGS.iter().map(|s| s.to_string()).collect();
     all.extend(sets.iter().cloned());
     let cfg: PretrainConfig = config::resolve(None, &all, &tasks::image_names())?;
-    let mut tall: Vec<String> = DEMO_TRANSFER_SETTINGS
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    tall.extend(transfer_sets.iter().cloned());
-    let mut tcfg: TransferConfig = config::resolve(None, &tall, &[])?;
-    // The baselines are the same network as the pretrained one.
-    tcfg.backbone = cfg.backbone;
-    tcfg.width = cfg.width();
-    tcfg.validate()?;
+    let tcfg = transfer_config(&cfg, transfer_sets)?;
     clear_previous(out)?;
     let dataset = builtin_dataset()?;
     if !quiet {
@@ -193,5 +199,27 @@ fn clear_previous(out: &Path) -> Result<()> {
             "{} exists and is not an earlier demo run; choose another --out",
             out.display()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_baselines_are_the_pretrained_network() {
+        let sets = ["width=8".to_string(), "backbone=\"resnet18\"".to_string()];
+        let mut all: Vec<String> = DEMO_SETTINGS.iter().map(|s| s.to_string()).collect();
+        all.extend(sets.iter().cloned());
+        let cfg: PretrainConfig = config::resolve(None, &all, &tasks::image_names()).unwrap();
+        let t = transfer_config(&cfg, &["finetune_steps=7".to_string()]).unwrap();
+        assert_eq!((t.width, t.backbone), (8, cfg.backbone));
+        assert_eq!(t.backbone.name(), "resnet18");
+        assert_eq!(
+            t.finetune_steps, 7,
+            "--transfer-set overrides the demo's own"
+        );
+        let t = transfer_config(&cfg, &[]).unwrap();
+        assert_eq!(t.finetune_steps, 100);
     }
 }
