@@ -32,7 +32,7 @@ use crate::input::InputSpec;
 use crate::nn::transformer::TransformerSpec;
 use crate::nn::BackboneKind;
 use crate::tasks::lm::LmTask;
-use crate::tasks::{self, FlatBatch, TaskContext};
+use crate::tasks::{self, FlatBatch, TaskContext, TextBatch};
 
 /// The image tasks `--tasks` measures by default.
 pub const IMAGE_TASKS: &[&str] = &[
@@ -59,6 +59,8 @@ pub struct BenchOptions {
     /// Compute threads of both sides: burn-flex's rayon pool (RAYON_NUM_THREADS of the child) and
     /// torch.set_num_threads; 0 = one per core.
     pub threads: usize,
+    /// pretext's model replicas (0 = one per thread, as `pretrain`).
+    pub replicas: usize,
     /// Seconds the loader is run per task.
     pub loader_seconds: f64,
     /// Also write the rows as JSON lines here.
@@ -97,6 +99,9 @@ pub struct Measurement {
     pub loader_workers: usize,
     #[serde(default)]
     pub threads: usize,
+    /// Model replicas stepping at once (1 = none).
+    #[serde(default)]
+    pub replicas: usize,
 }
 
 /// A row of the table: pretext's measurement and PyTorch's (or why there is none).
@@ -216,6 +221,7 @@ fn run_child(exe: &Path, name: &str, dump: &Path, opts: &BenchOptions) -> Result
         .args(["--steps", &opts.steps.to_string()])
         .args(["--device", &opts.device])
         .args(["--loader-seconds", &opts.loader_seconds.to_string()])
+        .args(["--replicas", &opts.replicas.to_string()])
         .arg("--dump")
         .arg(dump)
         .env("RAYON_NUM_THREADS", threads(opts).to_string())
@@ -308,9 +314,9 @@ fn markdown_table(rows: &[Row], device: &str, torch_device: &str, threads: usize
          fp32, pretext on {device}, PyTorch on {torch_device}, {threads} compute thread(s) each; \
          ratio = pretext/PyTorch throughput by wall time, and by CPU time per step (PyTorch CPU s / \
          pretext CPU s; steadier on a shared machine)\n\n\
-         | task | backbone | batch (inputs per step) | params pretext / PyTorch | pretext items/s | \
+         | task | backbone | batch (inputs per step) | params pretext / PyTorch | pretext replicas | pretext items/s | \
          PyTorch items/s | ratio | ratio by CPU time | pretext peak MB | PyTorch peak MB | loader items/s |\n\
-         |---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+         |---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     let mut notes = Vec::new();
     for r in rows {
@@ -383,8 +389,8 @@ fn markdown_table(rows: &[Row], device: &str, torch_device: &str, threads: usize
             format!("{:.0}", o.loader_items_per_s)
         };
         s += &format!(
-            "| {} | {} | {} ({}×{c}×{h}×{w}) | {params} | {:.1} | {ts} | {ratio} | {cpu_ratio} | {:.0} | {tm} | {loader} |\n",
-            o.task, o.backbone, o.batch, o.inputs, o.items_per_s, o.peak_rss_mb
+            "| {} | {} | {} ({}×{c}×{h}×{w}) | {params} | {} | {:.1} | {ts} | {ratio} | {cpu_ratio} | {:.0} | {tm} | {loader} |\n",
+            o.task, o.backbone, o.batch, o.inputs, o.replicas.max(1), o.items_per_s, o.peak_rss_mb
         );
     }
     for n in notes {
@@ -442,8 +448,13 @@ fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
             })
             .collect()
     };
-    let batch = task.make_batch(&windows(&mut rng), &mut rng);
-    // The step as `pretext pretrain` runs it: the language-model task bound by the engine.
+    // The step as `pretext pretrain` runs it: the language-model task bound by the engine, the
+    // batch in one part per replica.
+    let replicas = crate::engine::replicas::resolve(opts.replicas, b, &device)?;
+    let all = windows(&mut rng);
+    let batch: Vec<TextBatch> = (0..replicas)
+        .map(|p| task.make_batch(&all[p * b / replicas..(p + 1) * b / replicas], &mut rng))
+        .collect();
     let cfg = crate::config::TextConfig::default();
     let model = crate::device::seeded(&device, 0, || spec.init(&device));
     let lm = LmTask {
@@ -457,16 +468,17 @@ fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
         model,
         &lm_optimizer(cfg.weight_decay, cfg.grad_clip),
         false,
-    );
+    )
+    .with_replicas(replicas);
     for k in 0..2 {
-        bound.step_typed(batch.clone(), k, 1e-3);
+        bound.step_parts(batch.clone(), k, 1e-3);
     }
     let mut times = Vec::with_capacity(opts.steps);
     let cpu0 = cpu_seconds();
     for k in 0..opts.steps {
         let b = batch.clone();
         let t0 = Instant::now();
-        std::hint::black_box(bound.step_typed(b, 2 + k as u64, 1e-3));
+        std::hint::black_box(bound.step_parts(b, 2 + k as u64, 1e-3));
         times.push(t0.elapsed().as_secs_f64());
     }
     let cpu_ms_per_step = (cpu_seconds() - cpu0) * 1e3 / opts.steps.max(1) as f64;
@@ -493,6 +505,7 @@ fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
         loader_items_per_s: made as f64 / t1.elapsed().as_secs_f64(),
         loader_workers: 1,
         threads: rayon_threads(),
+        replicas,
     })
 }
 
@@ -572,6 +585,10 @@ fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let batch = make(&images, &labels, &mut rng);
     let flat = task.flat(batch.as_ref());
+    // The reference gets the batch whole; pretext steps it in one part per replica.
+    let replicas = crate::engine::replicas::resolve(opts.replicas, opts.batch_size, &device)?;
+    task.set_replicas(replicas);
+    let batch = task.make_batch()(&images, &labels, &mut rng);
     if let Some(dir) = &opts.dump {
         dump_batch(
             dir,
@@ -639,6 +656,7 @@ fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
         loader_items_per_s,
         loader_workers: workers,
         threads: rayon_threads(),
+        replicas,
     })
 }
 
@@ -747,6 +765,7 @@ mod tests {
             device: "cpu".into(),
             torch_device: None,
             threads: 0,
+            replicas: 0,
             loader_seconds: 0.05,
             json: None,
             child: Some("rotation".into()),

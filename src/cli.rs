@@ -336,6 +336,10 @@ pub struct BenchArgs {
     /// core.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// pretext's model replicas, each on its part of the batch in its own share of the threads
+    /// (see `engine::replicas`); 0 = one per thread, as `pretrain` does; 1 = none.
+    #[arg(long, default_value_t = 0)]
+    pub replicas: usize,
     /// Seconds the loader runs per task to measure its delivery rate.
     #[arg(long, default_value_t = 1.5)]
     pub loader_seconds: f64,

@@ -42,3 +42,18 @@ pub fn seeded<T>(device: &Device, seed: u64, init: impl FnOnce() -> T) -> T {
     device.seed(seed);
     init()
 }
+
+/// `module` with every parameter initialised now. burn initialises parameters lazily, at their
+/// first use, drawing from whatever the generator holds then; a module built inside [`seeded`]
+/// must draw there, or two modules built from the same seed (or a run with another model in
+/// between) get different weights.
+pub fn init_now<M: burn::module::Module>(module: M) -> M {
+    struct Touch;
+    impl burn::module::ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
+}

@@ -238,6 +238,7 @@ fn run(cli: Cli) -> Result<()> {
             device: a.device,
             torch_device: a.torch_device,
             threads: a.threads,
+            replicas: a.replicas,
             loader_seconds: a.loader_seconds,
             json: a.json,
             child: a.child,

@@ -13,6 +13,7 @@ use burn::prelude::Device;
 use pretext::config::{resolve, PretrainConfig};
 use pretext::data::augment::Img;
 use pretext::engine::checkpoint::{latest_checkpoint, save_encoder};
+use pretext::engine::replicas::Parts;
 use pretext::input::InputSpec;
 use pretext::pretrain::{pretrain, PretrainRequest};
 use pretext::tasks::{self, rotation};
@@ -95,6 +96,52 @@ fn a_nan_step_is_skipped_and_leaves_weights_and_batchnorm_untouched() {
         assert!(!s.skipped && s.loss.is_finite(), "loss {}", s.loss);
     }
     assert!(before != encoder_bytes(task.as_ref(), tmp.path(), "c.safetensors"));
+}
+
+#[test]
+fn a_nan_in_either_replica_skips_the_whole_step() {
+    let mut ds = pretext::demo::builtin_dataset().unwrap();
+    ds.train = ds.train.take(8);
+    let cfg = config(&["on_nonfinite=\"skip\""]);
+    let input = InputSpec::from_images(&ds.train).unwrap();
+    let mut task = build("rotation", &cfg, &input);
+    task.set_replicas(2);
+    let imgs: Vec<Img> = (0..8)
+        .map(|i| Img::from_u8(1, 28, 28, &ds.train.image(i).unwrap()))
+        .collect();
+    let halves: Vec<_> = [0..4, 4..8]
+        .into_iter()
+        .map(|r| {
+            rotation::make_batch(
+                &imgs[r],
+                &Default::default(),
+                &input,
+                &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
+            )
+        })
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let first = task.step(Box::new(Parts(halves.clone())), 0, 1e-3);
+    assert!(!first.skipped && first.loss.is_finite());
+    assert_eq!(first.items, 8, "both halves counted");
+    // NaN pixels in the leader's half (it returns before its update while the other replica
+    // waits for it), then in the other half (the leader waits in vain).
+    for (step, poisoned_part) in [(1, 0), (2, 1)] {
+        let state = checkpoint_files(task.as_ref(), &tmp.path().join(format!("b{step}")));
+        let mut parts = halves.clone();
+        parts[poisoned_part]
+            .images
+            .iter_mut()
+            .for_each(|v| *v = f32::NAN);
+        let stats = task.step(Box::new(Parts(parts)), step, 1e-3);
+        assert!(stats.skipped, "part {poisoned_part}: loss {}", stats.loss);
+        assert!(
+            state == checkpoint_files(task.as_ref(), &tmp.path().join(format!("a{step}"))),
+            "a step skipped for a NaN in part {poisoned_part} changed the model or optimiser"
+        );
+    }
+    let s = task.step(Box::new(Parts(halves)), 3, 1e-3);
+    assert!(!s.skipped && s.loss.is_finite(), "loss {}", s.loss);
 }
 
 #[test]

@@ -87,6 +87,9 @@ fn causal_lm_learns_resumes_exactly_and_generates_reproducibly() {
         &spec,
         "--set",
         "steps=40",
+        // Dropout (0.1) in two replicas at once: each draws its own masks, repeatably.
+        "--set",
+        "replicas=2",
     ];
     args.extend_from_slice(SMALL);
     let out_flag = straight.to_str().unwrap();

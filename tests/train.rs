@@ -62,8 +62,18 @@ fn run(
     stop_after: Option<u64>,
     resume: bool,
 ) -> pretext::engine::PretrainSummary {
+    run_with(dir, stop_after, resume, 1)
+}
+
+fn run_with(
+    dir: &std::path::Path,
+    stop_after: Option<u64>,
+    resume: bool,
+    replicas: usize,
+) -> pretext::engine::PretrainSummary {
+    let replicas = format!("replicas={replicas}");
     pretrain(PretrainRequest {
-        config: config(&["steps=8", "seed=7"]),
+        config: config(&["steps=8", "seed=7", &replicas]),
         out: dir.to_path_buf(),
         device: Device::flex(),
         resume,
@@ -79,12 +89,21 @@ fn run(
 fn resume_gives_the_same_weights_and_losses_as_one_uninterrupted_run() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("straight"), tmp.path().join("resumed"));
-    let straight = run(&a, None, false);
-    let half = run(&b, Some(4), false);
+    let one = resumed_equals_straight(&tmp.path().join("one"), 1);
+    // Two replicas, each stepping on half of every batch: as exact, and really a different run
+    // (batch-norm statistics per half).
+    let two = resumed_equals_straight(&tmp.path().join("two"), 2);
+    assert_ne!(one.to_bits(), two.to_bits(), "replicas=2 ran as replicas=1");
+}
+
+/// Runs 8 steps straight and as 4 + resumed 4 with `replicas`; the final loss.
+fn resumed_equals_straight(dir: &std::path::Path, replicas: usize) -> f32 {
+    let (a, b) = (dir.join("straight"), dir.join("resumed"));
+    let straight = run_with(&a, None, false, replicas);
+    let half = run_with(&b, Some(4), false, replicas);
     assert_eq!(half.steps_done, 4);
     assert!(!half.completed);
-    let resumed = run(&b, None, true);
+    let resumed = run_with(&b, None, true, replicas);
     assert_eq!(resumed.steps_done, 8);
     assert_eq!(
         straight.final_loss.to_bits(),
@@ -107,6 +126,7 @@ fn resume_gives_the_same_weights_and_losses_as_one_uninterrupted_run() {
     let wa = std::fs::read(a.join("encoder.safetensors")).unwrap();
     let wb = std::fs::read(b.join("encoder.safetensors")).unwrap();
     assert!(wa == wb, "final encoder weights differ after resume");
+    straight.final_loss
 }
 
 #[test]
@@ -417,6 +437,8 @@ fn gan_run(
             "seed=3",
             "checkpoint_every=3",
             "inpaint.mask=\"squares\"",
+            // Both GAN phases meet across replicas.
+            "replicas=2",
         ]),
         out: dir.to_path_buf(),
         device: Device::flex(),

@@ -57,6 +57,9 @@ pub struct TextConfig {
     pub checkpoint_every: u64,
     pub keep_checkpoints: usize,
     pub seed: u64,
+    /// Model replicas stepping on parts of each batch at once (see `engine::replicas`); 0 = one
+    /// per core (CPU; 1 on a GPU).
+    pub replicas: usize,
     pub on_nonfinite: NonFinite,
     /// Task sections, e.g. `[masked-lm] mask_prob = 0.15`.
     #[serde(flatten)]
@@ -94,6 +97,7 @@ impl Default for TextConfig {
             checkpoint_every: 500,
             keep_checkpoints: 2,
             seed: 0,
+            replicas: 0,
             on_nonfinite: NonFinite::Stop,
             sections: BTreeMap::new(),
         }

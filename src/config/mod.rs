@@ -69,8 +69,12 @@ pub struct PretrainConfig {
     /// How many checkpoints to keep on disk.
     pub keep_checkpoints: usize,
     pub seed: u64,
-    /// Loader worker threads; 0 = one per core.
+    /// Loader worker threads; 0 = half the cores.
     pub workers: usize,
+    /// Model replicas stepping on parts of each batch at once, one per core (see
+    /// `engine::replicas`); 0 = one per core (CPU; 1 on a GPU). Batch-norm statistics and
+    /// SimCLR's negatives are then per part.
+    pub replicas: usize,
     /// Batches queued ahead of training.
     pub prefetch: usize,
     /// Folder images are resized to this square size.
@@ -109,6 +113,7 @@ impl Default for PretrainConfig {
             keep_checkpoints: 2,
             seed: 0,
             workers: 0,
+            replicas: 0,
             prefetch: 4,
             image_size: 32,
             limit: 0,

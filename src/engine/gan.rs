@@ -15,7 +15,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softplus;
 
 use super::step::StepStats;
-use super::task::{Optimizers, StepCtx};
+use super::task::StepCtx;
 use crate::nn::decoder::Generator;
 use crate::nn::discriminator::Discriminator;
 
@@ -73,14 +73,14 @@ pub fn gan_step(
     let g = generate(&generator);
     let (discriminator, d) = discriminator_phase(
         discriminator,
-        cx.optim,
+        cx,
         cx.lr * d_lr_scale,
         centre(g.real),
         centre(g.fake.clone()),
     );
     let (generator, content, adv) = generator_phase(
         generator,
-        cx.optim,
+        cx,
         cx.lr,
         g.content,
         centre(g.fake),
@@ -130,7 +130,7 @@ pub struct DStats {
 /// One D update on `real` and `fake` ([b, c, h, w] each, as D is fed). `fake` is detached here.
 pub fn discriminator_phase(
     disc: Discriminator,
-    optim: &mut Optimizers,
+    cx: &mut StepCtx,
     lr: f64,
     real: Tensor<4>,
     fake: Tensor<4>,
@@ -148,9 +148,9 @@ pub fn discriminator_phase(
         .expect("f32 logits");
     let acc_real = z[..b].iter().filter(|&&v| v > 0.0).count() as f32 / b as f32;
     let acc_fake = z[b..].iter().filter(|&&v| v <= 0.0).count() as f32 / b as f32;
-    let grads = GradientsParams::from_grads(loss.backward(), &disc);
-    let loss_value = loss.detach().into_scalar::<f32>();
-    let disc = optim.step("discriminator", lr, disc, grads);
+    let loss_value = loss.clone().detach().into_scalar::<f32>();
+    let grads = GradientsParams::from_grads(cx.backward(loss), &disc);
+    let disc = cx.update("discriminator", lr, disc, grads);
     (
         disc,
         DStats {
@@ -163,9 +163,9 @@ pub fn discriminator_phase(
 
 /// One G update: `content` (scalar, with graph back to `gen`) plus, when `adv_weight > 0`, the
 /// adversarial loss of `fake` under a frozen copy of `disc`. Returns (gen, content, adversarial).
-pub fn generator_phase<G: Module>(
+pub fn generator_phase<G: Module + 'static>(
     gen: G,
-    optim: &mut Optimizers,
+    cx: &mut StepCtx,
     lr: f64,
     content: Tensor<1>,
     fake: Tensor<4>,
@@ -178,8 +178,8 @@ pub fn generator_phase<G: Module>(
     } else {
         (content.clone(), None)
     };
-    let grads = GradientsParams::from_grads(loss.backward(), &gen);
-    let gen = optim.step("generator", lr, gen, grads);
+    let grads = GradientsParams::from_grads(cx.backward(loss), &gen);
+    let gen = cx.update("generator", lr, gen, grads);
     let adv = adv.map_or(0.0, |a| a.detach().into_scalar::<f32>());
     (gen, content.detach().into_scalar::<f32>(), adv)
 }

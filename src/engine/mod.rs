@@ -7,6 +7,7 @@
 //! - [`run_loop`]: the loop.
 //! - [`run_dir`]: the one layout of a run directory (`run.json`, `encoder.safetensors`, …).
 //! - [`checkpoint`], [`optim`], [`schedule`], [`metrics`], [`progress`]: the loop's parts.
+//! - [`replicas`]: every core inside one step (the batch in parts, one model replica each).
 //! - [`step`], [`gan`]: pieces shared by task steps (cross-entropy, the two GAN phases).
 
 pub mod checkpoint;
@@ -14,6 +15,7 @@ pub mod gan;
 pub mod metrics;
 pub mod optim;
 pub mod progress;
+pub mod replicas;
 pub mod run_dir;
 pub mod run_loop;
 pub mod schedule;

@@ -52,7 +52,7 @@ pub fn labels_tensor(labels: &[u32], device: &Device) -> Tensor<1, Int> {
 
 /// Cross-entropy step with the optimiser `model`: `forward` maps the model to logits
 /// [b, classes]; returns the updated model with loss and accuracy.
-pub fn classification_step<M: Module>(
+pub fn classification_step<M: Module + 'static>(
     model: M,
     cx: &mut StepCtx,
     targets: Tensor<1, Int>,
@@ -77,8 +77,8 @@ pub fn classification_step<M: Module>(
         .int()
         .sum()
         .into_scalar::<i64>();
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let model = cx.optim.step("model", cx.lr, model, grads);
+    let grads = GradientsParams::from_grads(cx.backward(loss), &model);
+    let model = cx.update("model", cx.lr, model, grads);
     (
         model,
         StepStats::new(loss_value, vec![("acc", correct as f32 / b as f32)]),

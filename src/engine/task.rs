@@ -10,9 +10,12 @@ use std::any::Any;
 use std::path::Path;
 
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer, MultiGradientsParams};
+use burn::prelude::Tensor;
+use burn::tensor::Gradients;
 
 use super::checkpoint::{load_module, load_optimizer, save_module, save_optimizer, save_weights};
+use super::replicas::{self, Exchange, Finished, Parts, Pools};
 use super::step::StepStats;
 use crate::error::{Error, Result};
 
@@ -44,6 +47,17 @@ impl Optimizers {
         self.get(name).step(lr, module, grads)
     }
 
+    /// One update of `module` with the sum of several replicas' gradients.
+    pub fn step_multi<M: Module>(
+        &mut self,
+        name: &str,
+        lr: f64,
+        module: M,
+        grads: MultiGradientsParams,
+    ) -> M {
+        self.get(name).step_multi(lr, module, grads)
+    }
+
     pub fn save(&self, dir: &Path) -> Result<()> {
         for (name, o) in &self.named {
             save_optimizer(o, &dir.join(format!("optim-{name}.bpk")))?;
@@ -59,18 +73,75 @@ impl Optimizers {
     }
 }
 
-/// What a step gets besides the model and the batch.
+/// What a step gets besides the model and the batch. A task computes its losses and hands
+/// them to [`StepCtx::backward`], and its gradients to [`StepCtx::update`]; with replicas (see
+/// [`super::replicas`]) these are where the replicas' work is combined.
 pub struct StepCtx<'a> {
     /// Steps completed before this one (0 for the first).
     pub step: u64,
     /// The scheduled learning rate of this step.
     pub lr: f64,
-    pub optim: &'a mut Optimizers,
+    /// Which replica runs this step (0 = the one whose model the engine keeps) …
+    pub replica: usize,
+    /// … of how many, each on its own part of the batch.
+    pub replicas: usize,
+    optim: Option<&'a mut Optimizers>,
+    exchange: Option<&'a Exchange>,
+}
+
+impl<'a> StepCtx<'a> {
+    /// A step without replicas, updating with `optim`.
+    pub fn new(step: u64, lr: f64, optim: &'a mut Optimizers) -> Self {
+        Self {
+            step,
+            lr,
+            replica: 0,
+            replicas: 1,
+            optim: Some(optim),
+            exchange: None,
+        }
+    }
+
+    /// Gradients of `loss`, scaled by 1/replicas so the replicas' sum is the mean over the
+    /// whole batch.
+    pub fn backward(&self, loss: Tensor<1>) -> Gradients {
+        if self.replicas > 1 {
+            loss.mul_scalar(1.0 / self.replicas as f64).backward()
+        } else {
+            loss.backward()
+        }
+    }
+
+    /// One update of `module` by the optimiser `name` at learning rate `lr`; with replicas, with
+    /// the sum of every replica's gradients (each replica gets the same updated module).
+    pub fn update<M: Module + 'static>(
+        &mut self,
+        name: &str,
+        lr: f64,
+        module: M,
+        grads: GradientsParams,
+    ) -> M {
+        match self.exchange {
+            None => self
+                .optim
+                .as_deref_mut()
+                .expect("a step without replicas holds the optimisers")
+                .step(name, lr, module, grads),
+            Some(ex) => ex.update(
+                self.replica,
+                self.optim.as_deref_mut(),
+                name,
+                lr,
+                module,
+                grads,
+            ),
+        }
+    }
 }
 
 /// A pretext task as the engine runs it. `Clone` so the engine can undo a skipped step of a
 /// task with state of its own (colorize's colour prior).
-pub trait Task: Clone + 'static {
+pub trait Task: Clone + Send + 'static {
     /// Everything the task trains, as one module (on the autodiff device).
     type Model: Module;
     /// The part that transfers downstream (a backbone; a language model's transformer).
@@ -158,6 +229,8 @@ pub struct Bound<T: Task> {
     optim: Optimizers,
     skip_nonfinite: bool,
     first: Option<T::Batch>,
+    /// One pool per replica (none: the step runs on the caller's thread and rayon's global pool).
+    pools: Option<Pools>,
 }
 
 impl<T: Task> Bound<T> {
@@ -165,11 +238,29 @@ impl<T: Task> Bound<T> {
     pub fn new(task: T, model: T::Model, proto: &ModuleOptimizer, skip_nonfinite: bool) -> Self {
         Self {
             task,
-            model: Some(model),
+            model: Some(crate::device::init_now(model)),
             optim: Optimizers::new(T::OPTIMIZERS, proto),
             skip_nonfinite,
             first: None,
+            pools: None,
         }
+    }
+
+    /// Step with `n` replicas (see [`replicas`]): every batch must then come as `n` parts.
+    pub fn with_replicas(mut self, n: usize) -> Self {
+        self.set_replicas(n);
+        self
+    }
+
+    pub fn set_replicas(&mut self, n: usize) {
+        if n != self.replicas() {
+            self.pools = (n > 1).then(|| Pools::new(n));
+        }
+    }
+
+    /// How many replicas step together (1 = none).
+    pub fn replicas(&self) -> usize {
+        self.pools.as_ref().map_or(1, |p| p.len())
     }
 
     pub fn model(&self) -> &T::Model {
@@ -183,10 +274,19 @@ impl<T: Task> Bound<T> {
 
     /// One step on a typed batch (see [`Trainable::step`]).
     pub fn step_typed(&mut self, batch: T::Batch, step: u64, lr: f64) -> StepStats {
+        self.step_parts(vec![batch], step, lr)
+    }
+
+    /// One step on a batch made as one part per replica (a single part without replicas).
+    pub fn step_parts(&mut self, parts: Vec<T::Batch>, step: u64, lr: f64) -> StepStats {
+        assert_eq!(
+            parts.len(),
+            self.replicas(),
+            "a batch in as many parts as there are replicas"
+        );
         if self.first.is_none() {
-            self.first = Some(batch.clone());
+            self.first = Some(parts[0].clone());
         }
-        let items = T::items(&batch);
         let model = self.model.take().expect("model present between steps");
         // `valid()` folds a pending batch-norm update into the stored running statistics, so the
         // record holds exactly the state training continues from.
@@ -197,13 +297,24 @@ impl<T: Task> Bound<T> {
                 self.task.clone(),
             )
         });
-        let mut cx = StepCtx {
-            step,
-            lr,
-            optim: &mut self.optim,
+        let (model, mut stats) = match &self.pools {
+            None => {
+                let batch = parts.into_iter().next().expect("one part");
+                let items = T::items(&batch);
+                let mut cx = StepCtx::new(step, lr, &mut self.optim);
+                let (model, stats) = self.task.step(model, batch, &mut cx);
+                (model, StepStats { items, ..stats })
+            }
+            Some(pools) => replicated_step(
+                pools,
+                &mut self.task,
+                &mut self.optim,
+                model,
+                parts,
+                step,
+                lr,
+            ),
         };
-        let (model, mut stats) = self.task.step(model, batch, &mut cx);
-        stats.items = items;
         match before {
             Some((record, optim, task)) if !stats.finite() => {
                 // Fold this step's running-statistics update in, then overwrite every value.
@@ -222,13 +333,94 @@ impl<T: Task> Bound<T> {
     }
 }
 
+/// One step by every replica, each in its own pool (replica 0 steps `model` itself, the others
+/// independent copies and clones of the task), meeting at each update.
+fn replicated_step<T: Task>(
+    pools: &Pools,
+    task: &mut T,
+    optim: &mut Optimizers,
+    model: T::Model,
+    parts: Vec<T::Batch>,
+    step: u64,
+    lr: f64,
+) -> (T::Model, StepStats) {
+    let n = parts.len();
+    let device = model
+        .devices()
+        .into_iter()
+        .next()
+        .expect("a model with parameters");
+    let exchange = Exchange::new(n, device);
+    let mut parts = parts.into_iter();
+    let lead_batch = parts.next().expect("a part per replica");
+    // Independent copies: own autodiff leaves and own batch-norm running statistics.
+    let others: Vec<(T, T::Model, T::Batch)> = parts
+        .map(|b| (task.clone(), model.valid().train(), b))
+        .collect();
+    let ex = &exchange;
+    let (lead, rest) = std::thread::scope(|scope| {
+        let handles: Vec<_> = others
+            .into_iter()
+            .enumerate()
+            .map(|(i, (mut task, model, batch))| {
+                let (r, pool) = (i + 1, pools.get(i + 1));
+                scope.spawn(move || {
+                    pool.install(move || {
+                        let _done = Finished(ex, r);
+                        let items = T::items(&batch);
+                        let mut cx = StepCtx {
+                            step,
+                            lr,
+                            replica: r,
+                            replicas: n,
+                            optim: None,
+                            exchange: Some(ex),
+                        };
+                        let (_, stats) = task.step(model, batch, &mut cx);
+                        StepStats { items, ..stats }
+                    })
+                })
+            })
+            .collect();
+        let lead = pools.get(0).install(|| {
+            let _done = Finished(ex, 0);
+            let items = T::items(&lead_batch);
+            let mut cx = StepCtx {
+                step,
+                lr,
+                replica: 0,
+                replicas: n,
+                optim: Some(optim),
+                exchange: Some(ex),
+            };
+            let (model, stats) = task.step(model, lead_batch, &mut cx);
+            (model, StepStats { items, ..stats })
+        });
+        let rest: Vec<StepStats> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect();
+        (lead, rest)
+    });
+    let (model, lead_stats) = lead;
+    let stats = replicas::merge(std::iter::once(lead_stats).chain(rest).collect());
+    assert!(
+        !exchange.broken() || !stats.finite(),
+        "replicas went out of step with finite losses (a task updated a data-dependent number of times)"
+    );
+    (model, stats)
+}
+
 impl<T: Task> Trainable for Bound<T> {
     fn step(&mut self, batch: Box<dyn AnyBatch>, step: u64, lr: f64) -> StepStats {
-        let batch = *batch
-            .into_any()
-            .downcast::<T::Batch>()
-            .unwrap_or_else(|_| panic!("a batch made for another task"));
-        self.step_typed(batch, step, lr)
+        let batch = batch.into_any();
+        let parts = match batch.downcast::<Parts<T::Batch>>() {
+            Ok(parts) => parts.0,
+            Err(batch) => vec![*batch
+                .downcast::<T::Batch>()
+                .unwrap_or_else(|_| panic!("a batch made for another task"))],
+        };
+        self.step_parts(parts, step, lr)
     }
 
     fn save(&self, dir: &Path) -> Result<()> {

@@ -50,15 +50,16 @@ pub struct BackboneSpec {
 }
 
 impl BackboneSpec {
+    /// The backbone with its weights drawn now (see `device::init_now`).
     pub fn init(&self, device: &Device) -> Backbone {
-        match self.kind {
+        crate::device::init_now(match self.kind {
             BackboneKind::Convnet => {
                 Backbone::Convnet(ConvNet::new(self.in_channels, self.width, device))
             }
             BackboneKind::Resnet18 => {
                 Backbone::Resnet18(ResNet::resnet18(self.in_channels, self.width, device))
             }
-        }
+        })
     }
 }
 

@@ -11,9 +11,9 @@ pub struct LinearHead {
 
 impl LinearHead {
     pub fn new(dim: usize, classes: usize, device: &Device) -> Self {
-        Self {
+        crate::device::init_now(Self {
             fc: LinearConfig::new(dim, classes).init(device),
-        }
+        })
     }
 
     /// A head whose weights and bias start at zero (a probe that has learnt nothing predicts

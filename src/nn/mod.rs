@@ -6,6 +6,7 @@ pub mod backbone;
 pub mod convnet;
 pub mod decoder;
 pub mod discriminator;
+pub mod dropout;
 pub mod heads;
 pub mod resnet;
 pub mod transformer;

@@ -16,6 +16,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use serde::{Deserialize, Serialize};
 
+use super::dropout::dropout;
 use crate::error::{Error, Result};
 
 /// Everything needed to rebuild the model before loading its weights (saved in the run's `run.json`).
@@ -144,7 +145,8 @@ impl TransformerSpec {
                 causal: self.causal,
             })
             .collect();
-        Transformer {
+        // Initialised here, where the caller seeded the generator (see `device::init_now`).
+        crate::device::init_now(Transformer {
             tok: EmbeddingConfig::new(self.vocab, self.d_model)
                 .with_initializer(normal(std))
                 .init(device),
@@ -156,7 +158,7 @@ impl TransformerSpec {
             head: (!self.tie_weights).then(|| linear(self.d_model, self.vocab, std)),
             dropout: DropoutConfig::new(self.dropout).init(),
             max_len: self.max_len,
-        }
+        })
     }
 }
 
@@ -192,11 +194,11 @@ impl Block {
         let context = attention(part(0), part(1), part(2), mask, None, options)
             .swap_dims(1, 2)
             .reshape([b, t, d]);
-        let x = x + self.dropout.forward(self.proj.forward(context));
+        let x = x + dropout(&self.dropout, self.proj.forward(context));
         let mlp = self
             .fc2
             .forward(gelu(self.fc1.forward(self.ln2.forward(x.clone()))));
-        x + self.dropout.forward(mlp)
+        x + dropout(&self.dropout, mlp)
     }
 }
 
@@ -265,7 +267,7 @@ impl Transformer {
         let device = tokens.device();
         let positions = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([1, t]);
         let x = self.tok.forward(tokens) + self.pos.forward(positions);
-        let mut x = self.dropout.forward(x);
+        let mut x = dropout(&self.dropout, x);
         let mask = pad.map(|p| {
             let heads = self.blocks.first().map_or(1, |bl| bl.heads);
             p.reshape([b, 1, 1, t]).expand([b, heads, t, t])

@@ -100,7 +100,9 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         input: &input,
         device: device.clone(),
     };
+    let replicas = engine::replicas::resolve(cfg.replicas, cfg.batch_size, &device)?;
     let mut trainer = crate::device::seeded(&device, cfg.seed, || build(&ctx))?;
+    trainer.set_replicas(replicas);
     let (encoder_input, input_transform) = trainer.encoder_input(&input);
     let info = EncoderInfo {
         backbone: BackboneSpec {

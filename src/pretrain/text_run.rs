@@ -17,6 +17,7 @@ use crate::data::corpus::{Fields, TextSource};
 use crate::data::tokenizer::Tokenizer;
 use crate::data::tokens::{tokenize_corpus, TokenFile};
 use crate::engine::optim::lm_optimizer;
+use crate::engine::replicas::split_batch;
 use crate::engine::run_dir::{self, LmInfo, PretrainSummary, RunInfo, WEIGHTS};
 use crate::engine::{run_loop, Bound, LoopSettings, Trainable};
 use crate::error::{Error, Result};
@@ -125,6 +126,7 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
     run_dir::write_run_info(&run, &RunInfo::Text(info))?;
 
     let device = req.device.clone().autodiff();
+    let replicas = crate::engine::replicas::resolve(cfg.replicas, cfg.batch_size, &device)?;
     let model = crate::device::seeded(&device, cfg.seed, || spec.init(&device));
     let validation = if evaluate {
         validation_batches(&cfg, task.as_ref(), &corpus.val, t)?
@@ -142,7 +144,8 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
         model,
         &lm_optimizer(cfg.weight_decay, cfg.grad_clip),
         cfg.on_nonfinite == NonFinite::Skip,
-    );
+    )
+    .with_replicas(replicas);
     let start = run_loop::resume(&mut trainer, &resumed, &run, req.quiet)?;
     if !req.quiet {
         println!(
@@ -166,8 +169,9 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
         let mut rng =
             ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step);
         let windows = random_windows(&corpus.train, cfg.batch_size, wlen, &mut rng)?;
-        let batch: TextBatch = task.make_batch(&windows, &mut rng);
-        Ok(Box::new(batch))
+        Ok(split_batch(windows.len(), replicas, &mut rng, |r, rng| {
+            task.make_batch(&windows[r], rng)
+        }))
     };
     let outcome = run_loop::run(
         &mut trainer,

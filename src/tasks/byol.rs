@@ -221,11 +221,11 @@ impl Task for Byol {
             };
             return (model, stats);
         }
-        let mut grads = loss.backward();
+        let mut grads = cx.backward(loss);
         let g_online = GradientsParams::from_module(&mut grads, &online);
         let g_pred = GradientsParams::from_module(&mut grads, &predictor);
-        let online = cx.optim.step("model", cx.lr, online, g_online);
-        let predictor = cx.optim.step("predictor", cx.lr, predictor, g_pred);
+        let online = cx.update("model", cx.lr, online, g_online);
+        let predictor = cx.update("predictor", cx.lr, predictor, g_pred);
         let target = ema_update(target, &online, tau);
         let model = ByolModel {
             online,

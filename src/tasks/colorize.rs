@@ -482,8 +482,8 @@ impl Task for Colorize {
             // Nothing to learn from; the engine stops or undoes the step (prior included).
             return (model, stats);
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        (cx.optim.step("model", cx.lr, model, grads), stats)
+        let grads = GradientsParams::from_grads(cx.backward(loss), &model);
+        (cx.update("model", cx.lr, model, grads), stats)
     }
 
     fn items(batch: &ColorizeBatch) -> u64 {

@@ -563,7 +563,7 @@ mod tests {
         let (g0, d0) = (flat_params(&gen), flat_params(&disc));
         let (disc, _) = discriminator_phase(
             disc,
-            &mut optim,
+            &mut StepCtx::new(0, 1e-2, &mut optim),
             1e-2,
             centre(truth),
             centre(filled.clone()),
@@ -574,7 +574,10 @@ mod tests {
             d0, d1,
             "the discriminator phase left the discriminator unchanged"
         );
-        let (gen, _, adv) = generator_phase(gen, &mut optim, 1e-2, rec, centre(filled), &disc, 0.5);
+        let (gen, _, adv) = generator_phase(
+            gen,
+            &mut StepCtx::new(0, 1e-2, &mut optim),
+            1e-2, rec, centre(filled), &disc, 0.5);
         assert!(adv > 0.0);
         let (g2, d2) = (flat_params(&gen), flat_params(&disc));
         assert_ne!(g1, g2, "the generator phase left the generator unchanged");

@@ -98,8 +98,8 @@ pub struct LmTask {
     pub task: Arc<dyn TextTask>,
     /// Fixed validation batches, measured every `eval_every` steps.
     pub validation: Arc<Vec<TextBatch>>,
-    /// Dropout draws from the device's generator, seeded per step from (seed, step), so a
-    /// resumed run is bitwise equal to an uninterrupted one.
+    /// Dropout masks come from (seed, step, replica) alone (see `nn::dropout`), so a resumed
+    /// run is bitwise equal to an uninterrupted one, with or without replicas.
     pub seed: u64,
     pub device: Device,
 }
@@ -115,8 +115,9 @@ impl Task for LmTask {
         batch: TextBatch,
         cx: &mut StepCtx,
     ) -> (Transformer, StepStats) {
-        crate::device::seeded(&self.device, self.seed ^ (cx.step << 20), || {
-            lm_step(model, cx, &batch, &self.device)
+        let device = self.device.clone();
+        crate::nn::dropout::with_generator(self.seed ^ (cx.step << 20), cx.replica as u64, || {
+            lm_step(model, cx, &batch, &device)
         })
     }
 
@@ -152,8 +153,8 @@ pub fn lm_step(
     }
     let n = batch.weights.iter().sum::<f32>().max(1.0);
     let acc = correct.into_scalar::<f32>() / n;
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let model = cx.optim.step("model", cx.lr, model, grads);
+    let grads = GradientsParams::from_grads(cx.backward(loss), &model);
+    let model = cx.update("model", cx.lr, model, grads);
     (model, StepStats::new(value, vec![("acc", acc)]))
 }
 
@@ -178,6 +179,8 @@ pub fn held_out_loss(model: &Transformer, batches: &[TextBatch]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::gan::flat_params;
+    use crate::engine::Bound;
     use crate::nn::transformer::TransformerSpec;
     use crate::tasks::causal_lm;
     use burn::optim::AdamWConfig;
@@ -209,11 +212,7 @@ mod tests {
         let first = held_out_loss(&model, std::slice::from_ref(&batch));
         let mut last = StepStats::default();
         for step in 0..150 {
-            let mut cx = StepCtx {
-                step,
-                lr: 3e-3,
-                optim: &mut optim,
-            };
+            let mut cx = StepCtx::new(step, 3e-3, &mut optim);
             let (m, s) = lm_step(model, &mut cx, &batch, &device);
             model = m;
             last = s;
@@ -226,5 +225,65 @@ mod tests {
             last.loss
         );
         assert!(last.metrics[0].1 > 0.98, "acc {:?}", last.metrics);
+    }
+
+    /// Two replicas on the two halves of a batch take the step one model takes on the whole
+    /// batch (no dropout, equal halves: the summed, halved gradients are the whole batch's).
+    #[test]
+    fn two_replicas_on_halves_step_like_one_on_the_whole_batch() {
+        let text = "It is a truth universally acknowledged, that a single man in possession \
+                    of a good fortune, must be in want of a wife. However little known the \
+                    feelings or views of such a man may be on his first entering a neighbourhood";
+        let ids: Vec<u32> = text.bytes().map(u32::from).collect();
+        let t = 24;
+        let windows: Vec<Vec<u32>> = (0..8)
+            .map(|i| ids[i * 17..i * 17 + t + 1].to_vec())
+            .collect();
+        let device = Device::flex().autodiff();
+        let spec = TransformerSpec {
+            vocab: 256,
+            d_model: 32,
+            layers: 2,
+            heads: 4,
+            d_ff: 64,
+            max_len: 32,
+            dropout: 0.0,
+            tie_weights: true,
+            causal: true,
+        };
+        let bound = |replicas: usize| {
+            let task = LmTask {
+                task: Arc::new(causal_lm::CausalLm),
+                validation: Default::default(),
+                seed: 0,
+                device: device.clone(),
+            };
+            let model = crate::device::seeded(&device, 5, || spec.init(&device));
+            let optim = crate::engine::optim::lm_optimizer(0.1, 0.0);
+            Bound::new(task, model, &optim, false).with_replicas(replicas)
+        };
+        let whole = vec![causal_lm::make_batch(&windows)];
+        let halves = vec![
+            causal_lm::make_batch(&windows[..4]),
+            causal_lm::make_batch(&windows[4..]),
+        ];
+        let (mut one, mut two) = (bound(1), bound(2));
+        assert_eq!((one.replicas(), two.replicas()), (1, 2));
+        for step in 0..3 {
+            let a = one.step_parts(whole.clone(), step, 1e-3);
+            let b = two.step_parts(halves.clone(), step, 1e-3);
+            assert!((a.loss - b.loss).abs() < 1e-5, "step {step}: {} vs {}", a.loss, b.loss);
+            assert_eq!(a.items, b.items);
+        }
+        let (pa, pb) = (flat_params(one.model()), flat_params(two.model()));
+        let diff = pa.iter().zip(&pb).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        // Three AdamW steps of 1e-3 move weights by ~3e-3; float reassociation leaves ~1e-7.
+        assert!(diff < 2e-5, "weights differ by up to {diff}");
+        let moved = flat_params(bound(1).model())
+            .iter()
+            .zip(&pa)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(moved > 1e-3, "the steps moved the weights by only {moved}");
     }
 }

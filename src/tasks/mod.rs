@@ -15,6 +15,7 @@ use crate::data::loader::MakeBatch;
 use crate::engine::gan::Gan;
 use crate::engine::optim::build_optimizer;
 use crate::engine::step::{classification_step, images_tensor, labels_tensor};
+use crate::engine::replicas::{split_batch, Parts};
 use crate::engine::{AnyBatch, Bound, StepCtx, StepStats, Task, Trainable};
 use crate::error::{Error, Result};
 use crate::input::{InputSpec, InputTransform};
@@ -178,7 +179,7 @@ pub struct ClassBatch {
 
 impl ClassBatch {
     /// Cross-entropy step of `model` on this batch: `forward` maps the inputs to logits.
-    pub fn step<M: Module>(
+    pub fn step<M: Module + 'static>(
         self,
         model: M,
         cx: &mut StepCtx,
@@ -222,7 +223,10 @@ pub trait ImageTask: Task<Encoder = Backbone> {
 /// An image task bound to its model and optimisers, with its batch type erased: what
 /// `pretrain`, `bench` and the tests drive.
 pub trait ImageTrainer: Trainable {
+    /// Batches as one part per replica (see [`crate::engine::replicas`]).
     fn make_batch(&self) -> MakeBatch<Box<dyn AnyBatch>>;
+    /// Step with `n` replicas from now on (1 = none); batches made before are of the old count.
+    fn set_replicas(&mut self, n: usize);
     fn encoder(&self) -> Backbone;
     fn encoder_input(&self, data: &InputSpec) -> (InputSpec, InputTransform);
     /// Sample pictures from the first batch stepped on (nothing before the first step).
@@ -234,7 +238,17 @@ pub trait ImageTrainer: Trainable {
 impl<T: ImageTask> ImageTrainer for Bound<T> {
     fn make_batch(&self) -> MakeBatch<Box<dyn AnyBatch>> {
         let make = self.task.make_batch();
-        Arc::new(move |images, labels, rng| Box::new(make(images, labels, rng)))
+        let parts = self.replicas();
+        Arc::new(move |images, labels, rng| {
+            split_batch(images.len(), parts, rng, |r, rng| {
+                // Unlabelled data has no labels to split.
+                let labels = labels.get(r.clone()).unwrap_or(&[]);
+                make(&images[r], labels, rng)
+            })
+        })
+    }
+    fn set_replicas(&mut self, n: usize) {
+        Bound::set_replicas(self, n);
     }
     fn encoder(&self) -> Backbone {
         <T as Task>::encoder(self.model())
@@ -252,12 +266,12 @@ impl<T: ImageTask> ImageTrainer for Bound<T> {
         self.task.evaluate(self.model(), held_out)
     }
     fn flat(&self, batch: &dyn AnyBatch) -> FlatBatch {
-        T::flat(
-            batch
-                .as_any()
-                .downcast_ref::<T::Batch>()
-                .expect("a batch made by this task"),
-        )
+        let any = batch.as_any();
+        let batch = any
+            .downcast_ref::<T::Batch>()
+            .or_else(|| any.downcast_ref::<Parts<T::Batch>>().map(|p| &p.0[0]))
+            .expect("a batch made by this task");
+        T::flat(batch)
     }
 }
 

@@ -213,8 +213,8 @@ impl Task for Simclr {
         if !value.is_finite() {
             return (model, stats);
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        (cx.optim.step("model", cx.lr, model, grads), stats)
+        let grads = GradientsParams::from_grads(cx.backward(loss), &model);
+        (cx.update("model", cx.lr, model, grads), stats)
     }
 
     fn items(batch: &ClassBatch) -> u64 {

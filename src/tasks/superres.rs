@@ -477,14 +477,20 @@ mod tests {
         let content = t.content(out.clone(), truth.clone());
         let (g0, d0) = (flat_params(&gen), flat_params(&disc));
         let (disc, _) =
-            discriminator_phase(disc, &mut optim, 1e-2, centre(truth), centre(out.clone()));
+            discriminator_phase(
+                disc,
+                &mut StepCtx::new(0, 1e-2, &mut optim),
+                1e-2, centre(truth), centre(out.clone()));
         let (g1, d1) = (flat_params(&gen), flat_params(&disc));
         assert_eq!(g0, g1, "the discriminator phase changed the generator");
         assert_ne!(
             d0, d1,
             "the discriminator phase left the discriminator unchanged"
         );
-        let (gen, _, _) = generator_phase(gen, &mut optim, 1e-2, content, centre(out), &disc, 0.5);
+        let (gen, _, _) = generator_phase(
+            gen,
+            &mut StepCtx::new(0, 1e-2, &mut optim),
+            1e-2, content, centre(out), &disc, 0.5);
         let (g2, d2) = (flat_params(&gen), flat_params(&disc));
         assert_ne!(g1, g2, "the generator phase left the generator unchanged");
         assert_eq!(d1, d2, "the generator phase changed the discriminator");

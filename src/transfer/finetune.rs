@@ -122,11 +122,8 @@ pub fn finetune(
         let batch = batch?;
         let y = labels_tensor(&batch.labels, &ad);
         let x = images_tensor(batch.images, [batch.b, batch.c, batch.h, batch.w], &ad);
-        let mut cx = StepCtx {
-            step: step as u64,
-            lr: lr_at(step as u64, s.lr, s.steps / 20, s.steps, 0.0),
-            optim: &mut optim,
-        };
+        let lr = lr_at(step as u64, s.lr, s.steps / 20, s.steps, 0.0);
+        let mut cx = StepCtx::new(step as u64, lr, &mut optim);
         let (m, stats) =
             classification_step(model.take().expect("model"), &mut cx, y, |m| m.forward(x));
         model = Some(m);

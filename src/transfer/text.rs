@@ -568,17 +568,14 @@ fn finetune(
         let batch: Vec<&Example> = order[pos..pos + bs].iter().map(|&i| train[i]).collect();
         pos += bs;
         let y: Vec<u32> = batch.iter().map(|e| e.label).collect();
-        let mut cx = StepCtx {
+        let lr = lr_at(
             step,
-            lr: lr_at(
-                step,
-                cfg.finetune_lr,
-                cfg.finetune_steps / 10,
-                cfg.finetune_steps,
-                0.0,
-            ),
-            optim: &mut optim,
-        };
+            cfg.finetune_lr,
+            cfg.finetune_steps / 10,
+            cfg.finetune_steps,
+            0.0,
+        );
+        let mut cx = StepCtx::new(step, lr, &mut optim);
         let (next, stats) = classification_step(net, &mut cx, labels_tensor(&y, &ad), |m| {
             m.head.forward(pooled(&m.lm, &batch, pad_id, cls, &ad))
         });

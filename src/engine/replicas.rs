@@ -1,0 +1,325 @@
+//! Every core inside one step: the batch split into parts, one replica of the model per part,
+//! each running serially in its own thread pool, their gradients summed before one optimiser
+//! step.
+//!
+//! burn-flex splits an op across threads only above ~4 M elements (element-wise) or 192³
+//! multiply-adds (matmul), so most of a step runs on one core however many there are. Replicas
+//! use them all. The protocol, for `n` replicas of a step:
+//!
+//! - replica 0 (the *leader*) steps the model the engine keeps; replicas 1.. step independent
+//!   copies of it (`valid().train()`: own autodiff leaves, own batch-norm running statistics)
+//!   and their own clones of the task, all discarded after the step;
+//! - every loss is scaled by 1/n before backward ([`super::StepCtx::backward`]), so the summed
+//!   gradient is the mean over the whole batch when the parts are equal;
+//! - each optimiser update a task makes ([`super::StepCtx::update`]) is a meeting point: the
+//!   leader waits for every replica's gradients, sums them (`step_multi`), updates its module,
+//!   and hands each replica a copy of the updated module, so a GAN's generator phase sees the
+//!   discriminator every replica agrees on;
+//! - a replica whose step ends without an update the others make (a NaN loss) breaks the meeting:
+//!   the others go on without updating and the engine treats the step as non-finite.
+//!
+//! What changes with the replica count: batch-norm batch statistics are per part, and a
+//! contrastive loss (SimCLR) takes its negatives from the replica's part only. The leader's
+//! running statistics (from its part) are what checkpoints hold. For a fixed replica count a run
+//! is deterministic and resumes bitwise.
+
+use std::any::Any;
+use std::ops::Range;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use burn::module::Module;
+use burn::optim::{GradientsParams, MultiGradientsParams};
+use burn::prelude::Device;
+use rand::Rng;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::step::StepStats;
+use super::task::{AnyBatch, Optimizers};
+use crate::error::{Error, Result};
+
+/// A batch made as `n` parts, one per replica.
+#[derive(Clone, Debug)]
+pub struct Parts<B>(pub Vec<B>);
+
+/// Make a batch of `n` items as `parts` parts (one per replica): `make(range, rng)` makes the
+/// items `range`. One part is the batch itself, made with `rng` (what a run without replicas
+/// draws); with more, part `p` gets its own generator seeded from `rng`'s p-th draw.
+pub fn split_batch<B: Clone + Send + 'static>(
+    n: usize,
+    parts: usize,
+    rng: &mut ChaCha8Rng,
+    mut make: impl FnMut(Range<usize>, &mut ChaCha8Rng) -> B,
+) -> Box<dyn AnyBatch> {
+    if parts <= 1 {
+        return Box::new(make(0..n, rng));
+    }
+    let seeds: Vec<u64> = (0..parts).map(|_| rng.gen()).collect();
+    let out = (0..parts)
+        .map(|p| {
+            let range = p * n / parts..(p + 1) * n / parts;
+            make(range, &mut ChaCha8Rng::seed_from_u64(seeds[p]))
+        })
+        .collect();
+    Box::new(Parts(out))
+}
+
+/// The replica count a run uses: `asked` (0 = one per compute thread: rayon's pool, i.e. the
+/// cores or `RAYON_NUM_THREADS`) for a batch of `batch` items on `device`. Only the CPU has
+/// replicas; an explicit count must divide the batch into parts of at least 2 items (batch norm
+/// and contrastive losses need two); 0 takes the largest count up to the threads that does.
+pub fn resolve(asked: usize, batch: usize, device: &Device) -> Result<usize> {
+    // burn's CPU backend (also under autodiff, whose Debug names the inner device).
+    let cpu = format!("{device:?}").contains("Flex");
+    if asked == 0 {
+        if !cpu {
+            return Ok(1);
+        }
+        return Ok((1..=rayon::current_num_threads())
+            .rev()
+            .find(|&r| batch.is_multiple_of(r) && batch / r >= 2)
+            .unwrap_or(1));
+    }
+    if asked > 1 && !cpu {
+        return Err(Error::config(
+            "replicas",
+            format!("{asked} replicas need the cpu device; use 1 (or 0 = auto) on a GPU"),
+        ));
+    }
+    if asked > 1 && (!batch.is_multiple_of(asked) || batch / asked < 2) {
+        return Err(Error::config(
+            "replicas",
+            format!(
+                "{asked} replicas must split batch_size {batch} into equal parts of at least 2; \
+                 use a divisor of the batch size (or 0 = auto)"
+            ),
+        ));
+    }
+    Ok(asked)
+}
+
+/// The thread pools the replicas run in: one per replica, rayon's threads (the cores, or
+/// `RAYON_NUM_THREADS`) shared out between them.
+pub struct Pools(Vec<rayon::ThreadPool>);
+
+impl Pools {
+    pub fn new(replicas: usize) -> Self {
+        let each = (rayon::current_num_threads() / replicas.max(1)).max(1);
+        Self(
+            (0..replicas)
+                .map(|r| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(each)
+                        .thread_name(move |i| format!("replica-{r}-{i}"))
+                        .build()
+                        .expect("a thread pool builds")
+                })
+                .collect(),
+        )
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, r: usize) -> &rayon::ThreadPool {
+        &self.0[r]
+    }
+}
+
+/// Where the replicas of one step meet at each optimiser update.
+pub struct Exchange {
+    n: usize,
+    device: Device,
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+struct State {
+    /// Updates completed in this step.
+    round: u64,
+    arrived: usize,
+    grads: Vec<Option<GradientsParams>>,
+    /// The updated module for each replica but the leader.
+    outbox: Vec<Option<Box<dyn Any + Send>>>,
+    /// Replicas whose step has returned.
+    done: Vec<bool>,
+    /// A replica returned without joining an update the others made.
+    broken: bool,
+}
+
+impl Exchange {
+    pub fn new(n: usize, device: Device) -> Self {
+        Self {
+            n,
+            device,
+            state: Mutex::new(State {
+                round: 0,
+                arrived: 0,
+                grads: (0..n).map(|_| None).collect(),
+                outbox: (0..n).map(|_| None).collect(),
+                done: vec![false; n],
+                broken: false,
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replica `r`'s update of `module` with its `grads`; `optim` is the leader's optimisers
+    /// (None on the other replicas). Returns the module every replica agrees on, or `module`
+    /// unchanged when the meeting broke.
+    pub fn update<M: Module + 'static>(
+        &self,
+        r: usize,
+        optim: Option<&mut Optimizers>,
+        name: &str,
+        lr: f64,
+        module: M,
+        grads: GradientsParams,
+    ) -> M {
+        let mut s = self.lock();
+        if s.broken || s.done.iter().any(|&d| d) {
+            s.broken = true;
+            self.cv.notify_all();
+            return module;
+        }
+        s.grads[r] = Some(grads);
+        s.arrived += 1;
+        let round = s.round;
+        self.cv.notify_all();
+        if r == 0 {
+            while s.arrived < self.n && !s.broken {
+                s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            if s.broken {
+                s.grads.iter_mut().for_each(|g| *g = None);
+                return module;
+            }
+            let grads = MultiGradientsParams {
+                grads: s
+                    .grads
+                    .iter_mut()
+                    .map(|g| (g.take().expect("every replica's gradients"), self.device.clone()))
+                    .collect(),
+            };
+            let optim = optim.expect("the leader holds the optimisers");
+            let updated = optim.step_multi(name, lr, module, grads);
+            for out in s.outbox.iter_mut().skip(1) {
+                *out = Some(Box::new(updated.valid().train()));
+            }
+            s.arrived = 0;
+            s.round += 1;
+            self.cv.notify_all();
+            updated
+        } else {
+            while s.round == round && !s.broken {
+                s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            if s.round == round {
+                s.grads[r] = None;
+                return module;
+            }
+            *s.outbox[r]
+                .take()
+                .expect("the leader left this replica its module")
+                .downcast::<M>()
+                .expect("the module type this replica updated")
+        }
+    }
+
+    /// Replica `r`'s step has returned (or unwound): anyone waiting for it waits in vain.
+    pub fn finish(&self, r: usize) {
+        let mut s = self.lock();
+        s.done[r] = true;
+        if s.arrived > 0 {
+            s.broken = true;
+        }
+        self.cv.notify_all();
+    }
+
+    pub fn broken(&self) -> bool {
+        self.lock().broken
+    }
+}
+
+/// Calls [`Exchange::finish`] when a replica's step ends, panics included.
+pub struct Finished<'a>(pub &'a Exchange, pub usize);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.finish(self.1);
+    }
+}
+
+/// One step's numbers from the replicas' own: loss and each metric averaged (equal parts),
+/// items summed.
+pub fn merge(stats: Vec<StepStats>) -> StepStats {
+    let n = stats.len().max(1) as f32;
+    let mut out = stats.first().cloned().unwrap_or_default();
+    out.loss = stats.iter().map(|s| s.loss).sum::<f32>() / n;
+    for (i, (_, v)) in out.metrics.iter_mut().enumerate() {
+        *v = stats
+            .iter()
+            .map(|s| s.metrics.get(i).map_or(f32::NAN, |m| m.1))
+            .sum::<f32>()
+            / n;
+    }
+    out.items = stats.iter().map(|s| s.items).sum();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_cover_the_batch_in_order() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let b = split_batch(10, 3, &mut rng, |r, _| r.collect::<Vec<usize>>());
+        let parts = b.as_ref().as_any().downcast_ref::<Parts<Vec<usize>>>().unwrap();
+        assert_eq!(parts.0, vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8, 9]]);
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let one = split_batch(10, 1, &mut rng, |r, rng| (r.len(), rng.gen::<u32>()));
+        let mut fresh = ChaCha8Rng::seed_from_u64(1);
+        assert_eq!(
+            one.as_ref().as_any().downcast_ref::<(usize, u32)>(),
+            Some(&(10, fresh.gen::<u32>())),
+            "one part is made exactly as without replicas"
+        );
+    }
+
+    #[test]
+    fn replica_counts() {
+        let cpu = Device::flex();
+        assert_eq!(resolve(2, 64, &cpu).unwrap(), 2);
+        assert_eq!(resolve(1, 3, &cpu).unwrap(), 1);
+        let err = resolve(3, 64, &cpu).unwrap_err().to_string();
+        assert!(err.contains("replicas") && err.contains("64"), "{err}");
+        assert!(resolve(4, 4, &cpu).is_err(), "parts of one item");
+        let auto = resolve(0, 64, &cpu).unwrap();
+        assert!(auto >= 1 && 64 % auto == 0);
+        assert_eq!(resolve(0, 1, &cpu).unwrap(), 1);
+    }
+
+    #[test]
+    fn merged_numbers_are_means_and_sums() {
+        let a = StepStats {
+            items: 3,
+            ..StepStats::new(1.0, vec![("acc", 0.5)])
+        };
+        let b = StepStats {
+            items: 5,
+            ..StepStats::new(3.0, vec![("acc", 1.0)])
+        };
+        let m = merge(vec![a, b]);
+        assert_eq!((m.loss, m.metrics[0].1, m.items), (2.0, 0.75, 8));
+    }
+}
