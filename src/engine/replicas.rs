@@ -207,7 +207,12 @@ impl Exchange {
                 grads: s
                     .grads
                     .iter_mut()
-                    .map(|g| (g.take().expect("every replica's gradients"), self.device.clone()))
+                    .map(|g| {
+                        (
+                            g.take().expect("every replica's gradients"),
+                            self.device.clone(),
+                        )
+                    })
                     .collect(),
             };
             let optim = optim.expect("the leader holds the optimisers");
@@ -284,8 +289,15 @@ mod tests {
     fn parts_cover_the_batch_in_order() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let b = split_batch(10, 3, &mut rng, |r, _| r.collect::<Vec<usize>>());
-        let parts = b.as_ref().as_any().downcast_ref::<Parts<Vec<usize>>>().unwrap();
-        assert_eq!(parts.0, vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8, 9]]);
+        let parts = b
+            .as_ref()
+            .as_any()
+            .downcast_ref::<Parts<Vec<usize>>>()
+            .unwrap();
+        assert_eq!(
+            parts.0,
+            vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8, 9]]
+        );
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let one = split_batch(10, 1, &mut rng, |r, rng| (r.len(), rng.gen::<u32>()));
         let mut fresh = ChaCha8Rng::seed_from_u64(1);

@@ -88,6 +88,10 @@ mod tests {
         assert!((mean - 1.0).abs() < 0.05, "mean {mean}");
         let plain = Device::flex();
         let y = Tensor::<2>::ones([4, 4], &plain);
-        assert_eq!(dropout(&d, y.clone()).into_data(), y.into_data(), "no autodiff: unchanged");
+        assert_eq!(
+            dropout(&d, y.clone()).into_data(),
+            y.into_data(),
+            "no autodiff: unchanged"
+        );
     }
 }

@@ -577,7 +577,12 @@ mod tests {
         let (gen, _, adv) = generator_phase(
             gen,
             &mut StepCtx::new(0, 1e-2, &mut optim),
-            1e-2, rec, centre(filled), &disc, 0.5);
+            1e-2,
+            rec,
+            centre(filled),
+            &disc,
+            0.5,
+        );
         assert!(adv > 0.0);
         let (g2, d2) = (flat_params(&gen), flat_params(&disc));
         assert_ne!(g1, g2, "the generator phase left the generator unchanged");

@@ -272,11 +272,20 @@ mod tests {
         for step in 0..3 {
             let a = one.step_parts(whole.clone(), step, 1e-3);
             let b = two.step_parts(halves.clone(), step, 1e-3);
-            assert!((a.loss - b.loss).abs() < 1e-5, "step {step}: {} vs {}", a.loss, b.loss);
+            assert!(
+                (a.loss - b.loss).abs() < 1e-5,
+                "step {step}: {} vs {}",
+                a.loss,
+                b.loss
+            );
             assert_eq!(a.items, b.items);
         }
         let (pa, pb) = (flat_params(one.model()), flat_params(two.model()));
-        let diff = pa.iter().zip(&pb).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let diff = pa
+            .iter()
+            .zip(&pb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
         // Three AdamW steps of 1e-3 move weights by ~3e-3; float reassociation leaves ~1e-7.
         assert!(diff < 2e-5, "weights differ by up to {diff}");
         let moved = flat_params(bound(1).model())

@@ -476,11 +476,13 @@ mod tests {
         let out = Superres::generate(&gen, up, &input);
         let content = t.content(out.clone(), truth.clone());
         let (g0, d0) = (flat_params(&gen), flat_params(&disc));
-        let (disc, _) =
-            discriminator_phase(
-                disc,
-                &mut StepCtx::new(0, 1e-2, &mut optim),
-                1e-2, centre(truth), centre(out.clone()));
+        let (disc, _) = discriminator_phase(
+            disc,
+            &mut StepCtx::new(0, 1e-2, &mut optim),
+            1e-2,
+            centre(truth),
+            centre(out.clone()),
+        );
         let (g1, d1) = (flat_params(&gen), flat_params(&disc));
         assert_eq!(g0, g1, "the discriminator phase changed the generator");
         assert_ne!(
@@ -490,7 +492,12 @@ mod tests {
         let (gen, _, _) = generator_phase(
             gen,
             &mut StepCtx::new(0, 1e-2, &mut optim),
-            1e-2, content, centre(out), &disc, 0.5);
+            1e-2,
+            content,
+            centre(out),
+            &disc,
+            0.5,
+        );
         let (g2, d2) = (flat_params(&gen), flat_params(&disc));
         assert_ne!(g1, g2, "the generator phase left the generator unchanged");
         assert_eq!(d1, d2, "the generator phase changed the discriminator");
