@@ -20,8 +20,10 @@
 //!
 //! What changes with the replica count: batch-norm batch statistics are per part, and a
 //! contrastive loss (SimCLR) takes its negatives from the replica's part only. The leader's
-//! running statistics (from its part) are what checkpoints hold. For a fixed replica count a run
-//! is deterministic and resumes bitwise.
+//! running statistics (from its part) are what checkpoints hold, and so is the leader's task
+//! state (colorize's colour prior counts the leader's part of each batch: the other replicas'
+//! clones of the task are discarded). For a fixed replica count a run is deterministic and
+//! resumes bitwise.
 
 use std::any::Any;
 use std::ops::Range;
