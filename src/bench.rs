@@ -26,13 +26,14 @@ use crate::data::augment::Img;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::ImageSet;
 use crate::engine::optim::lm_optimizer;
-use crate::engine::Bound;
+use crate::engine::replicas::split_batch;
+use crate::engine::{Bound, Trainable};
 use crate::error::{Error, Result};
 use crate::input::InputSpec;
 use crate::nn::transformer::TransformerSpec;
 use crate::nn::BackboneKind;
 use crate::tasks::lm::LmTask;
-use crate::tasks::{self, FlatBatch, TaskContext, TextBatch};
+use crate::tasks::{self, FlatBatch, TaskContext};
 
 /// The image tasks `--tasks` measures by default.
 pub const IMAGE_TASKS: &[&str] = &[
@@ -452,9 +453,9 @@ fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     // batch in one part per replica.
     let replicas = crate::engine::replicas::resolve(opts.replicas, b, &device)?;
     let all = windows(&mut rng);
-    let batch: Vec<TextBatch> = (0..replicas)
-        .map(|p| task.make_batch(&all[p * b / replicas..(p + 1) * b / replicas], &mut rng))
-        .collect();
+    let batch = split_batch(all.len(), replicas, &mut rng, |r, rng| {
+        task.make_batch(&all[r], rng)
+    });
     let cfg = crate::config::TextConfig::default();
     let model = crate::device::seeded(&device, 0, || spec.init(&device));
     let lm = LmTask {
@@ -471,14 +472,14 @@ fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     )
     .with_replicas(replicas);
     for k in 0..2 {
-        bound.step_parts(batch.clone(), k, 1e-3);
+        bound.step(batch.clone(), k, 1e-3);
     }
     let mut times = Vec::with_capacity(opts.steps);
     let cpu0 = cpu_seconds();
     for k in 0..opts.steps {
         let b = batch.clone();
         let t0 = Instant::now();
-        std::hint::black_box(bound.step_parts(b, 2 + k as u64, 1e-3));
+        std::hint::black_box(bound.step(b, 2 + k as u64, 1e-3));
         times.push(t0.elapsed().as_secs_f64());
     }
     let cpu_ms_per_step = (cpu_seconds() - cpu0) * 1e3 / opts.steps.max(1) as f64;

@@ -71,8 +71,8 @@ pub fn split_batch<B: Clone + Send + 'static>(
 /// replicas; an explicit count must divide the batch into parts of at least 2 items (batch norm
 /// and contrastive losses need two); 0 takes the largest count up to the threads that does.
 pub fn resolve(asked: usize, batch: usize, device: &Device) -> Result<usize> {
-    // burn's CPU backend (also under autodiff, whose Debug names the inner device).
-    let cpu = format!("{device:?}").contains("Flex");
+    // burn's CPU backend, also under autodiff.
+    let cpu = device.clone().inner() == Device::flex();
     if asked == 0 {
         if !cpu {
             return Ok(1);
@@ -314,6 +314,11 @@ mod tests {
     fn replica_counts() {
         let cpu = Device::flex();
         assert_eq!(resolve(2, 64, &cpu).unwrap(), 2);
+        assert_eq!(
+            resolve(2, 64, &cpu.clone().autodiff()).unwrap(),
+            2,
+            "autodiff on the CPU"
+        );
         assert_eq!(resolve(1, 3, &cpu).unwrap(), 1);
         let err = resolve(3, 64, &cpu).unwrap_err().to_string();
         assert!(err.contains("replicas") && err.contains("64"), "{err}");
