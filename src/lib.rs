@@ -24,6 +24,7 @@ pub mod config;
 pub mod data;
 pub mod demo;
 pub mod device;
+pub mod dist;
 pub mod embed;
 pub mod engine;
 pub mod error;

@@ -10,17 +10,52 @@ use pretext::transfer::text::{self as text_transfer, TextTransferConfig, TextTra
 use pretext::transfer::{
     self, labels::PerClass, Protocol, Source, TransferConfig, TransferRequest,
 };
-use pretext::{bench, compare, demo, device, tasks, tokenize_cmd, Error, Result};
+use pretext::{bench, compare, demo, device, dist, tasks, tokenize_cmd, Error, Result};
 
 use cli::{Cli, Command, TokenizerCommand};
 
 fn main() {
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
-        let code = e.exit_code();
-        eprintln!("error: {:#}", anyhow::Error::new(e));
-        std::process::exit(code);
+    // Under mpirun/srun: join the MPI world (finalised when `session` drops).
+    let session = match dist::init().and_then(|s| only_pretrain_across_ranks(&cli).map(|_| s)) {
+        Ok(s) => s,
+        Err(e) => fail(e),
+    };
+    let result = run(cli);
+    if let Err(e) = result {
+        if dist::size() > 1 {
+            // The other ranks may be waiting for this one in a collective: end the whole job.
+            eprintln!(
+                "error on rank {} of {}: {:#}",
+                dist::rank(),
+                dist::size(),
+                anyhow::Error::new(e)
+            );
+            dist::abort_job(2);
+            unreachable!("MPI_Abort returns only when not under MPI");
+        }
+        drop(session);
+        fail(e);
     }
+    drop(session);
+}
+
+fn fail(e: Error) -> ! {
+    let code = e.exit_code();
+    eprintln!("error: {:#}", anyhow::Error::new(e));
+    std::process::exit(code);
+}
+
+/// Started as one of several processes, only `pretrain` knows how to share the work.
+fn only_pretrain_across_ranks(cli: &Cli) -> Result<()> {
+    if dist::size() > 1 && !matches!(cli.command, Command::Pretrain(_)) {
+        return Err(Error::Usage(format!(
+            "started as {} processes by mpirun/srun: only `pretext pretrain` runs across processes; \
+             run other commands as one process",
+            dist::size()
+        )));
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -68,8 +103,12 @@ fn run(cli: Cli) -> Result<()> {
                 dataset: None,
                 skip_bad: a.skip_bad,
                 stop_after: a.stop_after,
-                quiet: a.quiet,
+                // Under MPI rank 0 alone reports.
+                quiet: a.quiet || !dist::is_writer(),
             })?;
+            if !dist::is_writer() {
+                return Ok(());
+            }
             println!(
                 "{} {} steps of {} in {:.1}s ({:.0} items/s), final loss {:.4}; run in {}",
                 if summary.completed {
@@ -308,8 +347,11 @@ fn pretrain_text(a: cli::PretrainArgs) -> Result<()> {
         device,
         resume,
         stop_after: a.stop_after,
-        quiet: a.quiet,
+        quiet: a.quiet || !dist::is_writer(),
     })?;
+    if !dist::is_writer() {
+        return Ok(());
+    }
     println!(
         "{} {} steps of {} in {:.1}s ({:.0} tokens/s), final loss {:.4}; run in {}",
         if s.completed {

@@ -480,3 +480,33 @@ fn ctrl_c_writes_a_checkpoint_and_the_run_resumes() {
         "{stdout}"
     );
 }
+
+/// Started by mpirun as one of several processes, a build without the `mpi` feature refuses in
+/// one line instead of training alone N times over.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn launched_by_mpirun_without_the_mpi_feature_says_how_to_build_it() {
+    let dir = tmp();
+    let out = Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args([
+            "pretrain",
+            "--task",
+            "rotation",
+            "--data",
+            &fashion(),
+            "--out",
+        ])
+        .arg(dir.path().join("run"))
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .env("OMPI_COMM_WORLD_RANK", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("rank 1 of 2") && err.contains("--features mpi"),
+        "{err}"
+    );
+    assert!(!dir.path().join("run").exists(), "nothing written");
+}

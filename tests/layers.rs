@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules by layer, lowest first. Modules of one layer may use each other.
 const LAYERS: &[&[&str]] = &[
-    &["error", "fsio", "device"],
+    &["error", "fsio", "device", "dist"],
     &["data"],
     &["input", "nn", "report"],
     &["config"],

@@ -60,6 +60,9 @@ pub struct TextConfig {
     /// Model replicas stepping on parts of each batch at once (see `engine::replicas`); 0 = one
     /// per core (CPU; 1 on a GPU).
     pub replicas: usize,
+    /// Under MPI (`mpirun … pretext pretrain`): compare the ranks' weights every N steps (a
+    /// checksum; they must be identical) and stop with an error if they differ; 0 = never.
+    pub rank_check_every: u64,
     pub on_nonfinite: NonFinite,
     /// Task sections, e.g. `[masked-lm] mask_prob = 0.15`.
     #[serde(flatten)]
@@ -98,6 +101,7 @@ impl Default for TextConfig {
             keep_checkpoints: 2,
             seed: 0,
             replicas: 0,
+            rank_check_every: 100,
             on_nonfinite: NonFinite::Stop,
             sections: BTreeMap::new(),
         }

@@ -75,6 +75,9 @@ pub struct PretrainConfig {
     /// `engine::replicas`); 0 = one per core (CPU; 1 on a GPU). Batch-norm statistics and
     /// SimCLR's negatives are then per part.
     pub replicas: usize,
+    /// Under MPI (`mpirun … pretext pretrain`): compare the ranks' weights every N steps (a
+    /// checksum; they must be identical) and stop with an error if they differ; 0 = never.
+    pub rank_check_every: u64,
     /// Batches queued ahead of training.
     pub prefetch: usize,
     /// Folder images are resized to this square size.
@@ -114,6 +117,7 @@ impl Default for PretrainConfig {
             seed: 0,
             workers: 0,
             replicas: 0,
+            rank_check_every: 100,
             prefetch: 4,
             image_size: 32,
             limit: 0,

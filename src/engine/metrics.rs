@@ -8,10 +8,23 @@ use crate::error::{Error, Result};
 
 pub struct MetricsLog {
     path: PathBuf,
-    file: File,
+    /// None: a rank other than 0 under MPI, which writes nothing.
+    file: Option<File>,
 }
 
 impl MetricsLog {
+    /// [`MetricsLog::open`] where `write` (rank 0, or the only process), else a log that keeps
+    /// nothing.
+    pub fn open_if(write: bool, path: &Path, keep_until_step: u64) -> Result<Self> {
+        if write {
+            return Self::open(path, keep_until_step);
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: None,
+        })
+    }
+
     /// Open the log of a run, keeping only records up to `keep_until_step` (what a resumed run
     /// has not yet redone).
     pub fn open(path: &Path, keep_until_step: u64) -> Result<Self> {
@@ -42,16 +55,22 @@ impl MetricsLog {
             .map_err(|e| Error::io(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
-            file,
+            file: Some(file),
         })
     }
 
     pub fn write(&mut self, record: &serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{record}").map_err(|e| Error::io(&self.path, e))
+        match &mut self.file {
+            Some(f) => writeln!(f, "{record}").map_err(|e| Error::io(&self.path, e)),
+            None => Ok(()),
+        }
     }
 
     pub fn flush(&mut self) -> Result<()> {
-        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+        match &self.file {
+            Some(f) => f.sync_data().map_err(|e| Error::io(&self.path, e)),
+            None => Ok(()),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`run_dir`]: the one layout of a run directory (`run.json`, `encoder.safetensors`, …).
 //! - [`checkpoint`], [`optim`], [`schedule`], [`metrics`], [`progress`]: the loop's parts.
 //! - [`replicas`]: every core inside one step (the batch in parts, one model replica each).
+//! - [`ranks`]: many processes (MPI, [`crate::dist`]): gradients and numbers summed over ranks.
 //! - [`step`], [`gan`]: pieces shared by task steps (cross-entropy, the two GAN phases).
 
 pub mod checkpoint;
@@ -15,6 +16,7 @@ pub mod gan;
 pub mod metrics;
 pub mod optim;
 pub mod progress;
+pub mod ranks;
 pub mod replicas;
 pub mod run_dir;
 pub mod run_loop;

@@ -44,33 +44,68 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug)]
 pub struct Parts<B>(pub Vec<B>);
 
-/// Make a batch of `n` items as `parts` parts (one per replica): `make(range, rng)` makes the
-/// items `range`. One part is the batch itself, made with `rng` (what a run without replicas
-/// draws); with more, part `p` gets its own generator seeded from `rng`'s p-th draw.
+/// This process's parts of a global batch of `n` items split into `parts` per rank (one per
+/// replica) on each of the run's ranks ([`crate::dist`]): `make(range, rng)` makes the items
+/// `range`. A batch of one part in all is the batch itself, made with `rng` (what a run without
+/// replicas draws); with more, part `p` of the `ranks × parts` gets its own generator seeded
+/// from `rng`'s p-th draw, so the global batch depends on the number of parts, not on how they
+/// are shared between processes and threads.
 pub fn split_batch<B: Clone + Send + 'static>(
     n: usize,
     parts: usize,
     rng: &mut ChaCha8Rng,
+    make: impl FnMut(Range<usize>, &mut ChaCha8Rng) -> B,
+) -> Box<dyn AnyBatch> {
+    let place = crate::dist::place();
+    split_batch_of(n, parts, place.rank, place.size, rng, make)
+}
+
+/// [`split_batch`] for rank `rank` of `ranks`.
+pub fn split_batch_of<B: Clone + Send + 'static>(
+    n: usize,
+    parts: usize,
+    rank: usize,
+    ranks: usize,
+    rng: &mut ChaCha8Rng,
     mut make: impl FnMut(Range<usize>, &mut ChaCha8Rng) -> B,
 ) -> Box<dyn AnyBatch> {
-    if parts <= 1 {
+    let total = parts.max(1) * ranks.max(1);
+    if total <= 1 {
         return Box::new(make(0..n, rng));
     }
-    let seeds: Vec<u64> = (0..parts).map(|_| rng.gen()).collect();
-    let out = (0..parts)
+    let seeds: Vec<u64> = (0..total).map(|_| rng.gen()).collect();
+    let mut out: Vec<B> = (rank * parts.max(1)..(rank + 1) * parts.max(1))
         .map(|p| {
-            let range = p * n / parts..(p + 1) * n / parts;
+            let range = p * n / total..(p + 1) * n / total;
             make(range, &mut ChaCha8Rng::seed_from_u64(seeds[p]))
         })
         .collect();
+    if out.len() == 1 {
+        return Box::new(out.pop().expect("one part"));
+    }
     Box::new(Parts(out))
 }
 
 /// The replica count a run uses: `asked` (0 = one per compute thread: rayon's pool, i.e. the
-/// cores or `RAYON_NUM_THREADS`) for a batch of `batch` items on `device`. Only the CPU has
-/// replicas; an explicit count must divide the batch into parts of at least 2 items (batch norm
-/// and contrastive losses need two); 0 takes the largest count up to the threads that does.
+/// cores or `RAYON_NUM_THREADS`) for a global batch of `batch` items on `device`, shared by this
+/// run's ranks ([`crate::dist`]). Only the CPU has replicas; an explicit count must divide
+/// each rank's share into parts of at least 2 items (batch norm and contrastive losses need
+/// two); 0 takes the largest count up to the threads that does.
 pub fn resolve(asked: usize, batch: usize, device: &Device) -> Result<usize> {
+    resolve_for(asked, batch, crate::dist::size(), device)
+}
+
+fn resolve_for(asked: usize, batch: usize, ranks: usize, device: &Device) -> Result<usize> {
+    if ranks > 1 && (!batch.is_multiple_of(ranks) || batch / ranks < 2) {
+        return Err(Error::config(
+            "batch_size",
+            format!(
+                "{batch} cannot be shared by {ranks} processes in equal parts of at least 2; \
+                 use a multiple of {ranks} (the batch size is the global one, over all processes)"
+            ),
+        ));
+    }
+    let batch = batch / ranks.max(1);
     // burn's CPU backend, also under autodiff.
     let cpu = device.clone().inner() == Device::flex();
     if asked == 0 {
@@ -203,6 +238,9 @@ impl Exchange {
             }
             if s.broken {
                 s.grads.iter_mut().for_each(|g| *g = None);
+                // The other ranks wait for this one's gradients: send NaN, so they undo (or
+                // stop at) this step too.
+                super::ranks::join_without_grads(&module);
                 return module;
             }
             let grads = MultiGradientsParams {
@@ -218,7 +256,13 @@ impl Exchange {
                     .collect(),
             };
             let optim = optim.expect("the leader holds the optimisers");
-            let updated = optim.step_multi(name, lr, module, grads);
+            let updated = if crate::dist::size() > 1 {
+                // Summed here, then over every rank.
+                let grads = super::ranks::sum_local_then_ranks(&module, grads.grads);
+                optim.step(name, lr, module, grads)
+            } else {
+                optim.step_multi(name, lr, module, grads)
+            };
             for out in s.outbox.iter_mut().skip(1) {
                 *out = Some(Box::new(updated.valid().train()));
             }

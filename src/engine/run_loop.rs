@@ -15,6 +15,7 @@ use super::run_dir::checkpoint_failed;
 use super::schedule;
 use super::step::StepStats;
 use super::task::{AnyBatch, Trainable};
+use crate::dist;
 use crate::error::{Error, Result};
 
 /// `on_nonfinite = "skip"` gives up after this many skipped steps in a row.
@@ -56,6 +57,9 @@ pub struct LoopSettings {
     #[serde(default)]
     pub eval_every: u64,
     pub seed: u64,
+    /// Under MPI: compare the ranks' weights every N steps; 0 = never.
+    #[serde(default)]
+    pub rank_check_every: u64,
     /// What a batch's items are called in throughput (`items`, `tokens`).
     #[serde(skip)]
     pub unit: &'static str,
@@ -129,7 +133,9 @@ pub fn run(
     start: u64,
     end: u64,
 ) -> Result<LoopOutcome> {
-    let mut log = MetricsLog::open(&run.join("metrics.jsonl"), start)?;
+    // Under MPI rank 0 alone writes the run directory (the others hold no log).
+    let writer = dist::is_writer();
+    let mut log = MetricsLog::open_if(writer, &run.join("metrics.jsonl"), start)?;
     install_ctrlc();
     INTERRUPTED.store(false, Ordering::SeqCst);
     let save = |trainer: &dyn Trainable, step: u64| -> Result<PathBuf> {
@@ -139,11 +145,14 @@ pub fn run(
             seed: s.seed,
             task: s.task.clone(),
         };
+        if !writer {
+            return Ok(run.to_path_buf());
+        }
         write_checkpoint(run, &state, s.keep_checkpoints, |dir| trainer.save(dir))
             .map_err(|e| checkpoint_failed(run, step, &e))
     };
     let mut last_eval = Vec::new();
-    if s.eval_every > 0 && start == 0 {
+    if s.eval_every > 0 && start == 0 && writer {
         // Where the curve starts (for a language model ≈ ln(vocab)).
         last_eval = trainer.validate()?;
         if !last_eval.is_empty() {
@@ -154,6 +163,8 @@ pub fn run(
     let t0 = Instant::now();
     let (mut window, mut total) = (Throughput::new(), Throughput::new());
     let mut last = StepStats::default();
+    // Under MPI: the gradient all-reduce's share of each logged window.
+    let (mut traffic, mut window_steps) = (dist::traffic(), 0u64);
     let (mut step, mut last_saved, mut skipped, mut in_row) = (start, start, 0u64, 0u64);
     while step < end {
         let batch = match next_batch(step) {
@@ -219,7 +230,17 @@ pub fn run(
             for (k, v) in &stats.metrics {
                 rec[*k] = serde_json::json!(v);
             }
-            if eval_now {
+            window_steps += 1;
+            if dist::size() > 1 && log_now {
+                let now = dist::traffic();
+                let per_step = |x: f64| x / window_steps.max(1) as f64;
+                rec["allreduce_mb_per_step"] =
+                    serde_json::json!(per_step((now.0 - traffic.0) as f64 / 1e6));
+                rec["allreduce_ms_per_step"] =
+                    serde_json::json!(per_step((now.1 - traffic.1) * 1e3));
+                (traffic, window_steps) = (now, 0);
+            }
+            if eval_now && writer {
                 let eval = trainer.validate()?;
                 if !eval.is_empty() {
                     let shown: Vec<String> = eval
@@ -256,8 +277,12 @@ pub fn run(
             }
             last = stats;
         }
-        // Checkpoints and Ctrl-C on schedule, whether or not this step was skipped.
-        let interrupted = interrupted();
+        if dist::size() > 1 && s.rank_check_every > 0 && step % s.rank_check_every == 0 {
+            check_ranks_agree(trainer, step)?;
+        }
+        // Checkpoints and Ctrl-C on schedule, whether or not this step was skipped. Under MPI
+        // every rank must stop at the same step: rank 0's Ctrl-C decides.
+        let interrupted = dist::any(interrupted());
         if step % s.checkpoint_every == 0 || interrupted {
             log.flush()?;
             save(trainer, step)?;
@@ -296,6 +321,24 @@ pub fn run(
         wall_s: t0.elapsed().as_secs_f64(),
         items_per_s: total.per_sec(),
     })
+}
+
+/// Every rank's weights are the same (they apply the same summed gradients): checked by a
+/// checksum, an error naming the step if not.
+fn check_ranks_agree(trainer: &dyn Trainable, step: u64) -> Result<()> {
+    let sum = trainer.checksum();
+    let (lo, hi) = dist::all_min_max(&sum);
+    if lo != hi {
+        return Err(Error::Training {
+            step,
+            message: format!(
+                "the {} processes' weights differ after step {step} (checksums {lo:?} to {hi:?}); \
+                 they should be identical: please report this with the command line",
+                dist::size()
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn record(step: u64, values: &[(String, f32)]) -> serde_json::Value {

@@ -63,11 +63,9 @@ pub fn classification_step<M: Module + 'static>(
     let loss = CrossEntropyLossConfig::new()
         .init(&device)
         .forward(logits.clone(), targets.clone());
+    // A NaN/Inf loss still goes through backward and the update (every replica and rank makes
+    // the same updates); the engine then stops or undoes the step.
     let loss_value = loss.clone().detach().into_scalar::<f32>();
-    if !loss_value.is_finite() {
-        // Nothing to learn from; the engine stops or undoes the step.
-        return (model, StepStats::new(loss_value, Vec::new()));
-    }
     let b = targets.dims()[0];
     let correct = logits
         .detach()

@@ -102,11 +102,19 @@ impl<'a> StepCtx<'a> {
         }
     }
 
-    /// Gradients of `loss`, scaled by 1/replicas so the replicas' sum is the mean over the
-    /// whole batch.
+    /// Which part of the global batch this replica steps: replicas of rank 0 first, then of
+    /// rank 1, … (per-part randomness, e.g. dropout masks, follows the part, so it does not
+    /// depend on how parts are shared between processes and threads).
+    pub fn part(&self) -> usize {
+        crate::dist::rank() * self.replicas + self.replica
+    }
+
+    /// Gradients of `loss`, scaled by 1/(replicas × ranks) so the sum over every replica of
+    /// every rank is the mean over the whole (global) batch.
     pub fn backward(&self, loss: Tensor<1>) -> Gradients {
-        if self.replicas > 1 {
-            loss.mul_scalar(1.0 / self.replicas as f64).backward()
+        let parts = self.replicas * crate::dist::size();
+        if parts > 1 {
+            loss.mul_scalar(1.0 / parts as f64).backward()
         } else {
             loss.backward()
         }
@@ -122,11 +130,13 @@ impl<'a> StepCtx<'a> {
         grads: GradientsParams,
     ) -> M {
         match self.exchange {
-            None => self
-                .optim
-                .as_deref_mut()
-                .expect("a step without replicas holds the optimisers")
-                .step(name, lr, module, grads),
+            None => {
+                let grads = super::ranks::all_reduce_grads(&module, grads);
+                self.optim
+                    .as_deref_mut()
+                    .expect("a step without replicas holds the optimisers")
+                    .step(name, lr, module, grads)
+            }
             Some(ex) => ex.update(
                 self.replica,
                 self.optim.as_deref_mut(),
@@ -220,6 +230,8 @@ pub trait Trainable {
     fn validate(&self) -> Result<Vec<(String, f32)>>;
     /// Trainable parameters plus batch-norm statistics of every network, as burn counts them.
     fn num_params(&self) -> usize;
+    /// Two numbers that change with any trainable weight (see [`super::ranks::checksum`]).
+    fn checksum(&self) -> [f64; 2];
 }
 
 /// A task with its model and optimisers: the one implementation of [`Trainable`].
@@ -297,7 +309,7 @@ impl<T: Task> Bound<T> {
                 self.task.clone(),
             )
         });
-        let (model, mut stats) = match &self.pools {
+        let (model, stats) = match &self.pools {
             None => {
                 let batch = parts.into_iter().next().expect("one part");
                 let items = T::items(&batch);
@@ -315,6 +327,8 @@ impl<T: Task> Bound<T> {
                 lr,
             ),
         };
+        // Under MPI: the numbers of the global batch, the same on every rank.
+        let mut stats = super::ranks::merge_stats(stats);
         match before {
             Some((record, optim, task)) if !stats.finite() => {
                 // Fold this step's running-statistics update in, then overwrite every value.
@@ -456,5 +470,9 @@ impl<T: Task> Trainable for Bound<T> {
 
     fn num_params(&self) -> usize {
         self.model().num_params()
+    }
+
+    fn checksum(&self) -> [f64; 2] {
+        super::ranks::checksum(self.model())
     }
 }

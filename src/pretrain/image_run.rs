@@ -11,6 +11,7 @@ use crate::config::{self, PretrainConfig};
 use crate::data::augment::Img;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{self, Dataset, OpenOptions};
+use crate::dist;
 use crate::engine::run_dir::{self, EncoderInfo, PretrainSummary, RunInfo, WEIGHTS};
 use crate::engine::{self, run_loop, LoopSettings};
 use crate::error::{Error, Result};
@@ -91,8 +92,13 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         ));
     }
     let input = InputSpec::from_images(&dataset.train)?;
-    std::fs::create_dir_all(&run).map_err(|e| Error::io(&run, e))?;
-    write_atomic(&run.join("config.toml"), config::to_toml(&cfg).as_bytes())?;
+    // Under MPI rank 0 alone writes the run directory; every rank reads the same data and
+    // config, and makes its own share of each batch.
+    let writer = dist::is_writer();
+    if writer {
+        std::fs::create_dir_all(&run).map_err(|e| Error::io(&run, e))?;
+        write_atomic(&run.join("config.toml"), config::to_toml(&cfg).as_bytes())?;
+    }
 
     let device = req.device.clone().autodiff();
     let ctx = TaskContext {
@@ -115,13 +121,15 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         data: cfg.data.clone(),
         input_transform,
     };
-    let monitor = if cfg.eval_every > 0 {
+    let monitor = if cfg.eval_every > 0 && writer {
         let (transform, input) = (info.input_transform, info.input.clone());
         KnnMonitor::new(&dataset, input, transform, cfg.seed, &req.device)?
     } else {
         None
     };
-    run_dir::write_run_info(&run, &RunInfo::Image(info))?;
+    if writer {
+        run_dir::write_run_info(&run, &RunInfo::Image(info))?;
+    }
     let train_set = Arc::new(dataset.train);
     let test_set = dataset.test;
 
@@ -165,6 +173,15 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         end,
     )?;
     drop(loader);
+    if !writer {
+        return Ok(PretrainSummary::new(
+            &cfg.task,
+            cfg.steps,
+            &run,
+            &outcome,
+            Vec::new(),
+        ));
+    }
     let substituted = train_set.substituted();
     if substituted > 0 {
         eprintln!(

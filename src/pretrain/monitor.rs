@@ -160,4 +160,7 @@ impl Trainable for Monitored<'_> {
     fn num_params(&self) -> usize {
         self.inner.num_params()
     }
+    fn checksum(&self) -> [f64; 2] {
+        self.inner.checksum()
+    }
 }

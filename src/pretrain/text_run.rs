@@ -16,6 +16,7 @@ use crate::config::{self, NonFinite, TextConfig};
 use crate::data::corpus::{Fields, TextSource};
 use crate::data::tokenizer::Tokenizer;
 use crate::data::tokens::{tokenize_corpus, TokenFile};
+use crate::dist;
 use crate::engine::optim::lm_optimizer;
 use crate::engine::replicas::split_batch;
 use crate::engine::run_dir::{self, LmInfo, PretrainSummary, RunInfo, WEIGHTS};
@@ -65,16 +66,26 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
             label: None,
         },
     )?;
-    std::fs::create_dir_all(&run).map_err(|e| Error::io(&run, e))?;
-    write_atomic(&run.join("config.toml"), config::to_toml(&cfg).as_bytes())?;
-
+    // Under MPI rank 0 alone writes the run directory: it makes the tokenizer and the token
+    // files, the others wait for them and read them.
+    let writer = dist::is_writer();
+    if writer {
+        std::fs::create_dir_all(&run).map_err(|e| Error::io(&run, e))?;
+        write_atomic(&run.join("config.toml"), config::to_toml(&cfg).as_bytes())?;
+    }
     let tok_path = run.join("tokenizer.json");
-    let tok = if tok_path.exists() && req.resume {
+    // Decided together (before rank 0 may write the file).
+    let reuse = dist::all_ok(tok_path.exists() && req.resume);
+    let tok = if reuse {
         Tokenizer::load(&tok_path)?
-    } else {
+    } else if writer {
         let tok = make_tokenizer(&cfg, &source, req.quiet)?;
         tok.save(&tok_path)?;
+        dist::barrier();
         tok
+    } else {
+        dist::barrier();
+        Tokenizer::load(&tok_path)?
     };
     let specials = Specials::of(&tok);
     let task = build(
@@ -88,14 +99,25 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
     let t = cfg.seq_len(&spec);
     let wlen = task.window_len(t);
 
-    let corpus = tokenize_corpus(
-        &source,
-        &tok,
-        cfg.seed,
-        cfg.val_fraction,
-        &run.join("tokens"),
-        !req.quiet,
-    )?;
+    let tokenize = || {
+        tokenize_corpus(
+            &source,
+            &tok,
+            cfg.seed,
+            cfg.val_fraction,
+            &run.join("tokens"),
+            !req.quiet,
+        )
+    };
+    // The others find rank 0's token files and reuse them.
+    let corpus = if writer {
+        let corpus = tokenize()?;
+        dist::barrier();
+        corpus
+    } else {
+        dist::barrier();
+        tokenize()?
+    };
     if corpus.train.len() < wlen as u64 {
         return Err(Error::Usage(format!(
             "{}: the training split has {} tokens, fewer than one window of {wlen}; use more text or a smaller seq_len",
@@ -123,7 +145,9 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
         tokenizer: "tokenizer.json".into(),
         seq_len: t,
     };
-    run_dir::write_run_info(&run, &RunInfo::Text(info))?;
+    if writer {
+        run_dir::write_run_info(&run, &RunInfo::Text(info))?;
+    }
 
     let device = req.device.clone().autodiff();
     let replicas = crate::engine::replicas::resolve(cfg.replicas, cfg.batch_size, &device)?;
@@ -192,6 +216,9 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
         &outcome,
         outcome.last_eval.clone(),
     );
+    if !writer {
+        return Ok(summary);
+    }
     if summary.completed {
         trainer.save_transferable(&run.join(WEIGHTS))?;
         if causal {

@@ -213,14 +213,6 @@ impl Task for Byol {
         let value = loss.clone().detach().into_scalar::<f32>();
         let tau = momentum_at(self.config.momentum, cx.step, self.steps);
         let stats = StepStats::new(value, vec![("tau", tau as f32)]);
-        if !value.is_finite() {
-            let model = ByolModel {
-                online,
-                predictor,
-                target,
-            };
-            return (model, stats);
-        }
         let mut grads = cx.backward(loss);
         let g_online = GradientsParams::from_module(&mut grads, &online);
         let g_pred = GradientsParams::from_module(&mut grads, &predictor);

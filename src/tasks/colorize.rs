@@ -478,10 +478,6 @@ impl Task for Colorize {
         let value = loss.clone().detach().into_scalar::<f32>();
         let kept = batch.keep.iter().sum::<u32>() as f32 / batch.shape[0] as f32;
         let stats = StepStats::new(value, vec![("kept", kept)]);
-        if !value.is_finite() {
-            // Nothing to learn from; the engine stops or undoes the step (prior included).
-            return (model, stats);
-        }
         let grads = GradientsParams::from_grads(cx.backward(loss), &model);
         (cx.update("model", cx.lr, model, grads), stats)
     }

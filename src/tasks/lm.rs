@@ -116,7 +116,7 @@ impl Task for LmTask {
         cx: &mut StepCtx,
     ) -> (Transformer, StepStats) {
         let device = self.device.clone();
-        crate::nn::dropout::with_generator(self.seed ^ (cx.step << 20), cx.replica as u64, || {
+        crate::nn::dropout::with_generator(self.seed ^ (cx.step << 20), cx.part() as u64, || {
             lm_step(model, cx, &batch, &device)
         })
     }
@@ -139,7 +139,8 @@ impl Task for LmTask {
 }
 
 /// Forward, backward and an update by the optimiser `model` at the step's learning rate. A
-/// NaN/Inf loss is reported without an update (the engine stops or undoes the step).
+/// NaN/Inf loss updates too (every replica and rank makes the same updates); the engine then
+/// stops or undoes the step.
 pub fn lm_step(
     model: Transformer,
     cx: &mut StepCtx,
@@ -148,9 +149,6 @@ pub fn lm_step(
 ) -> (Transformer, StepStats) {
     let (loss, correct) = lm_loss(&model, batch, device);
     let value = loss.clone().detach().into_scalar::<f32>();
-    if !value.is_finite() {
-        return (model, StepStats::new(value, Vec::new()));
-    }
     let n = batch.weights.iter().sum::<f32>().max(1.0);
     let acc = correct.into_scalar::<f32>() / n;
     let grads = GradientsParams::from_grads(cx.backward(loss), &model);

@@ -210,9 +210,6 @@ impl Task for Simclr {
         let (loss, acc) = nt_xent(model.embed(x), self.config.temperature);
         let value = loss.clone().detach().into_scalar::<f32>();
         let stats = StepStats::new(value, vec![("acc", acc.into_scalar::<f32>())]);
-        if !value.is_finite() {
-            return (model, stats);
-        }
         let grads = GradientsParams::from_grads(cx.backward(loss), &model);
         (cx.update("model", cx.lr, model, grads), stats)
     }
