@@ -1167,7 +1167,9 @@ except Exception as e:
 pq_path, npy_path, csv_path = sys.argv[1:4]
 t = pq.read_table(pq_path)
 assert t.column_names == ["row", "id", "label", "embedding"], t.schema
-assert str(t.schema.field("embedding").type) == "list<element: float>", t.schema
+import pyarrow as pa
+typ = t.schema.field("embedding").type
+assert pa.types.is_list(typ) and typ.value_type == pa.float32(), t.schema
 want = np.load(npy_path)
 rows = list(csv.DictReader(open(csv_path)))
 try:
@@ -1197,7 +1199,7 @@ fn parquet_output_holds_the_npy_rows_ids_and_labels() {
     let dir = r.root.join("parquet");
     std::fs::create_dir_all(&dir).unwrap();
     for (name, run, data) in [
-        ("fashion", &r.conv, r.fashion64.clone()),
+        ("fashion", &r.jig, r.fashion64.clone()),
         ("photos", &r.conv, photos()),
         ("docs", &t.bert, format!("jsonl:{}", t.docs.display())),
     ] {
