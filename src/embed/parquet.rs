@@ -10,8 +10,8 @@
 //!
 //! The file's key-value metadata holds `pretext` (what `FILE.json` says) and `dim`. Written with
 //! the `parquet` crate's low-level writer (no Arrow, no compression codec: PLAIN/dictionary
-//! encoded, uncompressed), a row group per [`ROW_GROUP`] rows, under a temporary name renamed
-//! into place when complete.
+//! encoded, uncompressed), a row group whenever at least [`ROW_GROUP`] rows are buffered (and
+//! one for the rest), under a temporary name renamed into place when complete.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -212,7 +212,9 @@ mod tests {
         w.finish("{\"rows\": 1}").unwrap();
         let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
         let meta = reader.metadata();
-        assert_eq!(meta.num_row_groups(), 3);
+        // Batches of 1000: a group at 5000 rows (the first batch end past 4096), the rest after.
+        assert_eq!(meta.num_row_groups(), 2);
+        assert_eq!(meta.row_group(0).num_rows(), 5000);
         assert_eq!(meta.file_metadata().num_rows(), n as i64);
         let kv = meta.file_metadata().key_value_metadata().unwrap();
         assert!(kv
