@@ -1,9 +1,14 @@
-"""pretext's image encoders in PyTorch, and a loader for `pretext export --format torch`.
+"""pretext's encoders in PyTorch, and a loader for `pretext export --format torch`.
 
     import sys; sys.path.insert(0, "encoder")      # the exported directory holds a copy
     import pretext_encoder
     model = pretext_encoder.load("encoder")        # eval mode, on the CPU
     features = model(x)                            # x: float [batch, C, H, W], pixels / 255
+
+A text run's export loads as a `TextEncoder` (see its docstring): `model(input_ids,
+attention_mask)` -> [batch, d_model], the mean of the final hidden states over the tokens, as
+`pretext embed` writes it; `model.batch(token_lists)` pads token id lists as embed does, and
+`model.embed(texts)` tokenizes too when the `tokenizers` package is installed.
 
 `model.backbone` is the bare network (input already normalised), for fine-tuning;
 `model.normalize(x)` is (x - mean) / std with the run's statistics; `model.config` is
@@ -18,6 +23,10 @@ the features equal `pretext embed`'s to float precision:
 - resnet18 (CIFAR-style, torchvision's parameter names): conv 3x3 stem -> BN -> ReLU, no max
   pooling; layer1..layer4 of two basic blocks (strides 1, 2, 2, 2; a 1x1 conv + BN
   `downsample` where the shape changes); global average pooling.
+
+- transformer (text runs; src/nn/transformer.rs): token + learned position embeddings, blocks of
+  x + proj(attention(LN1(x))), x + fc2(GELU(fc1(LN2(x)))) (exact erf GELU, LayerNorm eps 1e-5),
+  a final LayerNorm, mean pooling over the tokens.
 
 Only torch is needed: the safetensors file is read here (its format is an 8-byte length, a JSON
 header, then the raw little-endian tensors).
@@ -142,6 +151,115 @@ class Encoder(nn.Module):
         return self.features_at(x, self.backbone.stages_count)
 
 
+class TextBlock(nn.Module):
+    """One pre-LayerNorm transformer block (src/nn/transformer.rs `Block`)."""
+
+    def __init__(self, d_model, heads, d_ff, eps):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(d_model, eps=eps)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.ln2 = nn.LayerNorm(d_model, eps=eps)
+        self.fc1 = nn.Linear(d_model, d_ff)
+        self.fc2 = nn.Linear(d_ff, d_model)
+
+    def forward(self, x, hidden):
+        """x: [b, t, d]; hidden: bool [b or 1, 1, t, t], True where a query may not attend."""
+        b, t, d = x.shape
+        h = self.heads
+        qkv = self.qkv(self.ln1(x)).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = (q @ k.transpose(-1, -2)) * (d // h) ** -0.5
+        # A large finite value, not -inf: a row with no token gives no NaN.
+        scores = scores.masked_fill(hidden, -1e9)
+        context = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.proj(context)
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))  # F.gelu: the exact (erf) GELU
+
+
+class TextEncoder(nn.Module):
+    """A text run's transformer as `pretext embed` uses it: token ids in, one vector out.
+
+    forward(input_ids, attention_mask=None): int64 [b, t] (t <= max_len, padded on the right),
+    attention_mask 1 = token, 0 = padding (default: all tokens) -> float [b, d_model], the mean
+    of the final hidden states over the tokens. A padding position is hidden from every query;
+    a causal-lm run's queries also see no later position. `hidden(...)` gives the states
+    [b, t, d_model] before pooling.
+
+    config["tokenization"] says how embed tokenizes: the tokenizer file beside the weights
+    (Hugging Face tokenizer.json) without special tokens added, the first max_len tokens of a
+    longer document, [eos] for an empty one.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        a = config["architecture"]
+        self.config = config
+        self.causal = a["causal"]
+        self.max_len = a["max_len"]
+        eps = a.get("layer_norm_eps", 1e-5)
+        self.tok = nn.Embedding(a["vocab"], a["d_model"])
+        self.pos = nn.Embedding(a["max_len"], a["d_model"])
+        self.blocks = nn.ModuleList(
+            [TextBlock(a["d_model"], a["heads"], a["d_ff"], eps) for _ in range(a["layers"])]
+        )
+        self.ln_f = nn.LayerNorm(a["d_model"], eps=eps)
+        self.dim = a["d_model"]
+        self._tokenizer = None
+        self.directory = None
+
+    def hidden(self, input_ids, attention_mask=None):
+        b, t = input_ids.shape
+        if t > self.max_len:
+            raise ValueError("sequence of %d tokens > max_len %d" % (t, self.max_len))
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        positions = torch.arange(t, device=input_ids.device)
+        x = self.tok(input_ids) + self.pos(positions)
+        hidden = (attention_mask == 0).view(b, 1, 1, t)
+        if self.causal:
+            future = positions.view(1, t) > positions.view(t, 1)
+            hidden = hidden | future.view(1, 1, t, t)
+        for block in self.blocks:
+            x = block(x, hidden)
+        return self.ln_f(x)
+
+    def forward(self, input_ids, attention_mask=None):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        m = attention_mask.to(self.ln_f.weight.dtype).unsqueeze(-1)
+        return (self.hidden(input_ids, attention_mask) * m).sum(dim=1) / m.sum(dim=1).clamp_min(1)
+
+    def batch(self, docs):
+        """Token id lists -> (input_ids, attention_mask) as embed makes them: each cut to its
+        first max_len ids, an empty one [eos], padded on the right with pad."""
+        t = self.config["tokenization"]
+        docs = [list(d)[: self.max_len] or [t["eos_id"]] for d in docs]
+        n = max(len(d) for d in docs)
+        ids = torch.full((len(docs), n), t["pad_id"], dtype=torch.int64)
+        mask = torch.zeros((len(docs), n), dtype=torch.int64)
+        for r, d in enumerate(docs):
+            ids[r, : len(d)] = torch.tensor(d, dtype=torch.int64)
+            mask[r, : len(d)] = 1
+        return ids, mask
+
+    def tokenizer(self):
+        """The exported tokenizer (needs the `tokenizers` package)."""
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+            name = self.config["tokenization"]["tokenizer"]
+            self._tokenizer = Tokenizer.from_file(os.path.join(self.directory, name))
+        return self._tokenizer
+
+    def embed(self, texts):
+        """Texts -> float [len(texts), d_model], as `pretext embed` (needs `tokenizers`)."""
+        tok = self.tokenizer()
+        ids = [tok.encode(s, add_special_tokens=False).ids for s in texts]
+        with torch.no_grad():
+            return self(*self.batch(ids))
+
+
 _DTYPES = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16,
            "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32}
 
@@ -166,10 +284,16 @@ def read_safetensors(path):
 
 
 def load(path):
-    """The encoder exported to directory `path`, in eval mode."""
+    """The encoder exported to directory `path`, in eval mode: an `Encoder` (image runs) or a
+    `TextEncoder` (text runs)."""
     with open(os.path.join(path, "config.json")) as f:
         config = json.load(f)
-    model = Encoder(config)
     state = read_safetensors(os.path.join(path, config.get("weights") or "model.safetensors"))
+    if config["architecture"]["name"] == "transformer":
+        model = TextEncoder(config)
+        model.directory = path
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+    model = Encoder(config)
     model.backbone.load_state_dict(state, strict=True)
     return model.eval()

@@ -56,7 +56,8 @@ pub struct EmbedArgs {
     /// jsonl); defaults to the run's pretraining data. Folders are streamed in file order.
     #[arg(long)]
     pub data: Option<String>,
-    /// Output FILE.npy (float32 [rows, dim]); FILE.csv and FILE.json are written beside it.
+    /// Output FILE.npy (float32 [rows, dim]); FILE.csv and FILE.json are written beside it. Or
+    /// FILE.parquet (row, id, label, embedding) + FILE.json, with the cargo feature `parquet`.
     #[arg(long)]
     pub out: PathBuf,
     /// Image runs: the encoder stage whose pooled output is written (1..=4; default the last).
@@ -95,7 +96,8 @@ pub struct SimilarArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
-    /// A pretraining run directory (image runs: convnet, resnet18).
+    /// A pretraining run directory (image runs: convnet, resnet18; text runs: the transformer,
+    /// with its tokenizer written beside the export).
     #[arg(long)]
     pub from: PathBuf,
     /// onnx (one .onnx file, opset 17) or torch (a directory: model.safetensors, config.json,

@@ -520,15 +520,18 @@ fn export(a: cli::ExportArgs) -> Result<()> {
     })?;
     println!(
         "exported {} ({} floats, {} steps of {}) as {} in {:.2}s: {} ({:.1} MB)",
-        r.meta.architecture.name,
+        r.architecture,
         r.params,
-        r.meta.steps.map_or("?".to_string(), |s| s.to_string()),
-        r.meta.task,
-        r.meta.format,
+        r.steps.map_or("?".to_string(), |s| s.to_string()),
+        r.task,
+        r.format,
         r.wall_s,
         r.path.display(),
         r.bytes as f64 / 1e6
     );
+    if let Some(tok) = &r.tokenizer {
+        println!("tokenizer: {}", tok.display());
+    }
     Ok(())
 }
 

@@ -1,8 +1,11 @@
 //! `pretext embed`, `similar` and `export` end to end through the binary, on real data from
 //! ../shared/data: the ONNX export run by onnxruntime and the PyTorch export run by the shipped
 //! module (or, without torch, by a NumPy reference forward over the exported state dict) give
-//! `pretext embed`'s vectors within 1e-4; a broken file with and without `--skip-bad`; the query
-//! image comes back first; bad inputs give one clear line and exit code 2.
+//! `pretext embed`'s vectors within 1e-4, for image runs and for text runs (masked-lm and
+//! causal-lm transformers on tokenized e-mails and novels, padded batches); `--out FILE.parquet`
+//! holds the .npy's rows (read back by pyarrow/pandas); a broken file with and without
+//! `--skip-bad`; the query image comes back first; bad inputs give one clear line and exit
+//! code 2.
 
 mod common;
 
@@ -628,7 +631,7 @@ fn bad_inputs_give_one_clear_line_and_exit_code_2() {
             "--out",
             s(&out),
         ],
-        &["text", "not supported yet"],
+        &["tokenizer.json", "missing"],
     );
     let jsonl = format!("jsonl:{}", dir.join("x.jsonl").display());
     check(
@@ -645,13 +648,15 @@ fn bad_inputs_give_one_clear_line_and_exit_code_2() {
     );
     check(
         &[
-            "embed",
+            "similar",
             "--from",
             s(&r.conv),
-            "--out",
+            "--index",
             s(&dir.join("e.parquet")),
+            "--query",
+            &format!("{}/astronaut.png", shared_data("photos")),
         ],
-        &["Parquet", ".npy"],
+        &["similar", ".npy"],
     );
     check(
         &[
@@ -769,4 +774,594 @@ fn text_runs_embed_each_document_as_its_mean_hidden_state() {
         csv[0].ends_with("docs.jsonl:1,a") && csv[3].ends_with("docs.jsonl:4,b"),
         "{csv:?}"
     );
+}
+
+/// Text runs made once: a masked-lm and a causal-lm run of the `tiny` preset (d_model 128, 4
+/// layers, 4 heads, max_len 128), three steps each, on the start of Austen's novels; and the
+/// documents they embed.
+struct TextRuns {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    /// masked-lm with a byte-level BPE of 400 tokens trained on the slice.
+    bert: PathBuf,
+    /// causal-lm with the byte tokenizer.
+    gpt: PathBuf,
+    /// JSON lines of real documents (`text`, `label`): e-mails of the SpamAssassin corpus whole
+    /// (longer than max_len) and cut short, paragraphs of Austen, one empty document.
+    docs: PathBuf,
+}
+
+fn read_gz(path: &str) -> String {
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()),
+        &mut text,
+    )
+    .unwrap();
+    text
+}
+
+fn cut(text: &str, mut end: usize) -> &str {
+    end = end.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn text_runs() -> &'static TextRuns {
+    static RUNS: OnceLock<TextRuns> = OnceLock::new();
+    RUNS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let austen = read_gz(&shared_data("text/austen.txt.gz"));
+        let txt = root.join("austen.txt");
+        std::fs::write(&txt, cut(&austen, 40_000)).unwrap();
+        let data = format!("text:{}", txt.display());
+        let run = |task: &str, name: &str, tokenizer: &[&str]| {
+            let out = root.join(name);
+            let mut a = vec![
+                "pretrain",
+                "--task",
+                task,
+                "--data",
+                &data,
+                "--out",
+                s(&out),
+                "--set",
+                "model=\"tiny\"",
+                "--set",
+                "steps=3",
+                "--set",
+                "batch_size=4",
+                "--set",
+                "seq_len=64",
+                "--set",
+                "warmup_steps=1",
+                "-q",
+            ];
+            a.extend_from_slice(tokenizer);
+            ok(&a);
+            out
+        };
+        let bert = run("masked-lm", "bert", &["--set", "vocab=400"]);
+        let gpt = run("causal-lm", "gpt", &["--tokenizer", "bytes"]);
+
+        let mails: Vec<serde_json::Value> = read_gz(&shared_data("text/spamassassin.jsonl.gz"))
+            .lines()
+            .take(12)
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let mut lines = Vec::new();
+        for (i, m) in mails.iter().enumerate() {
+            let text = m["text"].as_str().unwrap();
+            // Whole (over max_len tokens), and cut to a few words up to a few hundred bytes.
+            lines.push(serde_json::json!({"text": text, "label": m["label"]}));
+            let short = cut(text, 7 + 29 * i);
+            lines.push(serde_json::json!({"text": short, "label": m["label"]}));
+        }
+        for p in austen.split("\n\n").skip(40).take(5) {
+            lines.push(serde_json::json!({"text": cut(p, 300), "label": "austen"}));
+        }
+        lines.insert(9, serde_json::json!({"text": "", "label": "empty"}));
+        let docs = root.join("docs.jsonl");
+        let body: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        std::fs::write(&docs, body.join("\n")).unwrap();
+        TextRuns {
+            _dir: dir,
+            root,
+            bert,
+            gpt,
+            docs,
+        }
+    })
+}
+
+/// Runs the text exports on token ids made from the exported tokenizer by the rules the
+/// metadata states, and compares with `pretext embed`'s vectors: onnxruntime (the documents
+/// in batches of 5 and all at once, so with different padding), the shipped PyTorch module,
+/// and a NumPy forward over the exported state dict; where the `tokenizers` package imports,
+/// its ids are compared with pretext's too. Exits 1 when a difference is over 1e-4.
+const TEXT_CHECK_PY: &str = r#"
+import json, os, struct, sys
+sys.path.pop(0)
+import numpy as np
+
+onnx_path, torch_dir, ids_path, docs_path, emb_path = sys.argv[1:6]
+ids = json.load(open(ids_path))
+want = np.load(emb_path)
+assert want.shape[0] == len(ids), (want.shape, len(ids))
+cfg = json.load(open(os.path.join(torch_dir, "config.json")))
+arch, tk = cfg["architecture"], cfg["tokenization"]
+failed = False
+
+def report(what, got):
+    global failed
+    d = float(np.abs(got - want).max())
+    ok = d <= 1e-4
+    failed |= not ok
+    print("%s: max abs diff %.3g over %d documents (%s)" % (what, d, len(ids), "ok" if ok else "OVER 1e-4"))
+
+def batch(docs):
+    n = max(len(d) for d in docs)
+    a = np.full((len(docs), n), tk["pad_id"], np.int64)
+    m = np.zeros((len(docs), n), np.int64)
+    for r, d in enumerate(docs):
+        a[r, :len(d)] = d
+        m[r, :len(d)] = 1
+    return a, m
+
+print("documents of %s tokens" % sorted(set(len(d) for d in ids)))
+try:
+    from tokenizers import Tokenizer
+except Exception as e:
+    print("tokenizers: skipped: not importable (%s)" % e)
+else:
+    tok = Tokenizer.from_file(onnx_path[:-len(".onnx")] + ".tokenizer.json")
+    texts = [json.loads(l)["text"] for l in open(docs_path)]
+    py = [tok.encode(t, add_special_tokens=False).ids[:tk["max_len"]] or [tk["eos_id"]] for t in texts]
+    same = py == ids
+    failed |= not same
+    import tokenizers
+    print("tokenizers %s: the same ids as pretext's tokenizer: %s" % (tokenizers.__version__, same))
+
+try:
+    import onnxruntime as ort
+except Exception as e:
+    print("onnx: skipped: onnxruntime not importable (%s)" % e)
+else:
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    run = lambda docs: sess.run(["features"], dict(zip(["input_ids", "attention_mask"], batch(docs))))[0]
+    report("onnx (onnxruntime %s), batches of 5" % ort.__version__,
+           np.concatenate([run(ids[i:i + 5]) for i in range(0, len(ids), 5)]))
+    report("onnx, one batch", run(ids))
+
+try:
+    import torch
+except Exception as e:
+    print("torch: skipped: torch not importable (%s)" % str(e).splitlines()[0][:120])
+    import py_compile
+    py_compile.compile(os.path.join(torch_dir, "pretext_encoder.py"), doraise=True)
+else:
+    sys.path.insert(0, torch_dir)
+    import pretext_encoder
+    model = pretext_encoder.load(torch_dir)
+    assert type(model).__name__ == "TextEncoder"
+    with torch.no_grad():
+        got = np.concatenate([model(*model.batch(ids[i:i + 7])).numpy() for i in range(0, len(ids), 7)])
+    report("torch %s (pretext_encoder.load), batches of 7" % torch.__version__, got)
+
+# Without torch too: a NumPy forward over the exported state dict, by its PyTorch names.
+data = open(os.path.join(torch_dir, cfg["weights"]), "rb").read()
+(n,) = struct.unpack("<Q", data[:8])
+head = json.loads(data[8:8 + n])
+sd = {k: np.frombuffer(data[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], dtype="<f4")
+      .reshape(v["shape"]).astype(np.float64) for k, v in head.items() if k != "__metadata__"}
+from math import erf, sqrt
+verf = np.vectorize(erf)
+
+def ln(x, p):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + arch["layer_norm_eps"]) * sd[p + ".weight"] + sd[p + ".bias"]
+
+def lin(x, p):
+    return x @ sd[p + ".weight"].T + sd[p + ".bias"]
+
+def embed_one(doc):
+    t, d, h = len(doc), arch["d_model"], arch["heads"]
+    x = sd["tok.weight"][doc] + sd["pos.weight"][:t]
+    for i in range(arch["layers"]):
+        p = "blocks.%d" % i
+        qkv = lin(ln(x, p + ".ln1"), p + ".qkv").reshape(t, 3, h, d // h).transpose(1, 2, 0, 3)
+        s = qkv[0] @ qkv[1].transpose(0, 2, 1) / sqrt(d // h)
+        if arch["causal"]:
+            s = np.where(np.triu(np.ones((t, t), bool), 1), -np.inf, s)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        ctx = (s / s.sum(-1, keepdims=True)) @ qkv[2]
+        x = x + lin(ctx.transpose(1, 0, 2).reshape(t, d), p + ".proj")
+        f = lin(ln(x, p + ".ln2"), p + ".fc1")
+        x = x + lin(0.5 * f * (1 + verf(f / sqrt(2))), p + ".fc2")
+    return ln(x, "ln_f").mean(0)
+
+report("numpy reference over %s (each document alone)" % cfg["weights"], np.stack([embed_one(d) for d in ids]))
+sys.exit(1 if failed else 0)
+"#;
+
+#[test]
+fn text_exports_give_the_vectors_of_embed() {
+    let r = text_runs();
+    let docs_spec = format!("jsonl:{}", r.docs.display());
+    for (name, task, run) in [("bert", "masked-lm", &r.bert), ("gpt", "causal-lm", &r.gpt)] {
+        let dir = r.root.join(format!("check-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let emb = dir.join("emb.npy");
+        // Batches of 8 in embed: its padding differs from the checks' batches of 5 and 7.
+        ok(&[
+            "embed",
+            "--from",
+            s(run),
+            "--data",
+            &docs_spec,
+            "--out",
+            s(&emb),
+            "--batch-size",
+            "8",
+            "-q",
+        ]);
+        let (_, rows, dim) = npy::read(&emb).unwrap();
+        assert_eq!(dim, 128, "{name}: the tiny preset");
+
+        let onnx = dir.join("enc.onnx");
+        let torch = dir.join("torch-export");
+        let t = std::time::Instant::now();
+        let stdout = ok(&[
+            "export",
+            "--from",
+            s(run),
+            "--format",
+            "onnx",
+            "--out",
+            s(&onnx),
+        ]);
+        eprintln!(
+            "{name}: {} ({:.2}s with the process)",
+            stdout.trim(),
+            t.elapsed().as_secs_f64()
+        );
+        assert!(
+            stdout.contains("transformer") && stdout.contains(task),
+            "{stdout}"
+        );
+        ok(&[
+            "export",
+            "--from",
+            s(run),
+            "--format",
+            "torch",
+            "--out",
+            s(&torch),
+        ]);
+        // The tokenizer beside both, byte for byte the run's.
+        let tok_json = std::fs::read(run.join("tokenizer.json")).unwrap();
+        let tok_path = dir.join("enc.tokenizer.json");
+        assert_eq!(std::fs::read(&tok_path).unwrap(), tok_json);
+        assert_eq!(
+            std::fs::read(torch.join("tokenizer.json")).unwrap(),
+            tok_json
+        );
+
+        // A standard model: opset 17, int64 [batch, seq] inputs, the metadata of a text run.
+        let model = ModelProto::parse_from_bytes(&std::fs::read(&onnx).unwrap()).unwrap();
+        assert_eq!(model.opset_import.len(), 1);
+        assert_eq!(model.opset_import[0].version, 17);
+        assert!(model.opset_import[0].domain.is_empty());
+        let graph = model.graph.as_ref().unwrap();
+        let inputs: Vec<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(inputs, ["input_ids", "attention_mask"]);
+        for input in &graph.input {
+            let Some(type_proto::Value::TensorType(t)) = &input.type_.value else {
+                panic!("input is not a tensor");
+            };
+            assert_eq!(t.elem_type, 7, "int64");
+            let dims: Vec<_> = t.shape.dim.iter().map(|d| d.value.clone()).collect();
+            assert_eq!(
+                dims,
+                [
+                    Some(dimension::Value::DimParam("batch".into())),
+                    Some(dimension::Value::DimParam("seq".into()))
+                ]
+            );
+        }
+        let ops: std::collections::BTreeSet<&str> =
+            graph.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert!(
+            ops.contains("Erf") && ops.contains("LayerNormalization"),
+            "{ops:?}"
+        );
+        let prop = |k: &str| {
+            model
+                .metadata_props
+                .iter()
+                .find(|p| p.key == k)
+                .unwrap_or_else(|| panic!("no {k}"))
+                .value
+                .clone()
+        };
+        let meta: serde_json::Value = serde_json::from_str(&prop("pretext")).unwrap();
+        assert_eq!(meta["kind"], "text");
+        assert_eq!(meta["task"], task);
+        assert_eq!(meta["steps"], 3);
+        assert_eq!(meta["architecture"]["causal"], task == "causal-lm");
+        assert_eq!(meta["tokenization"]["tokenizer"], "enc.tokenizer.json");
+        assert_eq!(meta["tokenization"]["add_special_tokens"], false);
+        assert_eq!(prop("max_len"), "128");
+        assert!(prop("tokenization").contains("first 128 tokens"));
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(torch.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["architecture"], meta["architecture"]);
+        assert_eq!(config["tokenization"]["tokenizer"], "tokenizer.json");
+
+        // Token ids by the stated rules, from the exported tokenizer file.
+        let tok = pretext::data::tokenizer::Tokenizer::load(&tok_path).unwrap();
+        let max_len = meta["tokenization"]["max_len"].as_u64().unwrap() as usize;
+        let eos = meta["tokenization"]["eos_id"].as_u64().unwrap() as u32;
+        let ids: Vec<Vec<u32>> = std::fs::read_to_string(&r.docs)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let mut t = tok.encode(v["text"].as_str().unwrap());
+                t.truncate(max_len);
+                if t.is_empty() {
+                    t.push(eos);
+                }
+                t
+            })
+            .collect();
+        assert_eq!(ids.len(), rows);
+        assert!(ids.iter().any(|d| d.len() == max_len) && ids.iter().any(|d| d.len() < 20));
+
+        if let Err(why) = python_with_numpy() {
+            eprintln!("skipped the Python checks ({name}): python3 with numpy: {why}");
+            continue;
+        }
+        let ids_path = dir.join("ids.json");
+        std::fs::write(&ids_path, serde_json::to_vec(&ids).unwrap()).unwrap();
+        let script = dir.join("check.py");
+        std::fs::write(&script, TEXT_CHECK_PY).unwrap();
+        let out = Command::new("python3")
+            .args([
+                s(&script),
+                s(&onnx),
+                s(&torch),
+                s(&ids_path),
+                s(&r.docs),
+                s(&emb),
+            ])
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        eprintln!("{name} ({task}):\n{report}");
+        assert!(
+            out.status.success(),
+            "{name}: the exports differ from embed\n{report}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(report.contains("numpy reference") && report.contains("onnx"));
+    }
+}
+
+#[cfg(feature = "parquet")]
+/// Reads `FILE.parquet` back with pyarrow (through pandas when it imports) and compares it
+/// with `FILE.npy` + `FILE.csv`: exit 0 and one line, or why it could not.
+const PARQUET_CHECK_PY: &str = r#"
+import csv, json, sys
+sys.path.pop(0)
+import numpy as np
+try:
+    import pyarrow.parquet as pq
+except Exception as e:
+    print("skipped: pyarrow not importable (%s)" % e)
+    sys.exit(0)
+pq_path, npy_path, csv_path = sys.argv[1:4]
+t = pq.read_table(pq_path)
+assert t.column_names == ["row", "id", "label", "embedding"], t.schema
+import pyarrow as pa
+typ = t.schema.field("embedding").type
+assert pa.types.is_list(typ) and typ.value_type == pa.float32(), t.schema
+want = np.load(npy_path)
+rows = list(csv.DictReader(open(csv_path)))
+try:
+    import pandas as pd
+except Exception:
+    df = None
+else:
+    df = pd.read_parquet(pq_path)
+emb = np.stack(df["embedding"] if df is not None else t.column("embedding").to_pylist())
+assert emb.dtype == np.float32 and emb.shape == want.shape, (emb.dtype, emb.shape, want.shape)
+assert (emb == want).all(), "vectors differ"
+col = lambda c: t.column(c).to_pylist()
+assert col("row") == list(range(len(rows)))
+assert col("id") == [r["id"] for r in rows]
+assert col("label") == [r["label"] or None for r in rows]
+meta = json.loads(t.schema.metadata[b"pretext"])
+assert meta["rows"] == len(rows), meta
+print("ok: %d rows of %d floats equal the .npy bit for bit (%s)" % (emb.shape[0], emb.shape[1], "pandas" if df is not None else "pyarrow"))
+"#;
+
+/// Built with `--features parquet` (off by default: see Cargo.toml).
+#[cfg(feature = "parquet")]
+#[test]
+fn parquet_output_holds_the_npy_rows_ids_and_labels() {
+    let r = runs();
+    let t = text_runs();
+    let dir = r.root.join("parquet");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, run, data) in [
+        ("fashion", &r.jig, r.fashion64.clone()),
+        ("photos", &r.conv, photos()),
+        ("docs", &t.bert, format!("jsonl:{}", t.docs.display())),
+    ] {
+        let npy_path = dir.join(format!("{name}.npy"));
+        let pq = dir.join(format!("{name}.parquet"));
+        for out in [&npy_path, &pq] {
+            ok(&[
+                "embed",
+                "--from",
+                s(run),
+                "--data",
+                &data,
+                "--out",
+                s(out),
+                "-q",
+            ]);
+        }
+        assert!(pq.exists() && pq.with_extension("json").exists());
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+        if let Err(why) = python_with_numpy() {
+            eprintln!("skipped reading {name}.parquet back: python3 with numpy: {why}");
+            continue;
+        }
+        let script = dir.join("check.py");
+        std::fs::write(&script, PARQUET_CHECK_PY).unwrap();
+        let out = Command::new("python3")
+            .args([
+                s(&script),
+                s(&pq),
+                s(&npy_path),
+                s(&npy_path.with_extension("csv")),
+            ])
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        eprintln!("{name}.parquet: {report}");
+        assert!(
+            out.status.success(),
+            "{name}.parquet differs from the .npy\n{report}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn bad_text_exports_give_one_clear_line_and_exit_code_2() {
+    let t = text_runs();
+    let dir = t.root.join("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let check = |args: &[&str], want: &[&str]| {
+        let (code, err) = fails(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        for w in want {
+            assert!(err.contains(w), "{args:?}: {err} lacks {w}");
+        }
+    };
+    let out = dir.join("x.onnx");
+    // A run without its tokenizer file.
+    let no_tok = dir.join("no-tokenizer");
+    std::fs::create_dir_all(&no_tok).unwrap();
+    for f in ["run.json", "encoder.safetensors"] {
+        std::fs::copy(t.bert.join(f), no_tok.join(f)).unwrap();
+    }
+    for format in ["onnx", "torch"] {
+        check(
+            &[
+                "export",
+                "--from",
+                s(&no_tok),
+                "--format",
+                format,
+                "--out",
+                s(&out),
+            ],
+            &["tokenizer.json", "missing", "no-tokenizer"],
+        );
+    }
+    // A run without weights (no encoder.safetensors, no checkpoint).
+    let no_weights = dir.join("no-weights");
+    std::fs::create_dir_all(&no_weights).unwrap();
+    for f in ["run.json", "tokenizer.json"] {
+        std::fs::copy(t.bert.join(f), no_weights.join(f)).unwrap();
+    }
+    check(
+        &[
+            "export",
+            "--from",
+            s(&no_weights),
+            "--format",
+            "onnx",
+            "--out",
+            s(&out),
+        ],
+        &["encoder.safetensors", "no checkpoint"],
+    );
+    // ONNX into a directory; torch onto a file.
+    check(
+        &[
+            "export",
+            "--from",
+            s(&t.bert),
+            "--format",
+            "onnx",
+            "--out",
+            s(&dir),
+        ],
+        &["a directory", "--format onnx"],
+    );
+    let file = dir.join("file");
+    std::fs::write(&file, b"x").unwrap();
+    check(
+        &[
+            "export",
+            "--from",
+            s(&t.bert),
+            "--format",
+            "torch",
+            "--out",
+            s(&file),
+        ],
+        &["a file", "--format torch"],
+    );
+    // --stage is for image encoders.
+    check(
+        &[
+            "embed",
+            "--from",
+            s(&t.bert),
+            "--stage",
+            "2",
+            "--out",
+            s(&dir.join("e.npy")),
+        ],
+        &["--stage", "text"],
+    );
+    // Without the `parquet` feature, Parquet output says how to get it.
+    #[cfg(not(feature = "parquet"))]
+    check(
+        &[
+            "embed",
+            "--from",
+            s(&t.bert),
+            "--out",
+            s(&dir.join("e.parquet")),
+        ],
+        &["e.parquet", "--features parquet", ".npy"],
+    );
+    check(
+        &[
+            "embed",
+            "--from",
+            s(&t.bert),
+            "--out",
+            s(&dir.join("e.csv")),
+        ],
+        &["e.csv", ".npy or .parquet"],
+    );
+    assert!(!out.exists() && !dir.join("e.parquet").exists() && !dir.join("e.npy").exists());
 }

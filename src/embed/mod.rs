@@ -10,7 +10,10 @@
 //! `--out FILE.npy` writes three files: `FILE.npy` (float32 [rows, dim], row i = line i of the
 //! CSV), `FILE.csv` (`row,id,label`: the file path, `train/INDEX` for the binary formats or
 //! `FILE:LINE` for documents, and the class where the data has one) and `FILE.json` (which run,
-//! data, stage and pooling made the vectors; `similar` reads it).
+//! data, stage and pooling made the vectors; `similar` reads it). `--out FILE.parquet` writes
+//! the same rows as one Parquet file (columns `row`, `id`, `label`, `embedding` as a list of
+//! float32; see `parquet.rs`) and `FILE.json` — in a binary built with the cargo feature
+//! `parquet` (on by default).
 //!
 //! - [`images`]: image runs — streamed in order, decoded by worker threads, the run's own
 //!   normalisation and input transform.
@@ -20,6 +23,8 @@
 
 pub mod images;
 pub mod npy;
+#[cfg(feature = "parquet")]
+pub mod parquet;
 pub mod similar;
 pub mod text;
 
@@ -70,33 +75,36 @@ pub struct EmbedInfo {
     pub train_items_per_s: Option<f64>,
 }
 
-/// The three output files of `--out FILE.npy`.
+/// The output files: `FILE.npy` + `FILE.csv`, or `FILE.parquet`; and `FILE.json`.
 #[derive(Clone, Debug)]
 pub struct OutPaths {
+    /// `FILE.npy`, or `FILE.parquet` when `parquet`.
     pub npy: PathBuf,
     pub csv: PathBuf,
     pub json: PathBuf,
+    pub parquet: bool,
 }
 
 impl OutPaths {
     pub fn new(out: &Path) -> Result<Self> {
-        match out.extension().and_then(|e| e.to_str()) {
-            Some("npy") => {}
+        let parquet = match out.extension().and_then(|e| e.to_str()) {
+            Some("npy") => false,
+            Some("parquet") if cfg!(feature = "parquet") => true,
             Some("parquet") => {
                 return Err(Error::Usage(format!(
-                    "--out {}: Parquet output is not built in (the Arrow/Parquet crates would \
-                     add minutes to every build); write FILE.npy (+ FILE.csv) and convert with \
-                     pandas if needed",
+                    "--out {}: this pretext was built without Parquet output (it is the cargo \
+                     feature `parquet`, on by default: build without --no-default-features); write FILE.npy \
+                     (+ FILE.csv) instead",
                     out.display()
                 )))
             }
             _ => {
                 return Err(Error::Usage(format!(
-                    "--out {}: expected a file name ending in .npy",
+                    "--out {}: expected a file name ending in .npy or .parquet",
                     out.display()
                 )))
             }
-        }
+        };
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
@@ -104,6 +112,7 @@ impl OutPaths {
             npy: out.to_path_buf(),
             csv: out.with_extension("csv"),
             json: out.with_extension("json"),
+            parquet,
         })
     }
 }
@@ -115,8 +124,15 @@ pub struct RowId {
     pub label: Option<String>,
 }
 
-/// The vectors and their CSV, written as they come; visible only after [`Sink::finish`].
-pub struct Sink {
+/// The vectors and what they are, written as they come; visible only after [`Sink::finish`].
+pub enum Sink {
+    /// `FILE.npy` and `FILE.csv`.
+    Npy(NpySink),
+    #[cfg(feature = "parquet")]
+    Parquet(parquet::ParquetWriter, OutPaths),
+}
+
+pub struct NpySink {
     npy: npy::NpyWriter,
     csv: csv::Writer<std::fs::File>,
     csv_tmp: PathBuf,
@@ -125,6 +141,55 @@ pub struct Sink {
 
 impl Sink {
     pub fn create(paths: &OutPaths, dim: usize) -> Result<Self> {
+        #[cfg(feature = "parquet")]
+        if paths.parquet {
+            let w = parquet::ParquetWriter::create(&paths.npy, dim)?;
+            return Ok(Self::Parquet(w, paths.clone()));
+        }
+        NpySink::create(paths, dim).map(Self::Npy)
+    }
+
+    /// Rows of vectors (`vectors.len() == ids.len() * dim`) and what they are.
+    pub fn push(&mut self, vectors: &[f32], ids: &[RowId]) -> Result<()> {
+        match self {
+            Self::Npy(s) => s.push(vectors, ids),
+            #[cfg(feature = "parquet")]
+            Self::Parquet(w, _) => w.push(vectors, ids),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        match self {
+            Self::Npy(s) => s.npy.rows(),
+            #[cfg(feature = "parquet")]
+            Self::Parquet(w, _) => w.rows(),
+        }
+    }
+
+    /// Stop after an error: no output file appears, the temporary ones are removed.
+    pub fn abandon(self) {
+        match self {
+            Self::Npy(s) => s.abandon(),
+            #[cfg(feature = "parquet")]
+            Self::Parquet(w, _) => w.abandon(),
+        }
+    }
+
+    /// Complete the files, then write `info` as `FILE.json`.
+    pub fn finish(self, info: &EmbedInfo) -> Result<()> {
+        match self {
+            Self::Npy(s) => s.finish(info),
+            #[cfg(feature = "parquet")]
+            Self::Parquet(w, paths) => {
+                w.finish(&serde_json::to_string(info).expect("json"))?;
+                write_atomic(&paths.json, &serde_json::to_vec_pretty(info).expect("json"))
+            }
+        }
+    }
+}
+
+impl NpySink {
+    fn create(paths: &OutPaths, dim: usize) -> Result<Self> {
         let npy = npy::NpyWriter::create(&paths.npy, dim)?;
         let csv_tmp = npy::tmp_path(&paths.csv);
         let file = std::fs::File::create(&csv_tmp).map_err(|e| Error::io(&csv_tmp, e))?;
@@ -139,8 +204,7 @@ impl Sink {
         })
     }
 
-    /// Rows of vectors (`vectors.len() == ids.len() * dim`) and what they are.
-    pub fn push(&mut self, vectors: &[f32], ids: &[RowId]) -> Result<()> {
+    fn push(&mut self, vectors: &[f32], ids: &[RowId]) -> Result<()> {
         let first = self.npy.rows();
         self.npy.push(vectors)?;
         for (i, r) in ids.iter().enumerate() {
@@ -152,19 +216,13 @@ impl Sink {
         Ok(())
     }
 
-    pub fn rows(&self) -> usize {
-        self.npy.rows()
-    }
-
-    /// Stop after an error: no output file appears, the temporary ones are removed.
-    pub fn abandon(self) {
+    fn abandon(self) {
         drop(self.csv);
         let _ = std::fs::remove_file(&self.csv_tmp);
         self.npy.abandon();
     }
 
-    /// Complete both files, then write `info` as `FILE.json`.
-    pub fn finish(self, info: &EmbedInfo) -> Result<()> {
+    fn finish(self, info: &EmbedInfo) -> Result<()> {
         let file = self
             .csv
             .into_inner()

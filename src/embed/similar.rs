@@ -99,6 +99,12 @@ pub fn similar(req: &SimilarRequest) -> Result<(Vec<Hit>, Timing)> {
     if req.k == 0 {
         return Err(Error::Usage("-k must be at least 1".into()));
     }
+    if req.index.extension().is_some_and(|e| e == "parquet") {
+        return Err(Error::Usage(format!(
+            "--index {}: `similar` reads the .npy index; embed with --out FILE.npy for it",
+            req.index.display()
+        )));
+    }
     let info = read_encoder_info(&req.from)?;
     let meta = index_info(&req.index)?;
     if let Some(m) = meta.as_ref().filter(|m| m.kind != "image") {

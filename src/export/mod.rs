@@ -11,10 +11,16 @@
 //! the last stage — exactly what `pretext embed` writes. [`ExportMeta`] (`config.json`, and the
 //! ONNX model's `metadata_props`) says so, with the architecture, task, data and steps.
 //!
-//! Image encoders (convnet, resnet18) only, for now; a text run is refused with a clear line.
+//! A text run (causal-lm, masked-lm) exports its transformer as the function `pretext embed`
+//! computes for it (see [`text`]): inputs `input_ids` and `attention_mask` (int64 [batch, seq]),
+//! output the mean-pooled final hidden states; the run's tokenizer is written beside the model
+//! (`encoder.tokenizer.json` next to `encoder.onnx`, `tokenizer.json` in a torch directory), and
+//! the metadata says how `embed` tokenizes (no specials added, the first max_len tokens,
+//! `<eos>` for an empty document, padding on the right).
 
 pub mod onnx;
 pub mod params;
+pub mod text;
 pub mod torch;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +30,7 @@ use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::checkpoint::latest_checkpoint;
-use crate::engine::run_dir::{read_run_info, RunInfo, RUN_INFO};
+use crate::engine::run_dir::{load_run, read_run_info, LmInfo, RunInfo, RUN_INFO};
 use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
 use crate::input::{InputSpec, InputTransform};
@@ -121,27 +127,78 @@ fn steps_done(run: &Path) -> Option<u64> {
     summary.or_else(|| latest_checkpoint(run).ok().flatten().map(|(_, s)| s.step))
 }
 
+/// `config.json` of a torch export of a text run; the same JSON is the `pretext` entry of an
+/// ONNX model's metadata.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TextExportMeta {
+    pub producer: String,
+    /// `text`.
+    pub kind: String,
+    pub architecture: text::TextArchitecture,
+    pub tokenization: text::Tokenization,
+    /// The model's inputs.
+    pub input: String,
+    pub output: String,
+    pub task: String,
+    pub data: String,
+    pub steps: Option<u64>,
+    pub run: PathBuf,
+    pub format: String,
+    pub weights: Option<String>,
+    pub opset: Option<i64>,
+}
+
 #[derive(Clone, Debug)]
 pub struct ExportResult {
     pub path: PathBuf,
+    /// Bytes written (the model, its config and module, the tokenizer).
     pub bytes: u64,
+    /// Floats in the exported tensors.
     pub params: usize,
     pub wall_s: f64,
-    pub meta: ExportMeta,
+    /// `convnet`, `resnet18` or `transformer`.
+    pub architecture: String,
+    pub task: String,
+    pub steps: Option<u64>,
+    /// `onnx` or `torch`.
+    pub format: String,
+    /// The tokenizer file written beside the model (text runs).
+    pub tokenizer: Option<PathBuf>,
+    /// What `config.json` (or the ONNX `pretext` metadata entry) holds.
+    pub config: serde_json::Value,
+}
+
+/// Refuse an `--out` of the wrong kind for the format; create an ONNX file's folder.
+fn check_out(req: &ExportRequest) -> Result<()> {
+    match req.format {
+        Format::Onnx => {
+            if req.out.is_dir() {
+                return Err(Error::Usage(format!(
+                    "--out {}: a directory; --format onnx writes one file (e.g. encoder.onnx)",
+                    req.out.display()
+                )));
+            }
+            if let Some(dir) = req.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
+        }
+        Format::Torch => {
+            if req.out.is_file() {
+                return Err(Error::Usage(format!(
+                    "--out {}: a file; --format torch writes a directory",
+                    req.out.display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn export(req: &ExportRequest) -> Result<ExportResult> {
     let t0 = Instant::now();
     let info = match read_run_info(&req.from)? {
         Some(RunInfo::Image(i)) => i,
-        Some(RunInfo::Text(i)) => {
-            return Err(Error::Usage(format!(
-                "--from {}: a {} (text) run; exporting the text transformer is not supported yet \
-                 (image encoders only: convnet, resnet18)",
-                req.from.display(),
-                i.task
-            )))
-        }
+        Some(RunInfo::Text(i)) => return export_text(req, &i, t0),
         None => {
             return Err(Error::Usage(format!(
                 "--from {}: no {RUN_INFO} there; pass a directory written by `pretext pretrain`",
@@ -149,6 +206,7 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
             )))
         }
     };
+    check_out(req)?;
     let encoder = crate::embed::images::load(&req.from, &info, &req.device)?;
     let kind = info.backbone.kind;
     let params = params::torch_params(&encoder, kind)?;
@@ -192,12 +250,6 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
     };
     let bytes = match req.format {
         Format::Onnx => {
-            if req.out.is_dir() {
-                return Err(Error::Usage(format!(
-                    "--out {}: a directory; --format onnx writes one file (e.g. encoder.onnx)",
-                    req.out.display()
-                )));
-            }
             meta.format = "onnx".into();
             meta.opset = Some(onnx::OPSET);
             let json = serde_json::to_string(&meta).expect("json");
@@ -234,19 +286,10 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
                 ("std".into(), join(&p.std)),
             ];
             let bytes = onnx::model_bytes(&info.backbone, input, encoder.dim(), &params, &props)?;
-            if let Some(dir) = req.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            }
             write_atomic(&req.out, &bytes)?;
             bytes.len() as u64
         }
         Format::Torch => {
-            if req.out.is_file() {
-                return Err(Error::Usage(format!(
-                    "--out {}: a file; --format torch writes a directory",
-                    req.out.display()
-                )));
-            }
             meta.format = "torch".into();
             meta.weights = Some(torch::WEIGHTS.into());
             let json = serde_json::to_vec_pretty(&meta).expect("json");
@@ -258,6 +301,131 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
         bytes,
         params: n_params,
         wall_s: t0.elapsed().as_secs_f64(),
-        meta,
+        architecture: meta.architecture.name.clone(),
+        task: meta.task.clone(),
+        steps: meta.steps,
+        format: meta.format.clone(),
+        tokenizer: None,
+        config: serde_json::to_value(&meta).expect("json"),
+    })
+}
+
+/// Where the tokenizer goes: `FILE.tokenizer.json` beside `FILE.onnx`, `tokenizer.json` in a
+/// torch directory.
+pub fn tokenizer_path(format: Format, out: &Path) -> PathBuf {
+    match format {
+        Format::Onnx => out.with_extension("tokenizer.json"),
+        Format::Torch => out.join("tokenizer.json"),
+    }
+}
+
+/// A text run's transformer (see [`text`]) with its tokenizer beside it.
+fn export_text(req: &ExportRequest, info: &LmInfo, t0: Instant) -> Result<ExportResult> {
+    let tok_file = req.from.join(&info.tokenizer);
+    if !tok_file.is_file() {
+        return Err(Error::Usage(format!(
+            "--from {}: the run's tokenizer {} is missing; a text export needs the tokenizer the \
+             run was trained with",
+            req.from.display(),
+            tok_file.display()
+        )));
+    }
+    check_out(req)?;
+    let (info, model, tok) = load_run(&req.from, &req.device)?;
+    let spec = &info.spec;
+    let params = text::params(&model)?;
+    let n_params: usize = params.values().map(|p| p.data.len()).sum();
+    let tok_out = tokenizer_path(req.format, &req.out);
+    let tok_name = tok_out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tokenization = text::Tokenization::new(&tok_name, &tok, spec.max_len);
+    let mut meta = TextExportMeta {
+        producer: concat!("pretext ", env!("CARGO_PKG_VERSION")).into(),
+        kind: "text".into(),
+        architecture: text::TextArchitecture::new(spec),
+        input: format!(
+            "input_ids: int64 [batch, seq] (seq <= {}), token ids padded on the right; \
+             attention_mask: int64 [batch, seq], 1 = token, 0 = padding",
+            spec.max_len
+        ),
+        output: format!(
+            "float32 [batch, {}]: the mean of the final hidden states (after the last layer \
+             norm) over each document's tokens, as pretext embed writes it",
+            spec.d_model
+        ),
+        task: info.task.clone(),
+        data: info.data.clone(),
+        steps: steps_done(&req.from),
+        run: req.from.clone(),
+        format: String::new(),
+        weights: None,
+        opset: None,
+        tokenization,
+    };
+    let tok_json = std::fs::read(&tok_file).map_err(|e| Error::io(&tok_file, e))?;
+    let bytes = match req.format {
+        Format::Onnx => {
+            meta.format = "onnx".into();
+            meta.opset = Some(onnx::OPSET);
+            let t = &meta.tokenization;
+            let props = vec![
+                (
+                    "pretext".to_string(),
+                    serde_json::to_string(&meta).expect("json"),
+                ),
+                ("architecture".into(), "transformer".into()),
+                ("task".into(), info.task.clone()),
+                ("data".into(), info.data.clone()),
+                (
+                    "steps".into(),
+                    meta.steps.map_or(String::new(), |s| s.to_string()),
+                ),
+                ("tokenizer".into(), tok_name.clone()),
+                (
+                    "tokenization".into(),
+                    format!(
+                        "Hugging Face tokenizer.json beside this file ({tok_name}, byte-level \
+                         BPE): encode with add_special_tokens=False; keep the first {} tokens of \
+                         a longer document (pretext embed embeds only those, it does not split \
+                         documents); a document with no tokens is [{}] (<eos>); pad on the right \
+                         with {} (<pad>) and attention_mask 0",
+                        t.max_len, t.eos_id, t.pad_id
+                    ),
+                ),
+                ("max_len".into(), spec.max_len.to_string()),
+                ("pad_id".into(), t.pad_id.to_string()),
+                ("eos_id".into(), t.eos_id.to_string()),
+                (
+                    "pooling".into(),
+                    "mean over tokens with attention_mask 1".into(),
+                ),
+                ("input".into(), meta.input.clone()),
+                ("output".into(), meta.output.clone()),
+            ];
+            let bytes = text::onnx_bytes(spec, &params, &props)?;
+            write_atomic(&req.out, &bytes)?;
+            bytes.len() as u64
+        }
+        Format::Torch => {
+            meta.format = "torch".into();
+            meta.weights = Some(torch::WEIGHTS.into());
+            let json = serde_json::to_vec_pretty(&meta).expect("json");
+            torch::write_dir(&req.out, &text::torch_layout(&params), &json)?
+        }
+    };
+    write_atomic(&tok_out, &tok_json)?;
+    Ok(ExportResult {
+        path: req.out.clone(),
+        bytes: bytes + tok_json.len() as u64,
+        params: n_params,
+        wall_s: t0.elapsed().as_secs_f64(),
+        architecture: "transformer".into(),
+        task: meta.task.clone(),
+        steps: meta.steps,
+        format: meta.format.clone(),
+        tokenizer: Some(tok_out),
+        config: serde_json::to_value(&meta).expect("json"),
     })
 }

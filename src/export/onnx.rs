@@ -30,15 +30,15 @@ pub const IR_VERSION: i64 = 8;
 pub const BN_EPS: f32 = 1e-5;
 
 /// Nodes and initializers, with names made unique by a counter.
-struct Graph<'a> {
-    params: &'a BTreeMap<String, Param>,
-    nodes: Vec<NodeProto>,
-    inits: Vec<TensorProto>,
+pub(super) struct Graph<'a> {
+    pub(super) params: &'a BTreeMap<String, Param>,
+    pub(super) nodes: Vec<NodeProto>,
+    pub(super) inits: Vec<TensorProto>,
     used: Vec<String>,
     count: usize,
 }
 
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
+pub(super) fn ints(name: &str, v: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         type_: EnumOrUnknown::new(AttributeType::INTS),
@@ -47,7 +47,7 @@ fn ints(name: &str, v: &[i64]) -> AttributeProto {
     }
 }
 
-fn float(name: &str, v: f32) -> AttributeProto {
+pub(super) fn float(name: &str, v: f32) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         type_: EnumOrUnknown::new(AttributeType::FLOAT),
@@ -56,7 +56,7 @@ fn float(name: &str, v: f32) -> AttributeProto {
     }
 }
 
-fn int(name: &str, v: i64) -> AttributeProto {
+pub(super) fn int(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         type_: EnumOrUnknown::new(AttributeType::INT),
@@ -65,7 +65,7 @@ fn int(name: &str, v: i64) -> AttributeProto {
     }
 }
 
-fn tensor(name: &str, shape: &[usize], data: &[f32]) -> TensorProto {
+pub(super) fn tensor(name: &str, shape: &[usize], data: &[f32]) -> TensorProto {
     TensorProto {
         name: name.into(),
         dims: shape.iter().map(|&d| d as i64).collect(),
@@ -75,21 +75,44 @@ fn tensor(name: &str, shape: &[usize], data: &[f32]) -> TensorProto {
     }
 }
 
+/// An int64 tensor (initializer or constant).
+pub(super) fn tensor_i64(name: &str, shape: &[usize], data: &[i64]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: shape.iter().map(|&d| d as i64).collect(),
+        data_type: DataType::INT64 as i32,
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+/// A dimension of a graph input or output: symbolic (`Err(name)`) or fixed (`Ok(size)`).
+pub(super) type Dim<'a> = std::result::Result<usize, &'a str>;
+
 /// A float32 value with a symbolic batch dimension and fixed others.
 fn value_info(name: &str, fixed: &[usize]) -> ValueInfoProto {
-    let mut dim = vec![Dimension {
-        value: Some(dimension::Value::DimParam("batch".into())),
-        ..Default::default()
-    }];
-    dim.extend(fixed.iter().map(|&d| Dimension {
-        value: Some(dimension::Value::DimValue(d as i64)),
-        ..Default::default()
-    }));
+    let mut dims = vec![Err("batch")];
+    dims.extend(fixed.iter().map(|&d| Ok(d)));
+    typed_value_info(name, DataType::FLOAT, &dims)
+}
+
+/// A value of `elem` type with the given dimensions.
+pub(super) fn typed_value_info(name: &str, elem: DataType, dims: &[Dim]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Ok(n) => dimension::Value::DimValue(*n as i64),
+                Err(s) => dimension::Value::DimParam(s.to_string()),
+            }),
+            ..Default::default()
+        })
+        .collect();
     ValueInfoProto {
         name: name.into(),
         type_: MessageField::some(TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: DataType::FLOAT as i32,
+                elem_type: elem as i32,
                 shape: MessageField::some(TensorShapeProto {
                     dim,
                     ..Default::default()
@@ -102,9 +125,19 @@ fn value_info(name: &str, fixed: &[usize]) -> ValueInfoProto {
     }
 }
 
-impl Graph<'_> {
+impl<'a> Graph<'a> {
+    pub(super) fn new(params: &'a BTreeMap<String, Param>) -> Self {
+        Self {
+            params,
+            nodes: Vec::new(),
+            inits: Vec::new(),
+            used: Vec::new(),
+            count: 0,
+        }
+    }
+
     /// A node of `op` on `inputs`; returns its output's name.
-    fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+    pub(super) fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
         self.count += 1;
         let out = format!("{}_{}", op.to_ascii_lowercase(), self.count);
         self.nodes.push(NodeProto {
@@ -119,7 +152,7 @@ impl Graph<'_> {
     }
 
     /// The initializer for the encoder tensor `name` (added once).
-    fn param(&mut self, name: &str) -> Result<String> {
+    pub(super) fn param(&mut self, name: &str) -> Result<String> {
         let p = self.params.get(name).ok_or_else(|| {
             Error::Usage(format!(
                 "the encoder has no tensor {name}; cannot export it"
@@ -262,13 +295,7 @@ pub fn model_bytes(
     params: &BTreeMap<String, Param>,
     metadata: &[(String, String)],
 ) -> Result<Vec<u8>> {
-    let mut g = Graph {
-        params,
-        nodes: Vec::new(),
-        inits: Vec::new(),
-        used: Vec::new(),
-        count: 0,
-    };
+    let mut g = Graph::new(params);
     let x = g.normalize("image", input);
     let map = match spec.kind {
         BackboneKind::Convnet => g.convnet(x, (input.height, input.width))?,
@@ -293,6 +320,14 @@ pub fn model_bytes(
             .into(),
         ..Default::default()
     };
+    model_proto_bytes(graph, metadata)
+}
+
+/// The model around `graph` (opset 17, IR 8), `metadata` as its `metadata_props`, encoded.
+pub(super) fn model_proto_bytes(
+    graph: GraphProto,
+    metadata: &[(String, String)],
+) -> Result<Vec<u8>> {
     let model = ModelProto {
         ir_version: IR_VERSION,
         opset_import: vec![OperatorSetIdProto {
