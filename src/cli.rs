@@ -57,7 +57,7 @@ pub struct EmbedArgs {
     #[arg(long)]
     pub data: Option<String>,
     /// Output FILE.npy (float32 [rows, dim]); FILE.csv and FILE.json are written beside it. Or
-    /// FILE.parquet (row, id, label, embedding) + FILE.json, with the cargo feature `parquet`.
+    /// FILE.parquet (row, id, label, embedding) + FILE.json (feature `parquet`, default).
     #[arg(long)]
     pub out: PathBuf,
     /// Image runs: the encoder stage whose pooled output is written (1..=4; default the last).
