@@ -18,6 +18,11 @@ fn bin() -> &'static str {
 /// `mpirun -np n pretext args…` (as root in CI, more ranks than cores allowed), one thread per
 /// rank.
 fn mpirun(n: usize, args: &[&str]) -> Command {
+    mpirun_threads(n, "1", args)
+}
+
+/// [`mpirun`] with `threads` compute threads per rank.
+fn mpirun_threads(n: usize, threads: &str, args: &[&str]) -> Command {
     let mut c = Command::new("mpirun");
     c.args([
         "--allow-run-as-root",
@@ -25,7 +30,7 @@ fn mpirun(n: usize, args: &[&str]) -> Command {
         "--bind-to",
         "none",
         "-x",
-        "RAYON_NUM_THREADS=1",
+        &format!("RAYON_NUM_THREADS={threads}"),
         "-np",
         &n.to_string(),
         bin(),
@@ -330,4 +335,68 @@ fn other_commands_refuse_to_run_as_several_processes() {
         err.contains("only `pretext pretrain` runs across processes"),
         "{err}"
     );
+}
+
+/// The losses of a two-rank run equal those of one process stepping the same parts as
+/// replicas (`ranks_share`, `one_share`: replicas per rank / in the one process).
+fn ranks_match_one_process(task: &str, ranks_share: &str, one_share: &str, threads: &str) {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = format!("idx:{}", common::shared_data("fashion-mnist"));
+    let common: Vec<&str> = vec![
+        "pretrain",
+        "--task",
+        task,
+        "--data",
+        &data,
+        "--set",
+        "limit=512",
+        "--set",
+        "width=8",
+        "--set",
+        "batch_size=16",
+        "--set",
+        "steps=4",
+        "--set",
+        "warmup_steps=1",
+        "--set",
+        "log_every=1",
+        "--set",
+        "eval_every=0",
+        "--set",
+        "workers=1",
+        "--set",
+        "rank_check_every=1",
+        "-q",
+    ];
+    let two = dir.path().join("two");
+    let mut a = common.clone();
+    a.extend_from_slice(&["--set", ranks_share, "--out", two.to_str().unwrap()]);
+    must(mpirun_threads(2, threads, &a).output().unwrap(), task);
+    let one = dir.path().join("one");
+    let mut a = common.clone();
+    a.extend_from_slice(&["--set", one_share, "--out", one.to_str().unwrap()]);
+    let out = Command::new(bin())
+        .args(&a)
+        .env("RAYON_NUM_THREADS", "4")
+        .output()
+        .unwrap();
+    must(out, "one process");
+    let (l1, l2) = (step_losses(&one), step_losses(&two));
+    assert_eq!(l1.len(), 4, "{l1:?}");
+    for ((s, a), (_, b)) in l1.iter().zip(&l2) {
+        assert!(((a - b) / a).abs() < 1e-3, "{task} step {s}: {a} vs {b}");
+    }
+}
+
+/// A GAN makes two updates per step (discriminator, then generator): two all-reduces.
+#[test]
+fn two_ranks_train_a_gan_like_one_process() {
+    ranks_match_one_process("superres", "replicas=1", "replicas=2", "1");
+}
+
+/// Threads inside ranks: 2 ranks × 2 replicas step the 4 parts of 1 process × 4 replicas.
+#[test]
+fn replicas_inside_ranks_compose() {
+    ranks_match_one_process("rotation", "replicas=2", "replicas=4", "2");
 }
