@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ok, serial};
+use common::{austen_slice, ok, serial};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_pretext")
@@ -63,22 +62,6 @@ fn step_losses(run: &Path) -> Vec<(u64, f64)> {
         .iter()
         .filter_map(|m| Some((m.get("step")?.as_u64()?, m.get("loss")?.as_f64()?)))
         .collect()
-}
-
-fn austen_slice(dir: &Path, bytes: usize) -> PathBuf {
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(
-        std::fs::File::open(common::shared_data("text/austen.txt.gz")).unwrap(),
-    )
-    .read_to_string(&mut text)
-    .unwrap();
-    let mut end = bytes.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let path = dir.join("austen.txt");
-    std::fs::write(&path, &text[..end]).unwrap();
-    path
 }
 
 /// Two ranks of one part each give the losses of one process stepping the same global batch
@@ -164,53 +147,10 @@ fn two_ranks_train_a_language_model_like_one_process() {
 }
 
 /// A rotation run on two ranks (batch norm, per-rank statistics) checks at every step that
-/// both ranks hold the same weights, and ends with the weights one process with two replicas
-/// reaches.
+/// both ranks hold the same weights, and takes the steps one process with two replicas takes.
 #[test]
 fn two_ranks_keep_identical_weights_on_an_image_task() {
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let data = common::shared_data("fashion-mnist");
-    let data = format!("idx:{data}");
-    let common: Vec<&str> = vec![
-        "pretrain",
-        "--task",
-        "rotation",
-        "--data",
-        &data,
-        "--set",
-        "limit=512",
-        "--set",
-        "width=8",
-        "--set",
-        "batch_size=16",
-        "--set",
-        "steps=6",
-        "--set",
-        "warmup_steps=1",
-        "--set",
-        "log_every=1",
-        "--set",
-        "eval_every=0",
-        "--set",
-        "workers=1",
-        "--set",
-        "rank_check_every=1",
-        "-q",
-    ];
-    let two = dir.path().join("two");
-    let mut a = common.clone();
-    a.extend_from_slice(&["--set", "replicas=1", "--out", two.to_str().unwrap()]);
-    must(mpirun(2, &a).output().unwrap(), "mpirun -np 2 rotation");
-    let one = dir.path().join("one");
-    let mut a = common.clone();
-    a.extend_from_slice(&["--set", "replicas=2", "--out", one.to_str().unwrap()]);
-    ok(&a);
-    let (l1, l2) = (step_losses(&one), step_losses(&two));
-    assert_eq!(l1.len(), 6);
-    for ((s, a), (_, b)) in l1.iter().zip(&l2) {
-        assert!(((a - b) / a).abs() < 1e-3, "step {s}: {a} vs {b}");
-    }
+    ranks_match_one_process("rotation", "replicas=1", "replicas=2", "1");
 }
 
 fn ranks_of(out: &Path) -> Vec<(u32, usize)> {

@@ -4,31 +4,10 @@
 
 mod common;
 
-use common::{ok, pretext};
+use common::{austen_slice, ok, pretext};
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-
-fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/text")
-        .join(name)
-}
-
-/// The first `bytes` of Austen's novels as a plain .txt file.
-fn austen_slice(dir: &Path, bytes: usize) -> PathBuf {
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(data("austen.txt.gz")).unwrap())
-        .read_to_string(&mut text)
-        .unwrap();
-    let mut end = bytes.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let path = dir.join("austen.txt");
-    std::fs::write(&path, &text[..end]).unwrap();
-    path
-}
+use std::io::Write;
+use std::path::Path;
 
 const SMALL: &[&str] = &[
     "--set",

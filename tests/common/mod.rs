@@ -91,3 +91,22 @@ pub fn step_rows(run: &std::path::Path) -> Vec<serde_json::Value> {
         .filter(|r| r.get("loss").is_some())
         .collect()
 }
+
+/// The first `bytes` of Austen's novels (../shared/data/text/austen.txt.gz) as a plain .txt file
+/// in `dir`.
+pub fn austen_slice(dir: &std::path::Path, bytes: usize) -> std::path::PathBuf {
+    use std::io::Read;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(
+        std::fs::File::open(shared_data("text/austen.txt.gz")).expect("austen.txt.gz"),
+    )
+    .read_to_string(&mut text)
+    .unwrap();
+    let mut end = bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let path = dir.join("austen.txt");
+    std::fs::write(&path, &text[..end]).unwrap();
+    path
+}
