@@ -8,6 +8,9 @@ src/tasks/*.rs), trained one step at a time on the very batch pretext's own `mak
 Prints one JSON line: {"task", "params", "items_per_s", "step_ms_median", "peak_rss_mb", "torch",
 "threads", "device"}. Exits 3 with {"error": "torch not installed"} when PyTorch is missing.
 
+Backbones: convnet, resnet18 (src/nn/convnet.rs, resnet.rs) and the vision transformers vit,
+vit-small, vit-base (src/nn/vit.rs on src/nn/transformer.rs's block; patch side from meta["patch"]).
+
 Adding a task is one step-builder function in TASKS: it gets the batch (a dict of tensors and the
 metadata pretext wrote) and returns (list of modules, step function)."""
 import argparse
@@ -40,7 +43,10 @@ class ConvNet(nn.Module):
         super().__init__()
         w = [width, width * 2, width * 4, width * 8]
         self.stages = nn.ModuleList([cbr(c_in, w[0]), cbr(w[0], w[1]), cbr(w[1], w[2]), cbr(w[2], w[3])])
-        self.width = width
+        self.width, self.dim, self.n_stages = width, width * 8, 4
+
+    def stage_dim(self, k):
+        return self.width << (k - 1)
 
     def stage_maps(self, x, stage=4):
         maps = []
@@ -82,7 +88,10 @@ class ResNet18(nn.Module):
             stages.append(nn.Sequential(BasicBlock(c, w, stride), BasicBlock(w, w, 1)))
             c = w
         self.stages = nn.ModuleList(stages)
-        self.width = width
+        self.width, self.dim, self.n_stages = width, width * 8, 4
+
+    def stage_dim(self, k):
+        return self.width << (k - 1)
 
     def stage_maps(self, x, stage=4):
         x = F.relu(self.stem_bn(self.stem(x)))
@@ -93,12 +102,143 @@ class ResNet18(nn.Module):
         return maps
 
 
-def backbone(kind, c_in, width):
+# ---------------------------------------------------------------- vision transformer (src/nn/vit.rs, transformer.rs)
+
+def patchify(x, p):
+    """vit.rs patchify: [b, c, h, w] (h, w multiples of p) → [b, (h/p)(w/p), p*p*c], the grid row
+    by row, each patch's values ordered (row, column, channel)."""
+    b, c, h, w = x.shape
+    gh, gw = h // p, w // p
+    return x.reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, p * p * c)
+
+
+def unpatchify(t, p, c, grid):
+    """vit.rs unpatchify, the inverse of patchify: [b, gh*gw, p*p*c] → [b, c, gh*p, gw*p]."""
+    gh, gw = grid
+    return t.reshape(t.shape[0], gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(t.shape[0], c, gh * p, gw * p)
+
+
+_SINCOS = {}
+
+
+def sincos_2d(grid, d, device):
+    """vit.rs sincos_2d: fixed positions [gh*gw, d], cell (y, x) row-major; the first d/2 values
+    encode the column x, the last d/2 the row y, each as d/4 sines then d/4 cosines of pos*omega_i,
+    omega_i = 10000^(-i/(d/4)) (computed in f64, stored f32)."""
+    key = (tuple(grid), d, str(device))
+    if key not in _SINCOS:
+        gh, gw = grid
+        q = d // 4
+        omega = 1.0 / 10000.0 ** (torch.arange(q, dtype=torch.float64) / q)
+        ys, xs = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64),
+                                indexing="ij")
+        enc = lambda pos: torch.cat([torch.sin(pos[:, None] * omega), torch.cos(pos[:, None] * omega)], 1)
+        pos = torch.cat([enc(xs.reshape(-1)), enc(ys.reshape(-1))], 1)
+        _SINCOS[key] = pos.float().to(device)
+    return _SINCOS[key]
+
+
+def normal_linear(d_in, d_out, std):
+    """LinearConfig::with_initializer(Normal { mean: 0, std }): burn draws the bias with the same
+    initializer as the weight (burn-nn 0.22 linear.rs), so both are N(0, std) here too."""
+    lin = nn.Linear(d_in, d_out)
+    nn.init.normal_(lin.weight, 0.0, std)
+    nn.init.normal_(lin.bias, 0.0, std)
+    return lin
+
+
+class Block(nn.Module):
+    """transformer.rs Block::new / forward, bidirectional, no dropout: pre-LayerNorm (eps 1e-5),
+    fused qkv reshaped [b, t, 3, heads, d/heads], scaled dot product (1/sqrt(d/heads)), exact
+    GELU MLP; GPT-2 init, qkv and fc1 N(0, 0.02), proj and fc2 N(0, resid_std)."""
+
+    def __init__(self, d, heads, d_ff, resid_std):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d, eps=1e-5), nn.LayerNorm(d, eps=1e-5)
+        self.qkv, self.proj = normal_linear(d, 3 * d, 0.02), normal_linear(d, d, resid_std)
+        self.fc1, self.fc2 = normal_linear(d, d_ff, 0.02), normal_linear(d_ff, d, resid_std)
+        self.heads = heads
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        ctx = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(ctx.transpose(1, 2).reshape(b, t, d))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+class Vit(nn.Module):
+    """vit.rs Vit: patch embedding Linear(c*p*p, d) (PyTorch's default init = burn's default
+    Kaiming-uniform), + fixed sine-cosine positions, `depth` blocks, final LayerNorm; features =
+    mean of the final tokens. Sides that are not multiples of p are zero-padded bottom/right."""
+
+    def __init__(self, c_in, dim, depth, heads, patch):
+        super().__init__()
+        resid_std = 0.02 / (2 * depth) ** 0.5
+        self.embed = nn.Linear(c_in * patch * patch, dim)
+        self.blocks = nn.ModuleList([Block(dim, heads, 4 * dim, resid_std) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-5)
+        self.patch, self.dim, self.width, self.n_stages = patch, dim, dim, depth
+
+    def stage_dim(self, k):
+        return self.dim
+
+    def tokens(self, x):
+        """Vit::tokens: [b, c, h, w] → embedded patches + positions [b, gh*gw, d], and (gh, gw)."""
+        p = self.patch
+        h, w = x.shape[2], x.shape[3]
+        ph, pw = -h % p, -w % p
+        if ph + pw > 0:
+            x = F.pad(x, (0, pw, 0, ph))
+        grid = (x.shape[2] // p, x.shape[3] // p)
+        return self.embed(patchify(x, p)) + sincos_2d(grid, self.dim, x.device), grid
+
+    def run_blocks(self, t, upto):
+        """Vit::blocks: blocks 1..=upto, the final LayerNorm when upto is the last block."""
+        for blk in self.blocks[:upto]:
+            t = blk(t)
+        return self.norm(t) if upto == len(self.blocks) else t
+
+    def encode(self, t):
+        """Vit::encode: tokens [b, t, d] through every block and the final LayerNorm."""
+        return self.run_blocks(t, len(self.blocks))
+
+    def features_at(self, x, stage):
+        return self.run_blocks(self.tokens(x)[0], stage).mean(1)
+
+    def stage_maps(self, x, stage):
+        """Vit::stage_maps: the tokens after blocks 1..=stage as maps [b, d, gh, gw] each."""
+        t, (gh, gw) = self.tokens(x)
+        maps = []
+        for k in range(1, stage + 1):
+            t = self.blocks[k - 1](t)
+            shown = self.norm(t) if k == len(self.blocks) else t
+            maps.append(shown.reshape(t.shape[0], gh, gw, self.dim).permute(0, 3, 1, 2))
+        return maps
+
+
+# BackboneKind::vit: (blocks, width of one head, default patch side).
+VIT_PRESETS = {"vit": (6, 32, 4), "vit-small": (12, 64, 16), "vit-base": (12, 64, 16)}
+
+
+def backbone(kind, c_in, width, patch=0):
+    """BackboneSpec::init; `patch` 0 = the ViT preset's."""
+    if kind in VIT_PRESETS:
+        depth, head_dim, default_patch = VIT_PRESETS[kind]
+        return Vit(c_in, width, depth, width // head_dim, patch or default_patch)
     return {"convnet": ConvNet, "resnet18": ResNet18}[kind](c_in, width)
 
 
+def meta_backbone(meta, c_in):
+    """The backbone batch.json names (kind, width, patch)."""
+    return backbone(meta["backbone"], c_in, meta["width"], meta.get("patch", 0))
+
+
 def features(enc, x):
-    """Backbone::features: the last stage, global average pooled: [b, dim]."""
+    """Backbone::features: the last stage, global average pooled (a ViT: the mean of its
+    final-normed tokens): [b, dim]."""
+    if isinstance(enc, Vit):
+        return enc.features_at(x, enc.n_stages)
     return enc.stage_maps(x)[-1].mean(dim=(2, 3))
 
 
@@ -145,10 +285,13 @@ class Decoder(nn.Module):
 
 
 class Generator(nn.Module):
-    def __init__(self, kind, in_channels, width, out_channels, skips, stage=4):
+    """decoder.rs Generator: the backbone's stage maps 1..=stage (0 = the last) into the decoder."""
+
+    def __init__(self, meta, in_channels, out_channels, skips, stage=0):
         super().__init__()
-        self.encoder = backbone(kind, in_channels, width)
-        dims = [width << k for k in range(stage)]
+        self.encoder = meta_backbone(meta, in_channels)
+        stage = stage or self.encoder.n_stages
+        dims = [self.encoder.stage_dim(k) for k in range(1, stage + 1)]
         self.decoder = Decoder(dims, in_channels, out_channels, skips)
         self.stage = stage
 
@@ -202,16 +345,17 @@ def classification(model, forward, x, y, meta):
 
 
 def rotation(d, meta):
-    enc = backbone(meta["backbone"], meta["c"], meta["width"])
-    head = nn.Linear(enc.width * 8, 4)
+    enc = meta_backbone(meta, meta["c"])
+    head = nn.Linear(enc.dim, 4)
     model = nn.ModuleDict({"enc": enc, "head": head}).to(d["device"])
     return classification(model, lambda x: head(features(enc, x)), d["images"], d["labels"], meta)
 
 
 def context(d, meta):
     cfg = meta["task_config"]
-    pairs, dim = cfg["pairs"], meta["width"] * 8
-    enc = backbone(meta["backbone"], meta["c"], meta["width"])
+    pairs = cfg["pairs"]
+    enc = meta_backbone(meta, meta["c"])
+    dim = enc.dim
     head = mlp(2 * dim, cfg["hidden"], 8)
     model = nn.ModuleDict({"enc": enc, "head": head}).to(d["device"])
 
@@ -228,8 +372,8 @@ def context(d, meta):
 
 def jigsaw(d, meta):
     cfg = meta["task_config"]
-    dim = meta["width"] * 8
-    enc = backbone(meta["backbone"], meta["c"], meta["width"])
+    enc = meta_backbone(meta, meta["c"])
+    dim = enc.dim
     head = mlp(9 * dim, cfg["hidden"], cfg["permutations"])
     model = nn.ModuleDict({"enc": enc, "head": head}).to(d["device"])
 
@@ -248,7 +392,7 @@ def colorize(d, meta):
     q, k = bins.shape[0], cfg["neighbours"]
     b, h, w = meta["b"], meta["h"], meta["w"]
     plane = h * w
-    gen = Generator(meta["backbone"], 1, meta["width"], q, cfg["skips"]).to(dev)
+    gen = Generator(meta, 1, q, cfg["skips"], cfg.get("stage", 0)).to(dev)
     opt = adamw(gen, meta)
     x, extra, keep = d["images"], d["extra"], d["labels"].float()
     n = b * k * plane
@@ -315,7 +459,7 @@ def superres(d, meta):
     """tasks/superres.rs: residual generator on the bilinear upscale, L1 content loss, adversarial
     weight 1e-3 (steady state, past the content-only warm-up), PSNR numbers read back."""
     cfg, dev, c = meta["task_config"], d["device"], meta["c"]
-    gen = Generator(meta["backbone"], c, meta["width"], c, cfg["skips"]).to(dev)
+    gen = Generator(meta, c, c, cfg["skips"], cfg.get("stage", 0)).to(dev)
     disc = Discriminator(c, cfg["d_width"]).to(dev)
     g_opt, d_opt = adamw(gen, meta), adamw(disc, meta)
     norm = normalizer(meta, dev)
@@ -335,7 +479,7 @@ def inpaint(d, meta):
     border weighted), rec 0.999 + adversarial 0.001."""
     cfg, dev, c = meta["task_config"], d["device"], meta["c"]
     b, h, w = meta["b"], meta["h"], meta["w"]
-    gen = Generator(meta["backbone"], c, meta["width"], c, cfg["skips"]).to(dev)
+    gen = Generator(meta, c, c, cfg["skips"], cfg.get("stage", 0)).to(dev)
     disc = Discriminator(c, cfg["d_width"]).to(dev)
     g_opt, d_opt = adamw(gen, meta), adamw(disc, meta)
     norm = normalizer(meta, dev)
@@ -355,6 +499,106 @@ def inpaint(d, meta):
     return [gen, disc], step
 
 
+# ---------------------------------------------------------------- masked autoencoder (src/tasks/mae.rs)
+
+class MaeDecoder(nn.Module):
+    """mae.rs MaeDecoder: Linear(enc d, dd) on the encoded visible patches, a learned mask token
+    (N(0, 0.02)) at every hidden one, un-shuffled to patch order by `restore`, + sine-cosine
+    positions of width dd, `depth` blocks (heads dd/32, MLP 4*dd), LayerNorm, Linear(dd, p*p*c)."""
+
+    def __init__(self, enc_dim, dim, depth, pixels):
+        super().__init__()
+        resid_std = 0.02 / (2 * max(depth, 1)) ** 0.5
+        self.embed = nn.Linear(enc_dim, dim)
+        self.mask_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.blocks = nn.ModuleList([Block(dim, max(dim // 32, 1), 4 * dim, resid_std) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-5)
+        self.pred = nn.Linear(dim, pixels)
+        self.dim = dim
+
+    def forward(self, latent, restore, grid):
+        """latent [b, k, enc d]; restore [b*n]: each patch's row in its image's [visible...,
+        hidden...] sequence, offset by image*n → predicted pixels [b, n, p*p*c]."""
+        b, k, _ = latent.shape
+        n, d = grid[0] * grid[1], self.dim
+        hidden = self.mask_token.expand(b, n - k, d)
+        x = torch.cat([self.embed(latent), hidden], 1).reshape(b * n, d).index_select(0, restore).reshape(b, n, d)
+        x = x + sincos_2d(grid, d, x.device)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.pred(self.norm(x))
+
+
+def mae_forward(enc, dec, x, keep, restore):
+    """MaeModel::forward: all n tokens embedded (+ positions), the k visible ones per image picked
+    by `keep` (image*n + patch), encoded alone, then decoded → [b, n, p*p*c]."""
+    tokens, grid = enc.tokens(x)
+    b, n, d = tokens.shape
+    k = keep.numel() // b
+    visible = tokens.reshape(b * n, d).index_select(0, keep).reshape(b, k, d)
+    return dec(enc.encode(visible), restore, grid)
+
+
+def norm_patches(t):
+    """mae.rs norm_patches: each patch standardised by its own mean and unbiased variance (+1e-6)."""
+    mean = t.mean(2, keepdim=True)
+    var = t.var(2, keepdim=True, unbiased=True)
+    return (t - mean) / (var + 1e-6).sqrt()
+
+
+def masked_loss(pred, target, mask, norm_pix):
+    """mae.rs masked_loss: per-patch mean squared error [b, n], summed over the hidden patches
+    (mask 1) / their number."""
+    if norm_pix:
+        target = norm_patches(target)
+    per_patch = ((pred - target) ** 2).mean(2)
+    return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def decoder_width(cfg, enc_dim):
+    """decoder_width 0 = half the encoder's, at least 32."""
+    return cfg["decoder_width"] or max(enc_dim // 2, 32)
+
+
+def mae_layout(extra, b, n):
+    """Mae::flat's extra = [keep (b*k) | restore (b*n) | mask (b*n)] as f32 → keep, restore
+    (int64) and mask [b, n]."""
+    k = (extra.numel() - 2 * b * n) // b
+    assert extra.numel() == b * k + 2 * b * n and 0 < k < n, "extra is not [keep | restore | mask]"
+    keep = extra[:b * k].long()
+    restore = extra[b * k:b * k + b * n].long()
+    mask = extra[b * k + b * n:].reshape(b, n)
+    assert int(mask[0].sum().item()) == n - k, "keep and mask disagree on k"
+    return keep, restore, mask
+
+
+def mae(d, meta):
+    """tasks/mae.rs: ViT encoder on the visible patches only (the batch's own keep/restore/mask),
+    light decoder predicting every patch, MSE on the hidden patches against the norm-pix targets
+    of the (normalised) input; AdamW as every task here."""
+    cfg, dev, c = meta["task_config"], d["device"], meta["c"]
+    b, h, w = meta["b"], meta["h"], meta["w"]
+    enc = meta_backbone(meta, c)
+    if not isinstance(enc, Vit):
+        sys.exit("mae needs a vision transformer backbone (vit, vit-small, vit-base)")
+    p = enc.patch
+    keep, restore, mask = mae_layout(d["extra"], b, (h // p) * (w // p))
+    dec = MaeDecoder(enc.dim, decoder_width(cfg, enc.dim), cfg["decoder_depth"], p * p * c)
+    model = nn.ModuleDict({"enc": enc, "dec": dec}).to(dev)
+    opt = adamw(model, meta)
+    x = d["images"]
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = masked_loss(mae_forward(enc, dec, x, keep, restore), patchify(x, p), mask, cfg["norm_pix_loss"])
+        loss.backward()
+        value = loss.item()
+        opt.step()
+        return value
+
+    return [model], step
+
+
 TASKS = {
     "rotation": rotation,
     "context": context,
@@ -362,6 +606,7 @@ TASKS = {
     "colorize": colorize,
     "superres": superres,
     "inpaint": inpaint,
+    "mae": mae,
 }
 
 

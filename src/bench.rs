@@ -154,8 +154,9 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     }
     BackboneKind::parse(&opts.backbone).ok_or_else(|| {
         Error::Usage(format!(
-            "--backbone: unknown backbone '{}'; expected convnet or resnet18",
-            opts.backbone
+            "--backbone: unknown backbone '{}'; expected one of {}",
+            opts.backbone,
+            BackboneKind::NAMES
         ))
     })?;
     for t in &opts.tasks {
@@ -594,8 +595,7 @@ fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
         dump_batch(
             dir,
             name,
-            &opts.backbone,
-            cfg.width(),
+            &cfg.backbone_spec(input.channels),
             opts.batch_size,
             &flat,
             &input,
@@ -690,8 +690,7 @@ fn median_mean(times: &mut [f64]) -> (f64, f64) {
 fn dump_batch(
     dir: &Path,
     task: &str,
-    backbone: &str,
-    width: usize,
+    backbone: &crate::nn::BackboneSpec,
     images: usize,
     batch: &FlatBatch,
     input: &InputSpec,
@@ -711,8 +710,9 @@ fn dump_batch(
     )?;
     let mut meta = serde_json::json!({
         "task": task,
-        "backbone": backbone,
-        "width": width,
+        "backbone": backbone.kind.name(),
+        "width": backbone.width,
+        "patch": backbone.patch_side(),
         "images_per_step": images,
         "b": batch.b, "c": batch.c, "h": batch.h, "w": batch.w,
         "labels": batch.labels.len(),
@@ -745,6 +745,7 @@ fn task_settings(task: &str) -> serde_json::Value {
         }
         "superres" => serde_json::to_value(superres::SuperresConfig::default()),
         "inpaint" => serde_json::to_value(inpaint::InpaintConfig::default()),
+        "mae" => serde_json::to_value(mae::MaeConfig::default()),
         _ => Ok(serde_json::json!({})),
     }
     .expect("json")

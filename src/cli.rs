@@ -315,7 +315,8 @@ pub struct BenchArgs {
         default_value = "rotation,context,jigsaw,colorize,superres,inpaint,causal-lm,masked-lm"
     )]
     pub tasks: String,
-    /// Backbone of every task: convnet or resnet18.
+    /// Backbone of every image task: convnet, resnet18, vit, vit-small or vit-base (mae needs a
+    /// vit).
     #[arg(long, default_value = "convnet")]
     pub backbone: String,
     /// Images drawn from the data per step (rotation makes 4 inputs of each, context and jigsaw

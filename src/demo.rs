@@ -61,6 +61,7 @@ fn transfer_config(cfg: &PretrainConfig, transfer_sets: &[String]) -> Result<Tra
     let mut tcfg: TransferConfig = config::resolve(None, &all, &[])?;
     tcfg.backbone = cfg.backbone;
     tcfg.width = cfg.width();
+    tcfg.patch_size = cfg.patch_size;
     tcfg.validate()?;
     Ok(tcfg)
 }

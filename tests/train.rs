@@ -183,6 +183,7 @@ fn saving_the_same_encoder_twice_gives_identical_files() {
             kind: pretext::nn::BackboneKind::Convnet,
             in_channels: 1,
             width: 8,
+            patch: 0,
         }
         .init(&device)
     });
@@ -200,6 +201,7 @@ fn saving_the_same_encoder_twice_gives_identical_files() {
             kind: pretext::nn::BackboneKind::Convnet,
             in_channels: 1,
             width: 8,
+            patch: 0,
         }
         .init(&device)
     });
@@ -212,6 +214,7 @@ fn saving_the_same_encoder_twice_gives_identical_files() {
             kind: pretext::nn::BackboneKind::Convnet,
             in_channels: 1,
             width: 4,
+            patch: 0,
         }
         .init(&device)
     });

@@ -30,7 +30,6 @@ use crate::engine::{self, run_loop, PretrainSummary};
 use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
 use crate::input::InputSpec;
-use crate::nn::BackboneSpec;
 use crate::pretrain::{self, PretrainRequest};
 use crate::tasks::{self, TaskContext};
 use crate::transfer::{self, Source, TransferConfig, TransferRequest};
@@ -144,11 +143,7 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
         )));
     }
     let input = InputSpec::from_images(&pre_data.train)?;
-    let spec = BackboneSpec {
-        kind: base.backbone,
-        in_channels: input.channels,
-        width: base.width(),
-    };
+    let spec = base.backbone_spec(input.channels);
     let encoder_stages = spec.init(&req.device).stages();
     let settings = Settings {
         data: req.data.clone(),
@@ -340,6 +335,7 @@ fn run_cell(
         stage: cell.stage,
         backbone: pcfg.backbone,
         width: pcfg.width(),
+        patch_size: pcfg.patch_size,
         image_size: pcfg.image_size,
         ..tcfg.clone()
     };

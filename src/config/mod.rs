@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Stream;
 use crate::error::{Error, Result};
-use crate::nn::BackboneKind;
+use crate::nn::{BackboneKind, BackboneSpec};
 
 mod lm;
 
@@ -45,6 +45,8 @@ pub struct PretrainConfig {
     pub backbone: BackboneKind,
     /// Backbone base width; 0 means the backbone's default.
     pub width: usize,
+    /// ViT patch side in pixels; 0 = the preset's (4 for `vit`, 16 for `vit-small`/`vit-base`).
+    pub patch_size: usize,
     /// Pretraining step budget.
     pub steps: u64,
     /// Images drawn from the dataset per step (a task may expand each into several inputs).
@@ -102,6 +104,7 @@ impl Default for PretrainConfig {
             data: String::new(),
             backbone: BackboneKind::Convnet,
             width: 0,
+            patch_size: 0,
             steps: 1000,
             batch_size: 64,
             optimizer: OptimizerKind::Adamw,
@@ -137,6 +140,16 @@ impl PretrainConfig {
         }
     }
 
+    /// The backbone this config names, taking `in_channels` inputs.
+    pub fn backbone_spec(&self, in_channels: usize) -> BackboneSpec {
+        BackboneSpec {
+            kind: self.backbone,
+            in_channels,
+            width: self.width(),
+            patch: self.patch_size,
+        }
+    }
+
     /// Range checks that serde cannot express.
     pub fn validate(&self) -> Result<()> {
         positive("steps", self.steps as f64)?;
@@ -156,6 +169,7 @@ impl PretrainConfig {
                 ),
             ));
         }
+        self.backbone.check_shape(self.width(), self.patch_size)?;
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
             return Err(Error::config(
                 "min_lr_ratio",

@@ -317,6 +317,7 @@ mod tests {
                 kind: BackboneKind::Convnet,
                 in_channels: 1,
                 width: 8,
+                patch: 0,
             },
             input: InputSpec {
                 channels: 1,

@@ -206,6 +206,14 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
             )))
         }
     };
+    if info.backbone.kind.vit().is_some() {
+        return Err(Error::Usage(format!(
+            "--from {}: the run's backbone is a {}; exporting ViT backbones is not implemented \
+             yet (convnet and resnet18 export; `pretext embed` works with every backbone)",
+            req.from.display(),
+            info.backbone.kind.name()
+        )));
+    }
     check_out(req)?;
     let encoder = crate::embed::images::load(&req.from, &info, &req.device)?;
     let kind = info.backbone.kind;

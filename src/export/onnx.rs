@@ -300,6 +300,12 @@ pub fn model_bytes(
     let map = match spec.kind {
         BackboneKind::Convnet => g.convnet(x, (input.height, input.width))?,
         BackboneKind::Resnet18 => g.resnet18(x)?,
+        kind => {
+            return Err(Error::Usage(format!(
+                "ONNX export of a {} backbone is not implemented",
+                kind.name()
+            )))
+        }
     };
     // [b, dim, h, w] → mean over h, w → [b, dim]
     let pooled = g.node("GlobalAveragePool", &[&map], vec![]);

@@ -109,6 +109,7 @@ mod tests {
             kind,
             in_channels: 3,
             width: 4,
+            patch: 0,
         };
         let conv = torch_params(
             &spec(BackboneKind::Convnet).init(&device),

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::convnet::ConvNet;
 use super::resnet::ResNet;
+use super::vit::Vit;
 
 /// Which architecture, as named in configs and on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,6 +15,23 @@ pub enum BackboneKind {
     Convnet,
     /// CIFAR-style ResNet-18.
     Resnet18,
+    /// Vision transformer sized for the CPU: 128 wide, 6 blocks, 4 heads, 4-px patches.
+    Vit,
+    /// ViT-S/16 (DeiT-S: 384 wide, 12 blocks, 6 heads, 16-px patches), for GPUs.
+    #[serde(rename = "vit-small")]
+    VitSmall,
+    /// ViT-B/16 (768 wide, 12 blocks, 12 heads, 16-px patches), for GPUs.
+    #[serde(rename = "vit-base")]
+    VitBase,
+}
+
+/// A ViT preset: blocks, width of one attention head, patch side (the width is the kind's
+/// default width unless the config sets one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VitPreset {
+    pub depth: usize,
+    pub head_dim: usize,
+    pub patch: usize,
 }
 
 impl BackboneKind {
@@ -21,6 +39,9 @@ impl BackboneKind {
         match s {
             "convnet" => Some(Self::Convnet),
             "resnet18" => Some(Self::Resnet18),
+            "vit" => Some(Self::Vit),
+            "vit-small" => Some(Self::VitSmall),
+            "vit-base" => Some(Self::VitBase),
             _ => None,
         }
     }
@@ -29,7 +50,56 @@ impl BackboneKind {
         match self {
             Self::Convnet => "convnet",
             Self::Resnet18 => "resnet18",
+            Self::Vit => "vit",
+            Self::VitSmall => "vit-small",
+            Self::VitBase => "vit-base",
         }
+    }
+
+    /// Every kind's name, for messages.
+    pub const NAMES: &'static str = "convnet, resnet18, vit, vit-small, vit-base";
+
+    /// The ViT shape of a ViT kind (`None` for the convolutional ones).
+    pub fn vit(self) -> Option<VitPreset> {
+        let (depth, head_dim, patch) = match self {
+            Self::Convnet | Self::Resnet18 => return None,
+            Self::Vit => (6, 32, 4),
+            Self::VitSmall => (12, 64, 16),
+            Self::VitBase => (12, 64, 16),
+        };
+        Some(VitPreset {
+            depth,
+            head_dim,
+            patch,
+        })
+    }
+
+    /// A width and patch side this kind can be built with, or a config error naming the key
+    /// (`patch` 0 = the preset's).
+    pub fn check_shape(self, width: usize, patch: usize) -> crate::error::Result<()> {
+        let Some(vit) = self.vit() else {
+            return Ok(());
+        };
+        if !width.is_multiple_of(vit.head_dim) || !width.is_multiple_of(4) {
+            return Err(crate::error::Error::config(
+                "width",
+                format!(
+                    "{} needs a width that is a multiple of its head width {} (and of 4), found {width}",
+                    self.name(),
+                    vit.head_dim
+                ),
+            ));
+        }
+        if patch > 64 {
+            return Err(crate::error::Error::config(
+                "patch_size",
+                format!(
+                    "must be at most 64 (0 = the preset's {}), found {patch}",
+                    vit.patch
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Base width when the config leaves it at 0.
@@ -37,6 +107,9 @@ impl BackboneKind {
         match self {
             Self::Convnet => 32,
             Self::Resnet18 => 64,
+            Self::Vit => 128,
+            Self::VitSmall => 384,
+            Self::VitBase => 768,
         }
     }
 }
@@ -47,6 +120,13 @@ pub struct BackboneSpec {
     pub kind: BackboneKind,
     pub in_channels: usize,
     pub width: usize,
+    /// ViT patch side; 0 = the preset's (ignored by the convolutional backbones).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub patch: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 impl BackboneSpec {
@@ -59,7 +139,26 @@ impl BackboneSpec {
             BackboneKind::Resnet18 => {
                 Backbone::Resnet18(ResNet::resnet18(self.in_channels, self.width, device))
             }
+            kind => {
+                let vit = kind.vit().expect("a ViT kind");
+                Backbone::Vit(Vit::new(
+                    self.in_channels,
+                    self.width,
+                    vit.depth,
+                    self.width / vit.head_dim,
+                    self.patch_side(),
+                    device,
+                ))
+            }
         })
+    }
+
+    /// The ViT patch side this spec builds with (the preset's when `patch` is 0).
+    pub fn patch_side(&self) -> usize {
+        match (self.patch, self.kind.vit()) {
+            (0, Some(v)) => v.patch,
+            (p, _) => p,
+        }
     }
 }
 
@@ -70,6 +169,7 @@ impl BackboneSpec {
 pub enum Backbone {
     Convnet(ConvNet),
     Resnet18(ResNet),
+    Vit(Vit),
 }
 
 impl Backbone {
@@ -78,6 +178,7 @@ impl Backbone {
         match self {
             Self::Convnet(_) => ConvNet::STAGES,
             Self::Resnet18(_) => ResNet::STAGES,
+            Self::Vit(m) => m.depth(),
         }
     }
 
@@ -87,6 +188,8 @@ impl Backbone {
         match self {
             Self::Convnet(m) => m.set_bn_momentum(momentum),
             Self::Resnet18(m) => m.set_bn_momentum(momentum),
+            // LayerNorm only: no running statistics.
+            Self::Vit(_) => {}
         }
     }
 
@@ -95,6 +198,7 @@ impl Backbone {
         match self {
             Self::Convnet(m) => m.dim(),
             Self::Resnet18(m) => m.dim(),
+            Self::Vit(m) => m.dim(),
         }
     }
 
@@ -103,6 +207,7 @@ impl Backbone {
         match self {
             Self::Convnet(m) => m.stage_dim(stage),
             Self::Resnet18(m) => m.stage_dim(stage),
+            Self::Vit(m) => m.dim(),
         }
     }
 
@@ -112,6 +217,7 @@ impl Backbone {
         match self {
             Self::Convnet(m) => m.stage_maps(x, stage),
             Self::Resnet18(m) => m.stage_maps(x, stage),
+            Self::Vit(m) => m.stage_maps(x, stage),
         }
     }
 
@@ -120,11 +226,13 @@ impl Backbone {
         self.features_at(x, self.stages())
     }
 
-    /// x: [batch, channels, h, w] → global-average-pooled output of `stage` [batch, stage_dim].
+    /// x: [batch, channels, h, w] → global-average-pooled output of `stage` [batch, stage_dim]
+    /// (for a ViT: the mean of its tokens after block `stage`).
     pub fn features_at(&self, x: Tensor<4>, stage: usize) -> Tensor<2> {
         let map = match self {
             Self::Convnet(m) => m.forward_to(x, stage),
             Self::Resnet18(m) => m.forward_to(x, stage),
+            Self::Vit(m) => return m.features_at(x, stage),
         };
         // [b, c, h, w] → mean over h, w → [b, c]
         let [b, c, h, w] = map.dims();

@@ -140,6 +140,7 @@ mod tests {
                     kind,
                     in_channels: 1,
                     width: 4,
+                    patch: 0,
                 };
                 let g = Generator::new(&spec, 3, 2, skips, &device);
                 let y = g.forward(Tensor::zeros([2, 1, size, size], &device));

@@ -10,5 +10,6 @@ pub mod dropout;
 pub mod heads;
 pub mod resnet;
 pub mod transformer;
+pub mod vit;
 
-pub use backbone::{Backbone, BackboneKind, BackboneSpec};
+pub use backbone::{Backbone, BackboneKind, BackboneSpec, VitPreset};

@@ -133,16 +133,16 @@ impl TransformerSpec {
                 .init(device)
         };
         let blocks = (0..self.layers)
-            .map(|_| Block {
-                ln1: LayerNormConfig::new(self.d_model).init(device),
-                qkv: linear(self.d_model, 3 * self.d_model, std),
-                proj: linear(self.d_model, self.d_model, resid_std),
-                ln2: LayerNormConfig::new(self.d_model).init(device),
-                fc1: linear(self.d_model, self.d_ff, std),
-                fc2: linear(self.d_ff, self.d_model, resid_std),
-                dropout: DropoutConfig::new(self.dropout).init(),
-                heads: self.heads,
-                causal: self.causal,
+            .map(|_| {
+                Block::new(
+                    self.d_model,
+                    self.heads,
+                    self.d_ff,
+                    self.dropout,
+                    self.causal,
+                    resid_std,
+                    device,
+                )
             })
             .collect();
         // Initialised here, where the caller seeded the generator (see `device::init_now`).
@@ -176,8 +176,37 @@ pub struct Block {
 }
 
 impl Block {
+    /// One pre-LayerNorm block of width `d` (GPT-2 initialisation: N(0, 0.02) weights, the two
+    /// residual projections N(0, `resid_std`)). Also the ViT's block (`super::vit`).
+    pub(crate) fn new(
+        d: usize,
+        heads: usize,
+        d_ff: usize,
+        dropout: f64,
+        causal: bool,
+        resid_std: f64,
+        device: &Device,
+    ) -> Self {
+        let linear = |i: usize, o: usize, s: f64| {
+            LinearConfig::new(i, o)
+                .with_initializer(Initializer::Normal { mean: 0.0, std: s })
+                .init(device)
+        };
+        Self {
+            ln1: LayerNormConfig::new(d).init(device),
+            qkv: linear(d, 3 * d, 0.02),
+            proj: linear(d, d, resid_std),
+            ln2: LayerNormConfig::new(d).init(device),
+            fc1: linear(d, d_ff, 0.02),
+            fc2: linear(d_ff, d, resid_std),
+            dropout: DropoutConfig::new(dropout).init(),
+            heads,
+            causal,
+        }
+    }
+
     /// x: [b, t, d]; `mask`: [b, heads, t, t], true = may not attend.
-    fn forward(&self, x: Tensor<3>, mask: Option<Tensor<4, Bool>>) -> Tensor<3> {
+    pub(crate) fn forward(&self, x: Tensor<3>, mask: Option<Tensor<4, Bool>>) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let h = self.heads;
         let qkv = self

@@ -17,7 +17,6 @@ use crate::engine::{self, run_loop, LoopSettings};
 use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
 use crate::input::InputSpec;
-use crate::nn::BackboneSpec;
 use crate::tasks::{self, Build, TaskContext};
 
 use super::monitor::{KnnMonitor, Monitored};
@@ -111,11 +110,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     trainer.set_replicas(replicas);
     let (encoder_input, input_transform) = trainer.encoder_input(&input);
     let info = EncoderInfo {
-        backbone: BackboneSpec {
-            kind: cfg.backbone,
-            in_channels: encoder_input.channels,
-            width: cfg.width(),
-        },
+        backbone: cfg.backbone_spec(encoder_input.channels),
         input: encoder_input,
         task: cfg.task.clone(),
         data: cfg.data.clone(),

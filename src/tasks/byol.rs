@@ -260,6 +260,7 @@ mod tests {
             kind: BackboneKind::Convnet,
             in_channels: 1,
             width: 4,
+            patch: 0,
         }
         .init(device);
         let dim = backbone.dim();

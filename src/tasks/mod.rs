@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::input::{InputSpec, InputTransform};
 use crate::nn::decoder::Generator;
 use crate::nn::discriminator::Discriminator;
-use crate::nn::{Backbone, BackboneSpec};
+use crate::nn::Backbone;
 
 pub mod byol;
 pub mod causal_lm;
@@ -31,6 +31,7 @@ pub mod image_quality;
 pub mod inpaint;
 pub mod jigsaw;
 pub mod lm;
+pub mod mae;
 pub mod masked_lm;
 pub mod permutations;
 pub mod rotation;
@@ -95,6 +96,7 @@ pub const TASKS: &[TaskEntry] = &[
     inpaint::ENTRY,
     simclr::ENTRY,
     byol::ENTRY,
+    mae::ENTRY,
     causal_lm::ENTRY,
     masked_lm::ENTRY,
 ];
@@ -288,12 +290,7 @@ pub fn bind<T: ImageTask>(task: T, model: T::Model, ctx: &TaskContext) -> Box<dy
 
 /// The backbone the config asks for, taking `in_channels` inputs.
 pub fn backbone(ctx: &TaskContext, in_channels: usize) -> Backbone {
-    BackboneSpec {
-        kind: ctx.config.backbone,
-        in_channels,
-        width: ctx.config.width(),
-    }
-    .init(&ctx.device)
+    ctx.config.backbone_spec(in_channels).init(&ctx.device)
 }
 
 /// For the GAN tasks: a generator restoring `channels` channels from as many (see
@@ -328,11 +325,7 @@ pub fn build_generator(
     skips: bool,
     out_channels: usize,
 ) -> Result<Generator> {
-    let spec = BackboneSpec {
-        kind: ctx.config.backbone,
-        in_channels,
-        width: ctx.config.width(),
-    };
+    let spec = ctx.config.backbone_spec(in_channels);
     let stages = spec.init(&ctx.device).stages();
     let stage = if stage == 0 { stages } else { stage };
     if stage > stages {

@@ -101,6 +101,8 @@ pub struct TransferConfig {
     pub backbone: BackboneKind,
     /// Backbone base width for `--from random|scratch`; 0 = default.
     pub width: usize,
+    /// ViT patch side for `--from random|scratch`; 0 = the preset's.
+    pub patch_size: usize,
     /// Encoder stage whose pooled output is probed (linear, knn); 0 = last.
     pub stage: usize,
     pub probe_steps: u64,
@@ -137,6 +139,7 @@ impl Default for TransferConfig {
             seed: 0,
             backbone: BackboneKind::Convnet,
             width: 0,
+            patch_size: 0,
             stage: 0,
             probe_steps: 500,
             probe_batch_size: 256,
@@ -179,6 +182,12 @@ impl TransferConfig {
     pub fn validate(&self) -> Result<()> {
         use crate::config::{in_range, positive, MAX_WIDTH};
         positive("probe_steps", self.probe_steps as f64)?;
+        let width = if self.width == 0 {
+            self.backbone.default_width()
+        } else {
+            self.width
+        };
+        self.backbone.check_shape(width, self.patch_size)?;
         positive("probe_batch_size", self.probe_batch_size as f64)?;
         positive("probe_lr", self.probe_lr)?;
         in_range("probe_weight_decay", self.probe_weight_decay, 0.0, 1.0)?;
@@ -489,6 +498,7 @@ fn load_source(
                 kind: cfg.backbone,
                 in_channels: input.channels,
                 width,
+                patch: cfg.patch_size,
             };
             Ok((
                 crate::device::seeded(device, cfg.seed, || spec.init(device)),
