@@ -14,8 +14,8 @@ attention_mask)` -> [batch, d_model], the mean of the final hidden states over t
 `model.normalize(x)` is (x - mean) / std with the run's statistics; `model.config` is
 config.json (architecture, preprocessing, task, data, steps).
 
-The architectures are those of pretext's src/nn (convnet.rs, resnet.rs), layer for layer, so
-the features equal `pretext embed`'s to float precision:
+The architectures are those of pretext's src/nn (convnet.rs, resnet.rs, vit.rs), layer for
+layer, so the features equal `pretext embed`'s to float precision:
 
 - convnet: 4 stages of conv 3x3 (padding 1, no bias) -> batch norm -> ReLU, widths
   w, 2w, 4w, 8w; 2x2 max-pooling (stride 2) after each of the first three while the map is at
@@ -24,6 +24,12 @@ the features equal `pretext embed`'s to float precision:
   pooling; layer1..layer4 of two basic blocks (strides 1, 2, 2, 2; a 1x1 conv + BN
   `downsample` where the shape changes); global average pooling.
 
+- vit, vit-small, vit-base (src/nn/vit.rs): the image zero-padded at the bottom/right to
+  multiples of the patch side p, cut into p x p patches (the grid row by row, each patch's
+  values ordered row, column, channel), each embedded by a Linear `embed`, plus fixed 2-D
+  sine-cosine positions; `depth` blocks of the text transformer's kind (below, every token
+  attending to every token), a final LayerNorm `norm`; the features are the mean of the final
+  tokens. `features_at(x, k)` is the mean of the tokens after block k (the last: after `norm`).
 - transformer (text runs; src/nn/transformer.rs): token + learned position embeddings, blocks of
   x + proj(attention(LN1(x))), x + fc2(GELU(fc1(LN2(x)))) (exact erf GELU, LayerNorm eps 1e-5),
   a final LayerNorm, mean pooling over the tokens.
@@ -118,18 +124,117 @@ class ResNet18(nn.Module):
         return x
 
 
+class TextBlock(nn.Module):
+    """One pre-LayerNorm transformer block (src/nn/transformer.rs `Block`; a ViT's blocks too)."""
+
+    def __init__(self, d_model, heads, d_ff, eps):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(d_model, eps=eps)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.ln2 = nn.LayerNorm(d_model, eps=eps)
+        self.fc1 = nn.Linear(d_model, d_ff)
+        self.fc2 = nn.Linear(d_ff, d_model)
+
+    def forward(self, x, hidden=None):
+        """x: [b, t, d]; hidden: bool [b or 1, 1, t, t], True where a query may not attend
+        (None: every token sees every token)."""
+        b, t, d = x.shape
+        h = self.heads
+        qkv = self.qkv(self.ln1(x)).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = (q @ k.transpose(-1, -2)) * (d // h) ** -0.5
+        if hidden is not None:
+            # A large finite value, not -inf: a row with no token gives no NaN.
+            scores = scores.masked_fill(hidden, -1e9)
+        context = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.proj(context)
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))  # F.gelu: the exact (erf) GELU
+
+
+def patchify(x, p):
+    """x: [b, c, h, w] (h, w multiples of p) -> patches [b, (h/p)(w/p), p*p*c], the grid row by
+    row, each patch's values ordered (row, column, channel)."""
+    b, c, h, w = x.shape
+    gh, gw = h // p, w // p
+    # [b, c, gh, p, gw, p] -> [b, gh, gw, p, p, c]
+    return x.reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, p * p * c)
+
+
+def sincos_2d(grid, d):
+    """Fixed positions [gh*gw, d], cell (y, x) row-major: the first d/2 values encode the column
+    x, the last d/2 the row y, each as d/4 sines then d/4 cosines of pos*omega_i,
+    omega_i = 10000^(-i/(d/4)) (computed in float64, returned float32)."""
+    gh, gw = grid
+    q = d // 4
+    omega = 1.0 / 10000.0 ** (torch.arange(q, dtype=torch.float64) / q)
+    ys, xs = torch.meshgrid(torch.arange(gh, dtype=torch.float64),
+                            torch.arange(gw, dtype=torch.float64), indexing="ij")
+
+    def enc(pos):
+        return torch.cat([torch.sin(pos[:, None] * omega), torch.cos(pos[:, None] * omega)], 1)
+
+    return torch.cat([enc(xs.reshape(-1)), enc(ys.reshape(-1))], 1).float()
+
+
+class Vit(nn.Module):
+    """src/nn/vit.rs `Vit`: patch embedding, fixed sine-cosine positions, `depth` blocks, a
+    final LayerNorm. Any image size: the positions are computed for the grid at hand."""
+
+    def __init__(self, in_channels, width, depth, heads, patch, eps=1e-5):
+        super().__init__()
+        self.patch = patch
+        self.dim = width
+        self.stages_count = depth
+        self.embed = nn.Linear(in_channels * patch * patch, width)
+        self.blocks = nn.ModuleList([TextBlock(width, heads, 4 * width, eps) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width, eps=eps)
+
+    def tokens(self, x):
+        """x: [b, c, h, w] -> embedded patches + positions [b, gh*gw, d], and (gh, gw)."""
+        p = self.patch
+        h, w = x.shape[2], x.shape[3]
+        ph, pw = -h % p, -w % p
+        if ph + pw > 0:
+            x = F.pad(x, (0, pw, 0, ph))  # zeros at the right and the bottom
+        grid = (x.shape[2] // p, x.shape[3] // p)
+        pos = sincos_2d(grid, self.dim).to(device=x.device, dtype=x.dtype)
+        return self.embed(patchify(x, p)) + pos, grid
+
+    def features_at(self, x, stage):
+        """x: [b, c, h, w] (normalised) -> mean of the tokens after block `stage` (1..depth;
+        the last after the final LayerNorm) [b, width]."""
+        t, _ = self.tokens(x)
+        for block in self.blocks[:stage]:
+            t = block(t)
+        if stage == len(self.blocks):
+            t = self.norm(t)
+        return t.mean(dim=1)
+
+
 ARCHITECTURES = {"convnet": ConvNet, "resnet18": ResNet18}
+VITS = ("vit", "vit-small", "vit-base")
+
+
+def backbone(arch):
+    """The bare network config["architecture"] describes."""
+    if arch["name"] in VITS:
+        return Vit(arch["in_channels"], arch["width"], arch["depth"], arch["heads"], arch["patch"],
+                   arch.get("layer_norm_eps", 1e-5))
+    return ARCHITECTURES[arch["name"]](arch["in_channels"], arch["width"])
 
 
 class Encoder(nn.Module):
-    """Normalisation + backbone + global average pooling: pixels / 255 in, features out."""
+    """Normalisation + backbone + global average pooling (a ViT: the mean of its tokens):
+    pixels / 255 in, features out."""
 
     def __init__(self, config):
         super().__init__()
         arch = config["architecture"]
         pre = config["preprocessing"]
         self.config = config
-        self.backbone = ARCHITECTURES[arch["name"]](arch["in_channels"], arch["width"])
+        self.backbone = backbone(arch)
         c = pre["input_shape"][0]
         self.register_buffer("mean", torch.tensor(pre["mean"], dtype=torch.float32).view(1, c, 1, 1))
         self.register_buffer("std", torch.tensor(pre["std"], dtype=torch.float32).view(1, c, 1, 1))
@@ -143,39 +248,15 @@ class Encoder(nn.Module):
         return (x - self.mean) / self.std
 
     def features_at(self, x, stage):
-        """x: pixels / 255 [b, C, H, W] -> pooled output of `stage` [b, stage width]."""
+        """x: pixels / 255 [b, C, H, W] -> pooled output of `stage` [b, stage width] (a ViT:
+        the mean of its tokens after block `stage`)."""
+        if isinstance(self.backbone, Vit):
+            return self.backbone.features_at(self.normalize(x), stage)
         return self.backbone.forward_to(self.normalize(x), stage).mean(dim=(2, 3))
 
     def forward(self, x):
         """x: pixels / 255 [b, C, H, W] -> features [b, dim] (the last stage, pooled)."""
         return self.features_at(x, self.backbone.stages_count)
-
-
-class TextBlock(nn.Module):
-    """One pre-LayerNorm transformer block (src/nn/transformer.rs `Block`)."""
-
-    def __init__(self, d_model, heads, d_ff, eps):
-        super().__init__()
-        self.heads = heads
-        self.ln1 = nn.LayerNorm(d_model, eps=eps)
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
-        self.ln2 = nn.LayerNorm(d_model, eps=eps)
-        self.fc1 = nn.Linear(d_model, d_ff)
-        self.fc2 = nn.Linear(d_ff, d_model)
-
-    def forward(self, x, hidden):
-        """x: [b, t, d]; hidden: bool [b or 1, 1, t, t], True where a query may not attend."""
-        b, t, d = x.shape
-        h = self.heads
-        qkv = self.qkv(self.ln1(x)).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        scores = (q @ k.transpose(-1, -2)) * (d // h) ** -0.5
-        # A large finite value, not -inf: a row with no token gives no NaN.
-        scores = scores.masked_fill(hidden, -1e9)
-        context = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, t, d)
-        x = x + self.proj(context)
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))  # F.gelu: the exact (erf) GELU
 
 
 class TextEncoder(nn.Module):

@@ -261,7 +261,44 @@ if pre.get("per_image", False):
     z = z / np.maximum(np.sqrt((z * z).mean(axis=(1, 2, 3), keepdims=True)), 0.02)
 else:
     z = (x.astype(np.float64) - np.array(pre["mean"]).reshape(1, -1, 1, 1)) / np.array(pre["std"]).reshape(1, -1, 1, 1)
-if cfg["architecture"]["name"] == "convnet":
+from math import erf, sqrt
+verf = np.vectorize(erf)
+
+def ln(x, p):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + arch["layer_norm_eps"]) * sd[p + ".weight"] + sd[p + ".bias"]
+
+def lin(x, p):
+    return x @ sd[p + ".weight"].T + sd[p + ".bias"]
+
+def vit(z):
+    """src/nn/vit.rs: pad, patches (row, column, channel), embed + sine-cosine positions,
+    blocks, norm, mean over the tokens."""
+    p, d, h = arch["patch"], arch["width"], arch["heads"]
+    n, ch = z.shape[:2]
+    z = np.pad(z, ((0, 0), (0, 0), (0, -z.shape[2] % p), (0, -z.shape[3] % p)))
+    gh, gw = z.shape[2] // p, z.shape[3] // p
+    t = lin(z.reshape(n, ch, gh, p, gw, p).transpose(0, 2, 4, 3, 5, 1).reshape(n, gh * gw, p * p * ch), "embed")
+    om = 1.0 / 10000.0 ** (np.arange(d // 4) / (d // 4))
+    enc = lambda pos: np.concatenate([np.sin(pos[:, None] * om), np.cos(pos[:, None] * om)], 1)
+    ys, xs = np.meshgrid(np.arange(gh, dtype=np.float64), np.arange(gw, dtype=np.float64), indexing="ij")
+    t = t + np.concatenate([enc(xs.reshape(-1)), enc(ys.reshape(-1))], 1)
+    for i in range(arch["depth"]):
+        b = "blocks.%d" % i
+        qkv = lin(ln(t, b + ".ln1"), b + ".qkv").reshape(n, gh * gw, 3, h, d // h).transpose(2, 0, 3, 1, 4)
+        s = qkv[0] @ qkv[1].transpose(0, 1, 3, 2) / sqrt(d // h)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        ctx = (s / s.sum(-1, keepdims=True)) @ qkv[2]
+        t = t + lin(ctx.transpose(0, 2, 1, 3).reshape(n, gh * gw, d), b + ".proj")
+        f = lin(ln(t, b + ".ln2"), b + ".fc1")
+        t = t + lin(0.5 * f * (1 + verf(f / sqrt(2))), b + ".fc2")
+    return ln(t, "norm").mean(1)
+
+arch = cfg["architecture"]
+if arch["name"] in ("vit", "vit-small", "vit-base"):
+    feats = vit(z)
+elif arch["name"] == "convnet":
     for i in range(4):
         z = relu(bn(conv(z, "stages.%d.conv" % i, 1), "stages.%d.bn" % i))
         if i < 3 and z.shape[2] >= 2 and z.shape[3] >= 2:
@@ -277,7 +314,9 @@ else:
             if p + ".downsample.0.weight" in sd:
                 z = bn(conv(z, p + ".downsample.0", stride), p + ".downsample.1")
             z = relu(y + z)
-report("numpy reference over %s" % cfg["weights"], z.mean(axis=(2, 3)))
+if arch["name"] not in ("vit", "vit-small", "vit-base"):
+    feats = z.mean(axis=(2, 3))
+report("numpy reference over %s" % cfg["weights"], feats)
 sys.exit(1 if failed else 0)
 "#;
 
@@ -294,7 +333,7 @@ fn python_with_numpy() -> Result<(), String> {
 }
 
 /// The ONNX file is a standard model: opset 17, a symbolic batch, the run's metadata.
-fn check_onnx_structure(path: &Path, task: &str) {
+fn check_onnx_structure(path: &Path, task: &str, steps: u64) {
     let model = ModelProto::parse_from_bytes(&std::fs::read(path).unwrap()).unwrap();
     assert_eq!(model.opset_import[0].version, 17);
     assert!(model.opset_import[0].domain.is_empty());
@@ -316,7 +355,7 @@ fn check_onnx_structure(path: &Path, task: &str) {
     )
     .unwrap();
     assert_eq!(meta["task"], task);
-    assert_eq!(meta["steps"], 4);
+    assert_eq!(meta["steps"], steps);
     assert_eq!(meta["preprocessing"]["normalization_included"], true);
 }
 
@@ -368,7 +407,7 @@ fn onnx_and_torch_exports_give_the_vectors_of_embed() {
             "--out",
             s(&torch),
         ]);
-        check_onnx_structure(&onnx, task);
+        check_onnx_structure(&onnx, task, 4);
         for f in ["model.safetensors", "config.json", "pretext_encoder.py"] {
             assert!(torch.join(f).exists(), "{name}: {f}");
         }
@@ -381,27 +420,166 @@ fn onnx_and_torch_exports_give_the_vectors_of_embed() {
             "{task}: tiles standardised one by one"
         );
         assert!(!config["data"].as_str().unwrap().is_empty());
-
-        if let Err(why) = python_with_numpy() {
-            eprintln!("skipped the Python checks ({name}): python3 with numpy: {why}");
-            continue;
-        }
-        let pixels = dir.join("pixels.npy");
-        write_pixels(&data, size, &pixels);
-        let script = dir.join("check.py");
-        std::fs::write(&script, CHECK_PY).unwrap();
-        let out = Command::new("python3")
-            .args([s(&script), s(&onnx), s(&torch), s(&pixels), s(&emb)])
-            .output()
-            .unwrap();
-        let report = String::from_utf8_lossy(&out.stdout);
-        eprintln!("{name}:\n{report}");
         assert!(
-            out.status.success(),
-            "{name}: the exports differ from embed\n{report}\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            config["architecture"].get("patch").is_none(),
+            "{name}: no ViT keys in a conv net's config: {config}"
         );
-        assert!(report.contains("numpy reference") && report.contains("onnx"));
+        check_with_python(name, &dir, &onnx, &torch, &data, size, &emb);
+    }
+}
+
+/// Runs CHECK_PY on the exports (`onnx`, the `torch` directory) against `pretext embed`'s
+/// vectors `emb` of `data` (images of side `size`); skipped with the reason without python3 and
+/// NumPy.
+fn check_with_python(
+    name: &str,
+    dir: &Path,
+    onnx: &Path,
+    torch: &Path,
+    data: &str,
+    size: usize,
+    emb: &Path,
+) {
+    if let Err(why) = python_with_numpy() {
+        eprintln!("skipped the Python checks ({name}): python3 with numpy: {why}");
+        return;
+    }
+    let pixels = dir.join("pixels.npy");
+    write_pixels(data, size, &pixels);
+    let script = dir.join("check.py");
+    std::fs::write(&script, CHECK_PY).unwrap();
+    let out = Command::new("python3")
+        .args([s(&script), s(onnx), s(torch), s(&pixels), s(emb)])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{name}:\n{report}");
+    assert!(
+        out.status.success(),
+        "{name}: the exports differ from embed\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("numpy reference") && report.contains("onnx"));
+}
+
+/// ViT runs (rotation, 2 steps on the built-in Fashion-MNIST slice) export to ONNX and PyTorch
+/// and give `embed`'s vectors on 24 of its 28×28 images: the preset's 4-px patches (a 7×7 grid,
+/// width 32, one head) and 8-px patches (28 zero-padded to 32, a 4×4 grid, width 64, two heads).
+#[test]
+fn vit_exports_give_the_vectors_of_embed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let ds = pretext::data::open(
+        "builtin:fashion-mnist-demo",
+        &OpenOptions {
+            limit: Some(24),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let slice = root.join("fashion24");
+    std::fs::create_dir_all(&slice).unwrap();
+    pretext::data::idx::write_idx_images(
+        slice.join("train-images-idx3-ubyte"),
+        24,
+        28,
+        28,
+        &ds.train.images,
+    )
+    .unwrap();
+    let labels: Vec<u8> = ds.train.labels.unwrap().iter().map(|&l| l as u8).collect();
+    pretext::data::idx::write_idx_labels(slice.join("train-labels-idx1-ubyte"), &labels).unwrap();
+    let data = format!("idx:{}", slice.display());
+    for (patch, width, heads) in [(0, 32, 1), (8, 64, 2)] {
+        let name = format!("vit-p{patch}");
+        let run = root.join(&name);
+        let (width_set, patch_set) = (format!("width={width}"), format!("patch_size={patch}"));
+        let mut a = vec![
+            "pretrain",
+            "--task",
+            "rotation",
+            "--data",
+            "builtin:fashion-mnist-demo",
+            "--out",
+            s(&run),
+            "--set",
+            "backbone=vit",
+            "--set",
+            &width_set,
+            "--set",
+            "steps=2",
+            "--set",
+            "warmup_steps=1",
+            "--set",
+            "batch_size=8",
+            "--set",
+            "limit=64",
+            "--set",
+            "log_every=1",
+            "--set",
+            "checkpoint_every=2",
+            "--quiet",
+        ];
+        if patch > 0 {
+            a.extend_from_slice(&["--set", &patch_set]);
+        }
+        ok(&a);
+        let emb = root.join(format!("{name}.npy"));
+        ok(&[
+            "embed",
+            "--from",
+            s(&run),
+            "--data",
+            &data,
+            "--out",
+            s(&emb),
+            "-q",
+        ]);
+        let (vectors, rows, dim) = npy::read(&emb).unwrap();
+        assert_eq!((rows, dim), (24, width), "{name}");
+        assert!(vectors.iter().all(|v| v.is_finite()));
+
+        let onnx = root.join(format!("{name}.onnx"));
+        let torch = root.join(format!("{name}-torch"));
+        let stdout = ok(&[
+            "export",
+            "--from",
+            s(&run),
+            "--format",
+            "onnx",
+            "--out",
+            s(&onnx),
+        ]);
+        assert!(stdout.contains("vit"), "{stdout}");
+        ok(&[
+            "export",
+            "--from",
+            s(&run),
+            "--format",
+            "torch",
+            "--out",
+            s(&torch),
+        ]);
+        check_onnx_structure(&onnx, "rotation", 2);
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(torch.join("config.json")).unwrap()).unwrap();
+        let arch = &config["architecture"];
+        assert_eq!(arch["name"], "vit", "{config}");
+        assert_eq!(
+            arch["patch"],
+            if patch == 0 { 4 } else { patch },
+            "{config}"
+        );
+        assert_eq!((&arch["depth"], &arch["heads"]), (&6.into(), &heads.into()));
+        assert_eq!(arch["dim"], width);
+        assert!(
+            config["output"]
+                .as_str()
+                .unwrap()
+                .contains("mean of the final tokens"),
+            "{config}"
+        );
+        check_with_python(&name, root, &onnx, &torch, &data, 28, &emb);
     }
 }
 

@@ -64,15 +64,28 @@ pub struct ExportRequest {
 /// The architecture as the Python module and an ONNX reader need it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Architecture {
-    /// `convnet` or `resnet18`.
+    /// `convnet`, `resnet18`, `vit`, `vit-small` or `vit-base`.
     pub name: String,
     pub in_channels: usize,
-    /// Base width: stage widths are width × 1, 2, 4, 8.
+    /// Base width: stage widths are width × 1, 2, 4, 8 (a ViT: the token width).
     pub width: usize,
+    /// Stages `features_at` accepts (a ViT: its blocks).
     pub stages: usize,
     /// Width of the output vector.
     pub dim: usize,
     pub batch_norm_eps: f32,
+    /// ViT: the patch side p (images are zero-padded bottom/right to multiples of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<usize>,
+    /// ViT: the number of blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<usize>,
+    /// ViT: attention heads per block (width / heads each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads: Option<usize>,
+    /// ViT: the epsilon of every LayerNorm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_norm_eps: Option<f32>,
 }
 
 /// How to turn an image into the model's input.
@@ -156,7 +169,7 @@ pub struct ExportResult {
     /// Floats in the exported tensors.
     pub params: usize,
     pub wall_s: f64,
-    /// `convnet`, `resnet18` or `transformer`.
+    /// `convnet`, `resnet18`, `vit`, `vit-small`, `vit-base` or `transformer`.
     pub architecture: String,
     pub task: String,
     pub steps: Option<u64>,
@@ -206,20 +219,13 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
             )))
         }
     };
-    if info.backbone.kind.vit().is_some() {
-        return Err(Error::Usage(format!(
-            "--from {}: the run's backbone is a {}; exporting ViT backbones is not implemented \
-             yet (convnet and resnet18 export; `pretext embed` works with every backbone)",
-            req.from.display(),
-            info.backbone.kind.name()
-        )));
-    }
     check_out(req)?;
     let encoder = crate::embed::images::load(&req.from, &info, &req.device)?;
     let kind = info.backbone.kind;
     let params = params::torch_params(&encoder, kind)?;
     let n_params: usize = params.values().map(|p| p.data.len()).sum();
     let input: &InputSpec = &info.input;
+    let vit = kind.vit();
     let mut meta = ExportMeta {
         producer: concat!("pretext ", env!("CARGO_PKG_VERSION")).into(),
         architecture: Architecture {
@@ -229,6 +235,10 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
             stages: encoder.stages(),
             dim: encoder.dim(),
             batch_norm_eps: onnx::BN_EPS,
+            patch: vit.map(|_| info.backbone.patch_side()),
+            depth: vit.map(|v| v.depth),
+            heads: vit.map(|v| info.backbone.width / v.head_dim),
+            layer_norm_eps: vit.map(|_| text::LN_EPS),
         },
         preprocessing: Preprocessing {
             input_shape: [input.channels, input.height, input.width],
@@ -244,10 +254,17 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
             per_image: input.per_image,
             normalization_included: true,
         },
-        output: format!(
-            "float32 [batch, {}]: global average of the last stage's feature map",
-            encoder.dim()
-        ),
+        output: if vit.is_some() {
+            format!(
+                "float32 [batch, {}]: the mean of the final tokens (after the last layer norm)",
+                encoder.dim()
+            )
+        } else {
+            format!(
+                "float32 [batch, {}]: global average of the last stage's feature map",
+                encoder.dim()
+            )
+        },
         task: info.task.clone(),
         data: info.data.clone(),
         steps: steps_done(&req.from),
@@ -301,7 +318,12 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
             meta.format = "torch".into();
             meta.weights = Some(torch::WEIGHTS.into());
             let json = serde_json::to_vec_pretty(&meta).expect("json");
-            torch::write_dir(&req.out, &params, &json)?
+            if vit.is_some() {
+                // Linear weights as nn.Linear keeps them, [out, in].
+                torch::write_dir(&req.out, &text::torch_layout(&params), &json)?
+            } else {
+                torch::write_dir(&req.out, &params, &json)?
+            }
         }
     };
     Ok(ExportResult {

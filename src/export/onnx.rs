@@ -2,11 +2,16 @@
 //!
 //! ONNX opset 17 (IR version 8), operators from the default domain only: Sub, Div (the input
 //! normalisation), Conv, BatchNormalization (inference form), Relu, MaxPool, Add,
-//! GlobalAveragePool, Flatten. Input `image`: float32 [batch, C, H, W], pixel / 255 (after the
+//! GlobalAveragePool, Flatten for the conv nets; for a ViT, Pad (zeros bottom/right to a
+//! multiple of the patch), Reshape/Transpose (the patches), MatMul + Add (the patch embedding,
+//! then the fixed sine-cosine positions as a constant), the text export's transformer block
+//! ([`super::text`]: LayerNormalization, Softmax, Erf, …) with a constant all-false mask, and
+//! ReduceMean over the tokens. Input `image`: float32 [batch, C, H, W], pixel / 255 (after the
 //! run's resize and input transform); output `features`: float32 [batch, dim], the pooled last
-//! stage, as `pretext embed` writes it. The batch dimension is symbolic (`batch`). The run's
-//! metadata (`config.json`'s content) is in the model's `metadata_props`. The protobuf messages
-//! come from the `onnx-protobuf` crate (rust-protobuf code generated from onnx.proto).
+//! stage (a ViT: the mean of its final tokens), as `pretext embed` writes it. The batch
+//! dimension is symbolic (`batch`). The run's metadata (`config.json`'s content) is in the
+//! model's `metadata_props`. The protobuf messages come from the `onnx-protobuf` crate
+//! (rust-protobuf code generated from onnx.proto).
 
 use std::collections::BTreeMap;
 
@@ -287,6 +292,88 @@ impl<'a> Graph<'a> {
     }
 }
 
+/// The ViT's fixed 2-D sine-cosine positions [gh·gw, d] as the model computes them.
+fn vit_positions(grid: [usize; 2], d: usize) -> Vec<f32> {
+    crate::nn::vit::sincos_2d(grid, d, &burn::prelude::Device::flex())
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("f32 positions")
+}
+
+impl Graph<'_> {
+    /// src/nn/vit.rs on x [b, c, h, w] (normalised): zeros at the bottom/right up to a multiple
+    /// of the patch side p, the patches (row, column, channel) embedded by `embed`, + the fixed
+    /// positions, the blocks, `norm`, the mean over the tokens → [b, d].
+    fn vit(
+        &mut self,
+        x: String,
+        spec: &BackboneSpec,
+        input: &InputSpec,
+        d: usize,
+    ) -> Result<String> {
+        let preset = spec
+            .kind
+            .vit()
+            .ok_or_else(|| Error::Usage(format!("{} is not a ViT backbone", spec.kind.name())))?;
+        let heads = d / preset.head_dim;
+        let (p, c) = (spec.patch_side(), input.channels);
+        let (gh, gw) = (input.height.div_ceil(p), input.width.div_ceil(p));
+        let (ph, pw) = (gh * p - input.height, gw * p - input.width);
+        let mut x = x;
+        if ph + pw > 0 {
+            // pads: the starts of b, c, h, w, then their ends
+            self.inits.push(tensor_i64(
+                "vit_pads",
+                &[8],
+                &[0, 0, 0, 0, 0, 0, ph as i64, pw as i64],
+            ));
+            x = self.node("Pad", &[&x, "vit_pads"], vec![]);
+        }
+        let i = |v: usize| v as i64;
+        // [b, c, gh·p, gw·p] → [b, c, gh, p, gw, p] → [b, gh, gw, p, p, c] → [b, gh·gw, p·p·c]
+        self.inits.push(tensor_i64(
+            "shape_patch_grid",
+            &[6],
+            &[0, i(c), i(gh), i(p), i(gw), i(p)],
+        ));
+        let t = self.node("Reshape", &[&x, "shape_patch_grid"], vec![]);
+        let t = self.node("Transpose", &[&t], vec![ints("perm", &[0, 2, 4, 3, 5, 1])]);
+        self.inits.push(tensor_i64(
+            "shape_patches",
+            &[3],
+            &[0, i(gh * gw), i(p * p * c)],
+        ));
+        let t = self.node("Reshape", &[&t, "shape_patches"], vec![]);
+        // [b, t, c·p·p] → [b, t, d], + positions [t, d]
+        let t = self.linear(&t, "embed")?;
+        self.inits.push(tensor(
+            "vit_positions",
+            &[gh * gw, d],
+            &vit_positions([gh, gw], d),
+        ));
+        let mut t = self.node("Add", &[&t, "vit_positions"], vec![]);
+        // Every token sees every token: a mask that hides nothing, broadcast to [b, h, t, t].
+        self.block_constants(d, heads);
+        self.inits.push(TensorProto {
+            name: "vit_mask".into(),
+            dims: vec![1, 1, 1, 1],
+            data_type: DataType::BOOL as i32,
+            raw_data: vec![0],
+            ..Default::default()
+        });
+        for k in 0..preset.depth {
+            t = self.block(&t, k, "vit_mask")?;
+        }
+        let t = self.layer_norm(&t, "norm")?;
+        // [b, t, d] → mean over t → [b, d]
+        Ok(self.node(
+            "ReduceMean",
+            &[&t],
+            vec![ints("axes", &[1]), int("keepdims", 0)],
+        ))
+    }
+}
+
 /// The encoder as ONNX bytes; `metadata` goes into `metadata_props` in the order given.
 pub fn model_bytes(
     spec: &BackboneSpec,
@@ -298,18 +385,23 @@ pub fn model_bytes(
     let mut g = Graph::new(params);
     let x = g.normalize("image", input);
     let map = match spec.kind {
-        BackboneKind::Convnet => g.convnet(x, (input.height, input.width))?,
-        BackboneKind::Resnet18 => g.resnet18(x)?,
-        kind => {
-            return Err(Error::Usage(format!(
-                "ONNX export of a {} backbone is not implemented",
-                kind.name()
-            )))
+        BackboneKind::Convnet => Some(g.convnet(x, (input.height, input.width))?),
+        BackboneKind::Resnet18 => Some(g.resnet18(x)?),
+        BackboneKind::Vit | BackboneKind::VitSmall | BackboneKind::VitBase => {
+            g.vit(x, spec, input, dim)?;
+            None
         }
     };
-    // [b, dim, h, w] → mean over h, w → [b, dim]
-    let pooled = g.node("GlobalAveragePool", &[&map], vec![]);
-    g.node("Flatten", &[&pooled], vec![int("axis", 1)]);
+    if let Some(map) = map {
+        // [b, dim, h, w] → mean over h, w → [b, dim]
+        let pooled = g.node("GlobalAveragePool", &[&map], vec![]);
+        g.node("Flatten", &[&pooled], vec![int("axis", 1)]);
+    }
+    let pooled = if spec.kind.vit().is_some() {
+        "the mean of the final tokens"
+    } else {
+        "the pooled last stage"
+    };
     // The graph's output is the last node's.
     g.nodes.last_mut().expect("a node").output = vec!["features".into()];
     let graph = GraphProto {
@@ -321,9 +413,10 @@ pub fn model_bytes(
             &[input.channels, input.height, input.width],
         )],
         output: vec![value_info("features", &[dim])],
-        doc_string: "image: float32 [batch, C, H, W] = pixel / 255 (normalisation is inside); \
-                     features: the pooled last stage"
-            .into(),
+        doc_string: format!(
+            "image: float32 [batch, C, H, W] = pixel / 255 (normalisation is inside); \
+             features: {pooled}"
+        ),
         ..Default::default()
     };
     model_proto_bytes(graph, metadata)
@@ -357,4 +450,53 @@ pub(super) fn model_proto_bytes(
     model
         .write_to_bytes()
         .map_err(|e| Error::Usage(format!("encoding the ONNX model: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::prelude::Device;
+
+    #[test]
+    fn a_vit_exports_under_torch_names_with_padding() {
+        let device = Device::flex();
+        let spec = BackboneSpec {
+            kind: BackboneKind::Vit,
+            in_channels: 1,
+            width: 64,
+            patch: 8,
+        };
+        let p = super::super::params::torch_params(&spec.init(&device), spec.kind).unwrap();
+        // embed (2), 6 blocks × (2 norms × 2 + 4 linears × 2), norm (2)
+        assert_eq!(
+            p.len(),
+            2 + 6 * 12 + 2,
+            "{:?}",
+            p.keys().collect::<Vec<_>>()
+        );
+        assert_eq!(p["embed.weight"].shape, [64, 64]);
+        assert_eq!(p["blocks.0.ln1.weight"].shape, [64]);
+        assert_eq!(p["blocks.5.qkv.weight"].shape, [64, 192]);
+        assert_eq!(p["norm.bias"].shape, [64]);
+        let input = InputSpec {
+            channels: 1,
+            height: 28,
+            width: 28,
+            mean: vec![0.5],
+            std: vec![0.25],
+            per_image: false,
+        };
+        let bytes = model_bytes(&spec, &input, 64, &p, &[]).unwrap();
+        let model = ModelProto::parse_from_bytes(&bytes).unwrap();
+        let graph = model.graph.as_ref().unwrap();
+        let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops[2], "Pad", "{ops:?}");
+        assert_eq!(ops.last(), Some(&"ReduceMean"));
+        let pos = graph
+            .initializer
+            .iter()
+            .find(|t| t.name == "vit_positions")
+            .unwrap();
+        assert_eq!(pos.dims, [16, 64], "28 padded to 32: a 4×4 grid");
+    }
 }

@@ -155,7 +155,8 @@ fn is_linear_weight(name: &str, p: &Param) -> bool {
     p.shape.len() == 2 && name.ends_with(".weight") && !matches!(name, "tok.weight" | "pos.weight")
 }
 
-/// `params` in PyTorch's layout: linear weights [out, in].
+/// `params` in PyTorch's layout: linear weights [out, in] (a text run's transformer, and a
+/// ViT's patch embedding and blocks).
 pub fn torch_layout(params: &BTreeMap<String, Param>) -> BTreeMap<String, Param> {
     params
         .iter()
@@ -182,18 +183,18 @@ pub fn torch_layout(params: &BTreeMap<String, Param>) -> BTreeMap<String, Param>
 }
 
 impl Graph<'_> {
-    fn scalar_f32(&mut self, name: &str, v: f32) -> String {
+    pub(super) fn scalar_f32(&mut self, name: &str, v: f32) -> String {
         self.inits.push(tensor(name, &[], &[v]));
         name.into()
     }
 
-    fn const_i64(&mut self, name: &str, v: &[i64], scalar: bool) -> String {
+    pub(super) fn const_i64(&mut self, name: &str, v: &[i64], scalar: bool) -> String {
         let shape: &[usize] = if scalar { &[] } else { &[v.len()] };
         self.inits.push(tensor_i64(name, shape, v));
         name.into()
     }
 
-    fn layer_norm(&mut self, x: &str, module: &str) -> Result<String> {
+    pub(super) fn layer_norm(&mut self, x: &str, module: &str) -> Result<String> {
         let w = self.param(&format!("{module}.weight"))?;
         let b = self.param(&format!("{module}.bias"))?;
         Ok(self.node(
@@ -204,15 +205,32 @@ impl Graph<'_> {
     }
 
     /// x [.., in] → x·W + b [.., out].
-    fn linear(&mut self, x: &str, module: &str) -> Result<String> {
+    pub(super) fn linear(&mut self, x: &str, module: &str) -> Result<String> {
         let w = self.param(&format!("{module}.weight"))?;
         let b = self.param(&format!("{module}.bias"))?;
         let y = self.node("MatMul", &[x, &w], vec![]);
         Ok(self.node("Add", &[&y, &b], vec![]))
     }
 
-    /// One block of src/nn/transformer.rs; `mask` [b or 1, 1, t, t] bool, true = hidden.
-    fn block(&mut self, x: &str, i: usize, mask: &str) -> Result<String> {
+    /// The initializers [`Graph::block`] reads, for blocks of width `d` with `h` heads:
+    /// `i64_0`/`i64_1`/`i64_2` (int64 scalars), `shape_qkv` [0, 0, 3, h, d/h], `shape_btd`
+    /// [0, 0, d], `attn_scale` 1/√(d/h), `attn_masked`, `sqrt2`, `one`, `half`.
+    pub(super) fn block_constants(&mut self, d: usize, h: usize) {
+        self.const_i64("i64_0", &[0], true);
+        self.const_i64("i64_1", &[1], true);
+        self.const_i64("i64_2", &[2], true);
+        self.const_i64("shape_qkv", &[0, 0, 3, h as i64, (d / h) as i64], false);
+        self.const_i64("shape_btd", &[0, 0, d as i64], false);
+        self.scalar_f32("attn_scale", 1.0 / ((d / h) as f32).sqrt());
+        self.scalar_f32("attn_masked", MASKED);
+        self.scalar_f32("sqrt2", std::f32::consts::SQRT_2);
+        self.scalar_f32("one", 1.0);
+        self.scalar_f32("half", 0.5);
+    }
+
+    /// One block of src/nn/transformer.rs; `mask` [b or 1, 1, t, t] bool, true = hidden. Needs
+    /// the constants of [`Graph::block_constants`].
+    pub(super) fn block(&mut self, x: &str, i: usize, mask: &str) -> Result<String> {
         let p = format!("blocks.{i}");
         let ln = self.layer_norm(x, &format!("{p}.ln1"))?;
         let qkv = self.linear(&ln, &format!("{p}.qkv"))?;
@@ -258,19 +276,10 @@ pub fn onnx_bytes(
 ) -> Result<Vec<u8>> {
     let (d, h) = (spec.d_model, spec.heads);
     let mut g = Graph::new(params);
-    g.const_i64("i64_0", &[0], true);
-    g.const_i64("i64_1", &[1], true);
-    g.const_i64("i64_2", &[2], true);
-    g.const_i64("shape_qkv", &[0, 0, 3, h as i64, (d / h) as i64], false);
-    g.const_i64("shape_btd", &[0, 0, d as i64], false);
+    g.block_constants(d, h);
     g.const_i64("axes_1", &[1], false);
     g.const_i64("axes_2", &[2], false);
     g.const_i64("axes_1_2", &[1, 2], false);
-    g.scalar_f32("attn_scale", 1.0 / ((d / h) as f32).sqrt());
-    g.scalar_f32("attn_masked", MASKED);
-    g.scalar_f32("sqrt2", std::f32::consts::SQRT_2);
-    g.scalar_f32("one", 1.0);
-    g.scalar_f32("half", 0.5);
 
     // Token + position embeddings: [b, t, d] + [t, d].
     let tok = g.param("tok.weight")?;
