@@ -6,8 +6,11 @@
 mod common;
 
 use burn::prelude::Device;
-use common::{config, ok, pretext, serial, small_dataset};
+use common::{build, config, ok, pretext, serial, small_dataset};
+use pretext::data::augment::Img;
+use pretext::input::InputSpec;
 use pretext::pretrain::{pretrain, PretrainRequest};
+use rand::SeedableRng;
 
 fn run(dir: &std::path::Path, stop_after: Option<u64>, resume: bool) -> f32 {
     pretrain(PretrainRequest {
@@ -188,4 +191,33 @@ fn rotation_trains_a_vit_and_mae_refuses_a_convnet() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("vision transformer"), "{err}");
+}
+
+#[test]
+fn every_grey_image_task_steps_on_a_vit() {
+    let _serial = serial();
+    let ds = small_dataset(8);
+    let input = InputSpec::from_images(&ds.train).unwrap();
+    let imgs: Vec<Img> = (0..8)
+        .map(|i| Img::from_u8(1, 28, 28, &ds.train.image(i).unwrap()))
+        .collect();
+    let labels = vec![0u32; 8];
+    for task in [
+        "rotation", "context", "jigsaw", "superres", "inpaint", "simclr", "byol", "mae",
+    ] {
+        let cfg = config(&[
+            &format!("task=\"{task}\""),
+            "backbone=\"vit\"",
+            "width=32",
+            "batch_size=8",
+        ]);
+        let mut t = build(task, &cfg, &input);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let batch = t.make_batch()(&imgs, &labels, &mut rng);
+        for step in 0..2 {
+            let s = t.step(batch.clone(), step, 1e-3);
+            assert!(!s.skipped && s.loss.is_finite(), "{task}: loss {}", s.loss);
+        }
+        assert_eq!(t.encoder().stages(), 6, "{task}");
+    }
 }
