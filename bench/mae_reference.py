@@ -8,7 +8,7 @@ Pretraining (`pretext pretrain --task mae --backbone vit`): --steps (or a --minu
 budget) of --batch-size images, random resized crop (scale (crop_scale_min, 1), ratio (3/4, 4/3),
 bilinear, as src/data/augment.rs random_resized_crop) and horizontal flip, normalised by the
 training set's mean and std; per image a fresh random choice of k = clamp(floor(n(1 - ratio)), 1,
-n - 1) visible patches; AdamW (betas (0.9, 0.95), eps 1e-5), linear warm-up over --warmup steps then
+n - 1) visible patches; AdamW (betas (0.9, 0.999) as pretext's image runs, eps 1e-5), linear warm-up over --warmup steps then
 cosine to --min-lr-ratio (engine/schedule.rs lr_at; with --minutes the cosine follows the elapsed
 share of the budget).
 
@@ -205,7 +205,7 @@ def pretrain(enc, dec, train_x, norm, a, dev):
     n = grid[0] * grid[1]
     k = visible_count(n, a.mask_ratio)
     opt = torch.optim.AdamW(list(enc.parameters()) + list(dec.parameters()), lr=a.lr,
-                            weight_decay=a.weight_decay, betas=(0.9, 0.95), eps=1e-5)
+                            weight_decay=a.weight_decay, betas=(0.9, 0.999), eps=1e-5)
     rng, gen = random.Random(a.seed), torch.Generator().manual_seed(a.seed)
     batches = epochs(train_x.shape[0], a.batch_size, gen)
     budget = a.minutes * 60.0
