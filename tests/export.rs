@@ -88,30 +88,9 @@ fn runs() -> &'static Runs {
         a.extend_from_slice(&["--set", "batch_size=8", "--set", "limit=256"]);
         a.extend_from_slice(&common);
         ok(&a);
-        // The first 64 training images of Fashion-MNIST, in the idx format.
-        let ds = pretext::data::open(
-            &fashion,
-            &OpenOptions {
-                limit: Some(64),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let slice = root.join("fashion64");
-        std::fs::create_dir_all(&slice).unwrap();
-        pretext::data::idx::write_idx_images(
-            slice.join("train-images-idx3-ubyte"),
-            64,
-            28,
-            28,
-            &ds.train.images,
-        )
-        .unwrap();
-        let labels: Vec<u8> = ds.train.labels.unwrap().iter().map(|&l| l as u8).collect();
-        pretext::data::idx::write_idx_labels(slice.join("train-labels-idx1-ubyte"), &labels)
-            .unwrap();
+        let fashion64 = idx_slice(&fashion, 64, &root.join("fashion64"));
         Runs {
-            fashion64: format!("idx:{}", slice.display()),
+            fashion64,
             _dir: dir,
             root,
             conv,
@@ -119,6 +98,31 @@ fn runs() -> &'static Runs {
             jig,
         }
     })
+}
+
+/// The first `n` training images (28×28) and labels of `source`, written in the idx format into
+/// `dir`; returns the data spec `idx:DIR`.
+fn idx_slice(source: &str, n: usize, dir: &Path) -> String {
+    let ds = pretext::data::open(
+        source,
+        &OpenOptions {
+            limit: Some(n),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    pretext::data::idx::write_idx_images(
+        dir.join("train-images-idx3-ubyte"),
+        n,
+        28,
+        28,
+        &ds.train.images,
+    )
+    .unwrap();
+    let labels: Vec<u8> = ds.train.labels.unwrap().iter().map(|&l| l as u8).collect();
+    pretext::data::idx::write_idx_labels(dir.join("train-labels-idx1-ubyte"), &labels).unwrap();
+    format!("idx:{}", dir.display())
 }
 
 fn s(p: &Path) -> &str {
@@ -469,27 +473,7 @@ fn check_with_python(
 fn vit_exports_give_the_vectors_of_embed() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let ds = pretext::data::open(
-        "builtin:fashion-mnist-demo",
-        &OpenOptions {
-            limit: Some(24),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let slice = root.join("fashion24");
-    std::fs::create_dir_all(&slice).unwrap();
-    pretext::data::idx::write_idx_images(
-        slice.join("train-images-idx3-ubyte"),
-        24,
-        28,
-        28,
-        &ds.train.images,
-    )
-    .unwrap();
-    let labels: Vec<u8> = ds.train.labels.unwrap().iter().map(|&l| l as u8).collect();
-    pretext::data::idx::write_idx_labels(slice.join("train-labels-idx1-ubyte"), &labels).unwrap();
-    let data = format!("idx:{}", slice.display());
+    let data = idx_slice("builtin:fashion-mnist-demo", 24, &root.join("fashion24"));
     for (patch, width, heads) in [(0, 32, 1), (8, 64, 2)] {
         let name = format!("vit-p{patch}");
         let run = root.join(&name);
