@@ -174,16 +174,19 @@ pub struct TokenizerEncodeArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct CompareArgs {
-    /// Data spec FORMAT:PATH (labelled: the labels are used only for transfer).
+    /// Data spec FORMAT:PATH (labelled: the labels are used only for transfer). Images, or
+    /// labelled text (`jsonl:FILE`, scored by macro-F1).
     #[arg(long)]
     pub data: String,
     /// Pretext tasks, comma-separated (see `pretext tasks`); tasks that do not apply to the data
-    /// are listed as skipped with the reason.
-    #[arg(long, default_value = "rotation,context,jigsaw,simclr")]
-    pub tasks: String,
-    /// Label budgets per class, comma-separated numbers and/or `all`.
-    #[arg(long, default_value = "1,10,100")]
-    pub labels_per_class: String,
+    /// are listed as skipped with the reason. Default: rotation,context,jigsaw,simclr for
+    /// images, masked-lm,causal-lm for text.
+    #[arg(long)]
+    pub tasks: Option<String>,
+    /// Label budgets per class, comma-separated numbers and/or `all`. Default: 1,10,100 for
+    /// images, 16,128 for text.
+    #[arg(long)]
+    pub labels_per_class: Option<String>,
     /// Transfer protocols, comma-separated: linear, knn, finetune. The random baseline gets the
     /// frozen ones (linear, knn); the scratch baseline is always evaluated with finetune, so
     /// every table answers "does pretraining beat training on the labels alone?".
@@ -192,8 +195,8 @@ pub struct CompareArgs {
     /// Pretraining steps per task.
     #[arg(long, default_value_t = 1000)]
     pub budget: u64,
-    /// Label draws (seeds) for budgets of at most 10 labels per class (mean ± std); larger
-    /// budgets use one.
+    /// Label draws (seeds) for image budgets of at most 10 labels per class and for every
+    /// numeric text budget (mean ± std); the others use one.
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
     /// Encoder stages to probe for the per-layer plot: `all`, `none` or e.g. `2,3`.

@@ -380,6 +380,7 @@ fn transfer_text(a: cli::TransferArgs) -> Result<()> {
     let cfg: TextTransferConfig = config::resolve(a.config.as_deref(), &a.set, &[])?;
     let req = TextTransferRequest {
         from: Source::parse(&a.from),
+        cache_dir: None,
         data: a.data,
         protocol: Protocol::parse(&a.protocol)?,
         labels_per_class: PerClass::parse(&a.labels_per_class)?,

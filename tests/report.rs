@@ -1,6 +1,9 @@
 //! `pretext report` on an on-disk compare layout written here, file by file, in the exact format
 //! `pretext compare` writes; then the page in a real browser (headless Chromium).
 
+mod common;
+
+use common::{chromium, render_in_chromium};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -212,39 +215,6 @@ fn report_is_built_from_what_is_on_disk() {
     assert!(md.contains("cells: 36 of 37 on disk"), "{md}");
 }
 
-/// Where Chromium is, installing it with tests/install-chromium.sh when missing; None (with the
-/// reason printed) when that is not possible.
-fn chromium() -> Option<PathBuf> {
-    let find = || {
-        ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-    };
-    if let Some(p) = find() {
-        return Some(p);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/install-chromium.sh");
-    match Command::new("sh").arg(&script).output() {
-        Ok(o) if o.status.success() => find().or_else(|| {
-            eprintln!("SKIP: install-chromium.sh succeeded but no chromium binary was found");
-            None
-        }),
-        Ok(o) => {
-            eprintln!(
-                "SKIP: chromium is missing and could not be installed: {}{}",
-                String::from_utf8_lossy(&o.stdout).trim(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("SKIP: could not run {}: {e}", script.display());
-            None
-        }
-    }
-}
-
 #[test]
 fn report_renders_in_headless_chromium() {
     let Some(chromium) = chromium() else {
@@ -252,51 +222,8 @@ fn report_renders_in_headless_chromium() {
     };
     let dir = tempfile::tempdir().unwrap();
     let out = build_report(dir.path());
-    let url = format!("file://{}", out.join("report.html").display());
     let shot = dir.path().join("shot.png");
-    let profile = dir.path().join("profile");
-    let common = [
-        "--headless".to_string(),
-        "--no-sandbox".to_string(),
-        "--disable-gpu".to_string(),
-        format!("--user-data-dir={}", profile.display()),
-    ];
-    let o = Command::new(&chromium)
-        .args(&common)
-        .arg("--dump-dom")
-        .arg(&url)
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success() && dom.contains("id=\"results\"") && dom.contains("Label efficiency"),
-        "chromium --dump-dom: {}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let o = Command::new(&chromium)
-        .args(&common)
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg("--window-size=1200,2000")
-        .arg(&url)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success() && shot.exists(),
-        "chromium --screenshot: {}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let img = image::open(&shot).unwrap().to_luma8();
-    assert_eq!(img.dimensions(), (1200, 2000));
-    let n = img.pixels().count() as f64;
-    let mean = img.pixels().map(|p| p.0[0] as f64).sum::<f64>() / n;
-    let var = img
-        .pixels()
-        .map(|p| (p.0[0] as f64 - mean).powi(2))
-        .sum::<f64>()
-        / n;
-    assert!(var > 100.0, "screenshot looks blank (variance {var:.1})");
+    render_in_chromium(&chromium, &out.join("report.html"), &shot);
     // Keep a copy to look at (target/report-screenshot.png).
     let keep = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/report-screenshot.png");
     let _ = std::fs::copy(&shot, keep);

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod plots;
 pub mod report;
 pub mod tables;
+mod text;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -33,13 +34,15 @@ use crate::input::InputSpec;
 use crate::pretrain::{self, PretrainRequest};
 use crate::tasks::{self, TaskContext};
 use crate::transfer::{self, Source, TransferConfig, TransferRequest};
-use plan::{Cell, Encoder, Settings};
+use plan::{Cell, Encoder, Kind, Settings};
 
 /// What the command line asks for, before it is checked against the data.
 pub struct CompareRequest {
     pub data: String,
-    pub tasks: String,
-    pub labels_per_class: String,
+    /// Comma-separated tasks; `None` = the defaults for the data's kind.
+    pub tasks: Option<String>,
+    /// Comma-separated label budgets; `None` = the defaults for the data's kind.
+    pub labels_per_class: Option<String>,
     pub protocols: String,
     pub budget: u64,
     pub seeds: u64,
@@ -108,53 +111,29 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
     if req.seeds == 0 {
         return Err(Error::Usage("--seeds must be at least 1".into()));
     }
-    let task_names = plan::parse_tasks(&req.tasks)?;
-    let labels = plan::parse_labels(&req.labels_per_class)?;
+    let kind = Kind::of_data(&req.data);
+    let task_names = plan::parse_tasks(req.tasks.as_deref().unwrap_or(kind.default_tasks()), kind)?;
+    let labels = plan::parse_labels(
+        req.labels_per_class
+            .as_deref()
+            .unwrap_or(kind.default_labels()),
+    )?;
     let protocols = plan::parse_protocols(&req.protocols)?;
-    let configs: Vec<PretrainConfig> = task_names
-        .iter()
-        .map(|t| pretrain_config(t, req))
-        .collect::<Result<_>>()?;
-    let tcfg: TransferConfig = config::resolve(None, &req.transfer_sets, &[])?;
-    if tcfg.stage != 0 {
-        return Err(Error::Usage(
-            "--transfer-set stage=…: compare chooses the stages itself; use --stages".into(),
-        ));
-    }
-
-    // The data: pretraining honours `limit`, transfer always sees all of it.
-    let base = &configs[0];
-    let pre_data = pretrain::open_dataset(base, false)?;
-    let full_data = if base.limit > 0 {
-        pretrain::open_dataset(
-            &PretrainConfig {
-                limit: 0,
-                ..base.clone()
-            },
-            false,
-        )?
-    } else {
-        pre_data.clone()
+    let job = match kind {
+        Kind::Image => image_job(req, &task_names)?,
+        Kind::Text => Job::Text(text::TextJob::new(req, &task_names)?),
     };
-    if full_data.train.labels.is_none() {
-        return Err(Error::Usage(format!(
-            "{}: the training images have no labels, so there is nothing to compare on",
-            full_data.name
-        )));
-    }
-    let input = InputSpec::from_images(&pre_data.train)?;
-    let spec = base.backbone_spec(input.channels);
-    let encoder_stages = spec.init(&req.device).stages();
     let settings = Settings {
+        kind,
         data: req.data.clone(),
         tasks: task_names,
         labels_per_class: labels,
         protocols,
         budget: req.budget,
         seeds: req.seeds,
-        stages: plan::parse_stages(&req.stages, encoder_stages)?,
-        encoder_stages,
-        classes: classes(&full_data),
+        stages: plan::parse_stages(&req.stages, job.encoder_stages())?,
+        encoder_stages: job.encoder_stages(),
+        classes: job.classes(),
         pretrain_sets: req.pretrain_sets.clone(),
         transfer_sets: req.transfer_sets.clone(),
     };
@@ -167,12 +146,7 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
     )?;
 
     // Tasks that do not apply to this data are listed with the reason, not run.
-    let mut skipped = Vec::new();
-    for cfg in &configs {
-        if let Some(reason) = not_applicable(cfg, &input, &req.device, &req.pretrain_sets)? {
-            skipped.push((cfg.task.clone(), reason));
-        }
-    }
+    let skipped = job.skipped(req)?;
     write_atomic(
         &out.join("skipped.json"),
         &serde_json::to_vec_pretty(&skipped).expect("json"),
@@ -198,36 +172,26 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
     };
 
     let mut interrupted = false;
-    let runnable: Vec<&PretrainConfig> = configs
+    let runnable: Vec<&String> = settings
+        .tasks
         .iter()
-        .filter(|c| !skipped_names.contains(&c.task))
+        .filter(|t| !skipped_names.contains(t))
         .collect();
-    for (i, cfg) in runnable.iter().enumerate() {
-        let dir = out.join("pretrain").join(&cfg.task);
+    for (i, task) in runnable.iter().enumerate() {
+        let dir = out.join("pretrain").join(task);
         if finished_pretraining(&dir).is_some() {
             continue;
         }
         bars.phase(&format!(
-            "pretraining {} ({}/{})",
-            cfg.task,
+            "pretraining {task} ({}/{})",
             i + 1,
             runnable.len()
         ));
         let resume = dir.join("config.toml").exists() && latest_checkpoint(&dir)?.is_some();
-        let summary = pretrain::pretrain(PretrainRequest {
-            config: (*cfg).clone(),
-            out: dir.clone(),
-            device: req.device.clone(),
-            resume,
-            dataset: Some(pre_data.clone()),
-            skip_bad: false,
-            stop_after: None,
-            quiet: req.quiet,
-        })?;
-        log.pretrained.push(cfg.task.clone());
+        let summary = job.pretrain(task, &dir, resume, req)?;
+        log.pretrained.push(task.to_string());
         bars.println(&format!(
-            "pretrained {}: {} steps in {}, final loss {:.4}",
-            cfg.task,
+            "pretrained {task}: {} steps in {}, final loss {:.4}",
             summary.steps_done,
             fmt_duration(std::time::Duration::from_secs_f64(summary.wall_s)),
             summary.final_loss
@@ -246,12 +210,12 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
             }
             bars.phase(&cell.describe());
             let t = Instant::now();
-            let result = run_cell(cell, &settings, &tcfg, &full_data, req)?;
+            let score = job.run_cell(cell, &settings, req)?;
             log.cells_run += 1;
             bars.cell_done(&format!(
-                "{}: {:.4} ({:.1}s)",
+                "{}: {} {score:.4} ({:.1}s)",
                 cell.describe(),
-                result,
+                kind.metric(),
                 t.elapsed().as_secs_f64()
             ));
         }
@@ -271,15 +235,149 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
     })
 }
 
+/// What differs between an image and a text compare: how the tasks pretrain and how a cell is
+/// evaluated. (One value per compare, so the variants' size difference is immaterial.)
+#[allow(clippy::large_enum_variant)]
+enum Job {
+    Image(ImageJob),
+    Text(text::TextJob),
+}
+
+struct ImageJob {
+    configs: Vec<PretrainConfig>,
+    /// The data pretraining sees (`limit` honoured) and the data transfer sees (all of it).
+    pre_data: Dataset,
+    full_data: Dataset,
+    tcfg: TransferConfig,
+    input: InputSpec,
+    encoder_stages: usize,
+}
+
+impl Job {
+    fn encoder_stages(&self) -> usize {
+        match self {
+            Job::Image(j) => j.encoder_stages,
+            Job::Text(j) => j.encoder_stages(),
+        }
+    }
+
+    fn classes(&self) -> usize {
+        match self {
+            Job::Image(j) => classes(&j.full_data),
+            Job::Text(j) => j.classes(),
+        }
+    }
+
+    /// (task, why) for the tasks that do not apply to the data.
+    fn skipped(&self, req: &CompareRequest) -> Result<Vec<(String, String)>> {
+        let Job::Image(j) = self else {
+            return Ok(Vec::new());
+        };
+        let mut skipped = Vec::new();
+        for cfg in &j.configs {
+            if let Some(reason) = not_applicable(cfg, &j.input, &req.device, &req.pretrain_sets)? {
+                skipped.push((cfg.task.clone(), reason));
+            }
+        }
+        Ok(skipped)
+    }
+
+    fn pretrain(
+        &self,
+        task: &str,
+        dir: &Path,
+        resume: bool,
+        req: &CompareRequest,
+    ) -> Result<PretrainSummary> {
+        match self {
+            Job::Image(j) => {
+                let cfg = j
+                    .configs
+                    .iter()
+                    .find(|c| c.task == task)
+                    .expect("a config per task");
+                pretrain::pretrain(PretrainRequest {
+                    config: cfg.clone(),
+                    out: dir.to_path_buf(),
+                    device: req.device.clone(),
+                    resume,
+                    dataset: Some(j.pre_data.clone()),
+                    skip_bad: false,
+                    stop_after: None,
+                    quiet: req.quiet,
+                })
+            }
+            Job::Text(j) => j.pretrain(task, dir, resume, req),
+        }
+    }
+
+    /// Evaluate one cell and write its JSON; returns its score.
+    fn run_cell(&self, cell: &Cell, settings: &Settings, req: &CompareRequest) -> Result<f64> {
+        match self {
+            Job::Image(j) => run_image_cell(cell, settings, j, req),
+            Job::Text(j) => j.run_cell(cell, settings, req),
+        }
+    }
+}
+
+fn image_job(req: &CompareRequest, task_names: &[String]) -> Result<Job> {
+    let configs: Vec<PretrainConfig> = task_names
+        .iter()
+        .map(|t| pretrain_config(t, req))
+        .collect::<Result<_>>()?;
+    let tcfg: TransferConfig = config::resolve(None, &req.transfer_sets, &[])?;
+    if tcfg.stage != 0 {
+        return Err(Error::Usage(
+            "--transfer-set stage=…: compare chooses the stages itself; use --stages".into(),
+        ));
+    }
+    // The data: pretraining honours `limit`, transfer always sees all of it.
+    let base = &configs[0];
+    let pre_data = pretrain::open_dataset(base, false)?;
+    let full_data = if base.limit > 0 {
+        pretrain::open_dataset(
+            &PretrainConfig {
+                limit: 0,
+                ..base.clone()
+            },
+            false,
+        )?
+    } else {
+        pre_data.clone()
+    };
+    if full_data.train.labels.is_none() {
+        return Err(Error::Usage(format!(
+            "{}: the training images have no labels, so there is nothing to compare on",
+            full_data.name
+        )));
+    }
+    let input = InputSpec::from_images(&pre_data.train)?;
+    let spec = base.backbone_spec(input.channels);
+    let encoder_stages = spec.init(&req.device).stages();
+    Ok(Job::Image(ImageJob {
+        configs,
+        pre_data,
+        full_data,
+        tcfg,
+        input,
+        encoder_stages,
+    }))
+}
+
 /// The pretraining config of one task: the user's `--set`s, then what compare owns.
 fn pretrain_config(task: &str, req: &CompareRequest) -> Result<PretrainConfig> {
+    let cfg: PretrainConfig = config::resolve(None, &own_sets(task, req), &tasks::image_names())?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The user's `--set`s followed by the keys compare owns (task, data, steps).
+fn own_sets(task: &str, req: &CompareRequest) -> Vec<String> {
     let mut sets = req.pretrain_sets.clone();
     sets.push(format!("task={task:?}"));
     sets.push(format!("data={:?}", req.data));
     sets.push(format!("steps={}", req.budget));
-    let cfg: PretrainConfig = config::resolve(None, &sets, &tasks::image_names())?;
-    cfg.validate()?;
-    Ok(cfg)
+    sets
 }
 
 /// Build the task once to see whether it applies to this data: a usage or config error from the
@@ -320,16 +418,16 @@ pub fn finished_pretraining(dir: &Path) -> Option<PretrainSummary> {
     (s.completed && dir.join("encoder.safetensors").exists()).then_some(s)
 }
 
-/// Run one cell and write its JSON; returns the accuracy.
-fn run_cell(
+/// Run one image cell and write its JSON; returns the accuracy.
+fn run_image_cell(
     cell: &Cell,
     settings: &Settings,
-    tcfg: &TransferConfig,
-    data: &Dataset,
+    job: &ImageJob,
     req: &CompareRequest,
-) -> Result<f32> {
+) -> Result<f64> {
     // Baselines get the pretraining runs' backbone; seeds draw the labels (and random weights).
-    let pcfg = pretrain_config(&settings.tasks[0], req)?;
+    let pcfg = &job.configs[0];
+    debug_assert_eq!(pcfg.task, settings.tasks[0]);
     let config = TransferConfig {
         seed: cell.seed,
         stage: cell.stage,
@@ -337,15 +435,10 @@ fn run_cell(
         width: pcfg.width(),
         patch_size: pcfg.patch_size,
         image_size: pcfg.image_size,
-        ..tcfg.clone()
-    };
-    let from = match &cell.encoder {
-        Encoder::Task(t) => Source::Run(req.out.join("pretrain").join(t)),
-        Encoder::Random => Source::Random,
-        Encoder::Scratch => Source::Scratch,
+        ..job.tcfg.clone()
     };
     let request = TransferRequest {
-        from,
+        from: cell_source(cell, req),
         protocol: cell.protocol,
         labels_per_class: cell.labels,
         config,
@@ -353,7 +446,16 @@ fn run_cell(
         device: req.device.clone(),
         quiet: req.quiet,
     };
-    Ok(transfer::transfer(data, &request)?.0.accuracy)
+    Ok(transfer::transfer(&job.full_data, &request)?.0.accuracy as f64)
+}
+
+/// Where a cell's encoder comes from.
+fn cell_source(cell: &Cell, req: &CompareRequest) -> Source {
+    match &cell.encoder {
+        Encoder::Task(t) => Source::Run(req.out.join("pretrain").join(t)),
+        Encoder::Random => Source::Random,
+        Encoder::Scratch => Source::Scratch,
+    }
 }
 
 /// Refuse an OUT directory that holds a compare with settings that would make its results mean

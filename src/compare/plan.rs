@@ -14,15 +14,97 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::tasks;
 use crate::transfer::labels::PerClass;
-use crate::transfer::{Protocol, TransferResult};
+use crate::transfer::Protocol;
 
-/// Label budgets up to this many labels per class are evaluated over `--seeds` label draws; larger
-/// ones (less noisy, slower) over one.
+/// Image label budgets up to this many labels per class are evaluated over `--seeds` label draws;
+/// larger ones (less noisy, slower) over one. Text budgets all get `--seeds` draws (a text
+/// compare encodes each document once, so a draw of a frozen protocol costs little).
 pub const SMALL_BUDGET: usize = 10;
+
+/// What a compare runs on: images (the image tasks, `pretext transfer` on images, scored by
+/// accuracy) or labelled text (`jsonl:`; the language-model tasks, scored by macro-F1, which
+/// does not reward always answering the majority class).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    #[default]
+    Image,
+    Text,
+}
+
+impl Kind {
+    /// `jsonl:` and `text:` data are text; everything else is images.
+    pub fn of_data(data: &str) -> Self {
+        if data.starts_with("jsonl:") || data.starts_with("text:") {
+            Self::Text
+        } else {
+            Self::Image
+        }
+    }
+
+    /// The score every table and plot shows.
+    pub fn metric(self) -> &'static str {
+        match self {
+            Self::Image => "accuracy",
+            Self::Text => "macro-F1",
+        }
+    }
+
+    /// What the held-out items are called.
+    pub fn items(self) -> &'static str {
+        match self {
+            Self::Image => "images",
+            Self::Text => "documents",
+        }
+    }
+
+    /// `--tasks` when not given.
+    pub fn default_tasks(self) -> &'static str {
+        match self {
+            Self::Image => "rotation,context,jigsaw,simclr",
+            Self::Text => "masked-lm,causal-lm",
+        }
+    }
+
+    /// `--labels-per-class` when not given.
+    pub fn default_labels(self) -> &'static str {
+        match self {
+            Self::Image => "1,10,100",
+            Self::Text => "16,128",
+        }
+    }
+}
+
+/// What the report reads of a cell's result JSON (an image `TransferResult` or a
+/// `TextTransferResult`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CellResult {
+    pub n_train: usize,
+    pub n_test: usize,
+    pub accuracy: f32,
+    /// Text results only.
+    #[serde(default)]
+    pub macro_f1: Option<f32>,
+    pub wall_s: f64,
+    pub evaluated_on: String,
+}
+
+impl CellResult {
+    /// The compare's score: macro-F1 for text, accuracy for images.
+    pub fn score(&self, kind: Kind) -> f64 {
+        match (kind, self.macro_f1) {
+            (Kind::Text, Some(f1)) => f1 as f64,
+            _ => self.accuracy as f64,
+        }
+    }
+}
 
 /// The settings of a compare, saved as `OUT/compare.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
+    /// Images or text (a settings file without it is an image compare).
+    #[serde(default)]
+    pub kind: Kind,
     pub data: String,
     pub tasks: Vec<String>,
     /// Label budgets as given (`1`, `10`, `all`).
@@ -108,8 +190,8 @@ fn list(s: &str) -> Vec<String> {
     out
 }
 
-/// `--tasks`: every name must be in the registry.
-pub fn parse_tasks(s: &str) -> Result<Vec<String>> {
+/// `--tasks`: every name must be a registered task of the data's kind.
+pub fn parse_tasks(s: &str, kind: Kind) -> Result<Vec<String>> {
     let names = list(s);
     if names.is_empty() {
         return Err(Error::Usage(
@@ -117,16 +199,27 @@ pub fn parse_tasks(s: &str) -> Result<Vec<String>> {
         ));
     }
     for n in &names {
-        if tasks::find_image(n).is_none() {
-            let why = if tasks::find_text(n).is_some() {
-                "a text task (compare runs image tasks)"
-            } else {
-                "unknown task"
+        let (fits, other) = match kind {
+            Kind::Image => (
+                tasks::find_image(n).is_some(),
+                tasks::find_text(n).is_some(),
+            ),
+            Kind::Text => (
+                tasks::find_text(n).is_some(),
+                tasks::find_image(n).is_some(),
+            ),
+        };
+        if !fits {
+            let why = match (other, kind) {
+                (true, Kind::Image) => "a text task (the data are images)",
+                (true, Kind::Text) => "an image task (the data are text)",
+                (false, _) => "unknown task",
             };
-            return Err(Error::Usage(format!(
-                "--tasks: {why} '{n}'; image tasks: {}",
-                tasks::image_names().join(", ")
-            )));
+            let known = match kind {
+                Kind::Image => format!("image tasks: {}", tasks::image_names().join(", ")),
+                Kind::Text => format!("text tasks: {}", tasks::text_names().join(", ")),
+            };
+            return Err(Error::Usage(format!("--tasks: {why} '{n}'; {known}")));
         }
     }
     Ok(names)
@@ -246,7 +339,7 @@ impl Cell {
     }
 
     /// The finished result, if any (a file that does not parse counts as not finished).
-    pub fn result(&self, out: &Path) -> Option<TransferResult> {
+    pub fn result(&self, out: &Path) -> Option<CellResult> {
         let bytes = std::fs::read(self.path(out)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
@@ -266,9 +359,10 @@ impl Cell {
     }
 }
 
-pub fn seeds_for(labels: PerClass, seeds: u64) -> u64 {
-    match labels {
-        PerClass::N(n) if n <= SMALL_BUDGET => seeds.max(1),
+pub fn seeds_for(labels: PerClass, seeds: u64, kind: Kind) -> u64 {
+    match (labels, kind) {
+        (PerClass::N(_), Kind::Text) => seeds.max(1),
+        (PerClass::N(n), Kind::Image) if n <= SMALL_BUDGET => seeds.max(1),
         _ => 1,
     }
 }
@@ -298,7 +392,7 @@ pub fn cells(s: &Settings, skipped: &[String]) -> Vec<Cell> {
         };
         for &protocol in &protocols {
             for labels in s.per_class() {
-                for seed in 0..seeds_for(labels, s.seeds) {
+                for seed in 0..seeds_for(labels, s.seeds, s.kind) {
                     out.push(Cell {
                         encoder: enc.clone(),
                         protocol,
@@ -328,6 +422,7 @@ pub fn cells(s: &Settings, skipped: &[String]) -> Vec<Cell> {
 #[cfg(test)]
 pub(crate) fn example_settings() -> Settings {
     Settings {
+        kind: Kind::Image,
         data: "builtin:fashion-mnist-demo".into(),
         tasks: vec!["rotation".into(), "jigsaw".into()],
         labels_per_class: vec!["1".into(), "10".into(), "100".into()],
@@ -405,7 +500,7 @@ mod tests {
         // A torn file does not count as finished.
         std::fs::write(c.path(dir.path()), "{\"from\": ").unwrap();
         assert!(c.result(dir.path()).is_none());
-        let r = TransferResult {
+        let r = crate::transfer::TransferResult {
             from: "x".into(),
             protocol: c.protocol,
             labels_per_class: c.labels.label(),
@@ -428,11 +523,28 @@ mod tests {
 
     #[test]
     fn parsing_rejects_bad_input() {
-        assert!(parse_tasks("rotation,nosuch")
+        assert!(parse_tasks("rotation,nosuch", Kind::Image)
             .unwrap_err()
             .to_string()
             .contains("unknown task 'nosuch'"));
-        assert_eq!(parse_tasks("jigsaw, rotation,jigsaw").unwrap().len(), 2);
+        assert_eq!(
+            parse_tasks("jigsaw, rotation,jigsaw", Kind::Image)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(parse_tasks("masked-lm", Kind::Image)
+            .unwrap_err()
+            .to_string()
+            .contains("a text task"));
+        assert_eq!(
+            parse_tasks("masked-lm,causal-lm", Kind::Text).unwrap(),
+            vec!["masked-lm", "causal-lm"]
+        );
+        assert!(parse_tasks("rotation", Kind::Text)
+            .unwrap_err()
+            .to_string()
+            .contains("an image task"));
         assert_eq!(parse_labels("all,10,1").unwrap(), vec!["1", "10", "all"]);
         let e = parse_labels("1,0").unwrap_err();
         assert_eq!(e.exit_code(), 2);

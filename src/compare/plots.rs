@@ -155,7 +155,7 @@ where
 
 /// Accuracy against labels per class (log x), one panel per protocol, error bars = std over the
 /// label draws.
-pub fn label_efficiency(panels: &[(String, Vec<Line>)]) -> PlotResult<Vec<u8>> {
+pub fn label_efficiency(panels: &[(String, Vec<Line>)], metric: &str) -> PlotResult<Vec<u8>> {
     let n = panels.len().max(1);
     let (lo, hi) = acc_range(panels.iter().flat_map(|p| p.1.iter()));
     let xs: Vec<f64> = panels
@@ -168,7 +168,7 @@ pub fn label_efficiency(panels: &[(String, Vec<Line>)]) -> PlotResult<Vec<u8>> {
     png(520 * n as u32, 440, |root| {
         for (area, (title, lines)) in root.split_evenly((1, n)).iter().zip(panels) {
             let mut chart = ChartBuilder::on(area)
-                .caption(format!("{title}: accuracy vs labels"), ("sans-serif", 18))
+                .caption(format!("{title}: {metric} vs labels"), ("sans-serif", 18))
                 .margin(12)
                 .x_label_area_size(40)
                 .y_label_area_size(55)
@@ -177,7 +177,7 @@ pub fn label_efficiency(panels: &[(String, Vec<Line>)]) -> PlotResult<Vec<u8>> {
             chart
                 .configure_mesh()
                 .x_desc("labels per class (log scale)")
-                .y_desc("test accuracy")
+                .y_desc(format!("test {metric}"))
                 .x_label_formatter(&|x| format!("{x:.0}"))
                 .y_label_formatter(&|y| format!("{y:.2}"))
                 .label_style(("sans-serif", 13))
@@ -190,7 +190,7 @@ pub fn label_efficiency(panels: &[(String, Vec<Line>)]) -> PlotResult<Vec<u8>> {
 }
 
 /// Probe accuracy at each encoder stage, one line per encoder.
-pub fn per_layer(title: &str, lines: &[Line], stages: usize) -> PlotResult<Vec<u8>> {
+pub fn per_layer(title: &str, lines: &[Line], stages: usize, metric: &str) -> PlotResult<Vec<u8>> {
     let (lo, hi) = acc_range(lines.iter());
     png(640, 440, |root| {
         let mut chart = ChartBuilder::on(&root)
@@ -203,7 +203,7 @@ pub fn per_layer(title: &str, lines: &[Line], stages: usize) -> PlotResult<Vec<u
         chart
             .configure_mesh()
             .x_desc("encoder stage (1 = first block)")
-            .y_desc("test accuracy")
+            .y_desc(format!("test {metric}"))
             .x_labels(stages)
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|y| format!("{y:.2}"))
@@ -296,17 +296,20 @@ mod tests {
                 points: vec![(1.0, 0.35, 0.04), (10.0, 0.55, 0.01), (600.0, 0.78, 0.0)],
             },
         ];
-        let png = label_efficiency(&[
-            ("linear".into(), lines.clone()),
-            ("knn".into(), lines.clone()),
-        ])
+        let png = label_efficiency(
+            &[
+                ("linear".into(), lines.clone()),
+                ("knn".into(), lines.clone()),
+            ],
+            "accuracy",
+        )
         .unwrap();
         let img = decode(&png);
         assert_eq!(img.dimensions(), (1040, 440));
         // Something besides the white background was drawn, in colour.
         let coloured = img.pixels().filter(|p| p.0 == [31, 119, 180]).count();
         assert!(coloured > 100, "{coloured}");
-        let img = decode(&per_layer("linear probe", &lines, 4).unwrap());
+        let img = decode(&per_layer("linear probe", &lines, 4, "accuracy").unwrap());
         assert!(img.pixels().any(|p| p.0 != [255, 255, 255]));
         let curves = vec![
             ("rotation".to_string(), vec![(10.0, 1.3), (20.0, 1.1)]),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 
-use super::plan::{Encoder, Settings};
+use super::plan::{Encoder, Kind, Settings};
 use super::plots::{self, Line, Style};
 use super::tables::{self, esc, Results};
 use super::{finished_pretraining, Invocation};
@@ -152,15 +152,18 @@ fn render_plots(s: &Settings, res: &Results, runs: &[Pretraining]) -> Result<Vec
         file: "label-efficiency.png",
         title: "Label efficiency",
         caption: format!(
-            "Test accuracy against labelled examples per class (log scale), one panel per protocol; \
-             points are the mean over the label draws ({} seeds up to {} labels/class, one above), \
-             error bars one standard deviation. Baselines: random = the same backbone with frozen \
-             random weights (linear/knn only); scratch = the same backbone trained on the labels \
-             only (finetune), drawn in every panel as the reference.",
-            s.seeds,
-            super::plan::SMALL_BUDGET
+            "Test {} against labelled examples per class (log scale), one panel per protocol; \
+             points are the mean over the label draws ({}), error bars one standard deviation. \
+             Baselines: random = the same {} with frozen random weights (linear/knn only); \
+             scratch = the same {} trained on the labels only (finetune), drawn in every panel \
+             as the reference.",
+            s.kind.metric(),
+            draws(s),
+            encoder_word(s),
+            encoder_word(s),
         ),
-        png: plots::label_efficiency(&panels).map_err(|e| fail("label-efficiency.png", e))?,
+        png: plots::label_efficiency(&panels, s.kind.metric())
+            .map_err(|e| fail("label-efficiency.png", e))?,
     });
     if let (Some((protocol, labels)), false) = (res.probe, res.layers.is_empty()) {
         let lines: Vec<Line> = res
@@ -185,11 +188,15 @@ fn render_plots(s: &Settings, res: &Results, runs: &[Pretraining]) -> Result<Vec
             title: "Per-layer probe",
             caption: format!(
                 "{} probe on the pooled output of each encoder stage ({} labels per class, label \
-                 draw 0). Pretext features often peak before the last stage.",
+                 draw 0; {}). Pretext features often peak before the last stage.",
                 protocol.name(),
-                labels.label()
+                labels.label(),
+                match s.kind {
+                    Kind::Image => "stage = backbone stage",
+                    Kind::Text => "stage k = after transformer block k, mean over the tokens",
+                }
             ),
-            png: plots::per_layer(&title, &lines, s.encoder_stages)
+            png: plots::per_layer(&title, &lines, s.encoder_stages, s.kind.metric())
                 .map_err(|e| fail("per-layer.png", e))?,
         });
     }
@@ -247,14 +254,7 @@ fn settings_lines(s: &Settings, res: &Results) -> Vec<(String, String)> {
                 .collect::<Vec<_>>()
                 .join(", "),
         ),
-        (
-            "label draws".into(),
-            format!(
-                "{} seeds for budgets up to {} labels/class, 1 above",
-                s.seeds,
-                super::plan::SMALL_BUDGET
-            ),
-        ),
+        ("label draws".into(), draws(s)),
         (
             "cells".into(),
             format!("{} of {} on disk", res.cells_done, res.cells_total),
@@ -270,6 +270,25 @@ fn settings_lines(s: &Settings, res: &Results) -> Vec<(String, String)> {
         v.push(("evaluated on".into(), e.clone()));
     }
     v
+}
+
+/// How many label draws each budget got.
+fn draws(s: &Settings) -> String {
+    match s.kind {
+        Kind::Image => format!(
+            "{} seeds for budgets up to {} labels/class, 1 above",
+            s.seeds,
+            super::plan::SMALL_BUDGET
+        ),
+        Kind::Text => format!("{} seeds for every numeric budget, 1 for all", s.seeds),
+    }
+}
+
+fn encoder_word(s: &Settings) -> &'static str {
+    match s.kind {
+        Kind::Image => "backbone",
+        Kind::Text => "transformer and tokenizer",
+    }
 }
 
 fn total_wall(log: &[Invocation]) -> f64 {
@@ -314,7 +333,7 @@ fn html_report(
             esc(&p.caption)
         ));
     }
-    h.push_str("<h2 id=\"numbers\">All numbers</h2>\n<p>Test accuracy, mean ± standard deviation over the label draws; the best of each column in bold.</p>\n");
+    h.push_str(&format!("<h2 id=\"numbers\">All numbers</h2>\n<p>Test {}, mean ± standard deviation over the label draws; the best of each column in bold.</p>\n", s.kind.metric()));
     h.push_str(&tables::html(res));
     if !res.layers.is_empty() {
         h.push_str("<h3>Per-layer probe</h3>\n<table id=\"layers\">\n");
@@ -446,7 +465,7 @@ fn markdown_report(
             p.title, p.title, p.file, p.caption
         ));
     }
-    m.push_str("\n## All numbers\n\nTest accuracy, mean ± standard deviation over the label draws; the best of each column in bold.\n\n");
+    m.push_str(&format!("\n## All numbers\n\nTest {}, mean ± standard deviation over the label draws; the best of each column in bold.\n\n", s.kind.metric()));
     m.push_str(&tables::markdown(res));
     if !res.layers.is_empty() {
         m.push_str("\n### Per-layer probe\n\n");

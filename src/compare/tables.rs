@@ -118,11 +118,16 @@ pub fn collect(out: &Path, s: &Settings, skipped: &[String]) -> Results {
                 .filter_map(|c| c.result(out))
                 .collect();
             if let Some(r) = results.first() {
-                evaluated_on.get_or_insert(format!("{} images ({})", r.n_test, r.evaluated_on));
+                evaluated_on.get_or_insert(format!(
+                    "{} {} ({})",
+                    r.n_test,
+                    s.kind.items(),
+                    r.evaluated_on
+                ));
             }
             done += results.len();
             wall += results.iter().map(|r| r.wall_s).sum::<f64>();
-            let accs: Vec<f64> = results.iter().map(|r| r.accuracy as f64).collect();
+            let accs: Vec<f64> = results.iter().map(|r| r.score(s.kind)).collect();
             let x = match labels {
                 PerClass::N(n) => n as f64,
                 PerClass::All => results
@@ -160,7 +165,7 @@ pub fn collect(out: &Path, s: &Settings, skipped: &[String]) -> Results {
                         done += 1;
                         wall += r.wall_s;
                     }
-                    points.push((stage, r.accuracy as f64));
+                    points.push((stage, r.score(s.kind)));
                 }
             }
             if !points.is_empty() {

@@ -255,8 +255,29 @@ impl Transformer {
         cls: Option<bool>,
         device: &Device,
     ) -> Tensor<2> {
+        self.pooled_at(docs, pad_id, cls, 0, 0, device)
+    }
+
+    /// As [`Self::pooled`], of the states after block `stage` (see [`Self::hidden_at`]; 0 = the
+    /// final states), with the batch padded to at least `min_len` positions (a fixed shape makes
+    /// a document's vector independent of the documents batched with it).
+    pub fn pooled_at(
+        &self,
+        docs: &[&[u32]],
+        pad_id: u32,
+        cls: Option<bool>,
+        stage: usize,
+        min_len: usize,
+        device: &Device,
+    ) -> Tensor<2> {
         let b = docs.len();
-        let t = docs.iter().map(|d| d.len()).max().unwrap_or(1).max(1);
+        let t = docs
+            .iter()
+            .map(|d| d.len())
+            .max()
+            .unwrap_or(1)
+            .max(min_len)
+            .max(1);
         let mut ids = vec![pad_id as i64; b * t];
         let mut pad = vec![true; b * t];
         let mut w = vec![0f32; b * t];
@@ -278,7 +299,7 @@ impl Transformer {
         let pad = Tensor::<2, Bool>::from_data(TensorData::new(pad, [b, t]), device);
         let w = Tensor::<3>::from_data(TensorData::new(w, [b, t, 1]), device);
         // [b, t, d] weighted by [b, t, 1], summed over t → [b, d]
-        let hidden = self.hidden(ids, Some(pad));
+        let hidden = self.hidden_at(ids, Some(pad), stage);
         let [b, _, d] = hidden.dims();
         (hidden * w).sum_dim(1).reshape([b, d])
     }
@@ -287,6 +308,18 @@ impl Transformer {
     /// `pad`: [b, t], true at padding positions; they are hidden from every query (bidirectional
     /// model) — the causal model needs no padding mask when padding is on the right.
     pub fn hidden(&self, tokens: Tensor<2, Int>, pad: Option<Tensor<2, Bool>>) -> Tensor<3> {
+        self.hidden_at(tokens, pad, 0)
+    }
+
+    /// As [`Self::hidden`] for `stage` 0; for `stage` k in 1..=layers the states after block k
+    /// (the residual stream the next block reads, without the final LayerNorm): the per-layer
+    /// probe's features.
+    pub fn hidden_at(
+        &self,
+        tokens: Tensor<2, Int>,
+        pad: Option<Tensor<2, Bool>>,
+        stage: usize,
+    ) -> Tensor<3> {
         let [b, t] = tokens.dims();
         assert!(
             t <= self.max_len,
@@ -301,10 +334,24 @@ impl Transformer {
             let heads = self.blocks.first().map_or(1, |bl| bl.heads);
             p.reshape([b, 1, 1, t]).expand([b, heads, t, t])
         });
-        for block in &self.blocks {
+        let n = if stage == 0 {
+            self.blocks.len()
+        } else {
+            stage.min(self.blocks.len())
+        };
+        for block in &self.blocks[..n] {
             x = block.forward(x, mask.clone());
         }
-        self.ln_f.forward(x)
+        if stage == 0 {
+            self.ln_f.forward(x)
+        } else {
+            x
+        }
+    }
+
+    /// Transformer blocks (the stages of the per-layer probe).
+    pub fn layers(&self) -> usize {
+        self.blocks.len()
     }
 
     /// Hidden states [b, t, d] → logits over the vocabulary [b, t, vocab].

@@ -10,6 +10,7 @@ pub mod linear_probe;
 pub mod scores;
 pub mod split;
 pub mod text;
+pub mod text_features;
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -23,11 +23,13 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::labels::{self, PerClass};
+use super::text_features::{content_digest, CacheKey, DocVectors, Encoding};
 use super::{frozen, linear_probe, scores, Protocol, Source};
 use crate::config::{in_range, positive};
 use crate::data::corpus::{is_validation, Fields, TextSource};
 use crate::data::tokenizer::Tokenizer;
-use crate::engine::run_dir::{is_text_run, load_run, read_lm_info};
+use crate::engine::checkpoint::latest_checkpoint;
+use crate::engine::run_dir::{is_text_run, load_run, read_lm_info, WEIGHTS};
 use crate::engine::schedule::lr_at;
 use crate::engine::step::{classification_step, labels_tensor};
 use crate::engine::{Optimizers, StepCtx};
@@ -70,8 +72,15 @@ pub struct TextTransferConfig {
     pub finetune_lr: f64,
     pub finetune_batch_size: usize,
     pub finetune_weight_decay: f64,
-    /// Evaluate on at most this many held-out documents; 0 = all.
+    /// Evaluate on at most this many held-out documents (a seeded sample, so every class
+    /// keeps its share); 0 = all.
     pub test_limit: usize,
+    /// Linear probe and k-NN features: 0 = the final states; k = after transformer block k
+    /// (the per-layer probe).
+    pub stage: usize,
+    /// Keep the frozen protocols' document vectors on disk (`RUN/features/`, or compare's
+    /// `OUT/features/`) so other label draws and protocols reuse them.
+    pub feature_cache: bool,
 }
 
 impl Default for TextTransferConfig {
@@ -97,6 +106,8 @@ impl Default for TextTransferConfig {
             finetune_batch_size: 16,
             finetune_weight_decay: 0.01,
             test_limit: 0,
+            stage: 0,
+            feature_cache: true,
         }
     }
 }
@@ -147,6 +158,9 @@ pub fn is_text_transfer(from: &Source, data: Option<&str>) -> bool {
 
 pub struct TextTransferRequest {
     pub from: Source,
+    /// Where the frozen protocols cache document vectors; `None` = `RUN/features/` for a
+    /// pretrained run, no cache for the baselines (`feature_cache = false`: never).
+    pub cache_dir: Option<PathBuf>,
     /// Labelled `jsonl:` data; defaults to the run's pretraining data.
     pub data: Option<String>,
     pub protocol: Protocol,
@@ -222,6 +236,8 @@ impl RunText {
 
 /// One labelled document, tokenized.
 struct Example {
+    /// Its position in the data (the feature cache's key).
+    index: u64,
     tokens: Vec<u32>,
     label: u32,
 }
@@ -267,21 +283,56 @@ fn pooled(
     model.pooled(&docs, pad_id, cls, device)
 }
 
-fn features(
-    model: &Transformer,
-    examples: &[&Example],
-    pad_id: u32,
-    cls: Option<bool>,
-    device: &Device,
-) -> (Vec<f32>, usize) {
-    let mut out = Vec::new();
-    let mut dim = 0;
-    for chunk in examples.chunks(32) {
-        let f = pooled(model, chunk, pad_id, cls, device);
-        dim = f.dims()[1];
-        out.extend(f.into_data().iter::<f32>());
+/// The frozen vectors of `examples` ([n, dim] row-major), from the cache where it has them.
+fn features(cache: &mut DocVectors, enc: &Encoding, examples: &[&Example]) -> (Vec<f32>, usize) {
+    let docs: Vec<(u64, &[u32])> = examples
+        .iter()
+        .map(|e| (e.index, e.tokens.as_slice()))
+        .collect();
+    cache.get(enc, &docs)
+}
+
+/// The weights file a run's model is loaded from (as `load_run` picks it).
+fn weights_file(run: &Path) -> Result<PathBuf> {
+    if let Some(p) = [WEIGHTS, "model.safetensors"]
+        .iter()
+        .map(|n| run.join(n))
+        .find(|p| p.exists())
+    {
+        return Ok(p);
     }
-    (out, dim)
+    match latest_checkpoint(run)? {
+        Some((dir, _)) => Ok(dir.join("model.bpk")),
+        None => Err(Error::Usage(format!(
+            "{}: no {WEIGHTS} and no checkpoint yet",
+            run.display()
+        ))),
+    }
+}
+
+/// What the document vectors of this transfer depend on (see [`text_features`]).
+fn cache_key(
+    req: &TextTransferRequest,
+    spec: &TransformerSpec,
+    tok: &Tokenizer,
+    data: &str,
+    max_tokens: usize,
+) -> Result<CacheKey> {
+    let cfg = &req.config;
+    let encoder = match &req.from {
+        Source::Run(run) => format!("weights sha256 {}", content_digest(&weights_file(run)?)?),
+        _ => format!("random weights, seed {}, {spec:?}", cfg.seed),
+    };
+    let path = data.split_once(':').map_or(data, |(_, p)| p);
+    Ok(CacheKey::default()
+        .with("encoder", encoder)
+        .with("tokenizer", tok.fingerprint())
+        .with("data", data)
+        .with("data_sha256", content_digest(Path::new(path))?)
+        .with("text_field", cfg.text_field.as_str())
+        .with("pool", cfg.pool.as_str())
+        .with("stage", cfg.stage.to_string())
+        .with("max_tokens", max_tokens.to_string()))
 }
 
 #[derive(Module, Debug)]
@@ -308,6 +359,13 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
             "--from scratch trains the model on the labels, so it needs --protocol finetune".into(),
         ));
     }
+    if cfg.stage != 0 && req.protocol == Protocol::Finetune {
+        return Err(Error::config(
+            "stage",
+            "fine-tuning trains the whole model and reads its final states; stage applies to \
+             the linear and knn protocols",
+        ));
+    }
     let source = TextSource::open(
         &data,
         &Fields {
@@ -323,6 +381,15 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
         )));
     }
     let (spec, model, tok) = load_model(&req.from, cfg, &req.device)?;
+    if cfg.stage > spec.layers {
+        return Err(Error::config(
+            "stage",
+            format!(
+                "the transformer has {} blocks (stages 1 to {0}, 0 = the final states), found {}",
+                spec.layers, cfg.stage
+            ),
+        ));
+    }
     let max_tokens = if cfg.max_tokens == 0 {
         spec.max_len
     } else {
@@ -339,7 +406,7 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
     };
     let mut left_out = 0usize;
     let mut names: BTreeMap<String, u32> = BTreeMap::new();
-    let mut raw: Vec<(Vec<u32>, String, bool)> = Vec::new();
+    let mut raw: Vec<(u64, Vec<u32>, String, bool)> = Vec::new();
     for doc in source.docs() {
         let doc = doc?;
         let label = doc.label.clone().unwrap_or_default();
@@ -369,7 +436,7 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
             left_out += 1;
             continue;
         }
-        raw.push((tokens, label, test));
+        raw.push((doc.index, tokens, label, test));
     }
     if left_out > 0 {
         let r = seen.as_ref().expect("a run");
@@ -399,8 +466,9 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
     let classes = class_names.len();
     let mut pool = Vec::new();
     let mut test = Vec::new();
-    for (tokens, label, is_test) in raw {
+    for (index, tokens, label, is_test) in raw {
         let e = Example {
+            index,
             tokens,
             label: names[&label],
         };
@@ -410,8 +478,11 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
             pool.push(e);
         }
     }
-    if cfg.test_limit > 0 {
-        test.truncate(cfg.test_limit);
+    if cfg.test_limit > 0 && test.len() > cfg.test_limit {
+        // A seeded sample: the data may be ordered by class (SpamAssassin: ham, then spam).
+        let keep = super::split::sample_limit((0..test.len()).collect(), cfg.test_limit, 0);
+        let mut slots: Vec<Option<Example>> = test.into_iter().map(Some).collect();
+        test = keep.iter().filter_map(|&i| slots[i].take()).collect();
     }
     if test.is_empty() {
         return Err(Error::config(
@@ -440,8 +511,26 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
     let pad_id = tok.pad_id();
     let pred = match req.protocol {
         Protocol::Linear | Protocol::Knn => {
-            let (train_x, dim) = features(&model, &chosen, pad_id, cls, &req.device);
-            let (test_x, _) = features(&model, &test_refs, pad_id, cls, &req.device);
+            let dir = match (&req.cache_dir, &req.from) {
+                _ if !cfg.feature_cache => None,
+                (Some(d), _) => Some(d.clone()),
+                (None, Source::Run(run)) => Some(run.join("features")),
+                (None, _) => None,
+            };
+            let mut cache = match dir {
+                Some(d) => DocVectors::open(&d, cache_key(req, &spec, &tok, &data, max_tokens)?),
+                None => DocVectors::in_memory(),
+            };
+            let enc = Encoding {
+                model: &model,
+                pad_id,
+                cls,
+                stage: cfg.stage,
+                max_tokens,
+                device: &req.device,
+            };
+            let (train_x, dim) = features(&mut cache, &enc, &chosen);
+            let (test_x, _) = features(&mut cache, &enc, &test_refs);
             // The linear probe's standardiser is fitted on unlabelled documents of the pool.
             let pool_x = if req.protocol == Protocol::Linear {
                 let idx = super::split::sample_limit(
@@ -450,10 +539,14 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
                     cfg.seed,
                 );
                 let docs: Vec<&Example> = idx.iter().map(|&i| &pool[i]).collect();
-                Some(features(&model, &docs, pad_id, cls, &req.device).0)
+                Some(features(&mut cache, &enc, &docs).0)
             } else {
                 None
             };
+            if !req.quiet && cache.computed() > 0 {
+                eprintln!("encoded {} documents", cache.computed());
+            }
+            cache.save()?;
             let f = frozen::Features {
                 train_x,
                 train_y: train_y.clone(),

@@ -3,6 +3,7 @@
 //! every helper.)
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use burn::prelude::Device;
@@ -109,4 +110,86 @@ pub fn austen_slice(dir: &std::path::Path, bytes: usize) -> std::path::PathBuf {
     let path = dir.join("austen.txt");
     std::fs::write(&path, &text[..end]).unwrap();
     path
+}
+
+/// Where Chromium is, installing it with tests/install-chromium.sh when missing; None (with the
+/// reason printed) when that is not possible.
+pub fn chromium() -> Option<PathBuf> {
+    let find = || {
+        ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+    };
+    if let Some(p) = find() {
+        return Some(p);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/install-chromium.sh");
+    match Command::new("sh").arg(&script).output() {
+        Ok(o) if o.status.success() => find().or_else(|| {
+            eprintln!("SKIP: install-chromium.sh succeeded but no chromium binary was found");
+            None
+        }),
+        Ok(o) => {
+            eprintln!(
+                "SKIP: chromium is missing and could not be installed: {}{}",
+                String::from_utf8_lossy(&o.stdout).trim(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("SKIP: could not run {}: {e}", script.display());
+            None
+        }
+    }
+}
+
+/// Load a compare report in headless Chromium: its DOM must hold the results table and the
+/// label-efficiency plot, and a 1200×2000 screenshot (written to `shot`) must not be blank.
+pub fn render_in_chromium(chromium: &Path, html: &Path, shot: &Path) {
+    let url = format!("file://{}", html.display());
+    let profile = shot.with_extension("profile");
+    let common = [
+        "--headless".to_string(),
+        "--no-sandbox".to_string(),
+        "--disable-gpu".to_string(),
+        format!("--user-data-dir={}", profile.display()),
+    ];
+    let o = Command::new(chromium)
+        .args(&common)
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && dom.contains("id=\"results\"") && dom.contains("Label efficiency"),
+        "chromium --dump-dom: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new(chromium)
+        .args(&common)
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--window-size=1200,2000")
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && shot.exists(),
+        "chromium --screenshot: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let img = image::open(shot).unwrap().to_luma8();
+    assert_eq!(img.dimensions(), (1200, 2000));
+    let n = img.pixels().count() as f64;
+    let mean = img.pixels().map(|p| p.0[0] as f64).sum::<f64>() / n;
+    let var = img
+        .pixels()
+        .map(|p| (p.0[0] as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    assert!(var > 100.0, "screenshot looks blank (variance {var:.1})");
 }

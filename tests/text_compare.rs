@@ -1,0 +1,257 @@
+//! `pretext compare` on labelled text (a slice of the SpamAssassin e-mails in ../shared/data),
+//! end to end through the binary: both language-model tasks, every protocol, the random and
+//! scratch baselines, the per-layer probe, the report (rendered in headless Chromium); and the
+//! text transfer's feature cache: reused, invalidated when the encoder or the data change, and
+//! giving the same numbers as no cache.
+
+mod common;
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use common::{chromium, ok, pretext, render_in_chromium, shared_data};
+
+/// `n` ham and `n` spam e-mails from the shared corpus (each cut to 1,500 characters), as a
+/// jsonl file in the corpus's own format.
+fn mail_slice(dir: &Path, n: usize) -> PathBuf {
+    let f = std::fs::File::open(shared_data("text/spamassassin.jsonl.gz")).unwrap();
+    let mut by_label: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for line in std::io::BufReader::new(flate2::read::GzDecoder::new(f)).lines() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let label = v["label"].as_str().unwrap().to_string();
+        let docs = by_label.entry(label.clone()).or_default();
+        if docs.len() < n {
+            let text: String = v["text"].as_str().unwrap().chars().take(1500).collect();
+            docs.push(serde_json::json!({"text": text, "label": label}).to_string());
+        }
+    }
+    let path = dir.join("mail.jsonl");
+    let mut out = std::fs::File::create(&path).unwrap();
+    for docs in by_label.values() {
+        for d in docs {
+            writeln!(out, "{d}").unwrap();
+        }
+    }
+    path
+}
+
+const TINY: &[&str] = &[
+    "--set",
+    "vocab=300",
+    "--set",
+    "d_model=32",
+    "--set",
+    "layers=2",
+    "--set",
+    "heads=2",
+    "--set",
+    "max_len=48",
+    "--set",
+    "batch_size=8",
+    "--set",
+    "warmup_steps=2",
+    "--set",
+    "eval_every=5",
+    "--set",
+    "eval_batches=2",
+];
+
+#[test]
+fn text_compare_runs_every_protocol_and_baseline_and_renders() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = format!("jsonl:{}", mail_slice(dir.path(), 60).display());
+    let out = dir.path().join("cmp");
+    let mut args = vec![
+        "compare",
+        "--data",
+        &data,
+        "--labels-per-class",
+        "4,16",
+        "--seeds",
+        "2",
+        "--budget",
+        "6",
+        "--transfer-set",
+        "finetune_steps=4",
+        "--transfer-set",
+        "probe_steps=30",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(TINY);
+    let stdout = ok(&args);
+    assert!(stdout.contains("macro-F1"), "{stdout}");
+    // Tasks masked-lm, causal-lm by default; every cell on disk.
+    for task in ["masked-lm", "causal-lm"] {
+        assert!(out
+            .join("pretrain")
+            .join(task)
+            .join("encoder.safetensors")
+            .exists());
+        for p in ["linear", "knn", "finetune"] {
+            for labels in ["4", "16"] {
+                for seed in 0..2 {
+                    let f = out.join(format!("cells/{task}/{p}-{labels}-seed{seed}.json"));
+                    let r: serde_json::Value =
+                        serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+                    let f1 = r["macro_f1"].as_f64().unwrap();
+                    assert!((0.0..=1.0).contains(&f1), "{f:?}: {r}");
+                }
+            }
+        }
+        // Per-layer probe: block 1 of 2 (block 2 is the main cell).
+        assert!(out
+            .join(format!("cells/{task}/stage1/linear-16-seed0.json"))
+            .exists());
+    }
+    for seed in 0..2 {
+        assert!(out
+            .join(format!("cells/scratch/finetune-16-seed{seed}.json"))
+            .exists());
+        assert!(out
+            .join(format!("cells/random/knn-4-seed{seed}.json"))
+            .exists());
+    }
+    assert!(!out.join("cells/random/finetune-4-seed0.json").exists());
+    // The baselines are the first task's network: same size of result, same held-out set.
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("cells/random/linear-16-seed0.json")).unwrap(),
+    )
+    .unwrap();
+    let p: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("cells/masked-lm/linear-16-seed0.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r["n_test"], p["n_test"]);
+    // One feature file per (encoder, stage) the frozen protocols used: 2 tasks × 2 stages, and
+    // random weights: one per seed at the last stage, the probe of block 1 with seed 0.
+    let features = std::fs::read_dir(out.join("features")).unwrap().count();
+    assert_eq!(features, 2 * 2 + 3, "feature cache files");
+
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("Test macro-F1"), "{md}");
+    assert!(md.contains("documents ("), "{md}");
+    for plot in ["label-efficiency.png", "per-layer.png", "pretrain-loss.png"] {
+        assert!(out.join("plots").join(plot).exists(), "{plot}");
+    }
+    // Run again: nothing left to do.
+    let again = ok(&args);
+    assert!(again.contains("0 of "), "{again}");
+    if let Some(chromium) = chromium() {
+        render_in_chromium(
+            &chromium,
+            &out.join("report.html"),
+            &dir.path().join("shot.png"),
+        );
+    }
+}
+
+fn transfer(run: &Path, data: &str, seed: u64, out: &Path, extra: &[&str]) -> (f64, f64, String) {
+    let seed = format!("seed={seed}");
+    let mut a = vec![
+        "transfer",
+        "--from",
+        run.to_str().unwrap(),
+        "--data",
+        data,
+        "--labels-per-class",
+        "8",
+        "--protocol",
+        "linear",
+        "--set",
+        &seed,
+        "--set",
+        "probe_steps=50",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    a.extend_from_slice(extra);
+    let o = pretext(&a);
+    assert!(o.status.success(), "{o:?}");
+    let seed_n = seed.trim_start_matches("seed=");
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join(format!("linear-8-mean-seed{seed_n}.json"))).unwrap(),
+    )
+    .unwrap();
+    (
+        r["accuracy"].as_f64().unwrap(),
+        r["macro_f1"].as_f64().unwrap(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn text_features_are_cached_invalidated_and_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = mail_slice(dir.path(), 40);
+    let data = format!("jsonl:{}", mail.display());
+    let pretrain = |name: &str, steps: &str| {
+        let run = dir.path().join(name);
+        let steps = format!("steps={steps}");
+        let mut a = vec![
+            "pretrain",
+            "--task",
+            "masked-lm",
+            "--data",
+            &data,
+            "--set",
+            &steps,
+            "-q",
+            "--out",
+            run.to_str().unwrap(),
+        ];
+        a.extend_from_slice(TINY);
+        ok(&a);
+        run
+    };
+    let run = pretrain("a", "4");
+    let features = run.join("features");
+    let files = || std::fs::read_dir(&features).map_or(0, |d| d.count());
+    let out = dir.path().join("t");
+    // First transfer encodes; the second (another label draw) finds every vector cached.
+    let (acc0, f10, err) = transfer(&run, &data, 0, &out, &[]);
+    assert!(err.contains("encoded"), "{err}");
+    assert_eq!(files(), 1);
+    let (acc1, f11, err) = transfer(&run, &data, 1, &out, &[]);
+    assert!(!err.contains("encoded"), "cached: {err}");
+    assert_eq!(files(), 1);
+    // Without the cache: the very same numbers.
+    let nc = dir.path().join("nc");
+    let off = ["--set", "feature_cache=false"];
+    let (a, f, _) = transfer(&run, &data, 0, &nc, &off);
+    assert_eq!((a, f), (acc0, f10));
+    let (a, f, _) = transfer(&run, &data, 1, &nc, &off);
+    assert_eq!((a, f), (acc1, f11));
+    assert_eq!(files(), 1);
+    // Another encoder (a run trained longer, same architecture): a new file, not the old vectors.
+    let b = pretrain("b", "8");
+    std::fs::copy(
+        b.join("encoder.safetensors"),
+        run.join("encoder.safetensors"),
+    )
+    .unwrap();
+    let (_, _, err) = transfer(&run, &data, 0, &out, &[]);
+    assert!(err.contains("encoded"), "{err}");
+    assert_eq!(files(), 2);
+    // Changed data: one more e-mail.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&mail)
+        .unwrap();
+    writeln!(
+        f,
+        "{}",
+        serde_json::json!({"text": "Subject: hello\n\nlunch at noon?", "label": "ham"})
+    )
+    .unwrap();
+    drop(f);
+    let (_, _, err) = transfer(&run, &data, 0, &out, &[]);
+    assert!(err.contains("encoded"), "{err}");
+    assert_eq!(files(), 3);
+    // A damaged cache file is reported and recomputed, not trusted.
+    for e in std::fs::read_dir(&features).unwrap() {
+        std::fs::write(e.unwrap().path(), b"not safetensors").unwrap();
+    }
+    let (_, _, err) = transfer(&run, &data, 0, &out, &[]);
+    assert!(err.contains("ignoring the feature cache"), "{err}");
+}
