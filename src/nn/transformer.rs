@@ -440,8 +440,11 @@ impl Transformer {
             x = block.forward_cached(x, kv);
         }
         cache.len += n;
-        let last = self.ln_f.forward(x.narrow(1, n - 1, 1)); // [b, 1, d]
-        Ok(self.logits(last).reshape([b, self.vocab()]))
+        let [_, _, d] = x.dims();
+        let last = self.ln_f.forward(x.narrow(1, n - 1, 1)).reshape([b, d]);
+        // Two dimensions: the tied head's transposed embedding goes to the matmul as a strided
+        // view, where [b, 1, d] would copy it (vocab × d) for every token.
+        Ok(self.head(last))
     }
 
     /// Size of the vocabulary (rows of the token embedding).
@@ -451,6 +454,11 @@ impl Transformer {
 
     /// Hidden states [b, t, d] → logits over the vocabulary [b, t, vocab].
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.head(hidden)
+    }
+
+    /// Hidden states [.., d] → logits [.., vocab].
+    fn head<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
         match &self.head {
             Some(head) => head.forward(hidden),
             None => burn::tensor::module::linear(hidden, self.tok.weight.val().transpose(), None),
