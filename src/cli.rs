@@ -34,7 +34,8 @@ pub enum Command {
     /// (Re)build OUT/report.html and OUT/report.md of a compare from what is on disk.
     Report(ReportArgs),
     /// Continue a prompt with a causal language model (a `--task causal-lm` run), reading the
-    /// prompt once into a key/value cache and then one token's work per new token.
+    /// prompt once into a key/value cache and then one token's work per new token; a full
+    /// context window (the model's max_len) restarts on its last max_len / 2 tokens.
     Generate(GenerateArgs),
     /// Train a byte-level BPE tokenizer on a text corpus, or show how one splits a text.
     #[command(subcommand)]

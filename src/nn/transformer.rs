@@ -637,18 +637,14 @@ mod tests {
         let batch = Tensor::<2, Int>::from_data(TensorData::new(rows.concat(), [2, 5]), &device);
         let full = values(model.forward(batch.clone())); // [2, 5, 50]
         let (_, mut cache) = model.prefill(batch.narrow(1, 0, 3)).unwrap();
-        let mut last = Vec::new();
-        for p in 3..5 {
-            let next = Tensor::<1, Int>::from_data(
-                TensorData::new(vec![rows[0][p], rows[1][p]], [2]),
-                &device,
-            );
-            last = values(model.step(next, &mut cache).unwrap());
-        }
-        for r in 0..2 {
-            let want = &full[(r * 5 + 4) * 50..(r * 5 + 5) * 50];
-            let d = max_diff(&last[r * 50..(r + 1) * 50], want);
-            assert!(d < 1e-4, "row {r}: {d}");
+        for (p, (&a, &b)) in rows[0].iter().zip(&rows[1]).enumerate().skip(3) {
+            let next = Tensor::<1, Int>::from_data(TensorData::new(vec![a, b], [2]), &device);
+            let got = values(model.step(next, &mut cache).unwrap()); // [2, 50]
+            for r in 0..2 {
+                let want = &full[(r * 5 + p) * 50..(r * 5 + p + 1) * 50];
+                let d = max_diff(&got[r * 50..(r + 1) * 50], want);
+                assert!(d < 1e-4, "row {r}, position {p}: {d}");
+            }
         }
         // A step with the wrong number of rows is refused.
         let one = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64], [1]), &device);
