@@ -4,6 +4,8 @@
 //!
 //! The causal model (next-token prediction) lets position t attend to positions ≤ t only; the
 //! masked model (BERT style) is the same blocks without that mask, with an optional padding mask.
+//! For generation the causal model reads a prompt once into a [`KvCache`] ([`Transformer::prefill`])
+//! and then takes one token at a time ([`Transformer::step`]) through the same block code.
 //! Initialisation as GPT-2: N(0, 0.02) weights, residual projections N(0, 0.02/√(2·layers)).
 
 use burn::nn::{
