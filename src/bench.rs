@@ -13,6 +13,8 @@
 //! Adding a model family (e.g. text tasks) is one branch in [`measure_task`] plus one step
 //! function in `bench/reference.py`'s `TASKS`.
 
+pub mod generate;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;

@@ -25,14 +25,17 @@ pub enum Command {
     Tasks,
     /// Pretrain on a small built-in Fashion-MNIST subset and compare with random weights (CPU, minutes).
     Demo(DemoArgs),
-    /// Measure training throughput per backbone, next to PyTorch when it is installed.
+    /// Measure training throughput per backbone, next to PyTorch when it is installed (or, with
+    /// --generate, generation speed with and without the key/value cache).
     Bench(BenchArgs),
     /// Pretrain several tasks with one budget, transfer each at several label budgets next to the
     /// random and scratch baselines, and write a report (resumable: rerun to continue).
     Compare(CompareArgs),
     /// (Re)build OUT/report.html and OUT/report.md of a compare from what is on disk.
     Report(ReportArgs),
-    /// Continue a prompt with a causal language model (a `--task causal-lm` run).
+    /// Continue a prompt with a causal language model (a `--task causal-lm` run), reading the
+    /// prompt once into a key/value cache and then one token's work per new token; a full
+    /// context window (the model's max_len) restarts on its last max_len / 2 tokens.
     Generate(GenerateArgs),
     /// Train a byte-level BPE tokenizer on a text corpus, or show how one splits a text.
     #[command(subcommand)]
@@ -129,6 +132,10 @@ pub struct GenerateArgs {
     /// Random seed: the same seed gives the same text.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Recompute the whole context for every token instead of reading the prompt once into a
+    /// key/value cache (the same text, slower; for comparison).
+    #[arg(long)]
+    pub no_cache: bool,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -352,6 +359,10 @@ pub struct BenchArgs {
     /// Also write the measurements as JSON lines to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Instead of training: generation tokens/s with and without the key/value cache at 128 and
+    /// 1,024 tokens of context (tiny transformer, random weights; uses --device and --threads).
+    #[arg(long)]
+    pub generate: bool,
     /// Internal: measure one task in this process and print JSON.
     #[arg(long, hide = true)]
     pub child: Option<String>,

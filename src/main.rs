@@ -263,6 +263,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Embed(a) => embed(a),
         Command::Similar(a) => similar(a),
         Command::Export(a) => export(a),
+        Command::Bench(a) if a.generate => {
+            bench::generate::run(&bench::generate::GenerateBenchOptions {
+                device: a.device,
+                threads: a.threads,
+            })
+        }
         Command::Bench(a) => bench::run(&bench::BenchOptions {
             tasks: a
                 .tasks
@@ -436,16 +442,25 @@ fn generate(a: cli::GenerateArgs) -> Result<()> {
     let _ = write!(out, "{}", a.prompt);
     let _ = out.flush();
     let mut decoder = pretext::data::tokenizer::StreamDecoder::new(&tok);
-    pretext::generate::generate(&model, &prompt, a.tokens, &sampling, &device, |id| {
-        let piece = if id == tok.eos_id() {
-            "\n\n".to_string()
-        } else {
-            decoder.push(id)
-        };
-        let _ = write!(out, "{piece}");
-        let _ = out.flush();
-        Ok(())
-    })?;
+    let kv_cache = !a.no_cache;
+    pretext::generate::generate_with(
+        &model,
+        &prompt,
+        a.tokens,
+        &sampling,
+        kv_cache,
+        &device,
+        |id| {
+            let piece = if id == tok.eos_id() {
+                "\n\n".to_string()
+            } else {
+                decoder.push(id)
+            };
+            let _ = write!(out, "{piece}");
+            let _ = out.flush();
+            Ok(())
+        },
+    )?;
     let _ = writeln!(out, "{}", decoder.finish());
     Ok(())
 }

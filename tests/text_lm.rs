@@ -138,6 +138,28 @@ fn causal_lm_learns_resumes_exactly_and_generates_reproducibly() {
     assert!(a.len() > "It is a truth".len() + 10, "{a}");
     assert_eq!(a, gen("1"));
     assert_ne!(a, gen("2"));
+
+    // The key/value cache changes the speed only: the same text as recomputing the context for
+    // every token (`--no-cache`), greedy and sampled, over 200 tokens, past the 128 positions of
+    // the window (which restarts on its last 64 tokens).
+    for sampling in [
+        &["--temperature", "0"][..],
+        &["--temperature", "0.9", "--top-k", "10", "--seed", "3"],
+    ] {
+        let mut args = vec![
+            "generate",
+            "--from",
+            run,
+            "--prompt",
+            "It is a truth",
+            "--tokens",
+            "200",
+        ];
+        args.extend_from_slice(sampling);
+        let cached = ok(&args);
+        args.push("--no-cache");
+        assert_eq!(cached, ok(&args), "{sampling:?}");
+    }
 }
 
 #[test]

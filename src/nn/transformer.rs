@@ -4,6 +4,8 @@
 //!
 //! The causal model (next-token prediction) lets position t attend to positions ≤ t only; the
 //! masked model (BERT style) is the same blocks without that mask, with an optional padding mask.
+//! For generation the causal model reads a prompt once into a [`KvCache`] ([`Transformer::prefill`])
+//! and then takes one token at a time ([`Transformer::step`]) through the same block code.
 //! Initialisation as GPT-2: N(0, 0.02) weights, residual projections N(0, 0.02/√(2·layers)).
 
 use burn::nn::{
@@ -207,20 +209,51 @@ impl Block {
 
     /// x: [b, t, d]; `mask`: [b, heads, t, t], true = may not attend.
     pub(crate) fn forward(&self, x: Tensor<3>, mask: Option<Tensor<4, Bool>>) -> Tensor<3> {
+        let [q, k, v] = self.qkv_heads(x.clone());
+        self.attend(x, q, k, v, mask)
+    }
+
+    /// The causal block on the new tokens x [b, n, d] (positions `kv.len()`…): their queries see
+    /// the cached keys and values and their own; their keys and values join `kv`.
+    fn forward_cached(&self, x: Tensor<3>, kv: &mut LayerKv) -> Tensor<3> {
+        let [q, k, v] = self.qkv_heads(x.clone());
+        let (k, v) = kv.append(k, v);
+        self.attend(x, q, k, v, None)
+    }
+
+    /// x: [b, t, d] → queries, keys and values of its tokens, each [b, heads, t, d / heads].
+    fn qkv_heads(&self, x: Tensor<3>) -> [Tensor<4>; 3] {
         let [b, t, d] = x.dims();
         let h = self.heads;
         let qkv = self
             .qkv
-            .forward(self.ln1.forward(x.clone()))
+            .forward(self.ln1.forward(x))
             .reshape([b, t, 3, h, d / h])
             .permute([2, 0, 3, 1, 4]); // [3, b, h, t, dk]
         let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, h, t, d / h]);
+        [part(0), part(1), part(2)]
+    }
+
+    /// The rest of the block for the tokens x [b, tq, d] with their queries q [b, h, tq, dk],
+    /// attending to keys and values k, v [b, h, tk, dk] (tk ≥ tq; the queries are the last tq
+    /// of the tk positions, so the causal mask is aligned at the bottom right): attention, the
+    /// projection and residual, then the MLP and residual. `mask`: [b, h, tq, tk], true = may
+    /// not attend.
+    fn attend(
+        &self,
+        x: Tensor<3>,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        mask: Option<Tensor<4, Bool>>,
+    ) -> Tensor<3> {
+        let [b, t, d] = x.dims();
         let options = AttentionModuleOptions {
             scale: None,
             softcap: None,
             is_causal: self.causal,
         };
-        let context = attention(part(0), part(1), part(2), mask, None, options)
+        let context = attention(q, k, v, mask, None, options)
             .swap_dims(1, 2)
             .reshape([b, t, d]);
         let x = x + dropout(&self.dropout, self.proj.forward(context));
@@ -228,6 +261,47 @@ impl Block {
             .fc2
             .forward(gelu(self.fc1.forward(self.ln2.forward(x.clone()))));
         x + dropout(&self.dropout, mlp)
+    }
+}
+
+/// One block's cached keys and values, each [b, heads, t, head_dim]; `None` before the first
+/// token.
+#[derive(Clone, Debug, Default)]
+struct LayerKv(Option<(Tensor<4>, Tensor<4>)>);
+
+impl LayerKv {
+    /// Appends the new tokens' keys and values [b, h, n, dk] along the positions; returns all
+    /// of them [b, h, t + n, dk].
+    fn append(&mut self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let kv = match self.0.take() {
+            None => (k, v),
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+        };
+        self.0 = Some(kv.clone());
+        kv
+    }
+}
+
+/// The keys and values of every block for the tokens a causal [`Transformer`] has read so far
+/// (positions 0‥[`len`](KvCache::len)), so that the next token costs one token's work: made by
+/// [`Transformer::prefill`], grown by [`Transformer::step`]. Inference only.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    layers: Vec<LayerKv>,
+    /// Rows of the batch.
+    batch: usize,
+    /// Tokens (positions) cached.
+    len: usize,
+}
+
+impl KvCache {
+    /// Tokens cached: the position the next token gets.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -326,10 +400,7 @@ impl Transformer {
             "sequence of {t} > max_len {}",
             self.max_len
         );
-        let device = tokens.device();
-        let positions = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([1, t]);
-        let x = self.tok.forward(tokens) + self.pos.forward(positions);
-        let mut x = dropout(&self.dropout, x);
+        let mut x = self.embed(tokens, 0);
         let mask = pad.map(|p| {
             let heads = self.blocks.first().map_or(1, |bl| bl.heads);
             p.reshape([b, 1, 1, t]).expand([b, heads, t, t])
@@ -354,8 +425,89 @@ impl Transformer {
         self.blocks.len()
     }
 
+    /// tokens [b, t] at positions `start`‥`start + t` → token + position embeddings [b, t, d]
+    /// (after dropout).
+    fn embed(&self, tokens: Tensor<2, Int>, start: usize) -> Tensor<3> {
+        let [_, t] = tokens.dims();
+        let device = tokens.device();
+        let positions =
+            Tensor::<1, Int>::arange(start as i64..(start + t) as i64, &device).reshape([1, t]);
+        let x = self.tok.forward(tokens) + self.pos.forward(positions);
+        dropout(&self.dropout, x)
+    }
+
+    /// Reads a causal model's prompt once. tokens [b, t] (1 ≤ t ≤ max_len) → the logits of its
+    /// last position [b, vocab] (the next token's distribution) and the cache of every block's
+    /// keys and values, for [`step`](Self::step).
+    pub fn prefill(&self, tokens: Tensor<2, Int>) -> Result<(Tensor<2>, KvCache)> {
+        let [b, _] = tokens.dims();
+        let mut cache = KvCache {
+            layers: vec![LayerKv::default(); self.blocks.len()],
+            batch: b,
+            len: 0,
+        };
+        let logits = self.extend(tokens, &mut cache)?;
+        Ok((logits, cache))
+    }
+
+    /// One new token per row, tokens [b], at position `cache.len()` (< max_len) → its logits
+    /// [b, vocab]; its keys and values join the cache. The result equals the full forward's at
+    /// that position (up to float rounding).
+    pub fn step(&self, tokens: Tensor<1, Int>, cache: &mut KvCache) -> Result<Tensor<2>> {
+        let [b] = tokens.dims();
+        self.extend(tokens.reshape([b, 1]), cache)
+    }
+
+    /// tokens [b, n] at positions `cache.len()`‥ through every block against the cache (which
+    /// grows by n) → the logits of the last [b, vocab].
+    fn extend(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Result<Tensor<2>> {
+        let [b, n] = tokens.dims();
+        if self.blocks.first().is_some_and(|bl| !bl.causal) {
+            return Err(Error::Usage(
+                "a key/value cache needs a causal model; this one attends both ways".into(),
+            ));
+        }
+        if n == 0 || b == 0 {
+            return Err(Error::Usage(format!(
+                "no tokens to read (batch {b}, {n} tokens)"
+            )));
+        }
+        if b != cache.batch {
+            return Err(Error::Usage(format!(
+                "{b} rows of tokens for a key/value cache of {} rows",
+                cache.batch
+            )));
+        }
+        if cache.len + n > self.max_len {
+            return Err(Error::Usage(format!(
+                "{n} token(s) after {} cached: positions run past max_len {}",
+                cache.len, self.max_len
+            )));
+        }
+        let mut x = self.embed(tokens, cache.len);
+        for (block, kv) in self.blocks.iter().zip(&mut cache.layers) {
+            x = block.forward_cached(x, kv);
+        }
+        cache.len += n;
+        let [_, _, d] = x.dims();
+        let last = self.ln_f.forward(x.narrow(1, n - 1, 1)).reshape([b, d]);
+        // Two dimensions: the tied head's transposed embedding goes to the matmul as a strided
+        // view, where [b, 1, d] would copy it (vocab × d) for every token.
+        Ok(self.head(last))
+    }
+
+    /// Size of the vocabulary (rows of the token embedding).
+    pub fn vocab(&self) -> usize {
+        self.tok.weight.val().dims()[0]
+    }
+
     /// Hidden states [b, t, d] → logits over the vocabulary [b, t, vocab].
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.head(hidden)
+    }
+
+    /// Hidden states [.., d] → logits [.., vocab].
+    fn head<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
         match &self.head {
             Some(head) => head.forward(hidden),
             None => burn::tensor::module::linear(hidden, self.tok.weight.val().transpose(), None),
@@ -476,6 +628,89 @@ mod tests {
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 1e-5);
         }
+    }
+
+    fn values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
+        x.into_data().iter::<f32>().collect()
+    }
+
+    /// The largest difference between two logit vectors.
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn cached_steps_give_the_full_forward_logits_at_every_position() {
+        let device = Device::flex();
+        for tie in [true, false] {
+            let spec = TransformerSpec {
+                tie_weights: tie,
+                ..tiny(true)
+            };
+            let model = crate::device::seeded(&device, 4, || spec.init(&device));
+            let seq: Vec<i64> = (0..16).map(|i| (i * 7 + 3) % 50).collect();
+            let full = values(model.forward(tokens(&seq, &device))); // [1, 16, 50]
+            let v = 50;
+            // Prefill of 1 token and of 5 tokens, then one step per token up to max_len.
+            for first in [1, 5] {
+                let (logits, mut cache) = model.prefill(tokens(&seq[..first], &device)).unwrap();
+                assert_eq!(cache.len(), first);
+                let at = |p: usize| &full[p * v..(p + 1) * v];
+                let d = max_diff(&values(logits), at(first - 1));
+                assert!(d < 1e-4, "tie {tie}, prefill {first}: {d}");
+                for (p, &tok) in seq.iter().enumerate().skip(first) {
+                    let one = Tensor::<1, Int>::from_data(TensorData::new(vec![tok], [1]), &device);
+                    let logits = model.step(one, &mut cache).unwrap();
+                    assert_eq!(cache.len(), p + 1);
+                    let d = max_diff(&values(logits), at(p));
+                    assert!(d < 1e-4, "tie {tie}, prefill {first}, position {p}: {d}");
+                }
+                // The window is full: one more position is an error, not a panic.
+                let one = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64], [1]), &device);
+                let err = model.step(one, &mut cache).unwrap_err();
+                assert!(err.to_string().contains("max_len 16"), "{err}");
+                assert_eq!(cache.len(), 16, "a refused step leaves the cache as it was");
+            }
+        }
+    }
+
+    #[test]
+    fn a_cache_holds_a_batch_of_rows() {
+        let device = Device::flex();
+        let model = crate::device::seeded(&device, 5, || tiny(true).init(&device));
+        let rows = [[3i64, 7, 1, 9, 4], [12, 0, 5, 5, 40]];
+        let batch = Tensor::<2, Int>::from_data(TensorData::new(rows.concat(), [2, 5]), &device);
+        let full = values(model.forward(batch.clone())); // [2, 5, 50]
+        let (_, mut cache) = model.prefill(batch.narrow(1, 0, 3)).unwrap();
+        for (p, (&a, &b)) in rows[0].iter().zip(&rows[1]).enumerate().skip(3) {
+            let next = Tensor::<1, Int>::from_data(TensorData::new(vec![a, b], [2]), &device);
+            let got = values(model.step(next, &mut cache).unwrap()); // [2, 50]
+            for r in 0..2 {
+                let want = &full[(r * 5 + p) * 50..(r * 5 + p + 1) * 50];
+                let d = max_diff(&got[r * 50..(r + 1) * 50], want);
+                assert!(d < 1e-4, "row {r}, position {p}: {d}");
+            }
+        }
+        // A step with the wrong number of rows is refused.
+        let one = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64], [1]), &device);
+        let err = model.step(one, &mut cache).unwrap_err();
+        assert!(err.to_string().contains("2 rows"), "{err}");
+    }
+
+    #[test]
+    fn the_cache_refuses_what_it_cannot_do() {
+        let device = Device::flex();
+        let causal = crate::device::seeded(&device, 6, || tiny(true).init(&device));
+        let long: Vec<i64> = (0..17).collect();
+        let err = causal.prefill(tokens(&long, &device)).unwrap_err();
+        assert!(err.to_string().contains("max_len"), "{err}");
+        let bert = crate::device::seeded(&device, 6, || tiny(false).init(&device));
+        let err = bert.prefill(tokens(&[1, 2, 3], &device)).unwrap_err();
+        assert!(err.to_string().contains("causal"), "{err}");
     }
 
     #[test]
