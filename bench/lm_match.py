@@ -202,7 +202,7 @@ def main():
         d = px_val[s] - torch_val[s]
         worst = max(worst, abs(d))
         rows.append({"step": s, "pretext": px_val[s], "torch": torch_val[s], "diff": d})
-        print("| %d | %.4f | %.4f | %+.5f | %s | %s | %s | %s |" % (
+        print("| %d | %.4f | %.4f | %+.1e | %s | %s | %s | %s |" % (
             s, px_val[s], torch_val[s], d, fmt(px_train, s), fmt(torch_train, s),
             fmt(px_norm, s, 3), fmt(torch_norm, s, 3)))
     common = sorted(set(px_train) & set(torch_train))
