@@ -40,19 +40,23 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, vocab, d, layers, heads, d_ff, max_len, dropout, causal):
+    """`tie=False`: a separate vocabulary head `head` (pretext's `tie_weights = false`)."""
+
+    def __init__(self, vocab, d, layers, heads, d_ff, max_len, dropout, causal, tie=True):
         super().__init__()
         self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
         self.blocks = nn.ModuleList([Block(d, heads, d_ff, dropout, causal) for _ in range(layers)])
         self.ln_f = nn.LayerNorm(d)
         self.drop = nn.Dropout(dropout)
+        self.head = None if tie else nn.Linear(d, vocab)
 
     def forward(self, ids):
         t = ids.shape[1]
         x = self.drop(self.tok(ids) + self.pos(torch.arange(t, device=ids.device)))
         for blk in self.blocks:
             x = blk(x)
-        return self.ln_f(x) @ self.tok.weight.t()
+        x = self.ln_f(x)
+        return x @ self.tok.weight.t() if self.head is None else self.head(x)
 
 
 def main():

@@ -43,8 +43,16 @@ pub struct TextConfig {
     pub weight_decay: f64,
     pub warmup_steps: u64,
     pub min_lr_ratio: f64,
-    /// Clip every parameter's gradient to this L2 norm (burn clips per tensor); 0 = off.
+    /// Clip the gradients to this L2 norm before each update; 0 = off. With `grad_clip_mode =
+    /// "global"` (the default) the norm is that of all the gradients together, as
+    /// `torch.nn.utils.clip_grad_norm_` and nanoGPT: every gradient is scaled by
+    /// min(1, grad_clip / (norm + 1e-6)). Before, pretext clipped each parameter's gradient on its
+    /// own (burn's clipping), now `grad_clip_mode = "per-tensor"`. Runs report the global norm
+    /// (before clipping) as `grad_norm` in `metrics.jsonl`, in either mode.
     pub grad_clip: f64,
+    /// `global` (the norm of all gradients together; after the sum over replicas and processes)
+    /// or `per-tensor` (each parameter's gradient clipped to `grad_clip` on its own).
+    pub grad_clip_mode: ClipMode,
     /// Fraction of documents (paragraphs / JSON lines) held out for validation. The default
     /// equals `transfer`'s `test_fraction` (same hash, same seed 0), so the documents a transfer
     /// tests on were never pretraining text.
@@ -64,6 +72,11 @@ pub struct TextConfig {
     /// checksum; they must be identical) and stop with an error if they differ; 0 = never.
     pub rank_check_every: u64,
     pub on_nonfinite: NonFinite,
+    /// Write `record/` into the run: the initial weights (`init.safetensors`) and the offsets of
+    /// every step's training windows and of the validation windows (`inputs.json`), so an outside
+    /// implementation can train on exactly the same data from the same start
+    /// (`bench/lm_match.py`, the PyTorch reference of the causal model).
+    pub record_inputs: bool,
     /// Task sections, e.g. `[masked-lm] mask_prob = 0.15`.
     #[serde(flatten)]
     pub sections: BTreeMap<String, toml::Value>,
@@ -93,6 +106,7 @@ impl Default for TextConfig {
             warmup_steps: 100,
             min_lr_ratio: 0.1,
             grad_clip: 1.0,
+            grad_clip_mode: ClipMode::Global,
             val_fraction: 0.2,
             eval_every: 200,
             eval_batches: 8,
@@ -103,9 +117,20 @@ impl Default for TextConfig {
             replicas: 0,
             rank_check_every: 100,
             on_nonfinite: NonFinite::Stop,
+            record_inputs: false,
             sections: BTreeMap::new(),
         }
     }
+}
+
+/// How `grad_clip` clips (see [`TextConfig::grad_clip`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClipMode {
+    /// The norm of all the gradients together (PyTorch's `clip_grad_norm_`).
+    Global,
+    /// Each parameter's gradient on its own (burn's `GradientClipping::Norm`).
+    PerTensor,
 }
 
 impl TextConfig {
@@ -172,6 +197,15 @@ impl TextConfig {
             spec.max_len
         } else {
             self.seq_len
+        }
+    }
+
+    /// The per-tensor clipping norm burn's optimiser applies (0 = none) and the global one the
+    /// engine applies (0 = none; the norm is measured either way).
+    pub fn clip_norms(&self) -> (f64, f64) {
+        match self.grad_clip_mode {
+            ClipMode::Global => (0.0, self.grad_clip),
+            ClipMode::PerTensor => (self.grad_clip, 0.0),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::nn::{BackboneKind, BackboneSpec};
 
 mod lm;
 
-pub use lm::TextConfig;
+pub use lm::{ClipMode, TextConfig};
 
 /// Optimiser choice for pretraining and fine-tuning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,12 +6,13 @@
 //!   and optimisers (save, load, undo a skipped step).
 //! - [`run_loop`]: the loop.
 //! - [`run_dir`]: the one layout of a run directory (`run.json`, `encoder.safetensors`, …).
-//! - [`checkpoint`], [`optim`], [`schedule`], [`metrics`], [`progress`]: the loop's parts.
+//! - [`checkpoint`], [`optim`], [`clip`], [`schedule`], [`metrics`], [`progress`]: the loop's parts.
 //! - [`replicas`]: every core inside one step (the batch in parts, one model replica each).
 //! - [`ranks`]: many processes (MPI, [`crate::dist`]): gradients and numbers summed over ranks.
 //! - [`step`], [`gan`]: pieces shared by task steps (cross-entropy, the two GAN phases).
 
 pub mod checkpoint;
+pub mod clip;
 pub mod gan;
 pub mod metrics;
 pub mod optim;

@@ -28,14 +28,17 @@ pub fn optimizer(kind: OptimizerKind, weight_decay: f64, momentum: f64) -> Modul
     }
 }
 
-/// The language models' AdamW (β₂ = 0.95, as GPT-2/3) with per-parameter gradient clipping at
-/// `grad_clip` (0 = off).
-pub fn lm_optimizer(weight_decay: f64, grad_clip: f64) -> ModuleOptimizer {
+/// The language models' AdamW (β₂ = 0.95, as GPT-2/3; ε 1e-5 and decoupled weight decay
+/// θ ← θ·(1 − lr·weight_decay) on every parameter, burn's defaults) with burn's per-tensor
+/// gradient clipping at `per_tensor_clip` (0 = off). The global-norm clipping language runs use
+/// by default is the engine's, after the sum over replicas and ranks
+/// ([`super::Bound::with_global_clip`]).
+pub fn lm_optimizer(weight_decay: f64, per_tensor_clip: f64) -> ModuleOptimizer {
     AdamWConfig::new()
         .with_beta_2(0.95)
         .with_weight_decay(weight_decay as f32)
-        .with_grad_clipping((grad_clip > 0.0).then_some(
-            burn::grad_clipping::GradientClippingConfig::Norm(grad_clip as f32),
+        .with_grad_clipping((per_tensor_clip > 0.0).then_some(
+            burn::grad_clipping::GradientClippingConfig::Norm(per_tensor_clip as f32),
         ))
         .init()
 }

@@ -24,12 +24,9 @@ pub fn all_reduce_grads<M: Module>(module: &M, grads: GradientsParams) -> Gradie
 }
 
 /// The replicas' gradients of this rank summed, then summed over every rank (one all-reduce).
-pub fn sum_local_then_ranks<M: Module>(
-    module: &M,
-    local: Vec<(GradientsParams, Device)>,
-) -> GradientsParams {
+pub fn sum_local_then_ranks<M: Module>(module: &M, local: Vec<GradientsParams>) -> GradientsParams {
     let mut total: Option<(Vec<f32>, Device)> = None;
-    for (grads, _) in &local {
+    for grads in &local {
         let (flat, device) = flatten(module, grads);
         match &mut total {
             None => total = Some((flat, device)),
@@ -103,7 +100,7 @@ impl ModuleVisitor for Count {
     }
 }
 
-fn trainable<const D: usize>(param: &Param<Tensor<D>>) -> bool {
+pub(super) fn trainable<const D: usize>(param: &Param<Tensor<D>>) -> bool {
     param.val().is_require_grad()
 }
 

@@ -12,7 +12,8 @@
 //! - every loss is scaled by 1/n before backward ([`super::StepCtx::backward`]), so the summed
 //!   gradient is the mean over the whole batch when the parts are equal;
 //! - each optimiser update a task makes ([`super::StepCtx::update`]) is a meeting point: the
-//!   leader waits for every replica's gradients, sums them (`step_multi`), updates its module,
+//!   leader waits for every replica's gradients, sums them in replica order (`step_multi`; then
+//!   over MPI ranks), clips them if the run clips by global norm, updates its module,
 //!   and hands each replica a copy of the updated module, so a GAN's generator phase sees the
 //!   discriminator every replica agrees on;
 //! - a replica whose step ends without an update the others make (a NaN loss) breaks the meeting:
@@ -30,7 +31,7 @@ use std::ops::Range;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use burn::module::Module;
-use burn::optim::{GradientsParams, MultiGradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::Device;
 use rand::Rng;
 use rand::SeedableRng;
@@ -171,7 +172,6 @@ impl Pools {
 /// Where the replicas of one step meet at each optimiser update.
 pub struct Exchange {
     n: usize,
-    device: Device,
     state: Mutex<State>,
     cv: Condvar,
 }
@@ -190,10 +190,9 @@ struct State {
 }
 
 impl Exchange {
-    pub fn new(n: usize, device: Device) -> Self {
+    pub fn new(n: usize) -> Self {
         Self {
             n,
-            device,
             state: Mutex::new(State {
                 round: 0,
                 arrived: 0,
@@ -243,22 +242,15 @@ impl Exchange {
                 super::ranks::join_without_grads(&module);
                 return module;
             }
-            let grads = MultiGradientsParams {
-                grads: s
-                    .grads
-                    .iter_mut()
-                    .map(|g| {
-                        (
-                            g.take().expect("every replica's gradients"),
-                            self.device.clone(),
-                        )
-                    })
-                    .collect(),
-            };
+            let grads: Vec<GradientsParams> = s
+                .grads
+                .iter_mut()
+                .map(|g| g.take().expect("every replica's gradients"))
+                .collect();
             let optim = optim.expect("the leader holds the optimisers");
             let updated = if crate::dist::size() > 1 {
                 // Summed here, then over every rank.
-                let grads = super::ranks::sum_local_then_ranks(&module, grads.grads);
+                let grads = super::ranks::sum_local_then_ranks(&module, grads);
                 optim.step(name, lr, module, grads)
             } else {
                 optim.step_multi(name, lr, module, grads)

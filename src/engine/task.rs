@@ -10,20 +10,28 @@ use std::any::Any;
 use std::path::Path;
 
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer, MultiGradientsParams};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::Tensor;
 use burn::tensor::Gradients;
 
 use super::checkpoint::{load_module, load_optimizer, save_module, save_optimizer, save_weights};
+use super::clip;
 use super::replicas::{self, Exchange, Finished, Parts, Pools};
 use super::step::StepStats;
 use crate::error::{Error, Result};
 
 /// The named optimisers of a run, one per network the task steps (`model`, or `generator` and
-/// `discriminator`). Saved as `optim-NAME.bpk` in every checkpoint.
+/// `discriminator`). Saved as `optim-NAME.bpk` in every checkpoint. With [`Self::with_global_clip`]
+/// every update first measures the global norm of its gradients and clips them (see [`clip`]).
 #[derive(Clone)]
 pub struct Optimizers {
     named: Vec<(&'static str, ModuleOptimizer)>,
+    /// Measure each update's global gradient norm and clip to this (0 = measure only); None:
+    /// neither.
+    global_clip: Option<f64>,
+    /// The global gradient norm of the last update by each optimiser (in `named`'s order), until
+    /// taken.
+    norms: Vec<Option<f32>>,
 }
 
 impl Optimizers {
@@ -31,31 +39,62 @@ impl Optimizers {
     pub fn new(names: &[&'static str], proto: &ModuleOptimizer) -> Self {
         Self {
             named: names.iter().map(|&n| (n, proto.clone())).collect(),
+            global_clip: None,
+            norms: vec![None; names.len()],
         }
     }
 
-    fn get(&mut self, name: &str) -> &mut ModuleOptimizer {
-        let Some(i) = self.named.iter().position(|(n, _)| *n == name) else {
-            let names: Vec<&str> = self.named.iter().map(|(n, _)| *n).collect();
-            panic!("no optimiser named {name:?}; the task declares {names:?}");
-        };
-        &mut self.named[i].1
+    /// Clip every update's gradients to the global L2 norm `max_norm` (0 = measure the norm
+    /// only), as `torch.nn.utils.clip_grad_norm_`; [`Self::take_norm`] then gives the norm.
+    pub fn with_global_clip(mut self, max_norm: f64) -> Self {
+        self.global_clip = Some(max_norm);
+        self
     }
 
-    /// One update of `module` with its gradients by the optimiser `name` at learning rate `lr`.
+    fn index(&self, name: &str) -> usize {
+        self.named
+            .iter()
+            .position(|(n, _)| *n == name)
+            .unwrap_or_else(|| {
+                let names: Vec<&str> = self.named.iter().map(|(n, _)| *n).collect();
+                panic!("no optimiser named {name:?}; the task declares {names:?}");
+            })
+    }
+
+    /// One update of `module` with its gradients by the optimiser `name` at learning rate `lr`
+    /// (the gradients clipped first when a global clip is set). `grads` are the ones applied:
+    /// already summed over replicas and ranks.
     pub fn step<M: Module>(&mut self, name: &str, lr: f64, module: M, grads: GradientsParams) -> M {
-        self.get(name).step(lr, module, grads)
+        let i = self.index(name);
+        let grads = match self.global_clip {
+            None => grads,
+            Some(max_norm) => {
+                let (grads, norm) = clip::clip_global(&module, grads, max_norm);
+                self.norms[i] = Some(norm);
+                grads
+            }
+        };
+        self.named[i].1.step(lr, module, grads)
     }
 
-    /// One update of `module` with the sum of several replicas' gradients.
+    /// One update of `module` with the sum of several replicas' gradients (summed in replica
+    /// order).
     pub fn step_multi<M: Module>(
         &mut self,
         name: &str,
         lr: f64,
         module: M,
-        grads: MultiGradientsParams,
+        grads: Vec<GradientsParams>,
     ) -> M {
-        self.get(name).step_multi(lr, module, grads)
+        let grads = clip::sum(&module, grads);
+        self.step(name, lr, module, grads)
+    }
+
+    /// The global gradient norm (before clipping) of the last update by `name`, if it was
+    /// measured since the last call.
+    pub fn take_norm(&mut self, name: &str) -> Option<f32> {
+        let i = self.named.iter().position(|(n, _)| *n == name)?;
+        self.norms[i].take()
     }
 
     pub fn save(&self, dir: &Path) -> Result<()> {
@@ -270,6 +309,14 @@ impl<T: Task> Bound<T> {
         }
     }
 
+    /// Clip every update's gradients to the global norm `max_norm` (0 = no clipping), after the
+    /// sum over replicas and ranks, and report the norm of the `model` optimiser's update (before
+    /// clipping) as the step metric `grad_norm` (see [`clip`]).
+    pub fn with_global_clip(mut self, max_norm: f64) -> Self {
+        self.optim = self.optim.with_global_clip(max_norm);
+        self
+    }
+
     /// How many replicas step together (1 = none).
     pub fn replicas(&self) -> usize {
         self.pools.as_ref().map_or(1, |p| p.len())
@@ -329,6 +376,10 @@ impl<T: Task> Bound<T> {
         };
         // Under MPI: the numbers of the global batch, the same on every rank.
         let mut stats = super::ranks::merge_stats(stats);
+        // Measured on the summed gradients: the same on every replica and rank.
+        if let Some(norm) = self.optim.take_norm("model") {
+            stats.metrics.push(("grad_norm", norm));
+        }
         match before {
             Some((record, optim, task)) if !stats.finite() => {
                 // Fold this step's running-statistics update in, then overwrite every value.
@@ -359,12 +410,7 @@ fn replicated_step<T: Task>(
     lr: f64,
 ) -> (T::Model, StepStats) {
     let n = parts.len();
-    let device = model
-        .devices()
-        .into_iter()
-        .next()
-        .expect("a model with parameters");
-    let exchange = Exchange::new(n, device);
+    let exchange = Exchange::new(n);
     let mut parts = parts.into_iter();
     let lead_batch = parts.next().expect("a part per replica");
     // Independent copies: own autodiff leaves and own batch-norm running statistics.

@@ -3,7 +3,9 @@
 //!
 //! Besides the engine's run layout (`run.json` of kind `text`, `encoder.safetensors` = the
 //! transformer), a text run holds `tokenizer.json`, `tokens/` (the corpus tokenized once, split
-//! into train/validation by document) and, for the causal model, `sample.txt`.
+//! into train/validation by document), for the causal model `sample.txt`, and with
+//! `record_inputs` `record/` (the initial weights and every window's offset, see
+//! [`write_record`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::{self, NonFinite, TextConfig};
 use crate::data::corpus::{Fields, TextSource};
 use crate::data::tokenizer::Tokenizer;
-use crate::data::tokens::{tokenize_corpus, TokenFile};
+use crate::data::tokens::{tokenize_corpus, TokenCorpus, TokenFile};
 use crate::dist;
 use crate::engine::optim::lm_optimizer;
 use crate::engine::replicas::split_batch;
@@ -163,14 +165,19 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
         seed: cfg.seed,
         device: device.clone(),
     };
+    let (per_tensor_clip, global_clip) = cfg.clip_norms();
     let mut trainer = Bound::new(
         lm,
         model,
-        &lm_optimizer(cfg.weight_decay, cfg.grad_clip),
+        &lm_optimizer(cfg.weight_decay, per_tensor_clip),
         cfg.on_nonfinite == NonFinite::Skip,
     )
+    .with_global_clip(global_clip)
     .with_replicas(replicas);
     let start = run_loop::resume(&mut trainer, &resumed, &run, req.quiet)?;
+    if cfg.record_inputs && writer && start == 0 {
+        write_record(&run, &cfg, wlen, &corpus, trainer.model())?;
+    }
     if !req.quiet {
         println!(
             "{}: {} parameters ({} layers × {}, {} heads), vocabulary {} ({}), {} training tokens in {} documents, {} validation tokens",
@@ -190,9 +197,12 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
     // Every step's windows and damage come from (seed, step) alone: a resumed run continues with
     // exactly the batches an uninterrupted one would have drawn.
     let mut next = |step: u64| -> Result<Box<dyn crate::engine::AnyBatch>> {
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step);
-        let windows = random_windows(&corpus.train, cfg.batch_size, wlen, &mut rng)?;
+        let (offsets, mut rng) =
+            window_offsets(cfg.seed, step, cfg.batch_size, wlen, corpus.train.len());
+        let windows = offsets
+            .iter()
+            .map(|&o| corpus.train.read(o, wlen))
+            .collect::<Result<Vec<_>>>()?;
         Ok(split_batch(windows.len(), replicas, &mut rng, |r, rng| {
             task.make_batch(&windows[r], rng)
         }))
@@ -229,16 +239,35 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
     Ok(summary)
 }
 
-/// The tokens of `n` windows of `len` at random offsets, drawn from `rng`.
-fn random_windows(
-    file: &TokenFile,
+/// The offsets of step `step`'s `n` training windows of `len` tokens in a file of `file_len`
+/// tokens, and the step's generator after drawing them (which then draws the batch's parts and
+/// damage). Every step's windows come from (seed, step) alone.
+fn window_offsets(
+    seed: u64,
+    step: u64,
     n: usize,
     len: usize,
-    rng: &mut ChaCha8Rng,
-) -> Result<Vec<Vec<u32>>> {
-    let last = file.len() - len as u64;
-    (0..n)
-        .map(|_| file.read(rng.gen_range(0..=last), len))
+    file_len: u64,
+) -> (Vec<u64>, ChaCha8Rng) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step);
+    let last = file_len - len as u64;
+    let offsets = (0..n).map(|_| rng.gen_range(0..=last)).collect();
+    (offsets, rng)
+}
+
+/// The offsets of the validation windows of `len` tokens in a file of `file_len` tokens:
+/// `eval_batches × batch_size` of them, evenly spaced.
+fn validation_offsets(cfg: &TextConfig, len: usize, file_len: u64) -> Vec<u64> {
+    let last = file_len.saturating_sub(len as u64);
+    let total = cfg.eval_batches * cfg.batch_size;
+    (0..total)
+        .map(|i| {
+            if total > 1 {
+                last * i as u64 / (total - 1) as u64
+            } else {
+                0
+            }
+        })
         .collect()
 }
 
@@ -251,19 +280,8 @@ fn validation_batches(
     t: usize,
 ) -> Result<Vec<TextBatch>> {
     let len = task.window_len(t);
-    let last = val.len().saturating_sub(len as u64);
-    let total = cfg.eval_batches * cfg.batch_size;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x7a1d_a7e5);
-    let offsets: Vec<u64> = (0..total)
-        .map(|i| {
-            if total > 1 {
-                last * i as u64 / (total - 1) as u64
-            } else {
-                0
-            }
-        })
-        .collect();
-    offsets
+    validation_offsets(cfg, len, val.len())
         .chunks(cfg.batch_size)
         .map(|chunk| {
             let windows = chunk
@@ -273,6 +291,42 @@ fn validation_batches(
             Ok(task.make_batch(&windows, &mut rng))
         })
         .collect()
+}
+
+/// What `record_inputs` writes, for an outside implementation to train on exactly the same data
+/// from the same start (`bench/lm_match.py`):
+///
+/// - `record/init.safetensors`: the model before the first step (as `encoder.safetensors`: burn's
+///   names, LayerNorm `gamma`/`beta`, linear weights [in, out]);
+/// - `record/inputs.json`: `window_len` (tokens per window: the model's `seq_len` + 1 for the
+///   causal task), `train_offsets` (for each step 0..steps, the offsets of its `batch_size`
+///   windows in `tokens/train.tokens`, in batch order) and `val_offsets` (the validation windows
+///   in `tokens/val.tokens`, measured in batches of `batch_size`, in order).
+fn write_record(
+    run: &Path,
+    cfg: &TextConfig,
+    wlen: usize,
+    corpus: &TokenCorpus,
+    model: &Transformer,
+) -> Result<()> {
+    let dir = run.join("record");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    crate::engine::checkpoint::save_weights(model, &dir.join("init.safetensors"))?;
+    let train: Vec<Vec<u64>> = (0..cfg.steps)
+        .map(|step| window_offsets(cfg.seed, step, cfg.batch_size, wlen, corpus.train.len()).0)
+        .collect();
+    let val = if cfg.val_fraction > 0.0 {
+        validation_offsets(cfg, wlen, corpus.val.len())
+    } else {
+        Vec::new()
+    };
+    let json = serde_json::json!({
+        "window_len": wlen,
+        "batch_size": cfg.batch_size,
+        "train_offsets": train,
+        "val_offsets": val,
+    });
+    write_atomic(&dir.join("inputs.json"), json.to_string().as_bytes())
 }
 
 /// The tokenizer for a new run: trained on the corpus, the byte-level one, or a given file.
