@@ -248,6 +248,22 @@ fn text_features_are_cached_invalidated_and_exact() {
     let (_, _, err) = transfer(&run, &data, 0, &out, &[]);
     assert!(err.contains("encoded"), "{err}");
     assert_eq!(files(), 3);
+    // Reading the e-mails' subject and body only is another input: another file.
+    let (_, f1_body, err) = transfer(&run, &data, 0, &out, &["--set", "text_part=email-body"]);
+    assert!(err.contains("encoded"), "{err}");
+    assert!((0.0..=1.0).contains(&f1_body));
+    assert_eq!(files(), 4);
+    let bad = pretext(&[
+        "transfer",
+        "--from",
+        run.to_str().unwrap(),
+        "--data",
+        &data,
+        "--set",
+        "text_part=headers",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("text_part"));
     // A damaged cache file is reported and recomputed, not trusted.
     for e in std::fs::read_dir(&features).unwrap() {
         std::fs::write(e.unwrap().path(), b"not safetensors").unwrap();

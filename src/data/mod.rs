@@ -9,6 +9,7 @@ pub mod augment;
 pub mod builtin;
 pub mod cifar;
 pub mod corpus;
+pub mod email;
 pub mod folder;
 pub mod idx;
 pub mod loader;

@@ -27,6 +27,7 @@ use super::text_features::{content_digest, CacheKey, DocVectors, Encoding};
 use super::{frozen, linear_probe, scores, Protocol, Source};
 use crate::config::{in_range, positive};
 use crate::data::corpus::{is_validation, Fields, TextSource};
+use crate::data::email::subject_and_body;
 use crate::data::tokenizer::Tokenizer;
 use crate::engine::checkpoint::latest_checkpoint;
 use crate::engine::run_dir::{is_text_run, load_run, read_lm_info, WEIGHTS};
@@ -48,6 +49,9 @@ const TEXT_STANDARDIZER_POOL: usize = 1024;
 pub struct TextTransferConfig {
     pub text_field: String,
     pub label_field: String,
+    /// What of each document the model reads: `all`, or `email-body` (raw e-mails: the
+    /// `Subject:` line and the body, without the header block; see `data::email`).
+    pub text_part: String,
     /// Fraction of documents held out for the scores.
     pub test_fraction: f64,
     /// Seed of the held-out split (fixed across label draws, so every method sees one test set).
@@ -88,6 +92,7 @@ impl Default for TextTransferConfig {
         Self {
             text_field: "text".into(),
             label_field: "label".into(),
+            text_part: "all".into(),
             test_fraction: 0.2,
             split_seed: 0,
             seed: 0,
@@ -138,6 +143,12 @@ impl TextTransferConfig {
         positive("finetune_steps", self.finetune_steps as f64)?;
         positive("finetune_lr", self.finetune_lr)?;
         positive("finetune_batch_size", self.finetune_batch_size as f64)?;
+        if self.text_part != "all" && self.text_part != "email-body" {
+            return Err(Error::config(
+                "text_part",
+                format!("expected all or email-body, found {:?}", self.text_part),
+            ));
+        }
         if self.pool != "mean" && self.pool != "cls" {
             return Err(Error::config(
                 "pool",
@@ -330,6 +341,7 @@ fn cache_key(
         .with("data", data)
         .with("data_sha256", content_digest(Path::new(path))?)
         .with("text_field", cfg.text_field.as_str())
+        .with("text_part", cfg.text_part.as_str())
         .with("pool", cfg.pool.as_str())
         .with("stage", cfg.stage.to_string())
         .with("max_tokens", max_tokens.to_string()))
@@ -416,7 +428,11 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
         } else {
             max_tokens
         };
-        let mut tokens = tok.encode(&doc.text);
+        let mut tokens = if cfg.text_part == "email-body" {
+            tok.encode(&subject_and_body(&doc.text))
+        } else {
+            tok.encode(&doc.text)
+        };
         tokens.truncate(keep);
         if tokens.is_empty() && cls.is_none() {
             tokens.push(tok.eos_id());
