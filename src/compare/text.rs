@@ -124,7 +124,7 @@ impl TextJob {
         // `transfer` names its file after the pooling too; the plan finds cells by its own name.
         let want = cell.path(&req.out);
         if path != want {
-            std::fs::rename(&path, &want).map_err(|e| crate::error::Error::io(&want, e))?;
+            std::fs::rename(&path, &want).map_err(|e| Error::io(&want, e))?;
         }
         Ok(result.macro_f1 as f64)
     }
