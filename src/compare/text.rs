@@ -11,12 +11,13 @@ use std::path::Path;
 use super::plan::{Cell, Encoder, Settings};
 use super::{cell_source, own_sets, CompareRequest};
 use crate::config::{self, TextConfig};
-use crate::data::corpus::{Fields, TextSource};
 use crate::engine::PretrainSummary;
 use crate::error::{Error, Result};
 use crate::pretrain::text_run::{pretrain_text, TextPretrainRequest};
 use crate::tasks;
-use crate::transfer::text::{transfer_text, TextTransferConfig, TextTransferRequest};
+use crate::transfer::text::{
+    open_labelled, transfer_text, TextTransferConfig, TextTransferRequest,
+};
 
 pub(super) struct TextJob {
     configs: Vec<TextConfig>,
@@ -132,20 +133,7 @@ impl TextJob {
 
 /// Distinct labels of the data (at least two, or a usage error naming the field).
 fn count_classes(data: &str, tcfg: &TextTransferConfig) -> Result<usize> {
-    let source = TextSource::open(
-        data,
-        &Fields {
-            text: tcfg.text_field.clone(),
-            label: Some(tcfg.label_field.clone()),
-        },
-    )?;
-    if !source.is_labelled() {
-        return Err(Error::Usage(format!(
-            "{data}: plain text has no labels, so there is nothing to compare on; give labelled \
-             documents, e.g. --data jsonl:FILE with a `{}` field (--transfer-set label_field=NAME)",
-            tcfg.label_field
-        )));
-    }
+    let source = open_labelled(data, tcfg, "--transfer-set")?;
     let mut labels = BTreeSet::new();
     for doc in source.docs() {
         if let Some(l) = doc?.label {

@@ -330,6 +330,28 @@ impl Tokenizer {
         }
     }
 
+    /// The first `n` ids of [`encode`](Self::encode)`(text)`, without encoding all of a long
+    /// text: a prefix is encoded that ends at a word's end (a non-whitespace character followed
+    /// by whitespace). The byte-level pre-tokenizer never joins across that boundary, so the
+    /// prefix's ids are the start of the whole text's; the prefix doubles until it yields `n` ids.
+    /// (Long raw documents — e-mails with base64 attachments — cost seconds to encode whole.)
+    pub fn encode_prefix(&self, text: &str, n: usize) -> Vec<u32> {
+        let mut budget = n.saturating_mul(8).max(64);
+        loop {
+            let Some(cut) = word_end_after(text, budget) else {
+                let mut ids = self.encode(text);
+                ids.truncate(n);
+                return ids;
+            };
+            let mut ids = self.encode(&text[..cut]);
+            if ids.len() >= n {
+                ids.truncate(n);
+                return ids;
+            }
+            budget = cut.saturating_mul(2);
+        }
+    }
+
     /// Token ids of many texts at once (in parallel), each as [`encode`](Self::encode) gives.
     pub fn encode_batch(&self, texts: &[String]) -> Vec<Vec<u32>> {
         let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -445,6 +467,20 @@ impl Tokenizer {
     pub fn hf(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// The first byte position at or after `from` where a non-whitespace character is followed by
+/// whitespace; `None` if the text ends first.
+fn word_end_after(text: &str, from: usize) -> Option<usize> {
+    let mut prev_ws = true;
+    for (i, c) in text.char_indices() {
+        let ws = c.is_whitespace();
+        if i >= from && ws && !prev_ws {
+            return Some(i);
+        }
+        prev_ws = ws;
+    }
+    None
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -722,6 +758,39 @@ mod tests {
         assert_eq!(tok.ordinary_ids().len(), 256);
         assert_eq!(tok.encode("ab"), vec![4 + 97, 4 + 98]);
         check_round_trips(&tok, 3000, 42);
+    }
+
+    #[test]
+    fn a_prefix_encodes_as_the_whole_text_starts() {
+        let tok = trained();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let mut texts: Vec<String> = (0..200)
+            .map(|_| {
+                let mut t = String::new();
+                for _ in 0..rng.gen_range(1..40) {
+                    t.push_str(&random_text(&mut rng));
+                    t.push_str(["", " ", "  ", " \n ", "\n\n", "\t", "'s "][rng.gen_range(0..7)]);
+                }
+                t
+            })
+            .collect();
+        // Long unbroken words (base64 attachments), leading and trailing whitespace.
+        texts.push(format!(
+            "Subject: x\n\n{}\n{}",
+            "QUJD".repeat(3000),
+            "end of it"
+        ));
+        texts.push(format!("   {}   ", "the quick brown fox ".repeat(500)));
+        for t in &texts {
+            let whole = tok.encode(t);
+            for n in [1, 7, 64, 128, 1000, whole.len() + 5] {
+                let want = &whole[..n.min(whole.len())];
+                assert_eq!(tok.encode_prefix(t, n), want, "n {n} text {t:?}");
+            }
+        }
+        let bytes = Tokenizer::bytes();
+        let long = texts.last().unwrap();
+        assert_eq!(bytes.encode_prefix(long, 100), bytes.encode(long)[..100]);
     }
 
     #[test]

@@ -110,8 +110,7 @@ pub fn embed(req: &EmbedRequest, info: &LmInfo, paths: &OutPaths) -> Result<Embe
     let streamed = (|| -> Result<()> {
         for doc in source.docs() {
             let doc = doc?;
-            let mut tokens = tok.encode(&doc.text);
-            tokens.truncate(info.spec.max_len);
+            let mut tokens = tok.encode_prefix(&doc.text, info.spec.max_len);
             if tokens.is_empty() {
                 tokens.push(tok.eos_id());
             }

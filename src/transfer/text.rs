@@ -347,6 +347,26 @@ fn cache_key(
         .with("max_tokens", max_tokens.to_string()))
 }
 
+/// The labelled documents of `data` (fields from `cfg`), or a usage error for unlabelled text
+/// naming the key to set with `set_flag` (`--set`, or compare's `--transfer-set`).
+pub fn open_labelled(data: &str, cfg: &TextTransferConfig, set_flag: &str) -> Result<TextSource> {
+    let source = TextSource::open(
+        data,
+        &Fields {
+            text: cfg.text_field.clone(),
+            label: Some(cfg.label_field.clone()),
+        },
+    )?;
+    if !source.is_labelled() {
+        return Err(Error::Usage(format!(
+            "{data}: plain text has no labels; transfer needs labelled documents, e.g. \
+             --data jsonl:FILE with a `{}` field ({set_flag} label_field=NAME)",
+            cfg.label_field
+        )));
+    }
+    Ok(source)
+}
+
 #[derive(Module, Debug)]
 struct TextClassifier {
     lm: Transformer,
@@ -378,20 +398,7 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
              the linear and knn protocols",
         ));
     }
-    let source = TextSource::open(
-        &data,
-        &Fields {
-            text: cfg.text_field.clone(),
-            label: Some(cfg.label_field.clone()),
-        },
-    )?;
-    if !source.is_labelled() {
-        return Err(Error::Usage(format!(
-            "{data}: plain text has no labels; transfer needs labelled documents, e.g. \
-             --data jsonl:FILE with a `{}` field (--set label_field=NAME)",
-            cfg.label_field
-        )));
-    }
+    let source = open_labelled(&data, cfg, "--set")?;
     let (spec, model, tok) = load_model(&req.from, cfg, &req.device)?;
     if cfg.stage > spec.layers {
         return Err(Error::config(
@@ -429,11 +436,10 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
             max_tokens
         };
         let mut tokens = if cfg.text_part == "email-body" {
-            tok.encode(&subject_and_body(&doc.text))
+            tok.encode_prefix(&subject_and_body(&doc.text), keep)
         } else {
-            tok.encode(&doc.text)
+            tok.encode_prefix(&doc.text, keep)
         };
-        tokens.truncate(keep);
         if tokens.is_empty() && cls.is_none() {
             tokens.push(tok.eos_id());
         }
