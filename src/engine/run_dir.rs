@@ -182,23 +182,32 @@ pub fn load_run(run: &Path, device: &Device) -> Result<(LmInfo, Transformer, Tok
     let info = read_lm_info(run)?;
     let tok = Tokenizer::load(&run.join(&info.tokenizer))?;
     let model = crate::device::seeded(device, 0, || info.spec.init(device));
-    let finished = [WEIGHTS, "model.safetensors"]
-        .iter()
-        .map(|n| run.join(n))
-        .find(|p| p.exists());
-    let model = match finished {
-        Some(top) => checkpoint::load_weights(model, &top)?,
-        None => match latest_checkpoint(run)? {
-            Some((dir, _)) => checkpoint::load_module(model, &dir.join("model.bpk"))?,
-            None => {
-                return Err(Error::Usage(format!(
-                    "{}: no {WEIGHTS} and no checkpoint yet",
-                    run.display()
-                )))
-            }
-        },
+    let weights = lm_weights_file(run)?;
+    let model = if weights.extension().is_some_and(|e| e == "bpk") {
+        checkpoint::load_module(model, &weights)?
+    } else {
+        checkpoint::load_weights(model, &weights)?
     };
     Ok((info, model, tok))
+}
+
+/// The file a text run's transformer is loaded from: the finished run's weights, else the
+/// latest checkpoint's `model.bpk`.
+pub fn lm_weights_file(run: &Path) -> Result<PathBuf> {
+    if let Some(top) = [WEIGHTS, "model.safetensors"]
+        .iter()
+        .map(|n| run.join(n))
+        .find(|p| p.exists())
+    {
+        return Ok(top);
+    }
+    match latest_checkpoint(run)? {
+        Some((dir, _)) => Ok(dir.join("model.bpk")),
+        None => Err(Error::Usage(format!(
+            "{}: no {WEIGHTS} and no checkpoint yet",
+            run.display()
+        ))),
+    }
 }
 
 /// What a finished (or stopped) pretraining run reports (`summary.json`).

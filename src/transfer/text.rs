@@ -29,8 +29,7 @@ use crate::config::{in_range, positive};
 use crate::data::corpus::{is_validation, Fields, TextSource};
 use crate::data::email::subject_and_body;
 use crate::data::tokenizer::Tokenizer;
-use crate::engine::checkpoint::latest_checkpoint;
-use crate::engine::run_dir::{is_text_run, load_run, read_lm_info, WEIGHTS};
+use crate::engine::run_dir::{is_text_run, lm_weights_file, load_run, read_lm_info};
 use crate::engine::schedule::lr_at;
 use crate::engine::step::{classification_step, labels_tensor};
 use crate::engine::{Optimizers, StepCtx};
@@ -303,24 +302,6 @@ fn features(cache: &mut DocVectors, enc: &Encoding, examples: &[&Example]) -> (V
     cache.get(enc, &docs)
 }
 
-/// The weights file a run's model is loaded from (as `load_run` picks it).
-fn weights_file(run: &Path) -> Result<PathBuf> {
-    if let Some(p) = [WEIGHTS, "model.safetensors"]
-        .iter()
-        .map(|n| run.join(n))
-        .find(|p| p.exists())
-    {
-        return Ok(p);
-    }
-    match latest_checkpoint(run)? {
-        Some((dir, _)) => Ok(dir.join("model.bpk")),
-        None => Err(Error::Usage(format!(
-            "{}: no {WEIGHTS} and no checkpoint yet",
-            run.display()
-        ))),
-    }
-}
-
 /// What the document vectors of this transfer depend on (see [`text_features`]).
 fn cache_key(
     req: &TextTransferRequest,
@@ -331,7 +312,7 @@ fn cache_key(
 ) -> Result<CacheKey> {
     let cfg = &req.config;
     let encoder = match &req.from {
-        Source::Run(run) => format!("weights sha256 {}", content_digest(&weights_file(run)?)?),
+        Source::Run(run) => format!("weights sha256 {}", content_digest(&lm_weights_file(run)?)?),
         _ => format!("random weights, seed {}, {spec:?}", cfg.seed),
     };
     let path = data.split_once(':').map_or(data, |(_, p)| p);
