@@ -58,6 +58,21 @@ pub fn classification_step<M: Module + 'static>(
     targets: Tensor<1, Int>,
     forward: impl FnOnce(&M) -> Tensor<2>,
 ) -> (M, StepStats) {
+    classification_step_with(model, cx, targets, forward, |model, cx, grads| {
+        let grads = GradientsParams::from_grads(grads, &model);
+        cx.update("model", cx.lr, model, grads)
+    })
+}
+
+/// [`classification_step`] with the update made by `update` (model, context, the loss's
+/// gradients → the updated model): fine-tuning's per-layer learning rates.
+pub fn classification_step_with<M: Module + 'static>(
+    model: M,
+    cx: &mut StepCtx,
+    targets: Tensor<1, Int>,
+    forward: impl FnOnce(&M) -> Tensor<2>,
+    update: impl FnOnce(M, &mut StepCtx, burn::tensor::Gradients) -> M,
+) -> (M, StepStats) {
     let logits = forward(&model);
     let device = logits.device();
     let loss = CrossEntropyLossConfig::new()
@@ -75,8 +90,8 @@ pub fn classification_step<M: Module + 'static>(
         .int()
         .sum()
         .into_scalar::<i64>();
-    let grads = GradientsParams::from_grads(cx.backward(loss), &model);
-    let model = cx.update("model", cx.lr, model, grads);
+    let grads = cx.backward(loss);
+    let model = update(model, cx, grads);
     (
         model,
         StepStats::new(loss_value, vec![("acc", correct as f32 / b as f32)]),

@@ -193,6 +193,16 @@ impl Backbone {
         }
     }
 
+    /// Parameter ids by depth, input side first (stages; a ViT's patch embedding and blocks),
+    /// for layer-wise learning rates. Parameters in no group (a ViT's final norm) sit on top.
+    pub fn depth_groups(&self) -> Vec<Vec<burn::module::ParamId>> {
+        match self {
+            Self::Convnet(m) => m.depth_groups(),
+            Self::Resnet18(m) => m.depth_groups(),
+            Self::Vit(m) => m.depth_groups(),
+        }
+    }
+
     /// Width of the pooled feature vector.
     pub fn dim(&self) -> usize {
         match self {

@@ -43,6 +43,11 @@ impl ConvNet {
     /// Number of stages `features_at` accepts (1-based).
     pub const STAGES: usize = 4;
 
+    /// Parameter ids by depth, input side first: one group per stage.
+    pub fn depth_groups(&self) -> Vec<Vec<burn::module::ParamId>> {
+        self.stages.iter().map(super::param_ids).collect()
+    }
+
     pub fn new(in_channels: usize, width: usize, device: &Device) -> Self {
         let w = [width, width * 2, width * 4, width * 8];
         let stages = vec![

@@ -13,3 +13,17 @@ pub mod transformer;
 pub mod vit;
 
 pub use backbone::{Backbone, BackboneKind, BackboneSpec, VitPreset};
+
+/// The ids of every float parameter of `module`, in visiting order (for splitting a model's
+/// parameters into groups with their own learning rates).
+pub fn param_ids<M: burn::module::Module>(module: &M) -> Vec<burn::module::ParamId> {
+    struct Ids(Vec<burn::module::ParamId>);
+    impl burn::module::ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::Tensor<D>>) {
+            self.0.push(param.id);
+        }
+    }
+    let mut ids = Ids(Vec::new());
+    module.visit(&mut ids);
+    ids.0
+}

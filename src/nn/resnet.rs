@@ -72,6 +72,19 @@ pub struct ResNet {
 impl ResNet {
     pub const STAGES: usize = 4;
 
+    /// Parameter ids by depth, input side first: the stem, then one group per stage.
+    pub fn depth_groups(&self) -> Vec<Vec<burn::module::ParamId>> {
+        let mut stem = super::param_ids(&self.stem);
+        stem.extend(super::param_ids(&self.stem_bn));
+        std::iter::once(stem)
+            .chain(
+                self.stages
+                    .iter()
+                    .map(|blocks| blocks.iter().flat_map(super::param_ids).collect()),
+            )
+            .collect()
+    }
+
     /// Set the running-statistics momentum of every batch norm.
     pub fn set_bn_momentum(&mut self, momentum: f64) {
         self.stem_bn.momentum = momentum;

@@ -59,6 +59,14 @@ impl Vit {
         self.blocks.len()
     }
 
+    /// Parameter ids by depth, input side first: the patch embedding, then one group per
+    /// block. The final LayerNorm belongs with the head (MAE's layer-wise decay does the same).
+    pub fn depth_groups(&self) -> Vec<Vec<burn::module::ParamId>> {
+        std::iter::once(crate::nn::param_ids(&self.embed))
+            .chain(self.blocks.iter().map(crate::nn::param_ids))
+            .collect()
+    }
+
     /// x: [b, c, h, w] → embedded patches with their positions [b, gh·gw, d] and the grid
     /// [gh, gw]. Sides that are not multiples of p are padded with zeros at the bottom/right.
     pub fn tokens(&self, x: Tensor<4>) -> (Tensor<3>, [usize; 2]) {

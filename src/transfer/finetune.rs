@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use burn::module::Module;
+use burn::module::{Module, ParamId};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use rand::Rng;
 
@@ -17,7 +18,9 @@ use crate::engine::optim::optimizer;
 use crate::engine::progress::Progress;
 use crate::engine::replicas::{resolve, split_batch};
 use crate::engine::schedule::lr_at;
-use crate::engine::step::{classification_step, images_tensor, labels_tensor};
+use crate::engine::step::{
+    classification_step, classification_step_with, images_tensor, labels_tensor,
+};
 use crate::engine::{Bound, StepCtx, StepStats, Task, Trainable};
 use crate::input::InputSpec;
 use crate::nn::heads::LinearHead;
@@ -33,8 +36,38 @@ pub struct FinetuneSettings {
     pub seed: u64,
     pub crop_scale_min: f32,
     pub flip: bool,
+    /// Layer-wise learning-rate decay: the head (and a ViT's final norm) trains at `lr`, the
+    /// encoder's top group at `lr·d`, the next one down at `lr·d²`, … (1 = one rate for all).
+    pub layer_decay: f64,
     pub workers: usize,
     pub quiet: bool,
+}
+
+/// Fine-tuning's optimisers: `model` (the head, and everything when there is no decay), then
+/// one per depth group under layer-wise decay ([`DEPTH_OPTIMIZERS`]).
+const FINETUNE_OPTIMIZERS: &[&str] = &[
+    "model", "depth0", "depth1", "depth2", "depth3", "depth4", "depth5", "depth6", "depth7",
+    "depth8", "depth9", "depth10", "depth11", "depth12", "depth13", "depth14", "depth15",
+];
+
+/// The depth groups' optimiser names (input side first); deeper encoders share the first name
+/// among their lowest groups.
+const DEPTH_OPTIMIZERS: &[&str] = FINETUNE_OPTIMIZERS.split_at(1).1;
+
+/// Depth groups (input side first) with their learning-rate factors `decay^(groups − k)` (k = 0
+/// at the input), at most one group per [`DEPTH_OPTIMIZERS`] name: the lowest ones merge.
+fn layer_groups(groups: Vec<Vec<ParamId>>, decay: f64) -> Vec<(Vec<ParamId>, f64)> {
+    let n = groups.len();
+    let merged = n.saturating_sub(DEPTH_OPTIMIZERS.len());
+    let mut out: Vec<(Vec<ParamId>, f64)> = Vec::new();
+    for (k, ids) in groups.into_iter().enumerate() {
+        if k <= merged && !out.is_empty() {
+            out[0].0.extend(ids);
+        } else {
+            out.push((ids, decay.powi((n - k) as i32)));
+        }
+    }
+    out
 }
 
 #[derive(Module, Debug)]
@@ -50,16 +83,19 @@ impl Classifier {
     }
 }
 
-/// Fine-tuning as the engine steps it: cross-entropy on a labelled batch.
+/// Fine-tuning as the engine steps it: cross-entropy on a labelled batch; with layer-wise
+/// decay, each depth group is updated by its own optimiser at its own rate.
 #[derive(Clone)]
 struct Finetune {
     device: Device,
+    groups: Arc<Vec<(Vec<ParamId>, f64)>>,
 }
 
 impl Task for Finetune {
     type Model = Classifier;
     type Encoder = Backbone;
     type Batch = Batch;
+    const OPTIMIZERS: &'static [&'static str] = FINETUNE_OPTIMIZERS;
 
     fn step(
         &mut self,
@@ -73,7 +109,24 @@ impl Task for Finetune {
             [batch.b, batch.c, batch.h, batch.w],
             &self.device,
         );
-        classification_step(model, cx, y, |m| m.forward(x))
+        if self.groups.is_empty() {
+            return classification_step(model, cx, y, |m| m.forward(x));
+        }
+        let groups = self.groups.clone();
+        classification_step_with(
+            model,
+            cx,
+            y,
+            |m| m.forward(x),
+            |mut model, cx, mut grads| {
+                for (k, (ids, scale)) in groups.iter().enumerate() {
+                    let g = GradientsParams::from_params(&mut grads, &model, ids);
+                    model = cx.update(DEPTH_OPTIMIZERS[k], cx.lr * scale, model, g);
+                }
+                let rest = GradientsParams::from_grads(grads, &model);
+                cx.update("model", cx.lr, model, rest)
+            },
+        )
     }
 
     fn items(batch: &Batch) -> u64 {
@@ -110,10 +163,18 @@ pub fn finetune(
         backbone: encoder.to_device(&ad).train(),
         head,
     };
+    let groups = if s.layer_decay == 1.0 {
+        Vec::new()
+    } else {
+        layer_groups(model.backbone.depth_groups(), s.layer_decay)
+    };
     let bs = s.batch_size.min(train.n);
     let replicas = resolve(0, bs, &ad).unwrap_or(1);
     let mut bound = Bound::new(
-        Finetune { device: ad.clone() },
+        Finetune {
+            device: ad.clone(),
+            groups: Arc::new(groups),
+        },
         model,
         &optimizer(crate::config::OptimizerKind::Adamw, s.weight_decay, 0.9),
         false,
@@ -201,4 +262,134 @@ pub fn finetune(
         dim_in,
         device,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{BackboneKind, BackboneSpec};
+
+    #[test]
+    fn layer_groups_decay_from_the_top_and_merge_the_lowest() {
+        let ids = |n: usize| (0..n).map(|_| vec![ParamId::new()]).collect::<Vec<_>>();
+        let g = layer_groups(ids(4), 0.5);
+        let scales: Vec<f64> = g.iter().map(|(_, s)| *s).collect();
+        assert_eq!(scales, vec![0.0625, 0.125, 0.25, 0.5]);
+        // 20 groups on 16 names: the 5 lowest share the first name, at the lowest one's rate.
+        let deep = ids(20);
+        let g = layer_groups(deep.clone(), 0.9);
+        assert_eq!(g.len(), DEPTH_OPTIMIZERS.len());
+        assert_eq!(g[0].0.len(), 5);
+        assert!((g[0].1 - 0.9f64.powi(20)).abs() < 1e-12);
+        assert_eq!(g[15].0, deep[19]);
+        assert_eq!(g[15].1, 0.9);
+    }
+
+    #[test]
+    fn every_encoder_parameter_is_in_one_depth_group() {
+        let device = Device::flex();
+        for (kind, groups) in [
+            (BackboneKind::Convnet, 4),
+            (BackboneKind::Resnet18, 5),
+            (BackboneKind::Vit, 7),
+        ] {
+            let spec = BackboneSpec {
+                kind,
+                in_channels: 1,
+                width: if kind == BackboneKind::Vit { 32 } else { 4 },
+                patch: 0,
+            };
+            let enc = spec.init(&device);
+            let g = enc.depth_groups();
+            assert_eq!(g.len(), groups, "{kind:?}");
+            let mut grouped: Vec<ParamId> = g.concat();
+            let n = grouped.len();
+            grouped.sort();
+            grouped.dedup();
+            assert_eq!(grouped.len(), n, "{kind:?}: a parameter in two groups");
+            let all = crate::nn::param_ids(&enc);
+            // A ViT's final norm (weight, bias) sits on top with the head.
+            let top = if kind == BackboneKind::Vit { 2 } else { 0 };
+            assert_eq!(all.len(), n + top, "{kind:?}");
+        }
+    }
+
+    /// One AdamW step moves each weight by about its group's rate (Adam's first step is
+    /// lr·g/|g|): the head by `lr`, the convnet's stages by lr·d⁴ … lr·d.
+    #[test]
+    fn layer_decay_scales_each_stage_update() {
+        let device = Device::flex().autodiff();
+        let spec = BackboneSpec {
+            kind: BackboneKind::Convnet,
+            in_channels: 1,
+            width: 4,
+            patch: 0,
+        };
+        let model = crate::device::seeded(&device, 3, || Classifier {
+            backbone: spec.init(&device),
+            head: LinearHead::new(32, 3, &device),
+        });
+        let before = model.clone();
+        let groups = layer_groups(model.backbone.depth_groups(), 0.5);
+        let task = Finetune {
+            device: device.clone(),
+            groups: Arc::new(groups.clone()),
+        };
+        let optim = optimizer(crate::config::OptimizerKind::Adamw, 0.0, 0.9);
+        let mut bound = Bound::new(task, model, &optim, false);
+        let (b, side) = (6, 16);
+        let images: Vec<f32> = (0..b * side * side)
+            .map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5)
+            .collect();
+        let batch = Batch {
+            images,
+            labels: vec![0, 1, 2, 0, 1, 2],
+            b,
+            c: 1,
+            h: side,
+            w: side,
+        };
+        let lr = 0.01;
+        bound.step_typed(batch, 0, lr);
+        let after = bound.model().clone();
+        let moved = |a: &Classifier, b: &Classifier, ids: &[ParamId]| -> f32 {
+            let (a, b) = (flat_params(a), flat_params(b));
+            ids.iter()
+                .map(|id| {
+                    let (x, y) = (&a[id], &b[id]);
+                    x.iter()
+                        .zip(y)
+                        .map(|(p, q)| (p - q).abs())
+                        .fold(0.0, f32::max)
+                })
+                .fold(0.0, f32::max)
+        };
+        for (ids, scale) in &groups {
+            let m = moved(&before, &after, ids);
+            let want = (lr * scale) as f32;
+            assert!(
+                m <= want * 1.001 && m >= want * 0.9,
+                "moved {m}, want {want}"
+            );
+        }
+        let head = crate::nn::param_ids(&before.head);
+        let m = moved(&before, &after, &head);
+        assert!(
+            m <= lr as f32 * 1.001 && m >= lr as f32 * 0.9,
+            "head moved {m}"
+        );
+    }
+
+    fn flat_params(m: &Classifier) -> std::collections::HashMap<ParamId, Vec<f32>> {
+        struct Collect(std::collections::HashMap<ParamId, Vec<f32>>);
+        impl burn::module::ModuleVisitor for Collect {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+                let v = p.val().into_data().iter::<f32>().collect();
+                self.0.insert(p.id, v);
+            }
+        }
+        let mut c = Collect(Default::default());
+        m.visit(&mut c);
+        c.0
+    }
 }

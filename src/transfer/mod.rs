@@ -124,6 +124,11 @@ pub struct TransferConfig {
     /// built-in data (SimCLR, width 16, 10 labels per class) it did not help: 0.718 vs 0.720
     /// pretrained, 0.690 vs 0.702 from scratch.
     pub finetune_head: FinetuneHead,
+    /// Layer-wise learning-rate decay d for fine-tuning a pretrained encoder: the head trains
+    /// at `finetune_lr`, the encoder's top stage (ViT block) at `finetune_lr·d`, the next one
+    /// down at `finetune_lr·d²`, … A network trained from scratch always trains every layer at
+    /// `finetune_lr` (its lower layers have nothing to keep). 1 = off.
+    pub finetune_layer_decay: f64,
     /// Linear and k-NN: re-estimate the encoder's batch-norm statistics on (up to 2,048 of) the
     /// downstream training images, labels unused, before taking features.
     pub bn_reestimate: bool,
@@ -155,6 +160,7 @@ impl Default for TransferConfig {
             finetune_crop_scale_min: 0.8,
             finetune_flip: true,
             finetune_head: FinetuneHead::Random,
+            finetune_layer_decay: 1.0,
             bn_reestimate: true,
             test_limit: 0,
             image_size: 32,
@@ -209,6 +215,12 @@ impl TransferConfig {
             0.05,
             1.0,
         )?;
+        if !(self.finetune_layer_decay > 0.0 && self.finetune_layer_decay <= 1.0) {
+            return Err(Error::config(
+                "finetune_layer_decay",
+                format!("must be in (0, 1], found {}", self.finetune_layer_decay),
+            ));
+        }
         positive("image_size", self.image_size as f64)?;
         if self.width > MAX_WIDTH {
             return Err(Error::config(
@@ -398,6 +410,10 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
                 seed: cfg.seed,
                 crop_scale_min: cfg.finetune_crop_scale_min,
                 flip: cfg.finetune_flip,
+                layer_decay: match req.from {
+                    Source::Run(_) => cfg.finetune_layer_decay,
+                    Source::Random | Source::Scratch => 1.0,
+                },
                 workers: if cfg.workers == 0 {
                     crate::engine::default_workers()
                 } else {
