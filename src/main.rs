@@ -14,6 +14,12 @@ use pretext::{bench, compare, demo, device, dist, tasks, tokenize_cmd, Error, Re
 
 use cli::{Cli, Command, TokenizerCommand};
 
+/// mimalloc keeps freed blocks for reuse where glibc's malloc hands every large tensor buffer
+/// back to the kernel and faults it in again on the next step: causal-LM training steps ran
+/// ~25 % faster with it on this machine (BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     // Under mpirun/srun: join the MPI world (finalised when `session` drops).
