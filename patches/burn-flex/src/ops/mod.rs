@@ -96,6 +96,8 @@ pub mod cat;
 pub mod comparison;
 #[macro_use]
 mod conv_common;
+// pretext patch: conv2d forward/backward as im2col + gemm (see the file's header).
+mod conv2d_gemm;
 pub mod conv;
 pub mod conv_transpose;
 pub mod cumulative;

@@ -1,8 +1,14 @@
 //! Module operations for the Flex backend.
 //!
 //! These operations power neural network modules like convolutions and pooling.
+//!
+//! pretext patch (upstreamable): `conv2d` takes `conv2d_gemm`'s NCHW im2col + gemm kernel
+//! where flex would use its generic tiled 3-D path, and `conv2d_x_backward`,
+//! `conv2d_weight_backward` and `conv2d_bias_backward` are overridden with `conv2d_gemm`'s
+//! kernels instead of burn-backend's defaults (a conv over swapped dims and a transposed conv,
+//! both through the generic 3-D kernels and layout copies).
 
-use crate::ops::{conv, conv_transpose, deform_conv, interpolate, pool};
+use crate::ops::{conv, conv_transpose, conv2d_gemm, deform_conv, interpolate, pool};
 use crate::{Flex, FlexTensor, Layout};
 use burn_backend::{
     DType, Element, TensorMetadata,
@@ -65,6 +71,12 @@ impl ModuleOps<Flex> for Flex {
         bias: Option<FloatTensor<Flex>>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
+        if conv2d_gemm::use_for_forward(&x, &weight, &options) {
+            return match x.dtype() {
+                DType::F64 => conv2d_gemm::conv2d::<f64>(x, weight, bias, &options),
+                _ => conv2d_gemm::conv2d::<f32>(x, weight, bias, &options),
+            };
+        }
         let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
         match x.dtype() {
             DType::F32 => conv::conv2d_f32(x, weight, bias, &options),
@@ -73,6 +85,32 @@ impl ModuleOps<Flex> for Flex {
             DType::BF16 => conv::conv2d_bf16(x, weight, bias, &options),
             dtype => panic!("conv2d: unsupported dtype {:?}", dtype),
         }
+    }
+
+    fn conv2d_x_backward(
+        x: FloatTensor<Flex>,
+        weight: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Flex> {
+        conv2d_gemm::x_backward(x, weight, output_grad, &options)
+    }
+
+    fn conv2d_weight_backward(
+        x: FloatTensor<Flex>,
+        weight: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Flex> {
+        conv2d_gemm::weight_backward(x, weight, output_grad, &options)
+    }
+
+    fn conv2d_bias_backward(
+        _x: FloatTensor<Flex>,
+        bias: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+    ) -> FloatTensor<Flex> {
+        conv2d_gemm::bias_backward(bias.dtype(), output_grad)
     }
 
     fn deform_conv2d(

@@ -1,0 +1,672 @@
+//! pretext patch (new file, upstreamable): conv2d forward, input gradient and weight gradient
+//! as im2col + gemm on NCHW data, one sample at a time.
+//!
+//! Why: burn-flex 0.22.1 has no conv2d backward of its own, so burn-autodiff falls back to
+//! burn-backend's defaults: the weight gradient is a conv over swapped (batch, channel) dims and
+//! the input gradient a transposed conv. Both go through flex's generic 3-D kernels, which copy
+//! the swapped tensors to contiguous memory, convert them to NHWC, build im2col tiles and copy
+//! the gemm results back; the weight gradient's outer parallel loop runs over input channels.
+//! Here every op is one im2col (or col2im) per sample plus one gemm per sample and group, reading
+//! and writing NCHW in place:
+//!
+//! - forward:       `Y[b] (Cout × OH·OW) = W (Cout × K) · col(X[b]) (K × OH·OW)`
+//! - weight grad:  `dW (Cout × K) = Σ_b dY[b] (Cout × OH·OW) · col(X[b])ᵀ`
+//! - input grad:   `dX[b] = col2im(Wᵀ (K × Cout) · dY[b])`
+//!
+//! with `K = Cin/groups · KH · KW`, one gemm per group. Stride, dilation, groups and asymmetric
+//! padding are handled directly (the output size comes from the output gradient). f32 and f64
+//! run natively; f16 and bf16 go through f32.
+//!
+//! Threads: the batch is split over rayon only when the current pool has more than one thread
+//! (a single-thread pool runs the plain loop with one scratch buffer). The weight gradient sums
+//! fixed chunks of `WGRAD_CHUNK` samples, then the chunk sums in order, in both cases, so one
+//! and many threads give bit-identical results.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use burn_backend::DType;
+use burn_backend::ops::ConvOptions;
+use burn_std::{Bytes, Shape, bf16, f16};
+use core::ops::Add;
+
+use crate::ops::module::{cast_from_f32, cast_to_f32};
+use crate::{FlexTensor, Layout};
+
+/// Samples per partial sum of the weight gradient (fixed, so the sum order never depends on
+/// the thread count).
+const WGRAD_CHUNK: usize = 8;
+
+/// Element types the kernels run on natively.
+pub(crate) trait ConvElem:
+    bytemuck::Pod + burn_backend::Element + Copy + Send + Sync + Add<Output = Self> + 'static
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const DTYPE: DType;
+}
+
+impl ConvElem for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const DTYPE: DType = DType::F32;
+}
+
+impl ConvElem for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const DTYPE: DType = DType::F64;
+}
+
+/// Shapes and options of one conv2d, all in NCHW / OIHW.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    batch: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    groups: usize,
+    /// input channels per group
+    cg: usize,
+    /// output channels per group
+    cog: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
+    dh: usize,
+    dw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geom {
+    fn new(x: &[usize], w: &[usize], oh: usize, ow: usize, options: &ConvOptions<2>) -> Self {
+        let groups = options.groups;
+        Self {
+            batch: x[0],
+            c_in: x[1],
+            h: x[2],
+            w: x[3],
+            c_out: w[0],
+            groups,
+            cg: w[1],
+            cog: w[0] / groups,
+            kh: w[2],
+            kw: w[3],
+            sh: options.stride[0],
+            sw: options.stride[1],
+            ph: options.padding[0].0,
+            pw: options.padding[1].0,
+            dh: options.dilation[0],
+            dw: options.dilation[1],
+            oh,
+            ow,
+        }
+    }
+
+    /// Rows of the im2col matrix (per group).
+    fn k(&self) -> usize {
+        self.cg * self.kh * self.kw
+    }
+
+    /// Output positions per sample.
+    fn n(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// The im2col matrix of a 1×1, stride-1, unpadded conv is the input itself.
+    fn col_is_input(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.sh == 1
+            && self.sw == 1
+            && self.ph == 0
+            && self.pw == 0
+            && self.oh == self.h
+            && self.ow == self.w
+    }
+}
+
+/// Output size of a conv along one dimension with `(begin, end)` padding.
+fn out_size(input: usize, kernel: usize, stride: usize, pad: (usize, usize), dil: usize) -> usize {
+    let span = dil * (kernel - 1) + 1;
+    let padded = input + pad.0 + pad.1;
+    assert!(
+        padded >= span,
+        "conv2d: kernel larger than the padded input"
+    );
+    (padded - span) / stride + 1
+}
+
+/// Output positions `o` in `[lo, hi)` whose input index `o * stride + off - pad` lies in
+/// `[0, size)`.
+fn valid_range(out: usize, stride: usize, off: usize, pad: usize, size: usize) -> (usize, usize) {
+    let lo = if pad > off {
+        (pad - off).div_ceil(stride)
+    } else {
+        0
+    };
+    let hi = if size + pad > off {
+        ((size + pad - off - 1) / stride + 1).min(out)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+/// im2col of one sample and group: `x` holds the group's `cg` channels (`h × w` each), `col`
+/// receives `K × OH·OW` rows in `(c, kh, kw)` order, the order of the weight's last three dims.
+fn im2col<T: ConvElem>(x: &[T], g: &Geom, col: &mut [T]) {
+    let n = g.n();
+    let plane = g.h * g.w;
+    for c in 0..g.cg {
+        let xc = &x[c * plane..(c + 1) * plane];
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let r = (c * g.kh + i) * g.kw + j;
+                let row = &mut col[r * n..(r + 1) * n];
+                let (lo, hi) = valid_range(g.ow, g.sw, j * g.dw, g.pw, g.w);
+                for o_h in 0..g.oh {
+                    let dst = &mut row[o_h * g.ow..(o_h + 1) * g.ow];
+                    let ih = (o_h * g.sh + i * g.dh) as isize - g.ph as isize;
+                    if ih < 0 || ih >= g.h as isize || lo >= hi {
+                        dst.fill(T::ZERO);
+                        continue;
+                    }
+                    let src = &xc[ih as usize * g.w..(ih as usize + 1) * g.w];
+                    dst[..lo].fill(T::ZERO);
+                    dst[hi..].fill(T::ZERO);
+                    // first input column read: lo * sw + j * dw - pw (>= 0 by valid_range)
+                    let s0 = lo * g.sw + j * g.dw - g.pw;
+                    if g.sw == 1 {
+                        dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                    } else {
+                        for (d, s) in dst[lo..hi].iter_mut().zip(src[s0..].iter().step_by(g.sw)) {
+                            *d = *s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// col2im of one sample and group: adds the `K × OH·OW` matrix `col` into the group's `cg`
+/// channels of `dx` (the inverse scatter of [`im2col`]).
+fn col2im<T: ConvElem>(col: &[T], g: &Geom, dx: &mut [T]) {
+    let n = g.n();
+    let plane = g.h * g.w;
+    for c in 0..g.cg {
+        let dxc = &mut dx[c * plane..(c + 1) * plane];
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let r = (c * g.kh + i) * g.kw + j;
+                let row = &col[r * n..(r + 1) * n];
+                let (lo, hi) = valid_range(g.ow, g.sw, j * g.dw, g.pw, g.w);
+                if lo >= hi {
+                    continue;
+                }
+                for o_h in 0..g.oh {
+                    let ih = (o_h * g.sh + i * g.dh) as isize - g.ph as isize;
+                    if ih < 0 || ih >= g.h as isize {
+                        continue;
+                    }
+                    let src = &row[o_h * g.ow + lo..o_h * g.ow + hi];
+                    let dst = &mut dxc[ih as usize * g.w..(ih as usize + 1) * g.w];
+                    let s0 = lo * g.sw + j * g.dw - g.pw;
+                    if g.sw == 1 {
+                        for (d, s) in dst[s0..s0 + (hi - lo)].iter_mut().zip(src) {
+                            *d = *d + *s;
+                        }
+                    } else {
+                        for (d, s) in dst[s0..].iter_mut().step_by(g.sw).zip(src) {
+                            *d = *d + *s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst (m × n, row stride dst_rs) = [dst +] lhs (m × k) · rhs (k × n)`, single-threaded.
+/// Strides are (column, row) in elements, as `gemm::gemm` takes them.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into<T: ConvElem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const T,
+    lhs_cs: usize,
+    lhs_rs: usize,
+    rhs: *const T,
+    rhs_cs: usize,
+    rhs_rs: usize,
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { T::ONE } else { T::ZERO },
+            T::ONE,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Whether to split the batch over the current rayon pool.
+fn parallel(batch: usize) -> bool {
+    #[cfg(feature = "rayon")]
+    {
+        batch > 1 && rayon::current_num_threads() > 1
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        let _ = batch;
+        false
+    }
+}
+
+/// Runs `f(b, out_b, scratch)` for every sample `b`, where `out_b` is the `b`-th chunk of `out`
+/// of length `per_sample`; in parallel over the batch when the pool has several threads.
+fn for_each_sample<T: ConvElem>(
+    out: &mut [T],
+    per_sample: usize,
+    scratch_len: usize,
+    f: impl Fn(usize, &mut [T], &mut [T]) + Send + Sync,
+) {
+    let batch = out.len() / per_sample.max(1);
+    if per_sample == 0 {
+        return;
+    }
+    #[cfg(feature = "rayon")]
+    if parallel(batch) {
+        use rayon::prelude::*;
+        out.par_chunks_mut(per_sample).enumerate().for_each_init(
+            || vec![T::ZERO; scratch_len],
+            |scratch, (b, out_b)| f(b, out_b, scratch),
+        );
+        return;
+    }
+    let _ = batch;
+    let mut scratch = vec![T::ZERO; scratch_len];
+    for (b, out_b) in out.chunks_mut(per_sample).enumerate() {
+        f(b, out_b, &mut scratch);
+    }
+}
+
+fn contiguous_data<T: ConvElem>(t: FlexTensor) -> FlexTensor {
+    let t = t.to_contiguous();
+    debug_assert_eq!(t.dtype(), T::DTYPE);
+    t
+}
+
+fn new_tensor<T: ConvElem>(data: Vec<T>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(data),
+        Layout::contiguous(Shape::from(shape)),
+        T::DTYPE,
+    )
+}
+
+/// Forward conv2d (NCHW), any padding, stride, dilation and groups.
+pub(crate) fn conv2d<T: ConvElem>(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let x = contiguous_data::<T>(x);
+    let weight = contiguous_data::<T>(weight);
+    let xs = x.layout().shape().to_vec();
+    let ws = weight.layout().shape().to_vec();
+    let oh = out_size(
+        xs[2],
+        ws[2],
+        options.stride[0],
+        options.padding[0],
+        options.dilation[0],
+    );
+    let ow = out_size(
+        xs[3],
+        ws[3],
+        options.stride[1],
+        options.padding[1],
+        options.dilation[1],
+    );
+    let g = Geom::new(&xs, &ws, oh, ow, options);
+    let (k, n) = (g.k(), g.n());
+    let x_data: &[T] = x.storage();
+    let w_data: &[T] = weight.storage();
+    let bias = bias.map(contiguous_data::<T>);
+    let bias_data: Option<&[T]> = bias.as_ref().map(|b| b.storage());
+
+    let mut out = vec![T::ZERO; g.batch * g.c_out * n];
+    let scratch = if g.col_is_input() { 0 } else { k * n };
+    for_each_sample(&mut out, g.c_out * n, scratch, |b, y, col| {
+        let x_b = &x_data[b * g.c_in * g.h * g.w..(b + 1) * g.c_in * g.h * g.w];
+        for gr in 0..g.groups {
+            let x_g = &x_b[gr * g.cg * g.h * g.w..(gr + 1) * g.cg * g.h * g.w];
+            let rhs = if g.col_is_input() {
+                x_g
+            } else {
+                im2col(x_g, &g, col);
+                &*col
+            };
+            let y_g = &mut y[gr * g.cog * n..(gr + 1) * g.cog * n];
+            let w_g = &w_data[gr * g.cog * k..(gr + 1) * g.cog * k];
+            // y_g (cog × n) = w_g (cog × k) · col (k × n)
+            unsafe {
+                gemm_into(
+                    g.cog,
+                    n,
+                    k,
+                    y_g.as_mut_ptr(),
+                    n,
+                    false,
+                    w_g.as_ptr(),
+                    1,
+                    k,
+                    rhs.as_ptr(),
+                    1,
+                    n,
+                );
+            }
+        }
+        if let Some(bias) = bias_data {
+            for (co, y_c) in y.chunks_mut(n).enumerate() {
+                for v in y_c {
+                    *v = *v + bias[co];
+                }
+            }
+        }
+    });
+    new_tensor(out, vec![g.batch, g.c_out, oh, ow])
+}
+
+/// Gradient of conv2d with respect to its input.
+pub(crate) fn conv2d_x_backward<T: ConvElem>(
+    x: FlexTensor,
+    weight: FlexTensor,
+    output_grad: FlexTensor,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let xs = x.layout().shape().to_vec();
+    let weight = contiguous_data::<T>(weight);
+    let dy = contiguous_data::<T>(output_grad);
+    let ws = weight.layout().shape().to_vec();
+    let ys = dy.layout().shape().to_vec();
+    let g = Geom::new(&xs, &ws, ys[2], ys[3], options);
+    let (k, n) = (g.k(), g.n());
+    let w_data: &[T] = weight.storage();
+    let dy_data: &[T] = dy.storage();
+    let plane = g.h * g.w;
+
+    let mut dx = vec![T::ZERO; g.batch * g.c_in * plane];
+    let scratch = if g.col_is_input() { 0 } else { k * n };
+    for_each_sample(&mut dx, g.c_in * plane, scratch, |b, dx_b, col| {
+        let dy_b = &dy_data[b * g.c_out * n..(b + 1) * g.c_out * n];
+        for gr in 0..g.groups {
+            let dy_g = &dy_b[gr * g.cog * n..(gr + 1) * g.cog * n];
+            let w_g = &w_data[gr * g.cog * k..(gr + 1) * g.cog * k];
+            let dx_g = &mut dx_b[gr * g.cg * plane..(gr + 1) * g.cg * plane];
+            // dcol (k × n) = w_gᵀ (k × cog) · dy_g (cog × n); a 1×1 conv's dcol is dx itself
+            let dst = if g.col_is_input() {
+                dx_g.as_mut_ptr()
+            } else {
+                col.as_mut_ptr()
+            };
+            unsafe {
+                gemm_into(
+                    k,
+                    n,
+                    g.cog,
+                    dst,
+                    n,
+                    false,
+                    w_g.as_ptr(),
+                    k,
+                    1,
+                    dy_g.as_ptr(),
+                    1,
+                    n,
+                );
+            }
+            if !g.col_is_input() {
+                col2im(col, &g, dx_g);
+            }
+        }
+    });
+    new_tensor(dx, xs)
+}
+
+/// Gradient of conv2d with respect to its weight.
+pub(crate) fn conv2d_weight_backward<T: ConvElem>(
+    x: FlexTensor,
+    weight: FlexTensor,
+    output_grad: FlexTensor,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let x = contiguous_data::<T>(x);
+    let dy = contiguous_data::<T>(output_grad);
+    let xs = x.layout().shape().to_vec();
+    let ws = weight.layout().shape().to_vec();
+    let ys = dy.layout().shape().to_vec();
+    let g = Geom::new(&xs, &ws, ys[2], ys[3], options);
+    let (k, n) = (g.k(), g.n());
+    let x_data: &[T] = x.storage();
+    let dy_data: &[T] = dy.storage();
+    let plane = g.h * g.w;
+    let w_len = g.c_out * k;
+    let scratch_len = if g.col_is_input() { 0 } else { k * n };
+
+    // dw (c_out × k) = Σ over the chunk's samples of dy_b · col(x_b)ᵀ, per group
+    let chunk_sum = |chunk: usize, dw: &mut [T], col: &mut [T]| {
+        let first = chunk * WGRAD_CHUNK;
+        for b in first..(first + WGRAD_CHUNK).min(g.batch) {
+            let x_b = &x_data[b * g.c_in * plane..(b + 1) * g.c_in * plane];
+            let dy_b = &dy_data[b * g.c_out * n..(b + 1) * g.c_out * n];
+            for gr in 0..g.groups {
+                let x_g = &x_b[gr * g.cg * plane..(gr + 1) * g.cg * plane];
+                let rhs = if g.col_is_input() {
+                    x_g
+                } else {
+                    im2col(x_g, &g, col);
+                    &*col
+                };
+                let dy_g = &dy_b[gr * g.cog * n..(gr + 1) * g.cog * n];
+                let dw_g = &mut dw[gr * g.cog * k..(gr + 1) * g.cog * k];
+                // dw_g (cog × k) [+]= dy_g (cog × n) · colᵀ (n × k)
+                unsafe {
+                    gemm_into(
+                        g.cog,
+                        k,
+                        n,
+                        dw_g.as_mut_ptr(),
+                        k,
+                        b > first,
+                        dy_g.as_ptr(),
+                        1,
+                        n,
+                        rhs.as_ptr(),
+                        n,
+                        1,
+                    );
+                }
+            }
+        }
+    };
+
+    let chunks = g.batch.div_ceil(WGRAD_CHUNK);
+    let mut dw = vec![T::ZERO; w_len];
+    if chunks == 0 {
+        return new_tensor(dw, ws);
+    }
+    let mut partials = vec![T::ZERO; (chunks - 1) * w_len];
+    #[cfg(feature = "rayon")]
+    let done = if parallel(chunks) {
+        use rayon::prelude::*;
+        rayon::join(
+            || chunk_sum(0, &mut dw, &mut vec![T::ZERO; scratch_len]),
+            || {
+                partials.par_chunks_mut(w_len).enumerate().for_each_init(
+                    || vec![T::ZERO; scratch_len],
+                    |col, (c, p)| chunk_sum(c + 1, p, col),
+                )
+            },
+        );
+        true
+    } else {
+        false
+    };
+    #[cfg(not(feature = "rayon"))]
+    let done = false;
+    if !done {
+        let mut col = vec![T::ZERO; scratch_len];
+        chunk_sum(0, &mut dw, &mut col);
+        for (c, p) in partials.chunks_mut(w_len).enumerate() {
+            chunk_sum(c + 1, p, &mut col);
+        }
+    }
+    // the chunk sums, added in chunk order whatever the thread count
+    for p in partials.chunks(w_len) {
+        for (d, s) in dw.iter_mut().zip(p) {
+            *d = *d + *s;
+        }
+    }
+    new_tensor(dw, ws)
+}
+
+/// Gradient of conv2d with respect to its bias: the output gradient summed over batch and
+/// positions (sample by sample, in order).
+pub(crate) fn conv2d_bias_backward<T: ConvElem>(output_grad: FlexTensor) -> FlexTensor {
+    let dy = contiguous_data::<T>(output_grad);
+    let ys = dy.layout().shape().to_vec();
+    let (c_out, n) = (ys[1], ys[2] * ys[3]);
+    let data: &[T] = dy.storage();
+    let mut db = vec![T::ZERO; c_out];
+    for dy_b in data.chunks(c_out * n.max(1)) {
+        for (d, row) in db.iter_mut().zip(dy_b.chunks(n.max(1))) {
+            let mut s = T::ZERO;
+            for v in row {
+                s = s + *v;
+            }
+            *d = *d + s;
+        }
+    }
+    new_tensor(db, vec![c_out])
+}
+
+/// The dtype the kernels run in for these inputs: f64 when all are f64, otherwise f32 (f16 and
+/// bf16 are converted).
+fn compute_dtype(tensors: &[&FlexTensor]) -> DType {
+    if tensors.iter().all(|t| t.dtype() == DType::F64) {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// `t` in f32 (f16, bf16 and f64 converted).
+fn to_f32(t: FlexTensor) -> FlexTensor {
+    match t.dtype() {
+        DType::F32 => t,
+        DType::F16 => cast_to_f32(t, f16::to_f32),
+        DType::BF16 => cast_to_f32(t, bf16::to_f32),
+        DType::F64 => cast_to_f32(t, |v: f64| v as f32),
+        dtype => panic!("conv2d: unsupported dtype {:?}", dtype),
+    }
+}
+
+/// `t` (f32) back in `dtype`.
+fn from_f32(t: FlexTensor, dtype: DType) -> FlexTensor {
+    match dtype {
+        DType::F32 => t,
+        DType::F16 => cast_from_f32(t, f16::from_f32),
+        DType::BF16 => cast_from_f32(t, bf16::from_f32),
+        DType::F64 => cast_from_f32(t, |v: f32| v as f64),
+        dtype => panic!("conv2d: unsupported dtype {:?}", dtype),
+    }
+}
+
+/// Dispatch of the three backward kernels on dtype; `which` picks the kernel's result dtype
+/// from `x`, `weight` or the output gradient.
+pub(crate) fn x_backward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    output_grad: FlexTensor,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let dtype = x.dtype();
+    match compute_dtype(&[&x, &weight, &output_grad]) {
+        DType::F64 => conv2d_x_backward::<f64>(x, weight, output_grad, options),
+        _ => from_f32(
+            conv2d_x_backward::<f32>(to_f32(x), to_f32(weight), to_f32(output_grad), options),
+            dtype,
+        ),
+    }
+}
+
+/// See [`x_backward`].
+pub(crate) fn weight_backward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    output_grad: FlexTensor,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let dtype = weight.dtype();
+    match compute_dtype(&[&x, &weight, &output_grad]) {
+        DType::F64 => conv2d_weight_backward::<f64>(x, weight, output_grad, options),
+        _ => from_f32(
+            conv2d_weight_backward::<f32>(to_f32(x), to_f32(weight), to_f32(output_grad), options),
+            dtype,
+        ),
+    }
+}
+
+/// See [`x_backward`].
+pub(crate) fn bias_backward(bias_dtype: DType, output_grad: FlexTensor) -> FlexTensor {
+    match output_grad.dtype() {
+        DType::F64 if bias_dtype == DType::F64 => conv2d_bias_backward::<f64>(output_grad),
+        _ => from_f32(conv2d_bias_backward::<f32>(to_f32(output_grad)), bias_dtype),
+    }
+}
+
+/// Whether the forward conv2d goes through [`conv2d`] rather than flex's own kernels: f32 and
+/// f64 when flex would take its generic tiled im2col path (not depthwise, not a very small
+/// channel count, not 1×1; those fast paths stay).
+pub(crate) fn use_for_forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    options: &ConvOptions<2>,
+) -> bool {
+    let xs = x.layout().shape();
+    let ws = weight.layout().shape();
+    let dtype_ok = matches!(x.dtype(), DType::F32 | DType::F64) && weight.dtype() == x.dtype();
+    let depthwise = ws[1] == 1 && options.groups == xs[1] && ws[0] == xs[1];
+    // flex's small-channel path (conv.rs: SMALL_CHANNEL_{IN,OUT}_THRESHOLD)
+    let small_channel = options.groups == 1 && xs[1] <= 4 && ws[0] <= 16;
+    let one_by_one =
+        ws[2] == 1 && ws[3] == 1 && options.stride == [1, 1] && options.padding == [(0, 0), (0, 0)];
+    dtype_ok && !depthwise && !small_channel && !one_by_one
+}
