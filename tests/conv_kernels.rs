@@ -300,7 +300,8 @@ fn random_shapes_match_the_f64_reference() {
 }
 
 /// pretext's conv layers: the convnet's 3×3 / padding 1 stages (stride 1, 1→32→64 channels),
-/// ResNet-18's stride-2 3×3 and 1×1 downsampling, the decoder's 3×3 at 32 px.
+/// ResNet-18's stride-2 3×3 and 1×1 downsampling, the decoder's 3×3 at 32 px, and late stages
+/// on 4×4 and 2×2 maps.
 fn pretext_shapes(rng: &mut ChaCha8Rng) -> Vec<Case> {
     // (batch, c_in, c_out, size, kernel, stride, padding, bias)
     const LAYERS: &[(usize, usize, usize, usize, usize, usize, usize, bool)] = &[
@@ -311,6 +312,10 @@ fn pretext_shapes(rng: &mut ChaCha8Rng) -> Vec<Case> {
         (9, 16, 32, 16, 3, 2, 1, false),
         (9, 32, 64, 9, 1, 2, 0, false),
         (17, 8, 16, 8, 1, 1, 0, true),
+        // small maps: several samples per gemm (conv2d_gemm's blocks), the last block and the
+        // last weight-gradient chunk partial
+        (40, 16, 32, 4, 3, 1, 1, false),
+        (300, 5, 8, 2, 3, 1, 1, true),
     ];
     LAYERS
         .iter()

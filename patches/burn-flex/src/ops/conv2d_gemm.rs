@@ -1,26 +1,29 @@
 //! pretext patch (new file, upstreamable): conv2d forward, input gradient and weight gradient
-//! as im2col + gemm on NCHW data, one sample at a time.
+//! as im2col + gemm on NCHW data, a block of samples per gemm.
 //!
 //! Why: burn-flex 0.22.1 has no conv2d backward of its own, so burn-autodiff falls back to
 //! burn-backend's defaults: the weight gradient is a conv over swapped (batch, channel) dims and
 //! the input gradient a transposed conv. Both go through flex's generic 3-D kernels, which copy
 //! the swapped tensors to contiguous memory, convert them to NHWC, build im2col tiles and copy
 //! the gemm results back; the weight gradient's outer parallel loop runs over input channels.
-//! Here every op is one im2col (or col2im) per sample plus one gemm per sample and group, reading
-//! and writing NCHW in place:
+//! Here every op is an im2col (or col2im) per sample plus one gemm per block of samples and
+//! group, reading and writing NCHW in place:
 //!
-//! - forward:       `Y[b] (Cout × OH·OW) = W (Cout × K) · col(X[b]) (K × OH·OW)`
-//! - weight grad:  `dW (Cout × K) = Σ_b dY[b] (Cout × OH·OW) · col(X[b])ᵀ`
-//! - input grad:   `dX[b] = col2im(Wᵀ (K × Cout) · dY[b])`
+//! - forward:       `Y[blk] (Cout × S·OH·OW) = W (Cout × K) · col(X[blk]) (K × S·OH·OW)`
+//! - weight grad:  `dW (Cout × K) = Σ_blk dY[blk] (Cout × S·OH·OW) · col(X[blk])ᵀ`
+//! - input grad:   `dX[blk] = col2im(Wᵀ (K × Cout) · dY[blk])`
 //!
-//! with `K = Cin/groups · KH · KW`, one gemm per group. Stride, dilation, groups and asymmetric
-//! padding are handled directly (the output size comes from the output gradient). f32 and f64
-//! run natively; f16 and bf16 go through f32.
+//! with `K = Cin/groups · KH · KW`, one gemm per group, and `S` samples side by side in a block
+//! (`block_samples`: enough that a gemm has ~512 columns; 1 for maps of 23×23 and more), so the
+//! small maps of late stages and 16-px patches do not run one thin gemm per sample. Stride,
+//! dilation, groups and asymmetric padding are handled directly (the output size comes from the
+//! output gradient). f32 and f64 run natively; f16 and bf16 go through f32.
 //!
-//! Threads: the batch is split over rayon only when the current pool has more than one thread
+//! Threads: the blocks are split over rayon only when the current pool has more than one thread
 //! (a single-thread pool runs the plain loop with one scratch buffer). The weight gradient sums
-//! fixed chunks of `WGRAD_CHUNK` samples, then the chunk sums in order, in both cases, so one
-//! and many threads give bit-identical results.
+//! fixed chunks of whole blocks (at least `WGRAD_CHUNK` samples), then the chunk sums in order,
+//! in both cases; blocks and chunks depend only on the shapes, so one and many threads give
+//! bit-identical results.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -158,8 +161,9 @@ fn valid_range(out: usize, stride: usize, off: usize, pad: usize, size: usize) -
 }
 
 /// im2col of one sample and group: `x` holds the group's `cg` channels (`h × w` each), `col`
-/// receives `K × OH·OW` rows in `(c, kh, kw)` order, the order of the weight's last three dims.
-fn im2col<T: ConvElem>(x: &[T], g: &Geom, col: &mut [T]) {
+/// receives `K` rows of `OH·OW` in `(c, kh, kw)` order, the order of the weight's last three
+/// dims; row `r` starts at `r * ld` (`ld ≥ OH·OW`: a block of samples side by side).
+fn im2col<T: ConvElem>(x: &[T], g: &Geom, col: &mut [T], ld: usize) {
     let n = g.n();
     let plane = g.h * g.w;
     for c in 0..g.cg {
@@ -167,7 +171,7 @@ fn im2col<T: ConvElem>(x: &[T], g: &Geom, col: &mut [T]) {
         for i in 0..g.kh {
             for j in 0..g.kw {
                 let r = (c * g.kh + i) * g.kw + j;
-                let row = &mut col[r * n..(r + 1) * n];
+                let row = &mut col[r * ld..r * ld + n];
                 let (lo, hi) = valid_range(g.ow, g.sw, j * g.dw, g.pw, g.w);
                 for o_h in 0..g.oh {
                     let dst = &mut row[o_h * g.ow..(o_h + 1) * g.ow];
@@ -195,8 +199,8 @@ fn im2col<T: ConvElem>(x: &[T], g: &Geom, col: &mut [T]) {
 }
 
 /// col2im of one sample and group: adds the `K × OH·OW` matrix `col` into the group's `cg`
-/// channels of `dx` (the inverse scatter of [`im2col`]).
-fn col2im<T: ConvElem>(col: &[T], g: &Geom, dx: &mut [T]) {
+/// channels of `dx` (the inverse scatter of [`im2col`]); row `r` of `col` starts at `r * ld`.
+fn col2im<T: ConvElem>(col: &[T], g: &Geom, dx: &mut [T], ld: usize) {
     let n = g.n();
     let plane = g.h * g.w;
     for c in 0..g.cg {
@@ -204,7 +208,7 @@ fn col2im<T: ConvElem>(col: &[T], g: &Geom, dx: &mut [T]) {
         for i in 0..g.kh {
             for j in 0..g.kw {
                 let r = (c * g.kh + i) * g.kw + j;
-                let row = &col[r * n..(r + 1) * n];
+                let row = &col[r * ld..r * ld + n];
                 let (lo, hi) = valid_range(g.ow, g.sw, j * g.dw, g.pw, g.w);
                 if lo >= hi {
                     continue;
@@ -274,7 +278,7 @@ unsafe fn gemm_into<T: ConvElem>(
     }
 }
 
-/// Whether to split the batch over the current rayon pool.
+/// Whether to split `batch` blocks over the current rayon pool.
 fn parallel(batch: usize) -> bool {
     #[cfg(feature = "rayon")]
     {
@@ -287,34 +291,54 @@ fn parallel(batch: usize) -> bool {
     }
 }
 
-/// Runs `f(b, out_b, scratch)` for every sample `b`, where `out_b` is the `b`-th chunk of `out`
-/// of length `per_sample`; in parallel over the batch when the pool has several threads.
-fn for_each_sample<T: ConvElem>(
+/// Columns a gemm should at least have: small feature maps (a 7×7 or 4×4 stage, 16-px patches)
+/// are stacked side by side, `block_samples` samples per gemm, instead of one thin gemm each.
+const GEMM_COLS: usize = 512;
+
+/// Samples per gemm for `n` output positions per sample (at least 1, at most the batch); a
+/// function of the shapes only, so the blocks, and the sums, do not depend on the thread count.
+fn block_samples(n: usize, batch: usize) -> usize {
+    GEMM_COLS.div_ceil(n.max(1)).clamp(1, batch.max(1))
+}
+
+/// Runs `f(i, out_i, scratch)` for every chunk `i` of `out` of `chunk` elements (the last may be
+/// shorter); in parallel over the chunks when the pool has several threads.
+fn for_each_chunk<T: ConvElem>(
     out: &mut [T],
-    per_sample: usize,
+    chunk: usize,
     scratch_len: usize,
     f: impl Fn(usize, &mut [T], &mut [T]) + Send + Sync,
 ) {
-    let batch = out.len() / per_sample.max(1);
-    if per_sample == 0 {
+    if chunk == 0 || out.is_empty() {
         return;
     }
     #[cfg(feature = "rayon")]
-    if parallel(batch) {
+    if parallel(out.len().div_ceil(chunk)) {
         use rayon::prelude::*;
-        out.par_chunks_mut(per_sample).enumerate().for_each_init(
+        out.par_chunks_mut(chunk).enumerate().for_each_init(
             || vec![T::ZERO; scratch_len],
-            |scratch, (b, out_b)| f(b, out_b, scratch),
+            |scratch, (i, out_i)| f(i, out_i, scratch),
         );
         return;
     }
-    let _ = batch;
     let mut scratch = vec![T::ZERO; scratch_len];
-    for (b, out_b) in out.chunks_mut(per_sample).enumerate() {
-        f(b, out_b, &mut scratch);
+    for (i, out_i) in out.chunks_mut(chunk).enumerate() {
+        f(i, out_i, &mut scratch);
     }
 }
 
+/// Copies group `gr`'s output gradient of samples `b0..b0 + s` (each `cog × n` inside its
+/// sample's `c_out × n`) side by side into `dst` (`cog × s·n`).
+fn gather_block<T: ConvElem>(dy: &[T], g: &Geom, gr: usize, b0: usize, s: usize, dst: &mut [T]) {
+    let n = g.n();
+    let cols = s * n;
+    for si in 0..s {
+        let src = &dy[(b0 + si) * g.c_out * n + gr * g.cog * n..][..g.cog * n];
+        for co in 0..g.cog {
+            dst[co * cols + si * n..][..n].copy_from_slice(&src[co * n..][..n]);
+        }
+    }
+}
 fn contiguous_data<T: ConvElem>(t: FlexTensor) -> FlexTensor {
     let t = t.to_contiguous();
     debug_assert_eq!(t.dtype(), T::DTYPE);
@@ -360,43 +384,67 @@ pub(crate) fn conv2d<T: ConvElem>(
     let w_data: &[T] = weight.storage();
     let bias = bias.map(contiguous_data::<T>);
     let bias_data: Option<&[T]> = bias.as_ref().map(|b| b.storage());
+    let x_len = g.c_in * g.h * g.w;
 
+    let sb = block_samples(n, g.batch);
     let mut out = vec![T::ZERO; g.batch * g.c_out * n];
-    let scratch = if g.col_is_input() { 0 } else { k * n };
-    for_each_sample(&mut out, g.c_out * n, scratch, |b, y, col| {
-        let x_b = &x_data[b * g.c_in * g.h * g.w..(b + 1) * g.c_in * g.h * g.w];
+    // scratch: the block's im2col (k × sb·n), then its gemm result (cog × sb·n) when sb > 1
+    let scratch = k * sb * n + if sb > 1 { g.cog * sb * n } else { 0 };
+    for_each_chunk(&mut out, sb * g.c_out * n, scratch, |blk, y, scratch| {
+        let b0 = blk * sb;
+        let s = y.len() / (g.c_out * n);
+        let cols = s * n;
+        let (col, tmp) = scratch.split_at_mut(k * sb * n);
         for gr in 0..g.groups {
-            let x_g = &x_b[gr * g.cg * g.h * g.w..(gr + 1) * g.cg * g.h * g.w];
-            let rhs = if g.col_is_input() {
-                x_g
-            } else {
-                im2col(x_g, &g, col);
-                &*col
+            let x_g = |si: usize| {
+                &x_data[(b0 + si) * x_len + gr * g.cg * g.h * g.w..][..g.cg * g.h * g.w]
             };
-            let y_g = &mut y[gr * g.cog * n..(gr + 1) * g.cog * n];
+            let rhs: &[T] = if s == 1 && g.col_is_input() {
+                x_g(0)
+            } else {
+                for si in 0..s {
+                    im2col(x_g(si), &g, &mut col[si * n..], cols);
+                }
+                col
+            };
             let w_g = &w_data[gr * g.cog * k..(gr + 1) * g.cog * k];
-            // y_g (cog × n) = w_g (cog × k) · col (k × n)
+            // (cog × cols) = w_g (cog × k) · col (k × cols), straight into y for one sample
+            let dst = if s == 1 {
+                y[gr * g.cog * n..].as_mut_ptr()
+            } else {
+                tmp.as_mut_ptr()
+            };
             unsafe {
                 gemm_into(
                     g.cog,
-                    n,
+                    cols,
                     k,
-                    y_g.as_mut_ptr(),
-                    n,
+                    dst,
+                    cols,
                     false,
                     w_g.as_ptr(),
                     1,
                     k,
                     rhs.as_ptr(),
                     1,
-                    n,
+                    cols,
                 );
+            }
+            if s > 1 {
+                for si in 0..s {
+                    for co in 0..g.cog {
+                        y[si * g.c_out * n + (gr * g.cog + co) * n..][..n]
+                            .copy_from_slice(&tmp[co * cols + si * n..][..n]);
+                    }
+                }
             }
         }
         if let Some(bias) = bias_data {
-            for (co, y_c) in y.chunks_mut(n).enumerate() {
-                for v in y_c {
-                    *v = *v + bias[co];
+            for y_b in y.chunks_mut(g.c_out * n) {
+                for (co, y_c) in y_b.chunks_mut(n).enumerate() {
+                    for v in y_c {
+                        *v = *v + bias[co];
+                    }
                 }
             }
         }
@@ -422,41 +470,60 @@ pub(crate) fn conv2d_x_backward<T: ConvElem>(
     let dy_data: &[T] = dy.storage();
     let plane = g.h * g.w;
 
+    let sb = block_samples(n, g.batch);
     let mut dx = vec![T::ZERO; g.batch * g.c_in * plane];
-    let scratch = if g.col_is_input() { 0 } else { k * n };
-    for_each_sample(&mut dx, g.c_in * plane, scratch, |b, dx_b, col| {
-        let dy_b = &dy_data[b * g.c_out * n..(b + 1) * g.c_out * n];
-        for gr in 0..g.groups {
-            let dy_g = &dy_b[gr * g.cog * n..(gr + 1) * g.cog * n];
-            let w_g = &w_data[gr * g.cog * k..(gr + 1) * g.cog * k];
-            let dx_g = &mut dx_b[gr * g.cg * plane..(gr + 1) * g.cg * plane];
-            // dcol (k × n) = w_gᵀ (k × cog) · dy_g (cog × n); a 1×1 conv's dcol is dx itself
-            let dst = if g.col_is_input() {
-                dx_g.as_mut_ptr()
-            } else {
-                col.as_mut_ptr()
-            };
-            unsafe {
-                gemm_into(
-                    k,
-                    n,
-                    g.cog,
-                    dst,
-                    n,
-                    false,
-                    w_g.as_ptr(),
-                    k,
-                    1,
-                    dy_g.as_ptr(),
-                    1,
-                    n,
-                );
+    // scratch: the block's column gradient (k × sb·n), then its gathered dy (cog × sb·n)
+    let scratch = k * sb * n + if sb > 1 { g.cog * sb * n } else { 0 };
+    for_each_chunk(
+        &mut dx,
+        sb * g.c_in * plane,
+        scratch,
+        |blk, dx_blk, scratch| {
+            let b0 = blk * sb;
+            let s = dx_blk.len() / (g.c_in * plane);
+            let cols = s * n;
+            let (col, dyt) = scratch.split_at_mut(k * sb * n);
+            for gr in 0..g.groups {
+                let rhs: &[T] = if s == 1 {
+                    &dy_data[b0 * g.c_out * n + gr * g.cog * n..][..g.cog * n]
+                } else {
+                    gather_block(dy_data, &g, gr, b0, s, dyt);
+                    dyt
+                };
+                let w_g = &w_data[gr * g.cog * k..(gr + 1) * g.cog * k];
+                // dcol (k × cols) = w_gᵀ (k × cog) · dy (cog × cols); a 1×1 conv's dcol is dx itself
+                let direct = s == 1 && g.col_is_input();
+                let dst = if direct {
+                    dx_blk[gr * g.cg * plane..].as_mut_ptr()
+                } else {
+                    col.as_mut_ptr()
+                };
+                unsafe {
+                    gemm_into(
+                        k,
+                        cols,
+                        g.cog,
+                        dst,
+                        cols,
+                        false,
+                        w_g.as_ptr(),
+                        k,
+                        1,
+                        rhs.as_ptr(),
+                        1,
+                        cols,
+                    );
+                }
+                if !direct {
+                    for si in 0..s {
+                        let dx_g =
+                            &mut dx_blk[si * g.c_in * plane + gr * g.cg * plane..][..g.cg * plane];
+                        col2im(&col[si * n..], &g, dx_g, cols);
+                    }
+                }
             }
-            if !g.col_is_input() {
-                col2im(col, &g, dx_g);
-            }
-        }
-    });
+        },
+    );
     new_tensor(dx, xs)
 }
 
@@ -478,46 +545,62 @@ pub(crate) fn conv2d_weight_backward<T: ConvElem>(
     let dy_data: &[T] = dy.storage();
     let plane = g.h * g.w;
     let w_len = g.c_out * k;
-    let scratch_len = if g.col_is_input() { 0 } else { k * n };
+    let sb = block_samples(n, g.batch);
+    // a chunk: whole blocks, at least WGRAD_CHUNK samples; its sum is one partial
+    let per_chunk = sb * WGRAD_CHUNK.div_ceil(sb);
+    let scratch_len = k * sb * n + if sb > 1 { g.cog * sb * n } else { 0 };
 
-    // dw (c_out × k) = Σ over the chunk's samples of dy_b · col(x_b)ᵀ, per group
-    let chunk_sum = |chunk: usize, dw: &mut [T], col: &mut [T]| {
-        let first = chunk * WGRAD_CHUNK;
-        for b in first..(first + WGRAD_CHUNK).min(g.batch) {
-            let x_b = &x_data[b * g.c_in * plane..(b + 1) * g.c_in * plane];
-            let dy_b = &dy_data[b * g.c_out * n..(b + 1) * g.c_out * n];
+    // dw (c_out × k) = Σ over the chunk's blocks of dy_blk · col(x_blk)ᵀ, per group
+    let chunk_sum = |chunk: usize, dw: &mut [T], scratch: &mut [T]| {
+        let (col, dyt) = scratch.split_at_mut(k * sb * n);
+        let first = chunk * per_chunk;
+        let end = (first + per_chunk).min(g.batch);
+        let mut b0 = first;
+        while b0 < end {
+            let s = sb.min(end - b0);
+            let cols = s * n;
             for gr in 0..g.groups {
-                let x_g = &x_b[gr * g.cg * plane..(gr + 1) * g.cg * plane];
-                let rhs = if g.col_is_input() {
-                    x_g
-                } else {
-                    im2col(x_g, &g, col);
-                    &*col
+                let x_g = |si: usize| {
+                    &x_data[(b0 + si) * g.c_in * plane + gr * g.cg * plane..][..g.cg * plane]
                 };
-                let dy_g = &dy_b[gr * g.cog * n..(gr + 1) * g.cog * n];
+                let rhs: &[T] = if s == 1 && g.col_is_input() {
+                    x_g(0)
+                } else {
+                    for si in 0..s {
+                        im2col(x_g(si), &g, &mut col[si * n..], cols);
+                    }
+                    col
+                };
+                let lhs: &[T] = if s == 1 {
+                    &dy_data[b0 * g.c_out * n + gr * g.cog * n..][..g.cog * n]
+                } else {
+                    gather_block(dy_data, &g, gr, b0, s, dyt);
+                    dyt
+                };
                 let dw_g = &mut dw[gr * g.cog * k..(gr + 1) * g.cog * k];
-                // dw_g (cog × k) [+]= dy_g (cog × n) · colᵀ (n × k)
+                // dw_g (cog × k) [+]= dy (cog × cols) · colᵀ (cols × k)
                 unsafe {
                     gemm_into(
                         g.cog,
                         k,
-                        n,
+                        cols,
                         dw_g.as_mut_ptr(),
                         k,
-                        b > first,
-                        dy_g.as_ptr(),
+                        b0 > first,
+                        lhs.as_ptr(),
                         1,
-                        n,
+                        cols,
                         rhs.as_ptr(),
-                        n,
+                        cols,
                         1,
                     );
                 }
             }
+            b0 += s;
         }
     };
 
-    let chunks = g.batch.div_ceil(WGRAD_CHUNK);
+    let chunks = g.batch.div_ceil(per_chunk);
     let mut dw = vec![T::ZERO; w_len];
     if chunks == 0 {
         return new_tensor(dw, ws);
@@ -531,7 +614,7 @@ pub(crate) fn conv2d_weight_backward<T: ConvElem>(
             || {
                 partials.par_chunks_mut(w_len).enumerate().for_each_init(
                     || vec![T::ZERO; scratch_len],
-                    |col, (c, p)| chunk_sum(c + 1, p, col),
+                    |scratch, (c, p)| chunk_sum(c + 1, p, scratch),
                 )
             },
         );
@@ -542,10 +625,10 @@ pub(crate) fn conv2d_weight_backward<T: ConvElem>(
     #[cfg(not(feature = "rayon"))]
     let done = false;
     if !done {
-        let mut col = vec![T::ZERO; scratch_len];
-        chunk_sum(0, &mut dw, &mut col);
+        let mut scratch = vec![T::ZERO; scratch_len];
+        chunk_sum(0, &mut dw, &mut scratch);
         for (c, p) in partials.chunks_mut(w_len).enumerate() {
-            chunk_sum(c + 1, p, &mut col);
+            chunk_sum(c + 1, p, &mut scratch);
         }
     }
     // the chunk sums, added in chunk order whatever the thread count
