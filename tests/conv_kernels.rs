@@ -127,6 +127,7 @@ impl Case {
     }
 
     /// Output, dx, dweight, dbias in f64 by direct loops.
+    #[allow(clippy::needless_range_loop)] // the direct loops are the reference's point
     fn reference(&self) -> [Vec<f64>; 4] {
         let (oh, ow) = self.out();
         let (cg, cog) = (self.c_in / self.groups, self.c_out / self.groups);
@@ -303,8 +304,9 @@ fn random_shapes_match_the_f64_reference() {
 /// ResNet-18's stride-2 3×3 and 1×1 downsampling, the decoder's 3×3 at 32 px, and late stages
 /// on 4×4 and 2×2 maps.
 fn pretext_shapes(rng: &mut ChaCha8Rng) -> Vec<Case> {
-    // (batch, c_in, c_out, size, kernel, stride, padding, bias)
-    const LAYERS: &[(usize, usize, usize, usize, usize, usize, usize, bool)] = &[
+    /// (batch, c_in, c_out, size, kernel, stride, padding, bias)
+    type Layer = (usize, usize, usize, usize, usize, usize, usize, bool);
+    const LAYERS: &[Layer] = &[
         (16, 1, 32, 28, 3, 1, 1, false),
         (18, 32, 64, 14, 3, 1, 1, false),
         (20, 64, 64, 7, 3, 1, 1, false),
