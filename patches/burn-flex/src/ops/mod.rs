@@ -96,8 +96,11 @@ pub mod cat;
 pub mod comparison;
 #[macro_use]
 mod conv_common;
+// pretext patch: batch norm training forward/backward, fused (see the file's header).
+mod batch_norm;
 // pretext patch: conv2d forward/backward as im2col + gemm (see the file's header).
 mod conv2d_gemm;
+// pretext patch: 2-D max pooling without padding or dilation (see the file's header).
 pub mod conv;
 pub mod conv_transpose;
 pub mod cumulative;
@@ -113,6 +116,7 @@ mod int;
 pub mod interpolate;
 pub mod mask;
 pub mod matmul;
+mod max_pool2d_plain;
 mod module;
 pub mod pool;
 mod qtensor;

@@ -6,16 +6,22 @@
 //! where flex would use its generic tiled 3-D path, and `conv2d_x_backward`,
 //! `conv2d_weight_backward` and `conv2d_bias_backward` are overridden with `conv2d_gemm`'s
 //! kernels instead of burn-backend's defaults (a conv over swapped dims and a transposed conv,
-//! both through the generic 3-D kernels and layout copies).
+//! both through the generic 3-D kernels and layout copies). `batch_norm_train` and its backward
+//! are overridden with `batch_norm`'s fused kernels (burn's defaults swap dims and copy, then run
+//! about ten element-wise ops), and `max_pool2d` without padding or dilation takes
+//! `max_pool2d_plain` (flex ran every 2-D pool through its 3-D kernel).
 
-use crate::ops::{conv, conv_transpose, conv2d_gemm, deform_conv, interpolate, pool};
+use crate::ops::{
+    batch_norm, conv, conv_transpose, conv2d_gemm, deform_conv, interpolate, max_pool2d_plain, pool,
+};
 use crate::{Flex, FlexTensor, Layout};
 use burn_backend::{
     DType, Element, TensorMetadata,
     ops::{
-        AttentionModuleOptions, ConvOptions, ConvTransposeOptions, DeformConv2dBackward,
-        DeformConvOptions, FloatTensorOps, IntTensorOps, InterpolateMode, InterpolateOptions,
-        MaxPool2dBackward, MaxPool2dWithIndices, ModuleOps, conv::pad_asymmetric_conv_input,
+        AttentionModuleOptions, BatchNormTrain, BatchNormTrainBackward, ConvOptions,
+        ConvTransposeOptions, DeformConv2dBackward, DeformConvOptions, FloatTensorOps,
+        IntTensorOps, InterpolateMode, InterpolateOptions, MaxPool2dBackward, MaxPool2dWithIndices,
+        ModuleOps, conv::pad_asymmetric_conv_input,
     },
     tensor::{BoolTensor, FloatTensor, IntTensor},
 };
@@ -495,6 +501,9 @@ impl ModuleOps<Flex> for Flex {
         dilation: [usize; 2],
         ceil_mode: bool,
     ) -> FloatTensor<Flex> {
+        if max_pool2d_plain::applies(x.dtype(), padding, dilation, ceil_mode) {
+            return max_pool2d_plain::max_pool2d(x, kernel_size, stride, false).0;
+        }
         match x.dtype() {
             DType::F32 => {
                 pool::max_pool2d_f32(x, kernel_size, stride, padding, dilation, ceil_mode)
@@ -521,7 +530,12 @@ impl ModuleOps<Flex> for Flex {
         ceil_mode: bool,
         indices_dtype: IntDType,
     ) -> MaxPool2dWithIndices<Flex> {
+        let plain = max_pool2d_plain::applies(x.dtype(), padding, dilation, ceil_mode);
         let (output, mut indices) = match x.dtype() {
+            _ if plain => {
+                let (output, indices) = max_pool2d_plain::max_pool2d(x, kernel_size, stride, true);
+                (output, indices.expect("indices were asked for"))
+            }
             DType::F32 => pool::max_pool2d_with_indices_f32(
                 x,
                 kernel_size,
@@ -779,6 +793,26 @@ impl ModuleOps<Flex> for Flex {
             output,
             Shape::from(alloc::vec![batch_size, seq_length, d_model]),
         )
+    }
+
+    fn batch_norm_train(
+        x: FloatTensor<Flex>,
+        gamma: FloatTensor<Flex>,
+        beta: FloatTensor<Flex>,
+        epsilon: f64,
+    ) -> BatchNormTrain<Flex> {
+        batch_norm::batch_norm_train(x, gamma, beta, epsilon)
+    }
+
+    fn batch_norm_train_backward(
+        x: FloatTensor<Flex>,
+        gamma: FloatTensor<Flex>,
+        mean: FloatTensor<Flex>,
+        variance: FloatTensor<Flex>,
+        epsilon: f64,
+        output_grad: FloatTensor<Flex>,
+    ) -> BatchNormTrainBackward<Flex> {
+        batch_norm::batch_norm_train_backward(x, gamma, mean, variance, epsilon, output_grad)
     }
 
     fn layer_norm(
