@@ -382,6 +382,11 @@ fn pool_shapes(rng: &mut ChaCha8Rng) -> Vec<Pool> {
         Pool::new([16, 32, 14, 14], [2, 2], [2, 2], [0, 0], true, rng),
         Pool::new([16, 64, 7, 7], [2, 2], [2, 2], [0, 0], false, rng),
         Pool::new([8, 8, 3, 3], [2, 2], [2, 2], [0, 0], true, rng),
+        // 2×2/2 on odd sizes and widths that leave 1–3 outputs after each block of four
+        Pool::new([3, 4, 17, 23], [2, 2], [2, 2], [0, 0], true, rng),
+        Pool::new([2, 5, 9, 8], [2, 2], [2, 2], [0, 0], true, rng),
+        Pool::new([2, 3, 6, 21], [2, 2], [2, 2], [0, 0], false, rng),
+        Pool::new([1, 2, 2, 2], [2, 2], [2, 2], [0, 0], true, rng),
         // ResNet's stem pool has padding (flex's own kernel)
         Pool::new([4, 8, 16, 16], [3, 3], [2, 2], [1, 1], false, rng),
     ];
