@@ -19,10 +19,10 @@ use alloc::vec;
 use alloc::vec::Vec;
 use burn_backend::DType;
 use burn_backend::ops::{BatchNormTrain, BatchNormTrainBackward};
-use burn_std::{Bytes, Shape, bf16, f16};
+use burn_std::{Bytes, Shape};
 use core::ops::{Add, Mul, Sub};
 
-use crate::ops::module::{cast_from_f32, cast_to_f32};
+use crate::ops::conv2d_gemm::{from_f32, to_f32};
 use crate::{Flex, FlexTensor, Layout};
 
 /// Element types the kernels run on natively.
@@ -329,22 +329,6 @@ fn backward_native<T: NormElem>(
         channel_vec(gamma_grad),
         channel_vec(beta_grad),
     )
-}
-
-fn to_f32(t: FlexTensor) -> FlexTensor {
-    match t.dtype() {
-        DType::F16 => cast_to_f32(t, f16::to_f32),
-        DType::BF16 => cast_to_f32(t, bf16::to_f32),
-        _ => t,
-    }
-}
-
-fn from_f32(t: FlexTensor, dtype: DType) -> FlexTensor {
-    match dtype {
-        DType::F16 => cast_from_f32(t, f16::from_f32),
-        DType::BF16 => cast_from_f32(t, bf16::from_f32),
-        _ => t,
-    }
 }
 
 /// Batch norm with the batch's own statistics (returned as `[C]` mean and biased variance).

@@ -670,25 +670,25 @@ fn compute_dtype(tensors: &[&FlexTensor]) -> DType {
     }
 }
 
-/// `t` in f32 (f16, bf16 and f64 converted).
-fn to_f32(t: FlexTensor) -> FlexTensor {
+/// `t` in f32 (f16, bf16 and f64 converted); also used by `batch_norm`.
+pub(crate) fn to_f32(t: FlexTensor) -> FlexTensor {
     match t.dtype() {
         DType::F32 => t,
         DType::F16 => cast_to_f32(t, f16::to_f32),
         DType::BF16 => cast_to_f32(t, bf16::to_f32),
         DType::F64 => cast_to_f32(t, |v: f64| v as f32),
-        dtype => panic!("conv2d: unsupported dtype {:?}", dtype),
+        dtype => panic!("to_f32: unsupported float dtype {:?}", dtype),
     }
 }
 
-/// `t` (f32) back in `dtype`.
-fn from_f32(t: FlexTensor, dtype: DType) -> FlexTensor {
+/// `t` (f32) back in `dtype`; also used by `batch_norm`.
+pub(crate) fn from_f32(t: FlexTensor, dtype: DType) -> FlexTensor {
     match dtype {
         DType::F32 => t,
         DType::F16 => cast_from_f32(t, f16::from_f32),
         DType::BF16 => cast_from_f32(t, bf16::from_f32),
         DType::F64 => cast_from_f32(t, |v: f32| v as f64),
-        dtype => panic!("conv2d: unsupported dtype {:?}", dtype),
+        dtype => panic!("from_f32: unsupported float dtype {:?}", dtype),
     }
 }
 
