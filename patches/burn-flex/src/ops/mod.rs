@@ -100,7 +100,6 @@ mod conv_common;
 mod batch_norm;
 // pretext patch: conv2d forward/backward as im2col + gemm (see the file's header).
 mod conv2d_gemm;
-// pretext patch: 2-D max pooling without padding or dilation (see the file's header).
 pub mod conv;
 pub mod conv_transpose;
 pub mod cumulative;
@@ -116,6 +115,7 @@ mod int;
 pub mod interpolate;
 pub mod mask;
 pub mod matmul;
+// pretext patch: 2-D max pooling without padding or dilation (see the file's header).
 mod max_pool2d_plain;
 mod module;
 pub mod pool;
