@@ -7,7 +7,7 @@ and fine-tuning from scratch, each with --labels-per-class labels per class over
 
 Pretraining (`pretext demo`, or `pretext demo --set 'task="byol"'`): --steps batches of
 --batch-size images (reshuffled epochs, last partial batch dropped), two views of each image
-(src/data/views.rs, grey defaults: random resized crop scale (--crop-scale-min, 1), ratio
+(src/data/views.rs, grey defaults: random resized crop scale (--crop-scale-min = 0.5, 1), ratio
 (3/4, 4/3), bilinear as src/data/augment.rs; horizontal flip p 0.5; with probability --jitter-prob
 brightness and contrast factors from [1 - 0.8 s, 1 + 0.8 s] (s = --jitter), in random order,
 contrast around the view's mean, clamped to [0, 1]), normalised by the training set's mean and std.
@@ -40,11 +40,17 @@ by seed d (as pretext's Source::Random / Scratch, seeded by the transfer seed).
     min(256, n) from reshuffled epochs, warm-up steps/20 then cosine to 0.
   k-NN: the same re-estimated encoder; cosine similarity, the k = min(200, n labelled) nearest vote
     with weight exp(sim / 0.1) (knn.rs).
-  fine-tune: the whole encoder (training mode, batch norm as trained) + a random Linear(dim, 10)
-    (seeded by d), cross-entropy, AdamW lr 1e-3, weight decay 5e-4, --finetune-steps batches of
-    min(64, n) (reshuffled epochs, last partial batch dropped), each split into --parts parts as in
-    pretraining, warm-up steps/20 then cosine to 0, random resized crop (0.8, 1) + flip; test
-    accuracy with the running statistics.
+  fine-tune: the whole encoder (training mode) + a Linear(dim, 10) head, cross-entropy, AdamW lr
+    1e-3, weight decay 5e-4, --finetune-steps batches of min(64, n) (reshuffled epochs, last partial
+    batch dropped), each split into --parts parts as in pretraining, warm-up steps/20 then cosine
+    to 0, random resized crop (0.8, 1) + flip; test accuracy with the running statistics. The
+    head (--finetune-head, pretext's transfer.finetune_head, default auto): a pretrained encoder
+    starts from a linear probe (LP-FT, Kumar et al. 2022; transfer/mod.rs probe_first): the
+    encoder with the linear protocol's re-estimated batch-norm statistics, the linear protocol's
+    probe on its last-stage features (the same standardiser, steps and lr, so here the very
+    probe scored in the linear column), the standardiser folded into the head (W' = W / std,
+    b' = b - sum W mean / std; linear_probe.rs folded); random weights and scratch start from the
+    encoder's weights (batch norm as initialised) and a random Linear(dim, 10) seeded by d.
 The table's ± is the population standard deviation over the draws, as src/demo.rs prints it.
 
 Differences from pretext that remain: random numbers (label draws, batch order, views, weights)
@@ -248,7 +254,9 @@ def standardizer(x):
     return mean, std.clamp(min=max(1e-2 * std.mean().item(), 1e-6))
 
 
-def linear_probe(tr_x, tr_y, te_x, te_y, pool_x, a, seed):
+def linear_probe(tr_x, tr_y, te_x, te_y, pool_x, a, seed, with_probe=False):
+    """linear_probe.rs train_probe → test accuracy, or with_probe: (accuracy, (head, mean, std)),
+    the trained head over features standardised by (mean, std)."""
     mean, std = standardizer(pool_x)
     tr_x, te_x = (tr_x - mean) / std, (te_x - mean) / std
     head = nn.Linear(tr_x.shape[1], 10)
@@ -265,7 +273,19 @@ def linear_probe(tr_x, tr_y, te_x, te_y, pool_x, a, seed):
         loss.backward()
         opt.step()
     with torch.no_grad():
-        return (head(te_x).argmax(1) == te_y).float().mean().item()
+        acc = (head(te_x).argmax(1) == te_y).float().mean().item()
+    return (acc, (head, mean, std)) if with_probe else acc
+
+
+@torch.no_grad()
+def folded(head, mean, std):
+    """linear_probe.rs TrainedProbe::folded: the same classifier over raw features,
+    W' = W / std (per input feature), b' = b - sum_j W'_j mean_j."""
+    w = head.weight / std[None, :]
+    out = nn.Linear(head.in_features, head.out_features)
+    out.weight.copy_(w)
+    out.bias.copy_(head.bias - (w * mean[None, :]).sum(1))
+    return out
 
 
 def knn(tr_x, tr_y, te_x, te_y, k, temperature):
@@ -275,11 +295,15 @@ def knn(tr_x, tr_y, te_x, te_y, k, temperature):
     return (votes.argmax(1) == te_y).float().mean().item()
 
 
-def finetune(enc0, sub_x, sub_y, test_x, test_y, norm, a, seed, dev):
-    """finetune.rs: a copy of enc0 + a seeded Linear(dim, 10), end to end → test accuracy."""
+def finetune(enc0, sub_x, sub_y, test_x, test_y, norm, a, seed, dev, head0=None):
+    """finetune.rs: a copy of enc0 + a copy of head0 (a folded probe) or a seeded Linear(dim, 10),
+    end to end → test accuracy."""
     enc = copy.deepcopy(enc0).to(dev)
-    torch.manual_seed(seed)
-    head = nn.Linear(enc.dim, 10).to(dev)
+    if head0 is not None:
+        head = copy.deepcopy(head0).to(dev)
+    else:
+        torch.manual_seed(seed)
+        head = nn.Linear(enc.dim, 10).to(dev)
     opt = torch.optim.AdamW(list(enc.parameters()) + list(head.parameters()), lr=a.finetune_lr,
                             weight_decay=a.finetune_weight_decay, betas=(0.9, 0.999), eps=1e-5)
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
@@ -339,7 +363,7 @@ def parse_args():
     p.add_argument("--momentum", type=float, default=0.99, help="byol.momentum (base)")
     p.add_argument("--proj-hidden", type=int, default=512)
     p.add_argument("--proj-dim", type=int, default=128)
-    p.add_argument("--crop-scale-min", type=float, default=0.3)
+    p.add_argument("--crop-scale-min", type=float, default=0.5, help="views.rs grey default (colour 0.2)")
     p.add_argument("--no-flip", dest="flip", action="store_false")
     p.add_argument("--jitter", type=float, default=0.5)
     p.add_argument("--jitter-prob", type=float, default=0.8)
@@ -357,6 +381,9 @@ def parse_args():
     p.add_argument("--finetune-lr", type=float, default=1e-3)
     p.add_argument("--finetune-weight-decay", type=float, default=5e-4)
     p.add_argument("--finetune-crop-scale-min", type=float, default=0.8)
+    p.add_argument("--finetune-head", choices=["auto", "probe", "random"], default="auto",
+                   help="transfer.finetune_head: auto = a linear probe's head for the pretrained encoder, "
+                        "a random one for scratch")
     p.add_argument("--pool", type=int, default=2048, help="images for batch-norm re-estimation and the probe's standardiser")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -394,14 +421,21 @@ def main():
         pool_idx = sample_limit(train_x.shape[0], a.pool, draw)
         torch.manual_seed(draw)
         rand_enc = backbone("convnet", 1, a.width)  # Source::Random / Scratch, seeded by the draw
+        probed = {}  # name → (encoder with re-estimated batch norm, folded probe head)
         for name, e in (("pre", enc), ("rand", rand_enc)):
             e2 = reestimate_bn(e, train_x[bn_idx], norm, "cpu")
             f_tr, f_te = extract(e2, train_x[sub], norm, "cpu"), extract(e2, tx, norm, "cpu")
-            acc[f"{name}_linear"].append(linear_probe(f_tr, train_y[sub], f_te, ty,
-                                                      extract(e2, train_x[pool_idx], norm, "cpu"), a, draw))
+            linear, probe = linear_probe(f_tr, train_y[sub], f_te, ty, extract(e2, train_x[pool_idx], norm, "cpu"),
+                                         a, draw, with_probe=True)
+            acc[f"{name}_linear"].append(linear)
+            probed[name] = (e2, folded(*probe))
             acc[f"{name}_knn"].append(knn(f_tr, train_y[sub], f_te, ty, a.knn_k, a.knn_temperature))
-        acc["pre_finetune"].append(finetune(enc, train_x[sub], train_y[sub], tx, ty, norm, a, draw, dev))
-        acc["scratch_finetune"].append(finetune(rand_enc, train_x[sub], train_y[sub], tx, ty, norm, a, draw, dev))
+        # transfer/mod.rs: a probe-first fine-tune starts from the re-estimated encoder and the
+        # folded probe (the linear protocol's, same seed and pool); otherwise the encoder as it is.
+        for key, name, e, probe_first in (("pre_finetune", "pre", enc, a.finetune_head != "random"),
+                                          ("scratch_finetune", "rand", rand_enc, a.finetune_head == "probe")):
+            e, head0 = probed[name] if probe_first else (e, None)
+            acc[key].append(finetune(e, train_x[sub], train_y[sub], tx, ty, norm, a, draw, dev, head0))
         print(f"draw {draw}: " + " ".join(f"{k} {v[-1]:.4f}" for k, v in acc.items()), file=sys.stderr, flush=True)
 
     tail = losses[-min(20, len(losses)):] or [float("nan")]
@@ -411,6 +445,7 @@ def main():
         "pretrain_seconds": seconds, "pretrain_cpu_seconds": cpu_seconds, "pretrain_images_per_s": steps * a.batch_size / seconds if seconds > 0 else 0.0,
         "pretrain_loss_first": losses[0] if losses else float("nan"), "pretrain_loss_final": sum(tail) / len(tail),
         "labels_per_class": a.labels_per_class, "draws": a.draws, "finetune_steps": a.finetune_steps,
+        "finetune_head": a.finetune_head, "crop_scale_min": a.crop_scale_min,
         "train_images": train_x.shape[0], "test_images": int(min(test_x.shape[0], a.test_limit or test_x.shape[0])),
         **{k: v for k, v in acc.items()},
         **{f"{k}_mean": mean_std(v)[0] for k, v in acc.items()},

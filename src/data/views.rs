@@ -14,7 +14,10 @@ use super::augment::{color_jitter, grayscale, hflip, random_resized_crop, Img};
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ViewConfig {
-    /// Smallest area fraction of the random resized crop (colour 0.2, grey 0.3).
+    /// Smallest area fraction of the random resized crop (colour 0.2, grey 0.5). On the built-in
+    /// 28-px Fashion-MNIST (SimCLR, 1,000 steps, 10 labels per class, 3 draws) grey crops from
+    /// 0.2 / 0.3 / 0.5 / 0.7 of the area gave linear 0.698 / 0.692 / 0.715 / 0.716 and k-NN
+    /// 0.642 / 0.644 / 0.685 / 0.698: small crops of small grey images lose the object.
     pub crop_scale_min: Option<f32>,
     /// Random horizontal flip (default on).
     pub flip: Option<bool>,
@@ -48,7 +51,7 @@ impl ViewConfig {
         let v = Views {
             crop_scale_min: self
                 .crop_scale_min
-                .unwrap_or(if colour { 0.2 } else { 0.3 }),
+                .unwrap_or(if colour { 0.2 } else { 0.5 }),
             flip: self.flip.unwrap_or(true),
             jitter: self.jitter.unwrap_or(0.5),
             jitter_prob: self.jitter_prob.unwrap_or(0.8),
