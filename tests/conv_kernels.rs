@@ -342,6 +342,51 @@ fn pretext_shapes(rng: &mut ChaCha8Rng) -> Vec<Case> {
         .collect()
 }
 
+/// Stride-1 convs whose output rows are as wide as the input's (im2col's flat-shift path):
+/// every kernel width 1–5 with dilation 1–2 and each split of the width padding between the
+/// two sides, heights padded or not, 1–9 px maps.
+#[test]
+fn same_width_convs_match_the_f64_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1717);
+    let mut n = 0;
+    for kw in 1..=5 {
+        for dw in 1..=2 {
+            let total = dw * (kw - 1);
+            for begin in 0..=total {
+                let kh = rng.gen_range(1..=5);
+                let dh = rng.gen_range(1..=2);
+                let (h, w) = (rng.gen_range(1..=9), rng.gen_range(1..=9));
+                let ph = (rng.gen_range(0..=2), rng.gen_range(0..=2));
+                if h + ph.0 + ph.1 <= dh * (kh - 1) {
+                    continue;
+                }
+                let c_in = rng.gen_range(1..=4);
+                let case = Case {
+                    batch: rng.gen_range(1..=4),
+                    c_in,
+                    h,
+                    w,
+                    c_out: rng.gen_range(1..=4),
+                    groups: 1,
+                    kh,
+                    kw,
+                    stride: [1, 1],
+                    padding: [ph, (begin, total - begin)],
+                    dilation: [dh, dw],
+                    bias: rng.gen_bool(0.5),
+                    ..Case::default()
+                }
+                .with_data(&mut rng);
+                assert_eq!(case.out().1, w, "{case:?}");
+                case.check(n % 3 == 0);
+                pool(1).install(|| case.check(false));
+                n += 1;
+            }
+        }
+    }
+    assert!(n > 30, "{n} cases");
+}
+
 #[test]
 fn pretext_layer_shapes_match_the_f64_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(1616);
