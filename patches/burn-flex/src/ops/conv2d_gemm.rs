@@ -164,11 +164,12 @@ fn valid_range(out: usize, stride: usize, off: usize, pad: usize, size: usize) -
 /// receives `K` rows of `OH·OW` in `(c, kh, kw)` order, the order of the weight's last three
 /// dims; row `r` starts at `r * ld` (`ld ≥ OH·OW`: a block of samples side by side).
 fn im2col<T: ConvElem>(x: &[T], g: &Geom, col: &mut [T], ld: usize) {
-    if g.sh == 1 && g.sw == 1 && g.ow == g.w {
-        return im2col_flat(x, g, col, ld);
-    }
     let n = g.n();
     let plane = g.h * g.w;
+    // Stride 1 with output rows as wide as input rows (a "same" conv): row `(c, i, j)` is the
+    // channel's plane read at a fixed flat offset, so it is built from one copy of the plane
+    // instead of `OH` short ones (issue 16: im2col was 11 % of a width-16 SimCLR step).
+    let flat = g.sh == 1 && g.sw == 1 && g.ow == g.w;
     for c in 0..g.cg {
         let xc = &x[c * plane..(c + 1) * plane];
         for i in 0..g.kh {
@@ -176,6 +177,10 @@ fn im2col<T: ConvElem>(x: &[T], g: &Geom, col: &mut [T], ld: usize) {
                 let r = (c * g.kh + i) * g.kw + j;
                 let row = &mut col[r * ld..r * ld + n];
                 let (lo, hi) = valid_range(g.ow, g.sw, j * g.dw, g.pw, g.w);
+                if flat {
+                    im2col_row_flat(xc, g, i, j, (lo, hi), row);
+                    continue;
+                }
                 for o_h in 0..g.oh {
                     let dst = &mut row[o_h * g.ow..(o_h + 1) * g.ow];
                     let ih = (o_h * g.sh + i * g.dh) as isize - g.ph as isize;
@@ -201,40 +206,35 @@ fn im2col<T: ConvElem>(x: &[T], g: &Geom, col: &mut [T], ld: usize) {
     }
 }
 
-/// [`im2col`] for stride 1 with output rows as wide as input rows (a "same" conv): row `(c, i, j)`
-/// is then the channel's plane read at a fixed flat offset `(i·dh − ph)·w + j·dw − pw`, so it is
-/// one copy of the plane (zeros where the offset leaves it) plus zeroing the few columns at each
-/// row's ends that would wrap into the neighbouring input row. For small maps this replaces
-/// `OH` short copies per row with one (issue 16: im2col was 11 % of a width-16 SimCLR step).
-fn im2col_flat<T: ConvElem>(x: &[T], g: &Geom, col: &mut [T], ld: usize) {
-    let n = g.n();
-    let plane = g.h * g.w;
-    for c in 0..g.cg {
-        let xc = &x[c * plane..(c + 1) * plane];
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let r = (c * g.kh + i) * g.kw + j;
-                let row = &mut col[r * ld..r * ld + n];
-                let shift = (i * g.dh) as isize * g.w as isize + (j * g.dw) as isize
-                    - g.ph as isize * g.w as isize
-                    - g.pw as isize;
-                // dst[p] = xc[p + shift] where 0 <= p + shift < plane.
-                let lo_p = (-shift).clamp(0, n as isize) as usize;
-                let hi_p = (plane as isize - shift).clamp(lo_p as isize, n as isize) as usize;
-                row[..lo_p].fill(T::ZERO);
-                if hi_p > lo_p {
-                    let s0 = (lo_p as isize + shift) as usize;
-                    row[lo_p..hi_p].copy_from_slice(&xc[s0..s0 + (hi_p - lo_p)]);
-                }
-                row[hi_p..].fill(T::ZERO);
-                let (lo, hi) = valid_range(g.ow, 1, j * g.dw, g.pw, g.w);
-                if lo > 0 || hi < g.ow {
-                    for dst in row.chunks_exact_mut(g.ow) {
-                        dst[..lo].fill(T::ZERO);
-                        dst[hi..].fill(T::ZERO);
-                    }
-                }
-            }
+/// One im2col row of a "same" stride-1 conv (see [`im2col`]): the plane `xc` read at the flat
+/// offset `(i·dh − ph)·w + j·dw − pw` (zeros where the offset leaves the plane), then the output
+/// columns outside `[lo, hi)` of each row zeroed, as they would wrap into the neighbouring input
+/// row.
+fn im2col_row_flat<T: ConvElem>(
+    xc: &[T],
+    g: &Geom,
+    i: usize,
+    j: usize,
+    (lo, hi): (usize, usize),
+    row: &mut [T],
+) {
+    let n = row.len() as isize;
+    let shift = (i * g.dh) as isize * g.w as isize + (j * g.dw) as isize
+        - g.ph as isize * g.w as isize
+        - g.pw as isize;
+    // row[p] = xc[p + shift] where 0 <= p + shift < plane.
+    let lo_p = (-shift).clamp(0, n) as usize;
+    let hi_p = (xc.len() as isize - shift).clamp(lo_p as isize, n) as usize;
+    row[..lo_p].fill(T::ZERO);
+    if hi_p > lo_p {
+        let s0 = (lo_p as isize + shift) as usize;
+        row[lo_p..hi_p].copy_from_slice(&xc[s0..s0 + (hi_p - lo_p)]);
+    }
+    row[hi_p..].fill(T::ZERO);
+    if lo > 0 || hi < g.ow {
+        for dst in row.chunks_exact_mut(g.ow) {
+            dst[..lo].fill(T::ZERO);
+            dst[hi..].fill(T::ZERO);
         }
     }
 }
