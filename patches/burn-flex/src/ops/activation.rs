@@ -1,5 +1,8 @@
 //! Activation function operations for the Flex backend.
 //!
+//! Changed by pretext (see PRETEXT.md): the f32 softmax row kernels take `exp` from
+//! `super::fast_exp::exp_f32`.
+//!
 //! Each activation is implemented as a single-pass unary operation,
 //! replacing the default multi-op compositions from Burn's trait defaults.
 
@@ -333,7 +336,7 @@ fn softmax_row_f32_scalar(input: &[f32], output: &mut [f32]) {
     }
     let mut sum = 0.0f32;
     for (i, &x) in input.iter().enumerate() {
-        let e = (x - max_val).exp();
+        let e = crate::ops::fast_exp::exp_f32(x - max_val);
         output[i] = e;
         sum += e;
     }
@@ -380,7 +383,7 @@ fn softmax_row_f32_simd<S: macerator::Simd>(input: &[f32], output: &mut [f32]) {
     // here still lands us at memory bandwidth.
     let mut sum = 0.0f32;
     for idx in 0..len {
-        let e = (input[idx] - max_val).exp();
+        let e = crate::ops::fast_exp::exp_f32(input[idx] - max_val);
         output[idx] = e;
         sum += e;
     }

@@ -1,4 +1,7 @@
 //! Unary tensor operations (exp, log, sqrt, sin, cos, etc.).
+//!
+//! Changed by pretext (see PRETEXT.md): f32 `exp` goes through `super::fast_exp` (contiguous
+//! tensors through its AVX2 slice loops).
 
 use alloc::vec::Vec;
 use burn_backend::DType;
@@ -162,8 +165,26 @@ where
 // ============================================================================
 
 /// Exponential: e^x
-pub fn exp(tensor: FlexTensor) -> FlexTensor {
-    unary_op(tensor, |x| x.exp(), |x| x.exp())
+pub fn exp(mut tensor: FlexTensor) -> FlexTensor {
+    use crate::ops::fast_exp::{exp_f32, exp_f32_in_place, exp_f32_vec};
+    if tensor.dtype() == DType::F32
+        && tensor.layout().is_contiguous()
+        && tensor.layout().start_offset() == 0
+    {
+        let n = tensor.layout().num_elements();
+        if tensor.is_unique() {
+            let storage: &mut [f32] = tensor.storage_mut();
+            exp_f32_in_place(&mut storage[..n]);
+            return tensor;
+        }
+        let out = exp_f32_vec(&tensor.storage::<f32>()[..n]);
+        return FlexTensor::new(
+            Bytes::from_elems(out),
+            Layout::contiguous(tensor.layout().shape().clone()),
+            DType::F32,
+        );
+    }
+    unary_op(tensor, exp_f32, |x| x.exp())
 }
 
 /// Natural logarithm: ln(x)
