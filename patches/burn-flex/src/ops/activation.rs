@@ -1,7 +1,8 @@
 //! Activation function operations for the Flex backend.
 //!
 //! Changed by pretext (see PRETEXT.md): the f32 softmax row kernels take `exp` from
-//! `super::fast_exp::exp_f32`.
+//! `super::fast_math::exp_f32`; f32 GELU and its backward on
+//! contiguous tensors go through its slice loops (`erf` to ~2e-7 absolute, vectorized).
 //!
 //! Each activation is implemented as a single-pass unary operation,
 //! replacing the default multi-op compositions from Burn's trait defaults.
@@ -72,6 +73,11 @@ impl ActivationOps<Flex> for Flex {
     fn gelu(tensor: FloatTensor<Flex>) -> FloatTensor<Flex> {
         // 0.5 * x * (1 + erf(x / sqrt(2)))
         use crate::ops::unary::{erf_f32, erf_f64};
+        use crate::ops::fast_math::{gelu_f32_in_place, gelu_f32_into, map_contiguous_f32};
+        let tensor = match map_contiguous_f32(tensor, gelu_f32_in_place, gelu_f32_into) {
+            Ok(done) => return done,
+            Err(tensor) => tensor,
+        };
         let sqrt2_f32: f32 = core::f32::consts::SQRT_2;
         let sqrt2_f64: f64 = core::f64::consts::SQRT_2;
         unary_op(
@@ -84,6 +90,26 @@ impl ActivationOps<Flex> for Flex {
     fn gelu_backward(x: FloatTensor<Flex>, grad: FloatTensor<Flex>) -> FloatTensor<Flex> {
         // d/dx[gelu(x)] = 0.5 * (1 + erf(x/sqrt(2))) + x * (1/sqrt(2*pi)) * exp(-x^2/2)
         use crate::ops::unary::{erf_f32, erf_f64};
+        let plain = |t: &FlexTensor| t.layout().is_contiguous() && t.layout().start_offset() == 0;
+        if x.dtype() == DType::F32
+            && grad.dtype() == DType::F32
+            && x.layout().shape() == grad.layout().shape()
+            && plain(&x)
+            && plain(&grad)
+        {
+            let n = x.layout().num_elements();
+            let mut out = vec![0.0f32; n];
+            crate::ops::fast_math::gelu_backward_f32(
+                &x.storage::<f32>()[..n],
+                &grad.storage::<f32>()[..n],
+                &mut out,
+            );
+            return FlexTensor::new(
+                Bytes::from_elems(out),
+                Layout::contiguous(x.layout().shape().clone()),
+                DType::F32,
+            );
+        }
         let sqrt2_f32: f32 = core::f32::consts::SQRT_2;
         let sqrt2_f64: f64 = core::f64::consts::SQRT_2;
         let inv_sqrt_2pi_f32: f32 = 1.0 / (2.0 * core::f32::consts::PI).sqrt();
@@ -336,7 +362,7 @@ fn softmax_row_f32_scalar(input: &[f32], output: &mut [f32]) {
     }
     let mut sum = 0.0f32;
     for (i, &x) in input.iter().enumerate() {
-        let e = crate::ops::fast_exp::exp_f32(x - max_val);
+        let e = crate::ops::fast_math::exp_f32(x - max_val);
         output[i] = e;
         sum += e;
     }
@@ -383,7 +409,7 @@ fn softmax_row_f32_simd<S: macerator::Simd>(input: &[f32], output: &mut [f32]) {
     // here still lands us at memory bandwidth.
     let mut sum = 0.0f32;
     for idx in 0..len {
-        let e = crate::ops::fast_exp::exp_f32(input[idx] - max_val);
+        let e = crate::ops::fast_math::exp_f32(input[idx] - max_val);
         output[idx] = e;
         sum += e;
     }

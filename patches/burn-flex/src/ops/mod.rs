@@ -106,7 +106,7 @@ pub mod cumulative;
 pub mod deform_conv;
 pub mod expand;
 // pretext patch: f32 exp without a libm call per element (see the file's header).
-pub(crate) mod fast_exp;
+pub(crate) mod fast_math;
 #[cfg(feature = "fft")]
 pub mod fft;
 pub mod flip;

@@ -1,6 +1,6 @@
 //! Unary tensor operations (exp, log, sqrt, sin, cos, etc.).
 //!
-//! Changed by pretext (see PRETEXT.md): f32 `exp` goes through `super::fast_exp` (contiguous
+//! Changed by pretext (see PRETEXT.md): f32 `exp` goes through `super::fast_math` (contiguous
 //! tensors through its AVX2 slice loops).
 
 use alloc::vec::Vec;
@@ -165,26 +165,12 @@ where
 // ============================================================================
 
 /// Exponential: e^x
-pub fn exp(mut tensor: FlexTensor) -> FlexTensor {
-    use crate::ops::fast_exp::{exp_f32, exp_f32_in_place, exp_f32_vec};
-    if tensor.dtype() == DType::F32
-        && tensor.layout().is_contiguous()
-        && tensor.layout().start_offset() == 0
-    {
-        let n = tensor.layout().num_elements();
-        if tensor.is_unique() {
-            let storage: &mut [f32] = tensor.storage_mut();
-            exp_f32_in_place(&mut storage[..n]);
-            return tensor;
-        }
-        let out = exp_f32_vec(&tensor.storage::<f32>()[..n]);
-        return FlexTensor::new(
-            Bytes::from_elems(out),
-            Layout::contiguous(tensor.layout().shape().clone()),
-            DType::F32,
-        );
+pub fn exp(tensor: FlexTensor) -> FlexTensor {
+    use crate::ops::fast_math::{exp_f32, exp_f32_in_place, exp_f32_into, map_contiguous_f32};
+    match map_contiguous_f32(tensor, exp_f32_in_place, exp_f32_into) {
+        Ok(done) => done,
+        Err(tensor) => unary_op(tensor, exp_f32, |x| x.exp()),
     }
-    unary_op(tensor, exp_f32, |x| x.exp())
 }
 
 /// Natural logarithm: ln(x)

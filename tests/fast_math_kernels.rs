@@ -1,14 +1,15 @@
-//! `exp` on the CPU backend against f64, and softmax (built on it) against f64.
+//! `exp`, softmax and GELU on the CPU backend against f64.
 //!
-//! pretext's carried burn-flex computes f32 `exp` with straight-line arithmetic that vectorizes
-//! (`patches/burn-flex/src/ops/fast_exp.rs`, Cephes' reduction and polynomial) instead of one
-//! libm call per element; the softmax row kernels use it too. These tests check it over the
-//! whole f32 range through burn's public API — contiguous tensors owned by the op (in place),
-//! shared ones (a new buffer) and strided views (flex's generic path) — and through softmax and
-//! its gradient under autodiff, the path attention and cross-entropy take.
+//! pretext's carried burn-flex computes f32 `exp` and GELU's `erf` with straight-line arithmetic
+//! that vectorizes (`patches/burn-flex/src/ops/fast_math.rs`: Cephes' exp, Numerical Recipes'
+//! erfc fit) instead of one libm call per element; the softmax row kernels use the exp too.
+//! These tests check exp over the whole f32 range through burn's public API — contiguous
+//! tensors owned by the op (in place), shared ones (a new buffer) and strided views (flex's
+//! generic path) — softmax and its gradient under autodiff (the path attention and
+//! cross-entropy take), and GELU with its gradient.
 
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{gelu, softmax};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -142,5 +143,54 @@ fn softmax_and_its_gradient_match_f64() {
                 }
             }
         }
+    }
+}
+
+/// erf in f64: Taylor series below 4 (about 1e-9 absolute after cancellation), ±1 beyond
+/// (erfc(4) ≈ 1.5e-8).
+fn erf64(x: f64) -> f64 {
+    if x.abs() >= 4.0 {
+        return x.signum();
+    }
+    let (mut term, mut sum) = (x, x);
+    for n in 1..200 {
+        term *= -x * x / n as f64;
+        let add = term / (2 * n + 1) as f64;
+        sum += add;
+        if add.abs() < 1e-17 {
+            break;
+        }
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+#[test]
+fn gelu_and_its_gradient_match_f64() {
+    let device = Device::flex().autodiff();
+    let xs: Vec<f32> = (0..24_001).map(|i| -12.0 + i as f32 * 1e-3).collect();
+    let n = xs.len();
+    let dy: Vec<f32> = (0..n).map(|i| 1.0 - (i % 7) as f32 * 0.3).collect();
+    let xt = Tensor::<1>::from_data(TensorData::new(xs.clone(), [n]), &device).require_grad();
+    let dyt = Tensor::<1>::from_data(TensorData::new(dy.clone(), [n]), &device);
+    let y = gelu(xt.clone());
+    let grads = (y.clone() * dyt).sum().backward();
+    let (y, dx) = (to_vec(y), to_vec(xt.grad(&grads).unwrap()));
+    for i in 0..n {
+        let x = xs[i] as f64;
+        let cdf = 0.5 * (1.0 + erf64(x / std::f64::consts::SQRT_2));
+        let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        let (want_y, want_dx) = (x * cdf, dy[i] as f64 * (cdf + x * pdf));
+        let tol = 1e-6 * x.abs().max(1.0);
+        assert!(
+            (y[i] as f64 - want_y).abs() < tol,
+            "gelu({x}) = {}, want {want_y}",
+            y[i]
+        );
+        assert!(
+            (dx[i] as f64 - want_dx).abs() < tol,
+            "gelu'({x}) · {} = {}, want {want_dx}",
+            dy[i],
+            dx[i]
+        );
     }
 }
