@@ -70,50 +70,58 @@ pub fn erf_gelu_f32(x: f32) -> f32 {
     if x < 0.0 { -r } else { r }
 }
 
-/// `exp_f32` of every element of `x`, written to `out` (same length). AVX2 where the CPU has
-/// it (one dispatch per call), otherwise what the build's baseline vectorizes (SSE2 on x86-64).
-pub fn exp_f32_into(x: &[f32], out: &mut [f32]) {
-    assert_eq!(x.len(), out.len());
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        unsafe { exp_f32_into_avx2(x, out) };
-        return;
-    }
-    for (y, &x) in out.iter_mut().zip(x) {
-        *y = exp_f32(x);
-    }
+/// `$into(x, out)` and `$in_place(v)`: `$f` of every element, into `out` (same length) or in
+/// place. AVX2 where the CPU has it (one dispatch per call), otherwise what the build's baseline
+/// vectorizes (SSE2 on x86-64). The loops are plain `for` loops: a closure inside a
+/// `#[target_feature]` function would not get its features.
+macro_rules! slice_maps {
+    ($f:ident, $into:ident, $into_avx2:ident, $in_place:ident, $in_place_avx2:ident) => {
+        #[doc = concat!("`", stringify!($f), "` of every element of `x`, written to `out`.")]
+        pub fn $into(x: &[f32], out: &mut [f32]) {
+            assert_eq!(x.len(), out.len());
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 (checked just above).
+                unsafe { $into_avx2(x, out) };
+                return;
+            }
+            for (y, &x) in out.iter_mut().zip(x) {
+                *y = $f(x);
+            }
+        }
+
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        #[target_feature(enable = "avx2")]
+        unsafe fn $into_avx2(x: &[f32], out: &mut [f32]) {
+            for (y, &x) in out.iter_mut().zip(x) {
+                *y = $f(x);
+            }
+        }
+
+        #[doc = concat!("`", stringify!($f), "` of every element of `v`, in place.")]
+        pub fn $in_place(v: &mut [f32]) {
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 (checked just above).
+                unsafe { $in_place_avx2(v) };
+                return;
+            }
+            for x in v.iter_mut() {
+                *x = $f(*x);
+            }
+        }
+
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        #[target_feature(enable = "avx2")]
+        unsafe fn $in_place_avx2(v: &mut [f32]) {
+            for x in v.iter_mut() {
+                *x = $f(*x);
+            }
+        }
+    };
 }
 
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2")]
-unsafe fn exp_f32_into_avx2(x: &[f32], out: &mut [f32]) {
-    // a plain loop: a closure here would not get the function's target features
-    for (y, &x) in out.iter_mut().zip(x) {
-        *y = exp_f32(x);
-    }
-}
-
-/// `exp_f32` of every element of `v`, in place (dispatch as [`exp_f32_into`]).
-pub fn exp_f32_in_place(v: &mut [f32]) {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        unsafe { exp_f32_in_place_avx2(v) };
-        return;
-    }
-    for x in v.iter_mut() {
-        *x = exp_f32(*x);
-    }
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2")]
-unsafe fn exp_f32_in_place_avx2(v: &mut [f32]) {
-    for x in v.iter_mut() {
-        *x = exp_f32(*x);
-    }
-}
+slice_maps!(exp_f32, exp_f32_into, exp_f32_into_avx2, exp_f32_in_place, exp_f32_in_place_avx2);
 
 const SQRT_HALF: f32 = core::f32::consts::FRAC_1_SQRT_2;
 /// 1 / sqrt(2π)
@@ -133,26 +141,7 @@ fn gelu_backward_one(x: f32, g: f32) -> f32 {
     g * (cdf + x * pdf)
 }
 
-/// GELU of every element of `v`, in place (AVX2 where the CPU has it).
-pub fn gelu_f32_in_place(v: &mut [f32]) {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        unsafe { gelu_f32_in_place_avx2(v) };
-        return;
-    }
-    for x in v.iter_mut() {
-        *x = gelu_one(*x);
-    }
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2")]
-unsafe fn gelu_f32_in_place_avx2(v: &mut [f32]) {
-    for x in v.iter_mut() {
-        *x = gelu_one(*x);
-    }
-}
+slice_maps!(gelu_one, gelu_f32_into, gelu_f32_into_avx2, gelu_f32_in_place, gelu_f32_in_place_avx2);
 
 /// GELU's input gradient for inputs `x` and output gradients `g` (same length), written to
 /// `out` (AVX2 where the CPU has it).
@@ -174,28 +163,6 @@ pub fn gelu_backward_f32(x: &[f32], g: &[f32], out: &mut [f32]) {
 unsafe fn gelu_backward_f32_avx2(x: &[f32], g: &[f32], out: &mut [f32]) {
     for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
         *o = gelu_backward_one(x, g);
-    }
-}
-
-/// GELU of every element of `x`, written to `out` (same length; AVX2 where the CPU has it).
-pub fn gelu_f32_into(x: &[f32], out: &mut [f32]) {
-    assert_eq!(x.len(), out.len());
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        unsafe { gelu_f32_into_avx2(x, out) };
-        return;
-    }
-    for (o, &x) in out.iter_mut().zip(x) {
-        *o = gelu_one(x);
-    }
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2")]
-unsafe fn gelu_f32_into_avx2(x: &[f32], out: &mut [f32]) {
-    for (o, &x) in out.iter_mut().zip(x) {
-        *o = gelu_one(x);
     }
 }
 

@@ -105,7 +105,7 @@ pub mod conv_transpose;
 pub mod cumulative;
 pub mod deform_conv;
 pub mod expand;
-// pretext patch: f32 exp without a libm call per element (see the file's header).
+// pretext patch: f32 exp and GELU without a libm call per element (see the file's header).
 pub(crate) mod fast_math;
 #[cfg(feature = "fft")]
 pub mod fft;
