@@ -188,6 +188,13 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         threads(opts),
         cores()
     );
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "bench: this binary is a dev-profile build (no --release): pretext's own code is \
+             less optimised than in the binary users run; `cargo run --release -- bench` for \
+             the numbers to publish"
+        );
+    }
     let mut rows = Vec::new();
     for name in &opts.tasks {
         let dump = scratch.join(name);
@@ -311,12 +318,20 @@ fn thousands(n: usize) -> String {
     out
 }
 
+/// The build this binary is, as the table's header names it.
+const BUILD: &str = if cfg!(debug_assertions) {
+    "dev-profile build"
+} else {
+    "release build"
+};
+
 fn markdown_table(rows: &[Row], device: &str, torch_device: &str, threads: usize) -> String {
+    let build = BUILD;
     let mut s = format!(
         "items = images drawn from the data per second (median step); one step = the task's own \
          training step (forward, backward, AdamW; GAN tasks: discriminator and generator steps), \
-         fp32, pretext on {device}, PyTorch on {torch_device}, {threads} compute thread(s) each; \
-         ratio = pretext/PyTorch throughput by wall time, and by CPU time per step (PyTorch CPU s / \
+         fp32, pretext on {device} ({build}), PyTorch on {torch_device}, {threads} compute thread(s) \
+         each; ratio = pretext/PyTorch throughput by wall time, and by CPU time per step (PyTorch CPU s / \
          pretext CPU s; steadier on a shared machine)\n\n\
          | task | backbone | batch (inputs per step) | params pretext / PyTorch | pretext replicas | pretext items/s | \
          PyTorch items/s | ratio | ratio by CPU time | pretext peak MB | PyTorch peak MB | loader items/s |\n\
