@@ -10,6 +10,11 @@
 //! - Precomputed coordinate mappings where beneficial
 //!
 //! Supported dtypes: f32, f64, f16 (native), bf16 (via f32 conversion)
+//!
+//! Changed by pretext: bilinear forward and backward read per-axis taps computed once
+//! (`bilinear_axis_taps`) instead of a floor and an f64 → T conversion per element, and the
+//! forward splits its (batch, channel) planes over rayon as one flat loop, from flex's
+//! parallel threshold (it nested a parallel loop over channels inside one over the batch).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -313,6 +318,25 @@ where
 
 /// Bilinear interpolation.
 /// Uses 4-point weighted average based on distance to neighbors.
+/// Bilinear taps of one output axis: `(low, high, weight of high)` per output coordinate, the
+/// same values the per-element formula gave (pretext: computed once per axis instead of per
+/// element, with `floor` and an f64 → T conversion each time).
+fn bilinear_axis_taps<T: Float>(
+    in_size: usize,
+    out_size: usize,
+    align_corners: bool,
+) -> Vec<(usize, usize, T)> {
+    let ratio = coord_ratio(in_size, out_size, align_corners);
+    (0..out_size)
+        .map(|o| {
+            let c = map_coord(o, ratio, align_corners);
+            let low = (c.floor().max(0.0)) as usize;
+            let high = (low + 1).min(in_size - 1);
+            (low, high, T::from((c - low as f64).max(0.0)).unwrap())
+        })
+        .collect()
+}
+
 fn interpolate_bilinear_impl<T>(
     x: FlexTensor,
     output_size: [usize; 2],
@@ -335,99 +359,52 @@ where
     );
     let [out_height, out_width] = output_size;
 
-    let y_ratio = coord_ratio(in_height, out_height, align_corners);
-    let x_ratio = coord_ratio(in_width, out_width, align_corners);
+    let ys = bilinear_axis_taps::<T>(in_height, out_height, align_corners);
+    let xs = bilinear_axis_taps::<T>(in_width, out_width, align_corners);
 
     let out_numel = batch * channels * out_height * out_width;
     let in_hw = in_height * in_width;
     let out_hw = out_height * out_width;
+    let mut output = vec![T::zero(); out_numel];
 
-    let output = {
-        #[cfg(feature = "rayon")]
+    let run_plane = |bc_idx: usize, out_plane: &mut [T]| {
+        let plane = &input[bc_idx * in_hw..(bc_idx + 1) * in_hw];
+        let one = T::one();
+        for (out_row, &(y_low, y_high, y_weight)) in out_plane.chunks_exact_mut(out_width).zip(&ys)
         {
-            use rayon::prelude::*;
-
-            let mut output = vec![T::zero(); out_numel];
-            let out_ptr = crate::ops::SendMutPtr::new(output.as_mut_ptr());
-
-            (0..batch).into_par_iter().for_each(|b| {
-                (0..channels).into_par_iter().for_each(|c| {
-                    let in_base = b * channels * in_hw + c * in_hw;
-                    let out_base = b * channels * out_hw + c * out_hw;
-
-                    for oh in 0..out_height {
-                        let y_in = map_coord(oh, y_ratio, align_corners);
-                        let y_low = (y_in.floor().max(0.0)) as usize;
-                        let y_high = (y_low + 1).min(in_height - 1);
-                        let y_weight = T::from((y_in - y_low as f64).max(0.0)).unwrap();
-
-                        for ow in 0..out_width {
-                            let x_in = map_coord(ow, x_ratio, align_corners);
-                            let x_low = (x_in.floor().max(0.0)) as usize;
-                            let x_high = (x_low + 1).min(in_width - 1);
-                            let x_weight = T::from((x_in - x_low as f64).max(0.0)).unwrap();
-
-                            let p_a = input[in_base + y_low * in_width + x_low];
-                            let p_b = input[in_base + y_low * in_width + x_high];
-                            let p_c = input[in_base + y_high * in_width + x_low];
-                            let p_d = input[in_base + y_high * in_width + x_high];
-
-                            let one = T::one();
-                            let result = p_a * (one - x_weight) * (one - y_weight)
-                                + p_b * x_weight * (one - y_weight)
-                                + p_c * (one - x_weight) * y_weight
-                                + p_d * x_weight * y_weight;
-
-                            let out_idx = out_base + oh * out_width + ow;
-                            unsafe {
-                                out_ptr.write(out_idx, result);
-                            }
-                        }
-                    }
-                });
-            });
-            output
-        }
-        #[cfg(not(feature = "rayon"))]
-        {
-            let mut output = vec![T::zero(); out_numel];
-
-            for b in 0..batch {
-                for c in 0..channels {
-                    let in_base = b * channels * in_hw + c * in_hw;
-                    let out_base = b * channels * out_hw + c * out_hw;
-
-                    for oh in 0..out_height {
-                        let y_in = map_coord(oh, y_ratio, align_corners);
-                        let y_low = (y_in.floor().max(0.0)) as usize;
-                        let y_high = (y_low + 1).min(in_height - 1);
-                        let y_weight = T::from((y_in - y_low as f64).max(0.0)).unwrap();
-
-                        for ow in 0..out_width {
-                            let x_in = map_coord(ow, x_ratio, align_corners);
-                            let x_low = (x_in.floor().max(0.0)) as usize;
-                            let x_high = (x_low + 1).min(in_width - 1);
-                            let x_weight = T::from((x_in - x_low as f64).max(0.0)).unwrap();
-
-                            let p_a = input[in_base + y_low * in_width + x_low];
-                            let p_b = input[in_base + y_low * in_width + x_high];
-                            let p_c = input[in_base + y_high * in_width + x_low];
-                            let p_d = input[in_base + y_high * in_width + x_high];
-
-                            let one = T::one();
-                            let result = p_a * (one - x_weight) * (one - y_weight)
-                                + p_b * x_weight * (one - y_weight)
-                                + p_c * (one - x_weight) * y_weight
-                                + p_d * x_weight * y_weight;
-
-                            output[out_base + oh * out_width + ow] = result;
-                        }
-                    }
-                }
+            let row_low = &plane[y_low * in_width..(y_low + 1) * in_width];
+            let row_high = &plane[y_high * in_width..(y_high + 1) * in_width];
+            for (o, &(x_low, x_high, x_weight)) in out_row.iter_mut().zip(&xs) {
+                let p_a = row_low[x_low];
+                let p_b = row_low[x_high];
+                let p_c = row_high[x_low];
+                let p_d = row_high[x_high];
+                *o = p_a * (one - x_weight) * (one - y_weight)
+                    + p_b * x_weight * (one - y_weight)
+                    + p_c * (one - x_weight) * y_weight
+                    + p_d * x_weight * y_weight;
             }
-            output
         }
     };
+
+    if out_hw > 0 {
+        #[cfg(feature = "rayon")]
+        if out_numel >= super::PARALLEL_THRESHOLD && batch * channels > 1 {
+            use rayon::prelude::*;
+            output
+                .par_chunks_mut(out_hw)
+                .enumerate()
+                .for_each(|(bc_idx, out_plane)| run_plane(bc_idx, out_plane));
+        } else {
+            for (bc_idx, out_plane) in output.chunks_mut(out_hw).enumerate() {
+                run_plane(bc_idx, out_plane);
+            }
+        }
+        #[cfg(not(feature = "rayon"))]
+        for (bc_idx, out_plane) in output.chunks_mut(out_hw).enumerate() {
+            run_plane(bc_idx, out_plane);
+        }
+    }
 
     FlexTensor::new(
         Bytes::from_elems(output),
@@ -951,8 +928,8 @@ where
     );
     let [out_height, out_width] = output_size;
 
-    let y_ratio = coord_ratio(in_height, out_height, align_corners);
-    let x_ratio = coord_ratio(in_width, out_width, align_corners);
+    let ys = bilinear_axis_taps::<T>(in_height, out_height, align_corners);
+    let xs = bilinear_axis_taps::<T>(in_width, out_width, align_corners);
 
     let in_numel = batch * channels * in_height * in_width;
     let mut input_grad = vec![T::zero(); in_numel];
@@ -962,23 +939,11 @@ where
     let bc = batch * channels;
 
     let run_plane = |bc_idx: usize, grad_plane: &mut [T]| {
-        let out_base = bc_idx * out_hw;
-
-        for oh in 0..out_height {
-            let y_in = map_coord(oh, y_ratio, align_corners);
-            let y_low = (y_in.floor().max(0.0)) as usize;
-            let y_high = (y_low + 1).min(in_height - 1);
-            let y_weight = T::from((y_in - y_low as f64).max(0.0)).unwrap();
-
-            for ow in 0..out_width {
-                let x_in = map_coord(ow, x_ratio, align_corners);
-                let x_low = (x_in.floor().max(0.0)) as usize;
-                let x_high = (x_low + 1).min(in_width - 1);
-                let x_weight = T::from((x_in - x_low as f64).max(0.0)).unwrap();
-
-                let grad_val = grad_data[out_base + oh * out_width + ow];
-                let one = T::one();
-
+        let grad_out = &grad_data[bc_idx * out_hw..(bc_idx + 1) * out_hw];
+        let one = T::one();
+        for (grad_row, &(y_low, y_high, y_weight)) in grad_out.chunks_exact(out_width.max(1)).zip(&ys)
+        {
+            for (&grad_val, &(x_low, x_high, x_weight)) in grad_row.iter().zip(&xs) {
                 grad_plane[y_low * in_width + x_low] = grad_plane[y_low * in_width + x_low]
                     + grad_val * (one - x_weight) * (one - y_weight);
                 grad_plane[y_low * in_width + x_high] =
