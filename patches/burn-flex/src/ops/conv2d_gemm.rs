@@ -20,7 +20,9 @@
 //! output gradient). f32 and f64 run natively; f16 and bf16 go through f32.
 //!
 //! Threads: the blocks are split over rayon only when the current pool has more than one thread
-//! (a single-thread pool runs the plain loop with one scratch buffer). The weight gradient sums
+//! (a single-thread pool runs the plain loop with one scratch buffer). The scratch (im2col and
+//! column-gradient matrices, up to several MB) is a per-thread buffer kept between calls: every
+//! element is written before it is read, so it is neither reallocated nor zero-filled per call. The weight gradient sums
 //! fixed chunks of whole blocks (at least `WGRAD_CHUNK` samples), then the chunk sums in order,
 //! in both cases; blocks and chunks depend only on the shapes, so one and many threads give
 //! bit-identical results.
@@ -342,8 +344,40 @@ fn block_samples(n: usize, batch: usize) -> usize {
     GEMM_COLS.div_ceil(n.max(1)).clamp(1, batch.max(1))
 }
 
+#[cfg(feature = "std")]
+std::thread_local! {
+    /// This thread's scratch for [`with_scratch`], in 8-byte words (any `ConvElem` fits).
+    static SCRATCH: core::cell::RefCell<Vec<u64>> = const { core::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch slice of `len` elements whose contents are unspecified (left from an
+/// earlier call, or zero): `f` must write every element it reads. With `std` this is the
+/// thread's buffer, grown when needed and kept; otherwise (or if it is in use) a fresh vector.
+fn with_scratch<T: ConvElem, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    #[cfg(feature = "std")]
+    {
+        let mut f = Some(f);
+        let words = (len * core::mem::size_of::<T>()).div_ceil(8);
+        let done = SCRATCH.try_with(|cell| {
+            let mut buf = cell.try_borrow_mut().ok()?;
+            if buf.len() < words {
+                buf.resize(words, 0);
+            }
+            let all: &mut [T] = bytemuck::cast_slice_mut(&mut buf[..words]);
+            Some((f.take().expect("called once"))(&mut all[..len]))
+        });
+        if let Ok(Some(r)) = done {
+            return r;
+        }
+        return (f.take().expect("called once"))(&mut vec![T::ZERO; len]);
+    }
+    #[cfg(not(feature = "std"))]
+    f(&mut vec![T::ZERO; len])
+}
+
 /// Runs `f(i, out_i, scratch)` for every chunk `i` of `out` of `chunk` elements (the last may be
-/// shorter); in parallel over the chunks when the pool has several threads.
+/// shorter); in parallel over the chunks when the pool has several threads. `scratch` has
+/// `scratch_len` elements of unspecified contents (see [`with_scratch`]).
 fn for_each_chunk<T: ConvElem>(
     out: &mut [T],
     chunk: usize,
@@ -356,16 +390,16 @@ fn for_each_chunk<T: ConvElem>(
     #[cfg(feature = "rayon")]
     if parallel(out.len().div_ceil(chunk)) {
         use rayon::prelude::*;
-        out.par_chunks_mut(chunk).enumerate().for_each_init(
-            || vec![T::ZERO; scratch_len],
-            |scratch, (i, out_i)| f(i, out_i, scratch),
-        );
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, out_i)| with_scratch(scratch_len, |scratch| f(i, out_i, scratch)));
         return;
     }
-    let mut scratch = vec![T::ZERO; scratch_len];
-    for (i, out_i) in out.chunks_mut(chunk).enumerate() {
-        f(i, out_i, &mut scratch);
-    }
+    with_scratch(scratch_len, |scratch| {
+        for (i, out_i) in out.chunks_mut(chunk).enumerate() {
+            f(i, out_i, scratch);
+        }
+    });
 }
 
 /// Copies group `gr`'s output gradient of samples `b0..b0 + s` (each `cog × n` inside its
@@ -651,12 +685,12 @@ pub(crate) fn conv2d_weight_backward<T: ConvElem>(
     let done = if parallel(chunks) {
         use rayon::prelude::*;
         rayon::join(
-            || chunk_sum(0, &mut dw, &mut vec![T::ZERO; scratch_len]),
+            || with_scratch(scratch_len, |scratch| chunk_sum(0, &mut dw, scratch)),
             || {
-                partials.par_chunks_mut(w_len).enumerate().for_each_init(
-                    || vec![T::ZERO; scratch_len],
-                    |scratch, (c, p)| chunk_sum(c + 1, p, scratch),
-                )
+                partials
+                    .par_chunks_mut(w_len)
+                    .enumerate()
+                    .for_each(|(c, p)| with_scratch(scratch_len, |s| chunk_sum(c + 1, p, s)))
             },
         );
         true
@@ -666,11 +700,12 @@ pub(crate) fn conv2d_weight_backward<T: ConvElem>(
     #[cfg(not(feature = "rayon"))]
     let done = false;
     if !done {
-        let mut scratch = vec![T::ZERO; scratch_len];
-        chunk_sum(0, &mut dw, &mut scratch);
-        for (c, p) in partials.chunks_mut(w_len).enumerate() {
-            chunk_sum(c + 1, p, &mut scratch);
-        }
+        with_scratch(scratch_len, |scratch| {
+            chunk_sum(0, &mut dw, scratch);
+            for (c, p) in partials.chunks_mut(w_len).enumerate() {
+                chunk_sum(c + 1, p, scratch);
+            }
+        });
     }
     // the chunk sums, added in chunk order whatever the thread count
     for p in partials.chunks(w_len) {
