@@ -72,7 +72,11 @@ pub fn reestimate_bn(
     device: &Device,
 ) -> Result<Backbone, DataError> {
     let ad = device.clone().autodiff();
-    let mut enc = encoder.valid().to_device(&ad).train();
+    // Parameters untracked: the forwards below only update running statistics, and with
+    // tracked parameters each one recorded an autodiff graph (the activations kept for a
+    // backward that never comes), which piled up across transfer cells (a ViT's k-NN cells in
+    // `pretext compare` grew past 20 GB).
+    let mut enc = encoder.valid().to_device(&ad).no_grad().train();
     for (k, chunk) in idx.chunks(BN_BATCH).enumerate() {
         if chunk.len() < 2 {
             break;
@@ -87,4 +91,41 @@ pub fn reestimate_bn(
     }
     enc.set_bn_momentum(0.1);
     Ok(enc.valid().to_device(device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gan::flat_params;
+    use crate::nn::{BackboneKind, BackboneSpec};
+
+    /// Re-estimation runs with untracked parameters (no autodiff graph is kept), and still
+    /// replaces the running statistics — and only them: the learned weights are unchanged.
+    #[test]
+    fn reestimation_replaces_the_running_statistics_only() {
+        let device = Device::flex();
+        let spec = BackboneSpec {
+            kind: BackboneKind::Convnet,
+            in_channels: 1,
+            width: 4,
+            patch: 0,
+        };
+        let encoder = spec.init(&device);
+        let n = 40;
+        let pixels: Vec<u8> = (0..n * 8 * 8).map(|i| (i * 37 % 251) as u8).collect();
+        let set = ImageSet::in_memory(pixels, None, n, 1, 8, 8);
+        let input = InputSpec::from_images(&set).unwrap();
+        let before = flat_params(&encoder);
+        let idx: Vec<usize> = (0..n).collect();
+        let after =
+            flat_params(&reestimate_bn(encoder.clone(), &set, &idx, &input, &device).unwrap());
+        assert_eq!(before.len(), after.len());
+        let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        // width 4: 4 + 8 + 16 + 32 channels, a running mean and variance each
+        assert_eq!(
+            changed,
+            2 * (4 + 8 + 16 + 32),
+            "only the running statistics change"
+        );
+    }
 }
