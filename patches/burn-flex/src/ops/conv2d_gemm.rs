@@ -20,12 +20,14 @@
 //! output gradient). f32 and f64 run natively; f16 and bf16 go through f32.
 //!
 //! Threads: the blocks are split over rayon only when the current pool has more than one thread
-//! (a single-thread pool runs the plain loop with one scratch buffer). The scratch (im2col and
-//! column-gradient matrices, up to several MB) is a per-thread buffer kept between calls: every
-//! element is written before it is read, so it is neither reallocated nor zero-filled per call. The weight gradient sums
+//! (a single-thread pool runs the plain loop with one scratch buffer). The weight gradient sums
 //! fixed chunks of whole blocks (at least `WGRAD_CHUNK` samples), then the chunk sums in order,
 //! in both cases; blocks and chunks depend only on the shapes, so one and many threads give
 //! bit-identical results.
+//!
+//! Scratch: the im2col and column-gradient matrices (up to several MB) live in a per-thread
+//! buffer kept between calls; every element is written before it is read, so it is neither
+//! reallocated nor zero-filled per call.
 
 use alloc::vec;
 use alloc::vec::Vec;

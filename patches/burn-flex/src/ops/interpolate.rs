@@ -316,8 +316,6 @@ where
     )
 }
 
-/// Bilinear interpolation.
-/// Uses 4-point weighted average based on distance to neighbors.
 /// Bilinear taps of one output axis: `(low, high, weight of high)` per output coordinate, the
 /// same values the per-element formula gave (pretext: computed once per axis instead of per
 /// element, with `floor` and an f64 → T conversion each time).
@@ -337,6 +335,8 @@ fn bilinear_axis_taps<T: Float>(
         .collect()
 }
 
+/// Bilinear interpolation.
+/// Uses 4-point weighted average based on distance to neighbors.
 fn interpolate_bilinear_impl<T>(
     x: FlexTensor,
     output_size: [usize; 2],
