@@ -90,7 +90,9 @@ pub fn reestimate_bn(
         let _ = enc.features(x.detach());
     }
     enc.set_bn_momentum(0.1);
-    Ok(enc.valid().to_device(device))
+    // `no_grad` is persistent (a later `train()` keeps it): hand the parameters back
+    // trainable, or fine-tuning from this encoder would train its head alone.
+    Ok(enc.set_require_grad(true).valid().to_device(device))
 }
 
 #[cfg(test)]
@@ -127,5 +129,45 @@ mod tests {
             2 * (4 + 8 + 16 + 32),
             "only the running statistics change"
         );
+    }
+
+    /// The re-estimated encoder trains again: fine-tuning (LP-FT starts from it) must get
+    /// gradients for every learned weight, not only for its head.
+    #[test]
+    fn the_reestimated_encoder_is_trainable() {
+        struct Tracked(usize, usize);
+        impl burn::module::ModuleVisitor for Tracked {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+                self.0 += 1;
+                self.1 += p.is_require_grad() as usize;
+            }
+        }
+        let device = Device::flex();
+        for kind in [BackboneKind::Convnet, BackboneKind::Vit] {
+            let spec = BackboneSpec {
+                kind,
+                in_channels: 1,
+                width: if kind == BackboneKind::Vit { 32 } else { 4 },
+                patch: 0,
+            };
+            let n = 8;
+            let pixels: Vec<u8> = (0..n * 8 * 8).map(|i| (i * 37 % 251) as u8).collect();
+            let set = ImageSet::in_memory(pixels, None, n, 1, 8, 8);
+            let input = InputSpec::from_images(&set).unwrap();
+            let idx: Vec<usize> = (0..n).collect();
+            let tracked = |enc: Backbone| {
+                let mut t = Tracked(0, 0);
+                enc.to_device(&device.clone().autodiff())
+                    .train()
+                    .visit(&mut t);
+                (t.0, t.1)
+            };
+            let fresh = spec.init(&device);
+            let want = tracked(fresh.clone());
+            assert!(want.1 > 0);
+            let got = tracked(reestimate_bn(fresh, &set, &idx, &input, &device).unwrap());
+            // (Running statistics are float tensors that never take gradients, in both.)
+            assert_eq!(got, want, "{kind:?}: (tensors, tracked)");
+        }
     }
 }
