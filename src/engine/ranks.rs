@@ -74,9 +74,7 @@ fn flatten<M: Module>(module: &M, grads: &GradientsParams) -> (Vec<f32>, Device)
 
 /// What [`flatten`] made, back as gradients of `module`.
 fn unflatten<M: Module>(module: &M, flat: &[f32], device: Device) -> GradientsParams {
-    let mut count = Count(0);
-    module.visit(&mut count);
-    let (values, present) = flat.split_at(flat.len() - count.0);
+    let (values, present) = flat.split_at(flat.len() - trainable_count(module));
     let mut out = Unflatten {
         grads: GradientsParams::new(),
         values,
@@ -98,6 +96,13 @@ impl ModuleVisitor for Count {
             self.0 += 1;
         }
     }
+}
+
+/// How many of `module`'s float tensors take gradients (running statistics never do).
+pub(crate) fn trainable_count<M: Module>(module: &M) -> usize {
+    let mut count = Count(0);
+    module.visit(&mut count);
+    count.0
 }
 
 pub(super) fn trainable<const D: usize>(param: &Param<Tensor<D>>) -> bool {
