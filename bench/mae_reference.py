@@ -25,6 +25,8 @@ stderr. Exits 3 with {"error": "torch not installed"} when PyTorch is missing.
 
   python3 bench/mae_reference.py --threads 2                      # the real budget: 2000 steps
   python3 bench/mae_reference.py --steps 5 --finetune-steps 5 --draws 1 --test-limit 500  # smoke
+  python3 bench/mae_reference.py --save-encoder mae.pt ...   # then --load-encoder mae.pt: fine-tuning
+                                                            # variants without pretraining again
 """
 import argparse
 import copy
@@ -319,6 +321,9 @@ def parse_args():
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--save-encoder", default="", help="write the pretrained encoder's state_dict here (torch.save)")
+    p.add_argument("--load-encoder", default="",
+                   help="skip pretraining: fine-tune this saved encoder (of --save-encoder, same model settings)")
     return p.parse_args()
 
 
@@ -341,7 +346,14 @@ def main():
     dec = MaeDecoder(enc.dim, dd, a.decoder_depth, enc.patch * enc.patch * train_x.shape[1])
     enc, dec = enc.to(a.device), dec.to(a.device)
 
-    steps, seconds, losses = pretrain(enc, dec, train_x, norm, a, a.device)
+    if a.load_encoder:
+        enc.load_state_dict(torch.load(a.load_encoder, map_location=a.device))
+        steps, seconds, losses = 0, 0.0, []
+        print(f"pretraining skipped: encoder read from {a.load_encoder}", file=sys.stderr, flush=True)
+    else:
+        steps, seconds, losses = pretrain(enc, dec, train_x, norm, a, a.device)
+        if a.save_encoder:
+            torch.save(enc.state_dict(), a.save_encoder)
     tail = losses[-min(20, len(losses)):] or [float("nan")]
     mae_acc, scratch_acc = [], []
     for draw in range(a.draws):

@@ -58,24 +58,27 @@ pub fn classification_step<M: Module + 'static>(
     targets: Tensor<1, Int>,
     forward: impl FnOnce(&M) -> Tensor<2>,
 ) -> (M, StepStats) {
-    classification_step_with(model, cx, targets, forward, |model, cx, grads| {
+    classification_step_with(model, cx, targets, 0.0, forward, |model, cx, grads| {
         let grads = GradientsParams::from_grads(grads, &model);
         cx.update("model", cx.lr, model, grads)
     })
 }
 
-/// [`classification_step`] with the update made by `update` (model, context, the loss's
-/// gradients → the updated model): fine-tuning's per-layer learning rates.
+/// [`classification_step`] with label smoothing `smoothing` (0 = none: the target class gets
+/// probability 1 − ε + ε/classes, every other ε/classes) and the update made by `update`
+/// (model, context, the loss's gradients → the updated model): fine-tuning's per-layer rates.
 pub fn classification_step_with<M: Module + 'static>(
     model: M,
     cx: &mut StepCtx,
     targets: Tensor<1, Int>,
+    smoothing: f32,
     forward: impl FnOnce(&M) -> Tensor<2>,
     update: impl FnOnce(M, &mut StepCtx, burn::tensor::Gradients) -> M,
 ) -> (M, StepStats) {
     let logits = forward(&model);
     let device = logits.device();
     let loss = CrossEntropyLossConfig::new()
+        .with_smoothing((smoothing > 0.0).then_some(smoothing))
         .init(&device)
         .forward(logits.clone(), targets.clone());
     // A NaN/Inf loss still goes through backward and the update (every replica and rank makes

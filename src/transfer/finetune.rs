@@ -18,9 +18,7 @@ use crate::engine::optim::optimizer;
 use crate::engine::progress::Progress;
 use crate::engine::replicas::{resolve, split_batch};
 use crate::engine::schedule::lr_at;
-use crate::engine::step::{
-    classification_step, classification_step_with, images_tensor, labels_tensor,
-};
+use crate::engine::step::{classification_step_with, images_tensor, labels_tensor};
 use crate::engine::{Bound, StepCtx, StepStats, Task, Trainable};
 use crate::input::InputSpec;
 use crate::nn::heads::LinearHead;
@@ -39,6 +37,8 @@ pub struct FinetuneSettings {
     /// Layer-wise learning-rate decay: the head (and a ViT's final norm) trains at `lr`, the
     /// encoder's top group at `lr·d`, the next one down at `lr·d²`, … (1 = one rate for all).
     pub layer_decay: f64,
+    /// Label smoothing ε of the cross-entropy (0 = none).
+    pub label_smoothing: f32,
     pub workers: usize,
     pub quiet: bool,
 }
@@ -89,6 +89,7 @@ impl Classifier {
 struct Finetune {
     device: Device,
     groups: Arc<Vec<(Vec<ParamId>, f64)>>,
+    label_smoothing: f32,
 }
 
 impl Task for Finetune {
@@ -109,14 +110,12 @@ impl Task for Finetune {
             [batch.b, batch.c, batch.h, batch.w],
             &self.device,
         );
-        if self.groups.is_empty() {
-            return classification_step(model, cx, y, |m| m.forward(x));
-        }
         let groups = self.groups.clone();
         classification_step_with(
             model,
             cx,
             y,
+            self.label_smoothing,
             |m| m.forward(x),
             |mut model, cx, mut grads| {
                 for (k, (ids, scale)) in groups.iter().enumerate() {
@@ -174,6 +173,7 @@ pub fn finetune(
         Finetune {
             device: ad.clone(),
             groups: Arc::new(groups),
+            label_smoothing: s.label_smoothing,
         },
         model,
         &optimizer(crate::config::OptimizerKind::Adamw, s.weight_decay, 0.9),
@@ -334,6 +334,7 @@ mod tests {
         let task = Finetune {
             device: device.clone(),
             groups: Arc::new(groups.clone()),
+            label_smoothing: 0.0,
         };
         let optim = optimizer(crate::config::OptimizerKind::Adamw, 0.0, 0.9);
         let mut bound = Bound::new(task, model, &optim, false);
@@ -378,6 +379,74 @@ mod tests {
             m <= lr as f32 * 1.001 && m >= lr as f32 * 0.9,
             "head moved {m}"
         );
+    }
+
+    /// The step's loss is the cross-entropy against smoothed targets, (1 − ε)·one-hot + ε/K,
+    /// computed here by hand from the model's logits before the step.
+    #[test]
+    fn label_smoothing_reaches_the_loss() {
+        let device = Device::flex().autodiff();
+        let spec = BackboneSpec {
+            kind: BackboneKind::Convnet,
+            in_channels: 1,
+            width: 4,
+            patch: 0,
+        };
+        let (b, side, k) = (6, 16, 3);
+        let images: Vec<f32> = (0..b * side * side)
+            .map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5)
+            .collect();
+        let labels = vec![0u32, 1, 2, 0, 1, 2];
+        let model = crate::device::seeded(&device, 5, || Classifier {
+            backbone: spec.init(&device),
+            head: LinearHead::new(32, k, &device),
+        });
+        // In training mode, as the step sees them (batch-norm on the batch's statistics).
+        let logits = model
+            .clone()
+            .forward(images_tensor(images.clone(), [b, 1, side, side], &device))
+            .into_data()
+            .iter::<f32>()
+            .collect::<Vec<f32>>();
+        let by_hand = |eps: f32| -> f32 {
+            let mut total = 0.0;
+            for (i, &y) in labels.iter().enumerate() {
+                let row = &logits[i * k..(i + 1) * k];
+                let m = row.iter().copied().fold(f32::MIN, f32::max);
+                let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f32>().ln();
+                for (c, v) in row.iter().enumerate() {
+                    let q = eps / k as f32 + if c == y as usize { 1.0 - eps } else { 0.0 };
+                    total -= q * (v - lse);
+                }
+            }
+            total / b as f32
+        };
+        for eps in [0.0f32, 0.3] {
+            let task = Finetune {
+                device: device.clone(),
+                groups: Arc::new(Vec::new()),
+                label_smoothing: eps,
+            };
+            let optim = optimizer(crate::config::OptimizerKind::Adamw, 0.0, 0.9);
+            let mut bound = Bound::new(task, model.clone(), &optim, false);
+            let batch = Batch {
+                images: images.clone(),
+                labels: labels.clone(),
+                b,
+                c: 1,
+                h: side,
+                w: side,
+            };
+            let stats = bound.step_typed(batch, 0, 0.01);
+            let want = by_hand(eps);
+            assert!(
+                (stats.loss - want).abs() < 1e-4 * want.max(1.0),
+                "ε {eps}: loss {} vs {want} by hand",
+                stats.loss
+            );
+        }
+        // The two targets give losses far enough apart for the check above to tell them apart.
+        assert!((by_hand(0.3) - by_hand(0.0)).abs() > 1e-3);
     }
 
     fn flat_params(m: &Classifier) -> std::collections::HashMap<ParamId, Vec<f32>> {

@@ -146,6 +146,8 @@ pub struct TransferConfig {
     /// built-in data at 10 labels per class (demo's SimCLR run: 0.715 off, 0.677 at d = 0.5,
     /// 0.649 at 0.3; MAE ViT: 0.683 off, 0.640 at 0.75), hence off by default.
     pub finetune_layer_decay: f64,
+    /// Label smoothing ε of fine-tuning's cross-entropy, pretrained and scratch alike (0 = off).
+    pub finetune_label_smoothing: f32,
     /// Linear and k-NN: re-estimate the encoder's batch-norm statistics on (up to 2,048 of) the
     /// downstream training images, labels unused, before taking features.
     pub bn_reestimate: bool,
@@ -178,6 +180,7 @@ impl Default for TransferConfig {
             finetune_flip: true,
             finetune_head: FinetuneHead::Auto,
             finetune_layer_decay: 1.0,
+            finetune_label_smoothing: 0.0,
             bn_reestimate: true,
             test_limit: 0,
             image_size: 32,
@@ -236,6 +239,12 @@ impl TransferConfig {
             return Err(Error::config(
                 "finetune_layer_decay",
                 format!("must be in (0, 1], found {}", self.finetune_layer_decay),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.finetune_label_smoothing) {
+            return Err(Error::config(
+                "finetune_label_smoothing",
+                format!("must be in [0, 1), found {}", self.finetune_label_smoothing),
             ));
         }
         positive("image_size", self.image_size as f64)?;
@@ -430,6 +439,7 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
                     Source::Run(_) => cfg.finetune_layer_decay,
                     Source::Random | Source::Scratch => 1.0,
                 },
+                label_smoothing: cfg.finetune_label_smoothing,
                 workers: if cfg.workers == 0 {
                     crate::engine::default_workers()
                 } else {
