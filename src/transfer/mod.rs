@@ -144,9 +144,13 @@ pub struct TransferConfig {
     /// down at `finetune_lr·d²`, … A network trained from scratch always trains every layer at
     /// `finetune_lr` (its lower layers have nothing to keep). 1 = off. It did not help on the
     /// built-in data at 10 labels per class (demo's SimCLR run: 0.715 off, 0.677 at d = 0.5,
-    /// 0.649 at 0.3; MAE ViT: 0.683 off, 0.640 at 0.75), hence off by default.
+    /// 0.649 at 0.3; MAE ViT after 2,000 steps, full Fashion-MNIST, label draws 0 and 1:
+    /// 0.712 / 0.692 off, 0.701 / 0.659 at 0.75), hence off by default.
     pub finetune_layer_decay: f64,
     /// Label smoothing ε of fine-tuning's cross-entropy, pretrained and scratch alike (0 = off).
+    /// On a validation split of Fashion-MNIST (train images 50,000–59,999, 10 labels per class,
+    /// 3 draws) ε = 0.1 lifted the MAE ViT from 0.685 to 0.692 and the ViT from scratch from
+    /// 0.585 to 0.593: under a point for either, so it stays off by default.
     pub finetune_label_smoothing: f32,
     /// Linear and k-NN: re-estimate the encoder's batch-norm statistics on (up to 2,048 of) the
     /// downstream training images, labels unused, before taking features.
