@@ -562,6 +562,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fine_tuning_rates_out_of_range_are_refused_by_name() {
+        let with = |f: fn(&mut TransferConfig)| {
+            let mut c = TransferConfig::default();
+            f(&mut c);
+            c.validate().err().map(|e| e.to_string())
+        };
+        assert!(with(|_| {}).is_none());
+        assert!(with(|c| c.finetune_label_smoothing = 0.1).is_none());
+        for bad in [
+            with(|c| c.finetune_label_smoothing = 1.0),
+            with(|c| c.finetune_label_smoothing = -0.1),
+            with(|c| c.finetune_label_smoothing = f32::NAN),
+        ] {
+            let e = bad.expect("refused");
+            assert!(
+                e.contains("finetune_label_smoothing") && e.contains("[0, 1)"),
+                "{e}"
+            );
+        }
+        let e = with(|c| c.finetune_layer_decay = 0.0).expect("refused");
+        assert!(e.contains("finetune_layer_decay"), "{e}");
+    }
+
+    #[test]
     fn auto_head_probes_pretrained_encoders_only() {
         let run = Source::Run(PathBuf::from("runs/x"));
         assert_eq!(TransferConfig::default().finetune_head, FinetuneHead::Auto);
