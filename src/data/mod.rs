@@ -13,6 +13,7 @@ pub mod email;
 pub mod folder;
 pub mod idx;
 pub mod loader;
+pub mod mix;
 pub mod stl10;
 pub mod tokenizer;
 pub mod tokens;

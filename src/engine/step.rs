@@ -58,29 +58,46 @@ pub fn classification_step<M: Module + 'static>(
     targets: Tensor<1, Int>,
     forward: impl FnOnce(&M) -> Tensor<2>,
 ) -> (M, StepStats) {
-    classification_step_with(model, cx, targets, 0.0, forward, |model, cx, grads| {
-        let grads = GradientsParams::from_grads(grads, &model);
-        cx.update("model", cx.lr, model, grads)
-    })
+    classification_step_with(
+        model,
+        cx,
+        targets,
+        0.0,
+        None,
+        forward,
+        |model, cx, grads| {
+            let grads = GradientsParams::from_grads(grads, &model);
+            cx.update("model", cx.lr, model, grads)
+        },
+    )
 }
 
 /// [`classification_step`] with label smoothing `smoothing` (0 = none: the target class gets
-/// probability 1 − ε + ε/classes, every other ε/classes) and the update made by `update`
-/// (model, context, the loss's gradients → the updated model): fine-tuning's per-layer rates.
+/// probability 1 − ε + ε/classes, every other ε/classes), mixed targets `mix` (partner labels,
+/// λ: the loss is λ·CE(targets) + (1 − λ)·CE(partners), mixup/CutMix; accuracy counts against
+/// `targets`) and the update made by `update` (model, context, the loss's gradients → the
+/// updated model): fine-tuning's per-layer rates.
 pub fn classification_step_with<M: Module + 'static>(
     model: M,
     cx: &mut StepCtx,
     targets: Tensor<1, Int>,
     smoothing: f32,
+    mix: Option<(Tensor<1, Int>, f32)>,
     forward: impl FnOnce(&M) -> Tensor<2>,
     update: impl FnOnce(M, &mut StepCtx, burn::tensor::Gradients) -> M,
 ) -> (M, StepStats) {
     let logits = forward(&model);
     let device = logits.device();
-    let loss = CrossEntropyLossConfig::new()
+    let ce = CrossEntropyLossConfig::new()
         .with_smoothing((smoothing > 0.0).then_some(smoothing))
-        .init(&device)
-        .forward(logits.clone(), targets.clone());
+        .init(&device);
+    let loss = ce.forward(logits.clone(), targets.clone());
+    let loss = match mix {
+        Some((partners, lam)) if lam < 1.0 => {
+            loss.mul_scalar(lam) + ce.forward(logits.clone(), partners).mul_scalar(1.0 - lam)
+        }
+        _ => loss,
+    };
     // A NaN/Inf loss still goes through backward and the update (every replica and rank makes
     // the same updates); the engine then stops or undoes the step.
     let loss_value = loss.clone().detach().into_scalar::<f32>();

@@ -13,6 +13,7 @@ use rand::Rng;
 
 use crate::data::augment::{hflip, random_resized_crop};
 use crate::data::loader::{Batch, Loader, LoaderConfig};
+use crate::data::mix::{mix_batch, Mix, MixSettings};
 use crate::data::{DataError, ImageSet};
 use crate::engine::optim::optimizer;
 use crate::engine::progress::Progress;
@@ -39,6 +40,8 @@ pub struct FinetuneSettings {
     pub layer_decay: f64,
     /// Label smoothing ε of the cross-entropy (0 = none).
     pub label_smoothing: f32,
+    /// Mixup / CutMix of the augmented batches (off by default).
+    pub mix: MixSettings,
     pub workers: usize,
     pub quiet: bool,
 }
@@ -83,8 +86,16 @@ impl Classifier {
     }
 }
 
-/// Fine-tuning as the engine steps it: cross-entropy on a labelled batch; with layer-wise
-/// decay, each depth group is updated by its own optimiser at its own rate.
+/// A labelled batch as fine-tuning steps it: the images, and how they were mixed if they were.
+#[derive(Clone)]
+struct MixedBatch {
+    batch: Batch,
+    mix: Option<Mix>,
+}
+
+/// Fine-tuning as the engine steps it: cross-entropy on a labelled batch (against mixed
+/// targets when the batch was mixed); with layer-wise decay, each depth group is updated by
+/// its own optimiser at its own rate.
 #[derive(Clone)]
 struct Finetune {
     device: Device,
@@ -95,16 +106,17 @@ struct Finetune {
 impl Task for Finetune {
     type Model = Classifier;
     type Encoder = Backbone;
-    type Batch = Batch;
+    type Batch = MixedBatch;
     const OPTIMIZERS: &'static [&'static str] = FINETUNE_OPTIMIZERS;
 
     fn step(
         &mut self,
         model: Classifier,
-        batch: Batch,
+        MixedBatch { batch, mix }: MixedBatch,
         cx: &mut StepCtx,
     ) -> (Classifier, StepStats) {
         let y = labels_tensor(&batch.labels, &self.device);
+        let mix = mix.map(|m| (labels_tensor(&m.partner, &self.device), m.lam));
         let x = images_tensor(
             batch.images,
             [batch.b, batch.c, batch.h, batch.w],
@@ -116,6 +128,7 @@ impl Task for Finetune {
             cx,
             y,
             self.label_smoothing,
+            mix,
             |m| m.forward(x),
             |mut model, cx, mut grads| {
                 for (k, (ids, scale)) in groups.iter().enumerate() {
@@ -128,8 +141,8 @@ impl Task for Finetune {
         )
     }
 
-    fn items(batch: &Batch) -> u64 {
-        batch.b as u64
+    fn items(batch: &MixedBatch) -> u64 {
+        batch.batch.b as u64
     }
 
     fn encoder(model: &Classifier) -> Backbone {
@@ -180,31 +193,41 @@ pub fn finetune(
         false,
     )
     .with_replicas(replicas);
-    let (crop, flip, spec) = (s.crop_scale_min, s.flip, input.clone());
+    let (crop, flip, mix, spec) = (s.crop_scale_min, s.flip, s.mix, input.clone());
     let size = input.height;
     let augment = move |images: &[crate::data::augment::Img],
                         labels: &[u32],
                         rng: &mut rand_chacha::ChaCha8Rng| {
+        let mut views: Vec<_> = images
+            .iter()
+            .map(|img| {
+                let mut img = if crop < 1.0 && spec.height == spec.width {
+                    random_resized_crop(img, size, (crop, 1.0), (3.0 / 4.0, 4.0 / 3.0), rng)
+                } else {
+                    img.clone()
+                };
+                if flip && rng.gen_bool(0.5) {
+                    img = hflip(&img);
+                }
+                img
+            })
+            .collect();
+        let mix = mix_batch(&mut views, labels, &mix, rng);
         let mut out = Vec::new();
-        for img in images {
-            let mut img = if crop < 1.0 && spec.height == spec.width {
-                random_resized_crop(img, size, (crop, 1.0), (3.0 / 4.0, 4.0 / 3.0), rng)
-            } else {
-                img.clone()
-            };
-            if flip && rng.gen_bool(0.5) {
-                img = hflip(&img);
-            }
+        for mut img in views {
             spec.normalize(&mut img);
             out.extend_from_slice(&img.data);
         }
-        Batch {
-            b: images.len(),
-            c: spec.channels,
-            h: spec.height,
-            w: spec.width,
-            images: out,
-            labels: labels.to_vec(),
+        MixedBatch {
+            batch: Batch {
+                b: images.len(),
+                c: spec.channels,
+                h: spec.height,
+                w: spec.width,
+                images: out,
+                labels: labels.to_vec(),
+            },
+            mix,
         }
     };
     // One part per replica, each augmented with its own generator.
@@ -359,7 +382,7 @@ mod tests {
         let optim = optimizer(crate::config::OptimizerKind::Adamw, 0.0, 0.9);
         let mut bound = Bound::new(task, model, &optim, false);
         let lr = 0.01;
-        bound.step_typed(batch, 0, lr);
+        bound.step_typed(MixedBatch { batch, mix: None }, 0, lr);
         let after = bound.model().clone();
         let moved = |a: &Classifier, b: &Classifier, ids: &[ParamId]| -> f32 {
             let (a, b) = (flat_params(a), flat_params(b));
@@ -411,37 +434,87 @@ mod tests {
             .map(|row| (0..k).min_by(|&a, &c| row[a].total_cmp(&row[c])).unwrap() as u32)
             .collect();
         let labels = batch.labels.clone();
-        let by_hand = |eps: f32| -> f32 {
-            let mut total = 0.0;
-            for (i, &y) in labels.iter().enumerate() {
-                let row = &logits[i * k..(i + 1) * k];
-                let m = row.iter().copied().fold(f32::MIN, f32::max);
-                let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f32>().ln();
-                for (c, v) in row.iter().enumerate() {
-                    let q = eps / k as f32 + if c == y as usize { 1.0 - eps } else { 0.0 };
-                    total -= q * (v - lse);
-                }
-            }
-            total / b as f32
-        };
+        let by_hand = |eps: f32| ce_by_hand(&logits, &labels, k, eps);
         for eps in [0.0f32, 0.3] {
-            let task = Finetune {
-                device: device.clone(),
-                groups: Arc::new(Vec::new()),
-                label_smoothing: eps,
-            };
-            let optim = optimizer(crate::config::OptimizerKind::Adamw, 0.0, 0.9);
-            let mut bound = Bound::new(task, model.clone(), &optim, false);
-            let stats = bound.step_typed(batch.clone(), 0, 0.01);
+            let loss = step_loss(&model, &batch, None, eps, &device);
             let want = by_hand(eps);
             assert!(
-                (stats.loss - want).abs() < 1e-4 * want.max(1.0),
-                "ε {eps}: loss {} vs {want} by hand",
-                stats.loss
+                (loss - want).abs() < 1e-4 * want.max(1.0),
+                "ε {eps}: loss {loss} vs {want} by hand"
             );
         }
         // The two targets give losses far enough apart for the check above to tell them apart.
         assert!(by_hand(0.3) < by_hand(0.0) - 1e-3);
+    }
+
+    /// A mixed batch's loss is λ·CE(own labels) + (1 − λ)·CE(partners' labels), smoothing
+    /// included, against the logits of the (already mixed) images.
+    #[test]
+    fn mixed_targets_weight_the_two_losses_by_lambda() {
+        let device = Device::flex().autodiff();
+        let (model, batch) = fixture(&device);
+        let k = CLASSES;
+        let shape = [batch.b, batch.c, batch.h, batch.w];
+        let logits = model
+            .clone()
+            .forward(images_tensor(batch.images.clone(), shape, &device))
+            .into_data()
+            .iter::<f32>()
+            .collect::<Vec<f32>>();
+        let partner: Vec<u32> = batch.labels.iter().map(|l| (l + 1) % k as u32).collect();
+        for (lam, eps) in [(0.3f32, 0.0f32), (0.8, 0.1), (1.0, 0.0)] {
+            let mix = Mix {
+                partner: partner.clone(),
+                lam,
+            };
+            let loss = step_loss(&model, &batch, Some(mix), eps, &device);
+            let want = lam * ce_by_hand(&logits, &batch.labels, k, eps)
+                + (1.0 - lam) * ce_by_hand(&logits, &partner, k, eps);
+            assert!(
+                (loss - want).abs() < 1e-4 * want.max(1.0),
+                "λ {lam} ε {eps}: loss {loss} vs {want} by hand"
+            );
+        }
+        // λ matters: own labels and partners' give different losses.
+        let own = ce_by_hand(&logits, &batch.labels, k, 0.0);
+        assert!((own - ce_by_hand(&logits, &partner, k, 0.0)).abs() > 1e-3);
+    }
+
+    /// The loss of one fine-tuning step on `batch` (mixed by `mix`) with label smoothing `eps`.
+    fn step_loss(
+        model: &Classifier,
+        batch: &Batch,
+        mix: Option<Mix>,
+        eps: f32,
+        device: &Device,
+    ) -> f32 {
+        let task = Finetune {
+            device: device.clone(),
+            groups: Arc::new(Vec::new()),
+            label_smoothing: eps,
+        };
+        let optim = optimizer(crate::config::OptimizerKind::Adamw, 0.0, 0.9);
+        let mut bound = Bound::new(task, model.clone(), &optim, false);
+        let batch = MixedBatch {
+            batch: batch.clone(),
+            mix,
+        };
+        bound.step_typed(batch, 0, 0.01).loss
+    }
+
+    /// Mean cross-entropy of `logits` (rows of `k`) against `labels` smoothed by `eps`.
+    fn ce_by_hand(logits: &[f32], labels: &[u32], k: usize, eps: f32) -> f32 {
+        let mut total = 0.0;
+        for (i, &y) in labels.iter().enumerate() {
+            let row = &logits[i * k..(i + 1) * k];
+            let m = row.iter().copied().fold(f32::MIN, f32::max);
+            let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f32>().ln();
+            for (c, v) in row.iter().enumerate() {
+                let q = eps / k as f32 + if c == y as usize { 1.0 - eps } else { 0.0 };
+                total -= q * (v - lse);
+            }
+        }
+        total / labels.len() as f32
     }
 
     fn flat_params(m: &Classifier) -> std::collections::HashMap<ParamId, Vec<f32>> {

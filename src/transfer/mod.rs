@@ -152,6 +152,13 @@ pub struct TransferConfig {
     /// 3 draws) ε = 0.1 lifted the MAE ViT from 0.685 to 0.692 and the ViT from scratch from
     /// 0.585 to 0.593: under a point for either, so it stays off by default.
     pub finetune_label_smoothing: f32,
+    /// Mixup's Beta(α, α) for fine-tuning's batches, pretrained and scratch alike (0 = off; the
+    /// MAE recipe uses 0.8): each augmented image blended with its mirror in the batch by one
+    /// λ per batch, the loss weighted likewise. See [`crate::data::mix`].
+    pub finetune_mixup: f32,
+    /// CutMix's Beta(α, α) (0 = off; the MAE recipe uses 1.0): a box of the mirrored image
+    /// pasted in. With both on, each batch takes one of the two at even odds.
+    pub finetune_cutmix: f32,
     /// Linear and k-NN: re-estimate the encoder's batch-norm statistics on (up to 2,048 of) the
     /// downstream training images, labels unused, before taking features.
     pub bn_reestimate: bool,
@@ -185,6 +192,8 @@ impl Default for TransferConfig {
             finetune_head: FinetuneHead::Auto,
             finetune_layer_decay: 1.0,
             finetune_label_smoothing: 0.0,
+            finetune_mixup: 0.0,
+            finetune_cutmix: 0.0,
             bn_reestimate: true,
             test_limit: 0,
             image_size: 32,
@@ -250,6 +259,17 @@ impl TransferConfig {
                 "finetune_label_smoothing",
                 format!("must be in [0, 1), found {}", self.finetune_label_smoothing),
             ));
+        }
+        for (key, alpha) in [
+            ("finetune_mixup", self.finetune_mixup),
+            ("finetune_cutmix", self.finetune_cutmix),
+        ] {
+            if !(0.0..=100.0).contains(&alpha) {
+                return Err(Error::config(
+                    key,
+                    format!("must be a Beta concentration in [0, 100] (0 = off), found {alpha}"),
+                ));
+            }
         }
         positive("image_size", self.image_size as f64)?;
         if self.width > MAX_WIDTH {
@@ -444,6 +464,10 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
                     Source::Random | Source::Scratch => 1.0,
                 },
                 label_smoothing: cfg.finetune_label_smoothing,
+                mix: crate::data::mix::MixSettings {
+                    mixup: cfg.finetune_mixup,
+                    cutmix: cfg.finetune_cutmix,
+                },
                 workers: if cfg.workers == 0 {
                     crate::engine::default_workers()
                 } else {
@@ -583,6 +607,19 @@ mod tests {
         }
         let e = with(|c| c.finetune_layer_decay = 0.0).expect("refused");
         assert!(e.contains("finetune_layer_decay"), "{e}");
+        assert!(with(|c| {
+            c.finetune_mixup = 0.8;
+            c.finetune_cutmix = 1.0
+        })
+        .is_none());
+        for (key, bad) in [
+            ("finetune_mixup", with(|c| c.finetune_mixup = -0.5)),
+            ("finetune_mixup", with(|c| c.finetune_mixup = f32::NAN)),
+            ("finetune_cutmix", with(|c| c.finetune_cutmix = 1e3)),
+        ] {
+            let e = bad.expect("refused");
+            assert!(e.contains(key) && e.contains("[0, 100]"), "{e}");
+        }
     }
 
     #[test]
