@@ -418,21 +418,11 @@ mod tests {
     fn label_smoothing_reaches_the_loss() {
         let device = Device::flex().autodiff();
         let (model, mut batch) = fixture(&device);
-        let (b, k) = (batch.b, CLASSES);
-        // In training mode, as the step sees them (batch-norm on the batch's statistics).
-        let shape = [b, batch.c, batch.h, batch.w];
-        let logits = model
-            .clone()
-            .forward(images_tensor(batch.images.clone(), shape, &device))
-            .into_data()
-            .iter::<f32>()
-            .collect::<Vec<f32>>();
+        let k = CLASSES;
+        let logits = train_logits(&model, &batch, &device);
         // Each image labelled with its least likely class: smoothing then lowers the loss by
         // ε times the label's excess over the mean log-loss, whatever the initialisation.
-        batch.labels = logits
-            .chunks(k)
-            .map(|row| (0..k).min_by(|&a, &c| row[a].total_cmp(&row[c])).unwrap() as u32)
-            .collect();
+        batch.labels = logits.chunks(k).map(least_likely).collect();
         let labels = batch.labels.clone();
         let by_hand = |eps: f32| ce_by_hand(&logits, &labels, k, eps);
         for eps in [0.0f32, 0.3] {
@@ -452,16 +442,16 @@ mod tests {
     #[test]
     fn mixed_targets_weight_the_two_losses_by_lambda() {
         let device = Device::flex().autodiff();
-        let (model, batch) = fixture(&device);
+        let (model, mut batch) = fixture(&device);
         let k = CLASSES;
-        let shape = [batch.b, batch.c, batch.h, batch.w];
-        let logits = model
-            .clone()
-            .forward(images_tensor(batch.images.clone(), shape, &device))
-            .into_data()
-            .iter::<f32>()
-            .collect::<Vec<f32>>();
-        let partner: Vec<u32> = batch.labels.iter().map(|l| (l + 1) % k as u32).collect();
+        let logits = train_logits(&model, &batch, &device);
+        // Own labels the least likely classes, partners the most likely: the two losses then
+        // differ by the rows' logit spread, so a wrong λ cannot pass, whatever the initialisation.
+        batch.labels = logits.chunks(k).map(least_likely).collect();
+        let partner: Vec<u32> = logits
+            .chunks(k)
+            .map(|row| (0..k).max_by(|&a, &c| row[a].total_cmp(&row[c])).unwrap() as u32)
+            .collect();
         for (lam, eps) in [(0.3f32, 0.0f32), (0.8, 0.1), (1.0, 0.0)] {
             let mix = Mix {
                 partner: partner.clone(),
@@ -475,9 +465,27 @@ mod tests {
                 "λ {lam} ε {eps}: loss {loss} vs {want} by hand"
             );
         }
-        // λ matters: own labels and partners' give different losses.
+        // λ matters: own labels and partners' give losses far enough apart for the check above.
         let own = ce_by_hand(&logits, &batch.labels, k, 0.0);
-        assert!((own - ce_by_hand(&logits, &partner, k, 0.0)).abs() > 1e-3);
+        assert!(own - ce_by_hand(&logits, &partner, k, 0.0) > 1e-2);
+    }
+
+    /// The model's logits for `batch` in training mode, as the step sees them (batch norm on
+    /// the batch's statistics), rows of [`CLASSES`].
+    fn train_logits(model: &Classifier, batch: &Batch, device: &Device) -> Vec<f32> {
+        let shape = [batch.b, batch.c, batch.h, batch.w];
+        model
+            .clone()
+            .forward(images_tensor(batch.images.clone(), shape, device))
+            .into_data()
+            .iter::<f32>()
+            .collect()
+    }
+
+    fn least_likely(row: &[f32]) -> u32 {
+        (0..row.len())
+            .min_by(|&a, &c| row[a].total_cmp(&row[c]))
+            .unwrap() as u32
     }
 
     /// The loss of one fine-tuning step on `batch` (mixed by `mix`) with label smoothing `eps`.
