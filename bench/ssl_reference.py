@@ -38,7 +38,7 @@ by seed d (as pretext's Source::Random / Scratch, seeded by the transfer seed).
     on 2,048 unlabelled training images (std floored at 1% of the mean std, linear_probe.rs),
     zero-initialised Linear(dim, 10), AdamW lr 1e-2, weight decay 1e-3, 500 steps of batches of
     min(256, n) from reshuffled epochs, warm-up steps/20 then cosine to 0.
-  k-NN: the same re-estimated encoder; cosine similarity, the k = min(200, n labelled) nearest vote
+  k-NN: the same re-estimated encoder; cosine similarity, the k = min(20, n labelled) nearest vote
     with weight exp(sim / 0.1) (knn.rs).
   fine-tune: the whole encoder (training mode) + a Linear(dim, 10) head, cross-entropy, AdamW lr
     1e-3, weight decay 5e-4, --finetune-steps batches of min(64, n) (reshuffled epochs, last partial
@@ -374,7 +374,7 @@ def parse_args():
     p.add_argument("--probe-batch", type=int, default=256)
     p.add_argument("--probe-lr", type=float, default=1e-2)
     p.add_argument("--probe-weight-decay", type=float, default=1e-3)
-    p.add_argument("--knn-k", type=int, default=200)
+    p.add_argument("--knn-k", type=int, default=20)
     p.add_argument("--knn-temperature", type=float, default=0.1)
     p.add_argument("--finetune-steps", type=int, default=100, help="the demo's (pretext's own default is 300)")
     p.add_argument("--finetune-batch", type=int, default=64)
@@ -459,7 +459,7 @@ def main():
           f"loss {out['pretrain_loss_first']:.4f} -> {out['pretrain_loss_final']:.4f} (mean of the last {len(tail)})")
     print(f"test accuracy on {out['test_images']} test images, {a.labels_per_class} labels per class "
           f"(mean ± std over {a.draws} label draws):")
-    print(f"{'encoder':<22} {'linear probe':>16} {'k-NN (k=200)':>16} {'fine-tune':>16}")
+    print(f"{'encoder':<22} {'linear probe':>16} {'k-NN (k=20)':>16} {'fine-tune':>16}")
     print(f"{a.method + '-pretrained':<22} {cell('pre_linear'):>16} {cell('pre_knn'):>16} {cell('pre_finetune'):>16}")
     print(f"{'random weights':<22} {cell('rand_linear'):>16} {cell('rand_knn'):>16} {'—':>16}")
     print(f"{'scratch':<22} {'—':>16} {'—':>16} {cell('scratch_finetune'):>16}")

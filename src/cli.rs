@@ -280,7 +280,7 @@ pub struct TransferArgs {
     /// Labelled examples per class: a number or `all`.
     #[arg(long, default_value = "10")]
     pub labels_per_class: String,
-    /// linear (probe on frozen features), knn (images k=200, text k=20; cosine, T=0.1) or
+    /// linear (probe on frozen features), knn (k=20; cosine, T=0.1) or
     /// finetune (whole encoder).
     #[arg(long, default_value = "linear")]
     pub protocol: String,

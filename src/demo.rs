@@ -160,7 +160,7 @@ pub fn run(
     );
     println!(
         "{:<22} {:>16} {:>16} {:>16}",
-        "encoder", "linear probe", "k-NN (k=200)", "fine-tune"
+        "encoder", "linear probe", "k-NN (k=20)", "fine-tune"
     );
     let cell =
         |c: Option<(f32, f32)>| c.map_or("—".to_string(), |(m, s)| format!("{m:.4} ± {s:.4}"));

@@ -123,6 +123,9 @@ pub struct TransferConfig {
     pub probe_batch_size: usize,
     pub probe_lr: f64,
     pub probe_weight_decay: f64,
+    /// Neighbours that vote in `knn` (at most the labelled set). 20, as DINO uses: the same as
+    /// 200 (InstDisc's choice for 1.28 M labelled images) within a point at 10 labels per class,
+    /// 6–15 points better at 100 on Fashion-MNIST, where 200 neighbours drown the nearest ones.
     pub knn_k: usize,
     pub knn_temperature: f32,
     pub finetune_steps: u64,
@@ -181,7 +184,7 @@ impl Default for TransferConfig {
             probe_batch_size: 256,
             probe_lr: 1e-2,
             probe_weight_decay: 1e-3,
-            knn_k: 200,
+            knn_k: 20,
             knn_temperature: 0.1,
             finetune_steps: 300,
             finetune_batch_size: 64,
