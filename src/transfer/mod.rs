@@ -125,7 +125,7 @@ pub struct TransferConfig {
     pub probe_weight_decay: f64,
     /// Neighbours that vote in `knn` (at most the labelled set). 20, as DINO uses: the same as
     /// 200 (InstDisc's choice for 1.28 M labelled images) within a point at 10 labels per class,
-    /// 6–15 points better at 100 on Fashion-MNIST, where 200 neighbours drown the nearest ones.
+    /// 4.5–15 points better at 100 on Fashion-MNIST, where 200 neighbours drown the nearest ones.
     pub knn_k: usize,
     pub knn_temperature: f32,
     pub finetune_steps: u64,
