@@ -129,6 +129,8 @@ fn pretrain_then_transfer_writes_the_expected_files() {
     assert_eq!(v["n_train"], 50);
     assert_eq!(v["n_test"], 500);
     assert!((v["accuracy"].as_f64().unwrap() as f32 - acc).abs() < 1e-4);
+    // A rotation run's linear probe reads the conv net's stage 3 of 4 by default, k-NN the last.
+    assert_eq!(v["stage"], 3, "{v}");
 
     let knn = accuracy(&ok(&[
         &["transfer", "--from", run_s, "--protocol", "knn"][..],
@@ -136,6 +138,11 @@ fn pretrain_then_transfer_writes_the_expected_files() {
     ]
     .concat()));
     assert!(knn > 0.2, "knn accuracy {knn}");
+    let stage_of = |f: &Path| -> serde_json::Value {
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(f).unwrap()).unwrap()["stage"]
+            .clone()
+    };
+    assert_eq!(stage_of(&run.join("transfer/knn-5-seed0.json")), 4);
 
     let data = fashion();
     let base = dir.path().join("base");
@@ -156,6 +163,7 @@ fn pretrain_then_transfer_writes_the_expected_files() {
     ]
     .concat()));
     assert!(random > 0.1, "random-encoder linear accuracy {random}");
+    assert_eq!(stage_of(&base.join("linear-5-seed0.json")), 4);
     let scratch = accuracy(&ok(&[
         &["transfer", "--from", "scratch", "--protocol", "finetune"][..],
         &common,

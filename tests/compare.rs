@@ -79,8 +79,8 @@ fn compare_runs_everything_once_then_skips_it() {
     ];
     let stdout = ok(&args);
     // rotation, context, random × linear, knn × (3 + 3 draws) = 36; scratch finetune 6;
-    // per-stage probes (stages 1-3; 4 is the main cell) × 3 encoders = 9.
-    let total = 36 + 6 + 9;
+    // per-stage probes (stages 1-4, each its own cell) × 3 encoders = 12.
+    let total = 36 + 6 + 12;
     assert!(
         stdout.contains(&format!("{total} of {total} cells computed")),
         "{stdout}"

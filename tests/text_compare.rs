@@ -99,10 +99,11 @@ fn text_compare_runs_every_protocol_and_baseline_and_renders() {
                 }
             }
         }
-        // Per-layer probe: block 1 of 2 (block 2 is the main cell).
+        // Per-layer probe: block 1 of 2 (block 2 is the main cell, the final states).
         assert!(out
             .join(format!("cells/{task}/stage1/linear-16-seed0.json"))
             .exists());
+        assert!(!out.join(format!("cells/{task}/stage2")).exists());
     }
     for seed in 0..2 {
         assert!(out

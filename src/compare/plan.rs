@@ -116,7 +116,7 @@ pub struct Settings {
     pub seeds: u64,
     /// Encoder stages probed for the per-layer plot (1-based; empty = none).
     pub stages: Vec<usize>,
-    /// How many stages the backbone has (the last one is what the main cells probe).
+    /// How many stages the backbone has.
     pub encoder_stages: usize,
     /// Classes of the labelled data (to place `all` on the labels-per-class axis).
     pub classes: usize,
@@ -162,6 +162,32 @@ impl Settings {
 
     /// The protocol and label budget of the per-layer probes: linear (else knn) at the largest
     /// numeric budget (else `all`); `None` when only fine-tuning was asked for.
+    /// The stages the per-layer probe has its own cells for: for images those asked for, plus
+    /// the last whenever any is (the main cell is no stand-in for it: the linear probe of some
+    /// tasks reads a lower stage by default, see `transfer::TransferConfig::stage`); for text
+    /// those below the last block, whose point is the main cell (the final states).
+    pub fn probe_stages(&self) -> Vec<usize> {
+        let mut v = self.stages.clone();
+        match self.kind {
+            Kind::Image => {
+                if !v.is_empty() && !v.contains(&self.encoder_stages) {
+                    v.push(self.encoder_stages);
+                }
+            }
+            Kind::Text => v.retain(|&k| k < self.encoder_stages),
+        }
+        v
+    }
+
+    /// The stages of the per-layer plot, each with the cell stage its point comes from.
+    pub fn plot_stages(&self) -> Vec<(usize, usize)> {
+        let mut v: Vec<(usize, usize)> = self.probe_stages().into_iter().map(|k| (k, k)).collect();
+        if self.kind == Kind::Text && !self.stages.is_empty() {
+            v.push((self.encoder_stages, 0));
+        }
+        v
+    }
+
     pub fn probe(&self) -> Option<(Protocol, PerClass)> {
         let protocol = [Protocol::Linear, Protocol::Knn]
             .into_iter()
@@ -313,7 +339,8 @@ pub struct Cell {
     pub protocol: Protocol,
     pub labels: PerClass,
     pub seed: u64,
-    /// Encoder stage probed; 0 = the last (the main cells).
+    /// Encoder stage probed; 0 = the transfer's default (the main cells: the last, or for the
+    /// linear probe of some tasks the one below it).
     pub stage: usize,
 }
 
@@ -404,8 +431,7 @@ pub fn cells(s: &Settings, skipped: &[String]) -> Vec<Cell> {
             }
         }
         if let (Some((protocol, labels)), false) = (probe, *enc == Encoder::Scratch) {
-            // The last stage is the main cell with seed 0.
-            for &stage in s.stages.iter().filter(|&&k| k < s.encoder_stages) {
+            for stage in s.probe_stages() {
                 out.push(Cell {
                     encoder: enc.clone(),
                     protocol,
@@ -451,8 +477,8 @@ mod tests {
         let cells = cells(&s, &[]);
         // Per (encoder, protocol): 3 + 3 + 1 label draws (100 labels is not a small budget).
         // rotation, jigsaw, random × linear, knn = 6 × 7; scratch × finetune = 7;
-        // probes: stages 1..3 (4 is the main cell) × linear at 100 labels × 3 encoders = 9.
-        assert_eq!(cells.len(), 6 * 7 + 7 + 9);
+        // probes: stages 1..4 × linear at 100 labels × 3 encoders = 12.
+        assert_eq!(cells.len(), 6 * 7 + 7 + 12);
         assert_eq!(count(&cells, |c| c.encoder == Encoder::Scratch), 7);
         assert!(cells
             .iter()
@@ -460,7 +486,7 @@ mod tests {
             .all(|c| c.protocol == Protocol::Finetune));
         assert_eq!(count(&cells, |c| c.protocol == Protocol::Finetune), 7);
         let probes: Vec<&Cell> = cells.iter().filter(|c| c.stage > 0).collect();
-        assert_eq!(probes.len(), 9);
+        assert_eq!(probes.len(), 12);
         assert!(probes
             .iter()
             .all(|c| c.protocol == Protocol::Linear && c.labels == PerClass::N(100)));
@@ -474,6 +500,19 @@ mod tests {
             cells[0].path(out),
             Path::new("/o/cells/rotation/linear-1-seed0.json")
         );
+    }
+
+    #[test]
+    fn the_last_stage_is_its_own_probe_for_images_and_the_main_cell_for_text() {
+        let mut s = example_settings();
+        s.stages = vec![2];
+        assert_eq!(s.probe_stages(), vec![2, 4]);
+        assert_eq!(s.plot_stages(), vec![(2, 2), (4, 4)]);
+        s.kind = Kind::Text;
+        assert_eq!(s.probe_stages(), vec![2]);
+        assert_eq!(s.plot_stages(), vec![(2, 2), (4, 0)]);
+        s.stages.clear();
+        assert!(s.probe_stages().is_empty() && s.plot_stages().is_empty());
     }
 
     #[test]

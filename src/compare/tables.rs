@@ -147,18 +147,14 @@ pub fn collect(out: &Path, s: &Settings, skipped: &[String]) -> Results {
             .map(|t| Encoder::Task(t.clone()))
             .chain([Encoder::Random]);
         for enc in encoders {
-            let mut stages = s.stages.clone();
-            if !stages.contains(&s.encoder_stages) && !stages.is_empty() {
-                stages.push(s.encoder_stages);
-            }
             let mut points = Vec::new();
-            for stage in stages {
+            for (stage, cell_stage) in s.plot_stages() {
                 let cell = Cell {
                     encoder: enc.clone(),
                     protocol,
                     labels,
                     seed: 0,
-                    stage: if stage == s.encoder_stages { 0 } else { stage },
+                    stage: cell_stage,
                 };
                 if let Some(r) = cell.result(out) {
                     if cell.stage > 0 {

@@ -117,7 +117,8 @@ pub struct TransferConfig {
     pub width: usize,
     /// ViT patch side for `--from random|scratch`; 0 = the preset's.
     pub patch_size: usize,
-    /// Encoder stage whose pooled output is probed (linear, knn); 0 = last.
+    /// Encoder stage whose pooled output is probed (linear, knn); 0 = the last, or the one
+    /// below it for the linear probe of a rotation, context or jigsaw run on the conv net.
     pub stage: usize,
     pub probe_steps: u64,
     pub probe_batch_size: usize,
@@ -361,7 +362,7 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
         encoder
     };
     let stage = if cfg.stage == 0 {
-        encoder.stages()
+        default_stage(&req.from, protocol_of(req), encoder.stages())?
     } else {
         cfg.stage
     };
@@ -584,9 +585,69 @@ fn load_source(
 
 pub use run_dir::read_encoder_info;
 
+/// Tasks whose best frozen features sit one stage below the top of the plain conv net (the
+/// last stage specialises in the pretext task: Gidaris et al. 2018, Noroozi & Favaro 2016,
+/// Doersch et al. 2015; on ResNets Kolesnikov et al. 2019 found the last the best).
+const MID_STAGE_TASKS: [&str; 3] = ["rotation", "context", "jigsaw"];
+
+/// Whether the linear probe of a `task` run on `kind` reads the stage below the last by
+/// default. Measured on full Fashion-MNIST (1,000 steps, width 32, 10 labels per class, 3
+/// draws): rotation 0.678 → 0.701, context 0.635 → 0.665, jigsaw 0.624 → 0.680; k-NN is not
+/// moved, as it loses at stage 3 for rotation (0.641 → 0.602) and context (0.575 → 0.549).
+fn probes_below_the_top(task: &str, kind: BackboneKind, protocol: Protocol) -> bool {
+    protocol == Protocol::Linear && kind == BackboneKind::Convnet && MID_STAGE_TASKS.contains(&task)
+}
+
+/// The stage `stage = 0` stands for: the last, or the one below it where
+/// [`probes_below_the_top`] says so.
+fn default_stage(from: &Source, protocol: Protocol, stages: usize) -> Result<usize> {
+    if let Source::Run(run) = from {
+        let info = read_encoder_info(run)?;
+        if stages > 1 && probes_below_the_top(&info.task, info.backbone.kind, protocol) {
+            return Ok(stages - 1);
+        }
+    }
+    Ok(stages)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_linear_probe_of_patch_and_rotation_tasks_on_the_conv_net_reads_below_the_top() {
+        use BackboneKind::{Convnet, Resnet18, Vit};
+        for task in ["rotation", "context", "jigsaw"] {
+            assert!(
+                probes_below_the_top(task, Convnet, Protocol::Linear),
+                "{task}"
+            );
+            assert!(
+                !probes_below_the_top(task, Convnet, Protocol::Knn),
+                "{task}"
+            );
+            assert!(
+                !probes_below_the_top(task, Convnet, Protocol::Finetune),
+                "{task}"
+            );
+            assert!(
+                !probes_below_the_top(task, Resnet18, Protocol::Linear),
+                "{task}"
+            );
+            assert!(!probes_below_the_top(task, Vit, Protocol::Linear), "{task}");
+        }
+        for task in ["simclr", "byol", "mae", "inpaint", "superres", "colorize"] {
+            assert!(
+                !probes_below_the_top(task, Convnet, Protocol::Linear),
+                "{task}"
+            );
+        }
+        // Baselines have no task: the last stage.
+        assert_eq!(
+            default_stage(&Source::Random, Protocol::Linear, 4).unwrap(),
+            4
+        );
+    }
 
     #[test]
     fn fine_tuning_rates_out_of_range_are_refused_by_name() {
