@@ -160,8 +160,6 @@ impl Settings {
             .collect()
     }
 
-    /// The protocol and label budget of the per-layer probes: linear (else knn) at the largest
-    /// numeric budget (else `all`); `None` when only fine-tuning was asked for.
     /// The stages the per-layer probe has its own cells for: for images those asked for, plus
     /// the last whenever any is (the main cell is no stand-in for it: the linear probe of some
     /// tasks reads a lower stage by default, see `transfer::TransferConfig::stage`); for text
@@ -188,6 +186,8 @@ impl Settings {
         v
     }
 
+    /// The protocol and label budget of the per-layer probes: linear (else knn) at the largest
+    /// numeric budget (else `all`); `None` when only fine-tuning was asked for.
     pub fn probe(&self) -> Option<(Protocol, PerClass)> {
         let protocol = [Protocol::Linear, Protocol::Knn]
             .into_iter()

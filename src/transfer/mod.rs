@@ -349,7 +349,7 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
         evaluated_on,
     } = split::labelled_split(dataset, req.labels_per_class, cfg.test_limit, cfg.seed)?;
 
-    let (encoder, input) = load_source(&req.from, dataset, cfg, &req.device)?;
+    let (encoder, input, run_info) = load_source(&req.from, dataset, cfg, &req.device)?;
     input.check(&dataset.train, &dataset.name)?;
     // (Fine-tuning's probe-first head is trained on these features too; fine-tuning then
     // replaces the statistics as it trains.)
@@ -362,7 +362,7 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
         encoder
     };
     let stage = if cfg.stage == 0 {
-        default_stage(&req.from, protocol_of(req), encoder.stages())?
+        default_stage(run_info.as_ref(), protocol_of(req), encoder.stages())
     } else {
         cfg.stage
     };
@@ -554,13 +554,13 @@ fn load_source(
     dataset: &Dataset,
     cfg: &TransferConfig,
     device: &Device,
-) -> Result<(Backbone, InputSpec)> {
+) -> Result<(Backbone, InputSpec, Option<run_dir::EncoderInfo>)> {
     match from {
         Source::Run(run) => {
             let info = read_encoder_info(run)?;
             let weights = run_dir::transferable_weights(run)?;
             let encoder = load_encoder(info.backbone.init(device), &weights)?;
-            Ok((encoder, info.input))
+            Ok((encoder, info.input.clone(), Some(info)))
         }
         Source::Random | Source::Scratch => {
             let input = InputSpec::from_images(&dataset.train)?;
@@ -578,6 +578,7 @@ fn load_source(
             Ok((
                 crate::device::seeded(device, cfg.seed, || spec.init(device)),
                 input,
+                None,
             ))
         }
     }
@@ -599,15 +600,16 @@ fn probes_below_the_top(task: &str, kind: BackboneKind, protocol: Protocol) -> b
 }
 
 /// The stage `stage = 0` stands for: the last, or the one below it where
-/// [`probes_below_the_top`] says so.
-fn default_stage(from: &Source, protocol: Protocol, stages: usize) -> Result<usize> {
-    if let Source::Run(run) = from {
-        let info = read_encoder_info(run)?;
-        if stages > 1 && probes_below_the_top(&info.task, info.backbone.kind, protocol) {
-            return Ok(stages - 1);
+/// [`probes_below_the_top`] says so for the run the encoder comes from (`None`: a baseline).
+fn default_stage(run: Option<&run_dir::EncoderInfo>, protocol: Protocol, stages: usize) -> usize {
+    match run {
+        Some(info)
+            if stages > 1 && probes_below_the_top(&info.task, info.backbone.kind, protocol) =>
+        {
+            stages - 1
         }
+        _ => stages,
     }
-    Ok(stages)
 }
 
 #[cfg(test)]
@@ -643,10 +645,7 @@ mod tests {
             );
         }
         // Baselines have no task: the last stage.
-        assert_eq!(
-            default_stage(&Source::Random, Protocol::Linear, 4).unwrap(),
-            4
-        );
+        assert_eq!(default_stage(None, Protocol::Linear, 4), 4);
     }
 
     #[test]
