@@ -194,9 +194,10 @@ pub struct CompareArgs {
     /// images, 16,128 for text.
     #[arg(long)]
     pub labels_per_class: Option<String>,
-    /// Transfer protocols, comma-separated: linear, knn, finetune. The random baseline gets the
-    /// frozen ones (linear, knn); the scratch baseline is always evaluated with finetune, so
-    /// every table answers "does pretraining beat training on the labels alone?".
+    /// Transfer protocols, comma-separated: linear, knn, finetune, semi. The random baseline gets
+    /// the frozen ones (linear, knn); the scratch baseline is always evaluated with finetune, so
+    /// every table answers "does pretraining beat training on the labels alone?", and with semi
+    /// when it is asked for (the semi stage from scratch).
     #[arg(long, default_value = "linear,knn,finetune")]
     pub protocols: String,
     /// Pretraining steps per task.
@@ -280,8 +281,9 @@ pub struct TransferArgs {
     /// Labelled examples per class: a number or `all`.
     #[arg(long, default_value = "10")]
     pub labels_per_class: String,
-    /// linear (probe on frozen features), knn (k=20; cosine, T=0.1) or
-    /// finetune (whole encoder).
+    /// linear (probe on frozen features), knn (k=20; cosine, T=0.1), finetune (whole encoder)
+    /// or semi (fine-tuning, then the unlabelled training images keep teaching: FixMatch-style
+    /// consistency and distillation; `--set semi_*`).
     #[arg(long, default_value = "linear")]
     pub protocol: String,
     /// TOML preset file of transfer settings.

@@ -48,6 +48,7 @@ pub struct DemoRow {
     pub linear: Option<(f32, f32)>,
     pub knn: Option<(f32, f32)>,
     pub finetune: Option<(f32, f32)>,
+    pub semi: Option<(f32, f32)>,
 }
 
 /// The demo's transfer settings with `--transfer-set` applied; the baselines (random weights,
@@ -106,7 +107,12 @@ pub fn run(
         quiet,
     })?;
     let pretrained = format!("{task}-pretrained");
-    let all_protocols = [Protocol::Linear, Protocol::Knn, Protocol::Finetune];
+    let all_protocols = [
+        Protocol::Linear,
+        Protocol::Knn,
+        Protocol::Finetune,
+        Protocol::Semi,
+    ];
     let encoders: [(&str, Source, &[Protocol]); 3] = [
         (&pretrained, Source::Run(out.to_path_buf()), &all_protocols),
         ("random weights", Source::Random, &all_protocols[..2]),
@@ -119,6 +125,7 @@ pub fn run(
             linear: None,
             knn: None,
             finetune: None,
+            semi: None,
         };
         for &protocol in protocols {
             if !quiet {
@@ -145,6 +152,7 @@ pub fn run(
                 Protocol::Linear => row.linear = cell,
                 Protocol::Knn => row.knn = cell,
                 Protocol::Finetune => row.finetune = cell,
+                Protocol::Semi => row.semi = cell,
             }
         }
         rows.push(row);
@@ -159,20 +167,26 @@ pub fn run(
         dataset.test.as_ref().map_or(0, |t| t.n)
     );
     println!(
-        "{:<22} {:>16} {:>16} {:>16}",
-        "encoder", "linear probe", "k-NN (k=20)", "fine-tune"
+        "{:<22} {:>16} {:>16} {:>16} {:>16}",
+        "encoder", "linear probe", "k-NN (k=20)", "fine-tune", "semi"
     );
     let cell =
         |c: Option<(f32, f32)>| c.map_or("—".to_string(), |(m, s)| format!("{m:.4} ± {s:.4}"));
     for r in &rows {
         println!(
-            "{:<22} {:>16} {:>16} {:>16}",
+            "{:<22} {:>16} {:>16} {:>16} {:>16}",
             r.encoder,
             cell(r.linear),
             cell(r.knn),
-            cell(r.finetune)
+            cell(r.finetune),
+            cell(r.semi)
         );
     }
+    println!(
+        "(semi: fine-tuning, then the {} unlabelled training images keep teaching — the test \
+         images never do)",
+        dataset.train.n
+    );
     crate::fsio::write_atomic(
         &out.join("demo.json"),
         &serde_json::to_vec_pretty(&rows).expect("json"),

@@ -209,7 +209,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let (result, path) = transfer::transfer(&dataset, &req)?;
             println!(
-                "{} probe of {} with {} labels/class ({} train, {} {}): ",
+                "{} of {} with {} labels/class ({} train, {} {}): ",
                 result.protocol.name(),
                 result.from,
                 result.labels_per_class,
@@ -217,6 +217,12 @@ fn run(cli: Cli) -> Result<()> {
                 result.n_test,
                 result.evaluated_on
             );
+            if let Some(s) = &result.semi {
+                println!(
+                    "teacher (fine-tuned) accuracy: {:.4}; the student learned from {} unlabelled training images",
+                    s.teacher_accuracy, s.pool
+                );
+            }
             println!("accuracy: {:.4}", result.accuracy);
             println!("written to {}", path.display());
             Ok(())

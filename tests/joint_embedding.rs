@@ -148,6 +148,8 @@ fn the_knn_monitor_equals_transfer_on_the_same_subset() {
         "--set",
         "test_limit=1000",
         "--set",
+        "eval_on=validation",
+        "--set",
         "seed=2",
     ]);
     let line = stdout

@@ -269,19 +269,19 @@ pub fn parse_labels(s: &str) -> Result<Vec<String>> {
     Ok(v.iter().map(PerClass::label).collect())
 }
 
-/// `--protocols`: linear, knn, finetune.
+/// `--protocols`: linear, knn, finetune, semi.
 pub fn parse_protocols(s: &str) -> Result<Vec<Protocol>> {
     let mut v = Vec::new();
     for item in list(s) {
         v.push(Protocol::parse(&item).map_err(|_| {
             Error::Usage(format!(
-                "--protocols: unknown protocol '{item}'; expected linear, knn or finetune"
+                "--protocols: unknown protocol '{item}'; expected linear, knn, finetune or semi"
             ))
         })?);
     }
     if v.is_empty() {
         return Err(Error::Usage(
-            "--protocols: give at least one of linear, knn, finetune".into(),
+            "--protocols: give at least one of linear, knn, finetune, semi".into(),
         ));
     }
     Ok(v)
@@ -408,12 +408,16 @@ pub fn cells(s: &Settings, skipped: &[String]) -> Vec<Cell> {
     let mut out = Vec::new();
     for enc in &encoders {
         let protocols: Vec<Protocol> = match enc {
-            Encoder::Scratch => vec![Protocol::Finetune],
+            // Trained on the labels alone: fine-tuning, plus the semi stage when asked for
+            // (its from-scratch baseline).
+            Encoder::Scratch => std::iter::once(Protocol::Finetune)
+                .chain(s.protocols.iter().copied().filter(|p| *p == Protocol::Semi))
+                .collect(),
             Encoder::Random => s
                 .protocols
                 .iter()
                 .copied()
-                .filter(|p| *p != Protocol::Finetune)
+                .filter(|p| !p.trains_encoder())
                 .collect(),
             Encoder::Task(_) => s.protocols.clone(),
         };

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 
 use super::plan::{Encoder, Kind, Settings};
+use crate::transfer::Protocol;
 use super::plots::{self, Line, Style};
 use super::tables::{self, esc, Results};
 use super::{finished_pretraining, Invocation};
@@ -122,12 +123,20 @@ fn render_plots(s: &Settings, res: &Results, runs: &[Pretraining]) -> Result<Vec
     let mut plots = Vec::new();
     // Label efficiency: one panel per protocol asked for; scratch (finetune) is drawn in every
     // panel as the reference, since it is the only way to use the labels without pretraining.
-    let scratch: Vec<Line> = res
-        .rows
-        .iter()
-        .filter(|r| r.encoder == Encoder::Scratch)
-        .map(|r| line("scratch (finetune)".into(), Style::Scratch, &r.cols))
-        .collect();
+    // The semi stage's panel also gets scratch + semi, its own from-scratch baseline.
+    let scratch_of = |p: Protocol| -> Vec<Line> {
+        res.rows
+            .iter()
+            .filter(|r| {
+                r.encoder == Encoder::Scratch
+                    && (r.protocol == Protocol::Finetune || r.protocol == p)
+            })
+            .map(|r| {
+                let name = format!("scratch ({})", r.protocol.name());
+                line(name, Style::Scratch, &r.cols)
+            })
+            .collect()
+    };
     let panels: Vec<(String, Vec<Line>)> = s
         .protocols
         .iter()
@@ -144,7 +153,7 @@ fn render_plots(s: &Settings, res: &Results, runs: &[Pretraining]) -> Result<Vec
                     line(name, style(&r.encoder, s), &r.cols)
                 })
                 .collect();
-            lines.extend(scratch.iter().cloned());
+            lines.extend(scratch_of(p));
             (p.name().to_string(), lines)
         })
         .collect();

@@ -7,6 +7,7 @@ pub mod convnet;
 pub mod decoder;
 pub mod discriminator;
 pub mod dropout;
+pub mod ema;
 pub mod heads;
 pub mod resnet;
 pub mod transformer;

@@ -125,7 +125,12 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     if writer {
         run_dir::write_run_info(&run, &RunInfo::Image(info))?;
     }
-    let train_set = Arc::new(dataset.train);
+    // Labelled data without a test split: transfer evaluates on a fixed 20% of the training
+    // images, which pretraining must not see either.
+    let train_set = Arc::new(match crate::transfer::split::pretraining_images(&dataset) {
+        Some(idx) => dataset.train.subset(&idx),
+        None => dataset.train,
+    });
     let test_set = dataset.test;
 
     let start = run_loop::resume(trainer.as_mut(), &resumed, &run, req.quiet)?;

@@ -1,8 +1,10 @@
 //! Watching a pretraining run learn: when the data has labels, every `eval_every` steps the
 //! current encoder's k-NN accuracy on a fixed labelled subset (the labels are used for this
-//! number only, never for training). The subset and the classifier are exactly those of
-//! `pretext transfer --protocol knn --labels-per-class 100 --set test_limit=1000` (same seed), so
-//! the curve ends where that command starts. (Data with fewer than 100 images of some class
+//! number only, never for training), evaluated on 1,000 images of the validation split (10% of
+//! the training images, never the test split: the curve is watched while defaults are chosen).
+//! The subset and the classifier are exactly those of `pretext transfer --protocol knn
+//! --labels-per-class 100 --set test_limit=1000 --set eval_on="validation"` (same seed), so the
+//! curve ends where that command starts. (Data with fewer than 100 images of some class
 //! uses as many per class as it has: 50, 20, 10, 5 or 2.)
 
 use std::path::Path;
@@ -53,7 +55,16 @@ impl KnnMonitor {
         // 100 per class, or as many as the smallest class has (a small slice of the data).
         let Some(s) = [PER_CLASS, 50, 20, 10, 5, 2]
             .iter()
-            .find_map(|&n| split::labelled_split(dataset, PerClass::N(n), TEST_IMAGES, seed).ok())
+            .find_map(|&n| {
+                split::labelled_split(
+                    dataset,
+                    PerClass::N(n),
+                    TEST_IMAGES,
+                    seed,
+                    split::EvalOn::Validation,
+                )
+                .ok()
+            })
         else {
             return Ok(None);
         };
@@ -67,7 +78,7 @@ impl KnnMonitor {
             ..Default::default()
         };
         let bn = if cfg.bn_reestimate {
-            let idx = features::bn_sample(&dataset.train, seed);
+            let idx = features::bn_sample_of(&s.pool, seed);
             Some(transform.apply(&dataset.train.subset(&idx))?)
         } else {
             None

@@ -58,7 +58,12 @@ const BN_BATCH: usize = 128;
 /// The images of `set` that batch-norm re-estimation uses: a seeded sample of at most
 /// [`BN_IMAGES`] (labels unused).
 pub fn bn_sample(set: &ImageSet, seed: u64) -> Vec<usize> {
-    super::split::sample_limit((0..set.n).collect(), BN_IMAGES, seed ^ 0xb4)
+    bn_sample_of(&(0..set.n).collect::<Vec<_>>(), seed)
+}
+
+/// [`bn_sample`] drawn from `pool` (indices into `set`) only: never an evaluation image.
+pub fn bn_sample_of(pool: &[usize], seed: u64) -> Vec<usize> {
+    super::split::sample_limit(pool.to_vec(), BN_IMAGES, seed ^ 0xb4)
 }
 
 /// `encoder` with every batch norm's running mean and variance replaced by their average over

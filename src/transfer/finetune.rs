@@ -11,7 +11,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use rand::Rng;
 
-use crate::data::augment::{hflip, random_resized_crop};
+use crate::data::augment::{hflip, random_resized_crop, Img};
 use crate::data::loader::{Batch, Loader, LoaderConfig};
 use crate::data::mix::{mix_batch, Mix, MixSettings};
 use crate::data::{DataError, ImageSet};
@@ -44,6 +44,45 @@ pub struct FinetuneSettings {
     pub mix: MixSettings,
     pub workers: usize,
     pub quiet: bool,
+}
+
+impl FinetuneSettings {
+    /// The light augmentation fine-tuning trains on (the semi-supervised stage's weak view).
+    pub fn weak(&self) -> WeakView {
+        WeakView {
+            crop_scale_min: self.crop_scale_min,
+            flip: self.flip,
+        }
+    }
+}
+
+/// Fine-tuning's augmentation: a random resized crop of at least `crop_scale_min` of the area
+/// (square images; 1 = none) and a horizontal flip at even odds.
+#[derive(Clone, Copy, Debug)]
+pub struct WeakView {
+    pub crop_scale_min: f32,
+    pub flip: bool,
+}
+
+impl WeakView {
+    /// One view of `img` (values in [0, 1]), the same size.
+    pub fn view(&self, img: &Img, rng: &mut impl Rng) -> Img {
+        let mut out = if self.crop_scale_min < 1.0 && img.h == img.w {
+            random_resized_crop(
+                img,
+                img.h,
+                (self.crop_scale_min, 1.0),
+                (3.0 / 4.0, 4.0 / 3.0),
+                rng,
+            )
+        } else {
+            img.clone()
+        };
+        if self.flip && rng.gen_bool(0.5) {
+            out = hflip(&out);
+        }
+        out
+    }
 }
 
 /// Fine-tuning's optimisers: `model` (the head, and everything when there is no decay), then
@@ -164,6 +203,21 @@ pub fn finetune(
     s: &FinetuneSettings,
     device: &Device,
 ) -> Result<f32, DataError> {
+    let model = train_classifier(encoder, head, train, classes, input, s, device)?;
+    test_accuracy(&model, test, test_idx, input, device)
+}
+
+/// Fine-tune `encoder` and a linear head (`head`, or a random one) on `train` (labelled); the
+/// trained classifier, on `device` (no autodiff).
+pub fn train_classifier(
+    encoder: Backbone,
+    head: Option<LinearHead>,
+    train: ImageSet,
+    classes: usize,
+    input: &InputSpec,
+    s: &FinetuneSettings,
+    device: &Device,
+) -> Result<Classifier, DataError> {
     let ad = device.clone().autodiff();
     let dim = encoder.dim();
     let head = match head {
@@ -193,25 +247,11 @@ pub fn finetune(
         false,
     )
     .with_replicas(replicas);
-    let (crop, flip, mix, spec) = (s.crop_scale_min, s.flip, s.mix, input.clone());
-    let size = input.height;
+    let (weak, mix, spec) = (s.weak(), s.mix, input.clone());
     let augment = move |images: &[crate::data::augment::Img],
                         labels: &[u32],
                         rng: &mut rand_chacha::ChaCha8Rng| {
-        let mut views: Vec<_> = images
-            .iter()
-            .map(|img| {
-                let mut img = if crop < 1.0 && spec.height == spec.width {
-                    random_resized_crop(img, size, (crop, 1.0), (3.0 / 4.0, 4.0 / 3.0), rng)
-                } else {
-                    img.clone()
-                };
-                if flip && rng.gen_bool(0.5) {
-                    img = hflip(&img);
-                }
-                img
-            })
-            .collect();
+        let mut views: Vec<_> = images.iter().map(|img| weak.view(img, rng)).collect();
         let mix = mix_batch(&mut views, labels, &mix, rng);
         let mut out = Vec::new();
         for mut img in views {
@@ -266,7 +306,17 @@ pub fn finetune(
         );
     }
     progress.finish();
-    let model = bound.model().valid().to_device(device);
+    Ok(bound.model().valid().to_device(device))
+}
+
+/// Accuracy of `model` (in inference mode) on `test[test_idx]`.
+pub fn test_accuracy(
+    model: &Classifier,
+    test: &ImageSet,
+    test_idx: &[usize],
+    input: &InputSpec,
+    device: &Device,
+) -> Result<f32, DataError> {
     let (c, h, w) = (test.channels, test.height, test.width);
     let x = normalized_images(test, test_idx, input)?;
     let y: Vec<u32> = test_idx

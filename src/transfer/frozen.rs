@@ -49,6 +49,8 @@ pub fn predict(protocol: Protocol, f: Features, s: &FrozenSettings, device: &Dev
             s.knn_temperature,
             device,
         ),
-        Protocol::Finetune => unreachable!("fine-tuning trains the encoder, not frozen features"),
+        Protocol::Finetune | Protocol::Semi => {
+            unreachable!("fine-tuning trains the encoder, not frozen features")
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod knn;
 pub mod labels;
 pub mod linear_probe;
 pub mod scores;
+pub mod semi;
 pub mod split;
 pub mod text;
 pub mod text_features;
@@ -62,6 +63,8 @@ pub enum Protocol {
     Linear,
     Knn,
     Finetune,
+    /// Fine-tuning, then the semi-supervised stage on the unlabelled pool ([`semi`]).
+    Semi,
 }
 
 impl Protocol {
@@ -70,8 +73,9 @@ impl Protocol {
             "linear" => Ok(Self::Linear),
             "knn" => Ok(Self::Knn),
             "finetune" => Ok(Self::Finetune),
+            "semi" => Ok(Self::Semi),
             _ => Err(Error::Usage(format!(
-                "--protocol {s}: expected linear, knn or finetune"
+                "--protocol {s}: expected linear, knn, finetune or semi"
             ))),
         }
     }
@@ -81,8 +85,24 @@ impl Protocol {
             Self::Linear => "linear",
             Self::Knn => "knn",
             Self::Finetune => "finetune",
+            Self::Semi => "semi",
         }
     }
+
+    /// Whether the protocol trains the encoder (fine-tuning, the semi-supervised stage).
+    pub fn trains_encoder(self) -> bool {
+        matches!(self, Self::Finetune | Self::Semi)
+    }
+}
+
+/// Where the semi-supervised stage's student starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SemiInit {
+    /// The encoder the teacher was fine-tuned from, with the teacher's starting head (SelfMatch).
+    Encoder,
+    /// The teacher itself.
+    Teacher,
 }
 
 /// Where fine-tuning's linear head starts.
@@ -163,11 +183,59 @@ pub struct TransferConfig {
     /// CutMix's Beta(α, α) (0 = off; the MAE recipe uses 1.0): a box of the mirrored image
     /// pasted in. With both on, each batch takes one of the two at even odds.
     pub finetune_cutmix: f32,
+    /// The semi-supervised stage ([`semi`], `--protocol semi`): the student's steps.
+    pub semi_steps: u64,
+    /// Labelled images per step of the stage (B).
+    pub semi_batch_size: usize,
+    /// Unlabelled images per labelled one in each step (μ).
+    pub semi_ratio: usize,
+    pub semi_lr: f64,
+    pub semi_weight_decay: f64,
+    /// FixMatch's confidence threshold τ (the top of FlexMatch's per-class thresholds).
+    pub semi_threshold: f32,
+    /// Per-class adaptive thresholds (FlexMatch); false: τ for every class (FixMatch).
+    pub semi_adaptive: bool,
+    /// FlexMatch's threshold warm-up (every threshold low until most of the pool has been
+    /// predicted confidently once).
+    pub semi_warmup: bool,
+    /// Weight of the consistency loss (pseudo-label of a weak view, cross-entropy on a strong
+    /// one); 0 = off.
+    pub semi_consistency: f32,
+    /// Weight of the distillation loss from the teacher's softened predictions; 0 = off.
+    pub semi_distill: f32,
+    /// Distillation temperature.
+    pub semi_temperature: f32,
+    /// Decay of the student's moving average, which is what the stage evaluates (0 = the
+    /// student itself).
+    pub semi_ema: f64,
+    /// Pseudo-labels from the moving average instead of the student.
+    pub semi_pseudo_from_ema: bool,
+    /// The weak views' forward normalises with their own batch statistics (training mode, as
+    /// FixMatch does) instead of the running statistics.
+    pub semi_weak_train_mode: bool,
+    /// Where the student starts: `encoder` (the teacher's starting point) or `teacher`.
+    pub semi_init: SemiInit,
+    /// RandAugment operations per strong view.
+    pub semi_strong_ops: usize,
+    /// RandAugment's largest magnitude (a fraction of each operation's range).
+    pub semi_strong_magnitude: f32,
+    /// Side of the strong view's Cutout square, a fraction of the image side (0 = none).
+    pub semi_cutout: f32,
+    /// The stage writes a checkpoint every this many steps (and on Ctrl-C); the same command
+    /// run again continues from it.
+    pub semi_checkpoint_every: u64,
+    /// With `eval_on = "validation"`: the student's validation accuracy every this many steps
+    /// in the stage's `metrics.jsonl` (`val_acc`; 0 = never). Never measured on the test split.
+    pub semi_eval_every: u64,
     /// Linear and k-NN: re-estimate the encoder's batch-norm statistics on (up to 2,048 of) the
     /// downstream training images, labels unused, before taking features.
     pub bn_reestimate: bool,
     /// Evaluate on at most this many test images; 0 = all.
     pub test_limit: usize,
+    /// `test` (the test split, or the fixed held-out 20% of data without one) or `validation`
+    /// (10% of the other training images, never labelled nor in the unlabelled pool): choose
+    /// settings on `validation`, report on `test`.
+    pub eval_on: split::EvalOn,
     /// Folder images are resized to this square size (when not given by the run).
     pub image_size: usize,
     pub workers: usize,
@@ -198,8 +266,29 @@ impl Default for TransferConfig {
             finetune_label_smoothing: 0.0,
             finetune_mixup: 0.0,
             finetune_cutmix: 0.0,
+            semi_steps: 1000,
+            semi_batch_size: 32,
+            semi_ratio: 7,
+            semi_lr: 1e-3,
+            semi_weight_decay: 5e-4,
+            semi_threshold: 0.95,
+            semi_adaptive: true,
+            semi_warmup: false,
+            semi_consistency: 1.0,
+            semi_distill: 1.0,
+            semi_temperature: 1.0,
+            semi_ema: 0.0,
+            semi_pseudo_from_ema: false,
+            semi_weak_train_mode: false,
+            semi_init: SemiInit::Teacher,
+            semi_strong_ops: 2,
+            semi_strong_magnitude: 1.0,
+            semi_cutout: 0.5,
+            semi_checkpoint_every: 500,
+            semi_eval_every: 250,
             bn_reestimate: true,
             test_limit: 0,
+            eval_on: split::EvalOn::Test,
             image_size: 32,
             workers: 0,
         }
@@ -219,6 +308,74 @@ impl TransferConfig {
             },
             knn_k: self.knn_k,
             knn_temperature: self.knn_temperature,
+        }
+    }
+
+    /// The fine-tuning settings for an encoder from `from` (layer decay only for a pretrained one).
+    pub fn finetune_settings(&self, from: &Source, quiet: bool) -> finetune::FinetuneSettings {
+        finetune::FinetuneSettings {
+            steps: self.finetune_steps,
+            batch_size: self.finetune_batch_size,
+            lr: self.finetune_lr,
+            weight_decay: self.finetune_weight_decay,
+            seed: self.seed,
+            crop_scale_min: self.finetune_crop_scale_min,
+            flip: self.finetune_flip,
+            layer_decay: match from {
+                Source::Run(_) => self.finetune_layer_decay,
+                Source::Random | Source::Scratch => 1.0,
+            },
+            label_smoothing: self.finetune_label_smoothing,
+            mix: crate::data::mix::MixSettings {
+                mixup: self.finetune_mixup,
+                cutmix: self.finetune_cutmix,
+            },
+            workers: self.workers(),
+            quiet,
+        }
+    }
+
+    /// Loader workers: `workers`, or half the cores when 0.
+    pub fn workers(&self) -> usize {
+        if self.workers == 0 {
+            crate::engine::default_workers()
+        } else {
+            self.workers
+        }
+    }
+
+    /// The strong view of the semi-supervised stage.
+    pub fn strong(&self) -> crate::data::randaugment::StrongConfig {
+        crate::data::randaugment::StrongConfig {
+            ops: self.semi_strong_ops,
+            magnitude: self.semi_strong_magnitude,
+            cutout: self.semi_cutout,
+        }
+    }
+
+    /// The semi-supervised stage's settings (its weak view is fine-tuning's augmentation).
+    pub fn semi_settings(&self) -> semi::SemiSettings {
+        semi::SemiSettings {
+            steps: self.semi_steps,
+            batch_size: self.semi_batch_size,
+            ratio: self.semi_ratio,
+            lr: self.semi_lr,
+            weight_decay: self.semi_weight_decay,
+            threshold: self.semi_threshold,
+            adaptive: self.semi_adaptive,
+            warmup: self.semi_warmup,
+            consistency: self.semi_consistency,
+            distill: self.semi_distill,
+            temperature: self.semi_temperature,
+            ema: self.semi_ema,
+            pseudo_from_ema: self.semi_pseudo_from_ema,
+            weak_train_mode: self.semi_weak_train_mode,
+            weak: semi::WeakSettings {
+                crop_scale_min: self.finetune_crop_scale_min,
+                flip: self.finetune_flip,
+            },
+            strong: self.strong(),
+            seed: self.seed,
         }
     }
 
@@ -275,6 +432,24 @@ impl TransferConfig {
                 ));
             }
         }
+        positive("semi_steps", self.semi_steps as f64)?;
+        positive("semi_batch_size", self.semi_batch_size as f64)?;
+        positive("semi_ratio", self.semi_ratio as f64)?;
+        positive("semi_lr", self.semi_lr)?;
+        in_range("semi_weight_decay", self.semi_weight_decay, 0.0, 1.0)?;
+        in_range("semi_threshold", self.semi_threshold as f64, 0.0, 1.0)?;
+        in_range("semi_consistency", self.semi_consistency as f64, 0.0, 100.0)?;
+        in_range("semi_distill", self.semi_distill as f64, 0.0, 100.0)?;
+        positive("semi_temperature", self.semi_temperature as f64)?;
+        if !(0.0..1.0).contains(&self.semi_ema) {
+            return Err(Error::config(
+                "semi_ema",
+                format!("must be in [0, 1) (0 = off), found {}", self.semi_ema),
+            ));
+        }
+        self.strong()
+            .check()
+            .map_err(|(key, message)| Error::config(semi_strong_key(key), message))?;
         positive("image_size", self.image_size as f64)?;
         if self.width > MAX_WIDTH {
             return Err(Error::config(
@@ -286,6 +461,15 @@ impl TransferConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// The config key of a strong-view setting.
+fn semi_strong_key(key: &str) -> &'static str {
+    match key {
+        "ops" => "semi_strong_ops",
+        "magnitude" => "semi_strong_magnitude",
+        _ => "semi_cutout",
     }
 }
 
@@ -313,6 +497,23 @@ pub struct TransferResult {
     pub wall_s: f64,
     /// "test split" or "held-out 20% of train" when the data has no test split.
     pub evaluated_on: String,
+    /// The semi-supervised stage's own numbers (`--protocol semi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semi: Option<SemiReport>,
+}
+
+/// What `--protocol semi` reports besides the student's accuracy.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SemiReport {
+    /// The teacher's (fine-tuned) accuracy on the same evaluation images.
+    pub teacher_accuracy: f32,
+    /// Unlabelled images the student learned from (the training split, never evaluation images).
+    pub pool: usize,
+    /// Seconds: fine-tuning the teacher and its logits on the pool (0 when cached), the student.
+    pub teacher_s: f64,
+    pub student_s: f64,
+    /// Where the stage keeps its teacher, checkpoints and metrics.
+    pub stage_dir: String,
 }
 
 /// Run one transfer evaluation on `dataset` and write its JSON next to the run (or into `out`).
@@ -339,30 +540,40 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
     };
     let cfg = &req.config;
     cfg.validate()?;
-    let split::LabelledSplit {
-        chosen,
-        train_y,
-        test_set,
-        test_idx,
-        test_y,
-        classes,
-        evaluated_on,
-    } = split::labelled_split(dataset, req.labels_per_class, cfg.test_limit, cfg.seed)?;
-
+    let protocol = protocol_of(req);
+    if req.from == Source::Scratch && !protocol.trains_encoder() {
+        return Err(Error::Usage(
+            "--from scratch trains the encoder on the labels, so it needs --protocol finetune or semi"
+                .into(),
+        ));
+    }
+    if req.from == Source::Random && protocol.trains_encoder() {
+        return Err(Error::Usage(format!(
+            "--from random is the frozen floor (linear, knn); --protocol {} trains the encoder: \
+             use --from scratch",
+            protocol.name()
+        )));
+    }
+    let split = split::labelled_split(
+        dataset,
+        req.labels_per_class,
+        cfg.test_limit,
+        cfg.seed,
+        cfg.eval_on,
+    )?;
     let (encoder, input, run_info) = load_source(&req.from, dataset, cfg, &req.device)?;
     input.check(&dataset.train, &dataset.name)?;
     // (Fine-tuning's probe-first head is trained on these features too; fine-tuning then
     // replaces the statistics as it trains.)
-    let probe_first =
-        protocol_of(req) == Protocol::Finetune && cfg.finetune_head.probe_first(&req.from);
-    let encoder = if cfg.bn_reestimate && (protocol_of(req) != Protocol::Finetune || probe_first) {
-        let idx = features::bn_sample(&dataset.train, cfg.seed);
+    let probe_first = protocol.trains_encoder() && cfg.finetune_head.probe_first(&req.from);
+    let encoder = if cfg.bn_reestimate && (!protocol.trains_encoder() || probe_first) {
+        let idx = features::bn_sample_of(&split.pool, cfg.seed);
         features::reestimate_bn(encoder, &dataset.train, &idx, &input, &req.device)?
     } else {
         encoder
     };
     let stage = if cfg.stage == 0 {
-        default_stage(run_info.as_ref(), protocol_of(req), encoder.stages())
+        default_stage(run_info.as_ref(), protocol, encoder.stages())
     } else {
         cfg.stage
     };
@@ -372,27 +583,32 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
             format!("the encoder has {} stages, found {stage}", encoder.stages()),
         ));
     }
-    let protocol = protocol_of(req);
-    if req.from == Source::Scratch && req.protocol != Protocol::Finetune {
-        return Err(Error::Usage(
-            "--from scratch trains the encoder on the labels, so it needs --protocol finetune"
-                .into(),
-        ));
-    }
+    let dir = match (&req.out, &req.from) {
+        (Some(d), _) => d.clone(),
+        (None, Source::Run(run)) => run.join("transfer"),
+        (None, other) => PathBuf::from("runs").join(format!("baseline-{}", other.label())),
+    };
+    let path = dir.join(format!(
+        "{}-{}-seed{}.json",
+        protocol.name(),
+        req.labels_per_class.label(),
+        cfg.seed
+    ));
+    let mut semi_report = None;
     let accuracy = match protocol {
         Protocol::Linear | Protocol::Knn => {
             let (train_x, dim) = features::extract(
                 &encoder,
                 &dataset.train,
-                &chosen,
+                &split.chosen,
                 &input,
                 Some(stage),
                 &req.device,
             )?;
             let (test_x, _) = features::extract(
                 &encoder,
-                test_set,
-                &test_idx,
+                split.test_set,
+                &split.test_idx,
                 &input,
                 Some(stage),
                 &req.device,
@@ -402,6 +618,7 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
                 Some(pool_features(
                     &encoder,
                     dataset,
+                    &split.pool,
                     &input,
                     stage,
                     cfg.seed,
@@ -412,112 +629,260 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
             };
             let f = frozen::Features {
                 train_x,
-                train_y,
+                train_y: split.train_y.clone(),
                 test_x,
                 pool_x,
                 dim,
-                classes,
+                classes: split.classes,
             };
             scores::accuracy(
                 &frozen::predict(protocol, f, &cfg.frozen_settings(), &req.device),
-                &test_y,
+                &split.test_y,
             )
         }
-        Protocol::Finetune => {
+        Protocol::Finetune | Protocol::Semi => {
             let head = if probe_first {
-                let last = Some(encoder.stages());
-                let (train_x, dim) = features::extract(
-                    &encoder,
-                    &dataset.train,
-                    &chosen,
-                    &input,
-                    last,
-                    &req.device,
-                )?;
-                let pool_x = pool_features(
-                    &encoder,
-                    dataset,
-                    &input,
-                    encoder.stages(),
-                    cfg.seed,
-                    &req.device,
-                )?;
-                let probe = linear_probe::train_probe(
-                    train_x,
-                    &train_y,
-                    Some(&pool_x),
-                    dim,
-                    classes,
-                    &cfg.frozen_settings().probe,
-                    &req.device,
-                );
-                Some(probe.folded(&req.device))
+                Some(probe_head(&encoder, dataset, &split, &input, cfg, &req.device)?)
             } else {
                 None
             };
-            let s = finetune::FinetuneSettings {
-                steps: cfg.finetune_steps,
-                batch_size: cfg.finetune_batch_size,
-                lr: cfg.finetune_lr,
-                weight_decay: cfg.finetune_weight_decay,
-                seed: cfg.seed,
-                crop_scale_min: cfg.finetune_crop_scale_min,
-                flip: cfg.finetune_flip,
-                layer_decay: match req.from {
-                    Source::Run(_) => cfg.finetune_layer_decay,
-                    Source::Random | Source::Scratch => 1.0,
-                },
-                label_smoothing: cfg.finetune_label_smoothing,
-                mix: crate::data::mix::MixSettings {
-                    mixup: cfg.finetune_mixup,
-                    cutmix: cfg.finetune_cutmix,
-                },
-                workers: if cfg.workers == 0 {
-                    crate::engine::default_workers()
-                } else {
-                    cfg.workers
-                },
-                quiet: req.quiet,
-            };
-            finetune::finetune(
-                encoder,
-                head,
-                dataset.train.subset(&chosen),
-                test_set,
-                &test_idx,
-                classes,
-                &input,
-                &s,
-                &req.device,
-            )?
+            let s = cfg.finetune_settings(&req.from, req.quiet);
+            if protocol == Protocol::Finetune {
+                finetune::finetune(
+                    encoder,
+                    head,
+                    dataset.train.subset(&split.chosen),
+                    split.test_set,
+                    &split.test_idx,
+                    split.classes,
+                    &input,
+                    &s,
+                    &req.device,
+                )?
+            } else {
+                let (accuracy, report) = semi_stage(
+                    encoder, head, dataset, &split, &input, &s, req, &path,
+                )?;
+                semi_report = Some(report);
+                accuracy
+            }
         }
     };
     let result = TransferResult {
         from: req.from.label(),
         protocol,
         labels_per_class: req.labels_per_class.label(),
-        n_train: chosen.len(),
-        n_test: test_idx.len(),
+        n_train: split.chosen.len(),
+        n_test: split.test_idx.len(),
         stage,
         accuracy,
         seed: cfg.seed,
         wall_s: t0.elapsed().as_secs_f64(),
-        evaluated_on,
-    };
-    let dir = match (&req.out, &req.from) {
-        (Some(d), _) => d.clone(),
-        (None, Source::Run(run)) => run.join("transfer"),
-        (None, other) => PathBuf::from("runs").join(format!("baseline-{}", other.label())),
+        evaluated_on: split.evaluated_on.clone(),
+        semi: semi_report,
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let path = dir.join(format!(
-        "{}-{}-seed{}.json",
-        protocol.name(),
-        req.labels_per_class.label(),
-        cfg.seed
-    ));
     write_atomic(&path, &serde_json::to_vec_pretty(&result).expect("json"))?;
     Ok((result, path))
+}
+
+/// LP-FT's starting head: a linear probe on the frozen last-stage features of the labelled
+/// images (standardised on the pool), folded into one affine map.
+fn probe_head(
+    encoder: &Backbone,
+    dataset: &Dataset,
+    split: &split::LabelledSplit,
+    input: &InputSpec,
+    cfg: &TransferConfig,
+    device: &Device,
+) -> Result<crate::nn::heads::LinearHead> {
+    let last = encoder.stages();
+    let (train_x, dim) =
+        features::extract(encoder, &dataset.train, &split.chosen, input, Some(last), device)?;
+    let pool_x = pool_features(encoder, dataset, &split.pool, input, last, cfg.seed, device)?;
+    let probe = linear_probe::train_probe(
+        train_x,
+        &split.train_y,
+        Some(&pool_x),
+        dim,
+        split.classes,
+        &cfg.frozen_settings().probe,
+        device,
+    );
+    Ok(probe.folded(device))
+}
+
+/// The semi-supervised stage of `--protocol semi` (see [`semi`]): the teacher (fine-tuned, or
+/// cached in the stage directory beside `result`), its logits on the pool, the student; the
+/// student's accuracy and the stage's report.
+#[allow(clippy::too_many_arguments)]
+fn semi_stage(
+    encoder: Backbone,
+    head: Option<crate::nn::heads::LinearHead>,
+    dataset: &Dataset,
+    split: &split::LabelledSplit,
+    input: &InputSpec,
+    s: &finetune::FinetuneSettings,
+    req: &TransferRequest,
+    result: &std::path::Path,
+) -> Result<(f32, SemiReport)> {
+    let cfg = &req.config;
+    let device = &req.device;
+    let settings = cfg.semi_settings();
+    let stage_dir = semi::stage_dir(result);
+    let record = semi::StageRecord {
+        teacher_key: teacher_key(req, dataset, split, input, head.as_ref())?,
+        student_init: format!("{:?}", cfg.semi_init).to_lowercase(),
+        settings: settings.clone(),
+    };
+    semi::prepare_dir(&stage_dir, &record)?;
+    let template = finetune::Classifier {
+        head: head.clone().unwrap_or_else(|| {
+            crate::device::seeded(device, cfg.seed, || {
+                crate::nn::heads::LinearHead::new(encoder.dim(), split.classes, device)
+            })
+        }),
+        backbone: encoder.clone(),
+    };
+    let t0 = Instant::now();
+    let (teacher, logits) = match semi::cached_teacher(&stage_dir, template.clone()) {
+        Some(cached) => cached,
+        None => {
+            if !req.quiet {
+                println!("semi: fine-tuning the teacher on {} labelled images", split.chosen.len());
+            }
+            let teacher = finetune::train_classifier(
+                encoder,
+                head,
+                dataset.train.subset(&split.chosen),
+                split.classes,
+                input,
+                s,
+                device,
+            )?;
+            let logits = semi::logits_on(&teacher, &dataset.train, &split.pool, input, device)?;
+            semi::cache_teacher(&stage_dir, &teacher, &logits, split.classes)?;
+            (teacher, logits)
+        }
+    };
+    let teacher_s = t0.elapsed().as_secs_f64();
+    let teacher_accuracy =
+        finetune::test_accuracy(&teacher, split.test_set, &split.test_idx, input, device)?;
+    if !req.quiet {
+        println!(
+            "semi: teacher accuracy {teacher_accuracy:.4}; training the student on {} unlabelled images",
+            split.pool.len()
+        );
+    }
+    let student = match cfg.semi_init {
+        SemiInit::Teacher => teacher,
+        SemiInit::Encoder => template,
+    };
+    let pool = dataset.train.subset(&split.pool);
+    let data = semi::SemiData {
+        labelled: dataset.train.subset(&split.chosen),
+        pool: &pool,
+        teacher_logits: std::sync::Arc::new(logits),
+        classes: split.classes,
+        input,
+        // The curve is only drawn on the validation split: the test split is never looked at
+        // before the end.
+        monitor: (cfg.eval_on == split::EvalOn::Validation && cfg.semi_eval_every > 0).then(|| {
+            let idx = split::sample_limit(split.test_idx.clone(), 2000, cfg.seed);
+            std::sync::Arc::new(semi::Monitor {
+                images: split.test_set.subset(&idx),
+                input: input.clone(),
+            })
+        }),
+    };
+    let t1 = Instant::now();
+    let run = semi::StageRun {
+        dir: &stage_dir,
+        checkpoint_every: cfg.semi_checkpoint_every,
+        eval_every: cfg.semi_eval_every,
+        workers: cfg.workers(),
+        quiet: req.quiet,
+    };
+    let mut student = semi::train_student(student, &data, &settings, &run, device)?;
+    if std::env::var("SEMI_BN_REEST").is_ok() {
+        let idx = features::bn_sample_of(&split.pool, cfg.seed);
+        student.backbone =
+            features::reestimate_bn(student.backbone, &dataset.train, &idx, input, device)?;
+    }
+    let student_s = t1.elapsed().as_secs_f64();
+    let accuracy = finetune::test_accuracy(&student, split.test_set, &split.test_idx, input, device)?;
+    Ok((
+        accuracy,
+        SemiReport {
+            teacher_accuracy,
+            pool: split.pool.len(),
+            teacher_s,
+            student_s,
+            stage_dir: stage_dir.display().to_string(),
+        },
+    ))
+}
+
+/// A digest of everything the semi stage's teacher depends on: the encoder it starts from (the
+/// run's weights, or the baseline's architecture and seed), its starting head, the labelled
+/// images, the data and the fine-tuning settings.
+fn teacher_key(
+    req: &TransferRequest,
+    dataset: &Dataset,
+    split: &split::LabelledSplit,
+    input: &InputSpec,
+    head: Option<&crate::nn::heads::LinearHead>,
+) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let cfg = &req.config;
+    let mut h = Sha256::new();
+    match &req.from {
+        Source::Run(run) => {
+            let weights = run_dir::transferable_weights(run)?;
+            h.update(text_features::content_digest(&weights)?.as_bytes());
+        }
+        other => h.update(
+            format!(
+                "{}:{:?}:{}:{}:{}",
+                other.label(),
+                cfg.backbone,
+                cfg.width,
+                cfg.patch_size,
+                cfg.seed
+            )
+            .as_bytes(),
+        ),
+    }
+    if let Some(head) = head {
+        let (w, b) = head.affine();
+        for v in w.iter().chain(&b) {
+            h.update(v.to_le_bytes());
+        }
+    }
+    h.update(dataset.name.as_bytes());
+    h.update(format!("{}x{}", dataset.train.n, dataset.train.image_len()).as_bytes());
+    for i in &split.chosen {
+        h.update((*i as u64).to_le_bytes());
+    }
+    h.update(serde_json::to_vec(input).expect("json"));
+    h.update(
+        format!(
+            "{} {} {} {} {} {} {} {} {} {} {}",
+            cfg.finetune_steps,
+            cfg.finetune_batch_size,
+            cfg.finetune_lr,
+            cfg.finetune_weight_decay,
+            cfg.finetune_crop_scale_min,
+            cfg.finetune_flip,
+            cfg.finetune_layer_decay,
+            cfg.finetune_label_smoothing,
+            cfg.finetune_mixup,
+            cfg.finetune_cutmix,
+            cfg.seed
+        )
+        .as_bytes(),
+    );
+    Ok(format!("{:x}", h.finalize()))
 }
 
 /// Features of `stage` for a seeded sample of unlabelled training images (at most
@@ -525,23 +890,20 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
 fn pool_features(
     encoder: &Backbone,
     dataset: &Dataset,
+    pool: &[usize],
     input: &InputSpec,
     stage: usize,
     seed: u64,
     device: &Device,
 ) -> Result<Vec<f32>> {
-    let pool = split::sample_limit(
-        (0..dataset.train.n).collect(),
-        linear_probe::STANDARDIZER_POOL,
-        seed,
-    );
+    let pool = split::sample_limit(pool.to_vec(), linear_probe::STANDARDIZER_POOL, seed);
     let (x, _) = features::extract(encoder, &dataset.train, &pool, input, Some(stage), device)?;
     Ok(x)
 }
 
 /// The protocol a request runs (training from scratch is always fine-tuning).
 fn protocol_of(req: &TransferRequest) -> Protocol {
-    if req.from == Source::Scratch {
+    if req.from == Source::Scratch && req.protocol != Protocol::Semi {
         Protocol::Finetune
     } else {
         req.protocol

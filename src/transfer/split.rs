@@ -4,6 +4,7 @@
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use super::labels::{self, PerClass};
 use crate::data::{Dataset, ImageSet};
@@ -14,6 +15,9 @@ pub struct LabelledSplit<'a> {
     /// Indices into `dataset.train` of the labelled examples (`per_class` of every class).
     pub chosen: Vec<usize>,
     pub train_y: Vec<u32>,
+    /// Indices into `dataset.train` of the images transfer may see unlabelled (the labelled
+    /// few among them): the whole training split, or its 80% when 20% is held out to evaluate.
+    pub pool: Vec<usize>,
     /// The evaluation set (the test split, or the training set's held-out 20%) and its indices.
     pub test_set: &'a ImageSet,
     pub test_idx: Vec<usize>,
@@ -35,6 +39,38 @@ pub fn sample_limit(idx: Vec<usize>, limit: usize, seed: u64) -> Vec<usize> {
     picked
 }
 
+/// Which images transfer evaluates on: the test split (or, for data without one, the fixed
+/// held-out 20% of the training images), or a validation split carved from the training
+/// images that remain — what defaults are chosen on, so the test split is never tuned against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalOn {
+    Test,
+    Validation,
+}
+
+/// The share of every class held out to evaluate on when the data has no test split (also
+/// held out of pretraining: [`pretraining_images`]).
+pub const HOLDOUT_FRACTION: f64 = 0.2;
+/// The share of every class of the remaining training images that `eval_on = "validation"`
+/// evaluates on (never labelled, never in the unlabelled pool).
+pub const VALIDATION_FRACTION: f64 = 0.1;
+/// Both carvings are fixed (not drawn with the labels), so every label draw, every method and
+/// a pretraining run see the same sets.
+const HOLDOUT_SEED: u64 = 0;
+const VALIDATION_SEED: u64 = 1;
+
+/// The training images a pretraining run may see, when the data's evaluation images are carved
+/// from its training split (labelled data without a test split): all but the held-out 20%.
+/// `None`: every training image.
+pub fn pretraining_images(dataset: &Dataset) -> Option<Vec<usize>> {
+    match (&dataset.test, &dataset.train.labels) {
+        (Some(t), _) if t.labels.is_some() => None,
+        (_, Some(labels)) => Some(labels::holdout_split(labels, HOLDOUT_FRACTION, HOLDOUT_SEED).0),
+        _ => None,
+    }
+}
+
 /// `per_class` labelled examples (drawn by `seed`) and the evaluation images (at most
 /// `test_limit`; 0 = all) of a labelled dataset.
 pub fn labelled_split(
@@ -42,6 +78,7 @@ pub fn labelled_split(
     per_class: PerClass,
     test_limit: usize,
     seed: u64,
+    eval_on: EvalOn,
 ) -> Result<LabelledSplit<'_>> {
     let labels = dataset.train.labels.as_ref().ok_or_else(|| {
         Error::Usage(format!(
@@ -49,19 +86,35 @@ pub fn labelled_split(
             dataset.name
         ))
     })?;
-    let (pool, test_set, test_idx, evaluated_on): (Vec<usize>, &ImageSet, Vec<usize>, String) =
-        match &dataset.test {
-            Some(t) if t.labels.is_some() => (
-                (0..dataset.train.n).collect(),
-                t,
-                (0..t.n).collect(),
-                "test split".into(),
-            ),
-            _ => {
-                let (tr, te) = labels::holdout_split(labels, 0.2, seed);
-                (tr, &dataset.train, te, "held-out 20% of train".into())
-            }
-        };
+    let (mut pool, mut test_set, mut test_idx, mut evaluated_on): (
+        Vec<usize>,
+        &ImageSet,
+        Vec<usize>,
+        String,
+    ) = match &dataset.test {
+        Some(t) if t.labels.is_some() => (
+            (0..dataset.train.n).collect(),
+            t,
+            (0..t.n).collect(),
+            "test split".into(),
+        ),
+        _ => {
+            let (tr, te) = labels::holdout_split(labels, HOLDOUT_FRACTION, HOLDOUT_SEED);
+            (tr, &dataset.train, te, "held-out 20% of train".into())
+        }
+    };
+    if eval_on == EvalOn::Validation {
+        let pool_labels: Vec<u32> = pool.iter().map(|&i| labels[i]).collect();
+        let (rest, val) =
+            labels::holdout_split(&pool_labels, VALIDATION_FRACTION, VALIDATION_SEED);
+        test_set = &dataset.train;
+        test_idx = val.iter().map(|&j| pool[j]).collect();
+        pool = rest.iter().map(|&j| pool[j]).collect();
+        evaluated_on = format!(
+            "validation: {:.0}% of the training images",
+            100.0 * VALIDATION_FRACTION
+        );
+    }
     let test_idx = sample_limit(test_idx, test_limit, seed);
     let pool_labels: Vec<u32> = pool.iter().map(|&i| labels[i]).collect();
     let chosen: Vec<usize> = labels::balanced_subset(&pool_labels, per_class, seed)?
@@ -78,6 +131,7 @@ pub fn labelled_split(
         .expect("evaluation set is labelled");
     Ok(LabelledSplit {
         train_y: chosen.iter().map(|&i| labels[i]).collect(),
+        pool,
         chosen,
         test_y: test_idx.iter().map(|&i| test_labels[i]).collect(),
         test_set,

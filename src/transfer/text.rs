@@ -563,6 +563,11 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
         Protocol::Finetune => {
             finetune(model, &spec, &chosen, &test_refs, classes, pad_id, cls, req)?
         }
+        Protocol::Semi => {
+            return Err(Error::Usage(
+                "TODO(semi-text): --protocol semi for text is being built".into(),
+            ))
+        }
     };
     let accuracy = scores::accuracy(&pred, &test_y);
     let f1 = scores::f1_per_class(&pred, &test_y, classes);
