@@ -7,11 +7,11 @@ use common::{config, ok, serial, shared_data, small_dataset, step_rows};
 use burn::prelude::Device;
 use pretext::config::{resolve, PretrainConfig};
 use pretext::data::augment::Img;
+use pretext::data::rngs::BatchRngs;
 use pretext::data::Dataset;
 use pretext::input::InputSpec;
 use pretext::pretrain::{pretrain, PretrainRequest};
 use pretext::tasks::{self, TaskContext};
-use rand::SeedableRng;
 
 #[test]
 fn overfitting_one_batch_drives_rotation_loss_near_zero() {
@@ -39,8 +39,7 @@ fn overfitting_one_batch_drives_rotation_loss_near_zero() {
         .map(|i| Img::from_u8(1, 28, 28, &ds.train.image(i).unwrap()))
         .collect();
     let make = task.make_batch();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let batch = make(&imgs, &[], &mut rng);
+    let batch = make(&imgs, &[], &BatchRngs::new(0, 0));
     assert_eq!(task.flat(batch.as_ref()).b, 32);
     let first = task.step(batch.clone(), 0, 3e-3).loss;
     let mut last = first;

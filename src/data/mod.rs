@@ -14,6 +14,7 @@ pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod mix;
+pub mod rngs;
 pub mod stl10;
 pub mod tokenizer;
 pub mod tokens;

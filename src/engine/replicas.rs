@@ -30,35 +30,32 @@ use std::any::Any;
 use std::ops::Range;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
+use super::step::StepStats;
+use super::task::{AnyBatch, Optimizers};
+use crate::data::rngs::BatchRngs;
+use crate::error::{Error, Result};
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::Device;
-use rand::Rng;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-
-use super::step::StepStats;
-use super::task::{AnyBatch, Optimizers};
-use crate::error::{Error, Result};
 
 /// A batch made as `n` parts, one per replica.
 #[derive(Clone, Debug)]
 pub struct Parts<B>(pub Vec<B>);
 
 /// This process's parts of a global batch of `n` items split into `parts` per rank (one per
-/// replica) on each of the run's ranks ([`crate::dist`]): `make(range, rng)` makes the items
-/// `range`. A batch of one part in all is the batch itself, made with `rng` (what a run without
-/// replicas draws); with more, part `p` of the `ranks × parts` gets its own generator seeded
-/// from `rng`'s p-th draw, so the global batch depends on the number of parts, not on how they
-/// are shared between processes and threads.
+/// replica) on each of the run's ranks ([`crate::dist`]): `make(range, rngs)` makes the items
+/// `range` with the batch's generators `rngs` counted from the range's start
+/// ([`BatchRngs::part`]), so every item draws from its own generator whatever part it is in and
+/// the global batch does not depend on how it is cut. A batch of one part in all is the batch
+/// itself, made with `rngs`.
 pub fn split_batch<B: Clone + Send + 'static>(
     n: usize,
     parts: usize,
-    rng: &mut ChaCha8Rng,
-    make: impl FnMut(Range<usize>, &mut ChaCha8Rng) -> B,
+    rngs: &BatchRngs,
+    make: impl FnMut(Range<usize>, &BatchRngs) -> B,
 ) -> Box<dyn AnyBatch> {
     let place = crate::dist::place();
-    split_batch_of(n, parts, place.rank, place.size, rng, make)
+    split_batch_of(n, parts, place.rank, place.size, rngs, make)
 }
 
 /// [`split_batch`] for rank `rank` of `ranks`.
@@ -67,18 +64,18 @@ pub fn split_batch_of<B: Clone + Send + 'static>(
     parts: usize,
     rank: usize,
     ranks: usize,
-    rng: &mut ChaCha8Rng,
-    mut make: impl FnMut(Range<usize>, &mut ChaCha8Rng) -> B,
+    rngs: &BatchRngs,
+    mut make: impl FnMut(Range<usize>, &BatchRngs) -> B,
 ) -> Box<dyn AnyBatch> {
     let total = parts.max(1) * ranks.max(1);
     if total <= 1 {
-        return Box::new(make(0..n, rng));
+        return Box::new(make(0..n, rngs));
     }
-    let seeds: Vec<u64> = (0..total).map(|_| rng.gen()).collect();
     let mut out: Vec<B> = (rank * parts.max(1)..(rank + 1) * parts.max(1))
         .map(|p| {
             let range = p * n / total..(p + 1) * n / total;
-            make(range, &mut ChaCha8Rng::seed_from_u64(seeds[p]))
+            let part = rngs.part(range.start);
+            make(range, &part)
         })
         .collect();
     if out.len() == 1 {
@@ -325,8 +322,8 @@ mod tests {
 
     #[test]
     fn parts_cover_the_batch_in_order() {
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let b = split_batch(10, 3, &mut rng, |r, _| r.collect::<Vec<usize>>());
+        let rngs = BatchRngs::new(1, 0);
+        let b = split_batch(10, 3, &rngs, |r, _| r.collect::<Vec<usize>>());
         let parts = b
             .as_ref()
             .as_any()
@@ -336,14 +333,42 @@ mod tests {
             parts.0,
             vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8, 9]]
         );
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let one = split_batch(10, 1, &mut rng, |r, rng| (r.len(), rng.gen::<u32>()));
-        let mut fresh = ChaCha8Rng::seed_from_u64(1);
+        let one = split_batch(10, 1, &rngs, |r, rngs| (r.len(), *rngs));
         assert_eq!(
-            one.as_ref().as_any().downcast_ref::<(usize, u32)>(),
-            Some(&(10, fresh.gen::<u32>())),
+            one.as_ref().as_any().downcast_ref::<(usize, BatchRngs)>(),
+            Some(&(10, rngs)),
             "one part is made exactly as without replicas"
         );
+    }
+
+    /// Every item draws from its own generator whatever the part count and whichever rank
+    /// makes it: the global batch is the same cut into 1, 2 or 4 parts on 1 or 2 ranks.
+    #[test]
+    fn the_global_batch_does_not_depend_on_the_cut() {
+        use rand::Rng;
+        let rngs = BatchRngs::new(3, 9);
+        let draw = |r: std::ops::Range<usize>, rngs: &BatchRngs| -> Vec<u64> {
+            (0..r.len()).map(|i| rngs.item(i).gen()).collect()
+        };
+        let whole = split_batch_of(8, 1, 0, 1, &rngs, draw);
+        let whole = whole
+            .as_ref()
+            .as_any()
+            .downcast_ref::<Vec<u64>>()
+            .unwrap()
+            .clone();
+        for (parts, ranks) in [(2, 1), (4, 1), (1, 2), (2, 2)] {
+            let mut got: Vec<u64> = Vec::new();
+            for rank in 0..ranks {
+                let b = split_batch_of(8, parts, rank, ranks, &rngs, draw);
+                let b = b.as_ref().as_any();
+                match b.downcast_ref::<Parts<Vec<u64>>>() {
+                    Some(p) => p.0.iter().for_each(|v| got.extend(v)),
+                    None => got.extend(b.downcast_ref::<Vec<u64>>().unwrap()),
+                }
+            }
+            assert_eq!(got, whole, "{parts} parts on {ranks} ranks");
+        }
     }
 
     #[test]

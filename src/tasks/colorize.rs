@@ -32,6 +32,7 @@ use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::{hflip, lab_to_rgb, rgb_to_lab, Img};
 use crate::data::loader::MakeBatch;
+use crate::data::rngs::BatchRngs;
 use crate::engine::step::images_tensor;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
@@ -327,7 +328,7 @@ pub fn make_batch(
     images: &[Img],
     config: &ColorizeConfig,
     bins: &AbBins,
-    rng: &mut impl Rng,
+    rngs: &BatchRngs,
 ) -> ColorizeBatch {
     let (h, w) = images.first().map_or((0, 0), |i| (i.h, i.w));
     let (plane, k) = (h * w, config.neighbours);
@@ -336,7 +337,8 @@ pub fn make_batch(
     let mut ab = Vec::with_capacity(images.len() * 2 * plane);
     let (mut idx, mut wts) = (Vec::new(), Vec::new());
     let mut keep = Vec::with_capacity(images.len());
-    for img in images {
+    for (i, img) in images.iter().enumerate() {
+        let rng = &mut rngs.item(i);
         let img = if config.flip && rng.gen_bool(0.5) {
             hflip(img)
         } else {
@@ -517,7 +519,7 @@ impl ImageTask for Colorize {
     fn make_batch(&self) -> MakeBatch<ColorizeBatch> {
         let config = self.config.clone();
         let bins = self.bins.clone();
-        Arc::new(move |images, _labels, rng| make_batch(images, &config, &bins, rng))
+        Arc::new(move |images, _labels, rngs| make_batch(images, &config, &bins, rngs))
     }
 
     fn encoder_input(&self, data: &InputSpec) -> (InputSpec, InputTransform) {
@@ -585,7 +587,6 @@ mod tests {
     use super::*;
     use crate::engine::optim::build_optimizer;
     use crate::engine::Bound;
-    use rand::SeedableRng;
 
     fn colour_image(s: usize, k: usize) -> Img {
         Img::from_fn(3, s, s, |c, y, x| {
@@ -680,12 +681,7 @@ mod tests {
             ..Default::default()
         };
         let bins = AbBins::in_gamut();
-        let b = make_batch(
-            &imgs,
-            &cfg,
-            &bins,
-            &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
-        );
+        let b = make_batch(&imgs, &cfg, &bins, &BatchRngs::new(0, 0));
         assert_eq!(b.shape, [2, 1, 8, 8]);
         assert_eq!(b.keep, vec![1, 0]);
         assert_eq!(Colorize::items(&b), 2);
@@ -740,7 +736,7 @@ mod tests {
                 16,
             );
             let make = t.task.make_batch();
-            let batch = make(&imgs, &[], &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+            let batch = make(&imgs, &[], &BatchRngs::new(0, 0));
             let first = t.step_typed(batch.clone(), 0, 3e-3).loss;
             let mut last = first;
             for step in 1..=60 {

@@ -241,11 +241,11 @@ impl<T: ImageTask> ImageTrainer for Bound<T> {
     fn make_batch(&self) -> MakeBatch<Box<dyn AnyBatch>> {
         let make = self.task.make_batch();
         let parts = self.replicas();
-        Arc::new(move |images, labels, rng| {
-            split_batch(images.len(), parts, rng, |r, rng| {
+        Arc::new(move |images, labels, rngs| {
+            split_batch(images.len(), parts, rngs, |r, rngs| {
                 // Unlabelled data has no labels to split.
                 let labels = labels.get(r.clone()).unwrap_or(&[]);
-                make(&images[r], labels, rng)
+                make(&images[r], labels, rngs)
             })
         })
     }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{backbone, bind, Build, ClassBatch, FlatBatch, ImageTask, ImageTrainer};
@@ -19,6 +18,7 @@ use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::Img;
 use crate::data::loader::MakeBatch;
+use crate::data::rngs::BatchRngs;
 use crate::data::views::{ViewConfig, Views};
 use crate::engine::step::images_tensor;
 use crate::engine::{StepCtx, StepStats, Task};
@@ -132,13 +132,9 @@ fn build(ctx: &TaskContext) -> Result<Box<dyn ImageTrainer>> {
 }
 
 /// Two views of every image, normalised: the first views of all images, then the second views
-/// ([2n, c, h, w]); view i and view i + n are of the same image. Labels are unused (empty).
-pub fn two_views(
-    images: &[Img],
-    views: &Views,
-    input: &InputSpec,
-    rng: &mut impl Rng,
-) -> ClassBatch {
+/// ([2n, c, h, w]); view i and view i + n are of the same image, both drawn from the image's
+/// own generator (`rngs.item(i)`). Labels are unused (empty).
+pub fn two_views(images: &[Img], views: &Views, input: &InputSpec, rngs: &BatchRngs) -> ClassBatch {
     let (c, h, w) = (input.channels, input.height, input.width);
     let n = images.len();
     let plane = c * h * w;
@@ -146,6 +142,7 @@ pub fn two_views(
     let mut out = vec![0f32; 2 * n * plane];
     let (first, second) = out.split_at_mut(n * plane);
     for (i, img) in images.iter().enumerate() {
+        let rng = &mut rngs.item(i);
         for half in [&mut *first, &mut *second] {
             let mut v = views.view(img, h, rng);
             input.normalize(&mut v);
@@ -226,7 +223,7 @@ impl Task for Simclr {
 impl ImageTask for Simclr {
     fn make_batch(&self) -> MakeBatch<ClassBatch> {
         let (views, input) = (self.views.clone(), self.input.clone());
-        Arc::new(move |images, _labels, rng| two_views(images, &views, &input, rng))
+        Arc::new(move |images, _labels, rngs| two_views(images, &views, &input, rngs))
     }
 
     fn flat(b: &ClassBatch) -> FlatBatch {
@@ -237,7 +234,6 @@ impl ImageTask for Simclr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     #[test]
     fn nt_xent_matches_a_hand_computation() {
@@ -287,8 +283,7 @@ mod tests {
             .map(|k| Img::from_fn(1, 16, 16, move |_, y, x| ((y + x * k) % 5) as f32 / 5.0))
             .collect();
         let views = ViewConfig::default().resolve(1, 16).unwrap();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let b = two_views(&imgs, &views, &input, &mut rng);
+        let b = two_views(&imgs, &views, &input, &BatchRngs::new(0, 0));
         assert_eq!(b.shape, [6, 1, 16, 16]);
         assert_eq!(b.drawn, 3);
         assert!(b.labels.is_empty());

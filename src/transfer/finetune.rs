@@ -14,6 +14,7 @@ use rand::Rng;
 use crate::data::augment::{hflip, random_resized_crop};
 use crate::data::loader::{Batch, Loader, LoaderConfig};
 use crate::data::mix::{mix_batch, Mix, MixSettings};
+use crate::data::rngs::BatchRngs;
 use crate::data::{DataError, ImageSet};
 use crate::engine::optim::optimizer;
 use crate::engine::progress::Progress;
@@ -195,12 +196,15 @@ pub fn finetune(
     .with_replicas(replicas);
     let (crop, flip, mix, spec) = (s.crop_scale_min, s.flip, s.mix, input.clone());
     let size = input.height;
-    let augment = move |images: &[crate::data::augment::Img],
-                        labels: &[u32],
-                        rng: &mut rand_chacha::ChaCha8Rng| {
+    // Every image's crop and flip come from its own generator (the same whatever the replica
+    // count); mixup/CutMix pairs images within a replica's part, with λ (and CutMix's box) drawn
+    // once per batch from its shared generator, so mixed batches still depend on the count.
+    let augment = move |images: &[crate::data::augment::Img], labels: &[u32], rngs: &BatchRngs| {
         let mut views: Vec<_> = images
             .iter()
-            .map(|img| {
+            .enumerate()
+            .map(|(i, img)| {
+                let rng = &mut rngs.item(i);
                 let mut img = if crop < 1.0 && spec.height == spec.width {
                     random_resized_crop(img, size, (crop, 1.0), (3.0 / 4.0, 4.0 / 3.0), rng)
                 } else {
@@ -212,7 +216,7 @@ pub fn finetune(
                 img
             })
             .collect();
-        let mix = mix_batch(&mut views, labels, &mix, rng);
+        let mix = mix_batch(&mut views, labels, &mix, &mut rngs.shared());
         let mut out = Vec::new();
         for mut img in views {
             spec.normalize(&mut img);
@@ -230,11 +234,11 @@ pub fn finetune(
             mix,
         }
     };
-    // One part per replica, each augmented with its own generator.
+    // One part per replica.
     let make: crate::data::loader::MakeBatch<Box<dyn crate::engine::AnyBatch>> =
-        Arc::new(move |images, labels, rng| {
-            split_batch(images.len(), replicas, rng, |r, rng| {
-                augment(&images[r.clone()], &labels[r], rng)
+        Arc::new(move |images, labels, rngs| {
+            split_batch(images.len(), replicas, rngs, |r, rngs| {
+                augment(&images[r.clone()], &labels[r], rngs)
             })
         });
     let loader = Loader::new(
