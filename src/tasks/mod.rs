@@ -229,6 +229,9 @@ pub trait ImageTrainer: Trainable {
     fn make_batch(&self) -> MakeBatch<Box<dyn AnyBatch>>;
     /// Step with `n` replicas from now on (1 = none); batches made before are of the old count.
     fn set_replicas(&mut self, n: usize);
+    /// Batch norm over the whole global batch (true, the default) or per part (see
+    /// [`crate::engine::exchange::SyncBatchNorm`]).
+    fn set_sync_bn(&mut self, on: bool);
     fn encoder(&self) -> Backbone;
     fn encoder_input(&self, data: &InputSpec) -> (InputSpec, InputTransform);
     /// Sample pictures from the first batch stepped on (nothing before the first step).
@@ -251,6 +254,9 @@ impl<T: ImageTask> ImageTrainer for Bound<T> {
     }
     fn set_replicas(&mut self, n: usize) {
         Bound::set_replicas(self, n);
+    }
+    fn set_sync_bn(&mut self, on: bool) {
+        Bound::set_sync_bn(self, on);
     }
     fn encoder(&self) -> Backbone {
         <T as Task>::encoder(self.model())
