@@ -2,7 +2,9 @@
 //! of Visual Representations"): two random views of every image (crop, flip, colour jitter,
 //! grayscale, blur — `src/data/views.rs`), the backbone and a 2-layer projection head map each
 //! view to an embedding, and the NT-Xent loss pulls the two views of an image together and pushes
-//! them away from the other 2N−2 views of the batch.
+//! them away from the other 2N−2 views of the batch. With the batch in parts (replicas, MPI
+//! ranks) the embeddings are gathered first, so the negatives are always the whole global
+//! batch's and the loss and its gradient do not depend on the part count.
 //!
 //! `pretext pretrain --task simclr --data idx:../shared/data/fashion-mnist --out runs/simclr`
 
@@ -157,6 +159,27 @@ pub fn two_views(images: &[Img], views: &Views, input: &InputSpec, rngs: &BatchR
     }
 }
 
+/// The embeddings of every view of the global batch, as [`nt_xent`] takes them (first views of
+/// all images, then second views), from this part's `z` ([2m, d], its m images' first then
+/// second views): the parts' rows gathered in image order ([`StepCtx::gather`]), so the
+/// negatives are the whole global batch's (SimCLR's cross-replica negatives), this part's rows
+/// attached and the others' constants. One part: `z` itself.
+pub fn global_views(z: Tensor<2>, cx: &StepCtx) -> Tensor<2> {
+    if cx.parts() <= 1 {
+        return z;
+    }
+    let [n2, d] = z.dims();
+    let m = n2 / 2;
+    // One row per image (its two views side by side), so one gather keeps images in order.
+    let pairs = Tensor::cat(vec![z.clone().slice(0..m), z.slice(m..n2)], 1);
+    let all = cx.gather(pairs);
+    let [n, _] = all.dims();
+    Tensor::cat(
+        vec![all.clone().slice([0..n, 0..d]), all.slice([0..n, d..2 * d])],
+        0,
+    )
+}
+
 /// Rows scaled to unit L2 norm: [n, d] → [n, d].
 pub fn l2_normalize(z: Tensor<2>) -> Tensor<2> {
     let norm = z.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
@@ -204,10 +227,12 @@ impl Task for Simclr {
         cx: &mut StepCtx,
     ) -> (SimclrModel, StepStats) {
         let x = images_tensor(batch.images, batch.shape, &self.device);
-        let (loss, acc) = nt_xent(model.embed(x), self.config.temperature);
+        let z = global_views(model.embed(x), cx);
+        let (loss, acc) = nt_xent(z, self.config.temperature);
         let value = loss.clone().detach().into_scalar::<f32>();
         let stats = StepStats::new(value, vec![("acc", acc.into_scalar::<f32>())]);
-        let grads = GradientsParams::from_grads(cx.backward(loss), &model);
+        // Every part computes the same global loss, through its own rows only.
+        let grads = GradientsParams::from_grads(cx.backward_global(loss), &model);
         (cx.update("model", cx.lr, model, grads), stats)
     }
 
