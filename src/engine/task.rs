@@ -214,28 +214,27 @@ impl<'a> StepCtx<'a> {
             Some(ex) => ex.gather(self.replica, mine),
             None => Some(Arc::new(crate::dist::all_gather_f64(&mine))),
         };
-        let Some(all) = all else {
+        let me = self.part();
+        // A broken meeting (here or on another rank) sends NaN: no well-formed blocks.
+        let Some(parts) = all.as_deref().and_then(|all| gathered_blocks(all, d)) else {
             return Tensor::full([m, d], f32::NAN, &device);
         };
-        let me = self.part();
-        let (mut blocks, mut at) = (Vec::new(), 0);
-        for part in 0.. {
-            if at >= all.len() {
-                break;
-            }
-            let rows_p = all[at] as usize;
-            let values = &all[at + 1..at + 1 + rows_p * d];
-            at += 1 + rows_p * d;
-            if part == me {
-                blocks.push(rows.clone());
-            } else if rows_p > 0 {
-                let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
-                blocks.push(Tensor::from_data(
-                    burn::tensor::TensorData::new(v, [rows_p, d]),
-                    &device,
-                ));
-            }
+        if parts.get(me).map(|b| b.len()) != Some(m * d) {
+            return Tensor::full([m, d], f32::NAN, &device);
         }
+        let blocks = parts
+            .into_iter()
+            .enumerate()
+            .filter(|(_, values)| !values.is_empty())
+            .map(|(part, values)| {
+                if part == me {
+                    return rows.clone();
+                }
+                let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+                let shape = [values.len() / d, d];
+                Tensor::from_data(burn::tensor::TensorData::new(v, shape), &device)
+            })
+            .collect();
         Tensor::cat(blocks, 0)
     }
 
@@ -266,6 +265,22 @@ impl<'a> StepCtx<'a> {
             ),
         }
     }
+}
+
+/// The parts' blocks of what [`StepCtx::gather`] gathered (each a row count, then its rows of
+/// `d` values), or None when the buffer is not made of such blocks.
+fn gathered_blocks(all: &[f64], d: usize) -> Option<Vec<&[f64]>> {
+    let (mut blocks, mut at) = (Vec::new(), 0);
+    while at < all.len() {
+        let rows = all[at];
+        if !(rows.is_finite() && rows >= 0.0 && rows.fract() == 0.0) {
+            return None;
+        }
+        let end = at + 1 + rows as usize * d;
+        blocks.push(all.get(at + 1..end)?);
+        at = end;
+    }
+    Some(blocks)
 }
 
 /// A pretext task as the engine runs it. `Clone` so the engine can undo a skipped step of a
@@ -617,5 +632,24 @@ impl<T: Task> Trainable for Bound<T> {
 
     fn checksum(&self) -> [f64; 2] {
         super::ranks::checksum(self.model())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gathered_blocks_are_read_back_or_refused() {
+        let all = [2.0, 1.0, 2.0, 3.0, 4.0, 0.0, 1.0, 5.0, 6.0];
+        let blocks = gathered_blocks(&all, 2).unwrap();
+        assert_eq!(
+            blocks,
+            vec![&[1.0, 2.0, 3.0, 4.0][..], &[][..], &[5.0, 6.0][..]]
+        );
+        // What a broken meeting sends, a count past the end, a fractional count.
+        assert!(gathered_blocks(&[f64::NAN; 6], 2).is_none());
+        assert!(gathered_blocks(&[3.0, 1.0, 2.0], 2).is_none());
+        assert!(gathered_blocks(&[0.5, 1.0], 2).is_none());
     }
 }
