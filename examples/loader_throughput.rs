@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use pretext::data::augment::Img;
 use pretext::data::loader::{Loader, LoaderConfig};
+use pretext::data::rngs::BatchRngs;
 use pretext::data::{open, OpenOptions, Stream};
 use pretext::input::InputSpec;
 use pretext::tasks::rotation::{make_batch, RotationConfig};
@@ -49,11 +50,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             start_batch: 0,
             drop_last: true,
         },
-        Arc::new(
-            move |imgs: &[Img], _: &[u32], rng: &mut rand_chacha::ChaCha8Rng| {
-                make_batch(imgs, &rot, &input, rng)
-            },
-        ),
+        Arc::new(move |imgs: &[Img], _: &[u32], rngs: &BatchRngs| {
+            make_batch(imgs, &rot, &input, rngs)
+        }),
     );
     let t1 = Instant::now();
     let mut n = 0usize;

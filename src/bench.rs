@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::PretrainConfig;
 use crate::data::augment::Img;
 use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::rngs::BatchRngs;
 use crate::data::ImageSet;
 use crate::engine::optim::lm_optimizer;
 use crate::engine::replicas::split_batch;
@@ -471,8 +472,9 @@ fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     // batch in one part per replica.
     let replicas = crate::engine::replicas::resolve(opts.replicas, b, &device)?;
     let all = windows(&mut rng);
-    let batch = split_batch(all.len(), replicas, &mut rng, |r, rng| {
-        task.make_batch(&all[r], rng)
+    let rngs = BatchRngs::from_rng(&mut rng);
+    let batch = split_batch(all.len(), replicas, &rngs, |r, rngs| {
+        task.make_batch(&all[r], rngs)
     });
     let cfg = crate::config::TextConfig::default();
     let model = crate::device::seeded(&device, 0, || spec.init(&device));
@@ -507,7 +509,10 @@ fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     let mut made = 0usize;
     while t1.elapsed().as_secs_f64() < opts.loader_seconds.min(1.0) {
         let w = windows(&mut rng);
-        made += task.make_batch(&w, &mut rng).inputs.len();
+        made += task
+            .make_batch(&w, &BatchRngs::from_rng(&mut rng))
+            .inputs
+            .len();
     }
     Ok(Measurement {
         task: name.into(),
@@ -601,13 +606,13 @@ fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
         })
         .collect::<Result<Vec<Img>>>()?;
     let labels = vec![0u32; images.len()];
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let batch = make(&images, &labels, &mut rng);
+    let rngs = BatchRngs::new(0, 0);
+    let batch = make(&images, &labels, &rngs);
     let flat = task.flat(batch.as_ref());
-    // The reference gets the batch whole; pretext steps it in one part per replica.
+    // The reference gets the batch whole; pretext steps the same batch in one part per replica.
     let replicas = crate::engine::replicas::resolve(opts.replicas, opts.batch_size, &device)?;
     task.set_replicas(replicas);
-    let batch = task.make_batch()(&images, &labels, &mut rng);
+    let batch = task.make_batch()(&images, &labels, &rngs);
     if let Some(dir) = &opts.dump {
         dump_batch(
             dir,

@@ -152,6 +152,22 @@ pub fn all_reduce_sum_f64(buf: &mut [f64]) {
     }
 }
 
+/// Every rank's `local` concatenated in rank order (alone: `local` itself). Every rank must
+/// bring as many values: a rank that brings a different count stops the job with a panic on
+/// every rank (checked first, with one small all-reduce).
+pub fn all_gather_f64(local: &[f64]) -> Vec<f64> {
+    if size() <= 1 {
+        return local.to_vec();
+    }
+    let (lo, hi) = all_min_max(&[local.len() as f64]);
+    assert_eq!(
+        lo, hi,
+        "ranks out of step: an all-gather of {} to {} values per rank",
+        lo[0], hi[0]
+    );
+    backend::all_gather(local)
+}
+
 /// Element-wise minimum and maximum of `values` over every rank.
 pub fn all_min_max(values: &[f64]) -> (Vec<f64>, Vec<f64>) {
     if size() > 1 {
@@ -208,6 +224,13 @@ mod backend {
         (lo, hi)
     }
 
+    pub fn all_gather(local: &[f64]) -> Vec<f64> {
+        let world = SimpleCommunicator::world();
+        let mut out = vec![0.0; local.len() * world.size() as usize];
+        world.all_gather_into(local, &mut out[..]);
+        out
+    }
+
     pub fn barrier() {
         SimpleCommunicator::world().barrier();
     }
@@ -224,6 +247,9 @@ mod backend {
     pub fn all_min_max(values: &[f64]) -> (Vec<f64>, Vec<f64>) {
         (values.to_vec(), values.to_vec())
     }
+    pub fn all_gather(local: &[f64]) -> Vec<f64> {
+        local.to_vec()
+    }
     pub fn barrier() {}
     pub fn abort(_: i32) {}
 }
@@ -238,6 +264,7 @@ mod tests {
         let mut v = [1.0f32, 2.0];
         all_reduce_sum(&mut v);
         assert_eq!(v, [1.0, 2.0]);
+        assert_eq!(all_gather_f64(&[3.0, 4.0]), vec![3.0, 4.0]);
         assert!(all_ok(true) && !all_ok(false));
         assert!(is_writer());
     }

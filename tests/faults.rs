@@ -12,6 +12,7 @@ use std::time::Duration;
 use burn::prelude::Device;
 use pretext::config::{resolve, PretrainConfig};
 use pretext::data::augment::Img;
+use pretext::data::rngs::BatchRngs;
 use pretext::engine::checkpoint::{latest_checkpoint, save_encoder};
 use pretext::engine::replicas::Parts;
 use pretext::input::InputSpec;
@@ -65,12 +66,7 @@ fn a_nan_step_is_skipped_and_leaves_weights_and_batchnorm_untouched() {
     let imgs: Vec<Img> = (0..8)
         .map(|i| Img::from_u8(1, 28, 28, &ds.train.image(i).unwrap()))
         .collect();
-    let batch = rotation::make_batch(
-        &imgs,
-        &Default::default(),
-        &input,
-        &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
-    );
+    let batch = rotation::make_batch(&imgs, &Default::default(), &input, &BatchRngs::new(0, 0));
     let tmp = tempfile::tempdir().unwrap();
     let first = task.step(Box::new(batch.clone()), 0, 1e-3);
     assert!(!first.skipped && first.loss.is_finite());
@@ -111,14 +107,7 @@ fn a_nan_in_either_replica_skips_the_whole_step() {
         .collect();
     let halves: Vec<_> = [0..4, 4..8]
         .into_iter()
-        .map(|r| {
-            rotation::make_batch(
-                &imgs[r],
-                &Default::default(),
-                &input,
-                &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
-            )
-        })
+        .map(|r| rotation::make_batch(&imgs[r], &Default::default(), &input, &BatchRngs::new(0, 0)))
         .collect();
     let tmp = tempfile::tempdir().unwrap();
     let first = task.step(Box::new(Parts(halves.clone())), 0, 1e-3);
@@ -158,7 +147,7 @@ fn a_gan_step_with_nan_restores_both_networks_and_both_optimisers() {
     let imgs: Vec<Img> = (0..8)
         .map(|i| Img::from_u8(1, 28, 28, &ds.train.image(i).unwrap()))
         .collect();
-    let batch = task.make_batch()(&imgs, &[], &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+    let batch = task.make_batch()(&imgs, &[], &BatchRngs::new(0, 0));
     let tmp = tempfile::tempdir().unwrap();
     for step in 0..2 {
         let s = task.step(batch.clone(), step, 1e-3);

@@ -8,9 +8,9 @@ mod common;
 use burn::prelude::Device;
 use common::{build, config, ok, serial, small_dataset};
 use pretext::data::augment::Img;
+use pretext::data::rngs::BatchRngs;
 use pretext::input::InputSpec;
 use pretext::pretrain::{pretrain, PretrainRequest};
-use rand::SeedableRng;
 
 /// (first loss, last loss) over `steps` steps on one fixed batch of 16 images.
 fn overfit(task: &str, sets: &[&str], steps: u64) -> (f32, f32) {
@@ -22,7 +22,7 @@ fn overfit(task: &str, sets: &[&str], steps: u64) -> (f32, f32) {
     let imgs: Vec<Img> = (0..16)
         .map(|i| Img::from_u8(1, 28, 28, &ds.train.image(i).unwrap()))
         .collect();
-    let batch = t.make_batch()(&imgs, &[], &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+    let batch = t.make_batch()(&imgs, &[], &BatchRngs::new(0, 0));
     let first = t.step(batch.clone(), 0, 3e-3).loss;
     let mut last = first;
     for step in 1..=steps {

@@ -8,9 +8,9 @@ mod common;
 use burn::prelude::Device;
 use common::{build, config, ok, pretext, serial, small_dataset};
 use pretext::data::augment::Img;
+use pretext::data::rngs::BatchRngs;
 use pretext::input::InputSpec;
 use pretext::pretrain::{pretrain, PretrainRequest};
-use rand::SeedableRng;
 
 fn run(dir: &std::path::Path, stop_after: Option<u64>, resume: bool) -> f32 {
     pretrain(PretrainRequest {
@@ -212,8 +212,7 @@ fn every_grey_image_task_steps_on_a_vit() {
             "batch_size=8",
         ]);
         let mut t = build(task, &cfg, &input);
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let batch = t.make_batch()(&imgs, &labels, &mut rng);
+        let batch = t.make_batch()(&imgs, &labels, &BatchRngs::new(0, 0));
         for step in 0..2 {
             let s = t.step(batch.clone(), step, 1e-3);
             assert!(!s.skipped && s.loss.is_finite(), "{task}: loss {}", s.loss);

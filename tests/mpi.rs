@@ -146,11 +146,24 @@ fn two_ranks_train_a_language_model_like_one_process() {
     }
 }
 
-/// A rotation run on two ranks (batch norm, per-rank statistics) checks at every step that
+/// A rotation run on two ranks (batch norm, its sums across ranks) checks at every step that
 /// both ranks hold the same weights, and takes the steps one process with two replicas takes.
 #[test]
 fn two_ranks_keep_identical_weights_on_an_image_task() {
     ranks_match_one_process("rotation", "replicas=1", "replicas=2", "1");
+}
+
+/// Batch norm over the whole global batch: two ranks take the steps of one model.
+#[test]
+fn two_ranks_train_like_one_model() {
+    ranks_match_one_process("rotation", "replicas=1", "replicas=1", "1");
+}
+
+/// SimCLR across ranks: NT-Xent over the all-gathered embeddings (every rank's negatives are the
+/// whole global batch's) and batch norm summed across ranks, as one process with two replicas.
+#[test]
+fn two_ranks_train_simclr_like_one_process() {
+    ranks_match_one_process("simclr", "replicas=1", "replicas=2", "1");
 }
 
 fn ranks_of(out: &Path) -> Vec<(u32, usize)> {

@@ -7,7 +7,8 @@
 //! through burn's public API on `Device::flex().autodiff()` — the path every pretext model takes
 //! — on random shapes and on pretext's layer shapes, compare with direct loops in f64 and with
 //! batch norm written out of plain tensor ops (burn's autodiff through reductions), and check
-//! that one and two rayon threads give bit-identical results.
+//! that one and two rayon threads give bit-identical results; batch norm synchronised over parts
+//! of a batch (`set_batch_norm_sync`, pretext's replicas) against the whole batch.
 
 use burn::prelude::*;
 use burn::tensor::module::{batch_norm_train, max_pool2d};
@@ -234,6 +235,142 @@ fn batch_norm_one_and_two_threads_give_identical_results() {
             assert!(same, "result {k} differs, dims {:?}", case.dims);
         }
     }
+}
+
+impl Norm {
+    /// The samples `rows` of this batch (x and dy cut along N; gamma and beta shared).
+    fn part(&self, rows: std::ops::Range<usize>) -> Norm {
+        let (_, c, s) = self.nsc();
+        let cut = |v: &[f32]| v[rows.start * c * s..rows.end * c * s].to_vec();
+        let mut dims = self.dims.clone();
+        dims[0] = rows.len();
+        Norm {
+            dims,
+            x: cut(&self.x),
+            gamma: self.gamma.clone(),
+            beta: self.beta.clone(),
+            dy: cut(&self.dy),
+        }
+    }
+}
+
+/// A hook for each of `n` threads that sums their buffers in thread order (what pretext's
+/// replicas do through their exchange), meeting at a barrier.
+fn summing_hooks(n: usize) -> Vec<burn_flex::BatchNormSync> {
+    use std::sync::{Arc, Barrier, Mutex};
+    let slots = Arc::new(Mutex::new(vec![Vec::<f64>::new(); n]));
+    let barrier = Arc::new(Barrier::new(n));
+    (0..n)
+        .map(|p| {
+            let (slots, barrier) = (slots.clone(), barrier.clone());
+            let hook: burn_flex::BatchNormSync = Arc::new(move |buf: &mut [f64]| {
+                slots.lock().unwrap()[p] = buf.to_vec();
+                barrier.wait();
+                let sum = slots
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .fold(vec![0.0; buf.len()], |mut acc, v| {
+                        acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+                        acc
+                    });
+                // Nobody refills a slot before everyone has read this round.
+                barrier.wait();
+                buf.copy_from_slice(&sum);
+            });
+            hook
+        })
+        .collect()
+}
+
+/// Batch norm synchronised over parts of the batch (burn-flex's `set_batch_norm_sync`, one
+/// thread per part): each part's output and input gradient are the whole batch's rows, the
+/// statistics the whole batch's, and the parts' gamma and beta gradients sum to the whole
+/// batch's; with the hook cleared the kernel is the plain one again.
+#[test]
+fn synchronised_batch_norm_over_parts_equals_the_whole_batch() {
+    let mut rng = ChaCha8Rng::seed_from_u64(35);
+    let cases = [
+        (
+            Norm::new(vec![12, 5, 6, 7], 3.0, &mut rng),
+            vec![0..4, 4..8, 8..12],
+        ),
+        (Norm::new(vec![10, 16], 1.0, &mut rng), vec![0..7, 7..10]),
+        (
+            Norm::new(vec![8, 4, 5, 5], 100.0, &mut rng),
+            vec![0..2, 2..4, 4..6, 6..8],
+        ),
+    ];
+    for (whole, cuts) in cases {
+        let want = whole.reference();
+        let (_, c, s) = whole.nsc();
+        let hooks = summing_hooks(cuts.len());
+        let got: Vec<[Vec<f32>; 6]> = std::thread::scope(|scope| {
+            let handles: Vec<_> = cuts
+                .iter()
+                .zip(hooks)
+                .map(|(rows, hook)| {
+                    let part = whole.part(rows.clone());
+                    scope.spawn(move || {
+                        let before = burn_flex::set_batch_norm_sync(Some(hook));
+                        assert!(before.is_none());
+                        let synced = part.burn(true);
+                        burn_flex::set_batch_norm_sync(None);
+                        // Cleared: this part's own statistics, as without the hook.
+                        let own = part.burn(true);
+                        let (i, err) = worst(&own[4], &part.reference()[4]);
+                        assert!(err < 1e-6, "own mean off by {err:.2e} at {i}");
+                        synced
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let rows_of =
+            |v: &[f64], r: &std::ops::Range<usize>| v[r.start * c * s..r.end * c * s].to_vec();
+        for (k, name) in ["output", "x grad"].iter().enumerate() {
+            for (part, rows) in got.iter().zip(&cuts) {
+                let (i, err) = worst(&part[k], &rows_of(&want[k], rows));
+                assert!(
+                    err < 2e-4,
+                    "synced {name} of rows {rows:?} off by {err:.2e} at {i}, dims {:?}",
+                    whole.dims
+                );
+            }
+        }
+        for (k, name) in [(4, "mean"), (5, "variance")] {
+            for part in &got {
+                let (i, err) = worst(&part[k], &want[k]);
+                assert!(
+                    err < 2e-4,
+                    "synced {name} off by {err:.2e} at {i}, dims {:?}",
+                    whole.dims
+                );
+            }
+        }
+        for (k, name) in [(2, "gamma grad"), (3, "beta grad")] {
+            let sum: Vec<f32> = (0..c)
+                .map(|ch| got.iter().map(|p| p[k][ch]).sum())
+                .collect();
+            let (i, err) = worst(&sum, &want[k]);
+            assert!(
+                err < 2e-4,
+                "summed {name} off by {err:.2e} at {i}, dims {:?}",
+                whole.dims
+            );
+        }
+        // A part's own statistics are not the batch's (so the test can tell them apart).
+        let own = whole.part(cuts[0].clone()).reference();
+        assert!(
+            worst(&to_vec_f32(&own[4]), &want[4]).1 > 1e-3,
+            "dims {:?}",
+            whole.dims
+        );
+    }
+}
+
+fn to_vec_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
 }
 
 // ---------------------------------------------------------------------------------------------

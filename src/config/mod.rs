@@ -74,9 +74,13 @@ pub struct PretrainConfig {
     /// Loader worker threads; 0 = half the cores.
     pub workers: usize,
     /// Model replicas stepping on parts of each batch at once, one per core (see
-    /// `engine::replicas`); 0 = one per core (CPU; 1 on a GPU). Batch-norm statistics and
-    /// SimCLR's negatives are then per part.
+    /// `engine::replicas`); 0 = one per core (CPU; 1 on a GPU). The step is the same whatever
+    /// the count (to float rounding): batch norm and SimCLR's negatives span the global batch.
     pub replicas: usize,
+    /// Batch norm normalises with the statistics of the whole global batch when it is split
+    /// into parts (replicas, MPI ranks); false: each part's own (as before, and as one process
+    /// per GPU without SyncBatchNorm in PyTorch), so results depend on the part count.
+    pub sync_bn: bool,
     /// Under MPI (`mpirun … pretext pretrain`): compare the ranks' weights every N steps (a
     /// checksum; they must be identical) and stop with an error if they differ; 0 = never.
     pub rank_check_every: u64,
@@ -120,6 +124,7 @@ impl Default for PretrainConfig {
             seed: 0,
             workers: 0,
             replicas: 0,
+            sync_bn: true,
             rank_check_every: 100,
             prefetch: 4,
             image_size: 32,

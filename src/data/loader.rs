@@ -3,8 +3,8 @@
 //!
 //! Batch k is a pure function of (seed, k): its images are positions
 //! `[p*b, (p+1)*b)` of the permutation of epoch `k / batches_per_epoch` (seeded from
-//! (seed, epoch)), with `p = k % batches_per_epoch`; the [`MakeBatch`] function gets an RNG
-//! seeded from (seed, k). Workers claim batch numbers in order and may run at most
+//! (seed, epoch)), with `p = k % batches_per_epoch`; the [`MakeBatch`] function gets the
+//! batch's generators ([`BatchRngs`], seeded from (seed, k): one per image of the batch). Workers claim batch numbers in order and may run at most
 //! `prefetch + workers` batches ahead of the consumer; the consumer re-orders what they
 //! finish and receives k = start_batch, start_batch+1, … — so resuming from a saved cursor
 //! reproduces the run exactly.
@@ -23,6 +23,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::augment::Img;
+use crate::data::rngs::BatchRngs;
 use crate::data::{DataError, ImageSet};
 
 /// Images stacked as they are, with their dataset labels: what [`default_make_batch`] makes
@@ -39,9 +40,10 @@ pub struct Batch {
     pub w: usize,
 }
 
-/// Turns the raw images (and labels) of one batch into a batch of type `B`. Gets its own RNG
-/// seeded from (seed, batch index), so its output depends only on those.
-pub type MakeBatch<B = Batch> = Arc<dyn Fn(&[Img], &[u32], &mut ChaCha8Rng) -> B + Send + Sync>;
+/// Turns the raw images (and labels) of one batch into a batch of type `B`. Gets the batch's
+/// generators, seeded from (seed, batch index), so its output depends only on those: image `i`
+/// draws from `rngs.item(i)` (its own generator, whatever part of the batch it is made in).
+pub type MakeBatch<B = Batch> = Arc<dyn Fn(&[Img], &[u32], &BatchRngs) -> B + Send + Sync>;
 
 #[derive(Clone, Debug)]
 pub struct LoaderConfig {
@@ -73,7 +75,7 @@ impl Default for LoaderConfig {
 
 /// Stacks the images unchanged, with the dataset labels (empty if unlabelled).
 pub fn default_make_batch() -> MakeBatch {
-    Arc::new(|imgs: &[Img], labels: &[u32], _rng: &mut ChaCha8Rng| stack(imgs, labels.to_vec()))
+    Arc::new(|imgs: &[Img], labels: &[u32], _: &BatchRngs| stack(imgs, labels.to_vec()))
 }
 
 /// Stack same-sized images into a Batch.
@@ -114,13 +116,6 @@ pub fn epoch_permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut perm: Vec<usize> = (0..n).collect();
     perm.shuffle(&mut rng);
     perm
-}
-
-/// The RNG handed to [`MakeBatch`] for batch `index`.
-pub fn batch_rng(seed: u64, index: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(index);
-    rng
 }
 
 /// The image indices of batch `k` (see the module doc).
@@ -263,9 +258,9 @@ fn work<B>(
         })();
         let result = match loaded {
             Ok((imgs, labels)) => {
-                let mut rng = batch_rng(cfg.seed, k);
+                let rngs = BatchRngs::new(cfg.seed, k);
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    make(&imgs, &labels, &mut rng)
+                    make(&imgs, &labels, &rngs)
                 }))
                 .map(Ok)
             }
@@ -351,10 +346,11 @@ mod tests {
         })
     }
 
-    /// Stacks the images and adds a random number, so the per-batch RNG shows in the output.
+    /// Stacks the images and adds a random number, so the per-batch generators show in the
+    /// output.
     fn noisy() -> MakeBatch<(Batch, f32)> {
-        Arc::new(|imgs: &[Img], labels: &[u32], rng: &mut ChaCha8Rng| {
-            (stack(imgs, labels.to_vec()), rng.gen::<f32>())
+        Arc::new(|imgs: &[Img], labels: &[u32], rngs: &BatchRngs| {
+            (stack(imgs, labels.to_vec()), rngs.item(0).gen::<f32>())
         })
     }
 
@@ -451,7 +447,7 @@ mod tests {
 
     #[test]
     fn dropping_mid_stream_returns_promptly() {
-        let slow: MakeBatch = Arc::new(|imgs: &[Img], labels: &[u32], _: &mut ChaCha8Rng| {
+        let slow: MakeBatch = Arc::new(|imgs: &[Img], labels: &[u32], _: &BatchRngs| {
             std::thread::sleep(Duration::from_millis(20));
             stack(imgs, labels.to_vec())
         });
@@ -507,7 +503,7 @@ mod tests {
 
     #[test]
     fn panic_in_make_batch_reaches_the_consumer() {
-        let bad: MakeBatch = Arc::new(|_: &[Img], _: &[u32], _: &mut ChaCha8Rng| panic!("boom"));
+        let bad: MakeBatch = Arc::new(|_: &[Img], _: &[u32], _: &BatchRngs| panic!("boom"));
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             Loader::new(numbered(10), cfg(0, 2), bad).next()
         }));

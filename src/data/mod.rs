@@ -15,6 +15,7 @@ pub mod idx;
 pub mod loader;
 pub mod mix;
 pub mod randaugment;
+pub mod rngs;
 pub mod stl10;
 pub mod tokenizer;
 pub mod tokens;

@@ -7,12 +7,15 @@
 //! - [`run_loop`]: the loop.
 //! - [`run_dir`]: the one layout of a run directory (`run.json`, `encoder.safetensors`, …).
 //! - [`checkpoint`], [`optim`], [`clip`], [`schedule`], [`metrics`], [`progress`]: the loop's parts.
-//! - [`replicas`]: every core inside one step (the batch in parts, one model replica each).
+//! - [`replicas`]: every core inside one step (the batch in parts, one model replica each);
+//!   [`exchange`]: where the replicas meet (updates, sums and gathers over the global batch,
+//!   synchronised batch norm).
 //! - [`ranks`]: many processes (MPI, [`crate::dist`]): gradients and numbers summed over ranks.
 //! - [`step`], [`gan`]: pieces shared by task steps (cross-entropy, the two GAN phases).
 
 pub mod checkpoint;
 pub mod clip;
+pub mod exchange;
 pub mod gan;
 pub mod metrics;
 pub mod optim;

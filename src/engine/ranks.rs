@@ -187,7 +187,8 @@ pub fn merge_stats(stats: StepStats) -> StepStats {
 }
 
 /// Two numbers that change when any trainable weight does: the sum of the weights and a sum
-/// weighted by position. Batch-norm running statistics are per rank and left out.
+/// weighted by position. Batch-norm running statistics are left out (the same on every rank
+/// with synchronised batch norm, per rank with `sync_bn = false`).
 pub fn checksum<M: Module>(module: &M) -> [f64; 2] {
     struct Sum([f64; 2], u64);
     impl ModuleVisitor for Sum {

@@ -1,44 +1,54 @@
 //! Every core inside one step: the batch split into parts, one replica of the model per part,
 //! each running serially in its own thread pool, their gradients summed before one optimiser
-//! step.
+//! step — the same step, to float rounding, whatever the number of parts.
 //!
 //! burn-flex splits an op across threads only above ~4 M elements (element-wise) or 192³
 //! multiply-adds (matmul), so most of a step runs on one core however many there are. Replicas
-//! use them all. The protocol, for `n` replicas of a step:
+//! use them all. The protocol, for `n` replicas of a step (meeting at an
+//! [`super::exchange::Exchange`]):
 //!
+//! - the global batch depends on (seed, step) only: every image draws its augmentation from its
+//!   own generator, seeded by (seed, step, its position in the global batch)
+//!   ([`crate::data::rngs::BatchRngs`]), and [`split_batch`] hands each part its position;
 //! - replica 0 (the *leader*) steps the model the engine keeps; replicas 1.. step independent
 //!   copies of it (`valid().train()`: own autodiff leaves, own batch-norm running statistics)
 //!   and their own clones of the task, all discarded after the step;
-//! - every loss is scaled by 1/n before backward ([`super::StepCtx::backward`]), so the summed
-//!   gradient is the mean over the whole batch when the parts are equal;
+//! - a part's mean loss is scaled by 1/n before backward ([`super::StepCtx::backward`]), so the
+//!   summed gradient is the mean over the whole batch when the parts are equal; a loss over the
+//!   whole global batch (SimCLR's NT-Xent) gathers every part's embeddings first
+//!   ([`super::StepCtx::gather`]: this part's rows attached, the others' constants) and every
+//!   replica backpropagates the same loss unscaled ([`super::StepCtx::backward_global`]);
+//! - batch norm is synchronised (`sync_bn = true`, the default): each replica's thread carries a
+//!   burn-flex hook ([`super::exchange::SyncBatchNorm`]) through which every batch-norm layer
+//!   sums its per-channel statistics over all parts (forward: count, Σx, Σ(x − mean)²;
+//!   backward: Σdy, Σdy·x̂), so it normalises with the global batch's mean and variance and the
+//!   running statistics are the global ones on every replica;
 //! - each optimiser update a task makes ([`super::StepCtx::update`]) is a meeting point: the
 //!   leader waits for every replica's gradients, sums them in replica order (`step_multi`; then
 //!   over MPI ranks), clips them if the run clips by global norm, updates its module,
 //!   and hands each replica a copy of the updated module, so a GAN's generator phase sees the
 //!   discriminator every replica agrees on;
-//! - a replica whose step ends without an update the others make (a NaN loss) breaks the meeting:
-//!   the others go on without updating and the engine treats the step as non-finite.
+//! - a replica whose step ends (or unwinds) without joining a meeting the others make breaks
+//!   it: the others go on without waiting (no update, NaN sums) and the engine treats the step as
+//!   non-finite.
 //!
-//! What changes with the replica count: batch-norm batch statistics are per part, and a
-//! contrastive loss (SimCLR) takes its negatives from the replica's part only. The leader's
-//! running statistics (from its part) are what checkpoints hold, and so is the leader's task
-//! state (colorize's colour prior counts the leader's part of each batch: the other replicas'
-//! clones of the task are discarded). For a fixed replica count a run is deterministic and
-//! resumes bitwise.
+//! So one config trains the same model on 1, 2 or 4 replicas or N MPI ranks (tested: SimCLR
+//! and BYOL step by step in `tests/split_invariance.rs`, batch norm against one model in this
+//! module's tests). What still depends on the count, by float rounding only: the order of the
+//! sums (gradients summed per replica, batch-norm sums per part). By design: dropout masks (a
+//! generator per part, `nn::dropout`), fine-tuning's mixup/CutMix (pairs within a part),
+//! inpainting's reconstruction loss (each part normalised by its own hole area) and, with
+//! `sync_bn = false`, batch norm. Colorize's colour prior and its loss normalisation count the
+//! global batch's pixels ([`super::StepCtx::all_reduce`]). For a fixed replica count a run is
+//! deterministic and resumes bitwise.
 
-use std::any::Any;
 use std::ops::Range;
-use std::sync::{Condvar, Mutex, MutexGuard};
 
-use burn::module::Module;
-use burn::optim::GradientsParams;
 use burn::prelude::Device;
-use rand::Rng;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 use super::step::StepStats;
-use super::task::{AnyBatch, Optimizers};
+use super::task::AnyBatch;
+use crate::data::rngs::BatchRngs;
 use crate::error::{Error, Result};
 
 /// A batch made as `n` parts, one per replica.
@@ -46,19 +56,19 @@ use crate::error::{Error, Result};
 pub struct Parts<B>(pub Vec<B>);
 
 /// This process's parts of a global batch of `n` items split into `parts` per rank (one per
-/// replica) on each of the run's ranks ([`crate::dist`]): `make(range, rng)` makes the items
-/// `range`. A batch of one part in all is the batch itself, made with `rng` (what a run without
-/// replicas draws); with more, part `p` of the `ranks × parts` gets its own generator seeded
-/// from `rng`'s p-th draw, so the global batch depends on the number of parts, not on how they
-/// are shared between processes and threads.
+/// replica) on each of the run's ranks ([`crate::dist`]): `make(range, rngs)` makes the items
+/// `range` with the batch's generators `rngs` counted from the range's start
+/// ([`BatchRngs::part`]), so every item draws from its own generator whatever part it is in and
+/// the global batch does not depend on how it is cut. A batch of one part in all is the batch
+/// itself, made with `rngs`.
 pub fn split_batch<B: Clone + Send + 'static>(
     n: usize,
     parts: usize,
-    rng: &mut ChaCha8Rng,
-    make: impl FnMut(Range<usize>, &mut ChaCha8Rng) -> B,
+    rngs: &BatchRngs,
+    make: impl FnMut(Range<usize>, &BatchRngs) -> B,
 ) -> Box<dyn AnyBatch> {
     let place = crate::dist::place();
-    split_batch_of(n, parts, place.rank, place.size, rng, make)
+    split_batch_of(n, parts, place.rank, place.size, rngs, make)
 }
 
 /// [`split_batch`] for rank `rank` of `ranks`.
@@ -67,18 +77,18 @@ pub fn split_batch_of<B: Clone + Send + 'static>(
     parts: usize,
     rank: usize,
     ranks: usize,
-    rng: &mut ChaCha8Rng,
-    mut make: impl FnMut(Range<usize>, &mut ChaCha8Rng) -> B,
+    rngs: &BatchRngs,
+    mut make: impl FnMut(Range<usize>, &BatchRngs) -> B,
 ) -> Box<dyn AnyBatch> {
     let total = parts.max(1) * ranks.max(1);
     if total <= 1 {
-        return Box::new(make(0..n, rng));
+        return Box::new(make(0..n, rngs));
     }
-    let seeds: Vec<u64> = (0..total).map(|_| rng.gen()).collect();
     let mut out: Vec<B> = (rank * parts.max(1)..(rank + 1) * parts.max(1))
         .map(|p| {
             let range = p * n / total..(p + 1) * n / total;
-            make(range, &mut ChaCha8Rng::seed_from_u64(seeds[p]))
+            let part = rngs.part(range.start);
+            make(range, &part)
         })
         .collect();
     if out.len() == 1 {
@@ -169,139 +179,6 @@ impl Pools {
     }
 }
 
-/// Where the replicas of one step meet at each optimiser update.
-pub struct Exchange {
-    n: usize,
-    state: Mutex<State>,
-    cv: Condvar,
-}
-
-struct State {
-    /// Updates completed in this step.
-    round: u64,
-    arrived: usize,
-    grads: Vec<Option<GradientsParams>>,
-    /// The updated module for each replica but the leader.
-    outbox: Vec<Option<Box<dyn Any + Send>>>,
-    /// Replicas whose step has returned.
-    done: Vec<bool>,
-    /// A replica returned without joining an update the others made.
-    broken: bool,
-}
-
-impl Exchange {
-    pub fn new(n: usize) -> Self {
-        Self {
-            n,
-            state: Mutex::new(State {
-                round: 0,
-                arrived: 0,
-                grads: (0..n).map(|_| None).collect(),
-                outbox: (0..n).map(|_| None).collect(),
-                done: vec![false; n],
-                broken: false,
-            }),
-            cv: Condvar::new(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Replica `r`'s update of `module` with its `grads`; `optim` is the leader's optimisers
-    /// (None on the other replicas). Returns the module every replica agrees on, or `module`
-    /// unchanged when the meeting broke.
-    pub fn update<M: Module + 'static>(
-        &self,
-        r: usize,
-        optim: Option<&mut Optimizers>,
-        name: &str,
-        lr: f64,
-        module: M,
-        grads: GradientsParams,
-    ) -> M {
-        let mut s = self.lock();
-        if s.broken || s.done.iter().any(|&d| d) {
-            s.broken = true;
-            self.cv.notify_all();
-            return module;
-        }
-        s.grads[r] = Some(grads);
-        s.arrived += 1;
-        let round = s.round;
-        self.cv.notify_all();
-        if r == 0 {
-            while s.arrived < self.n && !s.broken {
-                s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
-            }
-            if s.broken {
-                s.grads.iter_mut().for_each(|g| *g = None);
-                // The other ranks wait for this one's gradients: send NaN, so they undo (or
-                // stop at) this step too.
-                super::ranks::join_without_grads(&module);
-                return module;
-            }
-            let grads: Vec<GradientsParams> = s
-                .grads
-                .iter_mut()
-                .map(|g| g.take().expect("every replica's gradients"))
-                .collect();
-            let optim = optim.expect("the leader holds the optimisers");
-            let updated = if crate::dist::size() > 1 {
-                // Summed here, then over every rank.
-                let grads = super::ranks::sum_local_then_ranks(&module, grads);
-                optim.step(name, lr, module, grads)
-            } else {
-                optim.step_multi(name, lr, module, grads)
-            };
-            for out in s.outbox.iter_mut().skip(1) {
-                *out = Some(Box::new(updated.valid().train()));
-            }
-            s.arrived = 0;
-            s.round += 1;
-            self.cv.notify_all();
-            updated
-        } else {
-            while s.round == round && !s.broken {
-                s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
-            }
-            if s.round == round {
-                s.grads[r] = None;
-                return module;
-            }
-            *s.outbox[r]
-                .take()
-                .expect("the leader left this replica its module")
-                .downcast::<M>()
-                .expect("the module type this replica updated")
-        }
-    }
-
-    /// Replica `r`'s step has returned (or unwound): anyone waiting for it waits in vain.
-    pub fn finish(&self, r: usize) {
-        let mut s = self.lock();
-        s.done[r] = true;
-        if s.arrived > 0 {
-            s.broken = true;
-        }
-        self.cv.notify_all();
-    }
-
-    pub fn broken(&self) -> bool {
-        self.lock().broken
-    }
-}
-
-/// Calls [`Exchange::finish`] when a replica's step ends, panics included.
-pub struct Finished<'a>(pub &'a Exchange, pub usize);
-
-impl Drop for Finished<'_> {
-    fn drop(&mut self) {
-        self.0.finish(self.1);
-    }
-}
-
 /// One step's numbers from the replicas' own: loss and each metric averaged (equal parts),
 /// items summed.
 pub fn merge(stats: Vec<StepStats>) -> StepStats {
@@ -325,8 +202,8 @@ mod tests {
 
     #[test]
     fn parts_cover_the_batch_in_order() {
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let b = split_batch(10, 3, &mut rng, |r, _| r.collect::<Vec<usize>>());
+        let rngs = BatchRngs::new(1, 0);
+        let b = split_batch(10, 3, &rngs, |r, _| r.collect::<Vec<usize>>());
         let parts = b
             .as_ref()
             .as_any()
@@ -336,14 +213,42 @@ mod tests {
             parts.0,
             vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8, 9]]
         );
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let one = split_batch(10, 1, &mut rng, |r, rng| (r.len(), rng.gen::<u32>()));
-        let mut fresh = ChaCha8Rng::seed_from_u64(1);
+        let one = split_batch(10, 1, &rngs, |r, rngs| (r.len(), *rngs));
         assert_eq!(
-            one.as_ref().as_any().downcast_ref::<(usize, u32)>(),
-            Some(&(10, fresh.gen::<u32>())),
+            one.as_ref().as_any().downcast_ref::<(usize, BatchRngs)>(),
+            Some(&(10, rngs)),
             "one part is made exactly as without replicas"
         );
+    }
+
+    /// Every item draws from its own generator whatever the part count and whichever rank
+    /// makes it: the global batch is the same cut into 1, 2 or 4 parts on 1 or 2 ranks.
+    #[test]
+    fn the_global_batch_does_not_depend_on_the_cut() {
+        use rand::Rng;
+        let rngs = BatchRngs::new(3, 9);
+        let draw = |r: std::ops::Range<usize>, rngs: &BatchRngs| -> Vec<u64> {
+            (0..r.len()).map(|i| rngs.item(i).gen()).collect()
+        };
+        let whole = split_batch_of(8, 1, 0, 1, &rngs, draw);
+        let whole = whole
+            .as_ref()
+            .as_any()
+            .downcast_ref::<Vec<u64>>()
+            .unwrap()
+            .clone();
+        for (parts, ranks) in [(2, 1), (4, 1), (1, 2), (2, 2)] {
+            let mut got: Vec<u64> = Vec::new();
+            for rank in 0..ranks {
+                let b = split_batch_of(8, parts, rank, ranks, &rngs, draw);
+                let b = b.as_ref().as_any();
+                match b.downcast_ref::<Parts<Vec<u64>>>() {
+                    Some(p) => p.0.iter().for_each(|v| got.extend(v)),
+                    None => got.extend(b.downcast_ref::<Vec<u64>>().unwrap()),
+                }
+            }
+            assert_eq!(got, whole, "{parts} parts on {ranks} ranks");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::any::Any;
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
@@ -16,7 +17,8 @@ use burn::tensor::Gradients;
 
 use super::checkpoint::{load_module, load_optimizer, save_module, save_optimizer, save_weights};
 use super::clip;
-use super::replicas::{self, Exchange, Finished, Parts, Pools};
+use super::exchange::{Exchange, Finished, SyncBatchNorm};
+use super::replicas::{self, Parts, Pools};
 use super::step::StepStats;
 use crate::error::{Error, Result};
 
@@ -114,7 +116,9 @@ impl Optimizers {
 
 /// What a step gets besides the model and the batch. A task computes its losses and hands
 /// them to [`StepCtx::backward`], and its gradients to [`StepCtx::update`]; with replicas (see
-/// [`super::replicas`]) these are where the replicas' work is combined.
+/// [`super::replicas`]) these are where the replicas' work is combined. A loss over the whole
+/// global batch takes [`StepCtx::gather`], [`StepCtx::all_reduce`] and
+/// [`StepCtx::backward_global`].
 pub struct StepCtx<'a> {
     /// Steps completed before this one (0 for the first).
     pub step: u64,
@@ -148,15 +152,90 @@ impl<'a> StepCtx<'a> {
         crate::dist::rank() * self.replicas + self.replica
     }
 
-    /// Gradients of `loss`, scaled by 1/(replicas × ranks) so the sum over every replica of
-    /// every rank is the mean over the whole (global) batch.
+    /// How many parts the global batch is in: replicas × ranks.
+    pub fn parts(&self) -> usize {
+        self.replicas * crate::dist::size()
+    }
+
+    /// Gradients of `loss` (this part's mean), scaled by 1/(replicas × ranks) so the sum over
+    /// every replica of every rank is the mean over the whole (global) batch.
     pub fn backward(&self, loss: Tensor<1>) -> Gradients {
-        let parts = self.replicas * crate::dist::size();
+        let parts = self.parts();
         if parts > 1 {
             loss.mul_scalar(1.0 / parts as f64).backward()
         } else {
             loss.backward()
         }
+    }
+
+    /// Gradients of a loss every part computes alike over the whole global batch, with only its
+    /// own rows attached ([`Self::gather`]), or of this part's share of a global sum
+    /// ([`Self::all_reduce`]): unscaled, as the parts' gradients summed are then exactly the
+    /// loss's gradient.
+    pub fn backward_global(&self, loss: Tensor<1>) -> Gradients {
+        loss.backward()
+    }
+
+    /// `values` summed element-wise over every part of the global batch (every replica of
+    /// every rank, in part order), in place; NaN when a replica left the step (a broken
+    /// meeting, see [`super::exchange`]). Alone: unchanged.
+    pub fn all_reduce(&self, values: &mut [f64]) {
+        match self.exchange {
+            Some(ex) => match ex.all_reduce(self.replica, values.to_vec()) {
+                Some(sum) => values.copy_from_slice(&sum),
+                None => values.fill(f64::NAN),
+            },
+            None => crate::dist::all_reduce_sum_f64(values),
+        }
+    }
+
+    /// The rows of every part of the global batch, in part order (replicas of rank 0 first, …):
+    /// `rows` is this part's `[m, d]` block and stays as given (attached to this replica's graph),
+    /// the other parts' arrive as constants. A loss on the result computed alike by every part
+    /// and handed to [`Self::backward_global`] gives exactly the global loss's gradient once the
+    /// parts' gradients are summed. Alone: `rows` itself. NaN rows when a replica left the step.
+    pub fn gather(&self, rows: Tensor<2>) -> Tensor<2> {
+        if self.parts() <= 1 {
+            return rows;
+        }
+        let [m, d] = rows.dims();
+        let device = rows.device();
+        let data = rows.clone().detach().into_data().convert::<f32>();
+        // This part's row count, then its rows.
+        let mut mine = Vec::with_capacity(1 + m * d);
+        mine.push(m as f64);
+        mine.extend(
+            data.as_slice::<f32>()
+                .expect("f32 rows")
+                .iter()
+                .map(|&v| v as f64),
+        );
+        let all = match self.exchange {
+            Some(ex) => ex.gather(self.replica, mine),
+            None => Some(Arc::new(crate::dist::all_gather_f64(&mine))),
+        };
+        let me = self.part();
+        // A broken meeting (here or on another rank) sends NaN: no well-formed blocks.
+        let Some(parts) = all.as_deref().and_then(|all| gathered_blocks(all, d)) else {
+            return Tensor::full([m, d], f32::NAN, &device);
+        };
+        if parts.get(me).map(|b| b.len()) != Some(m * d) {
+            return Tensor::full([m, d], f32::NAN, &device);
+        }
+        let blocks = parts
+            .into_iter()
+            .enumerate()
+            .filter(|(_, values)| !values.is_empty())
+            .map(|(part, values)| {
+                if part == me {
+                    return rows.clone();
+                }
+                let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+                let shape = [values.len() / d, d];
+                Tensor::from_data(burn::tensor::TensorData::new(v, shape), &device)
+            })
+            .collect();
+        Tensor::cat(blocks, 0)
     }
 
     /// One update of `module` by the optimiser `name` at learning rate `lr`; with replicas, with
@@ -186,6 +265,22 @@ impl<'a> StepCtx<'a> {
             ),
         }
     }
+}
+
+/// The parts' blocks of what [`StepCtx::gather`] gathered (each a row count, then its rows of
+/// `d` values), or None when the buffer is not made of such blocks.
+fn gathered_blocks(all: &[f64], d: usize) -> Option<Vec<&[f64]>> {
+    let (mut blocks, mut at) = (Vec::new(), 0);
+    while at < all.len() {
+        let rows = all[at];
+        if !(rows.is_finite() && rows >= 0.0 && rows.fract() == 0.0) {
+            return None;
+        }
+        let end = at + 1 + rows as usize * d;
+        blocks.push(all.get(at + 1..end)?);
+        at = end;
+    }
+    Some(blocks)
 }
 
 /// A pretext task as the engine runs it. `Clone` so the engine can undo a skipped step of a
@@ -282,6 +377,9 @@ pub struct Bound<T: Task> {
     first: Option<T::Batch>,
     /// One pool per replica (none: the step runs on the caller's thread and rayon's global pool).
     pools: Option<Pools>,
+    /// Batch norm with the global batch's statistics when the batch is in parts (replicas,
+    /// ranks): see [`SyncBatchNorm`].
+    sync_bn: bool,
 }
 
 impl<T: Task> Bound<T> {
@@ -294,6 +392,7 @@ impl<T: Task> Bound<T> {
             skip_nonfinite,
             first: None,
             pools: None,
+            sync_bn: true,
         }
     }
 
@@ -307,6 +406,12 @@ impl<T: Task> Bound<T> {
         if n != self.replicas() {
             self.pools = (n > 1).then(|| Pools::new(n));
         }
+    }
+
+    /// Whether batch norm takes the statistics of the whole global batch when it is in parts
+    /// (the default: the same step whatever the replica and rank counts) or of each part alone.
+    pub fn set_sync_bn(&mut self, on: bool) {
+        self.sync_bn = on;
     }
 
     /// Clip every update's gradients to the global norm `max_norm` (0 = no clipping), after the
@@ -360,6 +465,8 @@ impl<T: Task> Bound<T> {
             None => {
                 let batch = parts.into_iter().next().expect("one part");
                 let items = T::items(&batch);
+                // One part per rank: batch norm's sums go across ranks.
+                let _bn = (self.sync_bn && crate::dist::size() > 1).then(SyncBatchNorm::ranks);
                 let mut cx = StepCtx::new(step, lr, &mut self.optim);
                 let (model, stats) = self.task.step(model, batch, &mut cx);
                 (model, StepStats { items, ..stats })
@@ -370,8 +477,8 @@ impl<T: Task> Bound<T> {
                 &mut self.optim,
                 model,
                 parts,
-                step,
-                lr,
+                (step, lr),
+                self.sync_bn,
             ),
         };
         // Under MPI: the numbers of the global batch, the same on every rank.
@@ -399,25 +506,28 @@ impl<T: Task> Bound<T> {
 }
 
 /// One step by every replica, each in its own pool (replica 0 steps `model` itself, the others
-/// independent copies and clones of the task), meeting at each update.
+/// independent copies and clones of the task), meeting at each update and collective; with
+/// `sync_bn` batch norm sums its statistics over every replica (and rank).
 fn replicated_step<T: Task>(
     pools: &Pools,
     task: &mut T,
     optim: &mut Optimizers,
     model: T::Model,
     parts: Vec<T::Batch>,
-    step: u64,
-    lr: f64,
+    (step, lr): (u64, f64),
+    sync_bn: bool,
 ) -> (T::Model, StepStats) {
     let n = parts.len();
-    let exchange = Exchange::new(n);
+    let exchange = Arc::new(Exchange::new(n));
+    let bn = |r: usize| sync_bn.then(|| SyncBatchNorm::replica(exchange.clone(), r));
     let mut parts = parts.into_iter();
     let lead_batch = parts.next().expect("a part per replica");
     // Independent copies: own autodiff leaves and own batch-norm running statistics.
     let others: Vec<(T, T::Model, T::Batch)> = parts
         .map(|b| (task.clone(), model.valid().train(), b))
         .collect();
-    let ex = &exchange;
+    let ex = &*exchange;
+    let bn = &bn;
     let (lead, rest) = std::thread::scope(|scope| {
         let handles: Vec<_> = others
             .into_iter()
@@ -427,6 +537,7 @@ fn replicated_step<T: Task>(
                 scope.spawn(move || {
                     pool.install(move || {
                         let _done = Finished(ex, r);
+                        let _bn = bn(r);
                         let items = T::items(&batch);
                         let mut cx = StepCtx {
                             step,
@@ -444,6 +555,7 @@ fn replicated_step<T: Task>(
             .collect();
         let lead = pools.get(0).install(|| {
             let _done = Finished(ex, 0);
+            let _bn = bn(0);
             let items = T::items(&lead_batch);
             let mut cx = StepCtx {
                 step,
@@ -520,5 +632,24 @@ impl<T: Task> Trainable for Bound<T> {
 
     fn checksum(&self) -> [f64; 2] {
         super::ranks::checksum(self.model())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gathered_blocks_are_read_back_or_refused() {
+        let all = [2.0, 1.0, 2.0, 3.0, 4.0, 0.0, 1.0, 5.0, 6.0];
+        let blocks = gathered_blocks(&all, 2).unwrap();
+        assert_eq!(
+            blocks,
+            vec![&[1.0, 2.0, 3.0, 4.0][..], &[][..], &[5.0, 6.0][..]]
+        );
+        // What a broken meeting sends, a count past the end, a fractional count.
+        assert!(gathered_blocks(&[f64::NAN; 6], 2).is_none());
+        assert!(gathered_blocks(&[3.0, 1.0, 2.0], 2).is_none());
+        assert!(gathered_blocks(&[0.5, 1.0], 2).is_none());
     }
 }

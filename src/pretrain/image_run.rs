@@ -108,6 +108,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
     let replicas = engine::replicas::resolve(cfg.replicas, cfg.batch_size, &device)?;
     let mut trainer = crate::device::seeded(&device, cfg.seed, || build(&ctx))?;
     trainer.set_replicas(replicas);
+    trainer.set_sync_bn(cfg.sync_bn);
     let (encoder_input, input_transform) = trainer.encoder_input(&input);
     let info = EncoderInfo {
         backbone: cfg.backbone_spec(encoder_input.channels),

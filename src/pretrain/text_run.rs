@@ -16,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::{self, NonFinite, TextConfig};
 use crate::data::corpus::{Fields, TextSource};
+use crate::data::rngs::BatchRngs;
 use crate::data::tokenizer::Tokenizer;
 use crate::data::tokens::{tokenize_corpus, TokenCorpus, TokenFile};
 use crate::dist;
@@ -203,8 +204,9 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
             .iter()
             .map(|&o| corpus.train.read(o, wlen))
             .collect::<Result<Vec<_>>>()?;
-        Ok(split_batch(windows.len(), replicas, &mut rng, |r, rng| {
-            task.make_batch(&windows[r], rng)
+        let rngs = BatchRngs::from_rng(&mut rng);
+        Ok(split_batch(windows.len(), replicas, &rngs, |r, rngs| {
+            task.make_batch(&windows[r], rngs)
         }))
     };
     let outcome = run_loop::run(
@@ -240,8 +242,8 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
 }
 
 /// The offsets of step `step`'s `n` training windows of `len` tokens in a file of `file_len`
-/// tokens, and the step's generator after drawing them (which then draws the batch's parts and
-/// damage). Every step's windows come from (seed, step) alone.
+/// tokens, and the step's generator after drawing them (which then keys the windows' own
+/// generators for their damage). Every step's windows come from (seed, step) alone.
 fn window_offsets(
     seed: u64,
     step: u64,
@@ -280,15 +282,15 @@ fn validation_batches(
     t: usize,
 ) -> Result<Vec<TextBatch>> {
     let len = task.window_len(t);
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x7a1d_a7e5);
     validation_offsets(cfg, len, val.len())
         .chunks(cfg.batch_size)
-        .map(|chunk| {
+        .enumerate()
+        .map(|(k, chunk)| {
             let windows = chunk
                 .iter()
                 .map(|&o| val.read(o, len))
                 .collect::<Result<Vec<_>>>()?;
-            Ok(task.make_batch(&windows, &mut rng))
+            Ok(task.make_batch(&windows, &BatchRngs::new(cfg.seed ^ 0x7a1d_a7e5, k as u64)))
         })
         .collect()
 }

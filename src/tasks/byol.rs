@@ -241,7 +241,7 @@ impl Task for Byol {
 impl ImageTask for Byol {
     fn make_batch(&self) -> MakeBatch<ClassBatch> {
         let (views, input) = (self.views.clone(), self.input.clone());
-        Arc::new(move |images, _labels, rng| two_views(images, &views, &input, rng))
+        Arc::new(move |images, _labels, rngs| two_views(images, &views, &input, rngs))
     }
 
     fn flat(b: &ClassBatch) -> FlatBatch {

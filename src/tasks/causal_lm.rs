@@ -4,7 +4,7 @@
 //!
 //! `pretext pretrain --task causal-lm --data text:../shared/data/text/austen.txt.gz --out runs/gpt`
 
-use rand_chacha::ChaCha8Rng;
+use crate::data::rngs::BatchRngs;
 
 use std::sync::Arc;
 
@@ -57,7 +57,7 @@ impl TextTask for CausalLm {
         t + 1
     }
 
-    fn make_batch(&self, windows: &[Vec<u32>], _rng: &mut ChaCha8Rng) -> TextBatch {
+    fn make_batch(&self, windows: &[Vec<u32>], _: &BatchRngs) -> TextBatch {
         make_batch(windows)
     }
 }

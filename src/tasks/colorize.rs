@@ -32,6 +32,7 @@ use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::{hflip, lab_to_rgb, rgb_to_lab, Img};
 use crate::data::loader::MakeBatch;
+use crate::data::rngs::BatchRngs;
 use crate::engine::step::images_tensor;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
@@ -327,7 +328,7 @@ pub fn make_batch(
     images: &[Img],
     config: &ColorizeConfig,
     bins: &AbBins,
-    rng: &mut impl Rng,
+    rngs: &BatchRngs,
 ) -> ColorizeBatch {
     let (h, w) = images.first().map_or((0, 0), |i| (i.h, i.w));
     let (plane, k) = (h * w, config.neighbours);
@@ -336,7 +337,8 @@ pub fn make_batch(
     let mut ab = Vec::with_capacity(images.len() * 2 * plane);
     let (mut idx, mut wts) = (Vec::new(), Vec::new());
     let mut keep = Vec::with_capacity(images.len());
-    for img in images {
+    for (i, img) in images.iter().enumerate() {
+        let rng = &mut rngs.item(i);
         let img = if config.flip && rng.gen_bool(0.5) {
             hflip(img)
         } else {
@@ -384,29 +386,49 @@ pub fn make_batch(
 }
 
 impl Colorize {
-    /// Per-pixel loss [b, 1, h, w] of generator output `out` against the batch's targets, and
-    /// the per-pixel weights [b, 1, h, w] (image kept × class rebalancing).
+    /// This part's share of the loss over the global batch: the per-pixel loss of generator
+    /// output `out` against the part's targets, weighted (image kept × class rebalancing),
+    /// summed, over the kept pixels of the whole global batch ([`StepCtx::all_reduce`]; one part:
+    /// the part's mean).
     ///
-    /// Classification adds the batch's kept pixels to the empirical prior first.
-    fn loss(&mut self, out: Tensor<4>, batch: &ColorizeBatch, device: &Device) -> Tensor<1> {
+    /// Classification adds the global batch's kept pixels to the empirical prior first, so the
+    /// prior (and every replica's copy of it) does not depend on how the batch is cut.
+    fn loss(
+        &mut self,
+        out: Tensor<4>,
+        batch: &ColorizeBatch,
+        device: &Device,
+        cx: &StepCtx,
+    ) -> Tensor<1> {
         let [b, _, h, w] = batch.shape;
         let plane = h * w;
         let keep: Vec<f32> = batch.keep.iter().map(|&k| k as f32).collect();
-        let kept_pixels = keep.iter().sum::<f32>() * plane as f32;
+        let classify = self.config.loss == ColorLoss::Classification;
+        let k = self.config.neighbours;
+        // Over every part: the nearest bin of every kept pixel (classification), then the kept
+        // pixels.
+        let q = if classify { self.counts.len() } else { 0 };
+        let mut totals = vec![0.0f64; q + 1];
+        totals[q] = (keep.iter().sum::<f32>() * plane as f32) as f64;
+        if classify {
+            for i in (0..b).filter(|&i| batch.keep[i] == 1) {
+                for p in 0..plane {
+                    totals[batch.bins[i * k * plane + p] as usize] += 1.0;
+                }
+            }
+        }
+        cx.all_reduce(&mut totals);
+        let kept_pixels = totals[q] as f32;
         let keep_t = Tensor::<1>::from_floats(keep.as_slice(), device).reshape([b, 1, 1, 1]);
         let ab = Tensor::<4>::from_data(TensorData::new(batch.ab.clone(), [b, 2, h, w]), device);
         let per_pixel = match self.config.loss {
             ColorLoss::Classification => {
-                let k = self.config.neighbours;
                 let (bins, wts) = (&batch.bins, &batch.weights);
                 // The prior counts the nearest bin of every kept pixel, this batch included.
-                for i in 0..b {
-                    if batch.keep[i] == 1 {
-                        for p in 0..plane {
-                            self.counts[bins[i * k * plane + p] as usize] += 1.0;
-                        }
-                    }
-                }
+                self.counts
+                    .iter_mut()
+                    .zip(&totals)
+                    .for_each(|(c, t)| *c += t);
                 let rw = self.bins.rebalance_weights(
                     &self.counts,
                     self.config.prior_sigma,
@@ -474,11 +496,13 @@ impl Task for Colorize {
         let device = self.device.clone();
         let x = images_tensor(std::mem::take(&mut batch.lightness), batch.shape, &device);
         let out = model.forward(x);
-        let loss = self.loss(out, &batch, &device);
-        let value = loss.clone().detach().into_scalar::<f32>();
+        let loss = self.loss(out, &batch, &device, cx);
+        // This part's share of the global loss, reported × parts: the engine averages the
+        // parts' numbers.
+        let value = loss.clone().detach().into_scalar::<f32>() * cx.parts() as f32;
         let kept = batch.keep.iter().sum::<u32>() as f32 / batch.shape[0] as f32;
         let stats = StepStats::new(value, vec![("kept", kept)]);
-        let grads = GradientsParams::from_grads(cx.backward(loss), &model);
+        let grads = GradientsParams::from_grads(cx.backward_global(loss), &model);
         (cx.update("model", cx.lr, model, grads), stats)
     }
 
@@ -517,7 +541,7 @@ impl ImageTask for Colorize {
     fn make_batch(&self) -> MakeBatch<ColorizeBatch> {
         let config = self.config.clone();
         let bins = self.bins.clone();
-        Arc::new(move |images, _labels, rng| make_batch(images, &config, &bins, rng))
+        Arc::new(move |images, _labels, rngs| make_batch(images, &config, &bins, rngs))
     }
 
     fn encoder_input(&self, data: &InputSpec) -> (InputSpec, InputTransform) {
@@ -585,7 +609,6 @@ mod tests {
     use super::*;
     use crate::engine::optim::build_optimizer;
     use crate::engine::Bound;
-    use rand::SeedableRng;
 
     fn colour_image(s: usize, k: usize) -> Img {
         Img::from_fn(3, s, s, |c, y, x| {
@@ -680,12 +703,7 @@ mod tests {
             ..Default::default()
         };
         let bins = AbBins::in_gamut();
-        let b = make_batch(
-            &imgs,
-            &cfg,
-            &bins,
-            &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
-        );
+        let b = make_batch(&imgs, &cfg, &bins, &BatchRngs::new(0, 0));
         assert_eq!(b.shape, [2, 1, 8, 8]);
         assert_eq!(b.keep, vec![1, 0]);
         assert_eq!(Colorize::items(&b), 2);
@@ -740,7 +758,7 @@ mod tests {
                 16,
             );
             let make = t.task.make_batch();
-            let batch = make(&imgs, &[], &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+            let batch = make(&imgs, &[], &BatchRngs::new(0, 0));
             let first = t.step_typed(batch.clone(), 0, 3e-3).loss;
             let mut last = first;
             for step in 1..=60 {

@@ -26,6 +26,7 @@ use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::{crop, resize_bilinear, Img};
 use crate::data::loader::MakeBatch;
+use crate::data::rngs::BatchRngs;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
@@ -278,13 +279,14 @@ pub fn make_batch(
     config: &ContextConfig,
     g: &Geometry,
     input: &InputSpec,
-    rng: &mut impl Rng,
+    rngs: &BatchRngs,
 ) -> ClassBatch {
     let (c, p, side) = (input.channels, g.patch, g.input);
     let per_image = 1 + config.pairs;
     let mut out = Vec::with_capacity(images.len() * per_image * c * side * side);
     let mut labels = Vec::with_capacity(images.len() * config.pairs);
-    for img in images {
+    for (i, img) in images.iter().enumerate() {
+        let rng = &mut rngs.item(i);
         let boxes = patch_boxes(g, img.h, img.w, rng);
         let mut classes: Vec<u32> = (0..8).collect();
         classes.shuffle(rng);
@@ -341,7 +343,7 @@ impl Task for Context {
 impl ImageTask for Context {
     fn make_batch(&self) -> MakeBatch<ClassBatch> {
         let (config, g, input) = (self.config.clone(), self.geometry, self.input.clone());
-        Arc::new(move |images, _labels, rng| make_batch(images, &config, &g, &input, rng))
+        Arc::new(move |images, _labels, rngs| make_batch(images, &config, &g, &input, rngs))
     }
 
     fn write_samples(&self, _model: &ContextModel, batch: &ClassBatch, dir: &Path) -> Result<()> {
@@ -546,8 +548,13 @@ mod tests {
             ..ContextConfig::default()
         };
         let g = cfg.geometry(h, w).unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(4);
-        let b = make_batch(&[img.clone(), img], &cfg, &g, &spec(1, h, w), &mut rng);
+        let b = make_batch(
+            &[img.clone(), img],
+            &cfg,
+            &g,
+            &spec(1, h, w),
+            &BatchRngs::new(4, 0),
+        );
         assert_eq!(b.shape, [8, 1, 6, 6]);
         assert_eq!(b.labels.len(), 6);
         assert_eq!(Context::items(&b), 2);
@@ -581,8 +588,7 @@ mod tests {
             ..ContextConfig::default()
         };
         let g = cfg.geometry(32, 32).unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let b = make_batch(&[img], &cfg, &g, &spec(3, 32, 32), &mut rng);
+        let b = make_batch(&[img], &cfg, &g, &spec(3, 32, 32), &BatchRngs::new(0, 0));
         let plane = g.input * g.input;
         assert_eq!(b.shape, [2, 3, 16, 16], "8-px patches are resized to 16");
         for patch in b.images.chunks(3 * plane) {
@@ -603,8 +609,13 @@ mod tests {
         let cfg = ContextConfig::default();
         let img = Img::from_fn(1, 28, 28, |_, y, x| ((y * 3 + x) % 7) as f32 / 7.0);
         let g = cfg.geometry(28, 28).unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let b = make_batch(&[img.clone(), img], &cfg, &g, &spec(1, 28, 28), &mut rng);
+        let b = make_batch(
+            &[img.clone(), img],
+            &cfg,
+            &g,
+            &spec(1, 28, 28),
+            &BatchRngs::new(0, 0),
+        );
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(b.labels.len(), 2 * cfg.pairs);
         write_pairs(&b, cfg.pairs, &dir.path().join("c.png")).unwrap();

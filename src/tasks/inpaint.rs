@@ -24,6 +24,7 @@ use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::Img;
 use crate::data::loader::MakeBatch;
+use crate::data::rngs::BatchRngs;
 use crate::engine::gan::{gan_step, Gan, GanWeights, Generated, GAN_OPTIMIZERS};
 use crate::engine::step::images_tensor;
 use crate::engine::{StepCtx, StepStats, Task};
@@ -241,7 +242,7 @@ pub fn make_batch(
     images: &[Img],
     config: &InpaintConfig,
     input: &InputSpec,
-    rng: &mut impl Rng,
+    rngs: &BatchRngs,
 ) -> InpaintBatch {
     let (c, h, w) = (input.channels, input.height, input.width);
     let n = images.len();
@@ -249,7 +250,8 @@ pub fn make_batch(
     let mut truth = Vec::with_capacity(n * c * h * w);
     let mut holes = Vec::with_capacity(n * h * w);
     let mut weights = Vec::with_capacity(n * h * w);
-    for img in images {
+    for (i, img) in images.iter().enumerate() {
+        let rng = &mut rngs.item(i);
         let hole = make_mask(config.mask, config.coverage, h, w, rng);
         let mut m = img.clone();
         for ch in 0..c {
@@ -351,7 +353,7 @@ impl ImageTask for Inpaint {
     fn make_batch(&self) -> MakeBatch<InpaintBatch> {
         let config = self.config.clone();
         let input = self.input.clone();
-        Arc::new(move |images, _labels, rng| make_batch(images, &config, &input, rng))
+        Arc::new(move |images, _labels, rngs| make_batch(images, &config, &input, rngs))
     }
 
     fn write_samples(&self, model: &Gan, batch: &InpaintBatch, dir: &Path) -> Result<()> {
@@ -467,8 +469,7 @@ mod tests {
             mask: MaskKind::Blobs,
             ..Default::default()
         };
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let batch = make_batch(&imgs, &cfg, &input, &mut rng);
+        let batch = make_batch(&imgs, &cfg, &input, &BatchRngs::new(0, 0));
         assert_eq!(batch.shape, [2, 3, 16, 16]);
         // Checked in the layout bench/reference.py reads: images = masked,
         // extra = truth | hole | weights.
@@ -551,8 +552,7 @@ mod tests {
         let (t, model, cfg) = task(&[], &input);
         let mut optim = Optimizers::new(GAN_OPTIMIZERS, &build_optimizer(&cfg));
         let imgs: Vec<Img> = (0..4).map(|k| blobs_image(1, 16, k)).collect();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let batch = make_batch(&imgs, &t.config, &input, &mut rng);
+        let batch = make_batch(&imgs, &t.config, &input, &BatchRngs::new(0, 0));
         let [masked, truth, hole, weights] = tensors(batch, &t.device);
         let Gan {
             generator: gen,
@@ -594,8 +594,7 @@ mod tests {
         let input = spec(1, 16);
         let (t, model, cfg) = task(&["inpaint.mask=\"squares\""], &input);
         let imgs: Vec<Img> = (0..4).map(|k| blobs_image(1, 16, k)).collect();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let batch = make_batch(&imgs, &t.config, &input, &mut rng);
+        let batch = make_batch(&imgs, &t.config, &input, &BatchRngs::new(0, 0));
         let mut t = Bound::new(t, model, &build_optimizer(&cfg), false);
         let first = t.step_typed(batch.clone(), 0, 3e-3);
         assert_eq!(first.metrics.len(), 4);

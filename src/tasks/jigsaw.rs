@@ -26,6 +26,7 @@ use crate::data::augment::{
     color_jitter, crop, grayscale, random_resized_crop, resize_bilinear, Img,
 };
 use crate::data::loader::MakeBatch;
+use crate::data::rngs::BatchRngs;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
@@ -237,12 +238,13 @@ pub fn make_batch(
     g: &Geometry,
     perms: &PermutationSet,
     input: &InputSpec,
-    rng: &mut impl Rng,
+    rngs: &BatchRngs,
 ) -> ClassBatch {
     let c = input.channels;
     let mut out = Vec::with_capacity(images.len() * 9 * c * g.input * g.input);
     let mut labels = Vec::with_capacity(images.len());
-    for img in images {
+    for (i, img) in images.iter().enumerate() {
+        let rng = &mut rngs.item(i);
         let mut region = if config.crop_scale_min < 1.0 {
             random_resized_crop(
                 img,
@@ -352,7 +354,7 @@ impl ImageTask for Jigsaw {
             self.perms.clone(),
             self.input.clone(),
         );
-        Arc::new(move |images, _labels, rng| make_batch(images, &config, &g, &perms, &input, rng))
+        Arc::new(move |images, _labels, rngs| make_batch(images, &config, &g, &perms, &input, rngs))
     }
 
     /// With `tile_norm` every tile is standardised on its own, so at transfer (and in embed and
@@ -505,8 +507,7 @@ mod tests {
         let g = cfg.geometry(27, 27).unwrap();
         let perms = PermutationSet::greedy(100, 0);
         let imgs: Vec<Img> = (0..4).map(|i| noise_img(3, 27, i)).collect();
-        let mut rng = ChaCha8Rng::seed_from_u64(9);
-        let b = make_batch(&imgs, &cfg, &g, &perms, &input, &mut rng);
+        let b = make_batch(&imgs, &cfg, &g, &perms, &input, &BatchRngs::new(9, 0));
         assert_eq!(b.shape, [36, 3, 9, 9]);
         assert_eq!(b.labels.len(), 4);
         assert_eq!(Jigsaw::items(&b), 4);
@@ -532,8 +533,14 @@ mod tests {
         let input = spec(3, 32);
         let g = cfg.geometry(32, 32).unwrap();
         let perms = PermutationSet::greedy(10, 0);
-        let mut rng = ChaCha8Rng::seed_from_u64(2);
-        let b = make_batch(&[noise_img(3, 32, 5)], &cfg, &g, &perms, &input, &mut rng);
+        let b = make_batch(
+            &[noise_img(3, 32, 5)],
+            &cfg,
+            &g,
+            &perms,
+            &input,
+            &BatchRngs::new(2, 0),
+        );
         let n = 3 * g.input * g.input;
         assert_eq!(b.shape, [9, 3, 16, 16], "8-px tiles are resized to 16");
         for t in b.images.chunks(n) {
@@ -594,9 +601,8 @@ mod tests {
         let input = spec(1, 28);
         let g = cfg.geometry(28, 28).unwrap();
         let perms = PermutationSet::greedy(10, 0);
-        let mut rng = ChaCha8Rng::seed_from_u64(2);
         let imgs: Vec<Img> = (0..3).map(|i| noise_img(1, 28, i)).collect();
-        let b = make_batch(&imgs, &cfg, &g, &perms, &input, &mut rng);
+        let b = make_batch(&imgs, &cfg, &g, &perms, &input, &BatchRngs::new(2, 0));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.png");
         write_puzzles(&b, &perms, &path).unwrap();

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
-use rand_chacha::ChaCha8Rng;
 
+use crate::data::rngs::BatchRngs;
 use crate::data::tokenizer::Tokenizer;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::Result;
@@ -61,8 +61,9 @@ pub struct TextBatch {
 pub trait TextTask: Send + Sync {
     /// Tokens to read from the corpus for a sequence of `t` model positions.
     fn window_len(&self, t: usize) -> usize;
-    /// Make a batch from windows of `window_len(t)` tokens each.
-    fn make_batch(&self, windows: &[Vec<u32>], rng: &mut ChaCha8Rng) -> TextBatch;
+    /// Make a batch from windows of `window_len(t)` tokens each; window `i` draws from
+    /// `rngs.item(i)` (its own generator, whatever part of the global batch it is made in).
+    fn make_batch(&self, windows: &[Vec<u32>], rngs: &BatchRngs) -> TextBatch;
 }
 
 /// Mean cross-entropy over the weighted positions ([1]) and the number of weighted positions

@@ -18,7 +18,7 @@ use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{backbone, bind, Build, FlatBatch, ImageTask, ImageTrainer};
@@ -26,6 +26,7 @@ use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::{hflip, random_resized_crop, Img};
 use crate::data::loader::MakeBatch;
+use crate::data::rngs::BatchRngs;
 use crate::engine::step::images_tensor;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
@@ -288,7 +289,7 @@ pub fn make_batch(
     input: &InputSpec,
     patch: usize,
     augment: bool,
-    rng: &mut impl Rng,
+    rngs: &BatchRngs,
 ) -> MaeBatch {
     let (c, h, w) = (input.channels, input.height, input.width);
     let grid = [h / patch, w / patch];
@@ -303,6 +304,7 @@ pub fn make_batch(
     );
     let mut order: Vec<usize> = (0..n).collect();
     for (r, img) in images.iter().enumerate() {
+        let rng = &mut rngs.item(r);
         let mut img = if augment && config.crop_scale_min < 1.0 {
             random_resized_crop(
                 img,
@@ -445,7 +447,9 @@ impl Task for Mae {
 impl ImageTask for Mae {
     fn make_batch(&self) -> MakeBatch<MaeBatch> {
         let (config, input, patch) = (self.config.clone(), self.input.clone(), self.patch);
-        Arc::new(move |images, _labels, rng| make_batch(images, &config, &input, patch, true, rng))
+        Arc::new(move |images, _labels, rngs| {
+            make_batch(images, &config, &input, patch, true, rngs)
+        })
     }
 
     /// Rows of (the encoder's view: hidden patches grey | the reconstruction: visible patches as
@@ -515,16 +519,16 @@ impl ImageTask for Mae {
         }
         let device = self.device.clone().inner();
         let model = model.valid().to_device(&device);
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         let (mut sum, mut count) = (0.0f64, 0usize);
-        for chunk in held_out[..held_out.len().min(512)].chunks(128) {
+        for (k, chunk) in held_out[..held_out.len().min(512)].chunks(128).enumerate() {
+            // Fixed masks: the same held-out measurement at every evaluation.
             let batch = make_batch(
                 chunk,
                 &self.config,
                 &self.input,
                 self.patch,
                 false,
-                &mut rng,
+                &BatchRngs::new(0, k as u64),
             );
             let loss = self.loss(&model, &batch, &device).into_scalar::<f32>();
             sum += loss as f64 * chunk.len() as f64;
@@ -586,8 +590,14 @@ mod tests {
     fn the_mask_ratio_is_exact_per_image_and_differs_across_images() {
         let cfg = MaeConfig::default();
         let input = spec(1, 16);
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let b = make_batch(&images(6, 1, 16), &cfg, &input, 4, true, &mut rng);
+        let b = make_batch(
+            &images(6, 1, 16),
+            &cfg,
+            &input,
+            4,
+            true,
+            &BatchRngs::new(3, 0),
+        );
         let n = 16;
         let k = visible_count(n, 0.75);
         assert_eq!(k, 4);
@@ -655,8 +665,14 @@ mod tests {
             backbone: Backbone::Vit(Vit::new(1, 32, 2, 1, 4, &device)),
             decoder: MaeDecoder::new(32, 32, 1, 16, &device),
         });
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let b = make_batch(&images(2, 1, 16), &cfg, &input, 4, false, &mut rng);
+        let b = make_batch(
+            &images(2, 1, 16),
+            &cfg,
+            &input,
+            4,
+            false,
+            &BatchRngs::new(0, 0),
+        );
         let (x, keep, restore, _) = Mae::tensors(&b, &device);
         // The encoder's sequence is the visible patches: 4 of 16.
         let (tokens, grid) = model.vit().tokens(x.clone());
@@ -711,8 +727,7 @@ mod tests {
         })
         .unwrap();
         let make = trainer.make_batch();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let batch = make(&images(4, 1, 16), &[], &mut rng);
+        let batch = make(&images(4, 1, 16), &[], &BatchRngs::new(0, 0));
         let losses: Vec<f32> = (0..150)
             .map(|s| trainer.step(batch.clone(), s, 3e-3).loss)
             .collect();

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use super::lm::{Specials, TextBatch, TextTask};
 use super::{Build, TaskEntry};
 use crate::config::{in_range, parse_section};
+use crate::data::rngs::BatchRngs;
 use crate::error::{Error, Result};
 
 pub const ENTRY: TaskEntry = TaskEntry {
@@ -118,7 +119,7 @@ impl TextTask for MaskedLm {
         t
     }
 
-    fn make_batch(&self, windows: &[Vec<u32>], rng: &mut ChaCha8Rng) -> TextBatch {
+    fn make_batch(&self, windows: &[Vec<u32>], rngs: &BatchRngs) -> TextBatch {
         let b = windows.len();
         let t = windows.first().map_or(0, |w| w.len());
         let mut batch = TextBatch {
@@ -131,7 +132,7 @@ impl TextTask for MaskedLm {
         for (row, w) in windows.iter().enumerate() {
             assert_eq!(w.len(), t, "windows of one batch have one length");
             let mut damaged = w.clone();
-            for (i, _) in self.damage(&mut damaged, rng) {
+            for (i, _) in self.damage(&mut damaged, &mut rngs.item(row)) {
                 batch.weights[row * t + i] = 1.0;
             }
             batch.inputs.extend(damaged.iter().map(|&x| x as i64));
@@ -225,11 +226,10 @@ mod tests {
     #[test]
     fn batch_weights_mark_exactly_the_chosen_positions() {
         let task = task();
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
         let windows: Vec<Vec<u32>> = (0..4)
             .map(|r| (0..20).map(|i| 4 + (r * 20 + i) as u32).collect())
             .collect();
-        let b = task.make_batch(&windows, &mut rng);
+        let b = task.make_batch(&windows, &BatchRngs::new(1, 0));
         assert_eq!((b.b, b.t), (4, 20));
         for r in 0..4 {
             let row = r * 20..(r + 1) * 20;

@@ -229,6 +229,9 @@ pub trait ImageTrainer: Trainable {
     fn make_batch(&self) -> MakeBatch<Box<dyn AnyBatch>>;
     /// Step with `n` replicas from now on (1 = none); batches made before are of the old count.
     fn set_replicas(&mut self, n: usize);
+    /// Batch norm over the whole global batch (true, the default) or per part (see
+    /// [`crate::engine::exchange::SyncBatchNorm`]).
+    fn set_sync_bn(&mut self, on: bool);
     fn encoder(&self) -> Backbone;
     fn encoder_input(&self, data: &InputSpec) -> (InputSpec, InputTransform);
     /// Sample pictures from the first batch stepped on (nothing before the first step).
@@ -241,16 +244,19 @@ impl<T: ImageTask> ImageTrainer for Bound<T> {
     fn make_batch(&self) -> MakeBatch<Box<dyn AnyBatch>> {
         let make = self.task.make_batch();
         let parts = self.replicas();
-        Arc::new(move |images, labels, rng| {
-            split_batch(images.len(), parts, rng, |r, rng| {
+        Arc::new(move |images, labels, rngs| {
+            split_batch(images.len(), parts, rngs, |r, rngs| {
                 // Unlabelled data has no labels to split.
                 let labels = labels.get(r.clone()).unwrap_or(&[]);
-                make(&images[r], labels, rng)
+                make(&images[r], labels, rngs)
             })
         })
     }
     fn set_replicas(&mut self, n: usize) {
         Bound::set_replicas(self, n);
+    }
+    fn set_sync_bn(&mut self, on: bool) {
+        Bound::set_sync_bn(self, on);
     }
     fn encoder(&self) -> Backbone {
         <T as Task>::encoder(self.model())

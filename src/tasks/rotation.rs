@@ -15,6 +15,7 @@ use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::{hflip, random_resized_crop, rot90, Img};
 use crate::data::loader::MakeBatch;
+use crate::data::rngs::BatchRngs;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
 use crate::input::InputSpec;
@@ -97,12 +98,13 @@ pub fn make_batch(
     images: &[Img],
     config: &RotationConfig,
     input: &InputSpec,
-    rng: &mut impl Rng,
+    rngs: &BatchRngs,
 ) -> ClassBatch {
     let (c, h, w) = (input.channels, input.height, input.width);
     let mut out = Vec::with_capacity(images.len() * 4 * c * h * w);
     let mut labels = Vec::with_capacity(images.len() * 4);
-    for img in images {
+    for (i, img) in images.iter().enumerate() {
+        let rng = &mut rngs.item(i);
         let mut img = if config.crop_scale_min < 1.0 {
             random_resized_crop(
                 img,
@@ -157,7 +159,7 @@ impl Task for Rotation {
 impl ImageTask for Rotation {
     fn make_batch(&self) -> MakeBatch<ClassBatch> {
         let (config, input) = (self.config.clone(), self.input.clone());
-        Arc::new(move |images, _labels, rng| make_batch(images, &config, &input, rng))
+        Arc::new(move |images, _labels, rngs| make_batch(images, &config, &input, rngs))
     }
 
     fn flat(b: &ClassBatch) -> FlatBatch {
@@ -168,7 +170,6 @@ impl ImageTask for Rotation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     fn spec(c: usize, s: usize) -> InputSpec {
         InputSpec {
@@ -200,8 +201,7 @@ mod tests {
         };
         let input = spec(1, 5);
         let imgs = vec![ramp(1, 5), ramp(1, 5)];
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let b = make_batch(&imgs, &cfg, &input, &mut rng);
+        let b = make_batch(&imgs, &cfg, &input, &BatchRngs::new(0, 0));
         assert_eq!(b.shape, [8, 1, 5, 5]);
         assert_eq!(b.labels, vec![0, 1, 2, 3, 0, 1, 2, 3]);
         let n = 25;

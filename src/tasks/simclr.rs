@@ -2,7 +2,9 @@
 //! of Visual Representations"): two random views of every image (crop, flip, colour jitter,
 //! grayscale, blur — `src/data/views.rs`), the backbone and a 2-layer projection head map each
 //! view to an embedding, and the NT-Xent loss pulls the two views of an image together and pushes
-//! them away from the other 2N−2 views of the batch.
+//! them away from the other 2N−2 views of the batch. With the batch in parts (replicas, MPI
+//! ranks) the embeddings are gathered first, so the negatives are always the whole global
+//! batch's and the loss and its gradient do not depend on the part count.
 //!
 //! `pretext pretrain --task simclr --data idx:../shared/data/fashion-mnist --out runs/simclr`
 
@@ -11,7 +13,6 @@ use std::sync::Arc;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{backbone, bind, Build, ClassBatch, FlatBatch, ImageTask, ImageTrainer};
@@ -19,6 +20,7 @@ use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::Img;
 use crate::data::loader::MakeBatch;
+use crate::data::rngs::BatchRngs;
 use crate::data::views::{ViewConfig, Views};
 use crate::engine::step::images_tensor;
 use crate::engine::{StepCtx, StepStats, Task};
@@ -132,13 +134,9 @@ fn build(ctx: &TaskContext) -> Result<Box<dyn ImageTrainer>> {
 }
 
 /// Two views of every image, normalised: the first views of all images, then the second views
-/// ([2n, c, h, w]); view i and view i + n are of the same image. Labels are unused (empty).
-pub fn two_views(
-    images: &[Img],
-    views: &Views,
-    input: &InputSpec,
-    rng: &mut impl Rng,
-) -> ClassBatch {
+/// ([2n, c, h, w]); view i and view i + n are of the same image, both drawn from the image's
+/// own generator (`rngs.item(i)`). Labels are unused (empty).
+pub fn two_views(images: &[Img], views: &Views, input: &InputSpec, rngs: &BatchRngs) -> ClassBatch {
     let (c, h, w) = (input.channels, input.height, input.width);
     let n = images.len();
     let plane = c * h * w;
@@ -146,6 +144,7 @@ pub fn two_views(
     let mut out = vec![0f32; 2 * n * plane];
     let (first, second) = out.split_at_mut(n * plane);
     for (i, img) in images.iter().enumerate() {
+        let rng = &mut rngs.item(i);
         for half in [&mut *first, &mut *second] {
             let mut v = views.view(img, h, rng);
             input.normalize(&mut v);
@@ -158,6 +157,27 @@ pub fn two_views(
         labels: Vec::new(),
         drawn: n,
     }
+}
+
+/// The embeddings of every view of the global batch, as [`nt_xent`] takes them (first views of
+/// all images, then second views), from this part's `z` ([2m, d], its m images' first then
+/// second views): the parts' rows gathered in image order ([`StepCtx::gather`]), so the
+/// negatives are the whole global batch's (SimCLR's cross-replica negatives), this part's rows
+/// attached and the others' constants. One part: `z` itself.
+pub fn global_views(z: Tensor<2>, cx: &StepCtx) -> Tensor<2> {
+    if cx.parts() <= 1 {
+        return z;
+    }
+    let [n2, d] = z.dims();
+    let m = n2 / 2;
+    // One row per image (its two views side by side), so one gather keeps images in order.
+    let pairs = Tensor::cat(vec![z.clone().slice(0..m), z.slice(m..n2)], 1);
+    let all = cx.gather(pairs);
+    let [n, _] = all.dims();
+    Tensor::cat(
+        vec![all.clone().slice([0..n, 0..d]), all.slice([0..n, d..2 * d])],
+        0,
+    )
 }
 
 /// Rows scaled to unit L2 norm: [n, d] → [n, d].
@@ -207,10 +227,12 @@ impl Task for Simclr {
         cx: &mut StepCtx,
     ) -> (SimclrModel, StepStats) {
         let x = images_tensor(batch.images, batch.shape, &self.device);
-        let (loss, acc) = nt_xent(model.embed(x), self.config.temperature);
+        let z = global_views(model.embed(x), cx);
+        let (loss, acc) = nt_xent(z, self.config.temperature);
         let value = loss.clone().detach().into_scalar::<f32>();
         let stats = StepStats::new(value, vec![("acc", acc.into_scalar::<f32>())]);
-        let grads = GradientsParams::from_grads(cx.backward(loss), &model);
+        // Every part computes the same global loss, through its own rows only.
+        let grads = GradientsParams::from_grads(cx.backward_global(loss), &model);
         (cx.update("model", cx.lr, model, grads), stats)
     }
 
@@ -226,7 +248,7 @@ impl Task for Simclr {
 impl ImageTask for Simclr {
     fn make_batch(&self) -> MakeBatch<ClassBatch> {
         let (views, input) = (self.views.clone(), self.input.clone());
-        Arc::new(move |images, _labels, rng| two_views(images, &views, &input, rng))
+        Arc::new(move |images, _labels, rngs| two_views(images, &views, &input, rngs))
     }
 
     fn flat(b: &ClassBatch) -> FlatBatch {
@@ -237,7 +259,6 @@ impl ImageTask for Simclr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     #[test]
     fn nt_xent_matches_a_hand_computation() {
@@ -287,8 +308,7 @@ mod tests {
             .map(|k| Img::from_fn(1, 16, 16, move |_, y, x| ((y + x * k) % 5) as f32 / 5.0))
             .collect();
         let views = ViewConfig::default().resolve(1, 16).unwrap();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let b = two_views(&imgs, &views, &input, &mut rng);
+        let b = two_views(&imgs, &views, &input, &BatchRngs::new(0, 0));
         assert_eq!(b.shape, [6, 1, 16, 16]);
         assert_eq!(b.drawn, 3);
         assert!(b.labels.is_empty());

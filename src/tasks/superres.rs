@@ -24,6 +24,7 @@ use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::{downscale_box, hflip, resize_bilinear, resize_nearest, Img};
 use crate::data::loader::MakeBatch;
+use crate::data::rngs::BatchRngs;
 use crate::engine::gan::{gan_step, Gan, GanWeights, Generated, GAN_OPTIMIZERS};
 use crate::engine::step::images_tensor;
 use crate::engine::{StepCtx, StepStats, Task};
@@ -154,11 +155,12 @@ pub fn degrade(img: &Img, scale: usize) -> (Img, Img) {
 }
 
 /// The pure half: the bilinear enlargements of the low-res images and the true images.
-pub fn make_batch(images: &[Img], config: &SuperresConfig, rng: &mut impl Rng) -> SuperresBatch {
+pub fn make_batch(images: &[Img], config: &SuperresConfig, rngs: &BatchRngs) -> SuperresBatch {
     let mut up = Vec::new();
     let mut truth = Vec::new();
     let (c, h, w) = images.first().map_or((0, 0, 0), |i| (i.c, i.h, i.w));
-    for img in images {
+    for (i, img) in images.iter().enumerate() {
+        let rng = &mut rngs.item(i);
         let img = if config.flip && rng.gen_bool(0.5) {
             hflip(img)
         } else {
@@ -273,7 +275,7 @@ impl Task for Superres {
 impl ImageTask for Superres {
     fn make_batch(&self) -> MakeBatch<SuperresBatch> {
         let config = self.config.clone();
-        Arc::new(move |images, _labels, rng| make_batch(images, &config, rng))
+        Arc::new(move |images, _labels, rngs| make_batch(images, &config, rngs))
     }
 
     fn write_samples(&self, model: &Gan, batch: &SuperresBatch, dir: &Path) -> Result<()> {
@@ -334,7 +336,6 @@ mod tests {
     use crate::engine::gan::{centre, discriminator_phase, flat_params, generator_phase};
     use crate::engine::optim::build_optimizer;
     use crate::engine::{Bound, Optimizers};
-    use rand::SeedableRng;
 
     fn spec(c: usize, s: usize) -> InputSpec {
         InputSpec {
@@ -401,11 +402,7 @@ mod tests {
             flip: false,
             ..Default::default()
         };
-        let b = make_batch(
-            std::slice::from_ref(&img),
-            &cfg,
-            &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
-        );
+        let b = make_batch(std::slice::from_ref(&img), &cfg, &BatchRngs::new(0, 0));
         assert_eq!(b.truth, img.data);
         assert_eq!(b.up, degrade(&img, 2).1.data);
         // The layout bench/reference.py reads: images = enlarged low-res, extra = truth.
@@ -463,11 +460,7 @@ mod tests {
         let (t, model, cfg) = task(&[], &input);
         let mut optim = Optimizers::new(GAN_OPTIMIZERS, &build_optimizer(&cfg));
         let imgs: Vec<Img> = (0..4).map(|k| image(1, 16, k)).collect();
-        let batch = make_batch(
-            &imgs,
-            &t.config,
-            &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
-        );
+        let batch = make_batch(&imgs, &t.config, &BatchRngs::new(0, 0));
         let (up, truth) = tensors(batch, &t.device);
         let Gan {
             generator: gen,
@@ -511,11 +504,7 @@ mod tests {
             &input,
         );
         let imgs: Vec<Img> = (0..4).map(|k| image(1, 16, k)).collect();
-        let batch = make_batch(
-            &imgs,
-            &t.config,
-            &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
-        );
+        let batch = make_batch(&imgs, &t.config, &BatchRngs::new(0, 0));
         let mut t = Bound::new(t, model, &build_optimizer(&cfg), false);
         let first = t.step_typed(batch.clone(), 0, 3e-3);
         assert_eq!(first.items, 4);

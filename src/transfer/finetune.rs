@@ -14,6 +14,7 @@ use rand::Rng;
 use crate::data::augment::{hflip, random_resized_crop, Img};
 use crate::data::loader::{Batch, Loader, LoaderConfig};
 use crate::data::mix::{mix_batch, Mix, MixSettings};
+use crate::data::rngs::BatchRngs;
 use crate::data::{DataError, ImageSet};
 use crate::engine::optim::optimizer;
 use crate::engine::progress::Progress;
@@ -248,11 +249,16 @@ pub fn train_classifier(
     )
     .with_replicas(replicas);
     let (weak, mix, spec) = (s.weak(), s.mix, input.clone());
-    let augment = move |images: &[crate::data::augment::Img],
-                        labels: &[u32],
-                        rng: &mut rand_chacha::ChaCha8Rng| {
-        let mut views: Vec<_> = images.iter().map(|img| weak.view(img, rng)).collect();
-        let mix = mix_batch(&mut views, labels, &mix, rng);
+    // Every image's crop and flip come from its own generator (the same whatever the replica
+    // count); mixup/CutMix pairs images within a replica's part, with λ (and CutMix's box) drawn
+    // once per batch from its shared generator, so mixed batches still depend on the count.
+    let augment = move |images: &[crate::data::augment::Img], labels: &[u32], rngs: &BatchRngs| {
+        let mut views: Vec<_> = images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| weak.view(img, &mut rngs.item(i)))
+            .collect();
+        let mix = mix_batch(&mut views, labels, &mix, &mut rngs.shared());
         let mut out = Vec::new();
         for mut img in views {
             spec.normalize(&mut img);
@@ -270,11 +276,11 @@ pub fn train_classifier(
             mix,
         }
     };
-    // One part per replica, each augmented with its own generator.
+    // One part per replica.
     let make: crate::data::loader::MakeBatch<Box<dyn crate::engine::AnyBatch>> =
-        Arc::new(move |images, labels, rng| {
-            split_batch(images.len(), replicas, rng, |r, rng| {
-                augment(&images[r.clone()], &labels[r], rng)
+        Arc::new(move |images, labels, rngs| {
+            split_batch(images.len(), replicas, rngs, |r, rngs| {
+                augment(&images[r.clone()], &labels[r], rngs)
             })
         });
     let loader = Loader::new(

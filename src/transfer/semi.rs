@@ -39,6 +39,7 @@ use super::finetune::{Classifier, WeakView};
 use crate::data::augment::Img;
 use crate::data::loader::{Batch, Loader, LoaderConfig, MakeBatch};
 use crate::data::randaugment::{strong_view, StrongConfig};
+use crate::data::rngs::BatchRngs;
 use crate::data::ImageSet;
 use crate::engine::checkpoint::{latest_checkpoint, load_module, save_module};
 use crate::engine::optim::optimizer;
@@ -520,29 +521,33 @@ fn make_batch(
     let (input, classes, b_l) = (data.input.clone(), data.classes, s.batch_size);
     let (weak, strong) = (WeakView::from(s.weak), s.strong);
     let distil = s.distill > 0.0;
-    Arc::new(move |images: &[Img], positions: &[u32], rng| {
-        // The labelled images of the whole step, then split like the unlabelled ones.
+    Arc::new(move |images: &[Img], positions: &[u32], rngs: &BatchRngs| {
+        // The labelled images of the whole step (drawn alike in every part), then split like
+        // the unlabelled ones. Unlabelled image i draws its views from item i's generator,
+        // labelled image j from item n_u + j's: the same whatever the part count.
         let n = labelled.n;
+        let mut shared = rngs.shared();
         let chosen: Vec<usize> = if b_l <= n {
-            rand::seq::index::sample(rng, n, b_l).into_vec()
+            rand::seq::index::sample(&mut shared, n, b_l).into_vec()
         } else {
-            (0..b_l).map(|_| rng.gen_range(0..n)).collect()
+            (0..b_l).map(|_| shared.gen_range(0..n)).collect()
         };
         let n_u = images.len();
         let total = parts.max(1) * crate::dist::size();
-        split_batch(n_u, parts, rng, |r, rng| {
+        let whole = *rngs;
+        split_batch(n_u, parts, rngs, |r, part| {
             let p = r.start * total / n_u.max(1);
-            let lab = &chosen[p * b_l / total..(p + 1) * b_l / total];
-            let mut views = Vec::with_capacity(lab.len());
-            let mut labels = Vec::with_capacity(lab.len());
-            for &i in lab {
+            let (l0, l1) = (p * b_l / total, (p + 1) * b_l / total);
+            let mut views = Vec::with_capacity(l1 - l0);
+            let mut labels = Vec::with_capacity(l1 - l0);
+            for (j, &i) in chosen.iter().enumerate().take(l1).skip(l0) {
                 let img = Img::from_u8(
                     labelled.channels,
                     labelled.height,
                     labelled.width,
                     &labelled.image(i).expect("labelled images are in memory"),
                 );
-                views.push(weak.view(&img, rng));
+                views.push(weak.view(&img, &mut whole.item(n_u + j)));
                 labels.push(labelled.labels.as_ref().expect("labelled")[i]);
             }
             let normalised = |mut img: Img| {
@@ -554,7 +559,8 @@ fn make_batch(
                 lab_px.extend(normalised(v));
             }
             let (mut weak_px, mut strong_px) = (Vec::new(), Vec::new());
-            for img in &images[r.clone()] {
+            for (i, img) in images[r.clone()].iter().enumerate() {
+                let rng = &mut part.item(i);
                 weak_px.extend(normalised(weak.view(img, rng)));
                 strong_px.extend(normalised(strong_view(&weak.view(img, rng), &strong, rng)));
             }

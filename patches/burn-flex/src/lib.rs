@@ -1,4 +1,5 @@
 #![cfg_attr(not(feature = "std"), no_std)]
+// pretext patch: re-exports the synchronised batch norm hook (`set_batch_norm_sync`).
 
 //! # burn-flex
 //!
@@ -46,3 +47,5 @@ pub use backend::{Flex, FlexDevice};
 pub use layout::Layout;
 pub use qtensor::FlexQTensor;
 pub use tensor::FlexTensor;
+// pretext patch: synchronised batch norm (see `ops/batch_norm.rs`).
+pub use ops::batch_norm::{BatchNormSync, set_batch_norm_sync};

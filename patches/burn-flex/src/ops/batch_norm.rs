@@ -1,5 +1,6 @@
 //! pretext patch (new file, upstreamable): batch norm with batch statistics, forward and
-//! backward, each one pass over the statistics and one over the elements.
+//! backward, each one pass over the statistics and one over the elements; optionally with its
+//! per-channel sums synchronised across data-parallel parts ([`set_batch_norm_sync`]).
 //!
 //! Why: burn-backend 0.22.1's defaults compute the statistics by swapping the batch and
 //! channel dims and reshaping (a full strided copy of the input, twice in the forward and twice
@@ -14,6 +15,15 @@
 //! Per-channel sums accumulate in f64, in the same order whatever the thread count (channels
 //! are split between threads, never one channel's sum), so one and many threads give
 //! bit-identical results. f32 and f64 run natively; f16 and bf16 go through f32.
+//!
+//! Synchronised batch norm: a thread that set a hook with [`set_batch_norm_sync`] hands it its
+//! per-channel f64 sums, and the hook sums them in place over every part of the global batch
+//! (each part's thread calls it the same number of times in the same order). The forward hands
+//! it `[count, Σx_c…]` (then `mean = Σx / count`) and `[Σ(x − mean)²_c…]` (then
+//! `var = Σ(x − mean)² / count`); the backward `[count, Σdy_c…, Σdy·x̂_c…]` for `dx`, while `dγ`
+//! and `dβ` stay this part's own sums (data-parallel training sums parameter gradients across
+//! parts already; the global sums would count them once per part). Without a hook the kernels
+//! are exactly the unsynchronised ones.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -59,6 +69,42 @@ impl NormElem for f64 {
     }
     fn from_f64(v: f64) -> Self {
         v
+    }
+}
+
+/// Sums a buffer of per-channel f64 sums in place over every part of a data-parallel batch.
+pub type BatchNormSync = alloc::sync::Arc<dyn Fn(&mut [f64]) + Send + Sync>;
+
+#[cfg(feature = "std")]
+std::thread_local! {
+    static SYNC: core::cell::RefCell<Option<BatchNormSync>> = const { core::cell::RefCell::new(None) };
+}
+
+/// Sets (or with `None` clears) the calling thread's batch-norm synchronisation hook; returns
+/// the previous one. While set, every `batch_norm_train` and its backward on this thread sum
+/// their per-channel statistics through it (see the module doc). Without `std` there are no
+/// thread-locals: the hook is ignored.
+pub fn set_batch_norm_sync(hook: Option<BatchNormSync>) -> Option<BatchNormSync> {
+    #[cfg(feature = "std")]
+    {
+        SYNC.with(|s| s.replace(hook))
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        let _ = hook;
+        None
+    }
+}
+
+/// The calling thread's hook (cloned out, so it may block without holding the cell).
+fn sync_hook() -> Option<BatchNormSync> {
+    #[cfg(feature = "std")]
+    {
+        SYNC.with(|s| s.borrow().clone())
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        None
     }
 }
 
@@ -180,6 +226,48 @@ fn channel_vec<T: NormElem>(values: Vec<T>) -> FlexTensor {
     )
 }
 
+/// Per-channel `(mean, biased variance)` over every part: local sums through `sync`.
+fn synced_stats<T: NormElem>(
+    xd: &[T],
+    n: usize,
+    c: usize,
+    s: usize,
+    sync: &BatchNormSync,
+) -> Vec<(f64, f64)> {
+    let sums = per_channel(c, xd.len(), |ch| {
+        let mut acc = [0.0f64; LANES];
+        for i in 0..n {
+            let base = (i * c + ch) * s;
+            lane_sum(&xd[base..base + s], &mut acc, |v| v);
+        }
+        total(&acc)
+    });
+    let mut buf = Vec::with_capacity(c + 1);
+    buf.push((n * s) as f64);
+    buf.extend(sums);
+    sync(&mut buf);
+    let count = buf[0];
+    let means: Vec<f64> = buf[1..]
+        .iter()
+        .map(|&t| if count > 0.0 { t / count } else { 0.0 })
+        .collect();
+    let mut squares = per_channel(c, xd.len(), |ch| {
+        let mean = means[ch];
+        let mut acc = [0.0f64; LANES];
+        for i in 0..n {
+            let base = (i * c + ch) * s;
+            lane_sum(&xd[base..base + s], &mut acc, |v| (v - mean) * (v - mean));
+        }
+        total(&acc)
+    });
+    sync(&mut squares);
+    means
+        .into_iter()
+        .zip(squares)
+        .map(|(m, q)| (m, if count > 0.0 { q / count } else { 0.0 }))
+        .collect()
+}
+
 fn train_native<T: NormElem>(
     x: FlexTensor,
     gamma: FlexTensor,
@@ -196,29 +284,32 @@ fn train_native<T: NormElem>(
     let bd: &[T] = beta.storage();
     let count = (n * s) as f64;
 
-    let stats = per_channel(c, xd.len(), |ch| {
-        let mut acc = [0.0f64; LANES];
-        for i in 0..n {
-            let base = (i * c + ch) * s;
-            lane_sum(&xd[base..base + s], &mut acc, |v| v);
-        }
-        let mean = if count > 0.0 {
-            total(&acc) / count
-        } else {
-            0.0
-        };
-        let mut acc = [0.0f64; LANES];
-        for i in 0..n {
-            let base = (i * c + ch) * s;
-            lane_sum(&xd[base..base + s], &mut acc, |v| (v - mean) * (v - mean));
-        }
-        let var = if count > 0.0 {
-            total(&acc) / count
-        } else {
-            0.0
-        };
-        (mean, var)
-    });
+    let stats = match sync_hook() {
+        Some(sync) => synced_stats(xd, n, c, s, &sync),
+        None => per_channel(c, xd.len(), |ch| {
+            let mut acc = [0.0f64; LANES];
+            for i in 0..n {
+                let base = (i * c + ch) * s;
+                lane_sum(&xd[base..base + s], &mut acc, |v| v);
+            }
+            let mean = if count > 0.0 {
+                total(&acc) / count
+            } else {
+                0.0
+            };
+            let mut acc = [0.0f64; LANES];
+            for i in 0..n {
+                let base = (i * c + ch) * s;
+                lane_sum(&xd[base..base + s], &mut acc, |v| (v - mean) * (v - mean));
+            }
+            let var = if count > 0.0 {
+                total(&acc) / count
+            } else {
+                0.0
+            };
+            (mean, var)
+        }),
+    };
 
     // y = (x − mean) · scale + β, per channel, in T.
     let coeffs: Vec<(T, T, T)> = stats
@@ -289,11 +380,26 @@ fn backward_native<T: NormElem>(
         (total(&acc[0]), total(&acc[1]))
     });
 
+    // Synchronised: the sums (and the count) over every part, for dx only.
+    let synced = sync_hook().map(|sync| {
+        let mut buf = Vec::with_capacity(2 * c + 1);
+        buf.push(count);
+        buf.extend(sums.iter().map(|&(a, _)| a));
+        buf.extend(sums.iter().map(|&(_, b)| b));
+        sync(&mut buf);
+        let global: Vec<(f64, f64)> = (0..c).map(|ch| (buf[1 + ch], buf[1 + c + ch])).collect();
+        (buf[0], global)
+    });
+    let (count, global) = match &synced {
+        Some((count, global)) => (*count, global.as_slice()),
+        None => (count, sums.as_slice()),
+    };
+
     // dx = dy · a + (x − mean) · b + k per channel, in T, with a = γ/σ,
     // b = −a · mean(dy·x̂) / σ and k = −a · mean(dy).
     let coeffs: Vec<(T, T, T, T)> = (0..c)
         .map(|ch| {
-            let (sum_dy, sum_dy_xhat) = sums[ch];
+            let (sum_dy, sum_dy_xhat) = global[ch];
             let is = inv_std[ch];
             let a = gd[ch].to_f64() * is;
             let (mean_dy, mean_dy_xhat) = if count > 0.0 {
@@ -322,6 +428,7 @@ fn backward_native<T: NormElem>(
         }
     });
 
+    // This part's own sums: the parameter gradients of every part are summed by the caller.
     let gamma_grad: Vec<T> = sums.iter().map(|&(_, b)| T::from_f64(b)).collect();
     let beta_grad: Vec<T> = sums.iter().map(|&(a, _)| T::from_f64(a)).collect();
     BatchNormTrainBackward::new(

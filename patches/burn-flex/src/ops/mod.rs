@@ -97,7 +97,7 @@ pub mod comparison;
 #[macro_use]
 mod conv_common;
 // pretext patch: batch norm training forward/backward, fused (see the file's header).
-mod batch_norm;
+pub(crate) mod batch_norm;
 // pretext patch: conv2d forward/backward as im2col + gemm (see the file's header).
 mod conv2d_gemm;
 pub mod conv;
