@@ -554,6 +554,7 @@ mod tests {
             seed: c.seed,
             wall_s: 1.0,
             evaluated_on: "test split".into(),
+            semi: None,
         };
         std::fs::write(c.path(dir.path()), serde_json::to_vec(&r).unwrap()).unwrap();
         assert_eq!(c.result(dir.path()).unwrap().accuracy, 0.5);

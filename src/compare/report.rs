@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 
 use super::plan::{Encoder, Kind, Settings};
-use crate::transfer::Protocol;
 use super::plots::{self, Line, Style};
 use super::tables::{self, esc, Results};
 use super::{finished_pretraining, Invocation};
 use crate::engine::PretrainSummary;
 use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
+use crate::transfer::Protocol;
 
 /// What the report knows about one task's pretraining run.
 struct Pretraining {

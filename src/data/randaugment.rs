@@ -53,7 +53,10 @@ impl StrongConfig {
             ));
         }
         if !(0.0..=1.0).contains(&self.cutout) {
-            return Err(("cutout", format!("must be in [0, 1], found {}", self.cutout)));
+            return Err((
+                "cutout",
+                format!("must be in [0, 1], found {}", self.cutout),
+            ));
         }
         Ok(())
     }
@@ -222,9 +225,9 @@ pub fn equalize(img: &Img) -> Img {
 pub fn posterize(img: &Img, bits: u32) -> Img {
     let mask = !((1u32 << (8 - bits.clamp(1, 8))) - 1) & 0xff;
     let mut out = img.clone();
-    out.data.iter_mut().for_each(|v| {
-        *v = (((v.clamp(0.0, 1.0) * 255.0).round() as u32) & mask) as f32 / 255.0
-    });
+    out.data
+        .iter_mut()
+        .for_each(|v| *v = (((v.clamp(0.0, 1.0) * 255.0).round() as u32) & mask) as f32 / 255.0);
     out
 }
 
@@ -386,10 +389,20 @@ mod tests {
         // 0.4 → level 102 = 0b0110_0110; 4 bits keep 0b0110_0000 = 96.
         let post = posterize(&img, 4);
         assert!((post.data[1] - 96.0 / 255.0).abs() < 1e-6);
-        // Four distinct levels equalised spread over the range, order kept.
-        let eq = equalize(&img);
-        assert!(eq.data.windows(2).all(|w| w[0] < w[1]), "{:?}", eq.data);
-        assert_eq!(eq.data[0], 0.0);
+        // Too few pixels for PIL's step ((pixels − last level's count) / 255 = 0): unchanged.
+        assert_eq!(equalize(&img).data, img.data);
+        // Four levels of 256 pixels each spread over the range, order kept, the darkest at 0.
+        let big = Img {
+            c: 1,
+            h: 1,
+            w: 1024,
+            data: (0..1024).map(|i| img.data[i / 256]).collect(),
+        };
+        let eq = equalize(&big);
+        let levels: Vec<f32> = (0..4).map(|k| eq.data[k * 256]).collect();
+        assert!(levels.windows(2).all(|w| w[0] < w[1]), "{levels:?}");
+        assert_eq!(levels[0], 0.0);
+        assert!(levels[3] > 0.6, "{levels:?}");
     }
 
     #[test]
@@ -397,7 +410,10 @@ mod tests {
         let mut img = Img::from_fn(1, 6, 6, |_, _, _| 1.0);
         cutout(&mut img, 0, 0, 4, 0.5);
         let grey = img.data.iter().filter(|&&v| v == 0.5).count();
-        assert_eq!(grey, 4, "a 4×4 square centred on the corner keeps 2×2 inside");
+        assert_eq!(
+            grey, 4,
+            "a 4×4 square centred on the corner keeps 2×2 inside"
+        );
     }
 
     #[test]

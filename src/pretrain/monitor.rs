@@ -53,19 +53,16 @@ impl KnnMonitor {
             return Ok(None);
         }
         // 100 per class, or as many as the smallest class has (a small slice of the data).
-        let Some(s) = [PER_CLASS, 50, 20, 10, 5, 2]
-            .iter()
-            .find_map(|&n| {
-                split::labelled_split(
-                    dataset,
-                    PerClass::N(n),
-                    TEST_IMAGES,
-                    seed,
-                    split::EvalOn::Validation,
-                )
-                .ok()
-            })
-        else {
+        let Some(s) = [PER_CLASS, 50, 20, 10, 5, 2].iter().find_map(|&n| {
+            split::labelled_split(
+                dataset,
+                PerClass::N(n),
+                TEST_IMAGES,
+                seed,
+                split::EvalOn::Validation,
+            )
+            .ok()
+        }) else {
             return Ok(None);
         };
         let (train, test) = (

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,7 @@ use crate::engine::step::images_tensor;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
 use crate::input::InputSpec;
+use crate::nn::ema::ema_update;
 use crate::nn::heads::ProjectionHead;
 use crate::nn::Backbone;
 
@@ -149,44 +150,6 @@ pub fn byol_loss(p: Tensor<2>, z: Tensor<2>) -> Tensor<1> {
     let swapped = Tensor::cat(vec![z.clone().slice(n..n2), z.slice(0..n)], 0);
     let cos = (l2_normalize(p) * l2_normalize(swapped)).sum_dim(1);
     (cos.neg() + 1.0).mul_scalar(2.0).sum().div_scalar(n as f64)
-}
-
-/// target ← τ·target + (1−τ)·online, parameter by parameter (both have the same structure, so
-/// they are visited in the same order); running statistics move the same way.
-pub fn ema_update(target: Projected, online: &Projected, tau: f64) -> Projected {
-    struct Collect(Vec<Tensor<1>>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let t = param.val().detach();
-            let n = t.shape().num_elements();
-            self.0.push(t.reshape([n]));
-        }
-    }
-    struct Blend {
-        online: std::vec::IntoIter<Tensor<1>>,
-        tau: f64,
-    }
-    impl ModuleMapper for Blend {
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let o = self
-                .online
-                .next()
-                .expect("target and online have the same parameters");
-            param.map(|t| {
-                let shape = t.shape();
-                let blended =
-                    t.detach().mul_scalar(self.tau) + o.reshape(shape).mul_scalar(1.0 - self.tau);
-                blended.detach().set_require_grad(false)
-            })
-        }
-    }
-    let mut c = Collect(Vec::new());
-    online.visit(&mut c);
-    let mut blend = Blend {
-        online: c.0.into_iter(),
-        tau,
-    };
-    target.map(&mut blend)
 }
 
 impl Task for Byol {

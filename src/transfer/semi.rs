@@ -80,6 +80,8 @@ pub struct SemiSettings {
     pub ema: f64,
     /// Pseudo-labels from the averaged student (mean-teacher style) instead of the student.
     pub pseudo_from_ema: bool,
+    /// Distribution alignment of the weak-view predictions before pseudo-labelling.
+    pub align: bool,
     /// The weak views' forward with batch statistics (training mode, as FixMatch's) instead of
     /// the running statistics.
     pub weak_train_mode: bool,
@@ -132,17 +134,28 @@ pub struct Status {
     selected: Vec<i16>,
     /// (step, position, class) recorded but not yet applied.
     pending: Vec<(u64, u32, i16)>,
+    /// Distribution alignment's running mean of the weak-view predictions, per class.
+    mean: Vec<f32>,
+    /// (step, first position of the part, the part's summed predictions, its image count).
+    pending_mean: Vec<(u64, u32, Vec<f64>, usize)>,
 }
 
+/// How fast distribution alignment's running mean follows the batches (ReMixMatch averages
+/// the last 128 batches; this is about the last 100).
+const ALIGN_MOMENTUM: f32 = 0.99;
+
 impl Status {
-    pub fn new(pool: usize) -> Self {
+    pub fn new(pool: usize, classes: usize) -> Self {
         Self {
             selected: vec![-1; pool],
             pending: Vec::new(),
+            mean: vec![1.0 / classes.max(1) as f32; classes],
+            pending_mean: Vec::new(),
         }
     }
 
-    /// Apply what steps before `step` recorded.
+    /// Apply what steps before `step` recorded, in step order (a step's parts summed in
+    /// position order first).
     fn apply_before(&mut self, step: u64) {
         let (mut now, later): (Vec<_>, Vec<_>) =
             self.pending.drain(..).partition(|&(s, _, _)| s < step);
@@ -151,12 +164,75 @@ impl Status {
             self.selected[pos as usize] = class;
         }
         self.pending = later;
+        let (mut now, later): (Vec<_>, Vec<_>) =
+            self.pending_mean.drain(..).partition(|p| p.0 < step);
+        now.sort_by_key(|p| (p.0, p.1));
+        let mut i = 0;
+        while i < now.len() {
+            let s = now[i].0;
+            let mut sum = vec![0f64; self.mean.len()];
+            let mut n = 0;
+            while i < now.len() && now[i].0 == s {
+                sum.iter_mut().zip(&now[i].2).for_each(|(a, b)| *a += b);
+                n += now[i].3;
+                i += 1;
+            }
+            for (m, v) in self.mean.iter_mut().zip(sum) {
+                *m = ALIGN_MOMENTUM * *m + (1.0 - ALIGN_MOMENTUM) * (v / n.max(1) as f64) as f32;
+            }
+        }
+        self.pending_mean = later;
     }
 
     /// Everything recorded, applied.
     pub fn selected(&mut self) -> &[i16] {
         self.apply_before(u64::MAX);
         &self.selected
+    }
+
+    /// The whole state as bytes: the status (i16 per pool image) then the running mean (f32
+    /// per class), little-endian.
+    fn to_bytes(&mut self) -> Vec<u8> {
+        self.apply_before(u64::MAX);
+        let mut out: Vec<u8> = self.selected.iter().flat_map(|v| v.to_le_bytes()).collect();
+        out.extend(self.mean.iter().flat_map(|v| v.to_le_bytes()));
+        out
+    }
+
+    /// Into a checkpoint directory.
+    pub fn save(&mut self, dir: &Path) -> Result<()> {
+        write_atomic(&dir.join(STATUS_FILE), &self.to_bytes())
+    }
+
+    /// From a checkpoint directory [`Self::save`] wrote.
+    pub fn load(&mut self, dir: &Path) -> Result<()> {
+        let path = dir.join(STATUS_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        self.from_bytes(&bytes)
+            .map_err(|m| Error::checkpoint(&path, m))
+    }
+
+    fn from_bytes(&mut self, bytes: &[u8]) -> std::result::Result<(), String> {
+        let (n, k) = (self.selected.len(), self.mean.len());
+        if bytes.len() != 2 * n + 4 * k {
+            return Err(format!(
+                "expected the status of {n} pool images and {k} classes ({} bytes), found {} bytes",
+                2 * n + 4 * k,
+                bytes.len()
+            ));
+        }
+        let (sel, mean) = bytes.split_at(2 * n);
+        self.selected = sel
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        self.mean = mean
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        self.pending.clear();
+        self.pending_mean.clear();
+        Ok(())
     }
 }
 
@@ -186,7 +262,11 @@ pub fn thresholds(
         // Nothing learned yet: τ for every class.
         return vec![tau; classes];
     }
-    let denom = if warmup { max_sigma.max(unused) } else { max_sigma };
+    let denom = if warmup {
+        max_sigma.max(unused)
+    } else {
+        max_sigma
+    };
     sigma
         .iter()
         .map(|&s| {
@@ -222,6 +302,9 @@ impl SemiModel {
         }
     }
 }
+
+/// Batch norm's running-statistics momentum (burn's default).
+const BN_MOMENTUM: f64 = 0.1;
 
 /// The semi-supervised stage as the engine steps it.
 #[derive(Clone)]
@@ -303,6 +386,33 @@ pub fn pseudo_labels(
     status.apply_before(step);
     let t = thresholds(&status.selected, classes, s.threshold, s.adaptive, s.warmup);
     let n = probs.len() / classes.max(1);
+    // Distribution alignment (ReMixMatch, Berthelot et al. 2020): record this part's mean
+    // prediction, and scale every prediction by uniform / running mean, renormalised, so
+    // pseudo-labels are not drawn towards the classes the model already favours.
+    let mut sum = vec![0f64; classes];
+    probs
+        .chunks(classes)
+        .for_each(|row| sum.iter_mut().zip(row).for_each(|(a, &b)| *a += b as f64));
+    status
+        .pending_mean
+        .push((step, positions.first().copied().unwrap_or(0), sum, n));
+    let aligned: Vec<f32>;
+    let probs = if s.align {
+        let mut out = Vec::with_capacity(probs.len());
+        for row in probs.chunks(classes) {
+            let scaled: Vec<f32> = row
+                .iter()
+                .zip(&status.mean)
+                .map(|(p, m)| p / (classes as f32 * m.max(1e-6)))
+                .collect();
+            let z: f32 = scaled.iter().sum();
+            out.extend(scaled.iter().map(|v| v / z.max(1e-12)));
+        }
+        aligned = out;
+        &aligned[..]
+    } else {
+        probs
+    };
     let (mut labels, mut mask) = (vec![0i64; n], vec![0f32; n]);
     let (mut right, mut kept) = (0usize, 0usize);
     for (i, row) in probs.chunks(classes).enumerate() {
@@ -364,7 +474,9 @@ pub fn semi_loss(
         let used = p.mask.iter().sum::<f32>();
         let idx = Tensor::<2, Int>::from_data(TensorData::new(p.labels.clone(), [n_u, 1]), device);
         let m = Tensor::<1>::from_data(TensorData::new(p.mask.clone(), [n_u]), device);
-        let picked = log_softmax(logits_u.clone(), 1).gather(1, idx).reshape([n_u]);
+        let picked = log_softmax(logits_u.clone(), 1)
+            .gather(1, idx)
+            .reshape([n_u]);
         let fix = (picked * m).sum().mul_scalar(-1.0 / n_u as f64);
         metrics.push(("mask", used / n_u as f32));
         metrics.push(("threshold", p.threshold));
@@ -389,7 +501,12 @@ impl Task for Semi {
     type Encoder = Backbone;
     type Batch = SemiBatch;
 
-    fn step(&mut self, model: SemiModel, b: SemiBatch, cx: &mut StepCtx) -> (SemiModel, StepStats) {
+    fn step(
+        &mut self,
+        mut model: SemiModel,
+        b: SemiBatch,
+        cx: &mut StepCtx,
+    ) -> (SemiModel, StepStats) {
         let [c, h, w] = self.shape;
         let (n_l, n_u, k) = (b.labelled.b, b.n_u, self.classes);
         // Pseudo-labels from the weak views, by the model as it stands.
@@ -400,7 +517,9 @@ impl Task for Semi {
                 &model.student
             };
             let probs = if self.s.weak_train_mode {
-                // Batch statistics of the weak batch, as FixMatch's weak forward has them.
+                // Batch statistics of the weak batch, as FixMatch's weak forward has them; the
+                // running statistics follow the weak views only (the strong forward below
+                // leaves them), so evaluation normalises like clean images.
                 let weak = images_tensor(b.weak, [n_u, c, h, w], &self.device);
                 softmax(labeller.forward(weak).detach(), 1)
             } else {
@@ -410,7 +529,15 @@ impl Task for Semi {
             };
             let probs: Vec<f32> = probs.into_data().iter::<f32>().collect();
             let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-            Some(pseudo_labels(&probs, k, &b.positions, &b.truth, &mut status, cx.step, &self.s))
+            Some(pseudo_labels(
+                &probs,
+                k,
+                &b.positions,
+                &b.truth,
+                &mut status,
+                cx.step,
+                &self.s,
+            ))
         } else {
             None
         };
@@ -418,7 +545,11 @@ impl Task for Semi {
         let mut pixels = b.labelled.images;
         pixels.extend_from_slice(&b.strong);
         let x = images_tensor(pixels, [n_l + n_u, c, h, w], &self.device);
+        if self.s.weak_train_mode && pseudo.is_some() {
+            model.student.backbone.set_bn_momentum(0.0);
+        }
         let logits = model.student.forward(x);
+        model.student.backbone.set_bn_momentum(BN_MOMENTUM);
         let (loss, metrics) = semi_loss(
             logits,
             &b.labelled.labels,
@@ -458,39 +589,17 @@ impl Task for Semi {
 
     fn save_state(&self, dir: &Path) -> Result<()> {
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        let bytes: Vec<u8> = status
-            .selected()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        write_atomic(&dir.join(STATUS_FILE), &bytes)
+        status.save(dir)
     }
 
     fn load_state(&mut self, dir: &Path) -> Result<()> {
-        let path = dir.join(STATUS_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        if bytes.len() != 2 * status.selected.len() {
-            return Err(Error::checkpoint(
-                &path,
-                format!(
-                    "expected the status of {} pool images ({} bytes), found {} bytes",
-                    status.selected.len(),
-                    2 * status.selected.len(),
-                    bytes.len()
-                ),
-            ));
-        }
-        status.selected = bytes
-            .chunks_exact(2)
-            .map(|b| i16::from_le_bytes([b[0], b[1]]))
-            .collect();
-        status.pending.clear();
-        Ok(())
+        status.load(dir)
     }
 }
 
-/// FlexMatch's status in a checkpoint: one little-endian i16 per pool image.
+/// The pool's status in a checkpoint: one little-endian i16 per pool image (FlexMatch), then
+/// one f32 per class (distribution alignment's running mean).
 const STATUS_FILE: &str = "semi-status.bin";
 
 /// What the stage trains on and from.
@@ -510,11 +619,7 @@ pub struct SemiData<'a> {
 /// The loader's batch maker: `μ·B` unlabelled images arrive (their "labels" are their pool
 /// positions); `B` labelled images are drawn here from the batch's generator; each part of a
 /// replicated step gets its share of both.
-fn make_batch(
-    data: &SemiData,
-    s: &SemiSettings,
-    parts: usize,
-) -> MakeBatch<Box<dyn AnyBatch>> {
+fn make_batch(data: &SemiData, s: &SemiSettings, parts: usize) -> MakeBatch<Box<dyn AnyBatch>> {
     let labelled = Arc::new(data.labelled.clone());
     let teacher = data.teacher_logits.clone();
     let truth = data.pool.labels.clone().map(Arc::new);
@@ -567,7 +672,9 @@ fn make_batch(
             let pos = positions[r.clone()].to_vec();
             let teacher = if distil {
                 pos.iter()
-                    .flat_map(|&p| teacher[p as usize * classes..(p as usize + 1) * classes].to_vec())
+                    .flat_map(|&p| {
+                        teacher[p as usize * classes..(p as usize + 1) * classes].to_vec()
+                    })
                     .collect()
             } else {
                 Vec::new()
@@ -634,7 +741,7 @@ pub fn train_student(
         classes: data.classes,
         shape: [data.input.channels, data.input.height, data.input.width],
         s: s.clone(),
-        status: Arc::new(Mutex::new(Status::new(data.pool.n))),
+        status: Arc::new(Mutex::new(Status::new(data.pool.n, data.classes))),
         monitor: data.monitor.clone(),
     };
     let model = SemiModel::new(student.to_device(&ad).train());
@@ -694,11 +801,13 @@ pub fn train_student(
     if start < s.steps {
         run_loop::run(&mut bound, &mut next, &settings, dir, start, s.steps)?;
     }
-    Ok(bound
-        .model()
-        .result(s.ema > 0.0)
-        .valid()
-        .to_device(device))
+    let mut out = bound.model().result(s.ema > 0.0).valid().to_device(device);
+    // The running statistics followed batches of strong views too; evaluation sees clean
+    // images: re-estimate them on (up to 2,048) clean pool images, labels unused.
+    let idx = super::features::bn_sample_of(&(0..data.pool.n).collect::<Vec<_>>(), s.seed);
+    out.backbone =
+        super::features::reestimate_bn(out.backbone, data.pool, &idx, data.input, device)?;
+    Ok(out)
 }
 
 /// The teacher's logits on `set[idx]` (inference mode), rows of `classes`.
@@ -712,7 +821,11 @@ pub fn logits_on(
     let mut out = Vec::new();
     for chunk in idx.chunks(512) {
         let x = super::features::normalized_images(set, chunk, input)?;
-        let x = images_tensor(x, [chunk.len(), set.channels, set.height, set.width], device);
+        let x = images_tensor(
+            x,
+            [chunk.len(), set.channels, set.height, set.width],
+            device,
+        );
         out.extend(model.forward(x).into_data().iter::<f32>());
     }
     Ok(out)
@@ -725,11 +838,20 @@ pub struct StageRecord {
     /// Digest of everything the teacher depends on (source weights, labels, fine-tuning).
     pub teacher_key: String,
     pub student_init: String,
-    pub settings: SemiSettings,
+    /// The student's settings (images: [`SemiSettings`]; text adds its noise).
+    pub settings: serde_json::Value,
 }
 
 const RECORD_FILE: &str = "semi.json";
 const TEACHER_FILE: &str = "teacher.bpk";
+/// The finished student's weights (head included), as safetensors: what the stage learned, for
+/// use elsewhere (and for comparing two stages bit for bit: `.bpk` files carry random ids).
+pub const STUDENT_FILE: &str = "student.safetensors";
+
+/// Write the finished student into the stage directory.
+pub fn save_student<M: Module>(student: &M, stage_dir: &Path) -> Result<()> {
+    crate::engine::checkpoint::save_weights(student, &stage_dir.join(STUDENT_FILE))
+}
 const TEACHER_LOGITS_FILE: &str = "teacher-logits.safetensors";
 
 /// Prepare the stage directory `dir` for `record`: kept when it was started with the same
@@ -780,7 +902,7 @@ pub fn prepare_dir(dir: &Path, record: &StageRecord) -> Result<()> {
 }
 
 /// The cached teacher of a stage directory, if it holds one.
-pub fn cached_teacher(dir: &Path, template: Classifier) -> Option<(Classifier, Vec<f32>)> {
+pub fn cached_teacher<M: Module>(dir: &Path, template: M) -> Option<(M, Vec<f32>)> {
     let model = load_module(template, &dir.join(TEACHER_FILE)).ok()?;
     let bytes = std::fs::read(dir.join(TEACHER_LOGITS_FILE)).ok()?;
     let st = safetensors::SafeTensors::deserialize(&bytes).ok()?;
@@ -794,7 +916,12 @@ pub fn cached_teacher(dir: &Path, template: Classifier) -> Option<(Classifier, V
 }
 
 /// Keep the teacher and its pool logits in the stage directory.
-pub fn cache_teacher(dir: &Path, teacher: &Classifier, logits: &[f32], classes: usize) -> Result<()> {
+pub fn cache_teacher<M: Module>(
+    dir: &Path,
+    teacher: &M,
+    logits: &[f32],
+    classes: usize,
+) -> Result<()> {
     save_module(teacher.clone(), &dir.join(TEACHER_FILE))?;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(
@@ -845,7 +972,7 @@ mod tests {
 
     #[test]
     fn status_applies_earlier_steps_only_in_order() {
-        let mut s = Status::new(4);
+        let mut s = Status::new(4, 3);
         s.pending.push((3, 1, 2));
         s.pending.push((2, 1, 0));
         s.pending.push((5, 2, 1));

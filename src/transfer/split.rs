@@ -105,8 +105,7 @@ pub fn labelled_split(
     };
     if eval_on == EvalOn::Validation {
         let pool_labels: Vec<u32> = pool.iter().map(|&i| labels[i]).collect();
-        let (rest, val) =
-            labels::holdout_split(&pool_labels, VALIDATION_FRACTION, VALIDATION_SEED);
+        let (rest, val) = labels::holdout_split(&pool_labels, VALIDATION_FRACTION, VALIDATION_SEED);
         test_set = &dataset.train;
         test_idx = val.iter().map(|&j| pool[j]).collect();
         pool = rest.iter().map(|&j| pool[j]).collect();

@@ -84,6 +84,27 @@ pub struct TextTransferConfig {
     /// Keep the frozen protocols' document vectors on disk (`RUN/features/`, or compare's
     /// `OUT/features/`) so other label draws and protocols reuse them.
     pub feature_cache: bool,
+    /// The semi-supervised stage (`--protocol semi`, [`super::text_semi`]), as for images:
+    /// steps, labelled documents per step, unlabelled per labelled, rate, weight decay,
+    /// confidence threshold, FlexMatch thresholds, consistency and distillation weights,
+    /// distillation temperature, moving average, distribution alignment, checkpoints. The
+    /// losses' defaults are the images' (chosen on their validation split); text has no
+    /// validation split of its own yet, so they were not tuned on documents.
+    pub semi_steps: u64,
+    pub semi_batch_size: usize,
+    pub semi_ratio: usize,
+    pub semi_lr: f64,
+    pub semi_weight_decay: f64,
+    pub semi_threshold: f32,
+    pub semi_adaptive: bool,
+    pub semi_consistency: f32,
+    pub semi_distill: f32,
+    pub semi_temperature: f32,
+    pub semi_ema: f64,
+    pub semi_align: bool,
+    pub semi_checkpoint_every: u64,
+    /// Share of a document's ordinary tokens its strong view damages.
+    pub semi_noise: f32,
 }
 
 impl Default for TextTransferConfig {
@@ -112,6 +133,20 @@ impl Default for TextTransferConfig {
             test_limit: 0,
             stage: 0,
             feature_cache: true,
+            semi_steps: 200,
+            semi_batch_size: 8,
+            semi_ratio: 3,
+            semi_lr: 3e-4,
+            semi_weight_decay: 0.01,
+            semi_threshold: 0.95,
+            semi_adaptive: true,
+            semi_consistency: 1.0,
+            semi_distill: 0.0,
+            semi_temperature: 1.0,
+            semi_ema: 0.0,
+            semi_align: true,
+            semi_checkpoint_every: 100,
+            semi_noise: 0.2,
         }
     }
 }
@@ -142,6 +177,17 @@ impl TextTransferConfig {
         positive("finetune_steps", self.finetune_steps as f64)?;
         positive("finetune_lr", self.finetune_lr)?;
         positive("finetune_batch_size", self.finetune_batch_size as f64)?;
+        positive("semi_steps", self.semi_steps as f64)?;
+        positive("semi_batch_size", self.semi_batch_size as f64)?;
+        positive("semi_ratio", self.semi_ratio as f64)?;
+        positive("semi_lr", self.semi_lr)?;
+        in_range("semi_weight_decay", self.semi_weight_decay, 0.0, 1.0)?;
+        in_range("semi_threshold", self.semi_threshold as f64, 0.0, 1.0)?;
+        in_range("semi_consistency", self.semi_consistency as f64, 0.0, 100.0)?;
+        in_range("semi_distill", self.semi_distill as f64, 0.0, 100.0)?;
+        positive("semi_temperature", self.semi_temperature as f64)?;
+        in_range("semi_ema", self.semi_ema, 0.0, 0.9999)?;
+        in_range("semi_noise", self.semi_noise as f64, 0.0, 1.0)?;
         if self.text_part != "all" && self.text_part != "email-body" {
             return Err(Error::config(
                 "text_part",
@@ -204,6 +250,9 @@ pub struct TextTransferResult {
     /// Which documents the tokenizer was trained on (labels are never used for it).
     #[serde(default)]
     pub tokenizer_trained_on: String,
+    /// The semi-supervised stage's own numbers (`--protocol semi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semi: Option<super::SemiReport>,
 }
 
 /// What a pretrained text run saw: its data, the (seed, fraction) of its held-out split, and
@@ -245,11 +294,11 @@ impl RunText {
 }
 
 /// One labelled document, tokenized.
-struct Example {
+pub struct Example {
     /// Its position in the data (the feature cache's key).
-    index: u64,
-    tokens: Vec<u32>,
-    label: u32,
+    pub index: u64,
+    pub tokens: Vec<u32>,
+    pub label: u32,
 }
 
 /// The model to transfer, its tokenizer, and where it came from.
@@ -348,10 +397,24 @@ pub fn open_labelled(data: &str, cfg: &TextTransferConfig, set_flag: &str) -> Re
     Ok(source)
 }
 
+/// A transformer with a linear head on its document vector.
 #[derive(Module, Debug)]
-struct TextClassifier {
-    lm: Transformer,
-    head: LinearHead,
+pub struct TextClassifier {
+    pub lm: Transformer,
+    pub head: LinearHead,
+}
+
+impl TextClassifier {
+    /// Logits [b, classes] of `docs` (token ids, each already cut to the model's length).
+    pub fn logits(
+        &self,
+        docs: &[&[u32]],
+        pad_id: u32,
+        cls: Option<bool>,
+        device: &Device,
+    ) -> Tensor<2> {
+        self.head.forward(self.lm.pooled(docs, pad_id, cls, device))
+    }
 }
 
 pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, PathBuf)> {
@@ -367,12 +430,20 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
             ))
         }
     };
-    if req.from == Source::Scratch && req.protocol != Protocol::Finetune {
+    if req.from == Source::Scratch && !req.protocol.trains_encoder() {
         return Err(Error::Usage(
-            "--from scratch trains the model on the labels, so it needs --protocol finetune".into(),
+            "--from scratch trains the model on the labels, so it needs --protocol finetune or semi"
+                .into(),
         ));
     }
-    if cfg.stage != 0 && req.protocol == Protocol::Finetune {
+    if req.from == Source::Random && req.protocol.trains_encoder() {
+        return Err(Error::Usage(format!(
+            "--from random is the frozen floor (linear, knn); --protocol {} trains the model: use \
+             --from scratch",
+            req.protocol.name()
+        )));
+    }
+    if cfg.stage != 0 && req.protocol.trains_encoder() {
         return Err(Error::config(
             "stage",
             "fine-tuning trains the whole model and reads its final states; stage applies to \
@@ -512,6 +583,7 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
         );
     }
     let pad_id = tok.pad_id();
+    let mut semi_report = None;
     let pred = match req.protocol {
         Protocol::Linear | Protocol::Knn => {
             let dir = match (&req.cache_dir, &req.from) {
@@ -564,9 +636,14 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
             finetune(model, &spec, &chosen, &test_refs, classes, pad_id, cls, req)?
         }
         Protocol::Semi => {
-            return Err(Error::Usage(
-                "TODO(semi-text): --protocol semi for text is being built".into(),
-            ))
+            let pool_refs: Vec<&Example> = pool.iter().collect();
+            let stage = super::semi::stage_dir(&result_path(req, &data));
+            let (pred, report) = semi_stage(
+                model, &spec, &tok, &chosen, &pool_refs, &test_refs, classes, pad_id, cls, req,
+                &data, &stage,
+            )?;
+            semi_report = Some(report);
+            pred
         }
     };
     let accuracy = scores::accuracy(&pred, &test_y);
@@ -611,22 +688,168 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
             }
             None => "none (byte-level, untrained)".to_string(),
         },
+        semi: semi_report,
     };
+    let path = result_path(req, &data);
+    let dir = path.parent().expect("a result file in a directory");
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    write_atomic(&path, &serde_json::to_vec_pretty(&result).expect("json"))?;
+    Ok((result, path))
+}
+
+/// Where a text transfer's result JSON goes: `--out`, the run's `transfer/`, or
+/// `runs/baseline-text-random|scratch/`.
+fn result_path(req: &TextTransferRequest, _data: &str) -> PathBuf {
+    let cfg = &req.config;
     let dir = match (&req.out, &req.from) {
         (Some(d), _) => d.clone(),
         (None, Source::Run(run)) => run.join("transfer"),
         (None, s) => PathBuf::from(format!("runs/baseline-text-{}", s.label())),
     };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let path = dir.join(format!(
+    dir.join(format!(
         "{}-{}-{}-seed{}.json",
         req.protocol.name(),
         req.labels_per_class.label(),
         cfg.pool,
         cfg.seed
-    ));
-    write_atomic(&path, &serde_json::to_vec_pretty(&result).expect("json"))?;
-    Ok((result, path))
+    ))
+}
+
+/// `--protocol semi` on text: the teacher (fine-tuned, or cached in `stage`), its logits on
+/// the pool, the student ([`super::text_semi`]); the student's predictions for `test`.
+#[allow(clippy::too_many_arguments)]
+fn semi_stage(
+    model: Transformer,
+    spec: &TransformerSpec,
+    tok: &Tokenizer,
+    chosen: &[&Example],
+    pool: &[&Example],
+    test: &[&Example],
+    classes: usize,
+    pad_id: u32,
+    cls: Option<bool>,
+    req: &TextTransferRequest,
+    data: &str,
+    stage: &Path,
+) -> Result<(Vec<u32>, super::SemiReport)> {
+    use super::semi;
+    use super::text_semi;
+    use sha2::{Digest, Sha256};
+    let cfg = &req.config;
+    let device = &req.device;
+    let settings = semi::SemiSettings {
+        steps: cfg.semi_steps,
+        batch_size: cfg.semi_batch_size,
+        ratio: cfg.semi_ratio,
+        lr: cfg.semi_lr,
+        weight_decay: cfg.semi_weight_decay,
+        threshold: cfg.semi_threshold,
+        adaptive: cfg.semi_adaptive,
+        warmup: false,
+        consistency: cfg.semi_consistency,
+        distill: cfg.semi_distill,
+        temperature: cfg.semi_temperature,
+        ema: cfg.semi_ema,
+        pseudo_from_ema: false,
+        weak_train_mode: false,
+        align: cfg.semi_align,
+        weak: semi::WeakSettings {
+            crop_scale_min: 1.0,
+            flip: false,
+        },
+        strong: crate::data::randaugment::StrongConfig::default(),
+        seed: cfg.seed,
+    };
+    let mut key = Sha256::new();
+    key.update(match &req.from {
+        Source::Run(run) => content_digest(&lm_weights_file(run)?)?,
+        other => format!("{} {} {:?} {}", other.label(), cfg.like, spec, cfg.seed),
+    });
+    key.update(tok.fingerprint().as_bytes());
+    key.update(data.as_bytes());
+    for e in chosen {
+        key.update(e.index.to_le_bytes());
+    }
+    key.update(
+        format!(
+            "{} {} {} {} {} {} {} {}",
+            cfg.finetune_steps,
+            cfg.finetune_lr,
+            cfg.finetune_batch_size,
+            cfg.finetune_weight_decay,
+            cfg.text_part,
+            cfg.pool,
+            cfg.max_tokens,
+            cfg.seed
+        )
+        .as_bytes(),
+    );
+    let mut record_settings = serde_json::to_value(&settings).expect("settings serialise");
+    record_settings["noise"] = serde_json::json!(cfg.semi_noise);
+    let record = semi::StageRecord {
+        teacher_key: format!("{:x}", key.finalize()),
+        student_init: "teacher".into(),
+        settings: record_settings,
+    };
+    semi::prepare_dir(stage, &record)?;
+    let template = TextClassifier {
+        lm: model.clone(),
+        head: LinearHead::new(spec.d_model, classes, device),
+    };
+    let t0 = Instant::now();
+    let (teacher, logits) = match semi::cached_teacher(stage, template) {
+        Some(cached) => cached,
+        None => {
+            let teacher = train_classifier(model, spec, chosen, classes, pad_id, cls, req)?;
+            let logits = text_semi::logits_on(&teacher, pool, pad_id, cls, device);
+            semi::cache_teacher(stage, &teacher, &logits, classes)?;
+            (teacher, logits)
+        }
+    };
+    let teacher_s = t0.elapsed().as_secs_f64();
+    let test_y: Vec<u32> = test.iter().map(|e| e.label).collect();
+    let teacher_accuracy = scores::accuracy(&predict(&teacher, test, pad_id, cls, device), &test_y);
+    let specials: Vec<bool> = (0..tok.vocab_size() as u32)
+        .map(|i| tok.is_special(i))
+        .collect();
+    let data = text_semi::TextSemiData {
+        labelled: chosen,
+        pool,
+        teacher_logits: &logits,
+        classes,
+        pad: pad_id,
+        cls,
+        noise: text_semi::Noise {
+            rate: cfg.semi_noise,
+            mask: (!spec.causal).then(|| tok.mask_id()),
+            ordinary: std::sync::Arc::new(
+                (0..tok.vocab_size() as u32)
+                    .filter(|&i| !tok.is_special(i))
+                    .collect(),
+            ),
+            special: std::sync::Arc::new(specials),
+        },
+    };
+    let run = semi::StageRun {
+        dir: stage,
+        checkpoint_every: cfg.semi_checkpoint_every,
+        eval_every: 0,
+        workers: 1,
+        quiet: req.quiet,
+    };
+    let t1 = Instant::now();
+    let student = text_semi::train_student(teacher, &data, &settings, &run, device)?;
+    super::semi::save_student(&student, stage)?;
+    Ok((
+        predict(&student, test, pad_id, cls, device),
+        super::SemiReport {
+            teacher_accuracy,
+            pool: pool.len(),
+            teacher_s,
+            student_s: t1.elapsed().as_secs_f64(),
+            stage_dir: stage.display().to_string(),
+        },
+    ))
 }
 
 /// Train the whole model with a linear head on the labelled documents; predict the held-out.
@@ -641,6 +864,22 @@ fn finetune(
     cls: Option<bool>,
     req: &TextTransferRequest,
 ) -> Result<Vec<u32>> {
+    let net = train_classifier(model, spec, train, classes, pad_id, cls, req)?;
+    Ok(predict(&net, test, pad_id, cls, &req.device))
+}
+
+/// Fine-tune the whole model with a linear head on the labelled documents; the trained
+/// classifier, on the request's device (no autodiff).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_classifier(
+    model: Transformer,
+    spec: &TransformerSpec,
+    train: &[&Example],
+    classes: usize,
+    pad_id: u32,
+    cls: Option<bool>,
+    req: &TextTransferRequest,
+) -> Result<TextClassifier> {
     let cfg = &req.config;
     let ad = req.device.clone().autodiff();
     let head = crate::device::seeded(&ad, cfg.seed, || {
@@ -691,13 +930,23 @@ fn finetune(
             });
         }
     }
-    let net = net.valid();
-    let mut pred = Vec::with_capacity(test.len());
-    for chunk in test.chunks(32) {
+    Ok(net.valid())
+}
+
+/// The classes `net` predicts for `docs`.
+pub(crate) fn predict(
+    net: &TextClassifier,
+    docs: &[&Example],
+    pad_id: u32,
+    cls: Option<bool>,
+    device: &Device,
+) -> Vec<u32> {
+    let mut pred = Vec::with_capacity(docs.len());
+    for chunk in docs.chunks(32) {
         let logits = net
             .head
-            .forward(pooled(&net.lm, chunk, pad_id, cls, &req.device));
+            .forward(pooled(&net.lm, chunk, pad_id, cls, device));
         pred.extend(logits.argmax(1).into_data().iter::<i64>().map(|p| p as u32));
     }
-    Ok(pred)
+    pred
 }
