@@ -2,7 +2,8 @@
 //! Pretrain a conv net on 6,000 unlabelled Fashion-MNIST images, then give 10 labels per class to
 //! a linear probe, a k-NN classifier and fine-tuning of (a) the pretrained encoder, (b) the same
 //! encoder with random weights (linear, k-NN) and (c) the same network trained on the labels alone
-//! (fine-tuning from scratch), and print the test accuracies side by side.
+//! (fine-tuning from scratch), then the semi-supervised stage of (a) and (c), and print the test
+//! accuracies side by side.
 
 use std::path::Path;
 
@@ -33,8 +34,11 @@ pub const DEMO_SETTINGS: &[&str] = &[
 ];
 
 /// The demo's transfer settings (before `--transfer-set` overrides): 100 fine-tuning steps
-/// (64 epochs of the 100 labelled images) keep the six fine-tuning runs within the demo's time.
-pub const DEMO_TRANSFER_SETTINGS: &[&str] = &["finetune_steps=100"];
+/// (64 epochs of the 100 labelled images) keep the six fine-tuning runs within the demo's time;
+/// 300 semi-supervised steps (about 25 s each on 2 cores) likewise. On the validation split
+/// (`eval_on = "validation"`, seed 0) the stage gave 0.775 after 300 steps and 0.792 after 1,000
+/// (73 s each), from a teacher at 0.730.
+pub const DEMO_TRANSFER_SETTINGS: &[&str] = &["finetune_steps=100", "semi_steps=300"];
 
 /// Label draws averaged per cell (10 labels per class is a small, noisy sample).
 pub const SEEDS: u64 = 3;

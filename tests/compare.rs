@@ -184,3 +184,81 @@ fn bad_compare_command_lines_give_one_line_errors() {
     fails(&["report", out_s], "no readable compare.json");
     assert!(!out.exists(), "a refused command wrote {}", out.display());
 }
+
+#[test]
+fn compare_runs_the_semi_stage_for_pretrained_and_scratch() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cmp");
+    let stdout = ok(&[
+        "compare",
+        "--data",
+        "builtin:fashion-mnist-demo",
+        "--tasks",
+        "rotation",
+        "--labels-per-class",
+        "5",
+        "--seeds",
+        "1",
+        "--protocols",
+        "linear,semi",
+        "--stages",
+        "none",
+        "--budget",
+        "4",
+        "--set",
+        "width=4",
+        "--set",
+        "batch_size=16",
+        "--transfer-set",
+        "test_limit=200",
+        "--transfer-set",
+        "probe_steps=20",
+        "--transfer-set",
+        "finetune_steps=4",
+        "--transfer-set",
+        "semi_steps=4",
+        "--transfer-set",
+        "semi_batch_size=4",
+        "--transfer-set",
+        "semi_ratio=2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let mut cells: Vec<String> = Vec::new();
+    for enc in std::fs::read_dir(out.join("cells")).unwrap() {
+        let enc = enc.unwrap();
+        for f in std::fs::read_dir(enc.path()).unwrap() {
+            let f = f.unwrap().file_name().into_string().unwrap();
+            cells.push(format!("{}/{f}", enc.file_name().into_string().unwrap()));
+        }
+    }
+    cells.sort();
+    // rotation × linear, semi; random × linear; scratch × finetune (always), semi.
+    assert!(
+        stdout.contains("5 of 5 cells computed"),
+        "{stdout} {cells:?}"
+    );
+    for f in [
+        "cells/rotation/semi-5-seed0.json",
+        "cells/scratch/semi-5-seed0.json",
+        "cells/scratch/finetune-5-seed0.json",
+        "cells/random/linear-5-seed0.json",
+    ] {
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(f)).unwrap()).unwrap();
+        let acc = r["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{f}: {r}");
+    }
+    assert!(!out.join("cells/random/semi-5-seed0.json").exists());
+    let semi: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("cells/rotation/semi-5-seed0.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        semi["semi"]["teacher_accuracy"].as_f64().is_some(),
+        "{semi}"
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| rotation | semi |"), "{md}");
+    assert!(md.contains("| from scratch | semi |"), "{md}");
+}

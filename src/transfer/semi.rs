@@ -192,7 +192,7 @@ impl Status {
 
     /// The whole state as bytes: the status (i16 per pool image) then the running mean (f32
     /// per class), little-endian.
-    fn to_bytes(&mut self) -> Vec<u8> {
+    fn encode(&mut self) -> Vec<u8> {
         self.apply_before(u64::MAX);
         let mut out: Vec<u8> = self.selected.iter().flat_map(|v| v.to_le_bytes()).collect();
         out.extend(self.mean.iter().flat_map(|v| v.to_le_bytes()));
@@ -201,18 +201,17 @@ impl Status {
 
     /// Into a checkpoint directory.
     pub fn save(&mut self, dir: &Path) -> Result<()> {
-        write_atomic(&dir.join(STATUS_FILE), &self.to_bytes())
+        write_atomic(&dir.join(STATUS_FILE), &self.encode())
     }
 
     /// From a checkpoint directory [`Self::save`] wrote.
     pub fn load(&mut self, dir: &Path) -> Result<()> {
         let path = dir.join(STATUS_FILE);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        self.from_bytes(&bytes)
-            .map_err(|m| Error::checkpoint(&path, m))
+        self.decode(&bytes).map_err(|m| Error::checkpoint(&path, m))
     }
 
-    fn from_bytes(&mut self, bytes: &[u8]) -> std::result::Result<(), String> {
+    fn decode(&mut self, bytes: &[u8]) -> std::result::Result<(), String> {
         let (n, k) = (self.selected.len(), self.mean.len());
         if bytes.len() != 2 * n + 4 * k {
             return Err(format!(
