@@ -367,6 +367,12 @@ fn demo_runs_end_to_end_on_the_builtin_data() {
         "width=8",
         "--transfer-set",
         "finetune_steps=20",
+        "--transfer-set",
+        "semi_steps=6",
+        "--transfer-set",
+        "semi_batch_size=8",
+        "--transfer-set",
+        "semi_ratio=2",
     ]);
     assert!(
         stdout.contains("simclr-pretrained")
@@ -379,15 +385,15 @@ fn demo_runs_end_to_end_on_the_builtin_data() {
         serde_json::from_slice(&std::fs::read(out.join("demo.json")).unwrap()).unwrap();
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 3);
-    // Which protocols each encoder gets: random weights are not fine-tuned, scratch is only
-    // fine-tuned.
+    // Which protocols each encoder gets: random weights are not trained, scratch is only
+    // trained (fine-tuning and the semi stage).
     let expect = [
-        ["linear", "knn", "finetune"].as_slice(),
+        ["linear", "knn", "finetune", "semi"].as_slice(),
         &["linear", "knn"],
-        &["finetune"],
+        &["finetune", "semi"],
     ];
     for (row, keys) in rows.iter().zip(expect) {
-        for key in ["linear", "knn", "finetune"] {
+        for key in ["linear", "knn", "finetune", "semi"] {
             if keys.contains(&key) {
                 let mean = row[key][0].as_f64().unwrap();
                 assert!(mean > 0.2 && mean <= 1.0, "{key} {mean} in {row}");
@@ -415,6 +421,12 @@ fn demo_runs_end_to_end_on_the_builtin_data() {
         "width=8",
         "--transfer-set",
         "finetune_steps=2",
+        "--transfer-set",
+        "semi_steps=2",
+        "--transfer-set",
+        "semi_batch_size=8",
+        "--transfer-set",
+        "semi_ratio=2",
     ]);
 }
 
