@@ -5,34 +5,9 @@
 
 mod common;
 
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-use common::{ok, shared_data};
-
-/// `n` ham and `n` spam e-mails from the shared corpus (each cut to 800 characters), as a jsonl
-/// file in the corpus's own format.
-fn mail_slice(dir: &Path, n: usize) -> PathBuf {
-    let f = std::fs::File::open(shared_data("text/spamassassin.jsonl.gz")).unwrap();
-    let mut by_label: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for line in std::io::BufReader::new(flate2::read::GzDecoder::new(f)).lines() {
-        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        let label = v["label"].as_str().unwrap().to_string();
-        let docs = by_label.entry(label.clone()).or_default();
-        if docs.len() < n {
-            let text: String = v["text"].as_str().unwrap().chars().take(800).collect();
-            docs.push(serde_json::json!({"text": text, "label": label}).to_string());
-        }
-    }
-    let path = dir.join("mail.jsonl");
-    let mut out = std::fs::File::create(&path).unwrap();
-    for docs in by_label.values() {
-        for d in docs {
-            writeln!(out, "{d}").unwrap();
-        }
-    }
-    path
-}
+use common::{mail_slice, ok};
 
 /// A 2-step masked-LM run of a tiny transformer on the slice (the encoder the stage starts from).
 fn pretrain(data: &str, run: &Path) {
@@ -117,7 +92,7 @@ fn learned(out: &Path) -> (Vec<u8>, Vec<u8>) {
 #[test]
 fn text_semi_learns_from_training_documents_only_and_resumes_bitwise() {
     let dir = tempfile::tempdir().unwrap();
-    let data = format!("jsonl:{}", mail_slice(dir.path(), 30).display());
+    let data = format!("jsonl:{}", mail_slice(dir.path(), 30, 800).display());
     let run = dir.path().join("bert");
     pretrain(&data, &run);
 

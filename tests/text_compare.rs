@@ -6,34 +6,10 @@
 
 mod common;
 
-use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 
-use common::{chromium, ok, pretext, render_in_chromium, shared_data};
-
-/// `n` ham and `n` spam e-mails from the shared corpus (each cut to 1,500 characters), as a
-/// jsonl file in the corpus's own format.
-fn mail_slice(dir: &Path, n: usize) -> PathBuf {
-    let f = std::fs::File::open(shared_data("text/spamassassin.jsonl.gz")).unwrap();
-    let mut by_label: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for line in std::io::BufReader::new(flate2::read::GzDecoder::new(f)).lines() {
-        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        let label = v["label"].as_str().unwrap().to_string();
-        let docs = by_label.entry(label.clone()).or_default();
-        if docs.len() < n {
-            let text: String = v["text"].as_str().unwrap().chars().take(1500).collect();
-            docs.push(serde_json::json!({"text": text, "label": label}).to_string());
-        }
-    }
-    let path = dir.join("mail.jsonl");
-    let mut out = std::fs::File::create(&path).unwrap();
-    for docs in by_label.values() {
-        for d in docs {
-            writeln!(out, "{d}").unwrap();
-        }
-    }
-    path
-}
+use common::{chromium, mail_slice, ok, pretext, render_in_chromium};
 
 const TINY: &[&str] = &[
     "--set",
@@ -59,7 +35,7 @@ const TINY: &[&str] = &[
 #[test]
 fn text_compare_runs_every_protocol_and_baseline_and_renders() {
     let dir = tempfile::tempdir().unwrap();
-    let data = format!("jsonl:{}", mail_slice(dir.path(), 60).display());
+    let data = format!("jsonl:{}", mail_slice(dir.path(), 60, 1500).display());
     let out = dir.path().join("cmp");
     let mut args = vec![
         "compare",
@@ -184,7 +160,7 @@ fn transfer(run: &Path, data: &str, seed: u64, out: &Path, extra: &[&str]) -> (f
 #[test]
 fn text_features_are_cached_invalidated_and_exact() {
     let dir = tempfile::tempdir().unwrap();
-    let mail = mail_slice(dir.path(), 40);
+    let mail = mail_slice(dir.path(), 40, 1500);
     let data = format!("jsonl:{}", mail.display());
     let pretrain = |name: &str, steps: &str| {
         let run = dir.path().join(name);

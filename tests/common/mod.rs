@@ -193,3 +193,28 @@ pub fn render_in_chromium(chromium: &Path, html: &Path, shot: &Path) {
         / n;
     assert!(var > 100.0, "screenshot looks blank (variance {var:.1})");
 }
+
+/// `n` e-mails of every label from the shared SpamAssassin corpus (each cut to `chars`
+/// characters), as `dir/mail.jsonl` in the corpus's own format.
+pub fn mail_slice(dir: &Path, n: usize, chars: usize) -> PathBuf {
+    use std::io::{BufRead, Write};
+    let f = std::fs::File::open(shared_data("text/spamassassin.jsonl.gz")).unwrap();
+    let mut by_label: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for line in std::io::BufReader::new(flate2::read::GzDecoder::new(f)).lines() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let label = v["label"].as_str().unwrap().to_string();
+        let docs = by_label.entry(label.clone()).or_default();
+        if docs.len() < n {
+            let text: String = v["text"].as_str().unwrap().chars().take(chars).collect();
+            docs.push(serde_json::json!({"text": text, "label": label}).to_string());
+        }
+    }
+    let path = dir.join("mail.jsonl");
+    let mut out = std::fs::File::create(&path).unwrap();
+    for docs in by_label.values() {
+        for d in docs {
+            writeln!(out, "{d}").unwrap();
+        }
+    }
+    path
+}
