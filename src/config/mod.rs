@@ -57,6 +57,8 @@ pub struct PretrainConfig {
     pub weight_decay: f64,
     /// SGD momentum (ignored by AdamW).
     pub momentum: f64,
+    /// AdamW's β₂ (ignored by SGD): 0.999 (Adam's default); MAE and language models use 0.95.
+    pub beta2: f64,
     pub warmup_steps: u64,
     /// Final learning rate of the cosine schedule, as a fraction of `lr`.
     pub min_lr_ratio: f64,
@@ -115,6 +117,7 @@ impl Default for PretrainConfig {
             lr: 2e-3,
             weight_decay: 5e-4,
             momentum: 0.9,
+            beta2: 0.999,
             warmup_steps: 50,
             min_lr_ratio: 0.05,
             log_every: 10,
@@ -179,6 +182,12 @@ impl PretrainConfig {
             return Err(Error::config(
                 "min_lr_ratio",
                 format!("must be in [0, 1], found {}", self.min_lr_ratio),
+            ));
+        }
+        if !(self.beta2 > 0.0 && self.beta2 < 1.0) {
+            return Err(Error::config(
+                "beta2",
+                format!("must be in (0, 1), found {}", self.beta2),
             ));
         }
         if self.weight_decay < 0.0 {

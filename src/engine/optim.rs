@@ -7,12 +7,23 @@ use burn::optim::{AdamWConfig, ModuleOptimizer, SgdConfig};
 use crate::config::{OptimizerKind, PretrainConfig};
 
 pub fn build_optimizer(cfg: &PretrainConfig) -> ModuleOptimizer {
-    optimizer(cfg.optimizer, cfg.weight_decay, cfg.momentum)
+    optimizer_beta2(cfg.optimizer, cfg.weight_decay, cfg.momentum, cfg.beta2)
 }
 
+/// AdamW with Adam's β₂ = 0.999, or SGD with momentum (fine-tuning and the semi stage).
 pub fn optimizer(kind: OptimizerKind, weight_decay: f64, momentum: f64) -> ModuleOptimizer {
+    optimizer_beta2(kind, weight_decay, momentum, 0.999)
+}
+
+fn optimizer_beta2(
+    kind: OptimizerKind,
+    weight_decay: f64,
+    momentum: f64,
+    beta2: f64,
+) -> ModuleOptimizer {
     match kind {
         OptimizerKind::Adamw => AdamWConfig::new()
+            .with_beta_2(beta2 as f32)
             .with_weight_decay(weight_decay as f32)
             .init(),
         OptimizerKind::Sgd => SgdConfig::new()
