@@ -25,7 +25,7 @@
 //! what pretraining adds.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -68,6 +68,8 @@ pub struct SemiSettings {
     pub adaptive: bool,
     /// FlexMatch's threshold warm-up: β counts the never-confident images as a class of their
     /// own, so every threshold stays low until most of the pool has been predicted above τ.
+    /// Without it (the default, as the paper's non-warm-up form), once any class has confident
+    /// predictions a class with none has threshold 0 until one of its images clears τ.
     pub warmup: bool,
     /// λ_u, the weight of the consistency loss (0 = off).
     pub consistency: f32,
@@ -138,6 +140,31 @@ pub struct Status {
     mean: Vec<f32>,
     /// (step, first position of the part, the part's summed predictions, its image count).
     pending_mean: Vec<(u64, u32, Vec<f64>, usize)>,
+}
+
+/// The pool's status as the replicas of one stage share it.
+#[derive(Clone)]
+pub struct SharedStatus(Arc<Mutex<Status>>);
+
+impl SharedStatus {
+    pub fn new(pool: usize, classes: usize) -> Self {
+        Self(Arc::new(Mutex::new(Status::new(pool, classes))))
+    }
+
+    /// The status (a replica that panicked holding it leaves it as it was).
+    pub fn lock(&self) -> MutexGuard<'_, Status> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Into a checkpoint directory (the engine's `save_state`).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        self.lock().save(dir)
+    }
+
+    /// From a checkpoint directory (the engine's `load_state`).
+    pub fn load(&self, dir: &Path) -> Result<()> {
+        self.lock().load(dir)
+    }
 }
 
 /// How fast distribution alignment's running mean follows the batches (ReMixMatch averages
@@ -312,7 +339,7 @@ struct Semi {
     classes: usize,
     shape: [usize; 3],
     s: SemiSettings,
-    status: Arc<Mutex<Status>>,
+    status: SharedStatus,
     /// Validation images and labels the student is measured on every `eval_every` steps.
     monitor: Option<Arc<Monitor>>,
 }
@@ -527,7 +554,7 @@ impl Task for Semi {
                 softmax(labeller.valid().forward(weak), 1)
             };
             let probs: Vec<f32> = probs.into_data().iter::<f32>().collect();
-            let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            let mut status = self.status.lock();
             Some(pseudo_labels(
                 &probs,
                 k,
@@ -587,13 +614,11 @@ impl Task for Semi {
     }
 
     fn save_state(&self, dir: &Path) -> Result<()> {
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        status.save(dir)
+        self.status.save(dir)
     }
 
     fn load_state(&mut self, dir: &Path) -> Result<()> {
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        status.load(dir)
+        self.status.load(dir)
     }
 }
 
@@ -640,6 +665,8 @@ fn make_batch(data: &SemiData, s: &SemiSettings, parts: usize) -> MakeBatch<Box<
         let total = parts.max(1) * crate::dist::size();
         let whole = *rngs;
         split_batch(n_u, parts, rngs, |r, part| {
+            // The global part index: parts are equal (`resolve` makes the count divide the
+            // batch), so the range's start gives it exactly.
             let p = r.start * total / n_u.max(1);
             let (l0, l1) = (p * b_l / total, (p + 1) * b_l / total);
             let mut views = Vec::with_capacity(l1 - l0);
@@ -740,7 +767,7 @@ pub fn train_student(
         classes: data.classes,
         shape: [data.input.channels, data.input.height, data.input.width],
         s: s.clone(),
-        status: Arc::new(Mutex::new(Status::new(data.pool.n, data.classes))),
+        status: SharedStatus::new(data.pool.n, data.classes),
         monitor: data.monitor.clone(),
     };
     let model = SemiModel::new(student.to_device(&ad).train());

@@ -8,7 +8,7 @@
 //! on tokens).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
@@ -16,7 +16,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use rand::Rng;
 
-use super::semi::{self, pseudo_labels, semi_loss, SemiSettings, Status};
+use super::semi::{self, pseudo_labels, semi_loss, SemiSettings, SharedStatus};
 use super::text::{Example, TextClassifier};
 use crate::data::loader::batch_indices;
 use crate::data::rngs::BatchRngs;
@@ -94,7 +94,7 @@ struct TextSemi {
     pad: u32,
     cls: Option<bool>,
     s: SemiSettings,
-    status: Arc<Mutex<Status>>,
+    status: SharedStatus,
 }
 
 fn refs(docs: &[Vec<u32>]) -> Vec<&[u32]> {
@@ -127,13 +127,11 @@ impl Task for TextSemi {
     }
 
     fn save_state(&self, dir: &Path) -> Result<()> {
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        status.save(dir)
+        self.status.save(dir)
     }
 
     fn load_state(&mut self, dir: &Path) -> Result<()> {
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        status.load(dir)
+        self.status.load(dir)
     }
 }
 
@@ -159,7 +157,7 @@ impl TextSemi {
             .into_data()
             .iter::<f32>()
             .collect();
-            let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            let mut status = self.status.lock();
             Some(pseudo_labels(
                 &probs,
                 k,
@@ -233,7 +231,7 @@ pub fn train_student(
         )));
     }
     let replicas = resolve(0, b_l, &ad).unwrap_or(1);
-    let status = Arc::new(Mutex::new(Status::new(data.pool.len(), data.classes)));
+    let status = SharedStatus::new(data.pool.len(), data.classes);
     let task = TextSemi {
         device: ad.clone(),
         classes: data.classes,
