@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{ok, pretext, shared_data};
+use common::{ok, pretext, py_script, shared_data};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -175,165 +175,18 @@ fn write_pixels(spec: &str, size: usize, out: &Path) {
     w.finish().unwrap();
 }
 
-/// Compares the exports with `pretext embed`'s vectors; prints one line per check, exits 1 when
-/// a difference is over 1e-4.
-const CHECK_PY: &str = r#"
-import json, os, struct, sys
-sys.path.pop(0)  # not this script's folder: a directory there must not pass for a package
-import numpy as np
-
-onnx_path, torch_dir, pixels_path, emb_path = sys.argv[1:5]
-cfg = json.load(open(os.path.join(torch_dir, "config.json")))
-c, h, w = cfg["preprocessing"]["input_shape"]
-x = np.load(pixels_path).reshape(-1, c, h, w).astype(np.float32)
-want = np.load(emb_path)
-assert want.shape[0] == x.shape[0], (want.shape, x.shape)
-failed = False
-
-def report(what, got):
-    global failed
-    d = float(np.abs(got - want).max())
-    ok = d <= 1e-4
-    failed |= not ok
-    print("%s: max abs diff %.3g over %d images (%s)" % (what, d, len(x), "ok" if ok else "OVER 1e-4"))
-
-try:
-    import onnxruntime as ort
-except Exception as e:
-    print("onnx: skipped: onnxruntime not importable (%s)" % e)
-else:
-    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    got = sess.run(["features"], {"image": x})[0]
-    one = np.concatenate([sess.run(["features"], {"image": x[i:i + 1]})[0] for i in range(3)])
-    assert np.abs(one - got[:3]).max() < 1e-5, "batch of 1 differs from the whole batch"
-    report("onnx (onnxruntime %s)" % ort.__version__, got)
-
-try:
-    import torch
-except Exception as e:
-    print("torch: skipped: torch not importable (%s)" % str(e).splitlines()[0][:120])
-    import py_compile
-    py_compile.compile(os.path.join(torch_dir, "pretext_encoder.py"), doraise=True)
-else:
-    sys.path.insert(0, torch_dir)
-    import pretext_encoder
-    model = pretext_encoder.load(torch_dir)
-    with torch.no_grad():
-        got = model(torch.from_numpy(x)).numpy()
-    report("torch %s (pretext_encoder.load)" % torch.__version__, got)
-
-# Without torch too: a NumPy forward over the exported state dict, by its PyTorch names.
-def read_safetensors(path):
-    data = open(path, "rb").read()
-    (n,) = struct.unpack("<Q", data[:8])
-    head = json.loads(data[8:8 + n])
-    kinds = {"F32": "<f4", "I64": "<i8"}
-    return {k: np.frombuffer(data[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]],
-                             dtype=kinds[v["dtype"]]).reshape(v["shape"]).astype(np.float64)
-            for k, v in head.items() if k != "__metadata__"}
-
-sd = read_safetensors(os.path.join(torch_dir, cfg["weights"]))
-eps = cfg["architecture"]["batch_norm_eps"]
-
-def conv(x, name, stride):
-    wt = sd[name + ".weight"]
-    k = wt.shape[2]
-    p = k // 2
-    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-    oh = (x.shape[2] + 2 * p - k) // stride + 1
-    ow = (x.shape[3] + 2 * p - k) // stride + 1
-    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))
-    win = win[:, :, ::stride, ::stride][:, :, :oh, :ow]
-    return np.einsum("ncijkl,ockl->noij", win, wt, optimize=True)
-
-def bn(x, name):
-    g, b = sd[name + ".weight"], sd[name + ".bias"]
-    m, v = sd[name + ".running_mean"], sd[name + ".running_var"]
-    r = lambda a: a.reshape(1, -1, 1, 1)
-    return (x - r(m)) / np.sqrt(r(v) + eps) * r(g) + r(b)
-
-relu = lambda a: np.maximum(a, 0)
-
-def maxpool(x):
-    n, ch, hh, ww = x.shape
-    return x[:, :, :hh // 2 * 2, :ww // 2 * 2].reshape(n, ch, hh // 2, 2, ww // 2, 2).max(axis=(3, 5))
-
-pre = cfg["preprocessing"]
-if pre.get("per_image", False):
-    z = x.astype(np.float64)
-    z = z - z.mean(axis=(1, 2, 3), keepdims=True)
-    z = z / np.maximum(np.sqrt((z * z).mean(axis=(1, 2, 3), keepdims=True)), 0.02)
-else:
-    z = (x.astype(np.float64) - np.array(pre["mean"]).reshape(1, -1, 1, 1)) / np.array(pre["std"]).reshape(1, -1, 1, 1)
-from math import erf, sqrt
-verf = np.vectorize(erf)
-
-def ln(x, p):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + arch["layer_norm_eps"]) * sd[p + ".weight"] + sd[p + ".bias"]
-
-def lin(x, p):
-    return x @ sd[p + ".weight"].T + sd[p + ".bias"]
-
-def vit(z):
-    """src/nn/vit.rs: pad, patches (row, column, channel), embed + sine-cosine positions,
-    blocks, norm, mean over the tokens."""
-    p, d, h = arch["patch"], arch["width"], arch["heads"]
-    n, ch = z.shape[:2]
-    z = np.pad(z, ((0, 0), (0, 0), (0, -z.shape[2] % p), (0, -z.shape[3] % p)))
-    gh, gw = z.shape[2] // p, z.shape[3] // p
-    t = lin(z.reshape(n, ch, gh, p, gw, p).transpose(0, 2, 4, 3, 5, 1).reshape(n, gh * gw, p * p * ch), "embed")
-    om = 1.0 / 10000.0 ** (np.arange(d // 4) / (d // 4))
-    enc = lambda pos: np.concatenate([np.sin(pos[:, None] * om), np.cos(pos[:, None] * om)], 1)
-    ys, xs = np.meshgrid(np.arange(gh, dtype=np.float64), np.arange(gw, dtype=np.float64), indexing="ij")
-    t = t + np.concatenate([enc(xs.reshape(-1)), enc(ys.reshape(-1))], 1)
-    for i in range(arch["depth"]):
-        b = "blocks.%d" % i
-        qkv = lin(ln(t, b + ".ln1"), b + ".qkv").reshape(n, gh * gw, 3, h, d // h).transpose(2, 0, 3, 1, 4)
-        s = qkv[0] @ qkv[1].transpose(0, 1, 3, 2) / sqrt(d // h)
-        s = np.exp(s - s.max(-1, keepdims=True))
-        ctx = (s / s.sum(-1, keepdims=True)) @ qkv[2]
-        t = t + lin(ctx.transpose(0, 2, 1, 3).reshape(n, gh * gw, d), b + ".proj")
-        f = lin(ln(t, b + ".ln2"), b + ".fc1")
-        t = t + lin(0.5 * f * (1 + verf(f / sqrt(2))), b + ".fc2")
-    return ln(t, "norm").mean(1)
-
-arch = cfg["architecture"]
-if arch["name"] in ("vit", "vit-small", "vit-base"):
-    feats = vit(z)
-elif arch["name"] == "convnet":
-    for i in range(4):
-        z = relu(bn(conv(z, "stages.%d.conv" % i, 1), "stages.%d.bn" % i))
-        if i < 3 and z.shape[2] >= 2 and z.shape[3] >= 2:
-            z = maxpool(z)
-else:
-    z = relu(bn(conv(z, "conv1", 1), "bn1"))
-    for layer in range(1, 5):
-        for block in range(2):
-            p = "layer%d.%d" % (layer, block)
-            stride = 2 if layer > 1 and block == 0 else 1
-            y = relu(bn(conv(z, p + ".conv1", stride), p + ".bn1"))
-            y = bn(conv(y, p + ".conv2", 1), p + ".bn2")
-            if p + ".downsample.0.weight" in sd:
-                z = bn(conv(z, p + ".downsample.0", stride), p + ".downsample.1")
-            z = relu(y + z)
-if arch["name"] not in ("vit", "vit-small", "vit-base"):
-    feats = z.mean(axis=(2, 3))
-report("numpy reference over %s" % cfg["weights"], feats)
-sys.exit(1 if failed else 0)
-"#;
-
-/// `python3` with NumPy, or why not.
-fn python_with_numpy() -> Result<(), String> {
-    match Command::new("python3")
+/// `python3` with NumPy, or why not (under `CI=true`, a failure: [`common::missing_tool`]).
+fn python_with_numpy(what: &str) -> bool {
+    let why = match Command::new("python3")
         .args(["-c", "import numpy"])
         .output()
     {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-        Err(e) => Err(format!("python3: {e}")),
-    }
+        Ok(o) if o.status.success() => return true,
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        Err(e) => format!("python3: {e}"),
+    };
+    common::missing_tool(what, &format!("python3 with numpy: {why}"));
+    false
 }
 
 /// The ONNX file is a standard model: opset 17, a symbolic batch, the run's metadata.
@@ -432,7 +285,7 @@ fn onnx_and_torch_exports_give_the_vectors_of_embed() {
     }
 }
 
-/// Runs CHECK_PY on the exports (`onnx`, the `torch` directory) against `pretext embed`'s
+/// Runs tests/py/check_image_exports.py on the exports (`onnx`, the `torch` directory) against `pretext embed`'s
 /// vectors `emb` of `data` (images of side `size`); skipped with the reason without python3 and
 /// NumPy.
 fn check_with_python(
@@ -444,16 +297,19 @@ fn check_with_python(
     size: usize,
     emb: &Path,
 ) {
-    if let Err(why) = python_with_numpy() {
-        eprintln!("skipped the Python checks ({name}): python3 with numpy: {why}");
+    if !python_with_numpy(&format!("the Python checks ({name})")) {
         return;
     }
     let pixels = dir.join("pixels.npy");
     write_pixels(data, size, &pixels);
-    let script = dir.join("check.py");
-    std::fs::write(&script, CHECK_PY).unwrap();
     let out = Command::new("python3")
-        .args([s(&script), s(onnx), s(torch), s(&pixels), s(emb)])
+        .args([
+            &py_script("check_image_exports.py"),
+            s(onnx),
+            s(torch),
+            s(&pixels),
+            s(emb),
+        ])
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -1039,117 +895,11 @@ fn text_runs() -> &'static TextRuns {
     })
 }
 
-/// Runs the text exports on token ids made from the exported tokenizer by the rules the
-/// metadata states, and compares with `pretext embed`'s vectors: onnxruntime (the documents
-/// in batches of 5 and all at once, so with different padding), the shipped PyTorch module,
-/// and a NumPy forward over the exported state dict; where the `tokenizers` package imports,
-/// its ids are compared with pretext's too. Exits 1 when a difference is over 1e-4.
-const TEXT_CHECK_PY: &str = r#"
-import json, os, struct, sys
-sys.path.pop(0)
-import numpy as np
-
-onnx_path, torch_dir, ids_path, docs_path, emb_path = sys.argv[1:6]
-ids = json.load(open(ids_path))
-want = np.load(emb_path)
-assert want.shape[0] == len(ids), (want.shape, len(ids))
-cfg = json.load(open(os.path.join(torch_dir, "config.json")))
-arch, tk = cfg["architecture"], cfg["tokenization"]
-failed = False
-
-def report(what, got):
-    global failed
-    d = float(np.abs(got - want).max())
-    ok = d <= 1e-4
-    failed |= not ok
-    print("%s: max abs diff %.3g over %d documents (%s)" % (what, d, len(ids), "ok" if ok else "OVER 1e-4"))
-
-def batch(docs):
-    n = max(len(d) for d in docs)
-    a = np.full((len(docs), n), tk["pad_id"], np.int64)
-    m = np.zeros((len(docs), n), np.int64)
-    for r, d in enumerate(docs):
-        a[r, :len(d)] = d
-        m[r, :len(d)] = 1
-    return a, m
-
-print("documents of %s tokens" % sorted(set(len(d) for d in ids)))
-try:
-    from tokenizers import Tokenizer
-except Exception as e:
-    print("tokenizers: skipped: not importable (%s)" % e)
-else:
-    tok = Tokenizer.from_file(onnx_path[:-len(".onnx")] + ".tokenizer.json")
-    texts = [json.loads(l)["text"] for l in open(docs_path)]
-    py = [tok.encode(t, add_special_tokens=False).ids[:tk["max_len"]] or [tk["eos_id"]] for t in texts]
-    same = py == ids
-    failed |= not same
-    import tokenizers
-    print("tokenizers %s: the same ids as pretext's tokenizer: %s" % (tokenizers.__version__, same))
-
-try:
-    import onnxruntime as ort
-except Exception as e:
-    print("onnx: skipped: onnxruntime not importable (%s)" % e)
-else:
-    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    run = lambda docs: sess.run(["features"], dict(zip(["input_ids", "attention_mask"], batch(docs))))[0]
-    report("onnx (onnxruntime %s), batches of 5" % ort.__version__,
-           np.concatenate([run(ids[i:i + 5]) for i in range(0, len(ids), 5)]))
-    report("onnx, one batch", run(ids))
-
-try:
-    import torch
-except Exception as e:
-    print("torch: skipped: torch not importable (%s)" % str(e).splitlines()[0][:120])
-    import py_compile
-    py_compile.compile(os.path.join(torch_dir, "pretext_encoder.py"), doraise=True)
-else:
-    sys.path.insert(0, torch_dir)
-    import pretext_encoder
-    model = pretext_encoder.load(torch_dir)
-    assert type(model).__name__ == "TextEncoder"
-    with torch.no_grad():
-        got = np.concatenate([model(*model.batch(ids[i:i + 7])).numpy() for i in range(0, len(ids), 7)])
-    report("torch %s (pretext_encoder.load), batches of 7" % torch.__version__, got)
-
-# Without torch too: a NumPy forward over the exported state dict, by its PyTorch names.
-data = open(os.path.join(torch_dir, cfg["weights"]), "rb").read()
-(n,) = struct.unpack("<Q", data[:8])
-head = json.loads(data[8:8 + n])
-sd = {k: np.frombuffer(data[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], dtype="<f4")
-      .reshape(v["shape"]).astype(np.float64) for k, v in head.items() if k != "__metadata__"}
-from math import erf, sqrt
-verf = np.vectorize(erf)
-
-def ln(x, p):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + arch["layer_norm_eps"]) * sd[p + ".weight"] + sd[p + ".bias"]
-
-def lin(x, p):
-    return x @ sd[p + ".weight"].T + sd[p + ".bias"]
-
-def embed_one(doc):
-    t, d, h = len(doc), arch["d_model"], arch["heads"]
-    x = sd["tok.weight"][doc] + sd["pos.weight"][:t]
-    for i in range(arch["layers"]):
-        p = "blocks.%d" % i
-        qkv = lin(ln(x, p + ".ln1"), p + ".qkv").reshape(t, 3, h, d // h).transpose(1, 2, 0, 3)
-        s = qkv[0] @ qkv[1].transpose(0, 2, 1) / sqrt(d // h)
-        if arch["causal"]:
-            s = np.where(np.triu(np.ones((t, t), bool), 1), -np.inf, s)
-        s = np.exp(s - s.max(-1, keepdims=True))
-        ctx = (s / s.sum(-1, keepdims=True)) @ qkv[2]
-        x = x + lin(ctx.transpose(1, 0, 2).reshape(t, d), p + ".proj")
-        f = lin(ln(x, p + ".ln2"), p + ".fc1")
-        x = x + lin(0.5 * f * (1 + verf(f / sqrt(2))), p + ".fc2")
-    return ln(x, "ln_f").mean(0)
-
-report("numpy reference over %s (each document alone)" % cfg["weights"], np.stack([embed_one(d) for d in ids]))
-sys.exit(1 if failed else 0)
-"#;
-
+/// The text exports on token ids made from the exported tokenizer by the rules the metadata
+/// states give `pretext embed`'s vectors (tests/py/check_text_exports.py): onnxruntime (the
+/// documents in batches of 5 and all at once, so with different padding), the shipped PyTorch
+/// module, and a NumPy forward over the exported state dict; the `tokenizers` package's ids
+/// equal pretext's.
 #[test]
 fn text_exports_give_the_vectors_of_embed() {
     let r = text_runs();
@@ -1284,17 +1034,14 @@ fn text_exports_give_the_vectors_of_embed() {
         assert_eq!(ids.len(), rows);
         assert!(ids.iter().any(|d| d.len() == max_len) && ids.iter().any(|d| d.len() < 20));
 
-        if let Err(why) = python_with_numpy() {
-            eprintln!("skipped the Python checks ({name}): python3 with numpy: {why}");
+        if !python_with_numpy(&format!("the Python checks ({name})")) {
             continue;
         }
         let ids_path = dir.join("ids.json");
         std::fs::write(&ids_path, serde_json::to_vec(&ids).unwrap()).unwrap();
-        let script = dir.join("check.py");
-        std::fs::write(&script, TEXT_CHECK_PY).unwrap();
         let out = Command::new("python3")
             .args([
-                s(&script),
+                &py_script("check_text_exports.py"),
                 s(&onnx),
                 s(&torch),
                 s(&ids_path),
@@ -1314,45 +1061,8 @@ fn text_exports_give_the_vectors_of_embed() {
     }
 }
 
-#[cfg(feature = "parquet")]
-/// Reads `FILE.parquet` back with pyarrow (through pandas when it imports) and compares it
-/// with `FILE.npy` + `FILE.csv`: exit 0 and one line, or why it could not.
-const PARQUET_CHECK_PY: &str = r#"
-import csv, json, sys
-sys.path.pop(0)
-import numpy as np
-try:
-    import pyarrow.parquet as pq
-except Exception as e:
-    print("skipped: pyarrow not importable (%s)" % e)
-    sys.exit(0)
-pq_path, npy_path, csv_path = sys.argv[1:4]
-t = pq.read_table(pq_path)
-assert t.column_names == ["row", "id", "label", "embedding"], t.schema
-import pyarrow as pa
-typ = t.schema.field("embedding").type
-assert pa.types.is_list(typ) and typ.value_type == pa.float32(), t.schema
-want = np.load(npy_path)
-rows = list(csv.DictReader(open(csv_path)))
-try:
-    import pandas as pd
-except Exception:
-    df = None
-else:
-    df = pd.read_parquet(pq_path)
-emb = np.stack(df["embedding"] if df is not None else t.column("embedding").to_pylist())
-assert emb.dtype == np.float32 and emb.shape == want.shape, (emb.dtype, emb.shape, want.shape)
-assert (emb == want).all(), "vectors differ"
-col = lambda c: t.column(c).to_pylist()
-assert col("row") == list(range(len(rows)))
-assert col("id") == [r["id"] for r in rows]
-assert col("label") == [r["label"] or None for r in rows]
-meta = json.loads(t.schema.metadata[b"pretext"])
-assert meta["rows"] == len(rows), meta
-print("ok: %d rows of %d floats equal the .npy bit for bit (%s)" % (emb.shape[0], emb.shape[1], "pandas" if df is not None else "pyarrow"))
-"#;
-
-/// Built with `--features parquet` (off by default: see Cargo.toml).
+/// `embed --out FILE.parquet` read back with pyarrow and pandas (tests/py/check_parquet.py)
+/// equals `FILE.npy` + `FILE.csv`. Built with `--features parquet` (on by default).
 #[cfg(feature = "parquet")]
 #[test]
 fn parquet_output_holds_the_npy_rows_ids_and_labels() {
@@ -1386,15 +1096,12 @@ fn parquet_output_holds_the_npy_rows_ids_and_labels() {
             .filter(|n| n.starts_with('.'))
             .collect();
         assert!(left.is_empty(), "temporary files left: {left:?}");
-        if let Err(why) = python_with_numpy() {
-            eprintln!("skipped reading {name}.parquet back: python3 with numpy: {why}");
+        if !python_with_numpy(&format!("reading {name}.parquet back")) {
             continue;
         }
-        let script = dir.join("check.py");
-        std::fs::write(&script, PARQUET_CHECK_PY).unwrap();
         let out = Command::new("python3")
             .args([
-                s(&script),
+                &py_script("check_parquet.py"),
                 s(&pq),
                 s(&npy_path),
                 s(&npy_path.with_extension("csv")),

@@ -331,7 +331,7 @@ impl<B: Send + 'static> Drop for Loader<B> {
 mod tests {
     use super::*;
     use rand::Rng;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     /// n images of 1x2x2, image i filled with value i, label i.
     fn numbered(n: usize) -> Arc<ImageSet> {
@@ -446,20 +446,27 @@ mod tests {
     }
 
     #[test]
-    fn dropping_mid_stream_returns_promptly() {
-        let slow: MakeBatch = Arc::new(|imgs: &[Img], labels: &[u32], _: &BatchRngs| {
+    fn dropping_mid_stream_stops_the_workers() {
+        // Dropping a loader after two of its eight batches an epoch: the workers stop at the
+        // batches they hold (at most the prefetch window past the last one taken), rather than
+        // making the rest of the stream.
+        let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = made.clone();
+        let slow: MakeBatch = Arc::new(move |imgs: &[Img], labels: &[u32], _: &BatchRngs| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(20));
             stack(imgs, labels.to_vec())
         });
-        let mut loader = Loader::new(numbered(50), cfg(1, 3), slow);
+        let config = cfg(1, 3);
+        let window = config.prefetch + config.workers;
+        let mut loader = Loader::new(numbered(50), config, slow);
         loader.next().unwrap().unwrap();
         loader.next().unwrap().unwrap();
-        let t = Instant::now();
         drop(loader);
+        let made = made.load(std::sync::atomic::Ordering::SeqCst);
         assert!(
-            t.elapsed() < Duration::from_secs(1),
-            "drop took {:?}",
-            t.elapsed()
+            (2..=2 + window).contains(&made),
+            "{made} batches made for 2 taken (window {window})"
         );
         // dropping before the first batch also works
         drop(Loader::new(numbered(50), cfg(1, 4), default_make_batch()));

@@ -32,6 +32,21 @@ pub fn ok(args: &[&str]) -> String {
     stdout
 }
 
+/// A check whose tool (python3, a Python module, mpirun) this machine lacks: under `CI=true`
+/// the test fails, since `.ci/run` installs every tool and a missing one is a broken install;
+/// elsewhere the check is skipped with the reason.
+pub fn missing_tool(what: &str, why: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{what}: {why}; CI=true needs it (.ci/run installs it)");
+    }
+    eprintln!("skipped {what}: {why}");
+}
+
+/// A check script in tests/py (its helpers beside it: tests/py/skips.py).
+pub fn py_script(name: &str) -> String {
+    format!("{}/tests/py/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
 /// A path under ../shared/data.
 pub fn shared_data(what: &str) -> String {
     format!("{}/../shared/data/{what}", env!("CARGO_MANIFEST_DIR"))
@@ -113,7 +128,7 @@ pub fn austen_slice(dir: &std::path::Path, bytes: usize) -> std::path::PathBuf {
 }
 
 /// Where Chromium is, installing it with tests/install-chromium.sh when missing; None (with the
-/// reason printed) when that is not possible.
+/// reason printed, or a failure under `CI=true`: see [`missing_tool`]) when that is not possible.
 pub fn chromium() -> Option<PathBuf> {
     let find = || {
         ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -125,24 +140,20 @@ pub fn chromium() -> Option<PathBuf> {
         return Some(p);
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/install-chromium.sh");
-    match Command::new("sh").arg(&script).output() {
-        Ok(o) if o.status.success() => find().or_else(|| {
-            eprintln!("SKIP: install-chromium.sh succeeded but no chromium binary was found");
-            None
-        }),
-        Ok(o) => {
-            eprintln!(
-                "SKIP: chromium is missing and could not be installed: {}{}",
-                String::from_utf8_lossy(&o.stdout).trim(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("SKIP: could not run {}: {e}", script.display());
-            None
-        }
-    }
+    let why = match Command::new("sh").arg(&script).output() {
+        Ok(o) if o.status.success() => match find() {
+            Some(p) => return Some(p),
+            None => "install-chromium.sh succeeded but no chromium binary was found".to_string(),
+        },
+        Ok(o) => format!(
+            "chromium is missing and could not be installed: {}{}",
+            String::from_utf8_lossy(&o.stdout).trim(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => format!("could not run {}: {e}", script.display()),
+    };
+    missing_tool("the headless-Chromium check of the report", &why);
+    None
 }
 
 /// Load a compare report in headless Chromium: its DOM must hold the results table and the
