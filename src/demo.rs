@@ -19,7 +19,7 @@ use crate::transfer::{self, labels::PerClass, Protocol, Source, TransferConfig, 
 pub use crate::data::builtin::{builtin_dataset, BUILTIN};
 
 /// The demo's pretraining settings (before `--set` overrides): SimCLR on a width-16 conv net, the
-/// recipe that measured best on the built-in data within the demo's time (see README).
+/// recipe that measured best on the built-in data within the demo's time (docs/results.md).
 pub const DEMO_SETTINGS: &[&str] = &[
     "task=\"simclr\"",
     "data=\"builtin:fashion-mnist-demo\"",

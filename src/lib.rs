@@ -2,7 +2,7 @@
 //!
 //! A pretext task damages or rearranges its input and trains a network to predict what was done;
 //! the network's encoder then transfers to the task the user has, where a few labels go far.
-//! See `../shared/DESIGN.md` (or the README) for the layout.
+//! See `docs/architecture.md` for the layout.
 //!
 //! Layers, each importing only from those below it (`tests/layers.rs` checks this):
 //!
