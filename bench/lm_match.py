@@ -12,7 +12,7 @@ What it reads from RUN (all written by pretext):
 - run.json: the model (vocab, d_model, layers, heads, d_ff, max_len, tie_weights);
 - tokens/train.tokens, tokens/val.tokens (src/data/tokens.rs: `PTXTOK01`, vocabulary u32,
   count u64, then u32 tokens, all little-endian);
-- record/init.safetensors, record/inputs.json (src/pretrain/text_run.rs `write_record`: the
+- record/init.safetensors, record/inputs.json (src/commands/pretrain/text_run.rs `write_record`: the
   weights before step 0, every step's window offsets, the validation windows' offsets);
 - metrics.jsonl: pretext's curve (`val_loss` at step 0 and every `eval_every`; `loss`, `grad_norm`).
 

@@ -3,7 +3,7 @@
 `pretext transfer --from scratch --protocol semi --set width=32 --labels-per-class N`, with the
 stage's defaults (src/transfer/mod.rs TransferConfig), step for step the same recipe:
 
-Data (src/transfer/split.rs, src/input.rs): the 60,000 training images are the unlabelled pool;
+Data (src/transfer/split.rs, src/nn/input.rs): the 60,000 training images are the unlabelled pool;
 --labels-per-class images of every class are drawn from it as the labelled few (labels.rs
 balanced_subset; --draw pretext, the default, reimplements pretext's generator, ChaCha8, and so
 picks pretext's very images for --seed; --draw numpy draws other ones); evaluation on the 10,000

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch reference for SimCLR and BYOL at an equal budget: the demo's recipe (src/demo.rs) on the
+"""PyTorch reference for SimCLR and BYOL at an equal budget: the demo's recipe (src/commands/demo.rs) on the
 same conv net (bench/reference.py's ConvNet = src/nn/convnet.rs), the same views, losses, heads,
 optimiser and schedule as src/tasks/simclr.rs and src/tasks/byol.rs, then the demo's evaluation:
 linear probe, k-NN and fine-tuning of the pretrained encoder, linear and k-NN of random weights,
@@ -51,7 +51,7 @@ by seed d (as pretext's Source::Random / Scratch, seeded by the transfer seed).
     probe scored in the linear column), the standardiser folded into the head (W' = W / std,
     b' = b - sum W mean / std; linear_probe.rs folded); random weights and scratch start from the
     encoder's weights (batch norm as initialised) and a random Linear(dim, 10) seeded by d.
-The table's ± is the population standard deviation over the draws, as src/demo.rs prints it.
+The table's ± is the population standard deviation over the draws, as src/commands/demo.rs prints it.
 
 Differences from pretext that remain: random numbers (label draws, batch order, views, weights)
 come from PyTorch's and Python's generators, not ChaCha8, so single numbers differ by draw noise;
@@ -340,7 +340,7 @@ def augment(imgs, rng, gen, crop_min):
 # ---------------------------------------------------------------- driver
 
 def mean_std(v):
-    """Mean and population standard deviation, as src/demo.rs."""
+    """Mean and population standard deviation, as src/commands/demo.rs."""
     m = sum(v) / len(v)
     return m, math.sqrt(sum((x - m) ** 2 for x in v) / len(v))
 

@@ -6,37 +6,27 @@
 //!
 //! Layers, each importing only from those below it (`tests/layers.rs` checks this):
 //!
-//! 1. `error`, `fsio`, `device` — errors, atomic files, the compute device
+//! 1. `error`, `platform` — errors; atomic files, the compute device, MPI
 //! 2. `data` — readers, augmentation, loader, tokenizer, token files
-//! 3. `input`, `nn`, `report` — input normalisation, burn modules, pictures
+//! 3. `nn`, `report` — burn modules and the network's input, pictures
 //! 4. `config` — run settings
 //! 5. `engine` — the training loop, optimisers, checkpoints, the run layout
 //! 6. `tasks` — one file per pretext task
-//! 7. `transfer` — linear probe, k-NN, fine-tuning
-//! 8. commands: `pretrain`, `generate`, `compare`, `demo`, `bench`, `tokenize_cmd`, `embed`
-//!    (and `similar`), `export`
+//! 7. `transfer` — linear probe, k-NN, fine-tuning, the semi-supervised stage
+//! 8. `commands` — what the binary runs: pretrain, transfer, compare, demo, bench, embed,
+//!    similar, export, generate, tokenizer (and the command line, `commands::cli`)
 //!
-//! (`cli`/`main` sit on top, in the binary.)
+//! (`main.rs` sits on top, in the binary: it parses and dispatches.)
 
-pub mod bench;
-pub mod compare;
+pub mod commands;
 pub mod config;
 pub mod data;
-pub mod demo;
-pub mod device;
-pub mod dist;
-pub mod embed;
 pub mod engine;
 pub mod error;
-pub mod export;
-pub mod fsio;
-pub mod generate;
-pub mod input;
 pub mod nn;
-pub mod pretrain;
+pub mod platform;
 pub mod report;
 pub mod tasks;
-pub mod tokenize_cmd;
 pub mod transfer;
 
 pub use error::{Error, Result};

@@ -403,7 +403,7 @@ fn demo_runs_end_to_end_on_the_builtin_data() {
         }
     }
     // Scratch fine-tuning had the 10 labels of each class (the baselines' width and backbone
-    // are the pretrained network's: src/demo.rs tests that).
+    // are the pretrained network's: src/commands/demo.rs tests that).
     let scratch: serde_json::Value = serde_json::from_slice(
         &std::fs::read(out.join("transfer/scratch/finetune-10-seed0.json")).unwrap(),
     )

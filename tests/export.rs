@@ -17,8 +17,8 @@ use std::sync::OnceLock;
 
 use onnx_protobuf::tensor_shape_proto::dimension;
 use onnx_protobuf::{type_proto, Message, ModelProto};
+use pretext::commands::embed::npy;
 use pretext::data::{OpenOptions, Stream};
-use pretext::embed::npy;
 
 /// Runs made once for the whole file (tests run in parallel and share them).
 struct Runs {

@@ -10,13 +10,13 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use burn::prelude::Device;
+use pretext::commands::pretrain::{pretrain, PretrainRequest};
 use pretext::config::{resolve, PretrainConfig};
 use pretext::data::augment::Img;
 use pretext::data::rngs::BatchRngs;
 use pretext::engine::checkpoint::{latest_checkpoint, save_encoder};
 use pretext::engine::replicas::Parts;
-use pretext::input::InputSpec;
-use pretext::pretrain::{pretrain, PretrainRequest};
+use pretext::nn::input::InputSpec;
 use pretext::tasks::{self, rotation};
 use rand::{Rng, SeedableRng};
 
@@ -58,7 +58,7 @@ fn checkpoint_files(task: &dyn tasks::ImageTrainer, dir: &Path) -> Vec<(String, 
 
 #[test]
 fn a_nan_step_is_skipped_and_leaves_weights_and_batchnorm_untouched() {
-    let mut ds = pretext::demo::builtin_dataset().unwrap();
+    let mut ds = pretext::commands::demo::builtin_dataset().unwrap();
     ds.train = ds.train.take(8);
     let cfg = config(&["on_nonfinite=\"skip\""]);
     let input = InputSpec::from_images(&ds.train).unwrap();
@@ -96,7 +96,7 @@ fn a_nan_step_is_skipped_and_leaves_weights_and_batchnorm_untouched() {
 
 #[test]
 fn a_nan_in_either_replica_skips_the_whole_step() {
-    let mut ds = pretext::demo::builtin_dataset().unwrap();
+    let mut ds = pretext::commands::demo::builtin_dataset().unwrap();
     ds.train = ds.train.take(8);
     let cfg = config(&["on_nonfinite=\"skip\""]);
     let input = InputSpec::from_images(&ds.train).unwrap();
@@ -135,7 +135,7 @@ fn a_nan_in_either_replica_skips_the_whole_step() {
 
 #[test]
 fn a_gan_step_with_nan_restores_both_networks_and_both_optimisers() {
-    let mut ds = pretext::demo::builtin_dataset().unwrap();
+    let mut ds = pretext::commands::demo::builtin_dataset().unwrap();
     ds.train = ds.train.take(8);
     let cfg = config(&[
         "task=\"superres\"",
@@ -212,7 +212,7 @@ fn a_gan_run_skipping_at_an_exploding_lr_stops_naming_the_kept_step() {
 }
 
 fn run(dir: &Path, sets: &[&str]) -> pretext::Result<pretext::engine::PretrainSummary> {
-    let mut ds = pretext::demo::builtin_dataset().unwrap();
+    let mut ds = pretext::commands::demo::builtin_dataset().unwrap();
     ds.train = ds.train.take(128);
     pretrain(PretrainRequest {
         config: config(sets),

@@ -7,10 +7,10 @@ mod common;
 
 use burn::prelude::Device;
 use common::{build, config, ok, serial, small_dataset};
+use pretext::commands::pretrain::{pretrain, PretrainRequest};
 use pretext::data::augment::Img;
 use pretext::data::rngs::BatchRngs;
-use pretext::input::InputSpec;
-use pretext::pretrain::{pretrain, PretrainRequest};
+use pretext::nn::input::InputSpec;
 
 /// (first loss, last loss) over `steps` steps on one fixed batch of 16 images.
 fn overfit(task: &str, sets: &[&str], steps: u64) -> (f32, f32) {

@@ -7,10 +7,10 @@ mod common;
 
 use burn::prelude::Device;
 use common::{build, config, ok, pretext, serial, small_dataset};
+use pretext::commands::pretrain::{pretrain, PretrainRequest};
 use pretext::data::augment::Img;
 use pretext::data::rngs::BatchRngs;
-use pretext::input::InputSpec;
-use pretext::pretrain::{pretrain, PretrainRequest};
+use pretext::nn::input::InputSpec;
 
 fn run(dir: &std::path::Path, stop_after: Option<u64>, resume: bool) -> f32 {
     pretrain(PretrainRequest {

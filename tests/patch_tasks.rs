@@ -10,10 +10,10 @@ use std::path::Path;
 use std::process::Command;
 
 use burn::prelude::Device;
+use pretext::commands::pretrain::{pretrain, PretrainRequest};
 use pretext::data::augment::Img;
 use pretext::data::rngs::BatchRngs;
-use pretext::input::InputSpec;
-use pretext::pretrain::{pretrain, PretrainRequest};
+use pretext::nn::input::InputSpec;
 
 /// The seed of `overfit`'s batch. Its draws changed when every image got its own generator
 /// (split-invariant batches): seed 0's context batch then ended 0.102 above its floor after 160

@@ -11,7 +11,7 @@ use common::{ok, pretext};
 /// Train/test idx files of `train` + `test` built-in images in `dir`; with `poison`, the test
 /// images are noise and their labels rotated (what a leak of test images would feel).
 fn write_data(dir: &Path, train: usize, test: usize, poison: bool) -> String {
-    let ds = pretext::demo::builtin_dataset().unwrap();
+    let ds = pretext::commands::demo::builtin_dataset().unwrap();
     let t = ds.test.as_ref().unwrap();
     let side = ds.train.height;
     let bytes = |set: &pretext::data::ImageSet, n: usize| set.images[..n * side * side].to_vec();

@@ -14,6 +14,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use common::{config, serial, small_dataset, step_rows};
+use pretext::commands::pretrain::{pretrain, PretrainRequest};
 use pretext::config::OptimizerKind;
 use pretext::engine::gan::flat_params;
 use pretext::engine::optim::optimizer;
@@ -21,7 +22,6 @@ use pretext::engine::step::{classification_step, images_tensor, labels_tensor};
 use pretext::engine::{Bound, StepCtx, StepStats, Task};
 use pretext::nn::heads::LinearHead;
 use pretext::nn::{Backbone, BackboneKind, BackboneSpec};
-use pretext::pretrain::{pretrain, PretrainRequest};
 use pretext::tasks::simclr::{global_views, l2_normalize, nt_xent};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -107,7 +107,8 @@ impl Task for Contrast {
 /// The loss and summed gradient of one step on `n` images in `parts` replicas.
 fn contrast_step(first: &[f32], second: &[f32], n: usize, parts: usize) -> (Vec<f32>, Vec<f32>) {
     let device = device();
-    let model = pretext::device::seeded(&device, 3, || LinearConfig::new(IN, DIM).init(&device));
+    let model =
+        pretext::platform::device::seeded(&device, 3, || LinearConfig::new(IN, DIM).init(&device));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let task = Contrast { seen: seen.clone() };
     let optim = optimizer(OptimizerKind::Sgd, 0.0, 0.0);
@@ -157,7 +158,8 @@ fn nt_xent_over_gathered_replicas_equals_one_model_on_the_whole_batch() {
     }
     // Without the gather a replica's negatives are its own part's: another loss.
     let device = device();
-    let model = pretext::device::seeded(&device, 3, || LinearConfig::new(IN, DIM).init(&device));
+    let model =
+        pretext::platform::device::seeded(&device, 3, || LinearConfig::new(IN, DIM).init(&device));
     let half = [&first[..4 * IN], &second[..4 * IN]].concat();
     let x = Tensor::<2>::from_data(TensorData::new(half, [8, IN]), &device);
     let (part_loss, _) = nt_xent(l2_normalize(model.forward(x)), 0.2);
@@ -216,7 +218,7 @@ impl Task for Classify {
 
 /// A width-4 conv net (batch norm after every conv) with a linear head, always the same.
 fn net(device: &Device) -> Net {
-    pretext::device::seeded(device, 5, || {
+    pretext::platform::device::seeded(device, 5, || {
         let backbone = BackboneSpec {
             kind: BackboneKind::Convnet,
             in_channels: 1,

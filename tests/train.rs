@@ -5,12 +5,12 @@ mod common;
 use common::{config, ok, serial, shared_data, small_dataset, step_rows};
 
 use burn::prelude::Device;
+use pretext::commands::pretrain::{pretrain, PretrainRequest};
 use pretext::config::{resolve, PretrainConfig};
 use pretext::data::augment::Img;
 use pretext::data::rngs::BatchRngs;
 use pretext::data::Dataset;
-use pretext::input::InputSpec;
-use pretext::pretrain::{pretrain, PretrainRequest};
+use pretext::nn::input::InputSpec;
 use pretext::tasks::{self, TaskContext};
 
 #[test]
@@ -24,7 +24,7 @@ fn overfitting_one_batch_drives_rotation_loss_near_zero() {
     ]);
     let input = InputSpec::from_images(&ds.train).unwrap();
     let device = Device::flex().autodiff();
-    let mut task = pretext::device::seeded(&device, 0, || {
+    let mut task = pretext::platform::device::seeded(&device, 0, || {
         let tasks::Build::Image(build) = tasks::find("rotation").unwrap().build else {
             unreachable!()
         };
@@ -203,7 +203,7 @@ fn a_corrupt_checkpoint_is_a_clear_error() {
 #[test]
 fn saving_the_same_encoder_twice_gives_identical_files() {
     let device = Device::flex();
-    let enc = pretext::device::seeded(&device, 1, || {
+    let enc = pretext::platform::device::seeded(&device, 1, || {
         pretext::nn::BackboneSpec {
             kind: pretext::nn::BackboneKind::Convnet,
             in_channels: 1,
@@ -221,7 +221,7 @@ fn saving_the_same_encoder_twice_gives_identical_files() {
     pretext::engine::checkpoint::save_encoder(&enc, &b).unwrap();
     assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
     // And the weights load back into a fresh encoder of the same spec.
-    let fresh = pretext::device::seeded(&device, 2, || {
+    let fresh = pretext::platform::device::seeded(&device, 2, || {
         pretext::nn::BackboneSpec {
             kind: pretext::nn::BackboneKind::Convnet,
             in_channels: 1,
@@ -234,7 +234,7 @@ fn saving_the_same_encoder_twice_gives_identical_files() {
     pretext::engine::checkpoint::save_encoder(&loaded, &b).unwrap();
     assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
     // Weights of another width do not fit: a clear error naming the file.
-    let other = pretext::device::seeded(&device, 2, || {
+    let other = pretext::platform::device::seeded(&device, 2, || {
         pretext::nn::BackboneSpec {
             kind: pretext::nn::BackboneKind::Convnet,
             in_channels: 1,

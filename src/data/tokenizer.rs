@@ -428,7 +428,7 @@ impl Tokenizer {
 
     /// Write the Hugging Face `tokenizer.json` format (atomically).
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::fsio::write_atomic(path, self.json.as_bytes())
+        crate::platform::fsio::write_atomic(path, self.json.as_bytes())
     }
 
     /// Read a tokenizer file; an error names the file and says why it is not usable (not JSON,

@@ -342,7 +342,7 @@ pub fn tokenize_corpus(
     meta.tokens_train = train.finish()?;
     meta.tokens_val = val.finish()?;
     let json = serde_json::to_string_pretty(&meta).expect("plain struct serialises");
-    crate::fsio::write_atomic(&meta_path, json.as_bytes())?;
+    crate::platform::fsio::write_atomic(&meta_path, json.as_bytes())?;
     Ok(TokenCorpus {
         train: TokenFile::open(&dir.join(TRAIN_FILE))?,
         val: TokenFile::open(&dir.join(VAL_FILE))?,

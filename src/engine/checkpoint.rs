@@ -14,8 +14,8 @@ use burn::store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-pub use crate::fsio::write_atomic;
 use crate::nn::Backbone;
+pub use crate::platform::fsio::write_atomic;
 
 /// What besides the weights a run needs to continue exactly where it stopped.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -130,8 +130,8 @@ mod tests {
 
     fn two() -> Two {
         let device = Device::flex().autodiff();
-        crate::device::seeded(&device, 3, || {
-            crate::device::init_now(Two {
+        crate::platform::device::seeded(&device, 3, || {
+            crate::platform::device::init_now(Two {
                 a: LinearConfig::new(2, 2).init(&device),
                 b: LinearConfig::new(2, 1).init(&device),
             })

@@ -4,7 +4,7 @@
 //! [`Exchange::all_reduce`] (f64 sums: synchronised batch norm, colorize's colour counts) and
 //! [`Exchange::gather`] (rows of every part: SimCLR's embeddings). Replica 0, the *leader*,
 //! combines what every replica brings, in replica order, then across MPI ranks
-//! ([`crate::dist`]), so the result is the same on every replica of every rank.
+//! ([`crate::platform::dist`]), so the result is the same on every replica of every rank.
 //!
 //! A meeting that cannot complete — a replica returned or unwound without joining it — is
 //! *broken*: nobody waits for ever; updates leave the module as it was, collectives give NaN,
@@ -108,7 +108,7 @@ impl Exchange {
                 .map(|g| g.take().expect("every replica's gradients"))
                 .collect();
             let optim = optim.expect("the leader holds the optimisers");
-            let updated = if crate::dist::size() > 1 {
+            let updated = if crate::platform::dist::size() > 1 {
                 // Summed here, then over every rank.
                 let grads = super::ranks::sum_local_then_ranks(&module, grads);
                 optim.step(name, lr, module, grads)
@@ -161,7 +161,7 @@ impl Exchange {
                 sum
             },
             |mut sum| {
-                crate::dist::all_reduce_sum_f64(&mut sum);
+                crate::platform::dist::all_reduce_sum_f64(&mut sum);
                 sum
             },
         )
@@ -177,7 +177,7 @@ impl Exchange {
             values,
             len,
             |all| all.concat(),
-            |local| crate::dist::all_gather_f64(&local),
+            |local| crate::platform::dist::all_gather_f64(&local),
         )
     }
 
@@ -285,7 +285,7 @@ impl SyncBatchNorm {
     /// For a single replica per rank: sums across ranks only.
     pub fn ranks() -> Self {
         Self::set(Arc::new(|buf: &mut [f64]| {
-            crate::dist::all_reduce_sum_f64(buf)
+            crate::platform::dist::all_reduce_sum_f64(buf)
         }))
     }
 

@@ -46,7 +46,7 @@ impl MetricsLog {
             if !text.is_empty() {
                 text.push('\n');
             }
-            crate::fsio::write_atomic(path, text.as_bytes())?;
+            crate::platform::fsio::write_atomic(path, text.as_bytes())?;
         }
         let file = OpenOptions::new()
             .create(true)

@@ -10,7 +10,7 @@
 //! - [`replicas`]: every core inside one step (the batch in parts, one model replica each);
 //!   [`exchange`]: where the replicas meet (updates, sums and gathers over the global batch,
 //!   synchronised batch norm).
-//! - [`ranks`]: many processes (MPI, [`crate::dist`]): gradients and numbers summed over ranks.
+//! - [`ranks`]: many processes (MPI, [`crate::platform::dist`]): gradients and numbers summed over ranks.
 //! - [`step`], [`gan`]: pieces shared by task steps (cross-entropy, the two GAN phases).
 
 pub mod checkpoint;

@@ -1,4 +1,4 @@
-//! The engine's side of training across processes ([`crate::dist`]): gradients summed over
+//! The engine's side of training across processes ([`crate::platform::dist`]): gradients summed over
 //! ranks at every optimiser update, a step's numbers averaged, weights compared.
 //!
 //! A module's gradients travel as one flat `f32` buffer: every trainable parameter in the
@@ -11,7 +11,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 
 use super::step::StepStats;
-use crate::dist;
+use crate::platform::dist;
 
 /// `grads` (this rank's) summed over every rank. Nothing to do alone.
 pub fn all_reduce_grads<M: Module>(module: &M, grads: GradientsParams) -> GradientsParams {
@@ -216,8 +216,8 @@ mod tests {
 
     fn linear(seed: u64) -> burn::nn::Linear {
         let device = Device::flex().autodiff();
-        crate::device::seeded(&device, seed, || {
-            crate::device::init_now(LinearConfig::new(3, 2).init(&device))
+        crate::platform::device::seeded(&device, seed, || {
+            crate::platform::device::init_now(LinearConfig::new(3, 2).init(&device))
         })
     }
 

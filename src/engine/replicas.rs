@@ -56,7 +56,7 @@ use crate::error::{Error, Result};
 pub struct Parts<B>(pub Vec<B>);
 
 /// This process's parts of a global batch of `n` items split into `parts` per rank (one per
-/// replica) on each of the run's ranks ([`crate::dist`]): `make(range, rngs)` makes the items
+/// replica) on each of the run's ranks ([`crate::platform::dist`]): `make(range, rngs)` makes the items
 /// `range` with the batch's generators `rngs` counted from the range's start
 /// ([`BatchRngs::part`]), so every item draws from its own generator whatever part it is in and
 /// the global batch does not depend on how it is cut. A batch of one part in all is the batch
@@ -67,7 +67,7 @@ pub fn split_batch<B: Clone + Send + 'static>(
     rngs: &BatchRngs,
     make: impl FnMut(Range<usize>, &BatchRngs) -> B,
 ) -> Box<dyn AnyBatch> {
-    let place = crate::dist::place();
+    let place = crate::platform::dist::place();
     split_batch_of(n, parts, place.rank, place.size, rngs, make)
 }
 
@@ -99,11 +99,11 @@ pub fn split_batch_of<B: Clone + Send + 'static>(
 
 /// The replica count a run uses: `asked` (0 = one per compute thread: rayon's pool, i.e. the
 /// cores or `RAYON_NUM_THREADS`) for a global batch of `batch` items on `device`, shared by this
-/// run's ranks ([`crate::dist`]). Only the CPU has replicas; an explicit count must divide
+/// run's ranks ([`crate::platform::dist`]). Only the CPU has replicas; an explicit count must divide
 /// each rank's share into parts of at least 2 items (batch norm and contrastive losses need
 /// two); 0 takes the largest count up to the threads that does.
 pub fn resolve(asked: usize, batch: usize, device: &Device) -> Result<usize> {
-    resolve_for(asked, batch, crate::dist::size(), device)
+    resolve_for(asked, batch, crate::platform::dist::size(), device)
 }
 
 fn resolve_for(asked: usize, batch: usize, ranks: usize, device: &Device) -> Result<usize> {

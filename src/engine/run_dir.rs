@@ -24,10 +24,10 @@ use super::run_loop::LoopOutcome;
 use crate::config;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
-use crate::fsio::write_atomic;
-use crate::input::{InputSpec, InputTransform};
+use crate::nn::input::{InputSpec, InputTransform};
 use crate::nn::transformer::{Transformer, TransformerSpec};
 use crate::nn::BackboneSpec;
+use crate::platform::fsio::write_atomic;
 
 /// How to rebuild and feed the encoder of an image run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -181,7 +181,7 @@ pub fn transferable_weights(run: &Path) -> Result<PathBuf> {
 pub fn load_run(run: &Path, device: &Device) -> Result<(LmInfo, Transformer, Tokenizer)> {
     let info = read_lm_info(run)?;
     let tok = Tokenizer::load(&run.join(&info.tokenizer))?;
-    let model = crate::device::seeded(device, 0, || info.spec.init(device));
+    let model = crate::platform::device::seeded(device, 0, || info.spec.init(device));
     let weights = lm_weights_file(run)?;
     let model = if weights.extension().is_some_and(|e| e == "bpk") {
         checkpoint::load_module(model, &weights)?

@@ -15,8 +15,8 @@ use super::run_dir::checkpoint_failed;
 use super::schedule;
 use super::step::StepStats;
 use super::task::{AnyBatch, Trainable};
-use crate::dist;
 use crate::error::{Error, Result};
+use crate::platform::dist;
 
 /// `on_nonfinite = "skip"` gives up after this many skipped steps in a row.
 pub const MAX_SKIPPED_IN_ROW: u64 = 10;

@@ -149,12 +149,12 @@ impl<'a> StepCtx<'a> {
     /// rank 1, … (per-part randomness, e.g. dropout masks, follows the part, so it does not
     /// depend on how parts are shared between processes and threads).
     pub fn part(&self) -> usize {
-        crate::dist::rank() * self.replicas + self.replica
+        crate::platform::dist::rank() * self.replicas + self.replica
     }
 
     /// How many parts the global batch is in: replicas × ranks.
     pub fn parts(&self) -> usize {
-        self.replicas * crate::dist::size()
+        self.replicas * crate::platform::dist::size()
     }
 
     /// Gradients of `loss` (this part's mean), scaled by 1/(replicas × ranks) so the sum over
@@ -185,7 +185,7 @@ impl<'a> StepCtx<'a> {
                 Some(sum) => values.copy_from_slice(&sum),
                 None => values.fill(f64::NAN),
             },
-            None => crate::dist::all_reduce_sum_f64(values),
+            None => crate::platform::dist::all_reduce_sum_f64(values),
         }
     }
 
@@ -212,7 +212,7 @@ impl<'a> StepCtx<'a> {
         );
         let all = match self.exchange {
             Some(ex) => ex.gather(self.replica, mine),
-            None => Some(Arc::new(crate::dist::all_gather_f64(&mine))),
+            None => Some(Arc::new(crate::platform::dist::all_gather_f64(&mine))),
         };
         let me = self.part();
         // A broken meeting (here or on another rank) sends NaN: no well-formed blocks.
@@ -387,7 +387,7 @@ impl<T: Task> Bound<T> {
     pub fn new(task: T, model: T::Model, proto: &ModuleOptimizer, skip_nonfinite: bool) -> Self {
         Self {
             task,
-            model: Some(crate::device::init_now(model)),
+            model: Some(crate::platform::device::init_now(model)),
             optim: Optimizers::new(T::OPTIMIZERS, proto),
             skip_nonfinite,
             first: None,
@@ -466,7 +466,8 @@ impl<T: Task> Bound<T> {
                 let batch = parts.into_iter().next().expect("one part");
                 let items = T::items(&batch);
                 // One part per rank: batch norm's sums go across ranks.
-                let _bn = (self.sync_bn && crate::dist::size() > 1).then(SyncBatchNorm::ranks);
+                let _bn =
+                    (self.sync_bn && crate::platform::dist::size() > 1).then(SyncBatchNorm::ranks);
                 let mut cx = StepCtx::new(step, lr, &mut self.optim);
                 let (model, stats) = self.task.step(model, batch, &mut cx);
                 (model, StepStats { items, ..stats })

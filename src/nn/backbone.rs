@@ -132,7 +132,7 @@ fn is_zero(v: &usize) -> bool {
 impl BackboneSpec {
     /// The backbone with its weights drawn now (see `device::init_now`).
     pub fn init(&self, device: &Device) -> Backbone {
-        crate::device::init_now(match self.kind {
+        crate::platform::device::init_now(match self.kind {
             BackboneKind::Convnet => {
                 Backbone::Convnet(ConvNet::new(self.in_channels, self.width, device))
             }

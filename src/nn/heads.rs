@@ -11,7 +11,7 @@ pub struct LinearHead {
 
 impl LinearHead {
     pub fn new(dim: usize, classes: usize, device: &Device) -> Self {
-        crate::device::init_now(Self {
+        crate::platform::device::init_now(Self {
             fc: LinearConfig::new(dim, classes).init(device),
         })
     }

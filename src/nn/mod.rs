@@ -1,6 +1,7 @@
 //! Neural-network building blocks (burn Modules). Every backbone offers the same three calls:
 //! `features(x)` (pooled vector), `features_at(x, stage)` (pooled output of one stage, for
-//! per-layer probes) and `dim()`. `decoder.rs` and `discriminator.rs` serve the generative tasks.
+//! per-layer probes) and `dim()`. `decoder.rs` and `discriminator.rs` serve the generative tasks; `input.rs` says how
+//! images become a network's input (normalisation, lightness, per-image standardisation).
 
 pub mod backbone;
 pub mod convnet;
@@ -9,6 +10,7 @@ pub mod discriminator;
 pub mod dropout;
 pub mod ema;
 pub mod heads;
+pub mod input;
 pub mod resnet;
 pub mod transformer;
 pub mod vit;

@@ -148,7 +148,7 @@ impl TransformerSpec {
             })
             .collect();
         // Initialised here, where the caller seeded the generator (see `device::init_now`).
-        crate::device::init_now(Transformer {
+        crate::platform::device::init_now(Transformer {
             tok: EmbeddingConfig::new(self.vocab, self.d_model)
                 .with_initializer(normal(std))
                 .init(device),
@@ -562,7 +562,7 @@ mod tests {
     #[test]
     fn causal_mask_blocks_the_future() {
         let device = Device::flex();
-        let model = crate::device::seeded(&device, 1, || tiny(true).init(&device));
+        let model = crate::platform::device::seeded(&device, 1, || tiny(true).init(&device));
         let a = [3i64, 7, 1, 9, 4, 4, 2, 8];
         let mut b = a;
         b[5] = 11; // change a later token
@@ -590,7 +590,7 @@ mod tests {
     #[test]
     fn bidirectional_model_sees_the_future() {
         let device = Device::flex();
-        let model = crate::device::seeded(&device, 1, || tiny(false).init(&device));
+        let model = crate::platform::device::seeded(&device, 1, || tiny(false).init(&device));
         let a = [3i64, 7, 1, 9];
         let b = [3i64, 7, 1, 5];
         let la = model
@@ -610,7 +610,7 @@ mod tests {
     #[test]
     fn padding_is_invisible_to_the_bidirectional_model() {
         let device = Device::flex();
-        let model = crate::device::seeded(&device, 2, || tiny(false).init(&device));
+        let model = crate::platform::device::seeded(&device, 2, || tiny(false).init(&device));
         let run = |v: [i64; 6]| {
             let pad = Tensor::<2, Bool>::from_data(
                 TensorData::new(vec![false, false, false, false, true, true], [1, 6]),
@@ -651,7 +651,7 @@ mod tests {
                 tie_weights: tie,
                 ..tiny(true)
             };
-            let model = crate::device::seeded(&device, 4, || spec.init(&device));
+            let model = crate::platform::device::seeded(&device, 4, || spec.init(&device));
             let seq: Vec<i64> = (0..16).map(|i| (i * 7 + 3) % 50).collect();
             let full = values(model.forward(tokens(&seq, &device))); // [1, 16, 50]
             let v = 50;
@@ -681,7 +681,7 @@ mod tests {
     #[test]
     fn a_cache_holds_a_batch_of_rows() {
         let device = Device::flex();
-        let model = crate::device::seeded(&device, 5, || tiny(true).init(&device));
+        let model = crate::platform::device::seeded(&device, 5, || tiny(true).init(&device));
         let rows = [[3i64, 7, 1, 9, 4], [12, 0, 5, 5, 40]];
         let batch = Tensor::<2, Int>::from_data(TensorData::new(rows.concat(), [2, 5]), &device);
         let full = values(model.forward(batch.clone())); // [2, 5, 50]
@@ -704,11 +704,11 @@ mod tests {
     #[test]
     fn the_cache_refuses_what_it_cannot_do() {
         let device = Device::flex();
-        let causal = crate::device::seeded(&device, 6, || tiny(true).init(&device));
+        let causal = crate::platform::device::seeded(&device, 6, || tiny(true).init(&device));
         let long: Vec<i64> = (0..17).collect();
         let err = causal.prefill(tokens(&long, &device)).unwrap_err();
         assert!(err.to_string().contains("max_len"), "{err}");
-        let bert = crate::device::seeded(&device, 6, || tiny(false).init(&device));
+        let bert = crate::platform::device::seeded(&device, 6, || tiny(false).init(&device));
         let err = bert.prefill(tokens(&[1, 2, 3], &device)).unwrap_err();
         assert!(err.to_string().contains("causal"), "{err}");
     }

@@ -226,7 +226,7 @@ mod tests {
     #[test]
     fn shapes_of_features_and_maps_and_padding_of_odd_sizes() {
         let device = Device::flex();
-        let vit = crate::device::seeded(&device, 0, || Vit::new(1, 32, 3, 4, 4, &device));
+        let vit = crate::platform::device::seeded(&device, 0, || Vit::new(1, 32, 3, 4, 4, &device));
         let x = ramp([2, 1, 10, 13], &device).div_scalar(100.0);
         let (t, grid) = vit.tokens(x.clone());
         assert_eq!((t.dims(), grid), ([2, 12, 32], [3, 4]));

@@ -63,7 +63,7 @@ impl Canvas {
             image::ImageFormat::Png,
         )
         .map_err(|e| Error::Usage(format!("encoding {}: {e}", path.display())))?;
-        crate::fsio::write_atomic(path, &bytes)
+        crate::platform::fsio::write_atomic(path, &bytes)
     }
 }
 

@@ -23,9 +23,9 @@ use crate::data::views::{ViewConfig, Views};
 use crate::engine::step::images_tensor;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
-use crate::input::InputSpec;
 use crate::nn::ema::ema_update;
 use crate::nn::heads::ProjectionHead;
+use crate::nn::input::InputSpec;
 use crate::nn::Backbone;
 
 pub const ENTRY: TaskEntry = TaskEntry {
@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn the_ema_update_is_exact_per_parameter() {
         let device = Device::flex().autodiff();
-        let (online, target) = crate::device::seeded(&device, 1, || {
+        let (online, target) = crate::platform::device::seeded(&device, 1, || {
             (projected(&device), projected(&device).no_grad())
         });
         let (o, t) = (flat_params(&online), flat_params(&target));

@@ -36,10 +36,10 @@ use crate::data::rngs::BatchRngs;
 use crate::engine::step::images_tensor;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
-use crate::fsio::write_atomic;
-use crate::input::{InputSpec, InputTransform};
 use crate::nn::decoder::Generator;
+use crate::nn::input::{InputSpec, InputTransform};
 use crate::nn::Backbone;
+use crate::platform::fsio::write_atomic;
 use crate::report::grid::{tensor_images, write_grid, zoom_for};
 
 pub const ENTRY: TaskEntry = TaskEntry {

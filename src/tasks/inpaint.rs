@@ -29,8 +29,8 @@ use crate::engine::gan::{gan_step, Gan, GanWeights, Generated, GAN_OPTIMIZERS};
 use crate::engine::step::images_tensor;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
-use crate::input::InputSpec;
 use crate::nn::decoder::Generator;
+use crate::nn::input::InputSpec;
 use crate::nn::Backbone;
 use crate::report::grid::{tensor_images, write_grid, zoom_for};
 

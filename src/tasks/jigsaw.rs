@@ -29,10 +29,10 @@ use crate::data::loader::MakeBatch;
 use crate::data::rngs::BatchRngs;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
-use crate::fsio::write_atomic;
-use crate::input::{standardize_image, InputSpec, InputTransform};
 use crate::nn::heads::MlpHead;
+use crate::nn::input::{standardize_image, InputSpec, InputTransform};
 use crate::nn::Backbone;
+use crate::platform::fsio::write_atomic;
 use crate::report::canvas::{for_display, Canvas};
 use crate::report::grid::zoom_for;
 

@@ -206,7 +206,7 @@ mod tests {
             tie_weights: true,
             causal: true,
         };
-        let mut model = crate::device::seeded(&device, 0, || spec.init(&device));
+        let mut model = crate::platform::device::seeded(&device, 0, || spec.init(&device));
         let mut optim = crate::engine::Optimizers::new(&["model"], &AdamWConfig::new().init());
         let first = held_out_loss(&model, std::slice::from_ref(&batch));
         let mut last = StepStats::default();
@@ -257,7 +257,7 @@ mod tests {
                 seed: 0,
                 device: device.clone(),
             };
-            let model = crate::device::seeded(&device, 5, || spec.init(&device));
+            let model = crate::platform::device::seeded(&device, 5, || spec.init(&device));
             let optim = crate::engine::optim::lm_optimizer(0.1, 0.0);
             Bound::new(task, model, &optim, false).with_replicas(replicas)
         };

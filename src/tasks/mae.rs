@@ -30,7 +30,7 @@ use crate::data::rngs::BatchRngs;
 use crate::engine::step::images_tensor;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
-use crate::input::InputSpec;
+use crate::nn::input::InputSpec;
 use crate::nn::transformer::Block;
 use crate::nn::vit::{patchify, sincos_2d, unpatchify, Vit};
 use crate::nn::Backbone;
@@ -661,7 +661,7 @@ mod tests {
         let device = Device::flex();
         let cfg = MaeConfig::default();
         let input = spec(1, 16);
-        let model = crate::device::seeded(&device, 1, || MaeModel {
+        let model = crate::platform::device::seeded(&device, 1, || MaeModel {
             backbone: Backbone::Vit(Vit::new(1, 32, 2, 1, 4, &device)),
             decoder: MaeDecoder::new(32, 32, 1, 16, &device),
         });
@@ -718,7 +718,7 @@ mod tests {
             .into(),
         );
         let input = spec(1, 16);
-        let mut trainer = crate::device::seeded(&device, 0, || {
+        let mut trainer = crate::platform::device::seeded(&device, 0, || {
             build(&TaskContext {
                 config: &cfg,
                 input: &input,

@@ -18,9 +18,9 @@ use crate::engine::replicas::{split_batch, Parts};
 use crate::engine::step::{classification_step, images_tensor, labels_tensor};
 use crate::engine::{AnyBatch, Bound, StepCtx, StepStats, Task, Trainable};
 use crate::error::{Error, Result};
-use crate::input::{InputSpec, InputTransform};
 use crate::nn::decoder::Generator;
 use crate::nn::discriminator::Discriminator;
+use crate::nn::input::{InputSpec, InputTransform};
 use crate::nn::Backbone;
 
 pub mod byol;

@@ -18,8 +18,8 @@ use crate::data::loader::MakeBatch;
 use crate::data::rngs::BatchRngs;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
-use crate::input::InputSpec;
 use crate::nn::heads::LinearHead;
+use crate::nn::input::InputSpec;
 use crate::nn::Backbone;
 
 pub const ENTRY: TaskEntry = TaskEntry {

@@ -25,8 +25,8 @@ use crate::data::views::{ViewConfig, Views};
 use crate::engine::step::images_tensor;
 use crate::engine::{StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
-use crate::input::InputSpec;
 use crate::nn::heads::ProjectionHead;
+use crate::nn::input::InputSpec;
 use crate::nn::Backbone;
 
 pub const ENTRY: TaskEntry = TaskEntry {

@@ -6,7 +6,7 @@ use burn::prelude::*;
 
 use crate::data::augment::Img;
 use crate::data::{DataError, ImageSet};
-use crate::input::InputSpec;
+use crate::nn::input::InputSpec;
 use crate::nn::Backbone;
 
 /// Normalised float images [n, c, h, w] for the chosen indices (decoded here for a streamed

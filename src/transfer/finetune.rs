@@ -22,8 +22,8 @@ use crate::engine::replicas::{resolve, split_batch};
 use crate::engine::schedule::lr_at;
 use crate::engine::step::{classification_step_with, images_tensor, labels_tensor};
 use crate::engine::{Bound, StepCtx, StepStats, Task, Trainable};
-use crate::input::InputSpec;
 use crate::nn::heads::LinearHead;
+use crate::nn::input::InputSpec;
 use crate::nn::Backbone;
 use crate::transfer::features::normalized_images;
 use crate::transfer::linear_probe::accuracy;
@@ -224,7 +224,7 @@ pub fn train_classifier(
     let head = match head {
         // `train()`: the probe was built without autodiff; its weights must take gradients here.
         Some(h) => h.to_device(&ad).train(),
-        None => crate::device::seeded(&ad, s.seed, || LinearHead::new(dim, classes, &ad)),
+        None => crate::platform::device::seeded(&ad, s.seed, || LinearHead::new(dim, classes, &ad)),
     };
     let model = Classifier {
         backbone: encoder.to_device(&ad).train(),
@@ -403,7 +403,7 @@ mod tests {
             width: 4,
             patch: 0,
         };
-        let model = crate::device::seeded(device, 3, || Classifier {
+        let model = crate::platform::device::seeded(device, 3, || Classifier {
             backbone: spec.init(device),
             head: LinearHead::new(32, CLASSES, device),
         });

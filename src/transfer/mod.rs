@@ -24,9 +24,9 @@ use crate::data::Dataset;
 use crate::engine::checkpoint::load_encoder;
 use crate::engine::run_dir;
 use crate::error::{Error, Result};
-use crate::fsio::write_atomic;
-use crate::input::{InputSpec, InputTransform};
+use crate::nn::input::{InputSpec, InputTransform};
 use crate::nn::{Backbone, BackboneKind, BackboneSpec};
+use crate::platform::fsio::write_atomic;
 use labels::PerClass;
 
 /// Where the encoder comes from.
@@ -758,7 +758,7 @@ fn semi_stage(
     semi::prepare_dir(&stage_dir, &record)?;
     let template = finetune::Classifier {
         head: head.clone().unwrap_or_else(|| {
-            crate::device::seeded(device, cfg.seed, || {
+            crate::platform::device::seeded(device, cfg.seed, || {
                 crate::nn::heads::LinearHead::new(encoder.dim(), split.classes, device)
             })
         }),
@@ -958,7 +958,7 @@ fn load_source(
                 patch: cfg.patch_size,
             };
             Ok((
-                crate::device::seeded(device, cfg.seed, || spec.init(device)),
+                crate::platform::device::seeded(device, cfg.seed, || spec.init(device)),
                 input,
                 None,
             ))

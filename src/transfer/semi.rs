@@ -48,9 +48,9 @@ use crate::engine::run_loop::{self, LoopSettings};
 use crate::engine::step::{images_tensor, labels_tensor};
 use crate::engine::{AnyBatch, Bound, StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
-use crate::fsio::write_atomic;
-use crate::input::InputSpec;
+use crate::nn::input::InputSpec;
 use crate::nn::Backbone;
+use crate::platform::fsio::write_atomic;
 
 /// The stage's settings (`semi_*` keys of the transfer config).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -662,7 +662,7 @@ fn make_batch(data: &SemiData, s: &SemiSettings, parts: usize) -> MakeBatch<Box<
             (0..b_l).map(|_| shared.gen_range(0..n)).collect()
         };
         let n_u = images.len();
-        let total = parts.max(1) * crate::dist::size();
+        let total = parts.max(1) * crate::platform::dist::size();
         let whole = *rngs;
         split_batch(n_u, parts, rngs, |r, part| {
             // The global part index: parts are equal (`resolve` makes the count divide the

@@ -34,9 +34,9 @@ use crate::engine::schedule::lr_at;
 use crate::engine::step::{classification_step, labels_tensor};
 use crate::engine::{Optimizers, StepCtx};
 use crate::error::{Error, Result};
-use crate::fsio::write_atomic;
 use crate::nn::heads::LinearHead;
 use crate::nn::transformer::{Transformer, TransformerSpec};
+use crate::platform::fsio::write_atomic;
 
 /// How many unlabelled pool documents the linear probe's standardiser is fitted on (fewer than
 /// for images: a document costs a transformer pass of up to `max_tokens`).
@@ -324,7 +324,7 @@ fn load_model(
                 let info = read_lm_info(run)?;
                 (info.spec, Tokenizer::load(&run.join(&info.tokenizer))?)
             };
-            let model = crate::device::seeded(device, cfg.seed, || spec.init(device));
+            let model = crate::platform::device::seeded(device, cfg.seed, || spec.init(device));
             Ok((spec, model, tok))
         }
     }
@@ -882,7 +882,7 @@ pub(crate) fn train_classifier(
 ) -> Result<TextClassifier> {
     let cfg = &req.config;
     let ad = req.device.clone().autodiff();
-    let head = crate::device::seeded(&ad, cfg.seed, || {
+    let head = crate::platform::device::seeded(&ad, cfg.seed, || {
         LinearHead::new(spec.d_model, classes, &ad)
     });
     let mut net = TextClassifier {

@@ -20,8 +20,8 @@ use safetensors::tensor::{Dtype, TensorView};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::fsio::write_atomic;
 use crate::nn::transformer::Transformer;
+use crate::platform::fsio::write_atomic;
 
 /// Documents per encoder pass.
 const BATCH: usize = 32;
@@ -315,7 +315,7 @@ mod tests {
             tie_weights: true,
             causal: false,
         };
-        crate::device::seeded(device, 3, || spec.init(device))
+        crate::platform::device::seeded(device, 3, || spec.init(device))
     }
 
     fn docs() -> Vec<(u64, Vec<u32>)> {

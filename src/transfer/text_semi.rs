@@ -267,7 +267,7 @@ pub fn train_student(
                 .map(|_| shared.gen_range(0..data.labelled.len()))
                 .collect()
         };
-        let total = replicas * crate::dist::size();
+        let total = replicas * crate::platform::dist::size();
         Ok(split_batch(n_u, replicas, &rngs, |r, part| {
             let p = r.start * total / n_u;
             let ls = &lab[p * b_l / total..(p + 1) * b_l / total];

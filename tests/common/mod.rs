@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use burn::prelude::Device;
 use pretext::config::{resolve, PretrainConfig};
 use pretext::data::Dataset;
-use pretext::input::InputSpec;
+use pretext::nn::input::InputSpec;
 use pretext::tasks::{self, ImageTrainer, TaskContext};
 
 /// The binary with `args`.
@@ -62,7 +62,7 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// The first `n` training images of the built-in Fashion-MNIST slice.
 pub fn small_dataset(n: usize) -> Dataset {
-    let mut ds = pretext::demo::builtin_dataset().unwrap();
+    let mut ds = pretext::commands::demo::builtin_dataset().unwrap();
     ds.train = ds.train.take(n);
     ds
 }
@@ -88,7 +88,7 @@ pub fn build(task: &str, cfg: &PretrainConfig, input: &InputSpec) -> Box<dyn Ima
     let tasks::Build::Image(build) = tasks::find(task).unwrap().build else {
         panic!("{task} is not an image task");
     };
-    pretext::device::seeded(&device, 0, || {
+    pretext::platform::device::seeded(&device, 0, || {
         build(&TaskContext {
             config: cfg,
             input,

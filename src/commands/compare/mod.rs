@@ -9,6 +9,7 @@
 //!     --labels-per-class 1,10,100 --protocols linear,knn --budget 300 --out runs/cmp
 //! ```
 
+mod command;
 pub mod plan;
 pub mod plots;
 pub mod report;
@@ -23,17 +24,18 @@ use burn::prelude::Device;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use crate::commands::pretrain::{self, PretrainRequest};
 use crate::config::{self, PretrainConfig};
 use crate::data::Dataset;
 use crate::engine::checkpoint::latest_checkpoint;
 use crate::engine::progress::{fmt_duration, set_group};
 use crate::engine::{self, run_loop, PretrainSummary};
 use crate::error::{Error, Result};
-use crate::fsio::write_atomic;
-use crate::input::InputSpec;
-use crate::pretrain::{self, PretrainRequest};
+use crate::nn::input::InputSpec;
+use crate::platform::fsio::write_atomic;
 use crate::tasks::{self, TaskContext};
 use crate::transfer::{self, Source, TransferConfig, TransferRequest};
+pub use command::{command, report_command};
 use plan::{Cell, Encoder, Kind, Settings};
 
 /// What the command line asks for, before it is checked against the data.

@@ -188,6 +188,51 @@ pub fn render(tok: &Tokenizer, ids: &[u32]) -> String {
         .join("\n\n")
 }
 
+/// `pretext generate` from the command line: the continuation streams to the terminal.
+pub fn command(a: crate::commands::cli::GenerateArgs) -> Result<()> {
+    use std::io::Write;
+    let device = crate::platform::device::parse(&a.device)?;
+    let (info, model, tok) = crate::commands::pretrain::text_run::load_run(&a.from, &device)?;
+    if !info.spec.causal {
+        return Err(Error::Usage(format!(
+            "{}: a {} model predicts hidden tokens from both sides and cannot continue a text; generate from a causal-lm run",
+            a.from.display(),
+            info.task
+        )));
+    }
+    let sampling = Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        seed: a.seed,
+    };
+    let prompt = tok.encode(&a.prompt);
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{}", a.prompt);
+    let _ = out.flush();
+    let mut decoder = crate::data::tokenizer::StreamDecoder::new(&tok);
+    let kv_cache = !a.no_cache;
+    generate_with(
+        &model,
+        &prompt,
+        a.tokens,
+        &sampling,
+        kv_cache,
+        &device,
+        |id| {
+            let piece = if id == tok.eos_id() {
+                "\n\n".to_string()
+            } else {
+                decoder.push(id)
+            };
+            let _ = write!(out, "{piece}");
+            let _ = out.flush();
+            Ok(())
+        },
+    )?;
+    let _ = writeln!(out, "{}", decoder.finish());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,7 +289,7 @@ mod tests {
     fn the_cache_gives_the_same_tokens_as_recomputing_the_context() {
         let device = Device::flex();
         let spec = spec(2);
-        let model = crate::device::seeded(&device, 7, || spec.init(&device));
+        let model = crate::platform::device::seeded(&device, 7, || spec.init(&device));
         let prompts: [&[u32]; 3] = [&[5], &[1, 2, 3], &[9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 11]];
         for (temperature, top_k) in [(0.0, 0), (1.0, 0), (0.8, 5), (1.5, 20)] {
             for prompt in prompts {
@@ -283,7 +328,7 @@ mod tests {
             max_len: 1,
             ..spec(1)
         };
-        let model = crate::device::seeded(&device, 8, || spec.init(&device));
+        let model = crate::platform::device::seeded(&device, 8, || spec.init(&device));
         let s = Sampling {
             temperature: 0.0,
             top_k: 0,
@@ -306,7 +351,7 @@ mod tests {
     fn bad_prompts_are_errors() {
         let device = Device::flex();
         let spec = spec(1);
-        let model = crate::device::seeded(&device, 3, || spec.init(&device));
+        let model = crate::platform::device::seeded(&device, 3, || spec.init(&device));
         let s = Sampling {
             temperature: 1.0,
             top_k: 0,
@@ -325,7 +370,7 @@ mod tests {
     fn generation_is_reproducible_by_seed() {
         let device = Device::flex();
         let spec = spec(1);
-        let model = crate::device::seeded(&device, 3, || spec.init(&device));
+        let model = crate::platform::device::seeded(&device, 3, || spec.init(&device));
         let run = |seed| {
             let s = Sampling {
                 temperature: 1.0,

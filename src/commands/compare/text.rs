@@ -10,10 +10,10 @@ use std::path::Path;
 
 use super::plan::{Cell, Encoder, Settings};
 use super::{cell_source, own_sets, CompareRequest};
+use crate::commands::pretrain::text_run::{pretrain_text, TextPretrainRequest};
 use crate::config::{self, TextConfig};
 use crate::engine::PretrainSummary;
 use crate::error::{Error, Result};
-use crate::pretrain::text_run::{pretrain_text, TextPretrainRequest};
 use crate::tasks;
 use crate::transfer::text::{
     open_labelled, transfer_text, TextTransferConfig, TextTransferRequest,

@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 
+use crate::commands::generate::{generate_with, Sampling};
 use crate::error::{Error, Result};
-use crate::generate::{generate_with, Sampling};
 
 /// Context lengths measured (prompt tokens).
 pub const CONTEXTS: &[usize] = &[128, 1024];
@@ -46,14 +46,14 @@ pub fn run(opts: &GenerateBenchOptions) -> Result<()> {
             .num_threads(opts.threads)
             .build_global();
     }
-    let device = crate::device::parse(&opts.device)?;
+    let device = crate::platform::device::parse(&opts.device)?;
     let longest = CONTEXTS.iter().max().copied().unwrap_or(1);
     let spec = crate::nn::transformer::TransformerSpec {
         max_len: longest + TOKENS,
         dropout: 0.0,
         ..super::text_spec(true)
     };
-    let model = crate::device::seeded(&device, 0, || spec.init(&device));
+    let model = crate::platform::device::seeded(&device, 0, || spec.init(&device));
     let sampling = Sampling {
         temperature: 0.8,
         top_k: 40,

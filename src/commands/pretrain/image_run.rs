@@ -11,12 +11,12 @@ use crate::config::{self, PretrainConfig};
 use crate::data::augment::Img;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{self, Dataset, OpenOptions};
-use crate::dist;
 use crate::engine::run_dir::{self, EncoderInfo, PretrainSummary, RunInfo, WEIGHTS};
 use crate::engine::{self, run_loop, LoopSettings};
 use crate::error::{Error, Result};
-use crate::fsio::write_atomic;
-use crate::input::InputSpec;
+use crate::nn::input::InputSpec;
+use crate::platform::dist;
+use crate::platform::fsio::write_atomic;
 use crate::tasks::{self, Build, TaskContext};
 
 use super::monitor::{KnnMonitor, Monitored};
@@ -106,7 +106,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         device: device.clone(),
     };
     let replicas = engine::replicas::resolve(cfg.replicas, cfg.batch_size, &device)?;
-    let mut trainer = crate::device::seeded(&device, cfg.seed, || build(&ctx))?;
+    let mut trainer = crate::platform::device::seeded(&device, cfg.seed, || build(&ctx))?;
     trainer.set_replicas(replicas);
     trainer.set_sync_bn(cfg.sync_bn);
     let (encoder_input, input_transform) = trainer.encoder_input(&input);

@@ -19,14 +19,14 @@ use crate::data::corpus::{Fields, TextSource};
 use crate::data::rngs::BatchRngs;
 use crate::data::tokenizer::Tokenizer;
 use crate::data::tokens::{tokenize_corpus, TokenCorpus, TokenFile};
-use crate::dist;
 use crate::engine::optim::lm_optimizer;
 use crate::engine::replicas::split_batch;
 use crate::engine::run_dir::{self, LmInfo, PretrainSummary, RunInfo, WEIGHTS};
 use crate::engine::{run_loop, Bound, LoopSettings, Trainable};
 use crate::error::{Error, Result};
-use crate::fsio::write_atomic;
 use crate::nn::transformer::Transformer;
+use crate::platform::dist;
+use crate::platform::fsio::write_atomic;
 use crate::tasks::lm::LmTask;
 use crate::tasks::{self, Build, Specials, TextBatch, TextTask};
 
@@ -154,7 +154,7 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
 
     let device = req.device.clone().autodiff();
     let replicas = crate::engine::replicas::resolve(cfg.replicas, cfg.batch_size, &device)?;
-    let model = crate::device::seeded(&device, cfg.seed, || spec.init(&device));
+    let model = crate::platform::device::seeded(&device, cfg.seed, || spec.init(&device));
     let validation = if evaluate {
         validation_batches(&cfg, task.as_ref(), &corpus.val, t)?
     } else {
@@ -372,17 +372,18 @@ fn write_sample(
         .first()
         .cloned()
         .unwrap_or_else(Device::flex);
-    let s = crate::generate::Sampling {
+    let s = crate::commands::generate::Sampling {
         temperature: 0.8,
         top_k: 40,
         seed: 0,
     };
-    let out = crate::generate::generate(&inference, &prompt, 200, &s, &device, |_| Ok(()))?;
+    let out =
+        crate::commands::generate::generate(&inference, &prompt, 200, &s, &device, |_| Ok(()))?;
     let text = format!(
         "prompt: {}\n---\n{}{}\n",
         tok.decode(&prompt),
         tok.decode(&prompt),
-        crate::generate::render(tok, &out)
+        crate::commands::generate::render(tok, &out)
     );
     write_atomic(&run.join("sample.txt"), text.as_bytes())
 }

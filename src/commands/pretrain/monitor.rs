@@ -14,7 +14,7 @@ use burn::prelude::Device;
 use crate::data::{Dataset, ImageSet};
 use crate::engine::{AnyBatch, StepStats, Trainable};
 use crate::error::Result;
-use crate::input::{InputSpec, InputTransform};
+use crate::nn::input::{InputSpec, InputTransform};
 use crate::tasks::ImageTrainer;
 use crate::transfer::labels::PerClass;
 use crate::transfer::{features, frozen, scores, split, Protocol, TransferConfig};

@@ -26,7 +26,7 @@ use protobuf::{EnumOrUnknown, MessageField};
 
 use super::params::Param;
 use crate::error::{Error, Result};
-use crate::input::InputSpec;
+use crate::nn::input::InputSpec;
 use crate::nn::{BackboneKind, BackboneSpec};
 
 pub const OPSET: i64 = 17;
@@ -223,7 +223,7 @@ impl<'a> Graph<'a> {
             self.inits.push(tensor(
                 "input_std_floor",
                 &[],
-                &[crate::input::PER_IMAGE_STD_FLOOR],
+                &[crate::nn::input::PER_IMAGE_STD_FLOOR],
             ));
             let std = self.node("Max", &[&std, "input_std_floor"], vec![]);
             return self.node("Div", &[&centred, &std], vec![]);

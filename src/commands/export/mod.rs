@@ -18,10 +18,13 @@
 //! the metadata says how `embed` tokenizes (no specials added, the first max_len tokens,
 //! `<eos>` for an empty document, padding on the right).
 
+mod command;
 pub mod onnx;
 pub mod params;
 pub mod text;
 pub mod torch;
+
+pub use command::command;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -32,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use crate::engine::checkpoint::latest_checkpoint;
 use crate::engine::run_dir::{load_run, read_run_info, LmInfo, RunInfo, RUN_INFO};
 use crate::error::{Error, Result};
-use crate::fsio::write_atomic;
-use crate::input::{InputSpec, InputTransform};
+use crate::nn::input::{InputSpec, InputTransform};
+use crate::platform::fsio::write_atomic;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -220,7 +223,7 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
         }
     };
     check_out(req)?;
-    let encoder = crate::embed::images::load(&req.from, &info, &req.device)?;
+    let encoder = crate::commands::embed::images::load(&req.from, &info, &req.device)?;
     let kind = info.backbone.kind;
     let params = params::torch_params(&encoder, kind)?;
     let n_params: usize = params.values().map(|p| p.data.len()).sum();
@@ -242,7 +245,7 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
         },
         preprocessing: Preprocessing {
             input_shape: [input.channels, input.height, input.width],
-            image_channels: crate::embed::images::data_channels(&info),
+            image_channels: crate::commands::embed::images::data_channels(&info),
             input_transform: info.input_transform,
             resize: format!(
                 "folder images: shorter side to {} (triangle filter), centre crop to {}x{}",

@@ -24,7 +24,7 @@ use crate::engine::checkpoint::load_encoder;
 use crate::engine::progress::Progress;
 use crate::engine::run_dir::{transferable_weights, EncoderInfo};
 use crate::error::{Error, Result};
-use crate::input::{lightness, InputTransform};
+use crate::nn::input::{lightness, InputTransform};
 use crate::nn::Backbone;
 
 /// Images per forward pass unless `--batch-size`.

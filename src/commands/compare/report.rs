@@ -12,7 +12,7 @@ use super::tables::{self, esc, Results};
 use super::{finished_pretraining, Invocation};
 use crate::engine::PretrainSummary;
 use crate::error::{Error, Result};
-use crate::fsio::write_atomic;
+use crate::platform::fsio::write_atomic;
 use crate::transfer::Protocol;
 
 /// What the report knows about one task's pretraining run.

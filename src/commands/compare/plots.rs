@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use image::ImageEncoder;
 use plotters::prelude::*;
 
-const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
 
 /// Tableau-10 colours for tasks; baselines are black (random) and grey (scratch).
 const COLORS: &[RGBColor] = &[

@@ -19,10 +19,10 @@ use safetensors::tensor::{Dtype, TensorView};
 
 use super::params::{norm_modules, Param};
 use crate::error::{Error, Result};
-use crate::fsio::write_atomic;
+use crate::platform::fsio::write_atomic;
 
 /// The Python module, shipped in the binary (the repository's `python/pretext_encoder.py`).
-pub const MODULE: &str = include_str!("../../python/pretext_encoder.py");
+pub const MODULE: &str = include_str!("../../../python/pretext_encoder.py");
 pub const WEIGHTS: &str = "model.safetensors";
 
 /// safetensors bytes of `params` plus a zero `num_batches_tracked` per batch norm, as a PyTorch

@@ -10,9 +10,9 @@ use std::path::Path;
 use burn::prelude::Device;
 use serde::Serialize;
 
+use crate::commands::pretrain::{self, PretrainRequest};
 use crate::config::{self, PretrainConfig};
 use crate::error::{Error, Result};
-use crate::pretrain::{self, PretrainRequest};
 use crate::tasks;
 use crate::transfer::{self, labels::PerClass, Protocol, Source, TransferConfig, TransferRequest};
 
@@ -191,7 +191,7 @@ pub fn run(
          images never do)",
         dataset.train.n
     );
-    crate::fsio::write_atomic(
+    crate::platform::fsio::write_atomic(
         &out.join("demo.json"),
         &serde_json::to_vec_pretty(&rows).expect("json"),
     )?;

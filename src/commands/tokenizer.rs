@@ -51,3 +51,19 @@ pub fn encode(path: &Path, text: &str) -> Result<()> {
     );
     Ok(())
 }
+
+/// `pretext tokenizer train|encode` from the command line.
+pub fn command(c: crate::commands::cli::TokenizerCommand) -> Result<()> {
+    use crate::commands::cli::TokenizerCommand;
+    match c {
+        TokenizerCommand::Train(a) => train(
+            &a.data,
+            &a.text_field,
+            a.vocab,
+            a.min_frequency,
+            &a.out,
+            a.quiet,
+        ),
+        TokenizerCommand::Encode(a) => encode(&a.tokenizer, &a.text),
+    }
+}

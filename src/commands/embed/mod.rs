@@ -21,12 +21,15 @@
 //!   `transfer` does.
 //! - [`npy`]: the `.npy` writer and reader; [`similar`]: the top-k search.
 
+mod command;
 pub mod images;
 pub mod npy;
 #[cfg(feature = "parquet")]
 pub mod parquet;
 pub mod similar;
 pub mod text;
+
+pub use command::{command, similar_command};
 
 use std::path::{Path, PathBuf};
 
@@ -35,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::run_dir::{read_run_info, RunInfo, RUN_INFO};
 use crate::error::{Error, Result};
-use crate::fsio::write_atomic;
+use crate::platform::fsio::write_atomic;
 
 pub struct EmbedRequest {
     /// A pretraining run directory.

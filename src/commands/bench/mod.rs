@@ -32,7 +32,7 @@ use crate::engine::optim::lm_optimizer;
 use crate::engine::replicas::split_batch;
 use crate::engine::{Bound, Trainable};
 use crate::error::{Error, Result};
-use crate::input::InputSpec;
+use crate::nn::input::InputSpec;
 use crate::nn::transformer::TransformerSpec;
 use crate::nn::BackboneKind;
 use crate::tasks::lm::LmTask;
@@ -442,7 +442,7 @@ fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     let tasks::Build::Text { causal, build } = entry.build else {
         unreachable!("a text task");
     };
-    let device = crate::device::parse(&opts.device)?.autodiff();
+    let device = crate::platform::device::parse(&opts.device)?.autodiff();
     let spec = text_spec(causal);
     let t = spec.max_len;
     let b = opts.batch_size;
@@ -477,7 +477,7 @@ fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
         task.make_batch(&all[r], rngs)
     });
     let cfg = crate::config::TextConfig::default();
-    let model = crate::device::seeded(&device, 0, || spec.init(&device));
+    let model = crate::platform::device::seeded(&device, 0, || spec.init(&device));
     let lm = LmTask {
         task: task.clone(),
         validation: Default::default(),
@@ -536,7 +536,7 @@ fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
 /// The images a task is benchmarked on: the built-in Fashion-MNIST (1×28×28); colorize needs
 /// colour, so it gets the same images tinted into 3×32×32 RGB (see [`tinted`]).
 pub fn bench_images(task: &str, n: usize) -> Result<ImageSet> {
-    let set = crate::demo::builtin_dataset()?.train.take(n);
+    let set = crate::commands::demo::builtin_dataset()?.train.take(n);
     Ok(if task == "colorize" {
         tinted(&set)?
     } else {
@@ -578,7 +578,7 @@ fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     };
     let kind = BackboneKind::parse(&opts.backbone)
         .ok_or_else(|| Error::Usage(format!("--backbone: unknown backbone '{}'", opts.backbone)))?;
-    let device = crate::device::parse(&opts.device)?.autodiff();
+    let device = crate::platform::device::parse(&opts.device)?.autodiff();
     let set = bench_images(name, opts.batch_size.max(256))?;
     let input = InputSpec::from_images(&set)?;
     let cfg = PretrainConfig {
@@ -592,7 +592,7 @@ fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
         input: &input,
         device: device.clone(),
     };
-    let mut task = crate::device::seeded(&device, 0, || build(&ctx))?;
+    let mut task = crate::platform::device::seeded(&device, 0, || build(&ctx))?;
     let params = task.num_params();
     let make = task.make_batch();
     let images = (0..opts.batch_size)
@@ -771,6 +771,36 @@ fn task_settings(task: &str) -> serde_json::Value {
         _ => Ok(serde_json::json!({})),
     }
     .expect("json")
+}
+
+/// `pretext bench` from the command line.
+pub fn command(a: crate::commands::cli::BenchArgs) -> Result<()> {
+    if a.generate {
+        return generate::run(&generate::GenerateBenchOptions {
+            device: a.device,
+            threads: a.threads,
+        });
+    }
+    run(&BenchOptions {
+        tasks: a
+            .tasks
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        backbone: a.backbone,
+        batch_size: a.batch_size,
+        steps: a.steps,
+        python: a.python,
+        device: a.device,
+        torch_device: a.torch_device,
+        threads: a.threads,
+        replicas: a.replicas,
+        loader_seconds: a.loader_seconds,
+        json: a.json,
+        child: a.child,
+        dump: a.dump,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,168 @@
+//! `pretext pretrain` from the command line: the arguments become a config (image or text), the
+//! run is started or resumed, and its summary printed (by rank 0 alone under MPI).
+
+use super::{pretrain, pretrain_text, PretrainRequest, TextPretrainRequest};
+use crate::commands::cli::PretrainArgs;
+use crate::commands::quote;
+use crate::config::{self, PretrainConfig, TextConfig};
+use crate::platform::{device, dist};
+use crate::{tasks, Error, Result};
+
+pub fn command(a: PretrainArgs) -> Result<()> {
+    if is_text_pretrain(&a)? {
+        return text(a);
+    }
+    if a.tokenizer.is_some() {
+        return Err(Error::Usage(
+            "--tokenizer is for the text tasks (causal-lm, masked-lm)".into(),
+        ));
+    }
+    let device = device::parse(&a.device)?;
+    let (config, out, resume) = match a.resume {
+        Some(dir) => (PretrainConfig::default(), dir, true),
+        None => {
+            let sets = sets(&a, &[]);
+            let cfg: PretrainConfig =
+                config::resolve(a.config.as_deref(), &sets, &tasks::image_names())?;
+            (cfg, out_dir(a.out)?, false)
+        }
+    };
+    let summary = pretrain(PretrainRequest {
+        config,
+        out,
+        device,
+        resume,
+        dataset: None,
+        skip_bad: a.skip_bad,
+        stop_after: a.stop_after,
+        // Under MPI rank 0 alone reports.
+        quiet: a.quiet || !dist::is_writer(),
+    })?;
+    if !dist::is_writer() {
+        return Ok(());
+    }
+    println!(
+        "{} {} steps of {} in {:.1}s ({:.0} items/s), final loss {:.4}; run in {}",
+        if summary.completed {
+            "finished"
+        } else {
+            "stopped after"
+        },
+        summary.steps_done,
+        summary.steps,
+        summary.wall_s,
+        summary.items_per_s,
+        summary.final_loss,
+        summary.run_dir.display()
+    );
+    if summary.skipped_steps > 0 {
+        println!(
+            "{} steps were skipped for a NaN/Inf loss (on_nonfinite = \"skip\")",
+            summary.skipped_steps
+        );
+    }
+    if !summary.eval.is_empty() {
+        let eval: Vec<String> = summary
+            .eval
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.4}"))
+            .collect();
+        println!("held-out test images: {}", eval.join(", "));
+    }
+    Ok(())
+}
+
+/// `--task`, `--data` (and `--tokenizer`) as `--set` lines ahead of the user's own.
+fn sets(a: &PretrainArgs, extra: &[(&str, &Option<String>)]) -> Vec<String> {
+    let mut sets = Vec::new();
+    let named = [("task", &a.task), ("data", &a.data)];
+    for (key, value) in named.iter().chain(extra) {
+        if let Some(v) = value {
+            sets.push(format!("{key}={}", quote(v)));
+        }
+    }
+    sets.extend(a.set.iter().cloned());
+    sets
+}
+
+fn out_dir(out: Option<std::path::PathBuf>) -> Result<std::path::PathBuf> {
+    out.ok_or_else(|| Error::Usage("--out DIR is required (the run directory to create)".into()))
+}
+
+/// Whether `pretrain` asks for a text task: resuming a text run, or a text task named by
+/// `--task`, `--set task=…` or the `--config` file.
+fn is_text_pretrain(a: &PretrainArgs) -> Result<bool> {
+    if let Some(dir) = &a.resume {
+        let cfg = std::fs::read_to_string(dir.join("config.toml")).unwrap_or_default();
+        let task = toml::from_str::<toml::Table>(&cfg)
+            .ok()
+            .and_then(|t| t.get("task")?.as_str().map(str::to_string));
+        return Ok(task.is_some_and(|t| tasks::find_text(&t).is_some()));
+    }
+    let mut task = a.task.clone();
+    for set in &a.set {
+        if let Some(v) = set.strip_prefix("task=") {
+            task = Some(v.trim_matches('"').to_string());
+        }
+    }
+    if task.is_none() {
+        if let Some(path) = &a.config {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Usage(format!("--config {}: {e}", path.display())))?;
+            task = toml::from_str::<toml::Table>(&text)
+                .ok()
+                .and_then(|t| t.get("task")?.as_str().map(str::to_string));
+        }
+    }
+    Ok(task.is_some_and(|t| tasks::find_text(&t).is_some()))
+}
+
+fn text(a: PretrainArgs) -> Result<()> {
+    let device = device::parse(&a.device)?;
+    if a.skip_bad {
+        return Err(Error::Usage("--skip-bad is for image data".into()));
+    }
+    let (config, out, resume) = match a.resume {
+        Some(dir) => (TextConfig::default(), dir, true),
+        None => {
+            let tokenizer = a.tokenizer.clone();
+            let sets = sets(&a, &[("tokenizer", &tokenizer)]);
+            let cfg: TextConfig =
+                config::resolve(a.config.as_deref(), &sets, &tasks::text_names())?;
+            (cfg, out_dir(a.out)?, false)
+        }
+    };
+    let s = pretrain_text(TextPretrainRequest {
+        config,
+        out,
+        device,
+        resume,
+        stop_after: a.stop_after,
+        quiet: a.quiet || !dist::is_writer(),
+    })?;
+    if !dist::is_writer() {
+        return Ok(());
+    }
+    println!(
+        "{} {} steps of {} in {:.1}s ({:.0} tokens/s), final loss {:.4}; run in {}",
+        if s.completed {
+            "finished"
+        } else {
+            "stopped after"
+        },
+        s.steps_done,
+        s.steps,
+        s.wall_s,
+        s.items_per_s,
+        s.final_loss,
+        s.run_dir.display()
+    );
+    if let (Some((_, loss)), Some((_, ppl))) = (s.eval.first(), s.eval.get(1)) {
+        println!("validation loss {loss:.4} (perplexity {ppl:.2})");
+    }
+    let sample = s.run_dir.join("sample.txt");
+    if s.completed && sample.exists() {
+        println!("a generated sample is in {}", sample.display());
+    }
+    Ok(())
+}
