@@ -10,7 +10,7 @@ use pretext::data::augment::Img;
 use pretext::data::loader::{Loader, LoaderConfig};
 use pretext::data::rngs::BatchRngs;
 use pretext::data::{open, OpenOptions, Stream};
-use pretext::input::InputSpec;
+use pretext::nn::input::InputSpec;
 use pretext::tasks::rotation::{make_batch, RotationConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     else {
         return;
     };
-    let input = pretext::input::InputSpec {
+    let input = pretext::nn::input::InputSpec {
         channels: 1,
         height: 28,
         width: 28,
