@@ -537,3 +537,245 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset, DataError> {
         skipped,
     })
 }
+
+/// How [`write_table`] lays out the image column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageColumn {
+    /// `optional group image { optional binary bytes; optional binary path (STRING); }`, as
+    /// Hugging Face writes it.
+    Struct,
+    /// `optional binary img`.
+    Binary,
+}
+
+/// Write an image table (tests, fuzz seeds, measurements) in Parquet's on-disk format with
+/// the `parquet` crate's writer, Snappy-compressed, `row_group` rows per row group: one row
+/// per `(image bytes, label)`; None is null; `labels: false` leaves the label column out.
+pub fn write_table(
+    path: &Path,
+    rows: &[(Option<Vec<u8>>, Option<i64>)],
+    row_group: usize,
+    layout: ImageColumn,
+    labels: bool,
+) -> Result<(), parquet::errors::ParquetError> {
+    use parquet::basic::Compression;
+    use parquet::data_type::ByteArray;
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+    let image = match layout {
+        ImageColumn::Struct => {
+            "optional group image { optional binary bytes; optional binary path (STRING); }"
+        }
+        ImageColumn::Binary => "optional binary img;",
+    };
+    let label = if labels { "optional int64 label;" } else { "" };
+    let schema = Arc::new(parse_message_type(&format!("message table {{ {image} {label} }}"))?);
+    let props = Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build(),
+    );
+    let file = File::create(path)?;
+    let mut writer = SerializedFileWriter::new(file, schema, props)?;
+    let top = if layout == ImageColumn::Struct { 2 } else { 1 };
+    for group in rows.chunks(row_group.max(1)) {
+        let mut g = writer.next_row_group()?;
+        let mut column = 0;
+        while let Some(mut col) = g.next_column()? {
+            match column {
+                0 => {
+                    let values: Vec<ByteArray> = group
+                        .iter()
+                        .filter_map(|(b, _)| b.clone().map(ByteArray::from))
+                        .collect();
+                    let defs: Vec<i16> = group
+                        .iter()
+                        .map(|(b, _)| if b.is_some() { top } else { 0 })
+                        .collect();
+                    col.typed::<ByteArrayType>()
+                        .write_batch(&values, Some(&defs), None)?;
+                }
+                1 if layout == ImageColumn::Struct => {
+                    let values: Vec<ByteArray> = (0..group.iter().filter(|(b, _)| b.is_some()).count())
+                        .map(|i| ByteArray::from(format!("{i}.png").as_str()))
+                        .collect();
+                    let defs: Vec<i16> = group
+                        .iter()
+                        .map(|(b, _)| if b.is_some() { 2 } else { 0 })
+                        .collect();
+                    col.typed::<ByteArrayType>()
+                        .write_batch(&values, Some(&defs), None)?;
+                }
+                _ => {
+                    let values: Vec<i64> = group.iter().filter_map(|(_, l)| *l).collect();
+                    let defs: Vec<i16> = group.iter().map(|(_, l)| i16::from(l.is_some())).collect();
+                    col.typed::<Int64Type>()
+                        .write_batch(&values, Some(&defs), None)?;
+                }
+            }
+            col.close()?;
+            column += 1;
+        }
+        g.close()?;
+    }
+    writer.close()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Stream;
+
+    const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/photos");
+    const SOME: &[&str] = &["apple.jpg", "astronaut.png", "baboon.jpg", "chelsea.png", "orange.jpg"];
+
+    fn opts(skip_bad: bool) -> OpenOptions {
+        OpenOptions {
+            image_size: Some(24),
+            skip_bad,
+            limit: None,
+            stream: Stream::Auto,
+        }
+    }
+
+    fn photo(name: &str) -> Vec<u8> {
+        std::fs::read(Path::new(PHOTOS).join(name)).unwrap()
+    }
+
+    fn open_table(path: &Path, skip_bad: bool) -> Result<Dataset, DataError> {
+        crate::data::open(&format!("parquet:{}", path.display()), &opts(skip_bad))
+    }
+
+    #[test]
+    fn tables_give_the_folder_readers_images_bitwise_and_their_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("folder");
+        std::fs::create_dir(&folder).unwrap();
+        for name in SOME {
+            std::fs::copy(Path::new(PHOTOS).join(name), folder.join(name)).unwrap();
+        }
+        let o = OpenOptions {
+            stream: Stream::Never,
+            ..opts(false)
+        };
+        let want = crate::data::open(&format!("folder:{}", folder.display()), &o).unwrap();
+        let rows: Vec<_> = SOME
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (Some(photo(n)), Some(i as i64 % 3)))
+            .collect();
+        for layout in [ImageColumn::Struct, ImageColumn::Binary] {
+            let path = dir.path().join(format!("{layout:?}.parquet"));
+            // row groups of 2: three groups
+            write_table(&path, &rows, 2, layout, true).unwrap();
+            let ds = open_table(&path, false).unwrap();
+            let t = &ds.train;
+            assert!(t.is_streamed());
+            assert_eq!((t.n, t.channels, t.height), (5, 3, 24));
+            for i in 0..t.n {
+                assert_eq!(t.image(i).unwrap(), want.train.image(i).unwrap(), "{layout:?} {i}");
+            }
+            assert_eq!(t.labels, Some(vec![0, 1, 2, 0, 1]));
+            assert_eq!(ds.classes, vec!["0", "1", "2"]);
+            assert!(t.stream.as_ref().unwrap().name(3).ends_with(".parquet:row 3 (row group 1)"));
+            assert!((t.memory_bytes() as f64 / t.n as f64) < 120.0);
+        }
+        // a folder of tables, unlabelled
+        let tables = dir.path().join("tables");
+        std::fs::create_dir(&tables).unwrap();
+        let unl: Vec<_> = rows.iter().map(|(b, _)| (b.clone(), None)).collect();
+        write_table(&tables.join("a.parquet"), &unl[..2], 10, ImageColumn::Struct, false).unwrap();
+        write_table(&tables.join("b.parquet"), &unl[2..], 10, ImageColumn::Struct, false).unwrap();
+        let ds = open_table(&tables, false).unwrap();
+        assert_eq!((ds.train.n, ds.train.labels.is_none()), (5, true));
+        assert_eq!(ds.train.image(4).unwrap(), want.train.image(4).unwrap());
+        // the loader streams it: same batches whatever the worker count
+        use crate::data::loader::{default_make_batch, Loader, LoaderConfig};
+        let batches = |workers| {
+            let cfg = LoaderConfig {
+                batch_size: 2,
+                seed: 4,
+                workers,
+                prefetch: 2,
+                start_batch: 0,
+                drop_last: true,
+            };
+            Loader::new(Arc::new(ds.train.clone()), cfg, default_make_batch())
+                .take(5)
+                .map(|b| b.unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(batches(1), batches(3));
+    }
+
+    #[test]
+    fn bad_rows_and_damaged_files_are_named_or_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let rows = vec![
+            (Some(photo("apple.jpg")), Some(0)),
+            (Some(b"GIF89a not really".to_vec()), Some(1)),
+            (None, Some(1)),
+            (Some(photo("chelsea.png")), None),
+            (Some(photo("orange.jpg")), Some(-3)),
+            (Some(photo("coffee.png")), Some(2)),
+        ];
+        write_table(&path, &rows, 4, ImageColumn::Struct, true).unwrap();
+        let e = open_table(&path, false).unwrap_err();
+        assert!(matches!(e, DataError::Member { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("t.parquet: row 1 (row group 0): not an image: expected a PNG, JPEG or WebP image, found Gif data"),
+            "{msg}"
+        );
+        let ds = open_table(&path, true).unwrap();
+        assert_eq!((ds.train.n, ds.skipped), (2, 4));
+        assert_eq!(ds.train.labels, Some(vec![0, 2]));
+        // the null image, the null and the negative labels, each named
+        let only = |k: usize| {
+            let r = vec![rows[0].clone(), rows[k].clone()];
+            write_table(&path, &r, 4, ImageColumn::Struct, true).unwrap();
+            open_table(&path, false).unwrap_err().to_string()
+        };
+        assert!(only(2).contains("row 1 (row group 0): expected image bytes, found null"), "{}", only(2));
+        assert!(only(3).contains("row 1 (row group 0): expected a class number label, found null"));
+        assert!(only(4).contains("expected a class number label, found -3"));
+
+        // a damaged file: the footer cut off, then bytes of a page overwritten
+        write_table(&path, &rows[..1], 4, ImageColumn::Struct, true).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+        let e = open_table(&path, true).unwrap_err();
+        assert!(matches!(e, DataError::Format { .. }), "{e:?}");
+        assert!(e.to_string().contains("t.parquet"), "{e}");
+        let mut broken = good.clone();
+        for b in &mut broken[10..200] {
+            *b = 0xff;
+        }
+        std::fs::write(&path, &broken).unwrap();
+        let msg = open_table(&path, false).unwrap_err().to_string();
+        assert!(msg.contains("t.parquet") && msg.contains("row"), "{msg}");
+        // a table without an image column
+        std::fs::write(&path, b"not parquet at all").unwrap();
+        assert!(open_table(&path, false).unwrap_err().to_string().contains("t.parquet"));
+    }
+
+    #[test]
+    fn columns_by_name_or_type() {
+        use parquet::schema::parser::parse_message_type;
+        let find = |s: &str| {
+            let t = Arc::new(parse_message_type(s).unwrap());
+            find_columns(&SchemaDescriptor::new(t))
+        };
+        let c = find("message m { optional binary caption (STRING); optional group image { optional binary bytes; optional binary path (STRING); } optional int64 label; }").unwrap();
+        assert_eq!(c, Columns { image: 1, label: Some(3) });
+        let c = find("message m { required binary caption (STRING); required binary pixels; required int32 y; }").unwrap();
+        assert_eq!(c, Columns { image: 1, label: Some(2) });
+        let c = find("message m { required binary img; required int64 id; required int64 labels; }").unwrap();
+        assert_eq!(c, Columns { image: 0, label: Some(2) });
+        let e = find("message m { required binary caption (STRING); required int64 id; }").unwrap_err();
+        assert!(e.contains("expected an image column") && e.contains("caption"), "{e}");
+    }
+}

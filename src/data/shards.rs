@@ -612,3 +612,463 @@ fn par_shards(shards: &[PathBuf], skip_bad: bool) -> Vec<Result<ShardIndex, Data
         })
         .collect()
 }
+
+/// Write a shard (tests, fuzz seeds, measurements): `members` in order, GNU tar headers, as the
+/// `tar` crate writes them.
+pub fn write_shard(path: &Path, members: &[(String, Vec<u8>)]) -> std::io::Result<()> {
+    let mut b = tar::Builder::new(std::io::BufWriter::new(File::create(path)?));
+    for (name, data) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, &data[..])?;
+    }
+    use std::io::Write;
+    b.into_inner()?.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::augment::Img;
+    use crate::data::loader::{default_make_batch, Loader, LoaderConfig, MakeBatch, Share};
+    use crate::data::rngs::BatchRngs;
+    use crate::data::Stream;
+    use std::sync::atomic::AtomicU64;
+
+    const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/photos");
+    const SOME: &[&str] = &[
+        "apple.jpg",
+        "astronaut.png",
+        "baboon.jpg",
+        "chelsea.png",
+        "coffee.png",
+        "orange.jpg",
+    ];
+
+    fn write_tar(path: &Path, members: &[(String, Vec<u8>)]) {
+        write_shard(path, members).unwrap();
+    }
+
+    fn photo(name: &str) -> Vec<u8> {
+        std::fs::read(Path::new(PHOTOS).join(name)).unwrap()
+    }
+
+    fn opts(skip_bad: bool) -> OpenOptions {
+        OpenOptions {
+            image_size: Some(24),
+            skip_bad,
+            limit: None,
+            stream: Stream::Auto,
+        }
+    }
+
+    /// A small PNG with content depending on `i`.
+    fn png(i: usize) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(20 + i as u32 % 7, 18, |x, y| {
+            image::Rgb([(x * 9 + i as u32) as u8, (y * 5) as u8, (x ^ y) as u8])
+        });
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn shards_give_the_folder_readers_images_bitwise_and_their_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("folder");
+        std::fs::create_dir(&folder).unwrap();
+        let mut members: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(), Vec::new()];
+        for (i, name) in SOME.iter().enumerate() {
+            std::fs::copy(Path::new(PHOTOS).join(name), folder.join(name)).unwrap();
+            let (stem, ext) = name.split_once('.').unwrap();
+            let shard = &mut members[i / 3];
+            shard.push((format!("{stem}.{ext}"), photo(name)));
+            // labels as .cls in the first shard, as .json in the second
+            if i < 3 {
+                shard.push((format!("{stem}.cls"), format!("{}\n", i % 2).into_bytes()));
+            } else {
+                shard.push((format!("{stem}.json"), format!("{{\"label\": {}}}", i % 2).into_bytes()));
+            }
+            shard.push((format!("{stem}.txt"), b"a caption, ignored".to_vec()));
+        }
+        let shards = dir.path().join("shards");
+        std::fs::create_dir(&shards).unwrap();
+        for (s, m) in members.iter().enumerate() {
+            write_tar(&shards.join(format!("train-{s:03}.tar")), m);
+        }
+        let o = OpenOptions {
+            stream: Stream::Never,
+            ..opts(false)
+        };
+        let want = crate::data::open(&format!("folder:{}", folder.display()), &o).unwrap();
+        for spec in [
+            format!("wds:{}", shards.display()),
+            format!("wds:{}/train-*.tar", shards.display()),
+            format!("wds:{}/train-{{000..001}}.tar", shards.display()),
+        ] {
+            let ds = crate::data::open(&spec, &opts(false)).unwrap();
+            let t = &ds.train;
+            assert!(t.is_streamed() && t.images.is_empty(), "{spec}");
+            assert_eq!((t.n, t.channels, t.height), (6, 3, 24), "{spec}");
+            for i in 0..t.n {
+                assert_eq!(t.image(i).unwrap(), want.train.image(i).unwrap(), "{spec}: image {i}");
+            }
+            assert_eq!(t.labels, Some(vec![0, 1, 0, 1, 0, 1]));
+            assert_eq!(ds.classes, vec!["0", "1"]);
+            assert_eq!(ds.skipped, 0);
+            assert!(t.stream.as_ref().unwrap().name(4).ends_with("train-001.tar:coffee.png"));
+            // the index: tens of bytes per image
+            let per_image = t.memory_bytes() as f64 / t.n as f64;
+            assert!(per_image < 120.0, "{per_image} bytes per image");
+        }
+        // limit; a single shard file
+        let limited = crate::data::open(
+            &format!("wds:{}", shards.display()),
+            &OpenOptions { limit: Some(4), ..opts(false) },
+        )
+        .unwrap();
+        assert_eq!(limited.train.n, 4);
+        let one = crate::data::open(&format!("wds:{}/train-001.tar", shards.display()), &opts(false)).unwrap();
+        assert_eq!(one.train.image(0).unwrap(), want.train.image(3).unwrap());
+        let e = crate::data::open(&format!("wds:{}/nope-*.tar", shards.display()), &opts(false)).unwrap_err();
+        assert!(matches!(e, DataError::Empty { .. }), "{e}");
+    }
+
+    #[test]
+    fn webp_members_decode() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = image::open(Path::new(PHOTOS).join("chelsea.png")).unwrap().to_rgb8();
+        let mut webp = Vec::new();
+        image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
+            .encode(src.as_raw(), src.width(), src.height(), image::ExtendedColorType::Rgb8)
+            .unwrap();
+        write_tar(
+            &dir.path().join("a.tar"),
+            &[("cat.webp".into(), webp), ("cat2.png".into(), photo("chelsea.png"))],
+        );
+        let ds = crate::data::open(&format!("wds:{}", dir.path().display()), &opts(false)).unwrap();
+        assert_eq!(ds.train.n, 2);
+        // lossless WebP of the PNG's pixels: the same image
+        assert_eq!(ds.train.image(0).unwrap(), ds.train.image(1).unwrap());
+    }
+
+    /// Members a, b, c (PNG images with .cls labels).
+    fn three() -> Vec<(String, Vec<u8>)> {
+        let mut m = Vec::new();
+        for (i, k) in ["a", "b", "c"].iter().enumerate() {
+            m.push((format!("{k}.png"), png(i)));
+            m.push((format!("{k}.cls"), i.to_string().into_bytes()));
+        }
+        m
+    }
+
+    fn open_one(path: &Path, skip_bad: bool) -> Result<Dataset, DataError> {
+        crate::data::open(&format!("wds:{}", path.display()), &opts(skip_bad))
+    }
+
+    #[test]
+    fn damaged_shards_are_errors_naming_shard_and_member_or_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = dir.path().join("s.tar");
+        // truncated in the data of c.png
+        write_tar(&shard, &three());
+        let bytes = std::fs::read(&shard).unwrap();
+        let c_at = bytes.windows(5).position(|w| w == b"c.png").unwrap();
+        std::fs::write(&shard, &bytes[..c_at + 512 + 40]).unwrap();
+        let e = open_one(&shard, false).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, DataError::Member { .. }), "{e:?}");
+        assert!(msg.contains("s.tar") && msg.contains("c.png") && msg.contains("truncated"), "{msg}");
+        assert!(msg.contains("expected") && msg.contains("--skip-bad"), "{msg}");
+        let ds = open_one(&shard, true).unwrap();
+        assert_eq!((ds.train.n, ds.skipped), (2, 1));
+        assert_eq!(ds.train.labels, Some(vec![0, 1]));
+        // truncated inside a header block
+        std::fs::write(&shard, &bytes[..c_at + 100]).unwrap();
+        let e = open_one(&shard, false).unwrap_err();
+        assert!(e.to_string().contains("s.tar"), "{e}");
+        assert_eq!(open_one(&shard, true).unwrap().train.n, 2);
+
+        // a damaged header (b.png's): its checksum no longer matches
+        let mut damaged = bytes.clone();
+        let b_at = bytes.windows(5).position(|w| w == b"b.png").unwrap();
+        damaged[b_at] = b'x';
+        std::fs::write(&shard, &damaged).unwrap();
+        let msg = open_one(&shard, false).unwrap_err().to_string();
+        assert!(msg.contains("s.tar") && msg.contains("after a.cls") && msg.contains("tar header"), "{msg}");
+        let ds = open_one(&shard, true).unwrap();
+        assert_eq!((ds.train.n, ds.skipped), (1, 1));
+
+        // a member that is not an image, a sample without an image, a bad label
+        let mut m = three();
+        m[2].1 = b"these are not the pixels you are looking for".to_vec();
+        m.push(("d.txt".into(), b"no image here".to_vec()));
+        m.push(("e.png".into(), png(4)));
+        m.push(("e.cls".into(), b"cat".to_vec()));
+        write_tar(&shard, &m);
+        let msg = open_one(&shard, false).unwrap_err().to_string();
+        assert!(msg.contains("s.tar: b.png: not an image: expected a PNG, JPEG or WebP image, found 44 bytes starting 74 68"), "{msg}");
+        let ds = open_one(&shard, true).unwrap();
+        assert_eq!((ds.train.n, ds.skipped), (2, 3));
+        assert_eq!(ds.train.labels, Some(vec![0, 2]));
+        m.remove(2);
+        m.remove(2);
+        write_tar(&shard, &m);
+        let msg = open_one(&shard, false).unwrap_err().to_string();
+        assert!(msg.contains("s.tar: d: expected an image member (d.png, .jpg, .jpeg or .webp), found d.txt"), "{msg}");
+        m.retain(|(n, _)| !n.starts_with('d'));
+        write_tar(&shard, &m);
+        let msg = open_one(&shard, false).unwrap_err().to_string();
+        assert!(msg.contains("e.png: bad label e.cls: expected a decimal class number, found \"cat\""), "{msg}");
+        // an empty or a non-tar file
+        std::fs::write(&shard, b"").unwrap();
+        assert!(matches!(open_one(&shard, false).unwrap_err(), DataError::Empty { .. }));
+        std::fs::write(&shard, vec![7u8; 2000]).unwrap();
+        assert!(open_one(&shard, false).unwrap_err().to_string().contains("s.tar"));
+    }
+
+    #[test]
+    fn a_member_that_breaks_after_open_is_named_or_replaced_with_skip_bad() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = dir.path().join("s.tar");
+        let mut m = three();
+        // a PNG whose header is intact and whose pixel data is cut short
+        let noise = image::RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([(x * 97 + y * 13) as u8, (x ^ y) as u8, (x * y * 7) as u8])
+        });
+        let mut full = Vec::new();
+        noise
+            .write_to(&mut std::io::Cursor::new(&mut full), image::ImageFormat::Png)
+            .unwrap();
+        m[2].1 = full[..full.len() * 6 / 10].to_vec();
+        write_tar(&shard, &m);
+        let ds = open_one(&shard, false).unwrap();
+        assert_eq!(ds.train.n, 3);
+        let e = ds.train.image(1).unwrap_err();
+        assert!(e.to_string().contains("s.tar: b.png"), "{e}");
+        let ds = open_one(&shard, true).unwrap();
+        let set = Arc::new(ds.train);
+        let (used, _) = set.image_or_next(1).unwrap();
+        assert_eq!(used, 2);
+        let cfg = LoaderConfig {
+            batch_size: 3,
+            seed: 2,
+            workers: 2,
+            prefetch: 1,
+            start_batch: 0,
+            drop_last: true,
+        };
+        let got: Vec<_> = Loader::new(set.clone(), cfg, default_make_batch()).take(4).collect();
+        assert!(got.iter().all(|b| b.is_ok()));
+        assert_eq!(set.substituted(), 1);
+    }
+
+    /// Each rank reads and decodes 1/N of every global batch, and its part is the same bytes as
+    /// the whole batch's; for folders too (bit-identical to one process).
+    #[test]
+    fn each_rank_decodes_only_its_share_of_every_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = dir.path().join("shards");
+        let folder = dir.path().join("folder");
+        std::fs::create_dir(&shards).unwrap();
+        std::fs::create_dir(&folder).unwrap();
+        for s in 0..3 {
+            let m: Vec<_> = (0..10)
+                .map(|k| (format!("{:03}.png", s * 10 + k), png(s * 10 + k)))
+                .collect();
+            for (name, data) in &m {
+                std::fs::write(folder.join(name), data).unwrap();
+            }
+            write_tar(&shards.join(format!("{s}.tar")), &m);
+        }
+        let cfg = LoaderConfig {
+            batch_size: 8,
+            seed: 9,
+            workers: 2,
+            prefetch: 2,
+            start_batch: 0,
+            drop_last: true,
+        };
+        for spec in [
+            format!("wds:{}", shards.display()),
+            format!("folder:{}", folder.display()),
+        ] {
+            let o = OpenOptions {
+                stream: Stream::Always,
+                ..opts(false)
+            };
+            // per share: the images of each batch (empty where another rank's) and the count of
+            // images the make function received with pixels
+            let run = |share: Share| {
+                let set = Arc::new(crate::data::open(&spec, &o).unwrap().train);
+                let made = Arc::new(AtomicU64::new(0));
+                let make: MakeBatch<Vec<Vec<f32>>> = {
+                    let made = made.clone();
+                    Arc::new(move |imgs: &[Img], _: &[u32], _: &BatchRngs| {
+                        let own = imgs.iter().filter(|i| !i.data.is_empty()).count();
+                        made.fetch_add(own as u64, Ordering::Relaxed);
+                        imgs.iter().map(|i| i.data.clone()).collect()
+                    })
+                };
+                let mut loader = Loader::with_share(set.clone(), cfg.clone(), make, share);
+                let batches: Vec<Vec<Vec<f32>>> =
+                    loader.by_ref().take(7).map(|b| b.unwrap()).collect();
+                drop(loader);
+                let made = made.load(Ordering::Relaxed);
+                (batches, made, set.decodes())
+            };
+            let (all, made_all, decoded_all) = run(Share::ALL);
+            assert_eq!(made_all % 8, 0);
+            if spec.starts_with("wds") {
+                assert_eq!(decoded_all, made_all, "every image of the batch decoded once");
+            }
+            let mut own_total = Vec::new();
+            for rank in 0..2 {
+                let (mine, made, decoded) = run(Share { rank, ranks: 2 });
+                // 4 of each batch of 8: one half
+                assert_eq!(made % 4, 0, "{spec}");
+                assert!(made >= 7 * 4, "{spec}");
+                if spec.starts_with("wds") {
+                    assert_eq!(decoded, made, "{spec}: rank {rank} decoded only its half");
+                }
+                for (k, (b, whole)) in mine.iter().zip(&all).enumerate() {
+                    for (p, (img, want)) in b.iter().zip(whole).enumerate() {
+                        if (rank * 4..rank * 4 + 4).contains(&p) {
+                            assert_eq!(img, want, "{spec}: batch {k} position {p}");
+                        } else {
+                            assert!(img.is_empty());
+                        }
+                    }
+                }
+                own_total.push(made);
+            }
+            // two ranks together decoded what one process decodes, each half of it (prefetch
+            // aside: each counts whole batches)
+            assert!(own_total.iter().all(|&m| m * 2 >= 7 * 8));
+        }
+    }
+
+    #[test]
+    fn shard_epochs_visit_every_image_once_shard_by_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        for s in 0..4 {
+            let m: Vec<_> = (0..6).map(|k| (format!("{s}{k}.png"), png(k))).collect();
+            write_tar(&dir.path().join(format!("{s}.tar")), &m);
+        }
+        let ds = open_one(dir.path(), false).unwrap();
+        let order = ds.train.epoch_order(1, 0);
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..24).collect::<Vec<_>>());
+        assert_ne!(order, ds.train.epoch_order(1, 1));
+        assert_eq!(ds.train.batch_indices(5, true, 1, 2), order[10..15].to_vec());
+    }
+
+    #[test]
+    fn keys_and_globs() {
+        assert_eq!(split_key("dir/000017.seg.png"), ("dir/000017", "seg.png"));
+        assert_eq!(split_key("a.b/c.jpg"), ("a.b/c", "jpg"));
+        assert_eq!(split_key("plain"), ("plain", ""));
+        assert_eq!(
+            expand_braces("s-{08..10}.tar"),
+            vec!["s-08.tar", "s-09.tar", "s-10.tar"]
+        );
+        assert_eq!(expand_braces("{a,b}.tar"), vec!["a.tar", "b.tar"]);
+        assert!(glob_match(b"train-*.tar", b"train-0001.tar"));
+        assert!(glob_match(b"?.tar", b"a.tar"));
+        assert!(!glob_match(b"train-*.tar", b"test-0001.tar"));
+        assert_eq!(parse_label("json", br#"{"cls": 3}"#), Ok(3));
+        assert!(parse_label("json", br#"{"label": -1}"#).unwrap_err().contains("found -1"));
+        assert!(parse_label("json", b"[1]").unwrap_err().contains("\"label\" or \"cls\""));
+    }
+
+    /// Peak resident memory of this process (VmHWM), in MiB.
+    fn peak_mib() -> f64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    /// The measurement of issue 40: `PRETEXT_SCALE_N` (default 100,000) synthetic 32x32 PNGs in
+    /// shards of 10,000, indexed, then streamed once through the loader (batches of 256, 32x32).
+    /// `PRETEXT_SCALE_N=1000000 cargo test --lib measure_shard_streaming -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement: minutes, and disk for the shards"]
+    fn measure_shard_streaming() {
+        let n: usize = std::env::var("PRETEXT_SCALE_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000);
+        let per_shard = 10_000;
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = std::time::Instant::now();
+        let mut bytes = 0u64;
+        for s in 0..n.div_ceil(per_shard) {
+            let members: Vec<_> = (s * per_shard..((s + 1) * per_shard).min(n))
+                .flat_map(|i| {
+                    let mut rng = i as u32 ^ 0x9e37_79b9;
+                    let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                        rng = rng.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                        image::Rgb([(x * 8) as u8, (y * 8) as u8, (rng >> 24) as u8])
+                    });
+                    let mut png = Vec::new();
+                    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                        .unwrap();
+                    [
+                        (format!("{i:08}.png"), png),
+                        (format!("{i:08}.cls"), (i % 10).to_string().into_bytes()),
+                    ]
+                })
+                .collect();
+            bytes += members.iter().map(|m| m.1.len() as u64 + 1024).sum::<u64>();
+            write_shard(&dir.path().join(format!("shard-{s:05}.tar")), &members).unwrap();
+        }
+        let written = t0.elapsed().as_secs_f64();
+        let before = peak_mib();
+        let t1 = std::time::Instant::now();
+        let o = OpenOptions {
+            image_size: Some(32),
+            ..opts(false)
+        };
+        let ds = crate::data::open(&format!("wds:{}", dir.path().display()), &o).unwrap();
+        let opened = t1.elapsed().as_secs_f64();
+        assert_eq!(ds.train.n, n);
+        let index_bytes = ds.train.memory_bytes() as f64 / n as f64;
+        let set = Arc::new(ds.train);
+        let cfg = LoaderConfig {
+            batch_size: 256,
+            seed: 1,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            prefetch: 4,
+            start_batch: 0,
+            drop_last: false,
+        };
+        let t2 = std::time::Instant::now();
+        let mut loader = Loader::new(set.clone(), cfg, default_make_batch());
+        let bpe = loader.batches_per_epoch();
+        let mut seen = 0;
+        for _ in 0..bpe {
+            seen += loader.next().unwrap().unwrap().b;
+        }
+        let streamed = t2.elapsed().as_secs_f64();
+        drop(loader);
+        assert_eq!(seen, n);
+        println!(
+            "n {n}: wrote {:.0} MB of shards in {written:.1} s; index opened in {opened:.1} s \
+             ({:.0} images/s); streamed once in {streamed:.1} s = {:.0} images/s on {} workers; \
+             index {index_bytes:.1} bytes/image (labels included); peak RSS (VmHWM) {before:.0} MiB \
+             before opening, {:.0} MiB after streaming",
+            bytes as f64 / 1e6,
+            n as f64 / opened,
+            n as f64 / streamed,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            peak_mib()
+        );
+    }
+}
