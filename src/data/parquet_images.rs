@@ -762,6 +762,20 @@ mod tests {
         assert!(open_table(&path, false).unwrap_err().to_string().contains("t.parquet"));
     }
 
+    /// Tables written by pyarrow (the fuzz seeds: Hugging Face's struct layout, Snappy, row
+    /// groups of 2; a plain binary column, uncompressed).
+    #[test]
+    fn reads_tables_written_by_pyarrow() {
+        let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/parquet_table");
+        let ds = open_table(&seeds.join("hf_layout.parquet"), false).unwrap();
+        assert_eq!((ds.train.n, ds.train.channels), (3, 3));
+        assert_eq!(ds.train.labels, Some(vec![0, 1, 2]));
+        assert_eq!(ds.train.image(0).unwrap(), ds.train.image(2).unwrap());
+        assert_ne!(ds.train.image(0).unwrap(), ds.train.image(1).unwrap());
+        let ds = open_table(&seeds.join("binary_unlabelled.parquet"), false).unwrap();
+        assert_eq!((ds.train.n, ds.train.labels.is_none()), (2, true));
+    }
+
     #[test]
     fn columns_by_name_or_type() {
         use parquet::schema::parser::parse_message_type;

@@ -967,6 +967,17 @@ mod tests {
         assert_eq!(ds.train.batch_indices(5, true, 1, 2), order[10..15].to_vec());
     }
 
+    /// Shards written by Python's `tarfile` (the fuzz seeds).
+    #[test]
+    fn reads_shards_written_by_python_tarfile() {
+        let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/wds_tar");
+        let ds = open_one(&seeds.join("labelled.tar"), false).unwrap();
+        assert_eq!((ds.train.n, ds.train.channels), (2, 3));
+        assert_eq!(ds.train.labels, Some(vec![1, 2]));
+        let ds = open_one(&seeds.join("unlabelled.tar"), false).unwrap();
+        assert_eq!((ds.train.n, ds.train.labels.is_none()), (2, true));
+    }
+
     #[test]
     fn keys_and_globs() {
         assert_eq!(split_key("dir/000017.seg.png"), ("dir/000017", "seg.png"));
