@@ -294,6 +294,7 @@ mod tests {
             "layout: 2 ranks × 4 replicas = 8 parts of 32 images, global batch 256 (each rank \
              reads and decodes its 128)"
         );
-        assert!(layout_line(2, 1, 64, "images").starts_with("layout: 2 ranks × 1 replica = 2 parts of 32 images"));
+        assert!(layout_line(2, 1, 64, "images")
+            .starts_with("layout: 2 ranks × 1 replica = 2 parts of 32 images"));
     }
 }

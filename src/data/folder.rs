@@ -60,7 +60,6 @@ impl Streamed {
     pub fn path(&self, i: usize) -> &Path {
         &self.paths[i]
     }
-
 }
 
 impl Source for Streamed {
@@ -94,7 +93,12 @@ impl Source for Streamed {
     /// The chosen files, in the order given.
     fn subset(&self, idx: &[usize]) -> Arc<dyn Source> {
         let paths = idx.iter().map(|&i| self.paths[i].clone()).collect();
-        Arc::new(Streamed::new(paths, self.size, self.channels, self.skip_bad))
+        Arc::new(Streamed::new(
+            paths,
+            self.size,
+            self.channels,
+            self.skip_bad,
+        ))
     }
 
     /// Heap bytes held: the paths (no pixels).

@@ -243,9 +243,7 @@ impl<B: Send + 'static> Loader<B> {
                 .map(|_| {
                     let (set, cfg, make, shared) =
                         (set.clone(), cfg.clone(), make.clone(), shared.clone());
-                    std::thread::spawn(move || {
-                        work(&set, &cfg, &make, &shared, bpe, window, share)
-                    })
+                    std::thread::spawn(move || work(&set, &cfg, &make, &shared, bpe, window, share))
                 })
                 .collect()
         };

@@ -138,7 +138,13 @@ impl ImageSet {
     }
 
     /// The image indices of batch `k` (as [`loader::batch_indices`], in this set's order).
-    pub fn batch_indices(&self, batch_size: usize, drop_last: bool, seed: u64, k: u64) -> Vec<usize> {
+    pub fn batch_indices(
+        &self,
+        batch_size: usize,
+        drop_last: bool,
+        seed: u64,
+        k: u64,
+    ) -> Vec<usize> {
         let bpe = loader::batches_per_epoch(self.n, batch_size, drop_last);
         if bpe == 0 {
             return Vec::new();

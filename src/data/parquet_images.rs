@@ -193,7 +193,9 @@ fn open_reader(path: &Path) -> Result<SerializedFileReader<File>, DataError> {
 
 /// The image and label columns of a schema (see the module doc).
 pub fn find_columns(schema: &SchemaDescriptor) -> Result<Columns, String> {
-    let cols: Vec<_> = (0..schema.num_columns()).map(|i| schema.column(i)).collect();
+    let cols: Vec<_> = (0..schema.num_columns())
+        .map(|i| schema.column(i))
+        .collect();
     let is_binary = |i: usize| {
         let c = &cols[i];
         c.physical_type() == PhysicalType::BYTE_ARRAY && c.max_rep_level() == 0
@@ -205,10 +207,8 @@ pub fn find_columns(schema: &SchemaDescriptor) -> Result<Columns, String> {
     };
     let is_int = |i: usize| {
         let c = &cols[i];
-        matches!(
-            c.physical_type(),
-            PhysicalType::INT32 | PhysicalType::INT64
-        ) && c.max_rep_level() == 0
+        matches!(c.physical_type(), PhysicalType::INT32 | PhysicalType::INT64)
+            && c.max_rep_level() == 0
     };
     let path = |i: usize| -> Vec<String> {
         cols[i]
@@ -276,8 +276,12 @@ fn read_images(
     while out.len() < rows {
         defs.clear();
         values.clear();
-        let (records, _, _) =
-            reader.read_records(BATCH.min(rows - out.len()), Some(&mut defs), None, &mut values)?;
+        let (records, _, _) = reader.read_records(
+            BATCH.min(rows - out.len()),
+            Some(&mut defs),
+            None,
+            &mut values,
+        )?;
         if records == 0 {
             break;
         }
@@ -360,7 +364,10 @@ fn table_paths(path: &Path) -> Result<Vec<PathBuf>, DataError> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(path).map_err(|e| DataError::io(path, e))? {
         let p = e.map_err(|e| DataError::io(path, e))?.path();
-        if p.is_file() && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("parquet")) {
+        if p.is_file()
+            && p.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("parquet"))
+        {
             out.push(p);
         }
     }
@@ -400,31 +407,40 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset, DataError> {
     let (mut all_gray, mut skipped, mut max_group_rows) = (true, 0usize, 1usize);
     'files: for (f, file) in files.iter().enumerate() {
         let reader = guarded(file, "metadata", || open_reader(file))?;
-        let cols = find_columns(reader.metadata().file_metadata().schema_descr()).map_err(
-            |found| DataError::Format {
-                path: file.clone(),
-                offset: 0,
-                what: "schema".into(),
-                expected: "an image table".into(),
-                found,
-            },
-        )?;
+        let cols =
+            find_columns(reader.metadata().file_metadata().schema_descr()).map_err(|found| {
+                DataError::Format {
+                    path: file.clone(),
+                    offset: 0,
+                    what: "schema".into(),
+                    expected: "an image table".into(),
+                    found,
+                }
+            })?;
         let has_labels = cols.label.is_some();
         if *labelled.get_or_insert(has_labels) != has_labels {
             return Err(DataError::Mismatch {
                 path: file.clone(),
                 what: "label column".into(),
-                expected: format!("{} like the first table", if has_labels { "none" } else { "one" }),
+                expected: format!(
+                    "{} like the first table",
+                    if has_labels { "none" } else { "one" }
+                ),
                 found: if has_labels { "one" } else { "none" }.into(),
             });
         }
         let mut first_row = 0u64;
         for g in 0..reader.num_row_groups() {
             let read = guarded(file, &format!("row group {g}"), || {
-                let rg = reader.get_row_group(g).map_err(|e| group_err(file, g as u32, e))?;
-                let images = read_images(&*rg, cols.image).map_err(|e| group_err(file, g as u32, e))?;
+                let rg = reader
+                    .get_row_group(g)
+                    .map_err(|e| group_err(file, g as u32, e))?;
+                let images =
+                    read_images(&*rg, cols.image).map_err(|e| group_err(file, g as u32, e))?;
                 let labels = match cols.label {
-                    Some(c) => Some(read_labels(&*rg, c).map_err(|e| group_err(file, g as u32, e))?),
+                    Some(c) => {
+                        Some(read_labels(&*rg, c).map_err(|e| group_err(file, g as u32, e))?)
+                    }
                     None => None,
                 };
                 Ok((images, labels))
@@ -487,7 +503,10 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset, DataError> {
     }
     while columns.len() < files.len() {
         // files after the limit: never read (their groups are not in the index)
-        columns.push(Columns { image: 0, label: None });
+        columns.push(Columns {
+            image: 0,
+            label: None,
+        });
     }
     let n = group_of.len();
     if n == 0 {
@@ -570,7 +589,9 @@ pub fn write_table(
         ImageColumn::Binary => "optional binary img;",
     };
     let label = if labels { "optional int64 label;" } else { "" };
-    let schema = Arc::new(parse_message_type(&format!("message table {{ {image} {label} }}"))?);
+    let schema = Arc::new(parse_message_type(&format!(
+        "message table {{ {image} {label} }}"
+    ))?);
     let props = Arc::new(
         WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
@@ -597,9 +618,10 @@ pub fn write_table(
                         .write_batch(&values, Some(&defs), None)?;
                 }
                 1 if layout == ImageColumn::Struct => {
-                    let values: Vec<ByteArray> = (0..group.iter().filter(|(b, _)| b.is_some()).count())
-                        .map(|i| ByteArray::from(format!("{i}.png").as_str()))
-                        .collect();
+                    let values: Vec<ByteArray> =
+                        (0..group.iter().filter(|(b, _)| b.is_some()).count())
+                            .map(|i| ByteArray::from(format!("{i}.png").as_str()))
+                            .collect();
                     let defs: Vec<i16> = group
                         .iter()
                         .map(|(b, _)| if b.is_some() { 2 } else { 0 })
@@ -609,7 +631,8 @@ pub fn write_table(
                 }
                 _ => {
                     let values: Vec<i64> = group.iter().filter_map(|(_, l)| *l).collect();
-                    let defs: Vec<i16> = group.iter().map(|(_, l)| i16::from(l.is_some())).collect();
+                    let defs: Vec<i16> =
+                        group.iter().map(|(_, l)| i16::from(l.is_some())).collect();
                     col.typed::<Int64Type>()
                         .write_batch(&values, Some(&defs), None)?;
                 }
@@ -629,7 +652,13 @@ mod tests {
     use crate::data::Stream;
 
     const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/photos");
-    const SOME: &[&str] = &["apple.jpg", "astronaut.png", "baboon.jpg", "chelsea.png", "orange.jpg"];
+    const SOME: &[&str] = &[
+        "apple.jpg",
+        "astronaut.png",
+        "baboon.jpg",
+        "chelsea.png",
+        "orange.jpg",
+    ];
 
     fn opts(skip_bad: bool) -> OpenOptions {
         OpenOptions {
@@ -675,19 +704,42 @@ mod tests {
             assert!(t.is_streamed());
             assert_eq!((t.n, t.channels, t.height), (5, 3, 24));
             for i in 0..t.n {
-                assert_eq!(t.image(i).unwrap(), want.train.image(i).unwrap(), "{layout:?} {i}");
+                assert_eq!(
+                    t.image(i).unwrap(),
+                    want.train.image(i).unwrap(),
+                    "{layout:?} {i}"
+                );
             }
             assert_eq!(t.labels, Some(vec![0, 1, 2, 0, 1]));
             assert_eq!(ds.classes, vec!["0", "1", "2"]);
-            assert!(t.stream.as_ref().unwrap().name(3).ends_with(".parquet:row 3 (row group 1)"));
+            assert!(t
+                .stream
+                .as_ref()
+                .unwrap()
+                .name(3)
+                .ends_with(".parquet:row 3 (row group 1)"));
             assert!((t.memory_bytes() as f64 / t.n as f64) < 120.0);
         }
         // a folder of tables, unlabelled
         let tables = dir.path().join("tables");
         std::fs::create_dir(&tables).unwrap();
         let unl: Vec<_> = rows.iter().map(|(b, _)| (b.clone(), None)).collect();
-        write_table(&tables.join("a.parquet"), &unl[..2], 10, ImageColumn::Struct, false).unwrap();
-        write_table(&tables.join("b.parquet"), &unl[2..], 10, ImageColumn::Struct, false).unwrap();
+        write_table(
+            &tables.join("a.parquet"),
+            &unl[..2],
+            10,
+            ImageColumn::Struct,
+            false,
+        )
+        .unwrap();
+        write_table(
+            &tables.join("b.parquet"),
+            &unl[2..],
+            10,
+            ImageColumn::Struct,
+            false,
+        )
+        .unwrap();
         let ds = open_table(&tables, false).unwrap();
         assert_eq!((ds.train.n, ds.train.labels.is_none()), (5, true));
         assert_eq!(ds.train.image(4).unwrap(), want.train.image(4).unwrap());
@@ -739,7 +791,11 @@ mod tests {
             write_table(&path, &r, 4, ImageColumn::Struct, true).unwrap();
             open_table(&path, false).unwrap_err().to_string()
         };
-        assert!(only(2).contains("row 1 (row group 0): expected image bytes, found null"), "{}", only(2));
+        assert!(
+            only(2).contains("row 1 (row group 0): expected image bytes, found null"),
+            "{}",
+            only(2)
+        );
         assert!(only(3).contains("row 1 (row group 0): expected a class number label, found null"));
         assert!(only(4).contains("expected a class number label, found -3"));
 
@@ -759,7 +815,10 @@ mod tests {
         assert!(msg.contains("t.parquet") && msg.contains("row"), "{msg}");
         // a table without an image column
         std::fs::write(&path, b"not parquet at all").unwrap();
-        assert!(open_table(&path, false).unwrap_err().to_string().contains("t.parquet"));
+        assert!(open_table(&path, false)
+            .unwrap_err()
+            .to_string()
+            .contains("t.parquet"));
     }
 
     /// Tables written by pyarrow (the fuzz seeds: Hugging Face's struct layout, Snappy, row
@@ -784,12 +843,36 @@ mod tests {
             find_columns(&SchemaDescriptor::new(t))
         };
         let c = find("message m { optional binary caption (STRING); optional group image { optional binary bytes; optional binary path (STRING); } optional int64 label; }").unwrap();
-        assert_eq!(c, Columns { image: 1, label: Some(3) });
+        assert_eq!(
+            c,
+            Columns {
+                image: 1,
+                label: Some(3)
+            }
+        );
         let c = find("message m { required binary caption (STRING); required binary pixels; required int32 y; }").unwrap();
-        assert_eq!(c, Columns { image: 1, label: Some(2) });
-        let c = find("message m { required binary img; required int64 id; required int64 labels; }").unwrap();
-        assert_eq!(c, Columns { image: 0, label: Some(2) });
-        let e = find("message m { required binary caption (STRING); required int64 id; }").unwrap_err();
-        assert!(e.contains("expected an image column") && e.contains("caption"), "{e}");
+        assert_eq!(
+            c,
+            Columns {
+                image: 1,
+                label: Some(2)
+            }
+        );
+        let c =
+            find("message m { required binary img; required int64 id; required int64 labels; }")
+                .unwrap();
+        assert_eq!(
+            c,
+            Columns {
+                image: 0,
+                label: Some(2)
+            }
+        );
+        let e =
+            find("message m { required binary caption (STRING); required int64 id; }").unwrap_err();
+        assert!(
+            e.contains("expected an image column") && e.contains("caption"),
+            "{e}"
+        );
     }
 }

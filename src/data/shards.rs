@@ -147,11 +147,7 @@ pub fn shard_paths(spec_path: &str) -> Result<Vec<PathBuf>, DataError> {
     if path.is_dir() {
         let mut out: Vec<PathBuf> = read_dir_sorted(path)?
             .into_iter()
-            .filter(|p| {
-                p.is_file()
-                    && p.extension()
-                        .is_some_and(|e| e.eq_ignore_ascii_case("tar"))
-            })
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("tar")))
             .collect();
         out.sort();
         return nonempty(out, path, "no .tar shards in the folder");
@@ -180,7 +176,9 @@ pub fn shard_paths(spec_path: &str) -> Result<Vec<PathBuf>, DataError> {
             p.is_file()
                 && p.file_name().is_some_and(|f| {
                     let f = f.to_string_lossy();
-                    patterns.iter().any(|pat| glob_match(pat.as_bytes(), f.as_bytes()))
+                    patterns
+                        .iter()
+                        .any(|pat| glob_match(pat.as_bytes(), f.as_bytes()))
                 })
         })
         .collect();
@@ -294,7 +292,9 @@ fn index_shard_inner(path: &Path, skip_bad: bool) -> Result<ShardIndex, DataErro
         }
     };
     let mut archive = tar::Archive::new(file);
-    let mut entries = archive.entries_with_seek().map_err(|e| DataError::io(path, e))?;
+    let mut entries = archive
+        .entries_with_seek()
+        .map_err(|e| DataError::io(path, e))?;
     let mut pending = Pending::default();
     // Where the next header starts, and the last member read (for messages).
     let mut next_header = 0u64;
@@ -348,7 +348,10 @@ fn index_shard_inner(path: &Path, skip_bad: bool) -> Result<ShardIndex, DataErro
         let ext = ext.to_ascii_lowercase();
         if IMAGE_EXTENSIONS.contains(&ext.as_str()) && pending.image.is_none() {
             if size > u32::MAX as u64 {
-                let e = member_err(&name, format!("expected an image under 4 GiB, found {size} bytes"));
+                let e = member_err(
+                    &name,
+                    format!("expected an image under 4 GiB, found {size} bytes"),
+                );
                 bad(&mut out, e)?;
                 continue;
             }
@@ -458,9 +461,7 @@ pub fn parse_label(ext: &str, bytes: &[u8]) -> Result<u32, String> {
                 .as_u64()
                 .filter(|&l| l <= u32::MAX as u64)
                 .map(|l| l as u32)
-                .ok_or_else(|| {
-                    format!("expected \"{field}\" to be a class number, found {x}")
-                });
+                .ok_or_else(|| format!("expected \"{field}\" to be a class number, found {x}"));
         }
     }
     Err(format!(
@@ -503,7 +504,11 @@ pub fn open(spec_path: &str, opts: &OpenOptions) -> Result<Dataset, DataError> {
                     member: name,
                     message: format!(
                         "expected {} like the first sample's, found {}",
-                        if has { "no label" } else { "a label (KEY.cls or KEY.json)" },
+                        if has {
+                            "no label"
+                        } else {
+                            "a label (KEY.cls or KEY.json)"
+                        },
                         if has { "one" } else { "none" }
                     ),
                 };
@@ -526,7 +531,10 @@ pub fn open(spec_path: &str, opts: &OpenOptions) -> Result<Dataset, DataError> {
     if n == 0 {
         return Err(DataError::Empty {
             path: PathBuf::from(spec_path),
-            message: format!("no readable samples in {} shards ({skipped} skipped)", shards.len()),
+            message: format!(
+                "no readable samples in {} shards ({skipped} skipped)",
+                shards.len()
+            ),
         });
     }
     let channels = if all_gray { 1 } else { 3 };
@@ -577,14 +585,15 @@ fn par_shards(shards: &[PathBuf], skip_bad: bool) -> Vec<Result<ShardIndex, Data
                         if i >= shards.len() {
                             return mine;
                         }
-                        let r = std::panic::catch_unwind(|| index_shard_inner(&shards[i], skip_bad))
-                            .unwrap_or_else(|_| {
-                                Err(DataError::Member {
-                                    path: shards[i].clone(),
-                                    member: "(index)".into(),
-                                    message: "the reader crashed".into(),
-                                })
-                            });
+                        let r =
+                            std::panic::catch_unwind(|| index_shard_inner(&shards[i], skip_bad))
+                                .unwrap_or_else(|_| {
+                                    Err(DataError::Member {
+                                        path: shards[i].clone(),
+                                        member: "(index)".into(),
+                                        message: "the reader crashed".into(),
+                                    })
+                                });
                         mine.push((i, r));
                     }
                 })
@@ -690,7 +699,10 @@ mod tests {
             if i < 3 {
                 shard.push((format!("{stem}.cls"), format!("{}\n", i % 2).into_bytes()));
             } else {
-                shard.push((format!("{stem}.json"), format!("{{\"label\": {}}}", i % 2).into_bytes()));
+                shard.push((
+                    format!("{stem}.json"),
+                    format!("{{\"label\": {}}}", i % 2).into_bytes(),
+                ));
             }
             shard.push((format!("{stem}.txt"), b"a caption, ignored".to_vec()));
         }
@@ -714,12 +726,21 @@ mod tests {
             assert!(t.is_streamed() && t.images.is_empty(), "{spec}");
             assert_eq!((t.n, t.channels, t.height), (6, 3, 24), "{spec}");
             for i in 0..t.n {
-                assert_eq!(t.image(i).unwrap(), want.train.image(i).unwrap(), "{spec}: image {i}");
+                assert_eq!(
+                    t.image(i).unwrap(),
+                    want.train.image(i).unwrap(),
+                    "{spec}: image {i}"
+                );
             }
             assert_eq!(t.labels, Some(vec![0, 1, 0, 1, 0, 1]));
             assert_eq!(ds.classes, vec!["0", "1"]);
             assert_eq!(ds.skipped, 0);
-            assert!(t.stream.as_ref().unwrap().name(4).ends_with("train-001.tar:coffee.png"));
+            assert!(t
+                .stream
+                .as_ref()
+                .unwrap()
+                .name(4)
+                .ends_with("train-001.tar:coffee.png"));
             // the index: tens of bytes per image
             let per_image = t.memory_bytes() as f64 / t.n as f64;
             assert!(per_image < 120.0, "{per_image} bytes per image");
@@ -727,27 +748,48 @@ mod tests {
         // limit; a single shard file
         let limited = crate::data::open(
             &format!("wds:{}", shards.display()),
-            &OpenOptions { limit: Some(4), ..opts(false) },
+            &OpenOptions {
+                limit: Some(4),
+                ..opts(false)
+            },
         )
         .unwrap();
         assert_eq!(limited.train.n, 4);
-        let one = crate::data::open(&format!("wds:{}/train-001.tar", shards.display()), &opts(false)).unwrap();
+        let one = crate::data::open(
+            &format!("wds:{}/train-001.tar", shards.display()),
+            &opts(false),
+        )
+        .unwrap();
         assert_eq!(one.train.image(0).unwrap(), want.train.image(3).unwrap());
-        let e = crate::data::open(&format!("wds:{}/nope-*.tar", shards.display()), &opts(false)).unwrap_err();
+        let e = crate::data::open(
+            &format!("wds:{}/nope-*.tar", shards.display()),
+            &opts(false),
+        )
+        .unwrap_err();
         assert!(matches!(e, DataError::Empty { .. }), "{e}");
     }
 
     #[test]
     fn webp_members_decode() {
         let dir = tempfile::tempdir().unwrap();
-        let src = image::open(Path::new(PHOTOS).join("chelsea.png")).unwrap().to_rgb8();
+        let src = image::open(Path::new(PHOTOS).join("chelsea.png"))
+            .unwrap()
+            .to_rgb8();
         let mut webp = Vec::new();
         image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
-            .encode(src.as_raw(), src.width(), src.height(), image::ExtendedColorType::Rgb8)
+            .encode(
+                src.as_raw(),
+                src.width(),
+                src.height(),
+                image::ExtendedColorType::Rgb8,
+            )
             .unwrap();
         write_tar(
             &dir.path().join("a.tar"),
-            &[("cat.webp".into(), webp), ("cat2.png".into(), photo("chelsea.png"))],
+            &[
+                ("cat.webp".into(), webp),
+                ("cat2.png".into(), photo("chelsea.png")),
+            ],
         );
         let ds = crate::data::open(&format!("wds:{}", dir.path().display()), &opts(false)).unwrap();
         assert_eq!(ds.train.n, 2);
@@ -781,8 +823,14 @@ mod tests {
         let e = open_one(&shard, false).unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, DataError::Member { .. }), "{e:?}");
-        assert!(msg.contains("s.tar") && msg.contains("c.png") && msg.contains("truncated"), "{msg}");
-        assert!(msg.contains("expected") && msg.contains("--skip-bad"), "{msg}");
+        assert!(
+            msg.contains("s.tar") && msg.contains("c.png") && msg.contains("truncated"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("expected") && msg.contains("--skip-bad"),
+            "{msg}"
+        );
         let ds = open_one(&shard, true).unwrap();
         assert_eq!((ds.train.n, ds.skipped), (2, 1));
         assert_eq!(ds.train.labels, Some(vec![0, 1]));
@@ -798,7 +846,10 @@ mod tests {
         damaged[b_at] = b'x';
         std::fs::write(&shard, &damaged).unwrap();
         let msg = open_one(&shard, false).unwrap_err().to_string();
-        assert!(msg.contains("s.tar") && msg.contains("after a.cls") && msg.contains("tar header"), "{msg}");
+        assert!(
+            msg.contains("s.tar") && msg.contains("after a.cls") && msg.contains("tar header"),
+            "{msg}"
+        );
         let ds = open_one(&shard, true).unwrap();
         assert_eq!((ds.train.n, ds.skipped), (1, 1));
 
@@ -818,16 +869,30 @@ mod tests {
         m.remove(2);
         write_tar(&shard, &m);
         let msg = open_one(&shard, false).unwrap_err().to_string();
-        assert!(msg.contains("s.tar: d: expected an image member (d.png, .jpg, .jpeg or .webp), found d.txt"), "{msg}");
+        assert!(
+            msg.contains(
+                "s.tar: d: expected an image member (d.png, .jpg, .jpeg or .webp), found d.txt"
+            ),
+            "{msg}"
+        );
         m.retain(|(n, _)| !n.starts_with('d'));
         write_tar(&shard, &m);
         let msg = open_one(&shard, false).unwrap_err().to_string();
-        assert!(msg.contains("e.png: bad label e.cls: expected a decimal class number, found \"cat\""), "{msg}");
+        assert!(
+            msg.contains("e.png: bad label e.cls: expected a decimal class number, found \"cat\""),
+            "{msg}"
+        );
         // an empty or a non-tar file
         std::fs::write(&shard, b"").unwrap();
-        assert!(matches!(open_one(&shard, false).unwrap_err(), DataError::Empty { .. }));
+        assert!(matches!(
+            open_one(&shard, false).unwrap_err(),
+            DataError::Empty { .. }
+        ));
         std::fs::write(&shard, vec![7u8; 2000]).unwrap();
-        assert!(open_one(&shard, false).unwrap_err().to_string().contains("s.tar"));
+        assert!(open_one(&shard, false)
+            .unwrap_err()
+            .to_string()
+            .contains("s.tar"));
     }
 
     #[test]
@@ -841,7 +906,10 @@ mod tests {
         });
         let mut full = Vec::new();
         noise
-            .write_to(&mut std::io::Cursor::new(&mut full), image::ImageFormat::Png)
+            .write_to(
+                &mut std::io::Cursor::new(&mut full),
+                image::ImageFormat::Png,
+            )
             .unwrap();
         m[2].1 = full[..full.len() * 6 / 10].to_vec();
         write_tar(&shard, &m);
@@ -861,7 +929,9 @@ mod tests {
             start_batch: 0,
             drop_last: true,
         };
-        let got: Vec<_> = Loader::new(set.clone(), cfg, default_make_batch()).take(4).collect();
+        let got: Vec<_> = Loader::new(set.clone(), cfg, default_make_batch())
+            .take(4)
+            .collect();
         assert!(got.iter().all(|b| b.is_ok()));
         assert_eq!(set.substituted(), 1);
     }
@@ -923,7 +993,10 @@ mod tests {
             let (all, made_all, decoded_all) = run(Share::ALL);
             assert_eq!(made_all % 8, 0);
             if spec.starts_with("wds") {
-                assert_eq!(decoded_all, made_all, "every image of the batch decoded once");
+                assert_eq!(
+                    decoded_all, made_all,
+                    "every image of the batch decoded once"
+                );
             }
             let mut own_total = Vec::new();
             for rank in 0..2 {
@@ -964,7 +1037,10 @@ mod tests {
         sorted.sort();
         assert_eq!(sorted, (0..24).collect::<Vec<_>>());
         assert_ne!(order, ds.train.epoch_order(1, 1));
-        assert_eq!(ds.train.batch_indices(5, true, 1, 2), order[10..15].to_vec());
+        assert_eq!(
+            ds.train.batch_indices(5, true, 1, 2),
+            order[10..15].to_vec()
+        );
     }
 
     /// Shards written by Python's `tarfile` (the fuzz seeds).
@@ -992,8 +1068,12 @@ mod tests {
         assert!(glob_match(b"?.tar", b"a.tar"));
         assert!(!glob_match(b"train-*.tar", b"test-0001.tar"));
         assert_eq!(parse_label("json", br#"{"cls": 3}"#), Ok(3));
-        assert!(parse_label("json", br#"{"label": -1}"#).unwrap_err().contains("found -1"));
-        assert!(parse_label("json", b"[1]").unwrap_err().contains("\"label\" or \"cls\""));
+        assert!(parse_label("json", br#"{"label": -1}"#)
+            .unwrap_err()
+            .contains("found -1"));
+        assert!(parse_label("json", b"[1]")
+            .unwrap_err()
+            .contains("\"label\" or \"cls\""));
     }
 
     /// Peak resident memory of this process (VmHWM), in MiB.
