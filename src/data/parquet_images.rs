@@ -392,7 +392,7 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset, DataError> {
     }
     let files = table_paths(path)?;
     let limit = opts.limit.unwrap_or(usize::MAX);
-    let mut bad = |skipped: &mut usize, e: DataError| -> Result<(), DataError> {
+    let bad = |skipped: &mut usize, e: DataError| -> Result<(), DataError> {
         if opts.skip_bad {
             eprintln!("warning: {e}; skipped (--skip-bad)");
             *skipped += 1;

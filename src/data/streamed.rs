@@ -247,16 +247,33 @@ mod tests {
         assert_eq!(a, buffered_order(chunks(), 50, 3, 0));
         assert_ne!(a, buffered_order(chunks(), 50, 3, 1));
         assert_ne!(a, buffered_order(chunks(), 50, 4, 0));
-        // any window of 50 consecutive positions draws from at most 3 chunks (buffer 50 < 100)
-        for w in a.windows(50).step_by(25) {
-            let mut c: Vec<usize> = w.iter().map(|i| i / 100).collect();
-            c.sort();
-            c.dedup();
-            assert!(c.len() <= 3, "{c:?}");
-        }
-        // the chunks are visited in a shuffled order, not 0, 1, 2, …
-        let first_chunks: Vec<usize> = a.iter().step_by(100).map(|i| i / 100).collect();
+        // with a buffer of 1 the order is the chunks' own (the same chunk order for the same
+        // seed): runs of 100, in a shuffled order
+        let read = buffered_order(chunks(), 1, 3, 0);
+        let first_chunks: Vec<usize> = read.iter().step_by(100).map(|i| i / 100).collect();
+        assert!(read
+            .chunks(100)
+            .all(|c| c.iter().all(|i| i / 100 == c[0] / 100)));
         assert_ne!(first_chunks, (0..10).collect::<Vec<_>>());
+        // the buffer holds 50: no item leaves more than 50 places before it is read, and
+        // nearly all leave soon after (an item stays k draws with probability (1 - 1/50)^k)
+        let mut read_at = vec![0; 1000];
+        for (p, &i) in read.iter().enumerate() {
+            read_at[i] = p;
+        }
+        let late: Vec<usize> = a
+            .iter()
+            .enumerate()
+            .map(|(p, &i)| {
+                assert!(
+                    p + 50 >= read_at[i],
+                    "item {i} left at {p}, read at {}",
+                    read_at[i]
+                );
+                p + 50 - read_at[i]
+            })
+            .collect();
+        assert!(late.iter().filter(|&&l| l < 250).count() >= 950, "{late:?}");
         // a buffer as large as the set is a full shuffle; empty input is empty
         assert_eq!(buffered_order(chunks(), 5000, 3, 0).len(), 1000);
         assert!(buffered_order(std::iter::empty(), 10, 0, 0).is_empty());
