@@ -36,6 +36,9 @@ pub const CACHED_GROUPS: usize = 4;
 /// Rows read from a column at a time.
 const BATCH: usize = 1024;
 
+/// A row group's image cells (encoded bytes; None where null).
+type Cells = Arc<Vec<Option<Vec<u8>>>>;
+
 /// Where the image and label of a table are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Columns {
@@ -61,13 +64,13 @@ pub struct TableRows {
     group_of: Vec<u32>,
     row_of: Vec<u32>,
     /// Recently read row groups' image cells (LRU, most recent last).
-    cache: Mutex<Vec<(u32, Arc<Vec<Option<Vec<u8>>>>)>>,
+    cache: Mutex<Vec<(u32, Cells)>>,
     cache_cap: usize,
 }
 
 impl TableRows {
     /// The image cells of row group `g`, from the cache or read.
-    fn group_cells(&self, g: u32) -> Result<Arc<Vec<Option<Vec<u8>>>>, DataError> {
+    fn group_cells(&self, g: u32) -> Result<Cells, DataError> {
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(pos) = cache.iter().position(|(k, _)| *k == g) {

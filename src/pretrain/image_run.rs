@@ -91,6 +91,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         ));
     }
     let input = InputSpec::from_images(&dataset.train)?;
+    let skipped_at_open = dataset.skipped;
     // Under MPI rank 0 alone writes the run directory; every rank reads the same data and
     // config, and makes its own share of each batch.
     let writer = dist::is_writer();
@@ -195,6 +196,12 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
             &outcome,
             Vec::new(),
         ));
+    }
+    if skipped_at_open > 0 {
+        eprintln!(
+            "warning: {skipped_at_open} unreadable images (damaged members or rows included) were left out when {} was opened (--skip-bad)",
+            cfg.data
+        );
     }
     if substituted > 0 {
         eprintln!(
