@@ -325,7 +325,17 @@ fn ranks_match_one_process(task: &str, ranks_share: &str, one_share: &str, threa
     let two = dir.path().join("two");
     let mut a = common.clone();
     a.extend_from_slice(&["--set", ranks_share, "--out", two.to_str().unwrap()]);
-    must(mpirun_threads(2, threads, &a).output().unwrap(), task);
+    let out = mpirun_threads(2, threads, &a).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    must(out, task);
+    // the layout, once (rank 0), even with -q: each rank reads and decodes half the batch
+    let replicas = ranks_share.trim_start_matches("replicas=");
+    let layout = format!("layout: 2 ranks × {replicas} replica");
+    assert_eq!(err.matches(&layout).count(), 1, "{err}");
+    assert!(
+        err.contains("global batch 16 (each rank reads and decodes its 8)"),
+        "{err}"
+    );
     let one = dir.path().join("one");
     let mut a = common.clone();
     a.extend_from_slice(&["--set", one_share, "--out", one.to_str().unwrap()]);

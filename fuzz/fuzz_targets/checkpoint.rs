@@ -28,7 +28,15 @@ fuzz_target!(|data: &[u8]| {
             let _ = pretext::engine::checkpoint::latest_checkpoint(run);
         }
         2 => {
-            std::fs::write(run.join(if which % 2 == 0 { "run.json" } else { "encoder.json" }), rest).unwrap();
+            std::fs::write(
+                run.join(if which % 2 == 0 {
+                    "run.json"
+                } else {
+                    "encoder.json"
+                }),
+                rest,
+            )
+            .unwrap();
             let _ = pretext::transfer::read_encoder_info(run);
         }
         3 => {
@@ -43,6 +51,7 @@ fuzz_target!(|data: &[u8]| {
                 kind: BackboneKind::Convnet,
                 in_channels: 1,
                 width: 1,
+                patch: 0,
             }
             .init(&device);
             let _ = pretext::engine::checkpoint::load_encoder(enc, &path);

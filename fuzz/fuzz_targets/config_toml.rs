@@ -30,7 +30,8 @@ fuzz_target!(|data: &[u8]| {
             t.insert("permutations".into(), toml::Value::Integer(10));
         }
     }
-    let Some(pretext::tasks::Build::Image(build)) = pretext::tasks::find(&cfg.task).map(|e| e.build)
+    let Some(pretext::tasks::Build::Image(build)) =
+        pretext::tasks::find(&cfg.task).map(|e| e.build)
     else {
         return;
     };
@@ -40,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
         width: 28,
         mean: vec![0.5],
         std: vec![0.25],
+        per_image: false,
     };
     let ctx = pretext::tasks::TaskContext {
         config: &cfg,

@@ -18,9 +18,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use image::imageops::FilterType;
-use image::{ColorType, ImageDecoder, RgbImage};
+use image::{ImageDecoder, RgbImage};
 
+pub use crate::data::decode::resize_crop;
+use crate::data::decode::{self, is_gray, to_chw};
+use crate::data::streamed::Source;
 use crate::data::{DataError, Dataset, ImageSet, OpenOptions, Stream, STREAM_AUTO_FILES};
 
 const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
@@ -58,15 +60,21 @@ impl Streamed {
     pub fn path(&self, i: usize) -> &Path {
         &self.paths[i]
     }
+}
 
+impl Source for Streamed {
     /// Decode image i: CHW, `channels` x `size` x `size`, the same bytes as the in-memory path.
-    pub fn read(&self, i: usize) -> Result<Vec<u8>, DataError> {
+    fn read(&self, i: usize) -> Result<Vec<u8>, DataError> {
         let (img, _) = load(&self.paths[i], self.size)?;
         Ok(to_chw(&img, self.channels))
     }
 
+    fn skip_bad(&self) -> bool {
+        self.skip_bad
+    }
+
     /// Record that image i failed to decode; warns once per file.
-    pub fn note_bad(&self, i: usize, err: &DataError) {
+    fn note_bad(&self, i: usize, err: &DataError) {
         let mut bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
         if bad.insert(i) {
             let why = match err {
@@ -78,24 +86,33 @@ impl Streamed {
     }
 
     /// How many distinct files failed to decode after opening.
-    pub fn substituted(&self) -> usize {
+    fn substituted(&self) -> usize {
         self.bad.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// The chosen files, in the order given.
-    pub fn subset(&self, idx: &[usize]) -> Streamed {
+    fn subset(&self, idx: &[usize]) -> Arc<dyn Source> {
         let paths = idx.iter().map(|&i| self.paths[i].clone()).collect();
-        Streamed::new(paths, self.size, self.channels, self.skip_bad)
+        Arc::new(Streamed::new(
+            paths,
+            self.size,
+            self.channels,
+            self.skip_bad,
+        ))
     }
 
     /// Heap bytes held: the paths (no pixels).
-    pub fn memory_bytes(&self) -> usize {
+    fn memory_bytes(&self) -> usize {
         self.paths.capacity() * std::mem::size_of::<PathBuf>()
             + self
                 .paths
                 .iter()
                 .map(|p| p.as_os_str().len())
                 .sum::<usize>()
+    }
+
+    fn name(&self, i: usize) -> String {
+        self.paths[i].display().to_string()
     }
 }
 
@@ -252,22 +269,6 @@ pub fn header(path: &Path) -> Result<bool, DataError> {
     Ok(is_gray(decoder.color_type()))
 }
 
-fn is_gray(c: ColorType) -> bool {
-    matches!(
-        c,
-        ColorType::L8 | ColorType::La8 | ColorType::L16 | ColorType::La16
-    )
-}
-
-/// HWC interleaved RGB -> CHW planes, keeping the first `channels` (1: the gray value).
-fn to_chw(img: &RgbImage, channels: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(channels * img.len() / 3);
-    for c in 0..channels {
-        out.extend(img.pixels().map(|p| p.0[c]));
-    }
-    out
-}
-
 /// The image files to read, sorted, each with its class index (0 when unlabelled), and the
 /// class names (empty when unlabelled).
 fn list(dir: &Path) -> Result<(Files, Vec<String>), DataError> {
@@ -376,38 +377,10 @@ pub fn load(path: &Path, size: usize) -> Result<(RgbImage, bool), DataError> {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    if img.width() == 0 || img.height() == 0 {
-        return Err(DataError::Decode {
-            path: path.to_path_buf(),
-            message: format!(
-                "expected an image with pixels, found {}x{}",
-                img.width(),
-                img.height()
-            ),
-        });
-    }
-    let gray = is_gray(img.color());
-    let rgb = img.to_rgb8();
-    Ok((resize_crop(&rgb, size as u32), gray))
-}
-
-/// Shorter side to `size`, then the centre `size`x`size` square.
-pub fn resize_crop(img: &RgbImage, size: u32) -> RgbImage {
-    let (w, h) = img.dimensions();
-    let (nw, nh) = if w <= h {
-        (
-            size,
-            ((h as f64 * size as f64 / w as f64).round() as u32).max(size),
-        )
-    } else {
-        (
-            ((w as f64 * size as f64 / h as f64).round() as u32).max(size),
-            size,
-        )
-    };
-    let resized = image::imageops::resize(img, nw, nh, FilterType::Triangle);
-    let (x, y) = ((nw - size) / 2, (nh - size) / 2);
-    image::imageops::crop_imm(&resized, x, y, size, size).to_image()
+    decode::finish(img, size).map_err(|message| DataError::Decode {
+        path: path.to_path_buf(),
+        message,
+    })
 }
 
 #[cfg(test)]

@@ -13,6 +13,14 @@
 //! and at most `prefetch + workers` batches of pixels exist at once. A file that fails to
 //! decode ends the stream: the batches before it are yielded, then an `Err` naming the file
 //! (or, with `skip_bad`, the next good image stands in — see [`ImageSet::image_or_next`]).
+//! A container (`.tar` shards, Parquet tables) is visited in its own epoch order, chunk by chunk
+//! through a shuffle buffer ([`ImageSet::epoch_order`]); everything else is the same.
+//!
+//! Under several processes ([`crate::platform::dist`]) a loader made with [`Loader::with_share`] loads
+//! only its rank's share of each global batch (positions `rank*b/ranks..(rank+1)*b/ranks`, the
+//! parts [`crate::engine::replicas::split_batch`] hands this rank): the other positions reach
+//! the [`MakeBatch`] function as empty images (no pixels) with their labels, and are never read
+//! or decoded. The share's images are the same bytes as without the split.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -164,6 +172,33 @@ impl<B> Shared<B> {
     }
 }
 
+/// Which part of every global batch a loader reads and decodes: rank `rank` of `ranks`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub rank: usize,
+    pub ranks: usize,
+}
+
+impl Share {
+    /// The whole batch (one process).
+    pub const ALL: Share = Share { rank: 0, ranks: 1 };
+
+    /// This process's share under MPI ([`crate::platform::dist::place`]); the whole batch alone.
+    pub fn of_this_process() -> Share {
+        let p = crate::platform::dist::place();
+        Share {
+            rank: p.rank,
+            ranks: p.size,
+        }
+    }
+
+    /// The positions of a batch of `b` images this share loads.
+    pub fn range(&self, b: usize) -> std::ops::Range<usize> {
+        let ranks = self.ranks.max(1);
+        self.rank * b / ranks..(self.rank + 1) * b / ranks
+    }
+}
+
 /// An infinite iterator of batches (epochs repeat, each reshuffled). Dropping it stops the
 /// workers; a batch being made at that moment is finished and discarded.
 pub struct Loader<B: Send + 'static = Batch> {
@@ -176,6 +211,16 @@ pub struct Loader<B: Send + 'static = Batch> {
 
 impl<B: Send + 'static> Loader<B> {
     pub fn new(set: Arc<ImageSet>, cfg: LoaderConfig, make: MakeBatch<B>) -> Loader<B> {
+        Self::with_share(set, cfg, make, Share::ALL)
+    }
+
+    /// A loader that reads and decodes only `share` of every batch (see the module doc).
+    pub fn with_share(
+        set: Arc<ImageSet>,
+        cfg: LoaderConfig,
+        make: MakeBatch<B>,
+        share: Share,
+    ) -> Loader<B> {
         let n = set.n;
         let bpe = batches_per_epoch(n, cfg.batch_size, cfg.drop_last);
         let shared = Arc::new(Shared {
@@ -198,7 +243,7 @@ impl<B: Send + 'static> Loader<B> {
                 .map(|_| {
                     let (set, cfg, make, shared) =
                         (set.clone(), cfg.clone(), make.clone(), shared.clone());
-                    std::thread::spawn(move || work(&set, &cfg, &make, &shared, bpe, window))
+                    std::thread::spawn(move || work(&set, &cfg, &make, &shared, bpe, window, share))
                 })
                 .collect()
         };
@@ -223,6 +268,7 @@ fn work<B>(
     shared: &Shared<B>,
     bpe: u64,
     window: u64,
+    share: Share,
 ) {
     let b = cfg.batch_size.clamp(1, set.n);
     let mut perm: Option<(u64, Vec<usize>)> = None;
@@ -240,13 +286,27 @@ fn work<B>(
         };
         let epoch = k / bpe;
         if perm.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            perm = Some((epoch, epoch_permutation(set.n, cfg.seed, epoch)));
+            perm = Some((epoch, set.epoch_order(cfg.seed, epoch)));
         }
         let idx = slice_of(&perm.as_ref().expect("set above").1, b, k % bpe);
         let loaded = (|| {
             let mut imgs = Vec::with_capacity(idx.len());
             let mut labels = Vec::new();
-            for &i in idx {
+            let mine = share.range(idx.len());
+            for (pos, &i) in idx.iter().enumerate() {
+                if !mine.contains(&pos) {
+                    // another rank's image: neither read nor decoded here
+                    imgs.push(Img {
+                        c: set.channels,
+                        h: set.height,
+                        w: set.width,
+                        data: Vec::new(),
+                    });
+                    if let Some(l) = &set.labels {
+                        labels.push(l[i]);
+                    }
+                    continue;
+                }
                 // a substitute image (skip_bad) brings its own label
                 let (used, px) = set.image_or_next(i)?;
                 imgs.push(Img::from_u8(set.channels, set.height, set.width, &px));

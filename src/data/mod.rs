@@ -1,22 +1,28 @@
 //! Everything before a tensor exists: readers for the on-disk formats, augmentation, batching.
 //!
 //! A dataset is named by a spec `FORMAT:PATH` (`idx:../shared/data/fashion-mnist`,
-//! `cifar10:data/cifar-10-batches-bin`, `stl10:data/stl10_binary`, `folder:photos/`) and read
-//! by [`open`]: whole into memory as u8, or — for large folders, see [`Stream`] — as a list of
-//! files that the loader's workers decode on demand.
+//! `cifar10:data/cifar-10-batches-bin`, `stl10:data/stl10_binary`, `folder:photos/`,
+//! `wds:shards/`, `parquet:train.parquet`) and read by [`open`]: whole into memory as u8, or —
+//! for large folders (see [`Stream`]), `.tar` shards and Parquet tables — as an index of where
+//! each image is, which the loader's workers decode on demand ([`streamed`]).
 
 pub mod augment;
 pub mod builtin;
 pub mod cifar;
 pub mod corpus;
+pub mod decode;
 pub mod email;
 pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod mix;
+#[cfg(feature = "parquet")]
+pub mod parquet_images;
 pub mod randaugment;
 pub mod rngs;
+pub mod shards;
 pub mod stl10;
+pub mod streamed;
 pub mod tokenizer;
 pub mod tokens;
 pub mod views;
@@ -29,15 +35,16 @@ use std::sync::Arc;
 
 /// One split of an image dataset, layout [n, channels, height, width] (CHW per image), as u8.
 ///
-/// The pixels are either held in memory (`images`) or, for large folders, decoded from their
-/// files on demand (`stream`, see [`folder::Streamed`]); [`ImageSet::image`] hides the
-/// difference. Streaming keeps memory bounded by what the loader has in flight, not by `n`.
+/// The pixels are either held in memory (`images`) or decoded on demand from where they are
+/// kept (`stream`: a large folder's files, `.tar` shards, Parquet tables; see [`streamed`]);
+/// [`ImageSet::image`] hides the difference. Streaming keeps memory bounded by what the loader has in flight, not by `n`.
 #[derive(Clone, Debug)]
 pub struct ImageSet {
     /// All pixels, [n, c, h, w]; empty when `stream` is set.
     pub images: Vec<u8>,
-    /// When set, image i is decoded (and resized) from a file each time it is asked for.
-    pub stream: Option<Arc<folder::Streamed>>,
+    /// When set, image i is decoded (and resized) from its file or container each time it is
+    /// asked for.
+    pub stream: Option<Arc<dyn streamed::Source>>,
     pub labels: Option<Vec<u32>>,
     pub n: usize,
     pub channels: usize,
@@ -88,7 +95,7 @@ impl ImageSet {
             Ok(img) => return Ok((i, img)),
             Err(e) => e,
         };
-        let Some(s) = self.stream.as_ref().filter(|s| s.skip_bad) else {
+        let Some(s) = self.stream.as_ref().filter(|s| s.skip_bad()) else {
             return Err(first);
         };
         s.note_bad(i, &first);
@@ -120,6 +127,39 @@ impl ImageSet {
             + self.stream.as_ref().map_or(0, |s| s.memory_bytes())
     }
 
+    /// The order of the images in `epoch` of a loader seeded `seed`: a container's chunked,
+    /// buffered order ([`streamed::Sharded`]), otherwise the uniform permutation
+    /// ([`loader::epoch_permutation`]).
+    pub fn epoch_order(&self, seed: u64, epoch: u64) -> Vec<usize> {
+        self.stream
+            .as_ref()
+            .and_then(|s| s.epoch_order(seed, epoch))
+            .unwrap_or_else(|| loader::epoch_permutation(self.n, seed, epoch))
+    }
+
+    /// The image indices of batch `k` (as [`loader::batch_indices`], in this set's order).
+    pub fn batch_indices(
+        &self,
+        batch_size: usize,
+        drop_last: bool,
+        seed: u64,
+        k: u64,
+    ) -> Vec<usize> {
+        let bpe = loader::batches_per_epoch(self.n, batch_size, drop_last);
+        if bpe == 0 {
+            return Vec::new();
+        }
+        let order = self.epoch_order(seed, k / bpe);
+        let b = batch_size.clamp(1, self.n);
+        let start = (k % bpe) as usize * b;
+        order[start..(start + b).min(self.n)].to_vec()
+    }
+
+    /// Images decoded from their files or containers so far (counted by shards and tables).
+    pub fn decodes(&self) -> u64 {
+        self.stream.as_ref().map_or(0, |s| s.decodes())
+    }
+
     /// Bytes per image: channels * height * width.
     pub fn image_len(&self) -> usize {
         self.channels * self.height * self.width
@@ -138,7 +178,7 @@ impl ImageSet {
             .as_ref()
             .map(|l| idx.iter().map(|&i| l[i]).collect());
         let (images, stream) = match &self.stream {
-            Some(s) => (Vec::new(), Some(Arc::new(s.subset(idx)))),
+            Some(s) => (Vec::new(), Some(s.subset(idx))),
             None => {
                 let len = self.image_len();
                 let mut images = Vec::with_capacity(idx.len() * len);
@@ -192,7 +232,8 @@ pub struct Dataset {
 pub struct OpenOptions {
     /// Folder images are resized to this square size (shorter side, then centre crop). Default 32.
     pub image_size: Option<usize>,
-    /// Skip undecodable images instead of failing (folder reader).
+    /// Skip undecodable images (and damaged shard members, bad table rows) instead of failing,
+    /// counting them.
     pub skip_bad: bool,
     /// Read at most this many train images.
     pub limit: Option<usize>,
@@ -226,13 +267,17 @@ impl Default for OpenOptions {
 }
 
 /// The formats [`open`] understands, as written before the ':' of a spec.
-pub const FORMATS: &[&str] = &["idx", "cifar10", "cifar100", "stl10", "folder"];
+pub const FORMATS: &[&str] = &[
+    "idx", "cifar10", "cifar100", "stl10", "folder", "wds", "parquet",
+];
 
 /// Parse a data spec `FORMAT:PATH` and read it.
 ///
 /// Formats: `idx` (dir with train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], and
 /// optional t10k-* test files), `cifar10`, `cifar100` (binary versions), `stl10`
-/// (stl10_binary dir), `folder` (a dir of images, or of class subdirs of images).
+/// (stl10_binary dir), `folder` (a dir of images, or of class subdirs of images), `wds`
+/// (WebDataset `.tar` shards: a dir or a glob, see [`shards`]), `parquet` (image tables, a file
+/// or a dir, see `parquet_images`).
 pub fn open(spec: &str, opts: &OpenOptions) -> Result<Dataset, DataError> {
     let spec_err = |message: String| DataError::Spec {
         spec: spec.to_string(),
@@ -255,6 +300,17 @@ pub fn open(spec: &str, opts: &OpenOptions) -> Result<Dataset, DataError> {
         "cifar100" => cifar::read_cifar100(dir, opts.limit)?,
         "stl10" => stl10::read_dir(dir, opts.limit)?,
         "folder" => folder::read_dir(dir, opts)?,
+        "wds" => shards::open(path, opts)?,
+        #[cfg(feature = "parquet")]
+        "parquet" => parquet_images::open(dir, opts)?,
+        #[cfg(not(feature = "parquet"))]
+        "parquet" => {
+            return Err(spec_err(
+                "this pretext was built without the `parquet` feature (on by default); \
+                 rebuild without --no-default-features"
+                    .into(),
+            ))
+        }
         other => {
             return Err(spec_err(format!(
                 "unknown format `{other}`; valid formats: {}",

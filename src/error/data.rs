@@ -48,6 +48,15 @@ pub enum DataError {
     #[error("{}: cannot decode image: {message} (use --skip-bad to skip undecodable files)", path.display())]
     Decode { path: PathBuf, message: String },
 
+    /// A member of a container (a `.tar` shard's member, a Parquet table's row) is damaged or
+    /// not what was expected; `message` says what was expected and what was found.
+    #[error("{}: {member}: {message} (use --skip-bad to skip bad members)", path.display())]
+    Member {
+        path: PathBuf,
+        member: String,
+        message: String,
+    },
+
     /// Nothing to read.
     #[error("{}: {message}", path.display())]
     Empty { path: PathBuf, message: String },

@@ -122,6 +122,24 @@ pub fn init() -> Result<Session> {
     }
 }
 
+/// How a run shares its global batch: `ranks × replicas` parts (the line a run under MPI prints
+/// once, even with `-q`), e.g. `layout: 2 ranks × 4 replicas = 8 parts of 32 images, global
+/// batch 256 (each rank reads and decodes its 128)`.
+pub fn layout_line(ranks: usize, replicas: usize, global_batch: usize, unit: &str) -> String {
+    let (ranks, replicas) = (ranks.max(1), replicas.max(1));
+    let parts = ranks * replicas;
+    let s = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    format!(
+        "layout: {} × {} = {} of {} {unit}, global batch {global_batch} (each rank reads and \
+         decodes its {})",
+        s(ranks, "rank"),
+        s(replicas, "replica"),
+        s(parts, "part"),
+        global_batch / parts,
+        global_batch / ranks
+    )
+}
+
 /// Sum `buf` element-wise over every rank, in place (nothing to do alone). The gradients'
 /// all-reduce: counted in [`traffic`].
 pub fn all_reduce_sum(buf: &mut [f32]) {
@@ -267,5 +285,16 @@ mod tests {
         assert_eq!(all_gather_f64(&[3.0, 4.0]), vec![3.0, 4.0]);
         assert!(all_ok(true) && !all_ok(false));
         assert!(is_writer());
+    }
+
+    #[test]
+    fn the_layout_line_names_ranks_replicas_and_the_global_batch() {
+        assert_eq!(
+            layout_line(2, 4, 256, "images"),
+            "layout: 2 ranks × 4 replicas = 8 parts of 32 images, global batch 256 (each rank \
+             reads and decodes its 128)"
+        );
+        assert!(layout_line(2, 1, 64, "images")
+            .starts_with("layout: 2 ranks × 1 replica = 2 parts of 32 images"));
     }
 }

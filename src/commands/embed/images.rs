@@ -149,6 +149,10 @@ fn prepare_batch(
                 );
                 out.skipped += 1;
             }
+            Err(e @ DataError::Member { .. }) if skip_bad => {
+                eprintln!("warning: {e}; left out");
+                out.skipped += 1;
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -218,7 +222,7 @@ pub fn embed(req: &EmbedRequest, info: &EncoderInfo, paths: &OutPaths) -> Result
         })
     };
     let id_of = |split: &str, set: &ImageSet, i: usize| match &set.stream {
-        Some(s) => s.path(i).display().to_string(),
+        Some(s) => s.name(i),
         None => format!("{split}/{i}"),
     };
 

@@ -9,7 +9,7 @@ use burn::prelude::Device;
 
 use crate::config::{self, PretrainConfig};
 use crate::data::augment::Img;
-use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::loader::{Loader, LoaderConfig, Share};
 use crate::data::{self, Dataset, OpenOptions};
 use crate::engine::run_dir::{self, EncoderInfo, PretrainSummary, RunInfo, WEIGHTS};
 use crate::engine::{self, run_loop, LoopSettings};
@@ -91,6 +91,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         ));
     }
     let input = InputSpec::from_images(&dataset.train)?;
+    let skipped_at_open = dataset.skipped;
     // Under MPI rank 0 alone writes the run directory; every rank reads the same data and
     // config, and makes its own share of each batch.
     let writer = dist::is_writer();
@@ -136,7 +137,15 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
 
     let start = run_loop::resume(trainer.as_mut(), &resumed, &run, req.quiet)?;
     let end = req.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
-    let mut loader = Loader::new(
+    if dist::size() > 1 && dist::is_writer() {
+        // one line, even with -q: what the processes share
+        eprintln!(
+            "{}",
+            dist::layout_line(dist::size(), replicas, cfg.batch_size, "images")
+        );
+    }
+    // Under MPI each rank reads and decodes only its own parts of every global batch.
+    let mut loader = Loader::with_share(
         train_set.clone(),
         LoaderConfig {
             batch_size: cfg.batch_size,
@@ -151,6 +160,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
             drop_last: true,
         },
         trainer.make_batch(),
+        Share::of_this_process(),
     );
     let mut next = |_step: u64| match loader.next() {
         Some(Ok(batch)) => Ok(batch),
@@ -174,6 +184,10 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         end,
     )?;
     drop(loader);
+    // every rank decoded its own share: the substitutions of all ranks (a collective)
+    let mut substituted = [train_set.substituted() as f64];
+    dist::all_reduce_sum_f64(&mut substituted);
+    let substituted = substituted[0] as usize;
     if !writer {
         return Ok(PretrainSummary::new(
             &cfg.task,
@@ -183,10 +197,15 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
             Vec::new(),
         ));
     }
-    let substituted = train_set.substituted();
+    if skipped_at_open > 0 {
+        eprintln!(
+            "warning: {skipped_at_open} unreadable images (damaged members or rows included) were left out when {} was opened (--skip-bad)",
+            cfg.data
+        );
+    }
     if substituted > 0 {
         eprintln!(
-            "warning: {substituted} images failed to decode after the folder was opened and were replaced by the next good image (--skip-bad)"
+            "warning: {substituted} images failed to decode after the data was opened and were replaced by the next good image (--skip-bad)"
         );
     }
     trainer.write_samples(&run)?;
