@@ -5,6 +5,7 @@ mod common;
 use common::{config, ok, serial, shared_data, small_dataset, step_rows};
 
 use burn::prelude::Device;
+use pretext::commands::bench::layout::flat;
 use pretext::commands::pretrain::{pretrain, PretrainRequest};
 use pretext::config::{resolve, PretrainConfig};
 use pretext::data::augment::Img;
@@ -40,7 +41,7 @@ fn overfitting_one_batch_drives_rotation_loss_near_zero() {
         .collect();
     let make = task.make_batch();
     let batch = make(&imgs, &[], &BatchRngs::new(0, 0));
-    assert_eq!(task.flat(batch.as_ref()).b, 32);
+    assert_eq!(flat(batch.as_ref()).unwrap().b, 32);
     let first = task.step(batch.clone(), 0, 3e-3).loss;
     let mut last = first;
     for step in 1..=80 {

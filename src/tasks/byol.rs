@@ -15,7 +15,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::simclr::{l2_normalize, resolve_views, two_views};
-use super::{backbone, bind, Build, ClassBatch, FlatBatch, ImageTask, ImageTrainer};
+use super::{backbone, bind, Build, ClassBatch, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::loader::MakeBatch;
@@ -205,10 +205,6 @@ impl ImageTask for Byol {
     fn make_batch(&self) -> MakeBatch<ClassBatch> {
         let (views, input) = (self.views.clone(), self.input.clone());
         Arc::new(move |images, _labels, rngs| two_views(images, &views, &input, rngs))
-    }
-
-    fn flat(b: &ClassBatch) -> FlatBatch {
-        b.flat()
     }
 }
 

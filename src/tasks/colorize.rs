@@ -27,7 +27,7 @@ use burn::tensor::activation::{log_softmax, softmax};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{bind, build_generator, Build, FlatBatch, ImageTask, ImageTrainer};
+use super::{bind, build_generator, Build, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::{hflip, lab_to_rgb, rgb_to_lab, Img};
@@ -594,14 +594,6 @@ impl ImageTask for Colorize {
         }
         write_grid(&dir.join("samples-colorize.png"), &rows, zoom_for(h))
     }
-
-    /// `images`: the lightness; `labels`: `keep`; `extra`: [ab (b·2·h·w) | for classification:
-    /// bin indices (b·k·h·w, nearest first) | their soft weights (b·k·h·w)].
-    fn flat(b: &ColorizeBatch) -> FlatBatch {
-        let bins: Vec<f32> = b.bins.iter().map(|&q| q as f32).collect();
-        let extra = [&b.ab[..], &bins, &b.weights].concat();
-        FlatBatch::new(b.shape, &b.lightness, &b.keep, extra)
-    }
 }
 
 #[cfg(test)]
@@ -707,14 +699,6 @@ mod tests {
         assert_eq!(b.shape, [2, 1, 8, 8]);
         assert_eq!(b.keep, vec![1, 0]);
         assert_eq!(Colorize::items(&b), 2);
-        // `bench/reference.py`'s layout: extra = [ab | bin indices | weights].
-        let flat = Colorize::flat(&b);
-        assert_eq!((flat.b, flat.c, flat.h, flat.w), (2, 1, 8, 8));
-        assert_eq!(flat.labels, vec![1, 0]);
-        assert_eq!(flat.extra.len(), 2 * 2 * 64 + 2 * 2 * 5 * 64);
-        assert_eq!(flat.extra[..2 * 2 * 64], b.ab[..]);
-        assert_eq!(flat.extra[2 * 2 * 64], b.bins[0] as f32);
-        assert_eq!(flat.extra[2 * 2 * 64 + 2 * 5 * 64..], b.weights[..]);
         // Lightness of a mid-grey pixel: (L/100 - 0.5) / 0.25 with L of the pixel.
         let lab = rgb_to_lab(&imgs[0]);
         assert!((b.lightness[0] - (lab.data[0] / 100.0 - 0.5) / 0.25).abs() < 1e-5);

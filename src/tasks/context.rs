@@ -21,7 +21,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{backbone, bind, Build, ClassBatch, FlatBatch, ImageTask, ImageTrainer};
+use super::{backbone, bind, Build, ClassBatch, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::{crop, resize_bilinear, Img};
@@ -348,10 +348,6 @@ impl ImageTask for Context {
 
     fn write_samples(&self, _model: &ContextModel, batch: &ClassBatch, dir: &Path) -> Result<()> {
         write_pairs(batch, self.config.pairs, &dir.join("context-samples.png"))
-    }
-
-    fn flat(b: &ClassBatch) -> FlatBatch {
-        b.flat()
     }
 }
 

@@ -19,7 +19,7 @@ use burn::tensor::activation::sigmoid;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{bind, build_gan, Build, FlatBatch, ImageTask, ImageTrainer};
+use super::{bind, build_gan, Build, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::Img;
@@ -373,13 +373,6 @@ impl ImageTask for Inpaint {
             .collect();
         write_grid(&dir.join("samples-inpaint.png"), &rows, zoom_for(h))
     }
-
-    /// `images`: the masked images; `extra`: [truth (b·c·h·w) | hole (b·h·w) | loss weights
-    /// (b·h·w)].
-    fn flat(batch: &InpaintBatch) -> FlatBatch {
-        let extra = [&batch.truth[..], &batch.hole, &batch.weights].concat();
-        FlatBatch::new(batch.shape, &batch.masked, &[], extra)
-    }
 }
 
 #[cfg(test)]
@@ -471,20 +464,19 @@ mod tests {
         };
         let batch = make_batch(&imgs, &cfg, &input, &BatchRngs::new(0, 0));
         assert_eq!(batch.shape, [2, 3, 16, 16]);
-        // Checked in the layout bench/reference.py reads: images = masked,
-        // extra = truth | hole | weights.
-        let b = Inpaint::flat(&batch);
-        assert_eq!((b.b, b.c, b.h, b.w), (2, 3, 16, 16));
-        assert!(b.labels.is_empty());
         let (img, plane) = (2 * 3 * 256, 256);
-        assert_eq!(b.images.len(), img);
-        assert_eq!(b.extra.len(), img + 2 * 2 * plane);
-        assert_eq!(&b.extra[..3 * 256], &imgs[0].data[..]);
-        let hole = &b.extra[img..img + plane];
-        let weights = &b.extra[img + 2 * plane..img + 3 * plane];
+        assert_eq!(batch.masked.len(), img);
+        assert_eq!(batch.truth.len(), img);
+        assert_eq!(
+            (batch.hole.len(), batch.weights.len()),
+            (2 * plane, 2 * plane)
+        );
+        assert_eq!(&batch.truth[..3 * 256], &imgs[0].data[..]);
+        let hole = &batch.hole[..plane];
+        let weights = &batch.weights[..plane];
         for p in 0..plane {
             for ch in 0..3 {
-                let v = b.images[ch * plane + p];
+                let v = batch.masked[ch * plane + p];
                 if hole[p] > 0.0 {
                     assert_eq!(v, 0.4);
                     assert_eq!(weights[p], 1.0);

@@ -18,8 +18,8 @@ use burn::prelude::*;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::permutations::{PermutationSet, MAX_SIZE};
-use super::{backbone, bind, Build, ClassBatch, FlatBatch, ImageTask, ImageTrainer};
+use super::shared::permutations::{PermutationSet, MAX_SIZE};
+use super::{backbone, bind, Build, ClassBatch, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::{
@@ -371,10 +371,6 @@ impl ImageTask for Jigsaw {
         save_permutations(&self.perms, dir)?;
         write_puzzles(batch, &self.perms, &dir.join("jigsaw-samples.png"))
     }
-
-    fn flat(b: &ClassBatch) -> FlatBatch {
-        b.flat()
-    }
 }
 
 fn save_permutations(perms: &PermutationSet, dir: &Path) -> Result<()> {
@@ -516,7 +512,7 @@ mod tests {
         for (k, img) in imgs.iter().enumerate() {
             let label = b.labels[k] as usize;
             distinct.insert(label);
-            let inv = super::super::permutations::inverse(&perms.perms[label]);
+            let inv = super::super::shared::permutations::inverse(&perms.perms[label]);
             for (i, &pos) in inv.iter().enumerate() {
                 let start = (k * 9 + pos as usize) * n;
                 let got = &b.images[start..start + n];

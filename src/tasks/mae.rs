@@ -21,7 +21,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{backbone, bind, Build, FlatBatch, ImageTask, ImageTrainer};
+use super::{backbone, bind, Build, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::{hflip, random_resized_crop, Img};
@@ -535,18 +535,6 @@ impl ImageTask for Mae {
             count += chunk.len();
         }
         Ok(vec![("masked_loss".into(), (sum / count as f64) as f32)])
-    }
-
-    /// `images`: the normalised images; `extra`: [keep | restore | mask] as f32.
-    fn flat(b: &MaeBatch) -> FlatBatch {
-        let extra = b
-            .keep
-            .iter()
-            .chain(&b.restore)
-            .map(|&v| v as f32)
-            .chain(b.mask.iter().copied())
-            .collect();
-        FlatBatch::new(b.shape, &b.images, &[], extra)
     }
 }
 

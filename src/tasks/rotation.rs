@@ -10,7 +10,7 @@ use burn::prelude::*;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{backbone, bind, Build, ClassBatch, FlatBatch, ImageTask, ImageTrainer};
+use super::{backbone, bind, Build, ClassBatch, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::{hflip, random_resized_crop, rot90, Img};
@@ -160,10 +160,6 @@ impl ImageTask for Rotation {
     fn make_batch(&self) -> MakeBatch<ClassBatch> {
         let (config, input) = (self.config.clone(), self.input.clone());
         Arc::new(move |images, _labels, rngs| make_batch(images, &config, &input, rngs))
-    }
-
-    fn flat(b: &ClassBatch) -> FlatBatch {
-        b.flat()
     }
 }
 

@@ -15,7 +15,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{backbone, bind, Build, ClassBatch, FlatBatch, ImageTask, ImageTrainer};
+use super::{backbone, bind, Build, ClassBatch, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::Img;
@@ -249,10 +249,6 @@ impl ImageTask for Simclr {
     fn make_batch(&self) -> MakeBatch<ClassBatch> {
         let (views, input) = (self.views.clone(), self.input.clone());
         Arc::new(move |images, _labels, rngs| two_views(images, &views, &input, rngs))
-    }
-
-    fn flat(b: &ClassBatch) -> FlatBatch {
-        b.flat()
     }
 }
 

@@ -19,7 +19,7 @@ use burn::prelude::*;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{bind, build_gan, Build, FlatBatch, ImageTask, ImageTrainer};
+use super::{bind, build_gan, Build, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
 use crate::config::parse_section;
 use crate::data::augment::{downscale_box, hflip, resize_bilinear, resize_nearest, Img};
@@ -33,7 +33,7 @@ use crate::nn::decoder::Generator;
 use crate::nn::input::InputSpec;
 use crate::nn::Backbone;
 use crate::report::grid::{tensor_images, write_grid, zoom_for};
-use crate::tasks::image_quality::{psnr, ssim};
+use crate::tasks::shared::image_quality::{psnr, ssim};
 
 pub const ENTRY: TaskEntry = TaskEntry {
     name: "superres",
@@ -322,11 +322,6 @@ impl ImageTask for Superres {
             ("ssim_bilinear".into(), sb / n),
         ])
     }
-
-    /// `images`: the enlarged low-res images; `extra`: the true images.
-    fn flat(batch: &SuperresBatch) -> FlatBatch {
-        FlatBatch::new(batch.shape, &batch.up, &[], batch.truth.clone())
-    }
 }
 
 #[cfg(test)]
@@ -405,12 +400,7 @@ mod tests {
         let b = make_batch(std::slice::from_ref(&img), &cfg, &BatchRngs::new(0, 0));
         assert_eq!(b.truth, img.data);
         assert_eq!(b.up, degrade(&img, 2).1.data);
-        // The layout bench/reference.py reads: images = enlarged low-res, extra = truth.
-        let f = Superres::flat(&b);
-        assert_eq!((f.b, f.c, f.h, f.w), (1, 1, 8, 8));
-        assert_eq!(f.extra, img.data);
-        assert_eq!(f.images, degrade(&img, 2).1.data);
-        assert!(f.labels.is_empty());
+        assert_eq!(b.shape, [1, 1, 8, 8]);
     }
 
     #[test]

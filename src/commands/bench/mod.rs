@@ -14,6 +14,7 @@
 //! function in `bench/reference.py`'s `TASKS`.
 
 pub mod generate;
+pub mod layout;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,7 +37,8 @@ use crate::nn::input::InputSpec;
 use crate::nn::transformer::TransformerSpec;
 use crate::nn::BackboneKind;
 use crate::tasks::lm::LmTask;
-use crate::tasks::{self, FlatBatch, TaskContext};
+use crate::tasks::{self, TaskContext};
+use layout::FlatBatch;
 
 /// The image tasks `--tasks` measures by default.
 pub const IMAGE_TASKS: &[&str] = &[
@@ -608,7 +610,11 @@ fn measure_image_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
     let labels = vec![0u32; images.len()];
     let rngs = BatchRngs::new(0, 0);
     let batch = make(&images, &labels, &rngs);
-    let flat = task.flat(batch.as_ref());
+    let flat = layout::flat(batch.as_ref()).ok_or_else(|| {
+        Error::Usage(format!(
+            "bench: no flat layout for {name}'s batch (src/commands/bench/layout.rs)"
+        ))
+    })?;
     // The reference gets the batch whole; pretext steps the same batch in one part per replica.
     let replicas = crate::engine::replicas::resolve(opts.replicas, opts.batch_size, &device)?;
     task.set_replicas(replicas);
