@@ -10,7 +10,7 @@ pub mod embed;
 pub mod export;
 pub mod generate;
 pub mod pretrain;
-pub mod tokenizer;
+pub mod tokenize;
 pub mod transfer;
 
 use crate::platform::{device, dist};
@@ -37,7 +37,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Compare(a) => compare::command(a),
         Command::Report(a) => compare::report_command(a),
         Command::Generate(a) => generate::command(a),
-        Command::Tokenizer(c) => tokenizer::command(c),
+        Command::Tokenizer(c) => tokenize::command(c),
         Command::Embed(a) => embed::command(a),
         Command::Similar(a) => embed::similar_command(a),
         Command::Export(a) => export::command(a),

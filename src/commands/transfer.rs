@@ -6,7 +6,7 @@ use crate::commands::cli::TransferArgs;
 use crate::commands::pretrain::open_dataset;
 use crate::config::{self, PretrainConfig};
 use crate::platform::device;
-use crate::transfer::text::{
+use crate::transfer::text_transfer::{
     is_text_transfer, transfer_text, TextTransferConfig, TextTransferRequest,
 };
 use crate::transfer::{self, labels::PerClass, Protocol, Source, TransferConfig, TransferRequest};

@@ -11,9 +11,9 @@ use crate::data::Stream;
 use crate::error::{Error, Result};
 use crate::nn::{BackboneKind, BackboneSpec};
 
-mod lm;
+mod text;
 
-pub use lm::{ClipMode, TextConfig};
+pub use text::{ClipMode, TextConfig};
 
 /// Optimiser choice for pretraining and fine-tuning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

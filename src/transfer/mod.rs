@@ -10,9 +10,9 @@ pub mod linear_probe;
 pub mod scores;
 pub mod semi;
 pub mod split;
-pub mod text;
 pub mod text_features;
 pub mod text_semi;
+pub mod text_transfer;
 
 use std::path::PathBuf;
 use std::time::Instant;

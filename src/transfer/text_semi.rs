@@ -17,7 +17,7 @@ use burn::tensor::activation::softmax;
 use rand::Rng;
 
 use super::semi::{self, pseudo_labels, semi_loss, SemiSettings, SharedStatus};
-use super::text::{Example, TextClassifier};
+use super::text_transfer::{Example, TextClassifier};
 use crate::data::loader::batch_indices;
 use crate::data::rngs::BatchRngs;
 use crate::engine::checkpoint::latest_checkpoint;

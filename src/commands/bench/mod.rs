@@ -13,7 +13,7 @@
 //! Adding a model family (e.g. text tasks) is one branch in [`measure_task`] plus one step
 //! function in `bench/reference.py`'s `TASKS`.
 
-pub mod generate;
+pub mod generation_speed;
 pub mod layout;
 
 use std::path::{Path, PathBuf};
@@ -782,7 +782,7 @@ fn task_settings(task: &str) -> serde_json::Value {
 /// `pretext bench` from the command line.
 pub fn command(a: crate::commands::cli::BenchArgs) -> Result<()> {
     if a.generate {
-        return generate::run(&generate::GenerateBenchOptions {
+        return generation_speed::run(&generation_speed::GenerateBenchOptions {
             device: a.device,
             threads: a.threads,
         });

@@ -9,12 +9,12 @@
 //!     --labels-per-class 1,10,100 --protocols linear,knn --budget 300 --out runs/cmp
 //! ```
 
-mod command;
 pub mod plan;
 pub mod plots;
 pub mod report;
+mod run_compare;
 pub mod tables;
-mod text;
+mod text_compare;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -35,8 +35,8 @@ use crate::nn::input::InputSpec;
 use crate::platform::fsio::write_atomic;
 use crate::tasks::{self, TaskContext};
 use crate::transfer::{self, Source, TransferConfig, TransferRequest};
-pub use command::{command, report_command};
 use plan::{Cell, Encoder, Kind, Settings};
+pub use run_compare::{command, report_command};
 
 /// What the command line asks for, before it is checked against the data.
 pub struct CompareRequest {
@@ -123,7 +123,7 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
     let protocols = plan::parse_protocols(&req.protocols)?;
     let job = match kind {
         Kind::Image => image_job(req, &task_names)?,
-        Kind::Text => Job::Text(text::TextJob::new(req, &task_names)?),
+        Kind::Text => Job::Text(text_compare::TextJob::new(req, &task_names)?),
     };
     let settings = Settings {
         kind,
@@ -242,7 +242,7 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
 #[allow(clippy::large_enum_variant)]
 enum Job {
     Image(ImageJob),
-    Text(text::TextJob),
+    Text(text_compare::TextJob),
 }
 
 struct ImageJob {

@@ -21,15 +21,15 @@
 //!   `transfer` does.
 //! - [`npy`]: the `.npy` writer and reader; [`similar`]: the top-k search.
 
-mod command;
 pub mod images;
 pub mod npy;
 #[cfg(feature = "parquet")]
 pub mod parquet;
+mod run_embed;
 pub mod similar;
-pub mod text;
+pub mod text_embed;
 
-pub use command::{command, similar_command};
+pub use run_embed::{command, similar_command};
 
 use std::path::{Path, PathBuf};
 
@@ -268,7 +268,7 @@ pub fn embed(req: &EmbedRequest) -> Result<EmbedInfo> {
     }
     match read_run_info(&req.from)? {
         Some(RunInfo::Image(info)) => images::embed(req, &info, &paths),
-        Some(RunInfo::Text(info)) => text::embed(req, &info, &paths),
+        Some(RunInfo::Text(info)) => text_embed::embed(req, &info, &paths),
         None => Err(Error::Usage(format!(
             "--from {}: no {RUN_INFO} there; pass a directory written by `pretext pretrain`",
             req.from.display()

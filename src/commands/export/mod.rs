@@ -18,13 +18,13 @@
 //! the metadata says how `embed` tokenizes (no specials added, the first max_len tokens,
 //! `<eos>` for an empty document, padding on the right).
 
-mod command;
 pub mod onnx;
 pub mod params;
-pub mod text;
+mod run_export;
+pub mod text_export;
 pub mod torch;
 
-pub use command::command;
+pub use run_export::command;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -150,8 +150,8 @@ pub struct TextExportMeta {
     pub producer: String,
     /// `text`.
     pub kind: String,
-    pub architecture: text::TextArchitecture,
-    pub tokenization: text::Tokenization,
+    pub architecture: text_export::TextArchitecture,
+    pub tokenization: text_export::Tokenization,
     /// The model's inputs.
     pub input: String,
     pub output: String,
@@ -241,7 +241,7 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
             patch: vit.map(|_| info.backbone.patch_side()),
             depth: vit.map(|v| v.depth),
             heads: vit.map(|v| info.backbone.width / v.head_dim),
-            layer_norm_eps: vit.map(|_| text::LN_EPS),
+            layer_norm_eps: vit.map(|_| text_export::LN_EPS),
         },
         preprocessing: Preprocessing {
             input_shape: [input.channels, input.height, input.width],
@@ -323,7 +323,7 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
             let json = serde_json::to_vec_pretty(&meta).expect("json");
             if vit.is_some() {
                 // Linear weights as nn.Linear keeps them, [out, in].
-                torch::write_dir(&req.out, &text::torch_layout(&params), &json)?
+                torch::write_dir(&req.out, &text_export::torch_layout(&params), &json)?
             } else {
                 torch::write_dir(&req.out, &params, &json)?
             }
@@ -366,18 +366,18 @@ fn export_text(req: &ExportRequest, info: &LmInfo, t0: Instant) -> Result<Export
     check_out(req)?;
     let (info, model, tok) = load_run(&req.from, &req.device)?;
     let spec = &info.spec;
-    let params = text::params(&model)?;
+    let params = text_export::params(&model)?;
     let n_params: usize = params.values().map(|p| p.data.len()).sum();
     let tok_out = tokenizer_path(req.format, &req.out);
     let tok_name = tok_out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tokenization = text::Tokenization::new(&tok_name, &tok, spec.max_len);
+    let tokenization = text_export::Tokenization::new(&tok_name, &tok, spec.max_len);
     let mut meta = TextExportMeta {
         producer: concat!("pretext ", env!("CARGO_PKG_VERSION")).into(),
         kind: "text".into(),
-        architecture: text::TextArchitecture::new(spec),
+        architecture: text_export::TextArchitecture::new(spec),
         input: format!(
             "input_ids: int64 [batch, seq] (seq <= {}), token ids padded on the right; \
              attention_mask: int64 [batch, seq], 1 = token, 0 = padding",
@@ -437,7 +437,7 @@ fn export_text(req: &ExportRequest, info: &LmInfo, t0: Instant) -> Result<Export
                 ("input".into(), meta.input.clone()),
                 ("output".into(), meta.output.clone()),
             ];
-            let bytes = text::onnx_bytes(spec, &params, &props)?;
+            let bytes = text_export::onnx_bytes(spec, &params, &props)?;
             write_atomic(&req.out, &bytes)?;
             bytes.len() as u64
         }
@@ -445,7 +445,7 @@ fn export_text(req: &ExportRequest, info: &LmInfo, t0: Instant) -> Result<Export
             meta.format = "torch".into();
             meta.weights = Some(torch::WEIGHTS.into());
             let json = serde_json::to_vec_pretty(&meta).expect("json");
-            torch::write_dir(&req.out, &text::torch_layout(&params), &json)?
+            torch::write_dir(&req.out, &text_export::torch_layout(&params), &json)?
         }
     };
     write_atomic(&tok_out, &tok_json)?;

@@ -2,12 +2,12 @@
 //! ([`image_run`]); text tasks tokenize a corpus and draw windows ([`text_run`]). Both hand their
 //! task to the same loop (`crate::engine::run_loop`).
 
-mod command;
 pub mod image_run;
 pub mod monitor;
+mod run_pretrain;
 pub mod text_run;
 
 pub use crate::engine::run_dir::{EncoderInfo, LmInfo, PretrainSummary};
-pub use command::command;
 pub use image_run::{open_dataset, pretrain, PretrainRequest, EVAL_IMAGES};
+pub use run_pretrain::command;
 pub use text_run::{pretrain_text, TextPretrainRequest};

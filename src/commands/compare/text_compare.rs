@@ -15,7 +15,7 @@ use crate::config::{self, TextConfig};
 use crate::engine::PretrainSummary;
 use crate::error::{Error, Result};
 use crate::tasks;
-use crate::transfer::text::{
+use crate::transfer::text_transfer::{
     open_labelled, transfer_text, TextTransferConfig, TextTransferRequest,
 };
 

@@ -1,5 +1,5 @@
 //! A text run's transformer as an encoder: the function `pretext embed` computes for a text run
-//! (see `crate::commands::embed::text`), as ONNX and as a PyTorch state dict.
+//! (see `crate::commands::embed::text_embed`), as ONNX and as a PyTorch state dict.
 //!
 //! The function: token embedding + learned position embedding (positions 0..seq); `layers`
 //! pre-LayerNorm blocks `x + proj(attention(LN1(x)))`, `x + fc2(GELU(fc1(LN2(x))))` with GELU
