@@ -23,6 +23,8 @@ pub mod rngs;
 pub mod shards;
 pub mod stl10;
 pub mod streamed;
+#[cfg(test)]
+mod test_photos;
 pub mod tokenizer;
 pub mod tokens;
 pub mod views;

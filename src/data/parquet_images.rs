@@ -654,7 +654,7 @@ mod tests {
     use super::*;
     use crate::data::Stream;
 
-    const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/photos");
+    use crate::data::test_photos::{opts, photo, PHOTOS};
     const SOME: &[&str] = &[
         "apple.jpg",
         "astronaut.png",
@@ -662,19 +662,6 @@ mod tests {
         "chelsea.png",
         "orange.jpg",
     ];
-
-    fn opts(skip_bad: bool) -> OpenOptions {
-        OpenOptions {
-            image_size: Some(24),
-            skip_bad,
-            limit: None,
-            stream: Stream::Auto,
-        }
-    }
-
-    fn photo(name: &str) -> Vec<u8> {
-        std::fs::read(Path::new(PHOTOS).join(name)).unwrap()
-    }
 
     fn open_table(path: &Path, skip_bad: bool) -> Result<Dataset, DataError> {
         crate::data::open(&format!("parquet:{}", path.display()), &opts(skip_bad))

@@ -316,7 +316,8 @@ fn index_shard_inner(path: &Path, skip_bad: bool) -> Result<ShardIndex, DataErro
         let mut entry = entry;
         let offset = entry.raw_file_position();
         let size = entry.size();
-        next_header = offset + size.div_ceil(512) * 512;
+        // saturating: a damaged header may claim any size up to 2^64
+        next_header = offset.saturating_add(size.div_ceil(512).saturating_mul(512));
         let name = match entry.path() {
             Ok(p) => p.to_string_lossy().into_owned(),
             Err(e) => {
@@ -329,7 +330,7 @@ fn index_shard_inner(path: &Path, skip_bad: bool) -> Result<ShardIndex, DataErro
         if !entry.header().entry_type().is_file() {
             continue;
         }
-        if offset + size > file_len {
+        if offset.saturating_add(size) > file_len {
             finish(path, std::mem::take(&mut pending), &mut out, &mut bad)?;
             let e = member_err(
                 &name,
@@ -646,7 +647,7 @@ mod tests {
     use crate::data::Stream;
     use std::sync::atomic::AtomicU64;
 
-    const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/photos");
+    use crate::data::test_photos::{opts, photo, PHOTOS};
     const SOME: &[&str] = &[
         "apple.jpg",
         "astronaut.png",
@@ -658,19 +659,6 @@ mod tests {
 
     fn write_tar(path: &Path, members: &[(String, Vec<u8>)]) {
         write_shard(path, members).unwrap();
-    }
-
-    fn photo(name: &str) -> Vec<u8> {
-        std::fs::read(Path::new(PHOTOS).join(name)).unwrap()
-    }
-
-    fn opts(skip_bad: bool) -> OpenOptions {
-        OpenOptions {
-            image_size: Some(24),
-            skip_bad,
-            limit: None,
-            stream: Stream::Auto,
-        }
     }
 
     /// A small PNG with content depending on `i`.

@@ -1,7 +1,7 @@
 //! `pretext pretrain` from the command line: the arguments become a config (image or text), the
 //! run is started or resumed, and its summary printed (by rank 0 alone under MPI).
 
-use super::{pretrain, pretrain_text, PretrainRequest, TextPretrainRequest};
+use super::{pretrain, pretrain_text, PretrainRequest, PretrainSummary, TextPretrainRequest};
 use crate::commands::cli::PretrainArgs;
 use crate::commands::quote;
 use crate::config::{self, PretrainConfig, TextConfig};
@@ -41,20 +41,7 @@ pub fn command(a: PretrainArgs) -> Result<()> {
     if !dist::is_writer() {
         return Ok(());
     }
-    println!(
-        "{} {} steps of {} in {:.1}s ({:.0} items/s), final loss {:.4}; run in {}",
-        if summary.completed {
-            "finished"
-        } else {
-            "stopped after"
-        },
-        summary.steps_done,
-        summary.steps,
-        summary.wall_s,
-        summary.items_per_s,
-        summary.final_loss,
-        summary.run_dir.display()
-    );
+    print_summary(&summary, "items");
     if summary.skipped_steps > 0 {
         println!(
             "{} steps were skipped for a NaN/Inf loss (on_nonfinite = \"skip\")",
@@ -70,6 +57,24 @@ pub fn command(a: PretrainArgs) -> Result<()> {
         println!("held-out test images: {}", eval.join(", "));
     }
     Ok(())
+}
+
+/// The run's one line: steps, time, throughput (`unit`/s), final loss, where it is.
+fn print_summary(s: &PretrainSummary, unit: &str) {
+    println!(
+        "{} {} steps of {} in {:.1}s ({:.0} {unit}/s), final loss {:.4}; run in {}",
+        if s.completed {
+            "finished"
+        } else {
+            "stopped after"
+        },
+        s.steps_done,
+        s.steps,
+        s.wall_s,
+        s.items_per_s,
+        s.final_loss,
+        s.run_dir.display()
+    );
 }
 
 /// `--task`, `--data` (and `--tokenizer`) as `--set` lines ahead of the user's own.
@@ -143,20 +148,7 @@ fn text(a: PretrainArgs) -> Result<()> {
     if !dist::is_writer() {
         return Ok(());
     }
-    println!(
-        "{} {} steps of {} in {:.1}s ({:.0} tokens/s), final loss {:.4}; run in {}",
-        if s.completed {
-            "finished"
-        } else {
-            "stopped after"
-        },
-        s.steps_done,
-        s.steps,
-        s.wall_s,
-        s.items_per_s,
-        s.final_loss,
-        s.run_dir.display()
-    );
+    print_summary(&s, "tokens");
     if let (Some((_, loss)), Some((_, ppl))) = (s.eval.first(), s.eval.get(1)) {
         println!("validation loss {loss:.4} (perplexity {ppl:.2})");
     }

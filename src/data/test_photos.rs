@@ -1,0 +1,23 @@
+//! For the readers' unit tests: the real photographs in ../shared/data/photos and the open
+//! options the container tests share.
+
+use std::path::Path;
+
+use super::{OpenOptions, Stream};
+
+pub const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/photos");
+
+/// The bytes of one photograph file.
+pub fn photo(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(PHOTOS).join(name)).unwrap()
+}
+
+/// 24-px images, streamed when large, bad members an error or (`skip_bad`) left out.
+pub fn opts(skip_bad: bool) -> OpenOptions {
+    OpenOptions {
+        image_size: Some(24),
+        skip_bad,
+        limit: None,
+        stream: Stream::Auto,
+    }
+}
