@@ -27,6 +27,7 @@ pub mod byol;
 pub mod causal_lm;
 pub mod colorize;
 pub mod context;
+pub mod electra;
 pub mod image_quality;
 pub mod inpaint;
 pub mod jigsaw;
@@ -99,6 +100,7 @@ pub const TASKS: &[TaskEntry] = &[
     mae::ENTRY,
     causal_lm::ENTRY,
     masked_lm::ENTRY,
+    electra::ENTRY,
 ];
 
 pub fn find(name: &str) -> Option<&'static TaskEntry> {
