@@ -55,6 +55,9 @@ pub fn command(a: PretrainArgs) -> Result<()> {
         summary.final_loss,
         summary.run_dir.display()
     );
+    if let Some(line) = summary.out_of_time_line() {
+        println!("{line}");
+    }
     if summary.skipped_steps > 0 {
         println!(
             "{} steps were skipped for a NaN/Inf loss (on_nonfinite = \"skip\")",
@@ -157,8 +160,17 @@ fn text(a: PretrainArgs) -> Result<()> {
         s.final_loss,
         s.run_dir.display()
     );
-    if let (Some((_, loss)), Some((_, ppl))) = (s.eval.first(), s.eval.get(1)) {
-        println!("validation loss {loss:.4} (perplexity {ppl:.2})");
+    if let Some(line) = s.out_of_time_line() {
+        println!("{line}");
+    }
+    let get = |k: &str| s.eval.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+    match (get("val_loss"), get("val_ppl")) {
+        (Some(loss), Some(ppl)) => println!("validation loss {loss:.4} (perplexity {ppl:.2})"),
+        (Some(_), None) => {
+            let eval: Vec<String> = s.eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            println!("validation: {}", eval.join(", "));
+        }
+        _ => {}
     }
     let sample = s.run_dir.join("sample.txt");
     if s.completed && sample.exists() {

@@ -229,8 +229,10 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
     if !writer {
         return Ok(summary);
     }
-    if summary.completed {
+    if summary.done() {
         trainer.save_transferable(&run.join(WEIGHTS))?;
+    }
+    if summary.completed {
         if causal {
             write_sample(trainer.transformer(), &tok, &corpus.val, &corpus.train, &run)?;
         }
