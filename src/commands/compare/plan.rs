@@ -621,5 +621,17 @@ mod tests {
         let d = b.differences(&a);
         assert_eq!(d.len(), 2, "{d:?}");
         assert!(d[0].contains("--budget 8 (was 4)"));
+        // A changed time budget is refused too (a settings file without one had none).
+        let mut c = a.clone();
+        c.minutes = 2.5;
+        let d = c.differences(&a);
+        assert_eq!(d, vec!["--minutes 2.5 (was 0)".to_string()]);
+        let old: Settings = serde_json::from_str(
+            &serde_json::to_string(&a)
+                .unwrap()
+                .replace(",\"minutes\":0.0", ""),
+        )
+        .unwrap();
+        assert_eq!(old, a);
     }
 }
