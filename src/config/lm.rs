@@ -1,4 +1,4 @@
-//! Language-model pretraining configuration (`pretext pretrain --task causal-lm|masked-lm`).
+//! Language-model pretraining configuration (`pretext pretrain --task causal-lm|masked-lm|electra`).
 
 use std::collections::BTreeMap;
 
@@ -8,11 +8,11 @@ use super::{in_range, positive, NonFinite};
 use crate::error::{Error, Result};
 use crate::nn::transformer::{TransformerSpec, PRESETS};
 
-/// Language-model pretraining configuration (`pretext pretrain --task causal-lm|masked-lm`).
+/// Language-model pretraining configuration (`pretext pretrain --task causal-lm|masked-lm|electra`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TextConfig {
-    /// causal-lm or masked-lm.
+    /// causal-lm, masked-lm or electra.
     pub task: String,
     /// `text:PATH` (.txt/.txt.gz files or a folder of them) or `jsonl:PATH`.
     pub data: String,

@@ -412,6 +412,7 @@ impl Task for ElectraTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Trainable;
 
     fn specials() -> Specials {
         Specials {
