@@ -318,11 +318,11 @@ fn forward(
     let z = disc_logits.clone().detach().into_data().convert::<f32>();
     let z = z.as_slice::<f32>().expect("f32 logits");
     let (mut right, mut replaced, mut tokens) = (0f32, 0f32, 0f32);
-    for i in 0..n {
-        if counted[i] > 0.0 {
+    for ((&c, &y), &z) in counted.iter().zip(&labels).zip(z) {
+        if c > 0.0 {
             tokens += 1.0;
-            replaced += labels[i];
-            right += f32::from(u8::from((z[i] > 0.0) == (labels[i] > 0.0)));
+            replaced += y;
+            right += f32::from(u8::from((z > 0.0) == (y > 0.0)));
         }
     }
     let losses = electra_loss(
@@ -412,7 +412,6 @@ impl Task for ElectraTask {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Trainable;
 
     fn specials() -> Specials {
         Specials {

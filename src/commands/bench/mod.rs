@@ -30,7 +30,6 @@ use crate::data::rngs::BatchRngs;
 use crate::data::ImageSet;
 use crate::engine::optim::lm_optimizer;
 use crate::engine::replicas::split_batch;
-use crate::engine::Trainable;
 use crate::error::{Error, Result};
 use crate::nn::input::InputSpec;
 use crate::nn::transformer::TransformerSpec;

@@ -21,7 +21,7 @@ use crate::data::tokens::{tokenize_corpus, TokenCorpus, TokenFile};
 use crate::engine::optim::lm_optimizer;
 use crate::engine::replicas::split_batch;
 use crate::engine::run_dir::{self, LmInfo, PretrainSummary, RunInfo, WEIGHTS};
-use crate::engine::{run_loop, LoopSettings, Trainable};
+use crate::engine::{run_loop, LoopSettings};
 use crate::error::{Error, Result};
 use crate::nn::transformer::Transformer;
 use crate::platform::dist;
