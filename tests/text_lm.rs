@@ -513,9 +513,16 @@ fn electra_learns_resumes_exactly_and_transfers() {
         .collect();
     assert_eq!(disc.len(), 4, "{disc:?}");
     assert!(disc.iter().all(|x| x.is_finite()));
-    assert!(disc[3] < disc[0] - 0.1, "discriminator loss did not fall: {disc:?}");
+    assert!(
+        disc[3] < disc[0] - 0.1,
+        "discriminator loss did not fall: {disc:?}"
+    );
     let steps = metrics(&straight);
-    let last = steps.iter().rev().find(|m| m.get("disc_acc").is_some()).unwrap();
+    let last = steps
+        .iter()
+        .rev()
+        .find(|m| m.get("disc_acc").is_some())
+        .unwrap();
     assert!(last["replaced"].as_f64().unwrap() > 0.0, "{last}");
 
     // Stopped at step 10 and resumed: the same metrics and weights, bit for bit.
@@ -549,7 +556,10 @@ fn electra_learns_resumes_exactly_and_transfers() {
         let (text, label) = if i % 2 == 0 {
             (format!("the lady walked to the house {i} times"), "prose")
         } else {
-            (format!("{} {} {} {}", i * 7919, i * 104729, i * 31, i), "digits")
+            (
+                format!("{} {} {} {}", i * 7919, i * 104729, i * 31, i),
+                "digits",
+            )
         };
         writeln!(f, "{}", serde_json::json!({"body": text, "kind": label})).unwrap();
     }

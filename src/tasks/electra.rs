@@ -254,7 +254,8 @@ pub fn electra_loss(
 ) -> Losses {
     let device = gen_logits.device();
     let n = batch.targets.len();
-    let targets = Tensor::<2, Int>::from_data(TensorData::new(batch.targets.clone(), [n, 1]), &device);
+    let targets =
+        Tensor::<2, Int>::from_data(TensorData::new(batch.targets.clone(), [n, 1]), &device);
     let weights = Tensor::<1>::from_data(TensorData::new(batch.weights.clone(), [n]), &device);
     let masked = batch.weights.iter().sum::<f32>().max(1.0);
     let picked = log_softmax(gen_logits, 1).gather(1, targets).reshape([n]);
@@ -401,11 +402,13 @@ impl Task for ElectraTask {
             n += w;
         }
         let n = n.max(1.0);
-        Ok(["val_loss", "val_disc_loss", "val_gen_loss", "val_disc_acc"]
-            .iter()
-            .zip(sums)
-            .map(|(k, s)| (k.to_string(), (s / n) as f32))
-            .collect())
+        Ok(
+            ["val_loss", "val_disc_loss", "val_gen_loss", "val_disc_acc"]
+                .iter()
+                .zip(sums)
+                .map(|(k, s)| (k.to_string(), (s / n) as f32))
+                .collect(),
+        )
     }
 }
 
@@ -470,7 +473,15 @@ mod tests {
         let vocab = 8;
         // Generator logits: position i favours token i % vocab by 1.0 + 0.1·i.
         let gen: Vec<f32> = (0..8)
-            .flat_map(|i| (0..vocab).map(move |v| if v == i % vocab { 1.0 + 0.1 * i as f32 } else { 0.05 * v as f32 }))
+            .flat_map(|i| {
+                (0..vocab).map(move |v| {
+                    if v == i % vocab {
+                        1.0 + 0.1 * i as f32
+                    } else {
+                        0.05 * v as f32
+                    }
+                })
+            })
             .collect();
         let disc: Vec<f32> = vec![-2.0, 0.5, 1.0, -0.3, 0.0, 2.0, 1.5, 3.0];
         let labels = vec![0., 1., 0., 0., 0., 0., 1., 0.];

@@ -142,7 +142,10 @@ impl Settings {
             d.push(format!("--budget {} (was {})", self.budget, earlier.budget));
         }
         if self.minutes != earlier.minutes {
-            d.push(format!("--minutes {} (was {})", self.minutes, earlier.minutes));
+            d.push(format!(
+                "--minutes {} (was {})",
+                self.minutes, earlier.minutes
+            ));
         }
         if self.pretrain_sets != earlier.pretrain_sets {
             d.push(format!(

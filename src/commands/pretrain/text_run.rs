@@ -233,7 +233,13 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
     }
     if summary.completed {
         if causal {
-            write_sample(trainer.transformer(), &tok, &corpus.val, &corpus.train, &run)?;
+            write_sample(
+                trainer.transformer(),
+                &tok,
+                &corpus.val,
+                &corpus.train,
+                &run,
+            )?;
         }
     }
     summary.write()?;
