@@ -231,16 +231,14 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
     if summary.done() {
         trainer.save_transferable(&run.join(WEIGHTS))?;
     }
-    if summary.completed {
-        if causal {
-            write_sample(
-                trainer.transformer(),
-                &tok,
-                &corpus.val,
-                &corpus.train,
-                &run,
-            )?;
-        }
+    if summary.completed && causal {
+        write_sample(
+            trainer.transformer(),
+            &tok,
+            &corpus.val,
+            &corpus.train,
+            &run,
+        )?;
     }
     summary.write()?;
     Ok(summary)
