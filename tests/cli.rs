@@ -202,6 +202,36 @@ fn tasks_lists_rotation() {
     assert!(listed("rotation", "90"), "{out}");
     assert!(listed("causal-lm", "next token"), "{out}");
     assert!(listed("masked-lm", "15%"), "{out}");
+    assert!(listed("electra", "ELECTRA"), "{out}");
+}
+
+#[test]
+fn compare_owns_the_time_budget() {
+    fails(
+        &[
+            "compare",
+            "--data",
+            "jsonl:nowhere.jsonl",
+            "--set",
+            "max_minutes=3",
+            "--out",
+            "unused",
+        ],
+        2,
+        "--minutes",
+    );
+    fails(
+        &[
+            "compare",
+            "--data",
+            "jsonl:nowhere.jsonl",
+            "--minutes=-1",
+            "--out",
+            "unused",
+        ],
+        2,
+        "--minutes",
+    );
 }
 
 fn fails(args: &[&str], code: i32, needle: &str) {

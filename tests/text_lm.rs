@@ -474,3 +474,154 @@ fn skipped_text_steps_still_checkpoint_on_schedule() {
         .count();
     assert_eq!(skipped, 10);
 }
+
+/// ELECTRA end to end: the discriminator learns to tell replaced tokens, a run stopped and
+/// resumed is bitwise the uninterrupted one (with two replicas and dropout), the run records a
+/// bidirectional transformer, and its discriminator transfers like a masked-LM's.
+#[test]
+fn electra_learns_resumes_exactly_and_transfers() {
+    let dir = tempfile::tempdir().unwrap();
+    let txt = austen_slice(dir.path(), 60_000);
+    let spec = format!("text:{}", txt.display());
+    let straight = dir.path().join("straight");
+    let mut args = vec![
+        "pretrain",
+        "--task",
+        "electra",
+        "--data",
+        &spec,
+        "--set",
+        "steps=30",
+        "--set",
+        "replicas=2",
+    ];
+    args.extend_from_slice(SMALL);
+    let mut a = args.clone();
+    a.extend_from_slice(&["--out", straight.to_str().unwrap()]);
+    let stdout = ok(&a);
+    assert!(stdout.contains("val_disc_loss"), "{stdout}");
+    let run_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(straight.join("run.json")).unwrap()).unwrap();
+    assert!(
+        run_json.to_string().contains("\"causal\":false"),
+        "{run_json}"
+    );
+    // The discriminator's loss falls from chance (ln 2 per token, before the generator learns).
+    let disc: Vec<f64> = metrics(&straight)
+        .iter()
+        .filter_map(|m| m.get("val_disc_loss")?.as_f64())
+        .collect();
+    assert_eq!(disc.len(), 4, "{disc:?}");
+    assert!(disc.iter().all(|x| x.is_finite()));
+    assert!(
+        disc[3] < disc[0] - 0.1,
+        "discriminator loss did not fall: {disc:?}"
+    );
+    let steps = metrics(&straight);
+    let last = steps
+        .iter()
+        .rev()
+        .find(|m| m.get("disc_acc").is_some())
+        .unwrap();
+    assert!(last["replaced"].as_f64().unwrap() > 0.0, "{last}");
+
+    // Stopped at step 10 and resumed: the same metrics and weights, bit for bit.
+    let resumed = dir.path().join("resumed");
+    let mut a = args.clone();
+    a.extend_from_slice(&["--out", resumed.to_str().unwrap(), "--stop-after", "10"]);
+    ok(&a);
+    assert!(!resumed.join("encoder.safetensors").exists());
+    ok(&["pretrain", "--resume", resumed.to_str().unwrap(), "-q"]);
+    let strip = |run: &Path| -> Vec<String> {
+        metrics(run)
+            .into_iter()
+            .map(|mut m| {
+                let o = m.as_object_mut().unwrap();
+                o.remove("tokens_per_s");
+                o.remove("elapsed_s");
+                serde_json::to_string(o).unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(strip(&straight), strip(&resumed));
+    assert_eq!(
+        std::fs::read(straight.join("encoder.safetensors")).unwrap(),
+        std::fs::read(resumed.join("encoder.safetensors")).unwrap()
+    );
+
+    // The discriminator transfers (linear probe on letters vs digits).
+    let jsonl = dir.path().join("docs.jsonl");
+    let mut f = std::fs::File::create(&jsonl).unwrap();
+    for i in 0..120 {
+        let (text, label) = if i % 2 == 0 {
+            (format!("the lady walked to the house {i} times"), "prose")
+        } else {
+            (
+                format!("{} {} {} {}", i * 7919, i * 104729, i * 31, i),
+                "digits",
+            )
+        };
+        writeln!(f, "{}", serde_json::json!({"body": text, "kind": label})).unwrap();
+    }
+    drop(f);
+    let data = format!("jsonl:{}", jsonl.display());
+    let stdout = ok(&[
+        "transfer",
+        "--from",
+        straight.to_str().unwrap(),
+        "--data",
+        &data,
+        "--labels-per-class",
+        "8",
+        "--protocol",
+        "linear",
+        "--set",
+        "text_field=body",
+        "--set",
+        "label_field=kind",
+        "--out",
+        dir.path().join("t").to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(stdout.contains("macro-F1"), "{stdout}");
+}
+
+/// A time budget stops a run before its step count, with a checkpoint and its transferable
+/// weights, says so in summary.json and on stdout, and `--resume` continues it.
+#[test]
+fn a_text_run_stops_when_its_time_runs_out_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let txt = austen_slice(dir.path(), 40_000);
+    let spec = format!("text:{}", txt.display());
+    let run = dir.path().join("timed");
+    let mut a = vec![
+        "pretrain",
+        "--task",
+        "masked-lm",
+        "--data",
+        &spec,
+        "--set",
+        "steps=100000",
+        "--set",
+        "max_minutes=0.005",
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    a.extend_from_slice(SMALL);
+    let stdout = ok(&a);
+    assert!(stdout.contains("minutes ran out"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["out_of_time"], true, "{summary}");
+    assert_eq!(summary["completed"], false, "{summary}");
+    let done = summary["steps_done"].as_u64().unwrap();
+    assert!((1..100000).contains(&done), "{summary}");
+    assert!(run.join("encoder.safetensors").exists());
+    let checkpoints = std::fs::read_dir(run.join("checkpoints")).unwrap().count();
+    assert!(checkpoints >= 1);
+    // Resumed: it goes on from that step (and stops for time again).
+    ok(&["pretrain", "--resume", run.to_str().unwrap(), "-q"]);
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    assert!(again["steps_done"].as_u64().unwrap() > done, "{again}");
+}

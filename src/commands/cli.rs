@@ -203,6 +203,10 @@ pub struct CompareArgs {
     /// Pretraining steps per task.
     #[arg(long, default_value_t = 1000)]
     pub budget: u64,
+    /// A time budget per task: each task's pretraining stops at the first step after this many
+    /// minutes (its `max_minutes`; fractions allowed), or at `--budget` steps if sooner; 0 = none.
+    #[arg(long, default_value_t = 0.0)]
+    pub minutes: f64,
     /// Label draws (seeds) for image budgets of at most 10 labels per class and for every
     /// numeric text budget (mean ± std); the others use one.
     #[arg(long, default_value_t = 3)]

@@ -49,6 +49,9 @@ pub struct PretrainConfig {
     pub patch_size: usize,
     /// Pretraining step budget.
     pub steps: u64,
+    /// Stop at the first step after this many minutes of wall-clock time, with a checkpoint
+    /// (`--resume` continues, with the budget afresh); fractions allowed; 0 = no limit.
+    pub max_minutes: f64,
     /// Images drawn from the dataset per step (a task may expand each into several inputs).
     pub batch_size: usize,
     pub optimizer: OptimizerKind,
@@ -112,6 +115,7 @@ impl Default for PretrainConfig {
             width: 0,
             patch_size: 0,
             steps: 1000,
+            max_minutes: 0.0,
             batch_size: 64,
             optimizer: OptimizerKind::Adamw,
             lr: 2e-3,
@@ -168,6 +172,7 @@ impl PretrainConfig {
         positive("keep_checkpoints", self.keep_checkpoints as f64)?;
         positive("prefetch", self.prefetch as f64)?;
         positive("image_size", self.image_size as f64)?;
+        in_range("max_minutes", self.max_minutes, 0.0, 1e9)?;
         if self.width > MAX_WIDTH {
             return Err(Error::config(
                 "width",

@@ -1,4 +1,4 @@
-//! Language-model pretraining configuration (`pretext pretrain --task causal-lm|masked-lm`).
+//! Language-model pretraining configuration (`pretext pretrain --task causal-lm|masked-lm|electra`).
 
 use std::collections::BTreeMap;
 
@@ -8,11 +8,11 @@ use super::{in_range, positive, NonFinite};
 use crate::error::{Error, Result};
 use crate::nn::transformer::{TransformerSpec, PRESETS};
 
-/// Language-model pretraining configuration (`pretext pretrain --task causal-lm|masked-lm`).
+/// Language-model pretraining configuration (`pretext pretrain --task causal-lm|masked-lm|electra`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TextConfig {
-    /// causal-lm or masked-lm.
+    /// causal-lm, masked-lm or electra.
     pub task: String,
     /// `text:PATH` (.txt/.txt.gz files or a folder of them) or `jsonl:PATH`.
     pub data: String,
@@ -37,6 +37,9 @@ pub struct TextConfig {
     /// Training sequence length in tokens; 0 = max_len.
     pub seq_len: usize,
     pub steps: u64,
+    /// Stop at the first step after this many minutes of wall-clock time, with a checkpoint
+    /// (`--resume` continues, with the budget afresh); fractions allowed; 0 = no limit.
+    pub max_minutes: f64,
     /// Sequences per step.
     pub batch_size: usize,
     pub lr: f64,
@@ -100,6 +103,7 @@ impl Default for TextConfig {
             tie_weights: true,
             seq_len: 0,
             steps: 2000,
+            max_minutes: 0.0,
             batch_size: 32,
             lr: 1e-3,
             weight_decay: 0.1,
@@ -143,6 +147,7 @@ impl TextConfig {
         positive("checkpoint_every", self.checkpoint_every as f64)?;
         positive("keep_checkpoints", self.keep_checkpoints as f64)?;
         in_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)?;
+        in_range("max_minutes", self.max_minutes, 0.0, 1e9)?;
         in_range("val_fraction", self.val_fraction, 0.0, 0.5)?;
         in_range("weight_decay", self.weight_decay, 0.0, 10.0)?;
         in_range("grad_clip", self.grad_clip, 0.0, 1e6)?;

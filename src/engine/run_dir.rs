@@ -228,6 +228,13 @@ pub struct PretrainSummary {
     /// Held-out measurements: the last validation, and the task's own at the end.
     #[serde(default)]
     pub eval: Vec<(String, f32)>,
+    /// The run stopped before its step count because its time budget (`max_minutes`) ran out;
+    /// `--resume` continues it.
+    #[serde(default)]
+    pub out_of_time: bool,
+    /// The time budget in minutes this part of the run had (0 = none).
+    #[serde(default)]
+    pub max_minutes: f64,
 }
 
 impl PretrainSummary {
@@ -255,7 +262,28 @@ impl PretrainSummary {
             completed: out.step >= steps,
             skipped_steps: out.skipped,
             eval,
+            out_of_time: out.out_of_time,
+            max_minutes: out.max_minutes,
         }
+    }
+
+    /// Whether the run has its transferable weights (`encoder.safetensors` in the run): it
+    /// finished its steps, or its time budget ran out (a result at that budget).
+    pub fn done(&self) -> bool {
+        self.completed || self.out_of_time
+    }
+
+    /// The line a command prints when the time budget stopped the run (None otherwise).
+    pub fn out_of_time_line(&self) -> Option<String> {
+        self.out_of_time.then(|| {
+            format!(
+                "stopped after {} of {} steps: the time budget of {} minutes ran out; continue with: pretext pretrain --resume {}",
+                self.steps_done,
+                self.steps,
+                self.max_minutes,
+                self.run_dir.display()
+            )
+        })
     }
 
     pub fn write(&self) -> Result<()> {

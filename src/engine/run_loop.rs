@@ -60,6 +60,10 @@ pub struct LoopSettings {
     /// Under MPI: compare the ranks' weights every N steps; 0 = never.
     #[serde(default)]
     pub rank_check_every: u64,
+    /// Stop at the first step boundary after this many minutes of wall-clock time (from the
+    /// start of this loop; a resumed run gets the budget afresh), with a checkpoint; 0 = no limit.
+    #[serde(default)]
+    pub max_minutes: f64,
     /// What a batch's items are called in throughput (`items`, `tokens`).
     #[serde(skip)]
     pub unit: &'static str,
@@ -120,6 +124,10 @@ pub struct LoopOutcome {
     pub last_eval: Vec<(String, f32)>,
     pub wall_s: f64,
     pub items_per_s: f64,
+    /// The loop stopped before `end` because `max_minutes` ran out.
+    pub out_of_time: bool,
+    /// The time budget it ran under (0 = none).
+    pub max_minutes: f64,
 }
 
 /// Run steps `start..end` of the run in `run` (`start` = the resumed checkpoint's step, whose
@@ -166,6 +174,7 @@ pub fn run(
     // Under MPI: the gradient all-reduce's share of each logged window.
     let (mut traffic, mut window_steps) = (dist::traffic(), 0u64);
     let (mut step, mut last_saved, mut skipped, mut in_row) = (start, start, 0u64, 0u64);
+    let mut out_of_time = false;
     while step < end {
         let batch = match next_batch(step) {
             Ok(batch) => batch,
@@ -283,7 +292,11 @@ pub fn run(
         // Checkpoints and Ctrl-C on schedule, whether or not this step was skipped. Under MPI
         // every rank must stop at the same step: rank 0's Ctrl-C decides.
         let interrupted = dist::any(interrupted());
-        if step % s.checkpoint_every == 0 || interrupted {
+        // The time budget: every rank stops at the same step (rank 0's clock decides).
+        let time_up = s.max_minutes > 0.0
+            && step < end
+            && dist::any(dist::is_writer() && t0.elapsed().as_secs_f64() >= s.max_minutes * 60.0);
+        if step % s.checkpoint_every == 0 || interrupted || time_up {
             log.flush()?;
             save(trainer, step)?;
             last_saved = step;
@@ -299,6 +312,16 @@ pub fn run(
                     step - in_row
                 ),
             });
+        }
+        if time_up && !interrupted {
+            out_of_time = true;
+            progress.println(&format!(
+                "stopped after {step} of {} steps: the time budget of {} minutes ran out; continue with: pretext pretrain --resume {}",
+                s.steps,
+                s.max_minutes,
+                run.display()
+            ));
+            break;
         }
         if interrupted {
             progress.println(&format!(
@@ -320,6 +343,8 @@ pub fn run(
         last_eval,
         wall_s: t0.elapsed().as_secs_f64(),
         items_per_s: total.per_sec(),
+        out_of_time,
+        max_minutes: s.max_minutes,
     })
 }
 

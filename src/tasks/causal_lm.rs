@@ -43,6 +43,7 @@ pub fn make_batch(windows: &[Vec<u32>]) -> TextBatch {
         inputs: Vec::with_capacity(b * t),
         targets: Vec::with_capacity(b * t),
         weights: vec![1.0; b * t],
+        draws: Vec::new(),
     };
     for w in windows {
         assert_eq!(w.len(), t + 1, "windows of one batch have one length");

@@ -7,15 +7,15 @@
 
 use std::sync::Arc;
 
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
 use crate::data::rngs::BatchRngs;
 use crate::data::tokenizer::Tokenizer;
-use crate::engine::{StepCtx, StepStats, Task};
+use crate::engine::{Bound, StepCtx, StepStats, Task, Trainable};
 use crate::error::Result;
-use crate::nn::transformer::Transformer;
+use crate::nn::transformer::{Transformer, TransformerSpec};
 
 /// Ids the tasks need from the tokenizer.
 #[derive(Clone, Debug)]
@@ -55,6 +55,10 @@ pub struct TextBatch {
     pub targets: Vec<i64>,
     /// 1 where a position counts in the loss, 0 where not, [b, t].
     pub weights: Vec<f32>,
+    /// Uniform draws in [0, 1) for a task that samples in its step (ELECTRA's generator samples
+    /// a replacement at each counted position), [b, t], drawn with the batch from each window's
+    /// own generator; empty for the others.
+    pub draws: Vec<f32>,
 }
 
 /// A text pretext task: the CPU half, "damage the text, keep the answer".
@@ -64,6 +68,64 @@ pub trait TextTask: Send + Sync {
     /// Make a batch from windows of `window_len(t)` tokens each; window `i` draws from
     /// `rngs.item(i)` (its own generator, whatever part of the global batch it is made in).
     fn make_batch(&self, windows: &[Vec<u32>], rngs: &BatchRngs) -> TextBatch;
+    /// The engine's half, for a task that is more than one transformer trained by the weighted
+    /// cross-entropy (ELECTRA: a generator and a discriminator); `None` (the default): [`LmTask`]
+    /// runs it.
+    fn trainer(&self, _setup: &LmSetup) -> Option<Result<Box<dyn LmTrainer>>> {
+        None
+    }
+}
+
+/// What `pretrain` hands a text task's engine half: the transformer that transfers (its spec as
+/// `run.json` records it), validation batches, seed, device and optimiser.
+#[derive(Clone)]
+pub struct LmSetup {
+    pub spec: TransformerSpec,
+    pub validation: Vec<TextBatch>,
+    pub seed: u64,
+    /// The training device (autodiff enabled).
+    pub device: Device,
+    pub optimizer: ModuleOptimizer,
+    pub skip_nonfinite: bool,
+    /// Clip to this global gradient norm (0 = measure only).
+    pub global_clip: f64,
+    pub replicas: usize,
+}
+
+/// A text task bound to its model and optimiser, with the transformer that transfers in view.
+pub trait LmTrainer: Trainable {
+    /// The transformer that transfers (`encoder.safetensors`).
+    fn transformer(&self) -> &Transformer;
+}
+
+impl LmTrainer for Bound<LmTask> {
+    fn transformer(&self) -> &Transformer {
+        self.model()
+    }
+}
+
+/// Bind `model` to its task with `setup`'s optimiser, clipping and replicas.
+pub fn bind_text<T: Task>(task: T, model: T::Model, setup: &LmSetup) -> Bound<T> {
+    Bound::new(task, model, &setup.optimizer, setup.skip_nonfinite)
+        .with_global_clip(setup.global_clip)
+        .with_replicas(setup.replicas)
+}
+
+/// The engine's half of a text task: its own ([`TextTask::trainer`]) or [`LmTask`] with the
+/// transformer `setup.spec` (initialised from `setup.seed`).
+pub fn text_trainer(task: Arc<dyn TextTask>, setup: &LmSetup) -> Result<Box<dyn LmTrainer>> {
+    if let Some(trainer) = task.trainer(setup) {
+        return trainer;
+    }
+    let device = setup.device.clone();
+    let model = crate::platform::device::seeded(&device, setup.seed, || setup.spec.init(&device));
+    let lm = LmTask {
+        task,
+        validation: Arc::new(setup.validation.clone()),
+        seed: setup.seed,
+        device,
+    };
+    Ok(Box::new(bind_text(lm, model, setup)))
 }
 
 /// Mean cross-entropy over the weighted positions ([1]) and the number of weighted positions

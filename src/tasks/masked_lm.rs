@@ -128,6 +128,7 @@ impl TextTask for MaskedLm {
             inputs: Vec::with_capacity(b * t),
             targets: Vec::with_capacity(b * t),
             weights: vec![0.0; b * t],
+            draws: Vec::new(),
         };
         for (row, w) in windows.iter().enumerate() {
             assert_eq!(w.len(), t, "windows of one batch have one length");

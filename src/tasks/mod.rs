@@ -15,6 +15,7 @@ pub mod byol;
 pub mod causal_lm;
 pub mod colorize;
 pub mod context;
+pub mod electra;
 pub mod inpaint;
 pub mod jigsaw;
 pub mod lm;
@@ -89,6 +90,7 @@ pub const TASKS: &[TaskEntry] = &[
     mae::ENTRY,
     causal_lm::ENTRY,
     masked_lm::ENTRY,
+    electra::ENTRY,
 ];
 
 pub fn find(name: &str) -> Option<&'static TaskEntry> {

@@ -820,6 +820,7 @@ pub fn train_student(
         },
         seed: s.seed,
         rank_check_every: 0,
+        max_minutes: 0.0,
         unit: "images",
         resume_hint: "",
         quiet,

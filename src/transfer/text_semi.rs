@@ -311,6 +311,7 @@ pub fn train_student(
         eval_every: 0,
         seed: s.seed,
         rank_check_every: 0,
+        max_minutes: 0.0,
         unit: "documents",
         resume_hint: "",
         quiet: run.quiet,

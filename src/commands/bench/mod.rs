@@ -31,12 +31,10 @@ use crate::data::rngs::BatchRngs;
 use crate::data::ImageSet;
 use crate::engine::optim::lm_optimizer;
 use crate::engine::replicas::split_batch;
-use crate::engine::{Bound, Trainable};
 use crate::error::{Error, Result};
 use crate::nn::input::InputSpec;
 use crate::nn::transformer::TransformerSpec;
 use crate::nn::BackboneKind;
-use crate::tasks::lm::LmTask;
 use crate::tasks::{self, TaskContext};
 use layout::FlatBatch;
 
@@ -479,20 +477,19 @@ fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
         task.make_batch(&all[r], rngs)
     });
     let cfg = crate::config::TextConfig::default();
-    let model = crate::platform::device::seeded(&device, 0, || spec.init(&device));
-    let lm = LmTask {
-        task: task.clone(),
-        validation: Default::default(),
-        seed: 0,
-        device: device.clone(),
-    };
-    let mut bound = Bound::new(
-        lm,
-        model,
-        &lm_optimizer(cfg.weight_decay, cfg.grad_clip),
-        false,
-    )
-    .with_replicas(replicas);
+    let mut bound = crate::tasks::lm::text_trainer(
+        task.clone(),
+        &crate::tasks::lm::LmSetup {
+            spec: spec.clone(),
+            validation: Vec::new(),
+            seed: 0,
+            device: device.clone(),
+            optimizer: lm_optimizer(cfg.weight_decay, cfg.grad_clip),
+            skip_nonfinite: false,
+            global_clip: 0.0,
+            replicas,
+        },
+    )?;
     for k in 0..2 {
         bound.step(batch.clone(), k, 1e-3);
     }

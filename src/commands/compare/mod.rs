@@ -47,6 +47,8 @@ pub struct CompareRequest {
     pub labels_per_class: Option<String>,
     pub protocols: String,
     pub budget: u64,
+    /// A time budget in minutes for every task's pretraining (`max_minutes`); 0 = none.
+    pub minutes: f64,
     pub seeds: u64,
     pub stages: String,
     pub pretrain_sets: Vec<String>,
@@ -94,6 +96,7 @@ const OWN_KEYS: &[(&str, &str)] = &[
     ("task", "--tasks"),
     ("data", "--data"),
     ("steps", "--budget"),
+    ("max_minutes", "--minutes"),
 ];
 
 pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
@@ -109,6 +112,12 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
     }
     if req.budget == 0 {
         return Err(Error::Usage("--budget must be at least 1 step".into()));
+    }
+    if !(req.minutes >= 0.0 && req.minutes.is_finite()) {
+        return Err(Error::Usage(format!(
+            "--minutes must be a number of minutes ≥ 0 (0 = no time budget), found {}",
+            req.minutes
+        )));
     }
     if req.seeds == 0 {
         return Err(Error::Usage("--seeds must be at least 1".into()));
@@ -132,6 +141,7 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
         labels_per_class: labels,
         protocols,
         budget: req.budget,
+        minutes: req.minutes,
         seeds: req.seeds,
         stages: plan::parse_stages(&req.stages, job.encoder_stages())?,
         encoder_stages: job.encoder_stages(),
@@ -198,7 +208,7 @@ pub fn run(req: &CompareRequest) -> Result<CompareOutcome> {
             fmt_duration(std::time::Duration::from_secs_f64(summary.wall_s)),
             summary.final_loss
         ));
-        if !summary.completed {
+        if !summary.done() {
             interrupted = true;
             break;
         }
@@ -379,6 +389,9 @@ fn own_sets(task: &str, req: &CompareRequest) -> Vec<String> {
     sets.push(format!("task={task:?}"));
     sets.push(format!("data={:?}", req.data));
     sets.push(format!("steps={}", req.budget));
+    if req.minutes > 0.0 {
+        sets.push(format!("max_minutes={}", req.minutes));
+    }
     sets
 }
 
@@ -413,11 +426,11 @@ fn not_applicable(
     }
 }
 
-/// The summary of a pretraining run that finished its budget.
+/// The summary of a pretraining run that finished its budget (of steps, or of time).
 pub fn finished_pretraining(dir: &Path) -> Option<PretrainSummary> {
     let bytes = std::fs::read(dir.join("summary.json")).ok()?;
     let s: PretrainSummary = serde_json::from_slice(&bytes).ok()?;
-    (s.completed && dir.join("encoder.safetensors").exists()).then_some(s)
+    (s.done() && dir.join("encoder.safetensors").exists()).then_some(s)
 }
 
 /// Run one image cell and write its JSON; returns the accuracy.

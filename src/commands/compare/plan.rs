@@ -112,6 +112,9 @@ pub struct Settings {
     pub protocols: Vec<Protocol>,
     /// Pretraining steps per task.
     pub budget: u64,
+    /// Pretraining minutes per task (`--minutes`); 0 = no time budget.
+    #[serde(default)]
+    pub minutes: f64,
     /// Label draws (seeds 0..seeds) for budgets of at most `SMALL_BUDGET` labels per class.
     pub seeds: u64,
     /// Encoder stages probed for the per-layer plot (1-based; empty = none).
@@ -137,6 +140,12 @@ impl Settings {
         }
         if self.budget != earlier.budget {
             d.push(format!("--budget {} (was {})", self.budget, earlier.budget));
+        }
+        if self.minutes != earlier.minutes {
+            d.push(format!(
+                "--minutes {} (was {})",
+                self.minutes, earlier.minutes
+            ));
         }
         if self.pretrain_sets != earlier.pretrain_sets {
             d.push(format!(
@@ -458,6 +467,7 @@ pub(crate) fn example_settings() -> Settings {
         labels_per_class: vec!["1".into(), "10".into(), "100".into()],
         protocols: vec![Protocol::Linear, Protocol::Knn],
         budget: 4,
+        minutes: 0.0,
         seeds: 3,
         stages: vec![1, 2, 3, 4],
         encoder_stages: 4,
@@ -614,5 +624,17 @@ mod tests {
         let d = b.differences(&a);
         assert_eq!(d.len(), 2, "{d:?}");
         assert!(d[0].contains("--budget 8 (was 4)"));
+        // A changed time budget is refused too (a settings file without one had none).
+        let mut c = a.clone();
+        c.minutes = 2.5;
+        let d = c.differences(&a);
+        assert_eq!(d, vec!["--minutes 2.5 (was 0)".to_string()]);
+        let old: Settings = serde_json::from_str(
+            &serde_json::to_string(&a)
+                .unwrap()
+                .replace(",\"minutes\":0.0", ""),
+        )
+        .unwrap();
+        assert_eq!(old, a);
     }
 }

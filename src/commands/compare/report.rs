@@ -249,7 +249,14 @@ fn settings_lines(s: &Settings, res: &Results) -> Vec<(String, String)> {
         ("pretext tasks".into(), s.tasks.join(", ")),
         (
             "pretraining budget".into(),
-            format!("{} steps per task", s.budget),
+            if s.minutes > 0.0 {
+                format!(
+                    "{} steps or {} minutes per task, whichever ran out first",
+                    s.budget, s.minutes
+                )
+            } else {
+                format!("{} steps per task", s.budget)
+            },
         ),
         (
             "label budgets".into(),

@@ -15,6 +15,7 @@ pub fn command(a: CompareArgs) -> Result<()> {
         labels_per_class: a.labels_per_class,
         protocols: a.protocols,
         budget: a.budget,
+        minutes: a.minutes,
         seeds: a.seeds,
         stages: a.stages,
         pretrain_sets: a.set,

@@ -219,7 +219,7 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         _ => Vec::new(),
     };
     let summary = PretrainSummary::new(&cfg.task, cfg.steps, &run, &outcome, eval);
-    if summary.completed {
+    if summary.done() {
         trainer.save_transferable(&run.join(WEIGHTS))?;
     }
     summary.write()?;

@@ -75,6 +75,9 @@ fn print_summary(s: &PretrainSummary, unit: &str) {
         s.final_loss,
         s.run_dir.display()
     );
+    if let Some(line) = s.out_of_time_line() {
+        println!("{line}");
+    }
 }
 
 /// `--task`, `--data` (and `--tokenizer`) as `--set` lines ahead of the user's own.
@@ -149,8 +152,14 @@ fn text(a: PretrainArgs) -> Result<()> {
         return Ok(());
     }
     print_summary(&s, "tokens");
-    if let (Some((_, loss)), Some((_, ppl))) = (s.eval.first(), s.eval.get(1)) {
-        println!("validation loss {loss:.4} (perplexity {ppl:.2})");
+    let get = |k: &str| s.eval.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+    match (get("val_loss"), get("val_ppl")) {
+        (Some(loss), Some(ppl)) => println!("validation loss {loss:.4} (perplexity {ppl:.2})"),
+        (Some(_), None) => {
+            let eval: Vec<String> = s.eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            println!("validation: {}", eval.join(", "));
+        }
+        _ => {}
     }
     let sample = s.run_dir.join("sample.txt");
     if s.completed && sample.exists() {

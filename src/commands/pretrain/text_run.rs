@@ -8,7 +8,6 @@
 //! [`write_record`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use burn::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -22,12 +21,12 @@ use crate::data::tokens::{tokenize_corpus, TokenCorpus, TokenFile};
 use crate::engine::optim::lm_optimizer;
 use crate::engine::replicas::split_batch;
 use crate::engine::run_dir::{self, LmInfo, PretrainSummary, RunInfo, WEIGHTS};
-use crate::engine::{run_loop, Bound, LoopSettings, Trainable};
+use crate::engine::{run_loop, LoopSettings};
 use crate::error::{Error, Result};
 use crate::nn::transformer::Transformer;
 use crate::platform::dist;
 use crate::platform::fsio::write_atomic;
-use crate::tasks::lm::LmTask;
+use crate::tasks::lm::{text_trainer, LmSetup};
 use crate::tasks::{self, Build, Specials, TextBatch, TextTask};
 
 pub use run_dir::{is_text_run, load_run, read_lm_info};
@@ -154,30 +153,28 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
 
     let device = req.device.clone().autodiff();
     let replicas = crate::engine::replicas::resolve(cfg.replicas, cfg.batch_size, &device)?;
-    let model = crate::platform::device::seeded(&device, cfg.seed, || spec.init(&device));
     let validation = if evaluate {
         validation_batches(&cfg, task.as_ref(), &corpus.val, t)?
     } else {
         Vec::new()
     };
-    let lm = LmTask {
-        task: task.clone(),
-        validation: Arc::new(validation),
-        seed: cfg.seed,
-        device: device.clone(),
-    };
     let (per_tensor_clip, global_clip) = cfg.clip_norms();
-    let mut trainer = Bound::new(
-        lm,
-        model,
-        &lm_optimizer(cfg.weight_decay, per_tensor_clip),
-        cfg.on_nonfinite == NonFinite::Skip,
-    )
-    .with_global_clip(global_clip)
-    .with_replicas(replicas);
-    let start = run_loop::resume(&mut trainer, &resumed, &run, req.quiet)?;
+    let mut trainer = text_trainer(
+        task.clone(),
+        &LmSetup {
+            spec: spec.clone(),
+            validation,
+            seed: cfg.seed,
+            device: device.clone(),
+            optimizer: lm_optimizer(cfg.weight_decay, per_tensor_clip),
+            skip_nonfinite: cfg.on_nonfinite == NonFinite::Skip,
+            global_clip,
+            replicas,
+        },
+    )?;
+    let start = run_loop::resume(trainer.as_mut(), &resumed, &run, req.quiet)?;
     if cfg.record_inputs && writer && start == 0 {
-        write_record(&run, &cfg, wlen, &corpus, trainer.model())?;
+        write_record(&run, &cfg, wlen, &corpus, trainer.transformer())?;
     }
     if !req.quiet {
         println!(
@@ -210,7 +207,7 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
         }))
     };
     let outcome = run_loop::run(
-        &mut trainer,
+        trainer.as_mut(),
         &mut next,
         &LoopSettings {
             // Without a validation split there is nothing to validate on.
@@ -231,11 +228,17 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
     if !writer {
         return Ok(summary);
     }
-    if summary.completed {
+    if summary.done() {
         trainer.save_transferable(&run.join(WEIGHTS))?;
-        if causal {
-            write_sample(trainer.model(), &tok, &corpus.val, &corpus.train, &run)?;
-        }
+    }
+    if summary.completed && causal {
+        write_sample(
+            trainer.transformer(),
+            &tok,
+            &corpus.val,
+            &corpus.train,
+            &run,
+        )?;
     }
     summary.write()?;
     Ok(summary)
