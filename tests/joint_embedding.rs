@@ -5,9 +5,7 @@
 
 mod common;
 
-use burn::prelude::Device;
-use common::{build, config, ok, serial, small_dataset};
-use pretext::commands::pretrain::{pretrain, PretrainRequest};
+use common::{build, config, ok, serial, small_dataset, small_run};
 use pretext::data::augment::Img;
 use pretext::data::rngs::BatchRngs;
 use pretext::nn::input::InputSpec;
@@ -49,22 +47,13 @@ fn byol_loss_falls_on_one_batch() {
 }
 
 fn run(task: &str, dir: &std::path::Path, stop_after: Option<u64>, resume: bool) -> f32 {
-    pretrain(PretrainRequest {
-        config: config(&[
-            &format!("task=\"{task}\""),
-            "steps=8",
-            "seed=5",
-            "eval_every=4",
-        ]),
-        out: dir.to_path_buf(),
-        device: Device::flex(),
-        resume,
-        dataset: Some(small_dataset(96)),
-        skip_bad: false,
+    let task = format!("task=\"{task}\"");
+    small_run(
+        dir,
+        &[&task, "steps=8", "seed=5", "eval_every=4"],
         stop_after,
-        quiet: true,
-    })
-    .unwrap()
+        resume,
+    )
     .final_loss
 }
 

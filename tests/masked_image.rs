@@ -5,33 +5,21 @@
 
 mod common;
 
-use burn::prelude::Device;
-use common::{build, config, ok, pretext, serial, small_dataset};
-use pretext::commands::pretrain::{pretrain, PretrainRequest};
+use common::{build, config, ok, pretext, serial, small_dataset, small_run};
 use pretext::data::augment::Img;
 use pretext::data::rngs::BatchRngs;
 use pretext::nn::input::InputSpec;
 
 fn run(dir: &std::path::Path, stop_after: Option<u64>, resume: bool) -> f32 {
-    pretrain(PretrainRequest {
-        config: config(&[
-            "task=\"mae\"",
-            "backbone=\"vit\"",
-            "width=32",
-            "steps=8",
-            "seed=5",
-            "eval_every=0",
-        ]),
-        out: dir.to_path_buf(),
-        device: Device::flex(),
-        resume,
-        dataset: Some(small_dataset(96)),
-        skip_bad: false,
-        stop_after,
-        quiet: true,
-    })
-    .unwrap()
-    .final_loss
+    let sets = [
+        "task=\"mae\"",
+        "backbone=\"vit\"",
+        "width=32",
+        "steps=8",
+        "seed=5",
+        "eval_every=0",
+    ];
+    small_run(dir, &sets, stop_after, resume).final_loss
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{build, config, ok, serial, small_dataset};
+use common::{build, config, ok, serial, small_dataset, small_run};
 
 use std::path::Path;
 use std::process::Command;
@@ -113,18 +113,7 @@ fn context_loss_floor() -> f32 {
 
 fn run(task: &str, dir: &Path, stop_after: Option<u64>, resume: bool) -> f32 {
     let task_key = format!("task=\"{task}\"");
-    pretrain(PretrainRequest {
-        config: config(&[&task_key, "steps=8", "seed=3"]),
-        out: dir.to_path_buf(),
-        device: Device::flex(),
-        resume,
-        dataset: Some(small_dataset(96)),
-        skip_bad: false,
-        stop_after,
-        quiet: true,
-    })
-    .unwrap()
-    .final_loss
+    small_run(dir, &[&task_key, "steps=8", "seed=3"], stop_after, resume).final_loss
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{config, ok, serial, shared_data, small_dataset, step_rows};
+use common::{config, ok, serial, shared_data, small_dataset, small_run, step_rows};
 
 use burn::prelude::Device;
 use pretext::commands::bench::layout::flat;
@@ -82,17 +82,7 @@ fn run_set(
 ) -> pretext::engine::PretrainSummary {
     let mut all = vec!["steps=8", "seed=7"];
     all.extend_from_slice(sets);
-    pretrain(PretrainRequest {
-        config: config(&all),
-        out: dir.to_path_buf(),
-        device: Device::flex(),
-        resume,
-        dataset: Some(small_dataset(96)),
-        skip_bad: false,
-        stop_after,
-        quiet: true,
-    })
-    .unwrap()
+    small_run(dir, &all, stop_after, resume)
 }
 
 #[test]

@@ -67,6 +67,27 @@ pub fn small_dataset(n: usize) -> Dataset {
     ds
 }
 
+/// A small run (the [`config`] above plus `sets`) on the first 96 built-in images in `dir`,
+/// quietly: stopped after `stop_after` steps, or resumed from `dir`.
+pub fn small_run(
+    dir: &Path,
+    sets: &[&str],
+    stop_after: Option<u64>,
+    resume: bool,
+) -> pretext::engine::PretrainSummary {
+    pretext::commands::pretrain::pretrain(pretext::commands::pretrain::PretrainRequest {
+        config: config(sets),
+        out: dir.to_path_buf(),
+        device: Device::flex(),
+        resume,
+        dataset: Some(small_dataset(96)),
+        skip_bad: false,
+        stop_after,
+        quiet: true,
+    })
+    .unwrap()
+}
+
 /// A small image-run config (width 8, batches of 16, a checkpoint every 4 steps) plus `sets`.
 pub fn config(sets: &[&str]) -> PretrainConfig {
     let mut all = vec![

@@ -42,7 +42,7 @@ impl FlatBatch {
 pub fn flat(batch: &dyn AnyBatch) -> Option<FlatBatch> {
     let any = batch.as_any();
     /// The batch itself, or the first part of a batch made in parts.
-    fn find<'a, T: 'static>(any: &'a dyn std::any::Any) -> Option<&'a T> {
+    fn find<T: 'static>(any: &dyn std::any::Any) -> Option<&T> {
         any.downcast_ref::<T>()
             .or_else(|| any.downcast_ref::<Parts<T>>().map(|p| &p.0[0]))
     }
