@@ -44,7 +44,7 @@ fn optimizer_beta2(
 /// gradient clipping at `per_tensor_clip` (0 = off). The global-norm clipping language runs use
 /// by default is the engine's, after the sum over replicas and ranks
 /// ([`super::Bound::with_global_clip`]).
-pub fn lm_optimizer(weight_decay: f64, per_tensor_clip: f64) -> ModuleOptimizer {
+pub fn text_optimizer(weight_decay: f64, per_tensor_clip: f64) -> ModuleOptimizer {
     AdamWConfig::new()
         .with_beta_2(0.95)
         .with_weight_decay(weight_decay as f32)

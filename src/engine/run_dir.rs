@@ -43,7 +43,7 @@ pub struct EncoderInfo {
 
 /// How to rebuild a text run's model.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LmInfo {
+pub struct TextRunInfo {
     pub spec: TransformerSpec,
     pub task: String,
     pub data: String,
@@ -58,7 +58,7 @@ pub struct LmInfo {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum RunInfo {
     Image(EncoderInfo),
-    Text(LmInfo),
+    Text(TextRunInfo),
 }
 
 impl RunInfo {
@@ -132,7 +132,7 @@ pub fn read_encoder_info(run: &Path) -> Result<EncoderInfo> {
 }
 
 /// The model description of a text run (an error naming the directory otherwise).
-pub fn read_lm_info(run: &Path) -> Result<LmInfo> {
+pub fn read_lm_info(run: &Path) -> Result<TextRunInfo> {
     match read_run_info(run)? {
         Some(RunInfo::Text(i)) => Ok(i),
         Some(RunInfo::Image(i)) => Err(Error::Usage(format!(
@@ -178,7 +178,7 @@ pub fn transferable_weights(run: &Path) -> Result<PathBuf> {
 
 /// A text run's model with its trained weights (the finished model, or the latest checkpoint's)
 /// and its tokenizer, on `device`.
-pub fn load_run(run: &Path, device: &Device) -> Result<(LmInfo, Transformer, Tokenizer)> {
+pub fn load_run(run: &Path, device: &Device) -> Result<(TextRunInfo, Transformer, Tokenizer)> {
     let info = read_lm_info(run)?;
     let tok = Tokenizer::load(&run.join(&info.tokenizer))?;
     let model = crate::platform::device::seeded(device, 0, || info.spec.init(device));

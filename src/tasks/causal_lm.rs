@@ -8,7 +8,7 @@ use crate::data::rngs::BatchRngs;
 
 use std::sync::Arc;
 
-use super::lm::{Specials, TextBatch, TextTask};
+use super::shared::text_tasks::{Specials, TextBatch, TextTask};
 use super::{Build, TaskEntry};
 use crate::error::{Error, Result};
 

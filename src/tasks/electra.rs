@@ -27,7 +27,7 @@ use rand::seq::index::sample;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::lm::{bind_text, LmSetup, LmTrainer, Specials, TextBatch, TextTask};
+use super::shared::text_tasks::{bind_text, Specials, TextBatch, TextSetup, TextTask, TextTrainer};
 use super::{Build, TaskEntry};
 use crate::config::{in_range, parse_section};
 use crate::data::rngs::BatchRngs;
@@ -145,13 +145,13 @@ impl TextTask for Electra {
         batch
     }
 
-    fn trainer(&self, setup: &LmSetup) -> Option<Result<Box<dyn LmTrainer>>> {
+    fn trainer(&self, setup: &TextSetup) -> Option<Result<Box<dyn TextTrainer>>> {
         Some(self.bind(setup))
     }
 }
 
 impl Electra {
-    fn bind(&self, setup: &LmSetup) -> Result<Box<dyn LmTrainer>> {
+    fn bind(&self, setup: &TextSetup) -> Result<Box<dyn TextTrainer>> {
         let gspec = self.generator_spec(&setup.spec)?;
         let device = setup.device.clone();
         let model = crate::platform::device::seeded(&device, setup.seed, || ElectraModel {
@@ -193,7 +193,7 @@ pub struct ElectraTask {
     pub device: Device,
 }
 
-impl LmTrainer for Bound<ElectraTask> {
+impl TextTrainer for Bound<ElectraTask> {
     fn transformer(&self) -> &Transformer {
         &self.model().discriminator
     }
@@ -594,12 +594,12 @@ mod tests {
         let windows: Vec<Vec<u32>> = (0..4)
             .map(|r| (0..16).map(|i| 4 + ((r * 3 + i * 7) % 36) as u32).collect())
             .collect();
-        let setup = LmSetup {
+        let setup = TextSetup {
             spec,
             validation: vec![task.make_batch(&windows, &BatchRngs::new(9, 0))],
             seed: 0,
             device: device.clone(),
-            optimizer: crate::engine::optim::lm_optimizer(0.0, 0.0),
+            optimizer: crate::engine::optim::text_optimizer(0.0, 0.0),
             skip_nonfinite: false,
             global_clip: 0.0,
             replicas: 1,

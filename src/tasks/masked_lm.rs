@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
-use super::lm::{Specials, TextBatch, TextTask};
+use super::shared::text_tasks::{Specials, TextBatch, TextTask};
 use super::{Build, TaskEntry};
 use crate::config::{in_range, parse_section};
 use crate::data::rngs::BatchRngs;

@@ -18,7 +18,7 @@ pub mod context;
 pub mod electra;
 pub mod inpaint;
 pub mod jigsaw;
-pub mod lm;
+
 pub mod mae;
 pub mod masked_lm;
 pub mod rotation;
@@ -26,10 +26,10 @@ pub mod shared;
 pub mod simclr;
 pub mod superres;
 
-pub use lm::{Specials, TextBatch, TextTask};
 pub use shared::image::{
     backbone, bind, build_gan, build_generator, ClassBatch, ImageTask, ImageTrainer,
 };
+pub use shared::text_tasks::{Specials, TextBatch, TextTask};
 
 /// Everything an image task needs to build itself.
 pub struct TaskContext<'a> {

@@ -29,7 +29,7 @@ use crate::data::augment::Img;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::rngs::BatchRngs;
 use crate::data::ImageSet;
-use crate::engine::optim::lm_optimizer;
+use crate::engine::optim::text_optimizer;
 use crate::engine::replicas::split_batch;
 use crate::error::{Error, Result};
 use crate::nn::input::InputSpec;
@@ -477,14 +477,14 @@ fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
         task.make_batch(&all[r], rngs)
     });
     let cfg = crate::config::TextConfig::default();
-    let mut bound = crate::tasks::lm::text_trainer(
+    let mut bound = crate::tasks::shared::text_tasks::text_trainer(
         task.clone(),
-        &crate::tasks::lm::LmSetup {
+        &crate::tasks::shared::text_tasks::TextSetup {
             spec: spec.clone(),
             validation: Vec::new(),
             seed: 0,
             device: device.clone(),
-            optimizer: lm_optimizer(cfg.weight_decay, cfg.grad_clip),
+            optimizer: text_optimizer(cfg.weight_decay, cfg.grad_clip),
             skip_nonfinite: false,
             global_clip: 0.0,
             replicas,

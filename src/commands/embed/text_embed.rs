@@ -11,7 +11,7 @@ use super::{EmbedInfo, EmbedRequest, OutPaths, RowId, Sink};
 use crate::data::corpus::{Fields, TextSource};
 use crate::data::DataError;
 use crate::engine::progress::Progress;
-use crate::engine::run_dir::{load_run, LmInfo};
+use crate::engine::run_dir::{load_run, TextRunInfo};
 use crate::error::{Error, Result};
 use crate::nn::transformer::Transformer;
 
@@ -61,7 +61,7 @@ fn open_source(data: &str, text_field: &str) -> Result<TextSource> {
     }
 }
 
-pub fn embed(req: &EmbedRequest, info: &LmInfo, paths: &OutPaths) -> Result<EmbedInfo> {
+pub fn embed(req: &EmbedRequest, info: &TextRunInfo, paths: &OutPaths) -> Result<EmbedInfo> {
     let t0 = Instant::now();
     if req.skip_bad {
         return Err(Error::Usage("--skip-bad is for image data".into()));

@@ -33,7 +33,7 @@ use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::checkpoint::latest_checkpoint;
-use crate::engine::run_dir::{load_run, read_run_info, LmInfo, RunInfo, RUN_INFO};
+use crate::engine::run_dir::{load_run, read_run_info, RunInfo, TextRunInfo, RUN_INFO};
 use crate::error::{Error, Result};
 use crate::nn::input::{InputSpec, InputTransform};
 use crate::platform::fsio::write_atomic;
@@ -353,7 +353,7 @@ pub fn tokenizer_path(format: Format, out: &Path) -> PathBuf {
 }
 
 /// A text run's transformer (see [`text`]) with its tokenizer beside it.
-fn export_text(req: &ExportRequest, info: &LmInfo, t0: Instant) -> Result<ExportResult> {
+fn export_text(req: &ExportRequest, info: &TextRunInfo, t0: Instant) -> Result<ExportResult> {
     let tok_file = req.from.join(&info.tokenizer);
     if !tok_file.is_file() {
         return Err(Error::Usage(format!(

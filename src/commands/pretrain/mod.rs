@@ -7,7 +7,7 @@ pub mod monitor;
 mod run_pretrain;
 pub mod text_run;
 
-pub use crate::engine::run_dir::{EncoderInfo, LmInfo, PretrainSummary};
+pub use crate::engine::run_dir::{EncoderInfo, PretrainSummary, TextRunInfo};
 pub use image_run::{open_dataset, pretrain, PretrainRequest, EVAL_IMAGES};
 pub use run_pretrain::command;
 pub use text_run::{pretrain_text, TextPretrainRequest};

@@ -18,15 +18,15 @@ use crate::data::corpus::{Fields, TextSource};
 use crate::data::rngs::BatchRngs;
 use crate::data::tokenizer::Tokenizer;
 use crate::data::tokens::{tokenize_corpus, TokenCorpus, TokenFile};
-use crate::engine::optim::lm_optimizer;
+use crate::engine::optim::text_optimizer;
 use crate::engine::replicas::split_batch;
-use crate::engine::run_dir::{self, LmInfo, PretrainSummary, RunInfo, WEIGHTS};
+use crate::engine::run_dir::{self, PretrainSummary, RunInfo, TextRunInfo, WEIGHTS};
 use crate::engine::{run_loop, LoopSettings};
 use crate::error::{Error, Result};
 use crate::nn::transformer::Transformer;
 use crate::platform::dist;
 use crate::platform::fsio::write_atomic;
-use crate::tasks::lm::{text_trainer, LmSetup};
+use crate::tasks::shared::text_tasks::{text_trainer, TextSetup};
 use crate::tasks::{self, Build, Specials, TextBatch, TextTask};
 
 pub use run_dir::{is_text_run, load_run, read_lm_info};
@@ -139,7 +139,7 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
             ),
         ));
     }
-    let info = LmInfo {
+    let info = TextRunInfo {
         spec: spec.clone(),
         task: cfg.task.clone(),
         data: cfg.data.clone(),
@@ -161,12 +161,12 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
     let (per_tensor_clip, global_clip) = cfg.clip_norms();
     let mut trainer = text_trainer(
         task.clone(),
-        &LmSetup {
+        &TextSetup {
             spec: spec.clone(),
             validation,
             seed: cfg.seed,
             device: device.clone(),
-            optimizer: lm_optimizer(cfg.weight_decay, per_tensor_clip),
+            optimizer: text_optimizer(cfg.weight_decay, per_tensor_clip),
             skip_nonfinite: cfg.on_nonfinite == NonFinite::Skip,
             global_clip,
             replicas,

@@ -1,6 +1,6 @@
 //! What the language-model tasks share: the batch (ids, targets, loss weights), the
 //! [`TextTask`] trait a text task implements ("damage the text, keep the answer"), and
-//! [`LmTask`], which runs any text task through the engine — the transformer as its model, the
+//! [`TransformerTask`], which runs any text task through the engine — the transformer as its model, the
 //! weighted cross-entropy as its loss, the validation loss at `eval_every`.
 //! The loss is the cross-entropy at the positions whose weight is 1, averaged over them (all
 //! positions for next-token prediction, the chosen 15% for masked tokens).
@@ -69,9 +69,9 @@ pub trait TextTask: Send + Sync {
     /// `rngs.item(i)` (its own generator, whatever part of the global batch it is made in).
     fn make_batch(&self, windows: &[Vec<u32>], rngs: &BatchRngs) -> TextBatch;
     /// The engine's half, for a task that is more than one transformer trained by the weighted
-    /// cross-entropy (ELECTRA: a generator and a discriminator); `None` (the default): [`LmTask`]
+    /// cross-entropy (ELECTRA: a generator and a discriminator); `None` (the default): [`TransformerTask`]
     /// runs it.
-    fn trainer(&self, _setup: &LmSetup) -> Option<Result<Box<dyn LmTrainer>>> {
+    fn trainer(&self, _setup: &TextSetup) -> Option<Result<Box<dyn TextTrainer>>> {
         None
     }
 }
@@ -79,7 +79,7 @@ pub trait TextTask: Send + Sync {
 /// What `pretrain` hands a text task's engine half: the transformer that transfers (its spec as
 /// `run.json` records it), validation batches, seed, device and optimiser.
 #[derive(Clone)]
-pub struct LmSetup {
+pub struct TextSetup {
     pub spec: TransformerSpec,
     pub validation: Vec<TextBatch>,
     pub seed: u64,
@@ -93,33 +93,33 @@ pub struct LmSetup {
 }
 
 /// A text task bound to its model and optimiser, with the transformer that transfers in view.
-pub trait LmTrainer: Trainable {
+pub trait TextTrainer: Trainable {
     /// The transformer that transfers (`encoder.safetensors`).
     fn transformer(&self) -> &Transformer;
 }
 
-impl LmTrainer for Bound<LmTask> {
+impl TextTrainer for Bound<TransformerTask> {
     fn transformer(&self) -> &Transformer {
         self.model()
     }
 }
 
 /// Bind `model` to its task with `setup`'s optimiser, clipping and replicas.
-pub fn bind_text<T: Task>(task: T, model: T::Model, setup: &LmSetup) -> Bound<T> {
+pub fn bind_text<T: Task>(task: T, model: T::Model, setup: &TextSetup) -> Bound<T> {
     Bound::new(task, model, &setup.optimizer, setup.skip_nonfinite)
         .with_global_clip(setup.global_clip)
         .with_replicas(setup.replicas)
 }
 
-/// The engine's half of a text task: its own ([`TextTask::trainer`]) or [`LmTask`] with the
+/// The engine's half of a text task: its own ([`TextTask::trainer`]) or [`TransformerTask`] with the
 /// transformer `setup.spec` (initialised from `setup.seed`).
-pub fn text_trainer(task: Arc<dyn TextTask>, setup: &LmSetup) -> Result<Box<dyn LmTrainer>> {
+pub fn text_trainer(task: Arc<dyn TextTask>, setup: &TextSetup) -> Result<Box<dyn TextTrainer>> {
     if let Some(trainer) = task.trainer(setup) {
         return trainer;
     }
     let device = setup.device.clone();
     let model = crate::platform::device::seeded(&device, setup.seed, || setup.spec.init(&device));
-    let lm = LmTask {
+    let lm = TransformerTask {
         task,
         validation: Arc::new(setup.validation.clone()),
         seed: setup.seed,
@@ -157,7 +157,7 @@ pub fn lm_loss(model: &Transformer, batch: &TextBatch, device: &Device) -> (Tens
 
 /// A text task run by the engine: the model is the transformer, one optimiser (`model`).
 #[derive(Clone)]
-pub struct LmTask {
+pub struct TransformerTask {
     pub task: Arc<dyn TextTask>,
     /// Fixed validation batches, measured every `eval_every` steps.
     pub validation: Arc<Vec<TextBatch>>,
@@ -167,7 +167,7 @@ pub struct LmTask {
     pub device: Device,
 }
 
-impl Task for LmTask {
+impl Task for TransformerTask {
     type Model = Transformer;
     type Batch = TextBatch;
     type Encoder = Transformer;
@@ -313,14 +313,14 @@ mod tests {
             causal: true,
         };
         let bound = |replicas: usize| {
-            let task = LmTask {
+            let task = TransformerTask {
                 task: Arc::new(causal_lm::CausalLm),
                 validation: Default::default(),
                 seed: 0,
                 device: device.clone(),
             };
             let model = crate::platform::device::seeded(&device, 5, || spec.init(&device));
-            let optim = crate::engine::optim::lm_optimizer(0.1, 0.0);
+            let optim = crate::engine::optim::text_optimizer(0.1, 0.0);
             Bound::new(task, model, &optim, false).with_replicas(replicas)
         };
         let whole = vec![causal_lm::make_batch(&windows)];
