@@ -33,11 +33,27 @@ pub fn finish(img: DynamicImage, size: usize) -> Result<(RgbImage, bool), String
     Ok((resize_crop(&rgb, size as u32), gray))
 }
 
+/// What a decoder may allocate and how large an image may say it is: a few bytes that claim a
+/// 1 × 200-million-pixel PNG (found by the parquet_table fuzz target) are an error, not gigabytes.
+pub fn limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits
+}
+
+/// The longest side an image file may have (pixels).
+pub const MAX_SIDE: u32 = 16_384;
+/// What decoding one image may allocate.
+pub const MAX_DECODE_BYTES: u64 = 512 << 20;
+
 /// The format of encoded image bytes, from their magic number: PNG, JPEG or WebP.
 fn guessed(bytes: &[u8]) -> Result<image::ImageReader<Cursor<&[u8]>>, String> {
-    let reader = image::ImageReader::new(Cursor::new(bytes))
+    let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
+    reader.limits(limits());
     match reader.format() {
         Some(image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP) => {
             Ok(reader)

@@ -369,10 +369,11 @@ fn par_map<T: Send>(
 /// Decode one file to RGB, resized (shorter side) and centre-cropped to `size`x`size`.
 /// Returns whether the source was grayscale.
 pub fn load(path: &Path, size: usize) -> Result<(RgbImage, bool), DataError> {
-    let reader = image::ImageReader::open(path)
+    let mut reader = image::ImageReader::open(path)
         .map_err(|e| DataError::io(path, e))?
         .with_guessed_format()
         .map_err(|e| DataError::io(path, e))?;
+    reader.limits(decode::limits());
     let img = reader.decode().map_err(|e| DataError::Decode {
         path: path.to_path_buf(),
         message: e.to_string(),

@@ -279,12 +279,27 @@ fn column_reader(
     rg.get_column_reader(col)
 }
 
+/// The most rows one row group of images may claim (a footer can claim billions of null rows in a
+/// few bytes of run-length encoding; found by the parquet_table fuzz target).
+pub const MAX_GROUP_ROWS: usize = 1 << 22;
+
+/// The row count a row group's metadata claims, refused above [`MAX_GROUP_ROWS`].
+fn group_rows(rg: &dyn RowGroupReader) -> Result<usize, parquet::errors::ParquetError> {
+    let rows = rg.metadata().num_rows().max(0) as usize;
+    if rows > MAX_GROUP_ROWS {
+        return Err(parquet::errors::ParquetError::General(format!(
+            "expected at most {MAX_GROUP_ROWS} rows in a row group of images, found {rows}"
+        )));
+    }
+    Ok(rows)
+}
+
 /// The image column of a row group: each row's bytes, None where null.
 fn read_images(
     rg: &dyn RowGroupReader,
     col: usize,
 ) -> Result<Vec<Option<Vec<u8>>>, parquet::errors::ParquetError> {
-    let rows = rg.metadata().num_rows().max(0) as usize;
+    let rows = group_rows(rg)?;
     let max_def = rg.metadata().column(col).column_descr().max_def_level();
     let reader = column_reader(rg, col)?;
     if !matches!(reader, ColumnReader::ByteArrayColumnReader(_)) {
@@ -293,7 +308,8 @@ fn read_images(
         ));
     }
     let mut reader = get_typed_column_reader::<ByteArrayType>(reader);
-    let mut out = Vec::with_capacity(rows);
+    // `rows` comes from the footer: grow as records arrive rather than trust it up front
+    let mut out = Vec::with_capacity(rows.min(BATCH));
     let (mut defs, mut values) = (Vec::new(), Vec::new());
     while out.len() < rows {
         defs.clear();
@@ -328,9 +344,10 @@ fn read_labels(
     rg: &dyn RowGroupReader,
     col: usize,
 ) -> Result<Vec<Option<i64>>, parquet::errors::ParquetError> {
-    let rows = rg.metadata().num_rows().max(0) as usize;
+    let rows = group_rows(rg)?;
     let max_def = rg.metadata().column(col).column_descr().max_def_level();
-    let mut out = Vec::with_capacity(rows);
+    // `rows` comes from the footer: grow as records arrive rather than trust it up front
+    let mut out = Vec::with_capacity(rows.min(BATCH));
     let mut defs = Vec::new();
     macro_rules! read {
         ($t:ty, $reader:expr) => {{
@@ -471,7 +488,8 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset, DataError> {
                 Ok(x) => x,
                 Err(e) => {
                     bad(&mut skipped, e)?;
-                    first_row += reader.metadata().row_group(g).num_rows().max(0) as u64;
+                    first_row = first_row
+                        .saturating_add(reader.metadata().row_group(g).num_rows().max(0) as u64);
                     continue;
                 }
             };
