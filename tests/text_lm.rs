@@ -94,29 +94,8 @@ fn causal_lm_learns_resumes_exactly_and_generates_reproducibly() {
     assert!((v[0] - 400f64.ln()).abs() < 0.5, "untrained loss {v:?}");
     assert!(v[4] < v[0] - 0.5, "validation loss did not fall: {v:?}");
 
-    // Stopped at step 20 and resumed: the same metrics and the same weights, bit for bit.
-    let resumed = dir.path().join("resumed");
-    let mut a = args.clone();
-    a.extend_from_slice(&["--out", resumed.to_str().unwrap(), "--stop-after", "20"]);
-    ok(&a);
-    assert!(!resumed.join("encoder.safetensors").exists());
-    ok(&["pretrain", "--resume", resumed.to_str().unwrap(), "-q"]);
-    let strip = |run: &Path| -> Vec<String> {
-        metrics(run)
-            .into_iter()
-            .map(|mut m| {
-                let o = m.as_object_mut().unwrap();
-                o.remove("tokens_per_s");
-                o.remove("elapsed_s");
-                serde_json::to_string(o).unwrap()
-            })
-            .collect()
-    };
-    assert_eq!(strip(&straight), strip(&resumed));
-    assert_eq!(
-        std::fs::read(straight.join("encoder.safetensors")).unwrap(),
-        std::fs::read(resumed.join("encoder.safetensors")).unwrap()
-    );
+    // Stopped at step 20 and resumed: the same metrics and weights, bit for bit.
+    resumed_equals_straight(&args, &straight, &dir.path().join("resumed"), 20);
 
     // Generation: same seed, same text; another seed, another text.
     let run = straight.to_str().unwrap();
@@ -526,28 +505,7 @@ fn electra_learns_resumes_exactly_and_transfers() {
     assert!(last["replaced"].as_f64().unwrap() > 0.0, "{last}");
 
     // Stopped at step 10 and resumed: the same metrics and weights, bit for bit.
-    let resumed = dir.path().join("resumed");
-    let mut a = args.clone();
-    a.extend_from_slice(&["--out", resumed.to_str().unwrap(), "--stop-after", "10"]);
-    ok(&a);
-    assert!(!resumed.join("encoder.safetensors").exists());
-    ok(&["pretrain", "--resume", resumed.to_str().unwrap(), "-q"]);
-    let strip = |run: &Path| -> Vec<String> {
-        metrics(run)
-            .into_iter()
-            .map(|mut m| {
-                let o = m.as_object_mut().unwrap();
-                o.remove("tokens_per_s");
-                o.remove("elapsed_s");
-                serde_json::to_string(o).unwrap()
-            })
-            .collect()
-    };
-    assert_eq!(strip(&straight), strip(&resumed));
-    assert_eq!(
-        std::fs::read(straight.join("encoder.safetensors")).unwrap(),
-        std::fs::read(resumed.join("encoder.safetensors")).unwrap()
-    );
+    resumed_equals_straight(&args, &straight, &dir.path().join("resumed"), 10);
 
     // The discriminator transfers (linear probe on letters vs digits).
     let jsonl = dir.path().join("docs.jsonl");
@@ -624,4 +582,31 @@ fn a_text_run_stops_when_its_time_runs_out_and_resumes() {
     let again: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
     assert!(again["steps_done"].as_u64().unwrap() > done, "{again}");
+}
+
+/// `args` (a pretrain command without `--out`) stopped after `stop` steps into `resumed` and
+/// continued with `--resume`: the same metrics (bar timings) and encoder as `straight`, bit for bit.
+fn resumed_equals_straight(args: &[&str], straight: &Path, resumed: &Path, stop: u64) {
+    let stop = stop.to_string();
+    let mut a = args.to_vec();
+    a.extend_from_slice(&["--out", resumed.to_str().unwrap(), "--stop-after", &stop]);
+    ok(&a);
+    assert!(!resumed.join("encoder.safetensors").exists());
+    ok(&["pretrain", "--resume", resumed.to_str().unwrap(), "-q"]);
+    let strip = |run: &Path| -> Vec<String> {
+        metrics(run)
+            .into_iter()
+            .map(|mut m| {
+                let o = m.as_object_mut().unwrap();
+                o.remove("tokens_per_s");
+                o.remove("elapsed_s");
+                serde_json::to_string(o).unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(strip(straight), strip(resumed));
+    assert_eq!(
+        std::fs::read(straight.join("encoder.safetensors")).unwrap(),
+        std::fs::read(resumed.join("encoder.safetensors")).unwrap()
+    );
 }

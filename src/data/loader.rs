@@ -18,7 +18,7 @@
 //!
 //! Under several processes ([`crate::platform::dist`]) a loader made with [`Loader::with_share`] loads
 //! only its rank's share of each global batch (positions `rank*b/ranks..(rank+1)*b/ranks`, the
-//! parts [`crate::engine::replicas::split_batch`] hands this rank): the other positions reach
+//! parts the engine's `split_batch` hands this rank): the other positions reach
 //! the [`MakeBatch`] function as empty images (no pixels) with their labels, and are never read
 //! or decoded. The share's images are the same bytes as without the split.
 
