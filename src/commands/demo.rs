@@ -235,10 +235,10 @@ mod tests {
         assert_eq!((t.width, t.backbone), (8, cfg.backbone));
         assert_eq!(t.backbone.name(), "resnet18");
         assert_eq!(
-            t.finetune_steps, 7,
+            t.finetune.steps, 7,
             "--transfer-set overrides the demo's own"
         );
         let t = transfer_config(&cfg, &[]).unwrap();
-        assert_eq!(t.finetune_steps, 100);
+        assert_eq!(t.finetune.steps, 100);
     }
 }

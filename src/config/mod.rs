@@ -11,7 +11,13 @@ use crate::data::Stream;
 use crate::error::{Error, Result};
 use crate::nn::{BackboneKind, BackboneSpec};
 
+mod checks;
 mod text;
+
+pub(crate) use checks::{
+    at_least_one, count_in, crop_scale, fraction_open, in_range, in_range_open, non_negative,
+    positive, width_at_most_max,
+};
 
 pub use text::{ClipMode, TextConfig};
 
@@ -173,34 +179,11 @@ impl PretrainConfig {
         positive("prefetch", self.prefetch as f64)?;
         positive("image_size", self.image_size as f64)?;
         in_range("max_minutes", self.max_minutes, 0.0, 1e9)?;
-        if self.width > MAX_WIDTH {
-            return Err(Error::config(
-                "width",
-                format!(
-                    "must be at most {MAX_WIDTH} (0 = the backbone's default), found {}",
-                    self.width
-                ),
-            ));
-        }
+        width_at_most_max(self.width)?;
         self.backbone.check_shape(self.width(), self.patch_size)?;
-        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return Err(Error::config(
-                "min_lr_ratio",
-                format!("must be in [0, 1], found {}", self.min_lr_ratio),
-            ));
-        }
-        if !(self.beta2 > 0.0 && self.beta2 < 1.0) {
-            return Err(Error::config(
-                "beta2",
-                format!("must be in (0, 1), found {}", self.beta2),
-            ));
-        }
-        if self.weight_decay < 0.0 {
-            return Err(Error::config(
-                "weight_decay",
-                format!("must be >= 0, found {}", self.weight_decay),
-            ));
-        }
+        in_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)?;
+        fraction_open("beta2", self.beta2)?;
+        non_negative("weight_decay", self.weight_decay)?;
         Ok(())
     }
 
@@ -210,28 +193,6 @@ impl PretrainConfig {
             .get(task)
             .cloned()
             .unwrap_or_else(|| toml::Value::Table(Default::default()))
-    }
-}
-
-pub(crate) fn positive(key: &str, v: f64) -> Result<()> {
-    if v > 0.0 && v.is_finite() {
-        Ok(())
-    } else {
-        Err(Error::config(
-            key,
-            format!("must be a finite number > 0, found {v}"),
-        ))
-    }
-}
-
-pub(crate) fn in_range(key: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
-    if (lo..=hi).contains(&v) {
-        Ok(())
-    } else {
-        Err(Error::config(
-            key,
-            format!("must be in [{lo}, {hi}], found {v}"),
-        ))
     }
 }
 

@@ -17,12 +17,12 @@ use serde::{Deserialize, Serialize};
 use super::simclr::{l2_normalize, resolve_views, two_views};
 use super::{backbone, bind, Build, ClassBatch, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
-use crate::config::parse_section;
+use crate::config::{at_least_one, in_range_open, parse_section};
 use crate::data::loader::MakeBatch;
 use crate::data::views::{ViewConfig, Views};
 use crate::engine::step::images_tensor;
 use crate::engine::{StepCtx, StepStats, Task};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::nn::ema::ema_update;
 use crate::nn::heads::ProjectionHead;
 use crate::nn::input::InputSpec;
@@ -92,18 +92,9 @@ pub struct Byol {
 
 fn build(ctx: &TaskContext) -> Result<Box<dyn ImageTrainer>> {
     let config: ByolConfig = parse_section("byol", ctx.config.section("byol"))?;
-    if !(0.0..1.0).contains(&config.momentum) {
-        return Err(Error::config(
-            "byol.momentum",
-            format!("must be in [0, 1), found {}", config.momentum),
-        ));
-    }
-    if config.proj_hidden == 0 || config.proj_dim == 0 {
-        return Err(Error::config(
-            "byol.proj_dim",
-            "proj_hidden and proj_dim must be at least 1",
-        ));
-    }
+    in_range_open("byol.momentum", config.momentum, 0.0, 1.0)?;
+    at_least_one("byol.proj_hidden", config.proj_hidden)?;
+    at_least_one("byol.proj_dim", config.proj_dim)?;
     let views = resolve_views("byol", &config.views, ctx.input)?;
     let backbone = backbone(ctx, ctx.input.channels);
     let dim = backbone.dim();

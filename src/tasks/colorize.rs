@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{bind, build_generator, Build, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
-use crate::config::parse_section;
+use crate::config::{count_in, in_range, parse_section, positive};
 use crate::data::augment::{hflip, lab_to_rgb, rgb_to_lab, Img};
 use crate::data::loader::MakeBatch;
 use crate::data::rngs::BatchRngs;
@@ -285,27 +285,11 @@ impl Colorize {
                 ctx.config.data, ctx.input.channels
             )));
         }
-        if !(1..=25).contains(&config.neighbours) {
-            return Err(Error::config(
-                "colorize.neighbours",
-                format!("must be in 1..=25, found {}", config.neighbours),
-            ));
-        }
-        if !(0.0..=1.0).contains(&config.rebalance) {
-            return Err(Error::config(
-                "colorize.rebalance",
-                format!("must be in [0, 1], found {}", config.rebalance),
-            ));
-        }
-        for (key, v) in [
-            ("colorize.sigma", config.sigma),
-            ("colorize.prior_sigma", config.prior_sigma),
-            ("colorize.temperature", config.temperature),
-        ] {
-            if !(v > 0.0 && v.is_finite()) {
-                return Err(Error::config(key, format!("must be > 0, found {v}")));
-            }
-        }
+        count_in("colorize.neighbours", config.neighbours, 1, 25)?;
+        in_range("colorize.rebalance", config.rebalance, 0.0, 1.0)?;
+        positive("colorize.sigma", config.sigma)?;
+        positive("colorize.prior_sigma", config.prior_sigma)?;
+        positive("colorize.temperature", config.temperature)?;
         let bins = Arc::new(AbBins::in_gamut());
         let out = match config.loss {
             ColorLoss::Classification => bins.len(),

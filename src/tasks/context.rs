@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{backbone, bind, Build, ClassBatch, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
-use crate::config::parse_section;
+use crate::config::{at_least_one, count_in, non_negative, parse_section};
 use crate::data::augment::{crop, resize_bilinear, Img};
 use crate::data::loader::MakeBatch;
 use crate::data::rngs::BatchRngs;
@@ -131,12 +131,8 @@ impl ContextConfig {
             jitter,
             input: self.input_size.unwrap_or(patch.max(16)),
         };
-        if patch == 0 {
-            return Err(Error::config("context.patch", "must be at least 1"));
-        }
-        if g.input == 0 {
-            return Err(Error::config("context.input_size", "must be at least 1"));
-        }
+        at_least_one("context.patch", patch)?;
+        at_least_one("context.input_size", g.input)?;
         if g.gap <= 2 * g.jitter {
             return Err(Error::config(
                 "context.gap",
@@ -174,22 +170,9 @@ impl ContextConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if !(1..=8).contains(&self.pairs) {
-            return Err(Error::config(
-                "context.pairs",
-                format!("must be in 1..=8, found {}", self.pairs),
-            ));
-        }
-        if !(self.noise_std >= 0.0 && self.noise_std.is_finite()) {
-            return Err(Error::config(
-                "context.noise_std",
-                format!("must be >= 0, found {}", self.noise_std),
-            ));
-        }
-        if self.hidden == 0 {
-            return Err(Error::config("context.hidden", "must be at least 1"));
-        }
-        Ok(())
+        count_in("context.pairs", self.pairs, 1, 8)?;
+        non_negative("context.noise_std", self.noise_std)?;
+        at_least_one("context.hidden", self.hidden)
     }
 }
 

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{bind, build_gan, Build, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
-use crate::config::parse_section;
+use crate::config::{in_range, non_negative, parse_section};
 use crate::data::augment::Img;
 use crate::data::loader::MakeBatch;
 use crate::data::rngs::BatchRngs;
@@ -122,22 +122,11 @@ pub struct Inpaint {
 
 fn build(ctx: &TaskContext) -> Result<Box<dyn ImageTrainer>> {
     let config: InpaintConfig = parse_section("inpaint", ctx.config.section("inpaint"))?;
-    if !(0.05..=0.5).contains(&config.coverage) {
-        return Err(Error::config(
-            "inpaint.coverage",
-            format!("must be in [0.05, 0.5], found {}", config.coverage),
-        ));
-    }
-    for (key, v) in [
-        ("inpaint.rec_weight", config.rec_weight),
-        ("inpaint.adv_weight", config.adv_weight),
-        ("inpaint.overlap_weight", config.overlap_weight as f64),
-        ("inpaint.d_lr_scale", config.d_lr_scale),
-    ] {
-        if !(v >= 0.0 && v.is_finite()) {
-            return Err(Error::config(key, format!("must be >= 0, found {v}")));
-        }
-    }
+    in_range("inpaint.coverage", config.coverage, 0.05, 0.5)?;
+    non_negative("inpaint.rec_weight", config.rec_weight)?;
+    non_negative("inpaint.adv_weight", config.adv_weight)?;
+    non_negative("inpaint.overlap_weight", config.overlap_weight)?;
+    non_negative("inpaint.d_lr_scale", config.d_lr_scale)?;
     if ctx.input.height.min(ctx.input.width) < MIN_SIDE {
         return Err(Error::Usage(format!(
             "inpaint needs images of at least {MIN_SIDE}×{MIN_SIDE} to cut a mask from, found {}×{}",

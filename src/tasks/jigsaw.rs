@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::shared::permutations::{PermutationSet, MAX_SIZE};
 use super::{backbone, bind, Build, ClassBatch, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
-use crate::config::parse_section;
+use crate::config::{at_least_one, count_in, crop_scale, in_range, parse_section};
 use crate::data::augment::{
     color_jitter, crop, grayscale, random_resized_crop, resize_bilinear, Img,
 };
@@ -126,9 +126,7 @@ impl JigsawConfig {
             ));
         }
         let input = self.input_size.unwrap_or(tile.max(16));
-        if input == 0 {
-            return Err(Error::config("jigsaw.input_size", "must be at least 1"));
-        }
+        at_least_one("jigsaw.input_size", input)?;
         Ok(Geometry {
             crop,
             cell,
@@ -138,30 +136,11 @@ impl JigsawConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if !(2..=MAX_SIZE).contains(&self.permutations) {
-            return Err(Error::config(
-                "jigsaw.permutations",
-                format!("must be in 2..={MAX_SIZE}, found {}", self.permutations),
-            ));
-        }
-        for (key, v) in [
-            ("jigsaw.grayscale_prob", self.grayscale_prob),
-            ("jigsaw.color_jitter", self.color_jitter),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(Error::config(key, format!("must be in [0, 1], found {v}")));
-            }
-        }
-        if !(0.05..=1.0).contains(&self.crop_scale_min) {
-            return Err(Error::config(
-                "jigsaw.crop_scale_min",
-                format!("must be in [0.05, 1], found {}", self.crop_scale_min),
-            ));
-        }
-        if self.hidden == 0 {
-            return Err(Error::config("jigsaw.hidden", "must be at least 1"));
-        }
-        Ok(())
+        count_in("jigsaw.permutations", self.permutations, 2, MAX_SIZE)?;
+        in_range("jigsaw.grayscale_prob", self.grayscale_prob, 0.0, 1.0)?;
+        in_range("jigsaw.color_jitter", self.color_jitter, 0.0, 1.0)?;
+        crop_scale("jigsaw.crop_scale_min", self.crop_scale_min)?;
+        at_least_one("jigsaw.hidden", self.hidden)
     }
 }
 

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{backbone, bind, Build, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
-use crate::config::parse_section;
+use crate::config::{at_least_one, crop_scale, fraction_open, parse_section};
 use crate::data::augment::{hflip, random_resized_crop, Img};
 use crate::data::loader::MakeBatch;
 use crate::data::rngs::BatchRngs;
@@ -216,21 +216,9 @@ fn build(ctx: &TaskContext) -> Result<Box<dyn ImageTrainer>> {
             ),
         ));
     };
-    if !(config.mask_ratio > 0.0 && config.mask_ratio < 1.0) {
-        return Err(Error::config(
-            "mae.mask_ratio",
-            format!("must be in (0, 1), found {}", config.mask_ratio),
-        ));
-    }
-    if !(0.05..=1.0).contains(&config.crop_scale_min) {
-        return Err(Error::config(
-            "mae.crop_scale_min",
-            format!("must be in [0.05, 1], found {}", config.crop_scale_min),
-        ));
-    }
-    if config.decoder_depth == 0 {
-        return Err(Error::config("mae.decoder_depth", "must be at least 1"));
-    }
+    fraction_open("mae.mask_ratio", config.mask_ratio)?;
+    crop_scale("mae.crop_scale_min", config.crop_scale_min)?;
+    at_least_one("mae.decoder_depth", config.decoder_depth)?;
     let spec = ctx.config.backbone_spec(ctx.input.channels);
     let p = spec.patch_side();
     let (h, w) = (ctx.input.height, ctx.input.width);

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{backbone, bind, Build, ClassBatch, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
-use crate::config::parse_section;
+use crate::config::{crop_scale, parse_section};
 use crate::data::augment::{hflip, random_resized_crop, rot90, Img};
 use crate::data::loader::MakeBatch;
 use crate::data::rngs::BatchRngs;
@@ -70,12 +70,7 @@ pub struct Rotation {
 
 fn build(ctx: &TaskContext) -> Result<Box<dyn ImageTrainer>> {
     let config: RotationConfig = parse_section("rotation", ctx.config.section("rotation"))?;
-    if !(0.05..=1.0).contains(&config.crop_scale_min) {
-        return Err(Error::config(
-            "rotation.crop_scale_min",
-            format!("must be in [0.05, 1], found {}", config.crop_scale_min),
-        ));
-    }
+    crop_scale("rotation.crop_scale_min", config.crop_scale_min)?;
     if ctx.input.height != ctx.input.width {
         return Err(Error::Usage(format!(
             "rotation needs square images (rotating by 90° must keep the shape), found {}×{}",

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{backbone, bind, Build, ClassBatch, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
-use crate::config::parse_section;
+use crate::config::{at_least_one, parse_section, positive};
 use crate::data::augment::Img;
 use crate::data::loader::MakeBatch;
 use crate::data::rngs::BatchRngs;
@@ -91,18 +91,9 @@ pub fn resolve_views(task: &str, views: &ViewConfig, input: &InputSpec) -> Resul
 
 fn build(ctx: &TaskContext) -> Result<Box<dyn ImageTrainer>> {
     let config: SimclrConfig = parse_section("simclr", ctx.config.section("simclr"))?;
-    if !(config.temperature > 0.0 && config.temperature.is_finite()) {
-        return Err(Error::config(
-            "simclr.temperature",
-            format!("must be > 0, found {}", config.temperature),
-        ));
-    }
-    if config.proj_hidden == 0 || config.proj_dim == 0 {
-        return Err(Error::config(
-            "simclr.proj_dim",
-            "proj_hidden and proj_dim must be at least 1",
-        ));
-    }
+    positive("simclr.temperature", config.temperature)?;
+    at_least_one("simclr.proj_hidden", config.proj_hidden)?;
+    at_least_one("simclr.proj_dim", config.proj_dim)?;
     if ctx.config.batch_size < 2 {
         return Err(Error::config(
             "batch_size",

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{bind, build_gan, Build, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
-use crate::config::parse_section;
+use crate::config::{non_negative, parse_section};
 use crate::data::augment::{downscale_box, hflip, resize_bilinear, resize_nearest, Img};
 use crate::data::loader::MakeBatch;
 use crate::data::rngs::BatchRngs;
@@ -131,12 +131,8 @@ fn build(ctx: &TaskContext) -> Result<Box<dyn ImageTrainer>> {
             ),
         ));
     }
-    if !(config.adv_weight >= 0.0 && config.d_lr_scale >= 0.0) {
-        return Err(Error::config(
-            "superres.adv_weight",
-            "adv_weight and d_lr_scale must be >= 0",
-        ));
-    }
+    non_negative("superres.adv_weight", config.adv_weight)?;
+    non_negative("superres.d_lr_scale", config.d_lr_scale)?;
     let c = ctx.input.channels;
     let model = build_gan(ctx, c, config.stage, config.skips, config.d_width)?;
     let task = Superres {

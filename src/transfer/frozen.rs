@@ -4,14 +4,14 @@
 use burn::prelude::Device;
 
 use super::linear_probe::{linear_probe_predict, ProbeSettings};
+use super::tables::KnnTable;
 use super::{knn, Protocol};
 
 /// Settings of the two frozen protocols.
 #[derive(Clone, Debug)]
 pub struct FrozenSettings {
     pub probe: ProbeSettings,
-    pub knn_k: usize,
-    pub knn_temperature: f32,
+    pub knn: KnnTable,
 }
 
 /// Row-major features ([n, dim]) with their labels.
@@ -45,8 +45,8 @@ pub fn predict(protocol: Protocol, f: Features, s: &FrozenSettings, device: &Dev
             f.test_x,
             f.dim,
             f.classes,
-            s.knn_k,
-            s.knn_temperature,
+            s.knn.k,
+            s.knn.temperature,
             device,
         ),
         Protocol::Finetune | Protocol::Semi => {

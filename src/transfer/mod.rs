@@ -10,6 +10,7 @@ pub mod linear_probe;
 pub mod scores;
 pub mod semi;
 pub mod split;
+pub mod tables;
 pub mod text_features;
 pub mod text_semi;
 pub mod text_transfer;
@@ -28,6 +29,7 @@ use crate::nn::input::{InputSpec, InputTransform};
 use crate::nn::{Backbone, BackboneKind, BackboneSpec};
 use crate::platform::fsio::write_atomic;
 use labels::PerClass;
+use tables::{FinetuneTable, KnnTable, ProbeTable, SemiTable};
 
 /// Where the encoder comes from.
 #[derive(Clone, Debug, PartialEq)]
@@ -141,19 +143,17 @@ pub struct TransferConfig {
     /// Encoder stage whose pooled output is probed (linear, knn); 0 = the last, or the one
     /// below it for the linear probe of a rotation, context or jigsaw run on the conv net.
     pub stage: usize,
-    pub probe_steps: u64,
-    pub probe_batch_size: usize,
-    pub probe_lr: f64,
-    pub probe_weight_decay: f64,
-    /// Neighbours that vote in `knn` (at most the labelled set). 20, as DINO uses: the same as
-    /// 200 (InstDisc's choice for 1.28 M labelled images) within a point at 10 labels per class,
-    /// 4.5–15 points better at 100 on Fashion-MNIST, where 200 neighbours drown the nearest ones.
-    pub knn_k: usize,
-    pub knn_temperature: f32,
-    pub finetune_steps: u64,
-    pub finetune_batch_size: usize,
-    pub finetune_lr: f64,
-    pub finetune_weight_decay: f64,
+    /// `probe_*`.
+    #[serde(flatten, with = "tables::probe_keys")]
+    pub probe: ProbeTable,
+    /// `knn_*`. 20 neighbours, as DINO uses: the same as 200 (InstDisc's choice for 1.28 M
+    /// labelled images) within a point at 10 labels per class, 4.5–15 points better at 100 on
+    /// Fashion-MNIST, where 200 neighbours drown the nearest ones.
+    #[serde(flatten, with = "tables::knn_keys")]
+    pub knn: KnnTable,
+    /// `finetune_steps`, `finetune_batch_size`, `finetune_lr`, `finetune_weight_decay`.
+    #[serde(flatten, with = "tables::finetune_keys")]
+    pub finetune: FinetuneTable,
     pub finetune_crop_scale_min: f32,
     pub finetune_flip: bool,
     /// Where fine-tuning's head starts: `probe`: a linear probe trained on the frozen features
@@ -184,41 +184,22 @@ pub struct TransferConfig {
     /// CutMix's Beta(α, α) (0 = off; the MAE recipe uses 1.0): a box of the mirrored image
     /// pasted in. With both on, each batch takes one of the two at even odds.
     pub finetune_cutmix: f32,
-    /// The semi-supervised stage ([`semi`], `--protocol semi`): the student's steps. The
-    /// defaults below were chosen on the validation split (`eval_on = "validation"`) of full
+    /// The semi-supervised stage ([`semi`], `--protocol semi`): `semi_steps`, `semi_batch_size`,
+    /// `semi_ratio`, `semi_lr`, `semi_weight_decay`, `semi_threshold`, `semi_adaptive`,
+    /// `semi_consistency`, `semi_distill`, `semi_temperature`, `semi_ema`, `semi_align`,
+    /// `semi_checkpoint_every` ([`SemiTable`]), and the image-only `semi_*` keys below. The
+    /// defaults were chosen on the validation split (`eval_on = "validation"`) of full
     /// Fashion-MNIST, 10 labels per class, SimCLR width 32: see docs/semi.md for the table.
-    pub semi_steps: u64,
-    /// Labelled images per step of the stage (B).
-    pub semi_batch_size: usize,
-    /// Unlabelled images per labelled one in each step (μ).
-    pub semi_ratio: usize,
-    pub semi_lr: f64,
-    pub semi_weight_decay: f64,
-    /// FixMatch's confidence threshold τ (the top of FlexMatch's per-class thresholds).
-    pub semi_threshold: f32,
-    /// Per-class adaptive thresholds (FlexMatch); false: τ for every class (FixMatch).
-    pub semi_adaptive: bool,
+    #[serde(flatten, with = "tables::semi_keys")]
+    pub semi: SemiTable,
     /// FlexMatch's threshold warm-up (every threshold low until most of the pool has been
     /// predicted confidently once).
     pub semi_warmup: bool,
-    /// Weight of the consistency loss (pseudo-label of a weak view, cross-entropy on a strong
-    /// one); 0 = off.
-    pub semi_consistency: f32,
-    /// Weight of the distillation loss from the teacher's softened predictions; 0 = off.
-    pub semi_distill: f32,
-    /// Distillation temperature.
-    pub semi_temperature: f32,
-    /// Decay of the student's moving average, which is what the stage evaluates (0 = the
-    /// student itself).
-    pub semi_ema: f64,
     /// Pseudo-labels from the moving average instead of the student.
     pub semi_pseudo_from_ema: bool,
     /// The weak views' forward normalises with their own batch statistics (training mode, as
     /// FixMatch does) instead of the running statistics.
     pub semi_weak_train_mode: bool,
-    /// Distribution alignment: predictions scaled by uniform / their running mean before
-    /// pseudo-labelling, so confident classes do not swallow their neighbours.
-    pub semi_align: bool,
     /// Where the student starts: `encoder` (the teacher's starting point) or `teacher`.
     pub semi_init: SemiInit,
     /// RandAugment operations per strong view.
@@ -227,9 +208,6 @@ pub struct TransferConfig {
     pub semi_strong_magnitude: f32,
     /// Side of the strong view's Cutout square, a fraction of the image side (0 = none).
     pub semi_cutout: f32,
-    /// The stage writes a checkpoint every this many steps (and on Ctrl-C); the same command
-    /// run again continues from it.
-    pub semi_checkpoint_every: u64,
     /// With `eval_on = "validation"`: the student's validation accuracy every this many steps
     /// in the stage's `metrics.jsonl` (`val_acc`; 0 = never). Never measured on the test split.
     pub semi_eval_every: u64,
@@ -255,16 +233,22 @@ impl Default for TransferConfig {
             width: 0,
             patch_size: 0,
             stage: 0,
-            probe_steps: 500,
-            probe_batch_size: 256,
-            probe_lr: 1e-2,
-            probe_weight_decay: 1e-3,
-            knn_k: 20,
-            knn_temperature: 0.1,
-            finetune_steps: 300,
-            finetune_batch_size: 64,
-            finetune_lr: 1e-3,
-            finetune_weight_decay: 5e-4,
+            probe: ProbeTable {
+                steps: 500,
+                batch_size: 256,
+                lr: 1e-2,
+                weight_decay: 1e-3,
+            },
+            knn: KnnTable {
+                k: 20,
+                temperature: 0.1,
+            },
+            finetune: FinetuneTable {
+                steps: 300,
+                batch_size: 64,
+                lr: 1e-3,
+                weight_decay: 5e-4,
+            },
             finetune_crop_scale_min: 0.8,
             finetune_flip: true,
             finetune_head: FinetuneHead::Auto,
@@ -272,26 +256,28 @@ impl Default for TransferConfig {
             finetune_label_smoothing: 0.0,
             finetune_mixup: 0.0,
             finetune_cutmix: 0.0,
-            semi_steps: 3000,
-            semi_batch_size: 32,
-            semi_ratio: 7,
-            semi_lr: 1e-3,
-            semi_weight_decay: 5e-4,
-            semi_threshold: 0.95,
-            semi_adaptive: true,
+            semi: SemiTable {
+                steps: 3000,
+                batch_size: 32,
+                ratio: 7,
+                lr: 1e-3,
+                weight_decay: 5e-4,
+                threshold: 0.95,
+                adaptive: true,
+                consistency: 1.0,
+                distill: 0.0,
+                temperature: 1.0,
+                ema: 0.0,
+                align: true,
+                checkpoint_every: 500,
+            },
             semi_warmup: false,
-            semi_consistency: 1.0,
-            semi_distill: 0.0,
-            semi_temperature: 1.0,
-            semi_ema: 0.0,
             semi_pseudo_from_ema: false,
             semi_weak_train_mode: false,
-            semi_align: true,
             semi_init: SemiInit::Teacher,
             semi_strong_ops: 2,
             semi_strong_magnitude: 1.0,
             semi_cutout: 0.5,
-            semi_checkpoint_every: 500,
             semi_eval_every: 250,
             bn_reestimate: true,
             test_limit: 0,
@@ -305,26 +291,16 @@ impl Default for TransferConfig {
 impl TransferConfig {
     /// The linear probe's and k-NN's settings.
     pub fn frozen_settings(&self) -> frozen::FrozenSettings {
-        frozen::FrozenSettings {
-            probe: linear_probe::ProbeSettings {
-                steps: self.probe_steps,
-                batch_size: self.probe_batch_size,
-                lr: self.probe_lr,
-                weight_decay: self.probe_weight_decay,
-                seed: self.seed,
-            },
-            knn_k: self.knn_k,
-            knn_temperature: self.knn_temperature,
-        }
+        tables::frozen_settings(&self.probe, &self.knn, self.seed)
     }
 
     /// The fine-tuning settings for an encoder from `from` (layer decay only for a pretrained one).
     pub fn finetune_settings(&self, from: &Source, quiet: bool) -> finetune::FinetuneSettings {
         finetune::FinetuneSettings {
-            steps: self.finetune_steps,
-            batch_size: self.finetune_batch_size,
-            lr: self.finetune_lr,
-            weight_decay: self.finetune_weight_decay,
+            steps: self.finetune.steps,
+            batch_size: self.finetune.batch_size,
+            lr: self.finetune.lr,
+            weight_decay: self.finetune.weight_decay,
             seed: self.seed,
             crop_scale_min: self.finetune_crop_scale_min,
             flip: self.finetune_flip,
@@ -362,113 +338,52 @@ impl TransferConfig {
 
     /// The semi-supervised stage's settings (its weak view is fine-tuning's augmentation).
     pub fn semi_settings(&self) -> semi::SemiSettings {
+        let weak = semi::WeakSettings {
+            crop_scale_min: self.finetune_crop_scale_min,
+            flip: self.finetune_flip,
+        };
         semi::SemiSettings {
-            steps: self.semi_steps,
-            batch_size: self.semi_batch_size,
-            ratio: self.semi_ratio,
-            lr: self.semi_lr,
-            weight_decay: self.semi_weight_decay,
-            threshold: self.semi_threshold,
-            adaptive: self.semi_adaptive,
             warmup: self.semi_warmup,
-            consistency: self.semi_consistency,
-            distill: self.semi_distill,
-            temperature: self.semi_temperature,
-            ema: self.semi_ema,
             pseudo_from_ema: self.semi_pseudo_from_ema,
             weak_train_mode: self.semi_weak_train_mode,
-            align: self.semi_align,
-            weak: semi::WeakSettings {
-                crop_scale_min: self.finetune_crop_scale_min,
-                flip: self.finetune_flip,
-            },
-            strong: self.strong(),
-            seed: self.seed,
+            ..semi::SemiSettings::from_table(&self.semi, weak, self.strong(), self.seed)
         }
     }
 
     /// Range checks that serde cannot express.
     pub fn validate(&self) -> Result<()> {
-        use crate::config::{in_range, positive, MAX_WIDTH};
-        positive("probe_steps", self.probe_steps as f64)?;
+        use crate::config::{crop_scale, in_range, in_range_open, positive, width_at_most_max};
         let width = if self.width == 0 {
             self.backbone.default_width()
         } else {
             self.width
         };
         self.backbone.check_shape(width, self.patch_size)?;
-        positive("probe_batch_size", self.probe_batch_size as f64)?;
-        positive("probe_lr", self.probe_lr)?;
-        in_range("probe_weight_decay", self.probe_weight_decay, 0.0, 1.0)?;
-        positive("knn_k", self.knn_k as f64)?;
-        positive("knn_temperature", self.knn_temperature as f64)?;
-        positive("finetune_steps", self.finetune_steps as f64)?;
-        positive("finetune_batch_size", self.finetune_batch_size as f64)?;
-        positive("finetune_lr", self.finetune_lr)?;
-        in_range(
-            "finetune_weight_decay",
-            self.finetune_weight_decay,
-            0.0,
-            1.0,
-        )?;
-        in_range(
-            "finetune_crop_scale_min",
-            self.finetune_crop_scale_min as f64,
-            0.05,
-            1.0,
-        )?;
+        self.probe.validate()?;
+        self.knn.validate()?;
+        self.finetune.validate()?;
+        crop_scale("finetune_crop_scale_min", self.finetune_crop_scale_min)?;
         if !(self.finetune_layer_decay > 0.0 && self.finetune_layer_decay <= 1.0) {
             return Err(Error::config(
                 "finetune_layer_decay",
                 format!("must be in (0, 1], found {}", self.finetune_layer_decay),
             ));
         }
-        if !(0.0..1.0).contains(&self.finetune_label_smoothing) {
-            return Err(Error::config(
-                "finetune_label_smoothing",
-                format!("must be in [0, 1), found {}", self.finetune_label_smoothing),
-            ));
-        }
-        for (key, alpha) in [
-            ("finetune_mixup", self.finetune_mixup),
-            ("finetune_cutmix", self.finetune_cutmix),
-        ] {
-            if !(0.0..=100.0).contains(&alpha) {
-                return Err(Error::config(
-                    key,
-                    format!("must be a Beta concentration in [0, 100] (0 = off), found {alpha}"),
-                ));
-            }
-        }
-        positive("semi_steps", self.semi_steps as f64)?;
-        positive("semi_batch_size", self.semi_batch_size as f64)?;
-        positive("semi_ratio", self.semi_ratio as f64)?;
-        positive("semi_lr", self.semi_lr)?;
-        in_range("semi_weight_decay", self.semi_weight_decay, 0.0, 1.0)?;
-        in_range("semi_threshold", self.semi_threshold as f64, 0.0, 1.0)?;
-        in_range("semi_consistency", self.semi_consistency as f64, 0.0, 100.0)?;
-        in_range("semi_distill", self.semi_distill as f64, 0.0, 100.0)?;
-        positive("semi_temperature", self.semi_temperature as f64)?;
-        if !(0.0..1.0).contains(&self.semi_ema) {
-            return Err(Error::config(
-                "semi_ema",
-                format!("must be in [0, 1) (0 = off), found {}", self.semi_ema),
-            ));
-        }
+        in_range_open(
+            "finetune_label_smoothing",
+            self.finetune_label_smoothing,
+            0.0,
+            1.0,
+        )?;
+        // Beta concentrations (0 = off).
+        in_range("finetune_mixup", self.finetune_mixup, 0.0, 100.0)?;
+        in_range("finetune_cutmix", self.finetune_cutmix, 0.0, 100.0)?;
+        self.semi.validate()?;
         self.strong()
             .check()
             .map_err(|(key, message)| Error::config(semi_strong_key(key), message))?;
         positive("image_size", self.image_size as f64)?;
-        if self.width > MAX_WIDTH {
-            return Err(Error::config(
-                "width",
-                format!(
-                    "must be at most {MAX_WIDTH} (0 = the backbone's default), found {}",
-                    self.width
-                ),
-            ));
-        }
-        Ok(())
+        width_at_most_max(self.width)
     }
 }
 
@@ -821,7 +736,7 @@ fn semi_stage(
     let t1 = Instant::now();
     let run = semi::StageRun {
         dir: &stage_dir,
-        checkpoint_every: cfg.semi_checkpoint_every,
+        checkpoint_every: cfg.semi.checkpoint_every,
         eval_every: cfg.semi_eval_every,
         workers: cfg.workers(),
         quiet: req.quiet,
@@ -888,10 +803,10 @@ fn teacher_key(
     h.update(
         format!(
             "{} {} {} {} {} {} {} {} {} {} {}",
-            cfg.finetune_steps,
-            cfg.finetune_batch_size,
-            cfg.finetune_lr,
-            cfg.finetune_weight_decay,
+            cfg.finetune.steps,
+            cfg.finetune.batch_size,
+            cfg.finetune.lr,
+            cfg.finetune.weight_decay,
             cfg.finetune_crop_scale_min,
             cfg.finetune_flip,
             cfg.finetune_layer_decay,

@@ -36,6 +36,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::finetune::{Classifier, WeakView};
+use super::tables::SemiTable;
 use crate::data::augment::Img;
 use crate::data::loader::{Batch, Loader, LoaderConfig, MakeBatch};
 use crate::data::randaugment::{strong_view, StrongConfig};
@@ -90,6 +91,39 @@ pub struct SemiSettings {
     pub weak: WeakSettings,
     pub strong: StrongConfig,
     pub seed: u64,
+}
+
+impl SemiSettings {
+    /// The settings images and text share, from the `semi_*` table, with the given views; the
+    /// image-only switches off (no threshold warm-up, pseudo-labels from the student, weak
+    /// views with the running statistics).
+    pub fn from_table(
+        t: &SemiTable,
+        weak: WeakSettings,
+        strong: crate::data::randaugment::StrongConfig,
+        seed: u64,
+    ) -> Self {
+        Self {
+            steps: t.steps,
+            batch_size: t.batch_size,
+            ratio: t.ratio,
+            lr: t.lr,
+            weight_decay: t.weight_decay,
+            threshold: t.threshold,
+            adaptive: t.adaptive,
+            warmup: false,
+            consistency: t.consistency,
+            distill: t.distill,
+            temperature: t.temperature,
+            ema: t.ema,
+            pseudo_from_ema: false,
+            weak_train_mode: false,
+            align: t.align,
+            weak,
+            strong,
+            seed,
+        }
+    }
 }
 
 /// [`WeakView`] as it is recorded in the stage's settings.

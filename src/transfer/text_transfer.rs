@@ -23,9 +23,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::labels::{self, PerClass};
+use super::tables::{self, FinetuneTable, KnnTable, ProbeTable, SemiTable};
 use super::text_features::{content_digest, CacheKey, DocVectors, Encoding};
-use super::{frozen, linear_probe, scores, Protocol, Source};
-use crate::config::{in_range, positive};
+use super::{frozen, scores, Protocol, Source};
+use crate::config::in_range;
 use crate::data::corpus::{is_validation, Fields, TextSource};
 use crate::data::email::subject_and_body;
 use crate::data::tokenizer::Tokenizer;
@@ -65,16 +66,13 @@ pub struct TextTransferConfig {
     pub like: String,
     /// For random/scratch without `like`: the model preset, with the byte-level tokenizer.
     pub model: String,
-    pub probe_steps: u64,
-    pub probe_lr: f64,
-    pub probe_batch_size: usize,
-    pub probe_weight_decay: f64,
-    pub knn_k: usize,
-    pub knn_temperature: f32,
-    pub finetune_steps: u64,
-    pub finetune_lr: f64,
-    pub finetune_batch_size: usize,
-    pub finetune_weight_decay: f64,
+    /// `probe_*`, `knn_*` and `finetune_*`: the tables images have, with defaults for text.
+    #[serde(flatten, with = "tables::probe_keys")]
+    pub probe: ProbeTable,
+    #[serde(flatten, with = "tables::knn_keys")]
+    pub knn: KnnTable,
+    #[serde(flatten, with = "tables::finetune_keys")]
+    pub finetune: FinetuneTable,
     /// Evaluate on at most this many held-out documents (a seeded sample, so every class
     /// keeps its share); 0 = all.
     pub test_limit: usize,
@@ -90,19 +88,8 @@ pub struct TextTransferConfig {
     /// distillation temperature, moving average, distribution alignment, checkpoints. The
     /// losses' defaults are the images' (chosen on their validation split); text has no
     /// validation split of its own yet, so they were not tuned on documents.
-    pub semi_steps: u64,
-    pub semi_batch_size: usize,
-    pub semi_ratio: usize,
-    pub semi_lr: f64,
-    pub semi_weight_decay: f64,
-    pub semi_threshold: f32,
-    pub semi_adaptive: bool,
-    pub semi_consistency: f32,
-    pub semi_distill: f32,
-    pub semi_temperature: f32,
-    pub semi_ema: f64,
-    pub semi_align: bool,
-    pub semi_checkpoint_every: u64,
+    #[serde(flatten, with = "tables::semi_keys")]
+    pub semi: SemiTable,
     /// Share of a document's ordinary tokens its strong view damages.
     pub semi_noise: f32,
 }
@@ -120,32 +107,40 @@ impl Default for TextTransferConfig {
             max_tokens: 0,
             like: String::new(),
             model: "tiny".into(),
-            probe_steps: 300,
-            probe_lr: 1e-2,
-            probe_batch_size: 64,
-            probe_weight_decay: 1e-4,
-            knn_k: 20,
-            knn_temperature: 0.1,
-            finetune_steps: 300,
-            finetune_lr: 3e-4,
-            finetune_batch_size: 16,
-            finetune_weight_decay: 0.01,
+            probe: ProbeTable {
+                steps: 300,
+                batch_size: 64,
+                lr: 1e-2,
+                weight_decay: 1e-4,
+            },
+            knn: KnnTable {
+                k: 20,
+                temperature: 0.1,
+            },
+            finetune: FinetuneTable {
+                steps: 300,
+                batch_size: 16,
+                lr: 3e-4,
+                weight_decay: 0.01,
+            },
             test_limit: 0,
             stage: 0,
             feature_cache: true,
-            semi_steps: 200,
-            semi_batch_size: 8,
-            semi_ratio: 3,
-            semi_lr: 3e-4,
-            semi_weight_decay: 0.01,
-            semi_threshold: 0.95,
-            semi_adaptive: true,
-            semi_consistency: 1.0,
-            semi_distill: 0.0,
-            semi_temperature: 1.0,
-            semi_ema: 0.0,
-            semi_align: true,
-            semi_checkpoint_every: 100,
+            semi: SemiTable {
+                steps: 200,
+                batch_size: 8,
+                ratio: 3,
+                lr: 3e-4,
+                weight_decay: 0.01,
+                threshold: 0.95,
+                adaptive: true,
+                consistency: 1.0,
+                distill: 0.0,
+                temperature: 1.0,
+                ema: 0.0,
+                align: true,
+                checkpoint_every: 100,
+            },
             semi_noise: 0.2,
         }
     }
@@ -154,39 +149,15 @@ impl Default for TextTransferConfig {
 impl TextTransferConfig {
     /// The linear probe's and k-NN's settings.
     pub fn frozen_settings(&self) -> frozen::FrozenSettings {
-        frozen::FrozenSettings {
-            probe: linear_probe::ProbeSettings {
-                steps: self.probe_steps,
-                batch_size: self.probe_batch_size,
-                lr: self.probe_lr,
-                weight_decay: self.probe_weight_decay,
-                seed: self.seed,
-            },
-            knn_k: self.knn_k,
-            knn_temperature: self.knn_temperature,
-        }
+        tables::frozen_settings(&self.probe, &self.knn, self.seed)
     }
 
     pub fn validate(&self) -> Result<()> {
         in_range("test_fraction", self.test_fraction, 0.01, 0.9)?;
-        positive("probe_steps", self.probe_steps as f64)?;
-        positive("probe_lr", self.probe_lr)?;
-        positive("probe_batch_size", self.probe_batch_size as f64)?;
-        positive("knn_k", self.knn_k as f64)?;
-        positive("knn_temperature", self.knn_temperature as f64)?;
-        positive("finetune_steps", self.finetune_steps as f64)?;
-        positive("finetune_lr", self.finetune_lr)?;
-        positive("finetune_batch_size", self.finetune_batch_size as f64)?;
-        positive("semi_steps", self.semi_steps as f64)?;
-        positive("semi_batch_size", self.semi_batch_size as f64)?;
-        positive("semi_ratio", self.semi_ratio as f64)?;
-        positive("semi_lr", self.semi_lr)?;
-        in_range("semi_weight_decay", self.semi_weight_decay, 0.0, 1.0)?;
-        in_range("semi_threshold", self.semi_threshold as f64, 0.0, 1.0)?;
-        in_range("semi_consistency", self.semi_consistency as f64, 0.0, 100.0)?;
-        in_range("semi_distill", self.semi_distill as f64, 0.0, 100.0)?;
-        positive("semi_temperature", self.semi_temperature as f64)?;
-        in_range("semi_ema", self.semi_ema, 0.0, 0.9999)?;
+        self.probe.validate()?;
+        self.knn.validate()?;
+        self.finetune.validate()?;
+        self.semi.validate()?;
         in_range("semi_noise", self.semi_noise as f64, 0.0, 1.0)?;
         if self.text_part != "all" && self.text_part != "email-body" {
             return Err(Error::config(
@@ -737,29 +708,17 @@ fn semi_stage(
     use sha2::{Digest, Sha256};
     let cfg = &req.config;
     let device = &req.device;
-    let settings = semi::SemiSettings {
-        steps: cfg.semi_steps,
-        batch_size: cfg.semi_batch_size,
-        ratio: cfg.semi_ratio,
-        lr: cfg.semi_lr,
-        weight_decay: cfg.semi_weight_decay,
-        threshold: cfg.semi_threshold,
-        adaptive: cfg.semi_adaptive,
-        warmup: false,
-        consistency: cfg.semi_consistency,
-        distill: cfg.semi_distill,
-        temperature: cfg.semi_temperature,
-        ema: cfg.semi_ema,
-        pseudo_from_ema: false,
-        weak_train_mode: false,
-        align: cfg.semi_align,
-        weak: semi::WeakSettings {
-            crop_scale_min: 1.0,
-            flip: false,
-        },
-        strong: crate::data::randaugment::StrongConfig::default(),
-        seed: cfg.seed,
+    // Text has no image views: the weak view is the document, the strong one its noised copy.
+    let no_views = semi::WeakSettings {
+        crop_scale_min: 1.0,
+        flip: false,
     };
+    let settings = semi::SemiSettings::from_table(
+        &cfg.semi,
+        no_views,
+        crate::data::randaugment::StrongConfig::default(),
+        cfg.seed,
+    );
     let mut key = Sha256::new();
     key.update(match &req.from {
         Source::Run(run) => content_digest(&lm_weights_file(run)?)?,
@@ -773,10 +732,10 @@ fn semi_stage(
     key.update(
         format!(
             "{} {} {} {} {} {} {} {}",
-            cfg.finetune_steps,
-            cfg.finetune_lr,
-            cfg.finetune_batch_size,
-            cfg.finetune_weight_decay,
+            cfg.finetune.steps,
+            cfg.finetune.lr,
+            cfg.finetune.batch_size,
+            cfg.finetune.weight_decay,
             cfg.text_part,
             cfg.pool,
             cfg.max_tokens,
@@ -832,7 +791,7 @@ fn semi_stage(
     };
     let run = semi::StageRun {
         dir: stage,
-        checkpoint_every: cfg.semi_checkpoint_every,
+        checkpoint_every: cfg.semi.checkpoint_every,
         eval_every: 0,
         workers: 1,
         quiet: req.quiet,
@@ -892,15 +851,15 @@ pub(crate) fn train_classifier(
     let mut optim = Optimizers::new(
         &["model"],
         &AdamWConfig::new()
-            .with_weight_decay(cfg.finetune_weight_decay as f32)
+            .with_weight_decay(cfg.finetune.weight_decay as f32)
             .init(),
     );
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let n = train.len();
-    let bs = cfg.finetune_batch_size.min(n).max(1);
+    let bs = cfg.finetune.batch_size.min(n).max(1);
     let mut order: Vec<usize> = (0..n).collect();
     let mut pos = n;
-    for step in 0..cfg.finetune_steps {
+    for step in 0..cfg.finetune.steps {
         if pos + bs > n {
             order.shuffle(&mut rng);
             pos = 0;
@@ -910,9 +869,9 @@ pub(crate) fn train_classifier(
         let y: Vec<u32> = batch.iter().map(|e| e.label).collect();
         let lr = lr_at(
             step,
-            cfg.finetune_lr,
-            cfg.finetune_steps / 10,
-            cfg.finetune_steps,
+            cfg.finetune.lr,
+            cfg.finetune.steps / 10,
+            cfg.finetune.steps,
             0.0,
         );
         let mut cx = StepCtx::new(step, lr, &mut optim);

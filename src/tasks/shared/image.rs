@@ -9,7 +9,7 @@ use std::sync::Arc;
 use burn::module::Module;
 use burn::prelude::*;
 
-use crate::config::NonFinite;
+use crate::config::{at_least_one, NonFinite};
 use crate::data::augment::Img;
 use crate::data::loader::MakeBatch;
 use crate::engine::gan::Gan;
@@ -153,12 +153,7 @@ pub fn build_gan(
     skips: bool,
     d_width: usize,
 ) -> Result<Gan> {
-    if d_width == 0 {
-        return Err(Error::config(
-            format!("{}.d_width", ctx.config.task),
-            "must be > 0",
-        ));
-    }
+    at_least_one(&format!("{}.d_width", ctx.config.task), d_width)?;
     Ok(Gan {
         generator: build_generator(ctx, channels, stage, skips, channels)?,
         discriminator: Discriminator::new(channels, d_width, &ctx.device),
