@@ -25,10 +25,13 @@ pub struct TextConfig {
     pub vocab: usize,
     /// Model size preset: tiny, small or base (see `src/nn/transformer.rs`).
     pub model: String,
-    /// Overrides of the preset; 0 = the preset's value.
+    /// Overrides of the preset, 0 = the preset's value: the width of the hidden states,
     pub d_model: usize,
+    /// the number of blocks,
     pub layers: usize,
+    /// attention heads per block (d_model must divide by it),
     pub heads: usize,
+    /// and the MLP's width (0: 4 × d_model).
     pub d_ff: usize,
     /// Longest sequence the model accepts (position embeddings); 0 = the preset's.
     pub max_len: usize,

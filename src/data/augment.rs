@@ -162,6 +162,21 @@ fn uniform(rng: &mut impl Rng, lo: f32, hi: f32) -> f32 {
     lo + (hi - lo) * rng.gen::<f32>()
 }
 
+/// The crop every augmentation here uses: [`random_resized_crop`] of `scale_min` to all of the
+/// area at aspect ratios 3/4 to 4/3, resized to `out` × `out`.
+pub fn inception_crop(img: &Img, out: usize, scale_min: f32, rng: &mut impl Rng) -> Img {
+    random_resized_crop(img, out, (scale_min, 1.0), (3.0 / 4.0, 4.0 / 3.0), rng)
+}
+
+/// `img` mirrored left to right at even odds when `flip`, else as it is (no draw then).
+pub fn maybe_flip(img: Img, flip: bool, rng: &mut impl Rng) -> Img {
+    if flip && rng.gen_bool(0.5) {
+        hflip(&img)
+    } else {
+        img
+    }
+}
+
 /// torchvision's `RandomResizedCrop`: pick a window covering `scale` of the area with aspect
 /// ratio (w/h) in `ratio` (log-uniform), up to 10 tries, else a centre crop clamped to `ratio`;
 /// resize it to out x out.

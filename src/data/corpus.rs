@@ -77,15 +77,7 @@ impl TextSource {
             spec: spec.to_string(),
             message,
         };
-        let Some((format, path)) = spec.split_once(':') else {
-            return Err(spec_err(format!(
-                "expected FORMAT:PATH, where FORMAT is one of {}",
-                TEXT_FORMATS.join(", ")
-            )));
-        };
-        if path.is_empty() {
-            return Err(spec_err("the PATH after ':' is empty".to_string()));
-        }
+        let (format, path) = super::split_spec(spec, TEXT_FORMATS)?;
         let (kind, exts): (Kind, &[&str]) = match format.to_ascii_lowercase().as_str() {
             "text" | "txt" => (Kind::Text, &[".txt", ".txt.gz"]),
             "jsonl" => (Kind::Jsonl, &[".jsonl", ".jsonl.gz"]),

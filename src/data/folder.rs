@@ -174,13 +174,7 @@ pub fn read_dir(dir: &Path, opts: &OpenOptions) -> Result<Dataset, DataError> {
     }
     let labels = (!classes.is_empty()).then_some(labels);
     let train = ImageSet::in_memory(data, labels, images.len(), channels, size, size);
-    Ok(Dataset {
-        name: crate::data::idx::dir_name(dir),
-        train,
-        test: None,
-        classes,
-        skipped,
-    })
+    Ok(whole_folder(dir, train, classes, skipped))
 }
 
 /// Open a folder for streaming: read every file's header (in parallel), keep the paths.
@@ -238,13 +232,7 @@ fn read_streamed(
         channels,
         opts.skip_bad,
     )));
-    Ok(Dataset {
-        name: crate::data::idx::dir_name(dir),
-        train,
-        test: None,
-        classes,
-        skipped,
-    })
+    Ok(whole_folder(dir, train, classes, skipped))
 }
 
 /// Read only the header of an image file: is it a supported format with pixels? Returns
@@ -384,6 +372,17 @@ pub fn load(path: &Path, size: usize) -> Result<(RgbImage, bool), DataError> {
     })
 }
 
+/// A folder's data set: every image for training, named after the folder.
+fn whole_folder(dir: &Path, train: ImageSet, classes: Vec<String>, skipped: usize) -> Dataset {
+    Dataset {
+        name: crate::data::idx::dir_name(dir),
+        train,
+        test: None,
+        classes,
+        skipped,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,24 +465,14 @@ mod tests {
         let g = image::GrayImage::from_fn(40, 30, |x, y| image::Luma([(x * 5 + y) as u8]));
         g.save(dir.path().join("a.png")).unwrap();
         g.save(dir.path().join("b.png")).unwrap();
-        let ds = read_dir(
-            dir.path(),
-            &OpenOptions {
-                image_size: Some(16),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let opts = OpenOptions {
+            image_size: Some(16),
+            ..Default::default()
+        };
+        let ds = read_dir(dir.path(), &opts).unwrap();
         assert_eq!((ds.train.n, ds.train.channels, ds.train.height), (2, 1, 16));
         copy_photo("apple.jpg", dir.path());
-        let ds = read_dir(
-            dir.path(),
-            &OpenOptions {
-                image_size: Some(16),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let ds = read_dir(dir.path(), &opts).unwrap();
         assert_eq!((ds.train.n, ds.train.channels), (3, 3));
     }
 

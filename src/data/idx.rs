@@ -279,14 +279,7 @@ fn exact_body<'a>(
     body: usize,
 ) -> Result<&'a [u8], DataError> {
     let expected = header + body;
-    if b.len() < expected {
-        return Err(DataError::Truncated {
-            path: path.to_path_buf(),
-            record: None,
-            expected_bytes: expected as u64,
-            found_bytes: b.len() as u64,
-        });
-    }
+    header_len(path, b, expected)?;
     if b.len() > expected {
         return Err(DataError::Format {
             path: path.to_path_buf(),

@@ -273,6 +273,24 @@ pub const FORMATS: &[&str] = &[
     "idx", "cifar10", "cifar100", "stl10", "folder", "wds", "parquet",
 ];
 
+/// `FORMAT:PATH` split at the first ':', or an error naming the spec and the formats there are.
+pub fn split_spec<'a>(spec: &'a str, formats: &[&str]) -> Result<(&'a str, &'a str), DataError> {
+    let spec_err = |message: String| DataError::Spec {
+        spec: spec.to_string(),
+        message,
+    };
+    let Some((format, path)) = spec.split_once(':') else {
+        return Err(spec_err(format!(
+            "expected FORMAT:PATH, where FORMAT is one of {}",
+            formats.join(", ")
+        )));
+    };
+    if path.is_empty() {
+        return Err(spec_err("the PATH after ':' is empty".to_string()));
+    }
+    Ok((format, path))
+}
+
 /// Parse a data spec `FORMAT:PATH` and read it.
 ///
 /// Formats: `idx` (dir with train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], and
@@ -285,15 +303,7 @@ pub fn open(spec: &str, opts: &OpenOptions) -> Result<Dataset, DataError> {
         spec: spec.to_string(),
         message,
     };
-    let Some((format, path)) = spec.split_once(':') else {
-        return Err(spec_err(format!(
-            "expected FORMAT:PATH, where FORMAT is one of {}",
-            FORMATS.join(", ")
-        )));
-    };
-    if path.is_empty() {
-        return Err(spec_err("the PATH after ':' is empty".to_string()));
-    }
+    let (format, path) = split_spec(spec, FORMATS)?;
     let dir = Path::new(path);
     let mut ds = match format.to_ascii_lowercase().as_str() {
         _ if spec == builtin::BUILTIN => builtin::builtin_dataset()?,

@@ -691,7 +691,7 @@ mod tests {
     use super::*;
     use crate::data::Stream;
 
-    use crate::data::test_photos::{opts, photo, PHOTOS};
+    use crate::data::test_photos::{open_as, opts, photo, PHOTOS};
     const SOME: &[&str] = &[
         "apple.jpg",
         "astronaut.png",
@@ -699,10 +699,6 @@ mod tests {
         "chelsea.png",
         "orange.jpg",
     ];
-
-    fn open_table(path: &Path, skip_bad: bool) -> Result<Dataset, DataError> {
-        crate::data::open(&format!("parquet:{}", path.display()), &opts(skip_bad))
-    }
 
     #[test]
     fn a_fuzz_found_damaged_footer_gives_named_errors() {
@@ -761,7 +757,7 @@ mod tests {
             let path = dir.path().join(format!("{layout:?}.parquet"));
             // row groups of 2: three groups
             write_table(&path, &rows, 2, layout, true).unwrap();
-            let ds = open_table(&path, false).unwrap();
+            let ds = open_as("parquet", &path, false).unwrap();
             let t = &ds.train;
             assert!(t.is_streamed());
             assert_eq!((t.n, t.channels, t.height), (5, 3, 24));
@@ -802,7 +798,7 @@ mod tests {
             false,
         )
         .unwrap();
-        let ds = open_table(&tables, false).unwrap();
+        let ds = open_as("parquet", &tables, false).unwrap();
         assert_eq!((ds.train.n, ds.train.labels.is_none()), (5, true));
         assert_eq!(ds.train.image(4).unwrap(), want.train.image(4).unwrap());
         // the loader streams it: same batches whatever the worker count
@@ -837,21 +833,21 @@ mod tests {
             (Some(photo("coffee.png")), Some(2)),
         ];
         write_table(&path, &rows, 4, ImageColumn::Struct, true).unwrap();
-        let e = open_table(&path, false).unwrap_err();
+        let e = open_as("parquet", &path, false).unwrap_err();
         assert!(matches!(e, DataError::Member { .. }), "{e:?}");
         let msg = e.to_string();
         assert!(
             msg.contains("t.parquet: row 1 (row group 0): not an image: expected a PNG, JPEG or WebP image, found Gif data"),
             "{msg}"
         );
-        let ds = open_table(&path, true).unwrap();
+        let ds = open_as("parquet", &path, true).unwrap();
         assert_eq!((ds.train.n, ds.skipped), (2, 4));
         assert_eq!(ds.train.labels, Some(vec![0, 2]));
         // the null image, the null and the negative labels, each named
         let only = |k: usize| {
             let r = vec![rows[0].clone(), rows[k].clone()];
             write_table(&path, &r, 4, ImageColumn::Struct, true).unwrap();
-            open_table(&path, false).unwrap_err().to_string()
+            open_as("parquet", &path, false).unwrap_err().to_string()
         };
         assert!(
             only(2).contains("row 1 (row group 0): expected image bytes, found null"),
@@ -865,7 +861,7 @@ mod tests {
         write_table(&path, &rows[..1], 4, ImageColumn::Struct, true).unwrap();
         let good = std::fs::read(&path).unwrap();
         std::fs::write(&path, &good[..good.len() / 2]).unwrap();
-        let e = open_table(&path, true).unwrap_err();
+        let e = open_as("parquet", &path, true).unwrap_err();
         assert!(matches!(e, DataError::Format { .. }), "{e:?}");
         assert!(e.to_string().contains("t.parquet"), "{e}");
         let mut broken = good.clone();
@@ -873,11 +869,11 @@ mod tests {
             *b = 0xff;
         }
         std::fs::write(&path, &broken).unwrap();
-        let msg = open_table(&path, false).unwrap_err().to_string();
+        let msg = open_as("parquet", &path, false).unwrap_err().to_string();
         assert!(msg.contains("t.parquet") && msg.contains("row"), "{msg}");
         // a table without an image column
         std::fs::write(&path, b"not parquet at all").unwrap();
-        assert!(open_table(&path, false)
+        assert!(open_as("parquet", &path, false)
             .unwrap_err()
             .to_string()
             .contains("t.parquet"));
@@ -888,12 +884,12 @@ mod tests {
     #[test]
     fn reads_tables_written_by_pyarrow() {
         let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/parquet_table");
-        let ds = open_table(&seeds.join("hf_layout.parquet"), false).unwrap();
+        let ds = open_as("parquet", &seeds.join("hf_layout.parquet"), false).unwrap();
         assert_eq!((ds.train.n, ds.train.channels), (3, 3));
         assert_eq!(ds.train.labels, Some(vec![0, 1, 2]));
         assert_eq!(ds.train.image(0).unwrap(), ds.train.image(2).unwrap());
         assert_ne!(ds.train.image(0).unwrap(), ds.train.image(1).unwrap());
-        let ds = open_table(&seeds.join("binary_unlabelled.parquet"), false).unwrap();
+        let ds = open_as("parquet", &seeds.join("binary_unlabelled.parquet"), false).unwrap();
         assert_eq!((ds.train.n, ds.train.labels.is_none()), (2, true));
     }
 

@@ -647,7 +647,7 @@ mod tests {
     use crate::data::Stream;
     use std::sync::atomic::AtomicU64;
 
-    use crate::data::test_photos::{opts, photo, PHOTOS};
+    use crate::data::test_photos::{open_as, opts, photo, PHOTOS};
     const SOME: &[&str] = &[
         "apple.jpg",
         "astronaut.png",
@@ -795,10 +795,6 @@ mod tests {
         m
     }
 
-    fn open_one(path: &Path, skip_bad: bool) -> Result<Dataset, DataError> {
-        crate::data::open(&format!("wds:{}", path.display()), &opts(skip_bad))
-    }
-
     #[test]
     fn damaged_shards_are_errors_naming_shard_and_member_or_skipped_and_counted() {
         let dir = tempfile::tempdir().unwrap();
@@ -808,7 +804,7 @@ mod tests {
         let bytes = std::fs::read(&shard).unwrap();
         let c_at = bytes.windows(5).position(|w| w == b"c.png").unwrap();
         std::fs::write(&shard, &bytes[..c_at + 512 + 40]).unwrap();
-        let e = open_one(&shard, false).unwrap_err();
+        let e = open_as("wds", &shard, false).unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, DataError::Member { .. }), "{e:?}");
         assert!(
@@ -819,26 +815,26 @@ mod tests {
             msg.contains("expected") && msg.contains("--skip-bad"),
             "{msg}"
         );
-        let ds = open_one(&shard, true).unwrap();
+        let ds = open_as("wds", &shard, true).unwrap();
         assert_eq!((ds.train.n, ds.skipped), (2, 1));
         assert_eq!(ds.train.labels, Some(vec![0, 1]));
         // truncated inside a header block
         std::fs::write(&shard, &bytes[..c_at + 100]).unwrap();
-        let e = open_one(&shard, false).unwrap_err();
+        let e = open_as("wds", &shard, false).unwrap_err();
         assert!(e.to_string().contains("s.tar"), "{e}");
-        assert_eq!(open_one(&shard, true).unwrap().train.n, 2);
+        assert_eq!(open_as("wds", &shard, true).unwrap().train.n, 2);
 
         // a damaged header (b.png's): its checksum no longer matches
         let mut damaged = bytes.clone();
         let b_at = bytes.windows(5).position(|w| w == b"b.png").unwrap();
         damaged[b_at] = b'x';
         std::fs::write(&shard, &damaged).unwrap();
-        let msg = open_one(&shard, false).unwrap_err().to_string();
+        let msg = open_as("wds", &shard, false).unwrap_err().to_string();
         assert!(
             msg.contains("s.tar") && msg.contains("after a.cls") && msg.contains("tar header"),
             "{msg}"
         );
-        let ds = open_one(&shard, true).unwrap();
+        let ds = open_as("wds", &shard, true).unwrap();
         assert_eq!((ds.train.n, ds.skipped), (1, 1));
 
         // a member that is not an image, a sample without an image, a bad label
@@ -848,15 +844,15 @@ mod tests {
         m.push(("e.png".into(), png(4)));
         m.push(("e.cls".into(), b"cat".to_vec()));
         write_tar(&shard, &m);
-        let msg = open_one(&shard, false).unwrap_err().to_string();
+        let msg = open_as("wds", &shard, false).unwrap_err().to_string();
         assert!(msg.contains("s.tar: b.png: not an image: expected a PNG, JPEG or WebP image, found 44 bytes starting 74 68"), "{msg}");
-        let ds = open_one(&shard, true).unwrap();
+        let ds = open_as("wds", &shard, true).unwrap();
         assert_eq!((ds.train.n, ds.skipped), (2, 3));
         assert_eq!(ds.train.labels, Some(vec![0, 2]));
         m.remove(2);
         m.remove(2);
         write_tar(&shard, &m);
-        let msg = open_one(&shard, false).unwrap_err().to_string();
+        let msg = open_as("wds", &shard, false).unwrap_err().to_string();
         assert!(
             msg.contains(
                 "s.tar: d: expected an image member (d.png, .jpg, .jpeg or .webp), found d.txt"
@@ -865,7 +861,7 @@ mod tests {
         );
         m.retain(|(n, _)| !n.starts_with('d'));
         write_tar(&shard, &m);
-        let msg = open_one(&shard, false).unwrap_err().to_string();
+        let msg = open_as("wds", &shard, false).unwrap_err().to_string();
         assert!(
             msg.contains("e.png: bad label e.cls: expected a decimal class number, found \"cat\""),
             "{msg}"
@@ -873,11 +869,11 @@ mod tests {
         // an empty or a non-tar file
         std::fs::write(&shard, b"").unwrap();
         assert!(matches!(
-            open_one(&shard, false).unwrap_err(),
+            open_as("wds", &shard, false).unwrap_err(),
             DataError::Empty { .. }
         ));
         std::fs::write(&shard, vec![7u8; 2000]).unwrap();
-        assert!(open_one(&shard, false)
+        assert!(open_as("wds", &shard, false)
             .unwrap_err()
             .to_string()
             .contains("s.tar"));
@@ -901,11 +897,11 @@ mod tests {
             .unwrap();
         m[2].1 = full[..full.len() * 6 / 10].to_vec();
         write_tar(&shard, &m);
-        let ds = open_one(&shard, false).unwrap();
+        let ds = open_as("wds", &shard, false).unwrap();
         assert_eq!(ds.train.n, 3);
         let e = ds.train.image(1).unwrap_err();
         assert!(e.to_string().contains("s.tar: b.png"), "{e}");
-        let ds = open_one(&shard, true).unwrap();
+        let ds = open_as("wds", &shard, true).unwrap();
         let set = Arc::new(ds.train);
         let (used, _) = set.image_or_next(1).unwrap();
         assert_eq!(used, 2);
@@ -1019,7 +1015,7 @@ mod tests {
             let m: Vec<_> = (0..6).map(|k| (format!("{s}{k}.png"), png(k))).collect();
             write_tar(&dir.path().join(format!("{s}.tar")), &m);
         }
-        let ds = open_one(dir.path(), false).unwrap();
+        let ds = open_as("wds", dir.path(), false).unwrap();
         let order = ds.train.epoch_order(1, 0);
         let mut sorted = order.clone();
         sorted.sort();
@@ -1035,10 +1031,10 @@ mod tests {
     #[test]
     fn reads_shards_written_by_python_tarfile() {
         let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/wds_tar");
-        let ds = open_one(&seeds.join("labelled.tar"), false).unwrap();
+        let ds = open_as("wds", &seeds.join("labelled.tar"), false).unwrap();
         assert_eq!((ds.train.n, ds.train.channels), (2, 3));
         assert_eq!(ds.train.labels, Some(vec![1, 2]));
-        let ds = open_one(&seeds.join("unlabelled.tar"), false).unwrap();
+        let ds = open_as("wds", &seeds.join("unlabelled.tar"), false).unwrap();
         assert_eq!((ds.train.n, ds.train.labels.is_none()), (2, true));
     }
 

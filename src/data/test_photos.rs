@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{OpenOptions, Stream};
+use super::{DataError, Dataset, OpenOptions, Stream};
 
 pub const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/photos");
 
@@ -20,4 +20,9 @@ pub fn opts(skip_bad: bool) -> OpenOptions {
         limit: None,
         stream: Stream::Auto,
     }
+}
+
+/// `FORMAT:PATH` opened with [`opts`].
+pub fn open_as(format: &str, path: &Path, skip_bad: bool) -> Result<Dataset, DataError> {
+    super::open(&format!("{format}:{}", path.display()), &opts(skip_bad))
 }

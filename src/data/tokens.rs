@@ -468,32 +468,21 @@ mod tests {
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
     }
 
+    /// `src` tokenized byte-wise into `dir/t` (seed 1), `val` of the documents held out.
+    fn bytes_corpus(src: &TextSource, val: f64, dir: &Path) -> Result<TokenCorpus> {
+        tokenize_corpus(src, &Tokenizer::bytes(), 1, val, &dir.join("t"), false)
+    }
+
     #[test]
     fn empty_split_is_still_written() {
         let dir = tempfile::tempdir().unwrap();
         let src = corpus(dir.path(), 3);
-        let c = tokenize_corpus(
-            &src,
-            &Tokenizer::bytes(),
-            1,
-            0.0,
-            &dir.path().join("t"),
-            false,
-        )
-        .unwrap();
+        let c = bytes_corpus(&src, 0.0, dir.path()).unwrap();
         assert_eq!(c.docs_val, 0);
         assert_eq!(c.val.len(), 0);
         assert!(c.val.is_empty());
         assert_eq!(c.val.read(0, 0).unwrap(), Vec::<u32>::new());
-        let e = tokenize_corpus(
-            &src,
-            &Tokenizer::bytes(),
-            1,
-            1.5,
-            &dir.path().join("t"),
-            false,
-        )
-        .unwrap_err();
+        let e = bytes_corpus(&src, 1.5, dir.path()).unwrap_err();
         assert_eq!(e.exit_code(), 2);
     }
 
@@ -501,15 +490,7 @@ mod tests {
     fn corrupt_token_files_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let src = corpus(dir.path(), 20);
-        let c = tokenize_corpus(
-            &src,
-            &Tokenizer::bytes(),
-            1,
-            0.0,
-            &dir.path().join("t"),
-            false,
-        )
-        .unwrap();
+        let c = bytes_corpus(&src, 0.0, dir.path()).unwrap();
         let good = std::fs::read(c.train.path()).unwrap();
         let p = dir.path().join("bad.tokens");
         let check = |bytes: &[u8], wants: &[&str]| {

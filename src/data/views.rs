@@ -6,7 +6,7 @@
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::augment::{color_jitter, grayscale, hflip, random_resized_crop, Img};
+use super::augment::{color_jitter, grayscale, inception_crop, maybe_flip, Img};
 
 /// `[TASK.views]`: how views are made. A setting left out takes the default for the data
 /// ([`ViewConfig::resolve`]): colour images get SimCLR's colour distortions, grey images crops and
@@ -84,16 +84,8 @@ impl ViewConfig {
 impl Views {
     /// One random view of `img` (values in [0,1]), `size` × `size`.
     pub fn view(&self, img: &Img, size: usize, rng: &mut impl Rng) -> Img {
-        let mut out = random_resized_crop(
-            img,
-            size,
-            (self.crop_scale_min, 1.0),
-            (3.0 / 4.0, 4.0 / 3.0),
-            rng,
-        );
-        if self.flip && rng.gen_bool(0.5) {
-            out = hflip(&out);
-        }
+        let mut out = inception_crop(img, size, self.crop_scale_min, rng);
+        out = maybe_flip(out, self.flip, rng);
         if self.jitter > 0.0 && rng.gen::<f32>() < self.jitter_prob {
             let s = 0.8 * self.jitter;
             out = color_jitter(&out, s, s, s, rng);

@@ -10,7 +10,6 @@
 //! [`gan_step`] is that order written out once; a task supplies step 1.
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::softplus;
 
@@ -149,8 +148,7 @@ pub fn discriminator_phase(
     let acc_real = z[..b].iter().filter(|&&v| v > 0.0).count() as f32 / b as f32;
     let acc_fake = z[b..].iter().filter(|&&v| v <= 0.0).count() as f32 / b as f32;
     let loss_value = loss.clone().detach().into_scalar::<f32>();
-    let grads = GradientsParams::from_grads(cx.backward(loss), &disc);
-    let disc = cx.update("discriminator", lr, disc, grads);
+    let disc = cx.descend("discriminator", lr, disc, loss);
     (
         disc,
         DStats {
@@ -178,8 +176,7 @@ pub fn generator_phase<G: Module + 'static>(
     } else {
         (content.clone(), None)
     };
-    let grads = GradientsParams::from_grads(cx.backward(loss), &gen);
-    let gen = cx.update("generator", lr, gen, grads);
+    let gen = cx.descend("generator", lr, gen, loss);
     let adv = adv.map_or(0.0, |a| a.detach().into_scalar::<f32>());
     (gen, content.detach().into_scalar::<f32>(), adv)
 }
@@ -201,6 +198,47 @@ pub fn flat_params<M: Module>(module: &M) -> Vec<f32> {
     let mut c = Collect(Vec::new());
     module.visit(&mut c);
     c.0
+}
+
+/// Test support for the GAN tasks: one D phase on (`real`, `fake`), then one G phase on
+/// `content` and `fake`, each asserted to change its own network and only it. Returns the
+/// generator phase's adversarial loss.
+#[cfg(test)]
+pub(crate) fn assert_each_phase_updates_only_its_network<G: Module + 'static>(
+    gen: G,
+    disc: Discriminator,
+    optim: &mut super::Optimizers,
+    real: Tensor<4>,
+    fake: Tensor<4>,
+    content: Tensor<1>,
+) -> f32 {
+    let (g0, d0) = (flat_params(&gen), flat_params(&disc));
+    let (disc, _) = discriminator_phase(
+        disc,
+        &mut StepCtx::new(0, 1e-2, optim),
+        1e-2,
+        centre(real),
+        centre(fake.clone()),
+    );
+    let (g1, d1) = (flat_params(&gen), flat_params(&disc));
+    assert_eq!(g0, g1, "the discriminator phase changed the generator");
+    assert_ne!(
+        d0, d1,
+        "the discriminator phase left the discriminator unchanged"
+    );
+    let (gen, _, adv) = generator_phase(
+        gen,
+        &mut StepCtx::new(0, 1e-2, optim),
+        1e-2,
+        content,
+        centre(fake),
+        &disc,
+        0.5,
+    );
+    let (g2, d2) = (flat_params(&gen), flat_params(&disc));
+    assert_ne!(g1, g2, "the generator phase left the generator unchanged");
+    assert_eq!(d1, d2, "the generator phase changed the discriminator");
+    adv
 }
 
 #[cfg(test)]

@@ -238,6 +238,19 @@ impl<'a> StepCtx<'a> {
         Tensor::cat(blocks, 0)
     }
 
+    /// One descent step on `loss`: its gradients ([`Self::backward`]) applied to `module` by the
+    /// optimiser `name` at `lr` ([`Self::update`]).
+    pub fn descend<M: Module + 'static>(
+        &mut self,
+        name: &str,
+        lr: f64,
+        module: M,
+        loss: Tensor<1>,
+    ) -> M {
+        let grads = GradientsParams::from_grads(self.backward(loss), &module);
+        self.update(name, lr, module, grads)
+    }
+
     /// One update of `module` by the optimiser `name` at learning rate `lr`; with replicas, with
     /// the sum of every replica's gradients (each replica gets the same updated module).
     pub fn update<M: Module + 'static>(

@@ -90,6 +90,19 @@ pub fn standardize_image(data: &mut [f32]) {
 }
 
 impl InputSpec {
+    /// `c` channels of `s`×`s` pixels, every channel normalised by `mean` and `std` (for tests).
+    #[cfg(test)]
+    pub fn square(c: usize, s: usize, mean: f32, std: f32) -> Self {
+        Self {
+            channels: c,
+            height: s,
+            width: s,
+            mean: vec![mean; c],
+            std: vec![std; c],
+            per_image: false,
+        }
+    }
+
     /// Shape and statistics of `set` (computed over its first 10,000 images at most; for a
     /// streamed set these are decoded here, and a file that fails to decode is an error naming
     /// it, or replaced as the loader replaces it under `skip_bad`).

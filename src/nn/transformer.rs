@@ -559,6 +559,16 @@ mod tests {
         }
     }
 
+    /// The model's logits for one sequence, flattened.
+    fn logits(model: &Transformer, ids: &[i64]) -> Vec<f32> {
+        let device = Device::flex();
+        model
+            .forward(tokens(ids, &device))
+            .into_data()
+            .iter::<f32>()
+            .collect()
+    }
+
     #[test]
     fn causal_mask_blocks_the_future() {
         let device = Device::flex();
@@ -567,16 +577,7 @@ mod tests {
         let mut b = a;
         b[5] = 11; // change a later token
         b[7] = 0;
-        let la = model
-            .forward(tokens(&a, &device))
-            .into_data()
-            .iter::<f32>()
-            .collect::<Vec<_>>();
-        let lb = model
-            .forward(tokens(&b, &device))
-            .into_data()
-            .iter::<f32>()
-            .collect::<Vec<_>>();
+        let (la, lb) = (logits(&model, &a), logits(&model, &b));
         let v = 50;
         // Positions 0..5 see only tokens before the change: identical logits.
         for i in 0..5 * v {
@@ -593,16 +594,7 @@ mod tests {
         let model = crate::platform::device::seeded(&device, 1, || tiny(false).init(&device));
         let a = [3i64, 7, 1, 9];
         let b = [3i64, 7, 1, 5];
-        let la = model
-            .forward(tokens(&a, &device))
-            .into_data()
-            .iter::<f32>()
-            .collect::<Vec<_>>();
-        let lb = model
-            .forward(tokens(&b, &device))
-            .into_data()
-            .iter::<f32>()
-            .collect::<Vec<_>>();
+        let (la, lb) = (logits(&model, &a), logits(&model, &b));
         let diff: f32 = (0..50).map(|i| (la[i] - lb[i]).abs()).sum();
         assert!(diff > 1e-4, "position 0 did not see position 3: {diff}");
     }

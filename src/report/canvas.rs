@@ -65,6 +65,22 @@ impl Canvas {
         .map_err(|e| Error::Usage(format!("encoding {}: {e}", path.display())))?;
         crate::platform::fsio::write_atomic(path, &bytes)
     }
+
+    /// The PNG at `path`, and beside it (`.json`) what the picture shows and the answer of
+    /// each row, for a reader who wants the numbers behind it.
+    pub fn save_png_with_note(
+        &self,
+        path: &Path,
+        picture: &str,
+        rows: Vec<serde_json::Value>,
+    ) -> Result<()> {
+        self.save_png(path)?;
+        let note = serde_json::json!({ "picture": picture, "rows": rows });
+        crate::platform::fsio::write_atomic(
+            &path.with_extension("json"),
+            &serde_json::to_vec_pretty(&note).expect("json"),
+        )
+    }
 }
 
 /// One image of a batch (CHW floats, normalised however the task did it) stretched to [0,1] for

@@ -24,13 +24,13 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
-use rand::Rng;
+
 use serde::{Deserialize, Serialize};
 
 use super::{bind, build_generator, Build, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
 use crate::config::{count_in, in_range, parse_section, positive};
-use crate::data::augment::{hflip, lab_to_rgb, rgb_to_lab, Img};
+use crate::data::augment::{lab_to_rgb, maybe_flip, rgb_to_lab, Img};
 use crate::data::loader::MakeBatch;
 use crate::data::rngs::BatchRngs;
 use crate::engine::step::images_tensor;
@@ -323,11 +323,7 @@ pub fn make_batch(
     let mut keep = Vec::with_capacity(images.len());
     for (i, img) in images.iter().enumerate() {
         let rng = &mut rngs.item(i);
-        let img = if config.flip && rng.gen_bool(0.5) {
-            hflip(img)
-        } else {
-            img.clone()
-        };
+        let img = maybe_flip(img.clone(), config.flip, rng);
         let lab = rgb_to_lab(&img);
         l.extend(
             lab.data[..plane]
@@ -699,14 +695,7 @@ mod tests {
             &crate::tasks::names(),
         )
         .unwrap();
-        let input = InputSpec {
-            channels: 1,
-            height: 28,
-            width: 28,
-            mean: vec![0.3],
-            std: vec![0.3],
-            per_image: false,
-        };
+        let input = InputSpec::square(1, 28, 0.3, 0.3);
         let err = build(&TaskContext {
             config: &cfg,
             input: &input,

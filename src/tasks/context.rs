@@ -32,7 +32,6 @@ use crate::error::{Error, Result};
 use crate::nn::heads::MlpHead;
 use crate::nn::input::InputSpec;
 use crate::nn::Backbone;
-use crate::platform::fsio::write_atomic;
 use crate::report::canvas::{for_display, Canvas};
 use crate::report::grid::zoom_for;
 
@@ -368,14 +367,10 @@ pub fn write_pairs(batch: &ClassBatch, pairs: usize, path: &Path) -> Result<()> 
             serde_json::json!({ "row": row, "label": class, "position": POSITION_NAMES[class] }),
         );
     }
-    canvas.save_png(path)?;
-    let note = serde_json::json!({
-        "picture": "each row: centre | neighbour as the network sees them, then both placed on the 3×3 grid by the answer",
-        "rows": answers,
-    });
-    write_atomic(
-        &path.with_extension("json"),
-        &serde_json::to_vec_pretty(&note).expect("json"),
+    canvas.save_png_with_note(
+        path,
+        "each row: centre | neighbour as the network sees them, then both placed on the 3×3 grid by the answer",
+        answers,
     )
 }
 

@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::{log_sigmoid, log_softmax};
 use rand::seq::index::sample;
@@ -117,32 +116,19 @@ impl TextTask for Electra {
     /// Inputs: the window with the chosen positions as `<mask>`; targets: the window; weights: 1
     /// at the chosen positions; draws: a uniform number at each (what picks the sample).
     fn make_batch(&self, windows: &[Vec<u32>], rngs: &BatchRngs) -> TextBatch {
-        let b = windows.len();
         let t = windows.first().map_or(0, |w| w.len());
-        let mut batch = TextBatch {
-            b,
-            t,
-            inputs: Vec::with_capacity(b * t),
-            targets: Vec::with_capacity(b * t),
-            weights: vec![0.0; b * t],
-            draws: vec![0.0; b * t],
-        };
         let k = ((self.cfg.mask_prob * t as f64).round() as usize).clamp(1, t.max(1));
-        for (row, w) in windows.iter().enumerate() {
-            assert_eq!(w.len(), t, "windows of one batch have one length");
-            let mut rng = rngs.item(row);
-            let mut chosen: Vec<usize> = sample(&mut rng, t, k.min(t)).into_vec();
+        TextBatch::damaged(windows, rngs, true, |damaged, rng| {
+            let mut chosen: Vec<usize> = sample(rng, t, k.min(t)).into_vec();
             chosen.sort_unstable();
-            let mut damaged = w.clone();
-            for i in chosen {
-                damaged[i] = self.specials.mask;
-                batch.weights[row * t + i] = 1.0;
-                batch.draws[row * t + i] = rng.gen::<f32>();
-            }
-            batch.inputs.extend(damaged.iter().map(|&x| x as i64));
-            batch.targets.extend(w.iter().map(|&x| x as i64));
-        }
-        batch
+            chosen
+                .into_iter()
+                .map(|i| {
+                    damaged[i] = self.specials.mask;
+                    (i, rng.gen::<f32>())
+                })
+                .collect()
+        })
     }
 
     fn trainer(&self, setup: &TextSetup) -> Option<Result<Box<dyn TextTrainer>>> {
@@ -355,8 +341,8 @@ impl Task for ElectraTask {
             let value = losses.total.clone().detach().into_scalar::<f32>();
             let gen = losses.generator.detach().into_scalar::<f32>();
             let disc = losses.discriminator.detach().into_scalar::<f32>();
-            let grads = GradientsParams::from_grads(cx.backward(losses.total), &model);
-            let model = cx.update("model", cx.lr, model, grads);
+            let lr = cx.lr;
+            let model = cx.descend("model", lr, model, losses.total);
             let stats = StepStats::new(
                 value,
                 vec![

@@ -22,9 +22,7 @@ use super::shared::permutations::{PermutationSet, MAX_SIZE};
 use super::{backbone, bind, Build, ClassBatch, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
 use crate::config::{at_least_one, count_in, crop_scale, in_range, parse_section};
-use crate::data::augment::{
-    color_jitter, crop, grayscale, random_resized_crop, resize_bilinear, Img,
-};
+use crate::data::augment::{color_jitter, crop, grayscale, inception_crop, resize_bilinear, Img};
 use crate::data::loader::MakeBatch;
 use crate::data::rngs::BatchRngs;
 use crate::engine::{StepCtx, StepStats, Task};
@@ -225,13 +223,7 @@ pub fn make_batch(
     for (i, img) in images.iter().enumerate() {
         let rng = &mut rngs.item(i);
         let mut region = if config.crop_scale_min < 1.0 {
-            random_resized_crop(
-                img,
-                g.crop,
-                (config.crop_scale_min, 1.0),
-                (3.0 / 4.0, 4.0 / 3.0),
-                rng,
-            )
+            inception_crop(img, g.crop, config.crop_scale_min, rng)
         } else {
             let y = rng.gen_range(0..=img.h - g.crop);
             let x = rng.gen_range(0..=img.w - g.crop);
@@ -384,14 +376,10 @@ pub fn write_puzzles(batch: &ClassBatch, perms: &PermutationSet, path: &Path) ->
         }
         answers.push(serde_json::json!({ "row": row, "label": label, "permutation": perm }));
     }
-    canvas.save_png(path)?;
-    let note = serde_json::json!({
-        "picture": "each row: the 9 tiles in the order the network sees them | the same tiles put back by the answer",
-        "rows": answers,
-    });
-    write_atomic(
-        &path.with_extension("json"),
-        &serde_json::to_vec_pretty(&note).expect("json"),
+    canvas.save_png_with_note(
+        path,
+        "each row: the 9 tiles in the order the network sees them | the same tiles put back by the answer",
+        answers,
     )
 }
 
@@ -402,14 +390,7 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     fn spec(c: usize, s: usize) -> InputSpec {
-        InputSpec {
-            channels: c,
-            height: s,
-            width: s,
-            mean: vec![0.0; c],
-            std: vec![1.0; c],
-            per_image: false,
-        }
+        InputSpec::square(c, s, 0.0, 1.0)
     }
 
     fn noise_img(c: usize, s: usize, seed: u64) -> Img {

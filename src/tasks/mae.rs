@@ -15,16 +15,14 @@ use std::sync::Arc;
 
 use burn::module::Param;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use rand::seq::SliceRandom;
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{backbone, bind, Build, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
 use crate::config::{at_least_one, crop_scale, fraction_open, parse_section};
-use crate::data::augment::{hflip, random_resized_crop, Img};
+use crate::data::augment::{inception_crop, maybe_flip, Img};
 use crate::data::loader::MakeBatch;
 use crate::data::rngs::BatchRngs;
 use crate::engine::step::images_tensor;
@@ -294,19 +292,11 @@ pub fn make_batch(
     for (r, img) in images.iter().enumerate() {
         let rng = &mut rngs.item(r);
         let mut img = if augment && config.crop_scale_min < 1.0 {
-            random_resized_crop(
-                img,
-                h,
-                (config.crop_scale_min, 1.0),
-                (3.0 / 4.0, 4.0 / 3.0),
-                rng,
-            )
+            inception_crop(img, h, config.crop_scale_min, rng)
         } else {
             img.clone()
         };
-        if augment && config.flip && rng.gen_bool(0.5) {
-            img = hflip(&img);
-        }
+        img = maybe_flip(img, augment && config.flip, rng);
         input.normalize(&mut img);
         out.extend_from_slice(&img.data);
         order.shuffle(rng);
@@ -419,8 +409,8 @@ impl Task for Mae {
     ) -> (MaeModel, StepStats) {
         let loss = self.loss(&model, &batch, &self.device);
         let stats = StepStats::new(loss.clone().detach().into_scalar::<f32>(), Vec::new());
-        let grads = GradientsParams::from_grads(cx.backward(loss), &model);
-        (cx.update("model", cx.lr, model, grads), stats)
+        let lr = cx.lr;
+        (cx.descend("model", lr, model, loss), stats)
     }
 
     fn items(batch: &MaeBatch) -> u64 {
@@ -533,14 +523,7 @@ mod tests {
     use crate::nn::BackboneKind;
 
     fn spec(c: usize, s: usize) -> InputSpec {
-        InputSpec {
-            channels: c,
-            height: s,
-            width: s,
-            mean: vec![0.5; c],
-            std: vec![0.25; c],
-            per_image: false,
-        }
+        InputSpec::square(c, s, 0.5, 0.25)
     }
 
     fn images(n: usize, c: usize, s: usize) -> Vec<Img> {

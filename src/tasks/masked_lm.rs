@@ -120,26 +120,10 @@ impl TextTask for MaskedLm {
     }
 
     fn make_batch(&self, windows: &[Vec<u32>], rngs: &BatchRngs) -> TextBatch {
-        let b = windows.len();
-        let t = windows.first().map_or(0, |w| w.len());
-        let mut batch = TextBatch {
-            b,
-            t,
-            inputs: Vec::with_capacity(b * t),
-            targets: Vec::with_capacity(b * t),
-            weights: vec![0.0; b * t],
-            draws: Vec::new(),
-        };
-        for (row, w) in windows.iter().enumerate() {
-            assert_eq!(w.len(), t, "windows of one batch have one length");
-            let mut damaged = w.clone();
-            for (i, _) in self.damage(&mut damaged, &mut rngs.item(row)) {
-                batch.weights[row * t + i] = 1.0;
-            }
-            batch.inputs.extend(damaged.iter().map(|&x| x as i64));
-            batch.targets.extend(w.iter().map(|&x| x as i64));
-        }
-        batch
+        TextBatch::damaged(windows, rngs, false, |damaged, rng| {
+            let changed = self.damage(damaged, rng);
+            changed.into_iter().map(|(i, _)| (i, 0.0)).collect()
+        })
     }
 }
 

@@ -7,13 +7,13 @@
 use std::sync::Arc;
 
 use burn::prelude::*;
-use rand::Rng;
+
 use serde::{Deserialize, Serialize};
 
 use super::{backbone, bind, Build, ClassBatch, ImageTask, ImageTrainer};
 use super::{TaskContext, TaskEntry};
 use crate::config::{crop_scale, parse_section};
-use crate::data::augment::{hflip, random_resized_crop, rot90, Img};
+use crate::data::augment::{inception_crop, maybe_flip, rot90, Img};
 use crate::data::loader::MakeBatch;
 use crate::data::rngs::BatchRngs;
 use crate::engine::{StepCtx, StepStats, Task};
@@ -101,19 +101,11 @@ pub fn make_batch(
     for (i, img) in images.iter().enumerate() {
         let rng = &mut rngs.item(i);
         let mut img = if config.crop_scale_min < 1.0 {
-            random_resized_crop(
-                img,
-                h,
-                (config.crop_scale_min, 1.0),
-                (3.0 / 4.0, 4.0 / 3.0),
-                rng,
-            )
+            inception_crop(img, h, config.crop_scale_min, rng)
         } else {
             img.clone()
         };
-        if config.flip && rng.gen_bool(0.5) {
-            img = hflip(&img);
-        }
+        img = maybe_flip(img, config.flip, rng);
         input.normalize(&mut img);
         for k in 0..4 {
             out.extend_from_slice(&rot90(&img, k).data);
@@ -163,14 +155,7 @@ mod tests {
     use super::*;
 
     fn spec(c: usize, s: usize) -> InputSpec {
-        InputSpec {
-            channels: c,
-            height: s,
-            width: s,
-            mean: vec![0.0; c],
-            std: vec![1.0; c],
-            per_image: false,
-        }
+        InputSpec::square(c, s, 0.0, 1.0)
     }
 
     fn ramp(c: usize, s: usize) -> Img {

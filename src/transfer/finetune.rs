@@ -11,7 +11,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use rand::Rng;
 
-use crate::data::augment::{hflip, random_resized_crop, Img};
+use crate::data::augment::{inception_crop, maybe_flip, Img};
 use crate::data::loader::{Batch, Loader, LoaderConfig};
 use crate::data::mix::{mix_batch, Mix, MixSettings};
 use crate::data::rngs::BatchRngs;
@@ -69,19 +69,11 @@ impl WeakView {
     /// One view of `img` (values in [0, 1]), the same size.
     pub fn view(&self, img: &Img, rng: &mut impl Rng) -> Img {
         let mut out = if self.crop_scale_min < 1.0 && img.h == img.w {
-            random_resized_crop(
-                img,
-                img.h,
-                (self.crop_scale_min, 1.0),
-                (3.0 / 4.0, 4.0 / 3.0),
-                rng,
-            )
+            inception_crop(img, img.h, self.crop_scale_min, rng)
         } else {
             img.clone()
         };
-        if self.flip && rng.gen_bool(0.5) {
-            out = hflip(&out);
-        }
+        out = maybe_flip(out, self.flip, rng);
         out
     }
 }

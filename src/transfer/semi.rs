@@ -29,7 +29,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
 use rand::Rng;
@@ -126,6 +125,38 @@ impl SemiSettings {
     }
 }
 
+impl SemiSettings {
+    /// The training loop's settings for the stage (images or documents): a cosine schedule
+    /// from `lr` to 0 after `warmup_steps`, one checkpoint kept, no time budget, no held-out
+    /// measurement (`eval_every` 0).
+    pub fn loop_settings(
+        &self,
+        warmup_steps: u64,
+        log_every: u64,
+        checkpoint_every: u64,
+        unit: &'static str,
+        quiet: bool,
+    ) -> LoopSettings {
+        LoopSettings {
+            task: "semi".into(),
+            steps: self.steps,
+            lr: self.lr,
+            warmup_steps,
+            min_lr_ratio: 0.0,
+            log_every,
+            checkpoint_every: checkpoint_every.max(1),
+            keep_checkpoints: 1,
+            eval_every: 0,
+            seed: self.seed,
+            rank_check_every: 0,
+            max_minutes: 0.0,
+            unit,
+            resume_hint: "",
+            quiet,
+        }
+    }
+}
+
 /// [`WeakView`] as it is recorded in the stage's settings.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct WeakSettings {
@@ -188,6 +219,21 @@ impl SharedStatus {
     /// The status (a replica that panicked holding it leaves it as it was).
     pub fn lock(&self) -> MutexGuard<'_, Status> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`pseudo_labels`] of one step's weak views from their class probabilities
+    /// ([n_u, classes]), under the lock.
+    pub fn pseudo_labels(
+        &self,
+        probs: Tensor<2>,
+        positions: &[u32],
+        truth: &[u32],
+        step: u64,
+        s: &SemiSettings,
+    ) -> Pseudo {
+        let classes = probs.dims()[1];
+        let probs: Vec<f32> = probs.into_data().iter::<f32>().collect();
+        pseudo_labels(&probs, classes, positions, truth, &mut self.lock(), step, s)
     }
 
     /// Into a checkpoint directory (the engine's `save_state`).
@@ -501,15 +547,50 @@ pub fn pseudo_labels(
 /// images (cross-entropy), the rest strong views of unlabelled ones (FixMatch's masked
 /// cross-entropy against `pseudo`, and distillation from the teacher's `teacher` logits when
 /// given); with the numbers a step reports.
+/// What one step's logits are scored against: the labelled rows' labels (the first rows), the
+/// unlabelled rows' pseudo-labels (None: no consistency loss) and the teacher's logits.
+#[derive(Clone, Copy)]
+pub struct Targets<'a> {
+    pub labels: &'a [u32],
+    pub pseudo: Option<&'a Pseudo>,
+    pub teacher: &'a [f32],
+    pub classes: usize,
+}
+
+/// What the student learns once its logits are known, for images and text alike: the stage's
+/// loss ([`semi_loss`]), one descent step, and on the first replica `average` (the moving
+/// average's update, given the decay) when `s.ema > 0`.
+pub fn learn<M: Module + 'static>(
+    model: M,
+    logits: Tensor<2>,
+    targets: Targets,
+    s: &SemiSettings,
+    cx: &mut StepCtx,
+    device: &Device,
+    average: impl FnOnce(M, f64) -> M,
+) -> (M, StepStats) {
+    let (loss, metrics) = semi_loss(logits, targets, s, device);
+    let value = loss.clone().detach().into_scalar::<f32>();
+    let lr = cx.lr;
+    let mut model = cx.descend("model", lr, model, loss);
+    if s.ema > 0.0 && cx.replica == 0 {
+        model = average(model, s.ema);
+    }
+    (model, StepStats::new(value, metrics))
+}
+
 pub fn semi_loss(
     logits: Tensor<2>,
-    labels: &[u32],
-    pseudo: Option<&Pseudo>,
-    teacher: &[f32],
-    classes: usize,
+    targets: Targets,
     s: &SemiSettings,
     device: &Device,
 ) -> (Tensor<1>, Vec<(&'static str, f32)>) {
+    let Targets {
+        labels,
+        pseudo,
+        teacher,
+        classes,
+    } = targets;
     let n_l = labels.len();
     let n_u = logits.dims()[0] - n_l;
     let logits_l = logits.clone().slice(0..n_l);
@@ -587,17 +668,10 @@ impl Task for Semi {
                 let weak = images_tensor(b.weak, [n_u, c, h, w], &inner);
                 softmax(labeller.valid().forward(weak), 1)
             };
-            let probs: Vec<f32> = probs.into_data().iter::<f32>().collect();
-            let mut status = self.status.lock();
-            Some(pseudo_labels(
-                &probs,
-                k,
-                &b.positions,
-                &b.truth,
-                &mut status,
-                cx.step,
-                &self.s,
-            ))
+            Some(
+                self.status
+                    .pseudo_labels(probs, &b.positions, &b.truth, cx.step, &self.s),
+            )
         } else {
             None
         };
@@ -610,22 +684,24 @@ impl Task for Semi {
         }
         let logits = model.student.forward(x);
         model.student.backbone.set_bn_momentum(BN_MOMENTUM);
-        let (loss, metrics) = semi_loss(
+        let targets = Targets {
+            labels: &b.labelled.labels,
+            pseudo: pseudo.as_ref(),
+            teacher: &b.teacher,
+            classes: k,
+        };
+        learn(
+            model,
             logits,
-            &b.labelled.labels,
-            pseudo.as_ref(),
-            &b.teacher,
-            k,
+            targets,
             &self.s,
+            cx,
             &self.device,
-        );
-        let value = loss.clone().detach().into_scalar::<f32>();
-        let grads = GradientsParams::from_grads(cx.backward(loss), &model);
-        let mut model = cx.update("model", cx.lr, model, grads);
-        if self.s.ema > 0.0 && cx.replica == 0 {
-            model.ema = crate::nn::ema::ema_update(model.ema, &model.student, self.s.ema);
-        }
-        (model, StepStats::new(value, metrics))
+            |mut m, decay| {
+                m.ema = crate::nn::ema::ema_update(m.ema, &m.student, decay);
+                m
+            },
+        )
     }
 
     fn items(b: &SemiBatch) -> u64 {
@@ -839,25 +915,12 @@ pub fn train_student(
         }
     };
     let settings = LoopSettings {
-        task: "semi".into(),
-        steps: s.steps,
-        lr: s.lr,
-        warmup_steps: s.steps / 20,
-        min_lr_ratio: 0.0,
-        log_every: 50,
-        checkpoint_every: run.checkpoint_every.max(1),
-        keep_checkpoints: 1,
         eval_every: if data.monitor.is_some() {
             run.eval_every
         } else {
             0
         },
-        seed: s.seed,
-        rank_check_every: 0,
-        max_minutes: 0.0,
-        unit: "images",
-        resume_hint: "",
-        quiet,
+        ..s.loop_settings(s.steps / 20, 50, run.checkpoint_every, "images", quiet)
     };
     if start < s.steps {
         run_loop::run(&mut bound, &mut next, &settings, dir, start, s.steps)?;

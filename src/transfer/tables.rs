@@ -78,6 +78,37 @@ pub struct SemiTable {
     pub checkpoint_every: u64,
 }
 
+impl SemiTable {
+    /// A stage of `steps` steps of `batch_size` labelled and `ratio` × as many unlabelled
+    /// examples, with the losses' defaults images and text share (chosen on the images'
+    /// validation split, docs/semi.md): FixMatch's τ = 0.95 with FlexMatch's per-class
+    /// thresholds, consistency weight 1, no distillation, no moving average, alignment on.
+    pub fn with_shared_losses(
+        steps: u64,
+        batch_size: usize,
+        ratio: usize,
+        lr: f64,
+        weight_decay: f64,
+        checkpoint_every: u64,
+    ) -> Self {
+        Self {
+            steps,
+            batch_size,
+            ratio,
+            lr,
+            weight_decay,
+            threshold: 0.95,
+            adaptive: true,
+            consistency: 1.0,
+            distill: 0.0,
+            temperature: 1.0,
+            ema: 0.0,
+            align: true,
+            checkpoint_every,
+        }
+    }
+}
+
 impl ProbeTable {
     pub fn validate(&self) -> Result<()> {
         positive("probe_steps", self.steps as f64)?;

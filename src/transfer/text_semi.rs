@@ -11,18 +11,18 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::AdamWConfig;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use rand::Rng;
 
-use super::semi::{self, pseudo_labels, semi_loss, SemiSettings, SharedStatus};
+use super::semi::{self, SemiSettings, SharedStatus};
 use super::text_transfer::{Example, TextClassifier};
 use crate::data::loader::batch_indices;
 use crate::data::rngs::BatchRngs;
 use crate::engine::checkpoint::latest_checkpoint;
 use crate::engine::replicas::{resolve, split_batch};
-use crate::engine::run_loop::{self, LoopSettings};
+use crate::engine::run_loop;
 use crate::engine::{AnyBatch, Bound, StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
 use crate::nn::transformer::Transformer;
@@ -150,23 +150,12 @@ impl TextSemi {
             } else {
                 model.student.valid()
             };
-            let probs: Vec<f32> = softmax(
-                labeller.logits(&refs(&b.weak), self.pad, self.cls, &inner),
-                1,
+            let logits = labeller.logits(&refs(&b.weak), self.pad, self.cls, &inner);
+            let probs = softmax(logits, 1);
+            Some(
+                self.status
+                    .pseudo_labels(probs, &b.positions, &b.truth, cx.step, &self.s),
             )
-            .into_data()
-            .iter::<f32>()
-            .collect();
-            let mut status = self.status.lock();
-            Some(pseudo_labels(
-                &probs,
-                k,
-                &b.positions,
-                &b.truth,
-                &mut status,
-                cx.step,
-                &self.s,
-            ))
         } else {
             None
         };
@@ -175,22 +164,17 @@ impl TextSemi {
         let logits = model
             .student
             .logits(&docs, self.pad, self.cls, &self.device);
-        let (loss, metrics) = semi_loss(
-            logits,
-            &b.labels,
-            pseudo.as_ref(),
-            &b.teacher,
-            k,
-            &self.s,
-            &self.device,
-        );
-        let value = loss.clone().detach().into_scalar::<f32>();
-        let grads = GradientsParams::from_grads(cx.backward(loss), &model);
-        let mut model = cx.update("model", cx.lr, model, grads);
-        if self.s.ema > 0.0 && cx.replica == 0 {
-            model.ema = crate::nn::ema::ema_update(model.ema, &model.student, self.s.ema);
-        }
-        (model, StepStats::new(value, metrics))
+        let average = |mut m: TextSemiModel, decay| {
+            m.ema = crate::nn::ema::ema_update(m.ema, &m.student, decay);
+            m
+        };
+        let targets = semi::Targets {
+            labels: &b.labels,
+            pseudo: pseudo.as_ref(),
+            teacher: &b.teacher,
+            classes: k,
+        };
+        semi::learn(model, logits, targets, &self.s, cx, &self.device, average)
     }
 }
 
@@ -299,23 +283,13 @@ pub fn train_student(
             }
         }))
     };
-    let settings = LoopSettings {
-        task: "semi".into(),
-        steps: s.steps,
-        lr: s.lr,
-        warmup_steps: s.steps / 10,
-        min_lr_ratio: 0.0,
-        log_every: 25,
-        checkpoint_every: run.checkpoint_every.max(1),
-        keep_checkpoints: 1,
-        eval_every: 0,
-        seed: s.seed,
-        rank_check_every: 0,
-        max_minutes: 0.0,
-        unit: "documents",
-        resume_hint: "",
-        quiet: run.quiet,
-    };
+    let settings = s.loop_settings(
+        s.steps / 10,
+        25,
+        run.checkpoint_every,
+        "documents",
+        run.quiet,
+    );
     if start < s.steps {
         run_loop::run(&mut bound, &mut next, &settings, run.dir, start, s.steps)?;
     }

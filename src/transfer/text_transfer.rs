@@ -66,13 +66,13 @@ pub struct TextTransferConfig {
     pub like: String,
     /// For random/scratch without `like`: the model preset, with the byte-level tokenizer.
     pub model: String,
-    /// `probe_*`, `knn_*` and `finetune_*`: the tables images have, with defaults for text.
+    /// `finetune_*`, `probe_*` and `knn_*`: the tables images have, with defaults for text.
+    #[serde(flatten, with = "tables::finetune_keys")]
+    pub finetune: FinetuneTable,
     #[serde(flatten, with = "tables::probe_keys")]
     pub probe: ProbeTable,
     #[serde(flatten, with = "tables::knn_keys")]
     pub knn: KnnTable,
-    #[serde(flatten, with = "tables::finetune_keys")]
-    pub finetune: FinetuneTable,
     /// Evaluate on at most this many held-out documents (a seeded sample, so every class
     /// keeps its share); 0 = all.
     pub test_limit: usize,
@@ -107,6 +107,12 @@ impl Default for TextTransferConfig {
             max_tokens: 0,
             like: String::new(),
             model: "tiny".into(),
+            finetune: FinetuneTable {
+                steps: 300,
+                batch_size: 16,
+                lr: 3e-4,
+                weight_decay: 0.01,
+            },
             probe: ProbeTable {
                 steps: 300,
                 batch_size: 64,
@@ -117,30 +123,10 @@ impl Default for TextTransferConfig {
                 k: 20,
                 temperature: 0.1,
             },
-            finetune: FinetuneTable {
-                steps: 300,
-                batch_size: 16,
-                lr: 3e-4,
-                weight_decay: 0.01,
-            },
             test_limit: 0,
             stage: 0,
             feature_cache: true,
-            semi: SemiTable {
-                steps: 200,
-                batch_size: 8,
-                ratio: 3,
-                lr: 3e-4,
-                weight_decay: 0.01,
-                threshold: 0.95,
-                adaptive: true,
-                consistency: 1.0,
-                distill: 0.0,
-                temperature: 1.0,
-                ema: 0.0,
-                align: true,
-                checkpoint_every: 100,
-            },
+            semi: SemiTable::with_shared_losses(200, 8, 3, 3e-4, 0.01, 100),
             semi_noise: 0.2,
         }
     }

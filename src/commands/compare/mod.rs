@@ -674,14 +674,7 @@ mod tests {
             width: 8,
             ..Default::default()
         };
-        let square = InputSpec {
-            channels: 1,
-            height: 28,
-            width: 28,
-            mean: vec![0.5],
-            std: vec![0.25],
-            per_image: false,
-        };
+        let square = InputSpec::square(1, 28, 0.5, 0.25);
         let wide = InputSpec {
             width: 40,
             ..square.clone()

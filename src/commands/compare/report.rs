@@ -60,15 +60,51 @@ pub fn build(out: &Path) -> Result<(PathBuf, PathBuf)> {
     }
     let html = out.join("report.html");
     let md = out.join("report.md");
-    write_atomic(
-        &html,
-        html_report(out, &settings, &skipped, &log, &results, &runs, &plots).as_bytes(),
-    )?;
-    write_atomic(
-        &md,
-        markdown_report(&settings, &skipped, &log, &results, &runs, &plots).as_bytes(),
-    )?;
+    let report = Contents {
+        settings,
+        skipped,
+        log,
+        results,
+        runs,
+        plots,
+    };
+    write_atomic(&html, html_report(out, &report).as_bytes())?;
+    write_atomic(&md, markdown_report(&report).as_bytes())?;
     Ok((html, md))
+}
+
+/// What both reports show.
+struct Contents {
+    settings: Settings,
+    skipped: Vec<(String, String)>,
+    log: Vec<Invocation>,
+    results: Results,
+    runs: Vec<Pretraining>,
+    plots: Vec<Plot>,
+}
+
+impl Contents {
+    #[allow(clippy::type_complexity)]
+    fn parts(
+        &self,
+    ) -> (
+        &Settings,
+        &[(String, String)],
+        &[Invocation],
+        &Results,
+        &[Pretraining],
+        &[Plot],
+    ) {
+        let c = self;
+        (
+            &c.settings,
+            &c.skipped,
+            &c.log,
+            &c.results,
+            &c.runs,
+            &c.plots,
+        )
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
@@ -311,15 +347,8 @@ fn total_wall(log: &[Invocation]) -> f64 {
     log.iter().map(|i| i.wall_s).sum()
 }
 
-fn html_report(
-    out: &Path,
-    s: &Settings,
-    skipped: &[(String, String)],
-    log: &[Invocation],
-    res: &Results,
-    runs: &[Pretraining],
-    plots: &[Plot],
-) -> String {
+fn html_report(out: &Path, report: &Contents) -> String {
+    let (s, skipped, log, res, runs, plots) = report.parts();
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     let mut h = String::new();
     h.push_str(&format!(
@@ -463,14 +492,8 @@ fn reproduce_lines(
     v
 }
 
-fn markdown_report(
-    s: &Settings,
-    skipped: &[(String, String)],
-    log: &[Invocation],
-    res: &Results,
-    runs: &[Pretraining],
-    plots: &[Plot],
-) -> String {
+fn markdown_report(report: &Contents) -> String {
+    let (s, skipped, log, res, runs, plots) = report.parts();
     let mut m = format!("# Which pretext task helps most: {}\n\n", s.data);
     for (k, v) in settings_lines(s, res) {
         m.push_str(&format!("- {k}: {v}\n"));

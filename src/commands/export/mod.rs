@@ -121,6 +121,14 @@ pub struct ExportMeta {
     pub architecture: Architecture,
     pub preprocessing: Preprocessing,
     pub output: String,
+    #[serde(flatten)]
+    pub provenance: Provenance,
+}
+
+/// Where an export comes from and how it was written: the same keys in an image and a text
+/// export's `config.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Provenance {
     pub task: String,
     pub data: String,
     /// Training steps done (summary.json, or the latest checkpoint's state).
@@ -132,6 +140,33 @@ pub struct ExportMeta {
     pub weights: Option<String>,
     /// onnx: the opset of the default domain.
     pub opset: Option<i64>,
+}
+
+impl Provenance {
+    /// The ONNX metadata entries a model viewer shows: task, data and steps.
+    fn onnx_props(&self) -> [(String, String); 3] {
+        [
+            ("task".into(), self.task.clone()),
+            ("data".into(), self.data.clone()),
+            (
+                "steps".into(),
+                self.steps.map_or(String::new(), |s| s.to_string()),
+            ),
+        ]
+    }
+
+    fn new(task: &str, data: &str, run: &Path, format: Format) -> Self {
+        let onnx = matches!(format, Format::Onnx);
+        Self {
+            task: task.to_string(),
+            data: data.to_string(),
+            steps: steps_done(run),
+            run: run.to_path_buf(),
+            format: if onnx { "onnx" } else { "torch" }.into(),
+            weights: (!onnx).then(|| torch::WEIGHTS.into()),
+            opset: onnx.then_some(onnx::OPSET),
+        }
+    }
 }
 
 /// Steps the run trained: `summary.json`'s, else the latest checkpoint's.
@@ -155,13 +190,8 @@ pub struct TextExportMeta {
     /// The model's inputs.
     pub input: String,
     pub output: String,
-    pub task: String,
-    pub data: String,
-    pub steps: Option<u64>,
-    pub run: PathBuf,
-    pub format: String,
-    pub weights: Option<String>,
-    pub opset: Option<i64>,
+    #[serde(flatten)]
+    pub provenance: Provenance,
 }
 
 #[derive(Clone, Debug)]
@@ -229,7 +259,7 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
     let n_params: usize = params.values().map(|p| p.data.len()).sum();
     let input: &InputSpec = &info.input;
     let vit = kind.vit();
-    let mut meta = ExportMeta {
+    let meta = ExportMeta {
         producer: concat!("pretext ", env!("CARGO_PKG_VERSION")).into(),
         architecture: Architecture {
             name: kind.name().into(),
@@ -268,18 +298,10 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
                 encoder.dim()
             )
         },
-        task: info.task.clone(),
-        data: info.data.clone(),
-        steps: steps_done(&req.from),
-        run: req.from.clone(),
-        format: String::new(),
-        weights: None,
-        opset: None,
+        provenance: Provenance::new(&info.task, &info.data, &req.from, req.format),
     };
     let bytes = match req.format {
         Format::Onnx => {
-            meta.format = "onnx".into();
-            meta.opset = Some(onnx::OPSET);
             let json = serde_json::to_string(&meta).expect("json");
             let p = &meta.preprocessing;
             let join = |v: &[f32]| {
@@ -288,15 +310,12 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
                     .collect::<Vec<_>>()
                     .join(",")
             };
-            let props = vec![
+            let mut props = vec![
                 ("pretext".to_string(), json),
                 ("architecture".into(), kind.name().into()),
-                ("task".into(), info.task.clone()),
-                ("data".into(), info.data.clone()),
-                (
-                    "steps".into(),
-                    meta.steps.map_or(String::new(), |s| s.to_string()),
-                ),
+            ];
+            props.extend(meta.provenance.onnx_props());
+            props.extend([
                 ("input".into(), "pixel / 255, [batch, C, H, W]".into()),
                 (
                     "input_transform".into(),
@@ -312,14 +331,12 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
                 ),
                 ("mean".into(), join(&p.mean)),
                 ("std".into(), join(&p.std)),
-            ];
+            ]);
             let bytes = onnx::model_bytes(&info.backbone, input, encoder.dim(), &params, &props)?;
             write_atomic(&req.out, &bytes)?;
             bytes.len() as u64
         }
         Format::Torch => {
-            meta.format = "torch".into();
-            meta.weights = Some(torch::WEIGHTS.into());
             let json = serde_json::to_vec_pretty(&meta).expect("json");
             if vit.is_some() {
                 // Linear weights as nn.Linear keeps them, [out, in].
@@ -335,9 +352,9 @@ pub fn export(req: &ExportRequest) -> Result<ExportResult> {
         params: n_params,
         wall_s: t0.elapsed().as_secs_f64(),
         architecture: meta.architecture.name.clone(),
-        task: meta.task.clone(),
-        steps: meta.steps,
-        format: meta.format.clone(),
+        task: meta.provenance.task.clone(),
+        steps: meta.provenance.steps,
+        format: meta.provenance.format.clone(),
         tokenizer: None,
         config: serde_json::to_value(&meta).expect("json"),
     })
@@ -374,7 +391,7 @@ fn export_text(req: &ExportRequest, info: &TextRunInfo, t0: Instant) -> Result<E
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tokenization = text_export::Tokenization::new(&tok_name, &tok, spec.max_len);
-    let mut meta = TextExportMeta {
+    let meta = TextExportMeta {
         producer: concat!("pretext ", env!("CARGO_PKG_VERSION")).into(),
         kind: "text".into(),
         architecture: text_export::TextArchitecture::new(spec),
@@ -388,33 +405,22 @@ fn export_text(req: &ExportRequest, info: &TextRunInfo, t0: Instant) -> Result<E
              norm) over each document's tokens, as pretext embed writes it",
             spec.d_model
         ),
-        task: info.task.clone(),
-        data: info.data.clone(),
-        steps: steps_done(&req.from),
-        run: req.from.clone(),
-        format: String::new(),
-        weights: None,
-        opset: None,
+        provenance: Provenance::new(&info.task, &info.data, &req.from, req.format),
         tokenization,
     };
     let tok_json = std::fs::read(&tok_file).map_err(|e| Error::io(&tok_file, e))?;
     let bytes = match req.format {
         Format::Onnx => {
-            meta.format = "onnx".into();
-            meta.opset = Some(onnx::OPSET);
             let t = &meta.tokenization;
-            let props = vec![
+            let mut props = vec![
                 (
                     "pretext".to_string(),
                     serde_json::to_string(&meta).expect("json"),
                 ),
                 ("architecture".into(), "transformer".into()),
-                ("task".into(), info.task.clone()),
-                ("data".into(), info.data.clone()),
-                (
-                    "steps".into(),
-                    meta.steps.map_or(String::new(), |s| s.to_string()),
-                ),
+            ];
+            props.extend(meta.provenance.onnx_props());
+            props.extend([
                 ("tokenizer".into(), tok_name.clone()),
                 (
                     "tokenization".into(),
@@ -436,14 +442,12 @@ fn export_text(req: &ExportRequest, info: &TextRunInfo, t0: Instant) -> Result<E
                 ),
                 ("input".into(), meta.input.clone()),
                 ("output".into(), meta.output.clone()),
-            ];
+            ]);
             let bytes = text_export::onnx_bytes(spec, &params, &props)?;
             write_atomic(&req.out, &bytes)?;
             bytes.len() as u64
         }
         Format::Torch => {
-            meta.format = "torch".into();
-            meta.weights = Some(torch::WEIGHTS.into());
             let json = serde_json::to_vec_pretty(&meta).expect("json");
             torch::write_dir(&req.out, &text_export::torch_layout(&params), &json)?
         }
@@ -455,9 +459,9 @@ fn export_text(req: &ExportRequest, info: &TextRunInfo, t0: Instant) -> Result<E
         params: n_params,
         wall_s: t0.elapsed().as_secs_f64(),
         architecture: "transformer".into(),
-        task: meta.task.clone(),
-        steps: meta.steps,
-        format: meta.format.clone(),
+        task: meta.provenance.task.clone(),
+        steps: meta.provenance.steps,
+        format: meta.provenance.format.clone(),
         tokenizer: Some(tok_out),
         config: serde_json::to_value(&meta).expect("json"),
     })

@@ -478,14 +478,7 @@ mod tests {
         assert_eq!(p["blocks.0.ln1.weight"].shape, [64]);
         assert_eq!(p["blocks.5.qkv.weight"].shape, [64, 192]);
         assert_eq!(p["norm.bias"].shape, [64]);
-        let input = InputSpec {
-            channels: 1,
-            height: 28,
-            width: 28,
-            mean: vec![0.5],
-            std: vec![0.25],
-            per_image: false,
-        };
+        let input = InputSpec::square(1, 28, 0.5, 0.25);
         let bytes = model_bytes(&spec, &input, 64, &p, &[]).unwrap();
         let model = ModelProto::parse_from_bytes(&bytes).unwrap();
         let graph = model.graph.as_ref().unwrap();

@@ -45,10 +45,15 @@ const MASKED: f32 = -1e9;
 pub struct TextArchitecture {
     /// `transformer`.
     pub name: String,
+    /// Token ids run from 0 to vocab − 1.
     pub vocab: usize,
+    /// Width of every hidden state.
     pub d_model: usize,
+    /// Transformer blocks (pre-LayerNorm).
     pub layers: usize,
+    /// Attention heads per block, each of width d_model / heads.
     pub heads: usize,
+    /// Width of each block's MLP.
     pub d_ff: usize,
     /// Longest input (position embeddings).
     pub max_len: usize,

@@ -7,9 +7,11 @@
 
 use std::sync::Arc;
 
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
+
+use rand_chacha::ChaCha8Rng;
 
 use crate::data::rngs::BatchRngs;
 use crate::data::tokenizer::Tokenizer;
@@ -59,6 +61,46 @@ pub struct TextBatch {
     /// a replacement at each counted position), [b, t], drawn with the batch from each window's
     /// own generator; empty for the others.
     pub draws: Vec<f32>,
+}
+
+impl TextBatch {
+    /// A batch whose rows are `windows` damaged one by one: `damage` gets a copy of a window and
+    /// that row's generator, changes the copy, and returns the positions the loss counts, each
+    /// with its draw (kept in `draws` when `with_draws`, else `draws` stays empty).
+    pub fn damaged(
+        windows: &[Vec<u32>],
+        rngs: &BatchRngs,
+        with_draws: bool,
+        mut damage: impl FnMut(&mut [u32], &mut ChaCha8Rng) -> Vec<(usize, f32)>,
+    ) -> Self {
+        let b = windows.len();
+        let t = windows.first().map_or(0, |w| w.len());
+        let mut batch = TextBatch {
+            b,
+            t,
+            inputs: Vec::with_capacity(b * t),
+            targets: Vec::with_capacity(b * t),
+            weights: vec![0.0; b * t],
+            draws: if with_draws {
+                vec![0.0; b * t]
+            } else {
+                Vec::new()
+            },
+        };
+        for (row, w) in windows.iter().enumerate() {
+            assert_eq!(w.len(), t, "windows of one batch have one length");
+            let mut damaged = w.clone();
+            for (i, draw) in damage(&mut damaged, &mut rngs.item(row)) {
+                batch.weights[row * t + i] = 1.0;
+                if with_draws {
+                    batch.draws[row * t + i] = draw;
+                }
+            }
+            batch.inputs.extend(damaged.iter().map(|&x| x as i64));
+            batch.targets.extend(w.iter().map(|&x| x as i64));
+        }
+        batch
+    }
 }
 
 /// A text pretext task: the CPU half, "damage the text, keep the answer".
@@ -214,8 +256,8 @@ pub fn lm_step(
     let value = loss.clone().detach().into_scalar::<f32>();
     let n = batch.weights.iter().sum::<f32>().max(1.0);
     let acc = correct.into_scalar::<f32>() / n;
-    let grads = GradientsParams::from_grads(cx.backward(loss), &model);
-    let model = cx.update("model", cx.lr, model, grads);
+    let lr = cx.lr;
+    let model = cx.descend("model", lr, model, loss);
     (model, StepStats::new(value, vec![("acc", acc)]))
 }
 
@@ -246,6 +288,21 @@ mod tests {
     use crate::tasks::causal_lm;
     use burn::optim::AdamWConfig;
 
+    /// A causal byte-level model of 2 blocks of 4 heads with tied embeddings, no dropout.
+    fn byte_gpt(d_model: usize, d_ff: usize, max_len: usize) -> TransformerSpec {
+        TransformerSpec {
+            vocab: 256,
+            d_model,
+            layers: 2,
+            heads: 4,
+            d_ff,
+            max_len,
+            dropout: 0.0,
+            tie_weights: true,
+            causal: true,
+        }
+    }
+
     #[test]
     fn overfitting_a_short_text_drives_the_loss_near_zero() {
         let text = "It is a truth universally acknowledged, that a single man in possession \
@@ -257,17 +314,7 @@ mod tests {
             .collect();
         let batch = causal_lm::make_batch(&windows);
         let device = Device::flex().autodiff();
-        let spec = TransformerSpec {
-            vocab: 256,
-            d_model: 64,
-            layers: 2,
-            heads: 4,
-            d_ff: 128,
-            max_len: 64,
-            dropout: 0.0,
-            tie_weights: true,
-            causal: true,
-        };
+        let spec = byte_gpt(64, 128, 64);
         let mut model = crate::platform::device::seeded(&device, 0, || spec.init(&device));
         let mut optim = crate::engine::Optimizers::new(&["model"], &AdamWConfig::new().init());
         let first = held_out_loss(&model, std::slice::from_ref(&batch));
@@ -301,17 +348,7 @@ mod tests {
             .map(|i| ids[i * 17..i * 17 + t + 1].to_vec())
             .collect();
         let device = Device::flex().autodiff();
-        let spec = TransformerSpec {
-            vocab: 256,
-            d_model: 32,
-            layers: 2,
-            heads: 4,
-            d_ff: 64,
-            max_len: 32,
-            dropout: 0.0,
-            tie_weights: true,
-            causal: true,
-        };
+        let spec = byte_gpt(32, 64, 32);
         let bound = |replicas: usize| {
             let task = TransformerTask {
                 task: Arc::new(causal_lm::CausalLm),
