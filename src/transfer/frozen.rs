@@ -4,7 +4,7 @@
 use burn::prelude::Device;
 
 use super::linear_probe::{linear_probe_predict, ProbeSettings};
-use super::tables::KnnTable;
+use super::protocol_tables::KnnTable;
 use super::{knn, Protocol};
 
 /// Settings of the two frozen protocols.

@@ -7,10 +7,10 @@ pub mod frozen;
 pub mod knn;
 pub mod labels;
 pub mod linear_probe;
+pub mod protocol_tables;
 pub mod scores;
 pub mod semi;
 pub mod split;
-pub mod tables;
 pub mod text_features;
 pub mod text_semi;
 pub mod text_transfer;
@@ -29,7 +29,7 @@ use crate::nn::input::{InputSpec, InputTransform};
 use crate::nn::{Backbone, BackboneKind, BackboneSpec};
 use crate::platform::fsio::write_atomic;
 use labels::PerClass;
-use tables::{FinetuneTable, KnnTable, ProbeTable, SemiTable};
+use protocol_tables::{FinetuneTable, KnnTable, ProbeTable, SemiTable};
 
 /// Where the encoder comes from.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,15 +144,15 @@ pub struct TransferConfig {
     /// below it for the linear probe of a rotation, context or jigsaw run on the conv net.
     pub stage: usize,
     /// `probe_*`.
-    #[serde(flatten, with = "tables::probe_keys")]
+    #[serde(flatten, with = "protocol_tables::probe_keys")]
     pub probe: ProbeTable,
     /// `knn_*`. 20 neighbours, as DINO uses: the same as 200 (InstDisc's choice for 1.28 M
     /// labelled images) within a point at 10 labels per class, 4.5–15 points better at 100 on
     /// Fashion-MNIST, where 200 neighbours drown the nearest ones.
-    #[serde(flatten, with = "tables::knn_keys")]
+    #[serde(flatten, with = "protocol_tables::knn_keys")]
     pub knn: KnnTable,
     /// `finetune_steps`, `finetune_batch_size`, `finetune_lr`, `finetune_weight_decay`.
-    #[serde(flatten, with = "tables::finetune_keys")]
+    #[serde(flatten, with = "protocol_tables::finetune_keys")]
     pub finetune: FinetuneTable,
     pub finetune_crop_scale_min: f32,
     pub finetune_flip: bool,
@@ -190,7 +190,7 @@ pub struct TransferConfig {
     /// `semi_checkpoint_every` ([`SemiTable`]), and the image-only `semi_*` keys below. The
     /// defaults were chosen on the validation split (`eval_on = "validation"`) of full
     /// Fashion-MNIST, 10 labels per class, SimCLR width 32: see docs/semi.md for the table.
-    #[serde(flatten, with = "tables::semi_keys")]
+    #[serde(flatten, with = "protocol_tables::semi_keys")]
     pub semi: SemiTable,
     /// FlexMatch's threshold warm-up (every threshold low until most of the pool has been
     /// predicted confidently once).
@@ -277,7 +277,7 @@ impl Default for TransferConfig {
 impl TransferConfig {
     /// The linear probe's and k-NN's settings.
     pub fn frozen_settings(&self) -> frozen::FrozenSettings {
-        tables::frozen_settings(&self.probe, &self.knn, self.seed)
+        protocol_tables::frozen_settings(&self.probe, &self.knn, self.seed)
     }
 
     /// The fine-tuning settings for an encoder from `from` (layer decay only for a pretrained one).

@@ -35,7 +35,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::finetune::{Classifier, WeakView};
-use super::tables::SemiTable;
+use super::protocol_tables::SemiTable;
 use crate::data::augment::Img;
 use crate::data::loader::{Batch, Loader, LoaderConfig, MakeBatch};
 use crate::data::randaugment::{strong_view, StrongConfig};

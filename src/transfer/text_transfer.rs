@@ -23,7 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::labels::{self, PerClass};
-use super::tables::{self, FinetuneTable, KnnTable, ProbeTable, SemiTable};
+use super::protocol_tables::{self, FinetuneTable, KnnTable, ProbeTable, SemiTable};
 use super::text_features::{content_digest, CacheKey, DocVectors, Encoding};
 use super::{frozen, scores, Protocol, Source};
 use crate::config::in_range;
@@ -67,11 +67,11 @@ pub struct TextTransferConfig {
     /// For random/scratch without `like`: the model preset, with the byte-level tokenizer.
     pub model: String,
     /// `finetune_*`, `probe_*` and `knn_*`: the tables images have, with defaults for text.
-    #[serde(flatten, with = "tables::finetune_keys")]
+    #[serde(flatten, with = "protocol_tables::finetune_keys")]
     pub finetune: FinetuneTable,
-    #[serde(flatten, with = "tables::probe_keys")]
+    #[serde(flatten, with = "protocol_tables::probe_keys")]
     pub probe: ProbeTable,
-    #[serde(flatten, with = "tables::knn_keys")]
+    #[serde(flatten, with = "protocol_tables::knn_keys")]
     pub knn: KnnTable,
     /// Evaluate on at most this many held-out documents (a seeded sample, so every class
     /// keeps its share); 0 = all.
@@ -88,7 +88,7 @@ pub struct TextTransferConfig {
     /// distillation temperature, moving average, distribution alignment, checkpoints. The
     /// losses' defaults are the images' (chosen on their validation split); text has no
     /// validation split of its own yet, so they were not tuned on documents.
-    #[serde(flatten, with = "tables::semi_keys")]
+    #[serde(flatten, with = "protocol_tables::semi_keys")]
     pub semi: SemiTable,
     /// Share of a document's ordinary tokens its strong view damages.
     pub semi_noise: f32,
@@ -135,7 +135,7 @@ impl Default for TextTransferConfig {
 impl TextTransferConfig {
     /// The linear probe's and k-NN's settings.
     pub fn frozen_settings(&self) -> frozen::FrozenSettings {
-        tables::frozen_settings(&self.probe, &self.knn, self.seed)
+        protocol_tables::frozen_settings(&self.probe, &self.knn, self.seed)
     }
 
     pub fn validate(&self) -> Result<()> {
