@@ -268,6 +268,10 @@ impl Default for OpenOptions {
     }
 }
 
+/// Class numbers a container's label may carry are 0 to `MAX_CLASSES` − 1 (ImageNet-21k has
+/// 21,841 classes): a larger number is damage, and would make a class list of its size.
+pub const MAX_CLASSES: u32 = 100_000;
+
 /// The formats [`open`] understands, as written before the ':' of a spec.
 pub const FORMATS: &[&str] = &[
     "idx", "cifar10", "cifar100", "stl10", "folder", "wds", "parquet",

@@ -29,7 +29,7 @@ use parquet::schema::types::SchemaDescriptor;
 
 use crate::data::decode;
 use crate::data::streamed::{Members, Sharded, SHUFFLE_BUFFER};
-use crate::data::{DataError, Dataset, ImageSet, OpenOptions};
+use crate::data::{DataError, Dataset, ImageSet, OpenOptions, MAX_CLASSES};
 
 /// Row groups' encoded images kept in memory beyond what the shuffle buffer spans.
 pub const CACHED_GROUPS: usize = 4;
@@ -522,12 +522,14 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset, DataError> {
                 };
                 if let Some(ls) = &group_labels {
                     match ls.get(r).copied().flatten() {
-                        Some(l) if (0..=u32::MAX as i64).contains(&l) => labels.push(l as u32),
+                        Some(l) if (0..MAX_CLASSES as i64).contains(&l) => labels.push(l as u32),
                         other => {
                             let found = other.map_or("null".to_string(), |l| l.to_string());
                             bad(
                                 &mut skipped,
-                                row_err(format!("expected a class number label, found {found}")),
+                                row_err(format!(
+                                    "expected a class number label below {MAX_CLASSES}, found {found}"
+                                )),
                             )?;
                             continue;
                         }
@@ -701,6 +703,26 @@ mod tests {
     ];
 
     #[test]
+    fn a_fuzz_found_label_in_the_hundreds_of_millions_is_a_bad_row_not_a_huge_class_list() {
+        // Found by the parquet_table fuzz target: a 4.5 KB table whose label column says
+        // 385,875,968 made the reader build a class list of that many names (9 GB).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let bytes = include_bytes!("../../fuzz/corpus/parquet_table/huge-label.parquet");
+        std::fs::write(&path, bytes).unwrap();
+        let e = open_as("parquet", &path, false).unwrap_err().to_string();
+        assert!(e.contains("t.parquet") && e.contains("below 100000"), "{e}");
+        match open_as("parquet", &path, true) {
+            Ok(ds) => assert!(
+                ds.classes.len() <= MAX_CLASSES as usize,
+                "{}",
+                ds.classes.len()
+            ),
+            Err(e) => assert!(e.to_string().contains("no readable image rows"), "{e}"),
+        }
+    }
+
+    #[test]
     fn a_fuzz_found_damaged_footer_gives_named_errors() {
         // Found by the parquet_table fuzz target, where it reached the Parquet crate's assert on a
         // negative column-chunk start (now checked first, in `column_reader`); replaying it in
@@ -854,8 +876,10 @@ mod tests {
             "{}",
             only(2)
         );
-        assert!(only(3).contains("row 1 (row group 0): expected a class number label, found null"));
-        assert!(only(4).contains("expected a class number label, found -3"));
+        assert!(only(3).contains(
+            "row 1 (row group 0): expected a class number label below 100000, found null"
+        ));
+        assert!(only(4).contains("expected a class number label below 100000, found -3"));
 
         // a damaged file: the footer cut off, then bytes of a page overwritten
         write_table(&path, &rows[..1], 4, ImageColumn::Struct, true).unwrap();

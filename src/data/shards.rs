@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use crate::data::decode;
 use crate::data::streamed::{Members, Sharded};
-use crate::data::{DataError, Dataset, ImageSet, OpenOptions};
+use crate::data::{DataError, Dataset, ImageSet, OpenOptions, MAX_CLASSES};
 
 /// Image member extensions.
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp"];
@@ -439,6 +439,17 @@ fn finish(
 
 /// The label of a `.cls` (a decimal number) or `.json` (`label` or `cls`, an integer) member.
 pub fn parse_label(ext: &str, bytes: &[u8]) -> Result<u32, String> {
+    let label = parse_number(ext, bytes)?;
+    if label < MAX_CLASSES {
+        Ok(label)
+    } else {
+        Err(format!(
+            "expected a class number below {MAX_CLASSES}, found {label}"
+        ))
+    }
+}
+
+fn parse_number(ext: &str, bytes: &[u8]) -> Result<u32, String> {
     let text = String::from_utf8_lossy(bytes);
     let shown = |t: &str| {
         let t = t.trim();
@@ -1058,6 +1069,11 @@ mod tests {
         assert!(parse_label("json", b"[1]")
             .unwrap_err()
             .contains("\"label\" or \"cls\""));
+        assert_eq!(parse_label("cls", b"99999\n"), Ok(99_999));
+        assert_eq!(
+            parse_label("cls", b"385875968"),
+            Err("expected a class number below 100000, found 385875968".to_string())
+        );
     }
 
     /// Peak resident memory of this process (VmHWM), in MiB.
