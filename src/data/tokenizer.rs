@@ -659,6 +659,22 @@ mod tests {
     use crate::data::corpus::Fields;
     use rand::{Rng, SeedableRng};
 
+    #[test]
+    fn a_decoder_that_panics_the_tokenizers_crate_is_an_error_naming_the_file() {
+        // Found by the tokenizer_json fuzz target: a damaged "decoder" makes tokenizers 0.23.2
+        // panic (`expect("Helper")` in decoders/mod.rs) instead of returning an error.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        let bytes = include_bytes!("../../fuzz/corpus/tokenizer_json/decoder-panic.json");
+        std::fs::write(&path, bytes).unwrap();
+        let e = Tokenizer::load(&path).err().expect("an error").to_string();
+        assert!(e.contains("tokenizer.json"), "{e}");
+        assert!(
+            e.contains("the tokenizers library failed on this file"),
+            "{e}"
+        );
+    }
+
     /// Random text mixing ASCII, whitespace runs, newlines, tabs, accents, CJK, emoji, control
     /// chars, specials' text and leading spaces.
     pub(crate) fn random_text(rng: &mut impl Rng) -> String {
