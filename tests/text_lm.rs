@@ -300,7 +300,7 @@ fn masked_lm_pretrains_and_its_features_transfer() {
         r["tokenizer_trained_on"]
             .as_str()
             .unwrap()
-            .contains("all documents"),
+            .contains("the training documents of"),
         "{r}"
     );
 }
@@ -608,5 +608,62 @@ fn resumed_equals_straight(args: &[&str], straight: &Path, resumed: &Path, stop:
     assert_eq!(
         std::fs::read(straight.join("encoder.safetensors")).unwrap(),
         std::fs::read(resumed.join("encoder.safetensors")).unwrap()
+    );
+}
+
+/// The tokenizer a run trains sees the run's training documents only: a word repeated in every
+/// held-out document (the run's validation split, which at the same seed and fraction is a text
+/// transfer's test split: one rule, `is_validation`) never becomes a token, while another word
+/// repeated as often in training documents does.
+#[test]
+fn no_held_out_document_reaches_the_tokenizer() {
+    use pretext::data::corpus::is_validation;
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(austen_slice(dir.path(), 80_000)).unwrap();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let (seed, fraction) = (0, 0.2);
+    let jsonl = dir.path().join("docs.jsonl");
+    let mut f = std::fs::File::create(&jsonl).unwrap();
+    let (mut held_out, mut training) = (0, 0);
+    for (i, chunk) in words.chunks(40).enumerate() {
+        let mut doc = chunk.join(" ");
+        // The same letters in two orders: no pair of them is frequent in English.
+        if is_validation(seed, i as u64, fraction) {
+            held_out += 1;
+            doc += &" vzqxjwk".repeat(12);
+        } else if training < held_out {
+            training += 1;
+            doc += &" kjwxqzv".repeat(12);
+        }
+        writeln!(f, "{}", serde_json::json!({ "text": doc })).unwrap();
+    }
+    drop(f);
+    assert!(
+        held_out >= 50 && training == held_out,
+        "{held_out} {training}"
+    );
+    let run = dir.path().join("run");
+    let data = format!("jsonl:{}", jsonl.display());
+    let mut a = vec![
+        "pretrain",
+        "--task",
+        "causal-lm",
+        "--data",
+        &data,
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "steps=1",
+    ];
+    a.extend_from_slice(SMALL);
+    a.extend_from_slice(&["--set", "val_fraction=0.2", "--set", "seed=0"]);
+    ok(&a);
+    let tok = pretext::data::tokenizer::Tokenizer::load(&run.join("tokenizer.json")).unwrap();
+    let seen = tok.encode(" kjwxqzv").len();
+    let unseen = tok.encode(" vzqxjwk").len();
+    assert!(seen <= 2, "the training documents' word is {seen} tokens");
+    assert!(
+        unseen >= 6,
+        "the held-out documents' word is {unseen} tokens"
     );
 }

@@ -104,6 +104,19 @@ impl Tokenizer {
         min_frequency: u64,
         progress: bool,
     ) -> Result<Tokenizer> {
+        Self::train_on(source, &|_| true, vocab_size, min_frequency, progress)
+    }
+
+    /// [`train`](Self::train) on the documents whose index `keep` accepts (a pretraining run's
+    /// training documents: its validation documents, and a transfer's test documents split by
+    /// the same rule, never reach the tokenizer).
+    pub fn train_on(
+        source: &TextSource,
+        keep: &(dyn Fn(u64) -> bool + Sync),
+        vocab_size: usize,
+        min_frequency: u64,
+        progress: bool,
+    ) -> Result<Tokenizer> {
         if vocab_size < BYTES_VOCAB {
             return Err(Error::Usage(format!(
                 "vocabulary size {vocab_size} is too small: a byte-level tokenizer has at least \
@@ -118,7 +131,10 @@ impl Tokenizer {
         }
         let mut chars = 0usize;
         for doc in source.docs() {
-            chars += doc?.text.chars().count();
+            let doc = doc?;
+            if keep(doc.index) {
+                chars += doc.text.chars().count();
+            }
             if chars >= TINY_CORPUS_CHARS {
                 break;
             }
@@ -153,7 +169,10 @@ impl Tokenizer {
 
         let mut error: Option<DataError> = None;
         let mut docs = 0u64;
-        let texts = source.docs().map_while(|d| match d {
+        let texts = source
+            .docs()
+            .filter(|d| d.as_ref().map_or(true, |d| keep(d.index)));
+        let texts = texts.map_while(|d| match d {
             Ok(d) => {
                 docs += 1;
                 if let Some(bar) = &bar {

@@ -51,6 +51,11 @@ pub struct TextRunInfo {
     /// Relative to the run directory.
     pub tokenizer: String,
     pub seq_len: usize,
+    /// Which documents of `data` the run's own tokenizer was trained on: `training` (its
+    /// training documents only), or empty: all of them (runs before December 6, 2026) or a
+    /// tokenizer the run was given.
+    #[serde(default)]
+    pub tokenizer_docs: String,
 }
 
 /// `run.json`: what kind of run this is and how to rebuild its network.

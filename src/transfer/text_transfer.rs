@@ -227,7 +227,14 @@ impl RunText {
     fn read(run: &Path) -> Option<Self> {
         let cfg: crate::config::TextConfig =
             crate::config::from_toml_file(&run.join("config.toml")).ok()?;
+        let only_training =
+            crate::engine::run_dir::read_lm_info(run).is_ok_and(|i| i.tokenizer_docs == "training");
         let tokenizer = match cfg.tokenizer.as_str() {
+            "" if only_training => format!(
+                "the training documents of {} (seed {}, val_fraction {}: the held-out ones left \
+                 out; byte-level BPE trained by the run, no labels)",
+                cfg.data, cfg.seed, cfg.val_fraction
+            ),
             "" => format!(
                 "all documents of {} (byte-level BPE trained by the run, no labels)",
                 cfg.data

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{self, NonFinite, TextConfig};
-use crate::data::corpus::{Fields, TextSource};
+use crate::data::corpus::{is_validation, Fields, TextSource};
 use crate::data::rngs::BatchRngs;
 use crate::data::tokenizer::Tokenizer;
 use crate::data::tokens::{tokenize_corpus, TokenCorpus, TokenFile};
@@ -78,6 +78,15 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
     let tok_path = run.join("tokenizer.json");
     // Decided together (before rank 0 may write the file).
     let reuse = dist::all_ok(tok_path.exists() && req.resume);
+    // A resumed run keeps what its tokenizer was trained on; a new one trains on its training
+    // documents ([`make_tokenizer`]).
+    let tokenizer_docs = if reuse {
+        run_dir::read_lm_info(&run).map_or(String::new(), |i| i.tokenizer_docs)
+    } else if cfg.tokenizer.is_empty() {
+        "training".to_string()
+    } else {
+        String::new()
+    };
     let tok = if reuse {
         Tokenizer::load(&tok_path)?
     } else if writer {
@@ -146,6 +155,7 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
         text_field: cfg.text_field.clone(),
         tokenizer: "tokenizer.json".into(),
         seq_len: t,
+        tokenizer_docs,
     };
     if writer {
         run_dir::write_run_info(&run, &RunInfo::Text(info))?;
@@ -340,11 +350,14 @@ fn make_tokenizer(cfg: &TextConfig, source: &TextSource, quiet: bool) -> Result<
         "" => {
             if !quiet {
                 eprintln!(
-                    "training a {}-token byte-level BPE tokenizer on {}",
+                    "training a {}-token byte-level BPE tokenizer on the training documents of {}",
                     cfg.vocab, cfg.data
                 );
             }
-            Tokenizer::train(source, cfg.vocab, 2, !quiet)
+            // Only the documents the run trains on: not its validation documents, nor (split
+            // by the same rule with the same seed and fraction) a transfer's test documents.
+            let training = |i: u64| !is_validation(cfg.seed, i, cfg.val_fraction);
+            Tokenizer::train_on(source, &training, cfg.vocab, 2, !quiet)
         }
         "bytes" => Ok(Tokenizer::bytes()),
         path => Tokenizer::load(Path::new(path)),
