@@ -18,8 +18,10 @@ What it reads from RUN (all written by pretext):
 
 The training is pretext's, written out: windows of seq_len + 1 tokens, inputs the first seq_len,
 targets the last; the loss the mean cross-entropy over every position; AdamW with betas
-(0.9, 0.95), eps 1e-5 and decoupled weight decay on every parameter (burn's AdamW, which is
-torch.optim.AdamW's update); the learning rate of src/engine/schedule.rs (linear warm-up from
+(0.9, 0.95), eps 1e-5 and decoupled weight decay (burn's AdamW, which is torch.optim.AdamW's
+update) on the weight matrices and embeddings, not the biases and layer norms (nanoGPT's groups:
+parameters of fewer than 2 dimensions, as pretext's src/engine/optim.rs; every parameter with
+`decay_biases_and_norms = true`); the learning rate of src/engine/schedule.rs (linear warm-up from
 lr/warmup, cosine to min_lr_ratio·lr at the last step); the gradients clipped to the global norm
 `grad_clip` (torch.nn.utils.clip_grad_norm_), or per tensor with `grad_clip_mode = "per-tensor"`.
 The validation loss is measured on the recorded windows in batches of batch_size (the mean over
@@ -146,8 +148,13 @@ def main():
                         spec["max_len"], 0.0, True, tie=spec.get("tie_weights", True))
     load_init(model, os.path.join(rec_dir, "init.safetensors"))
     params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.95), eps=1e-5,
-                            weight_decay=cfg["weight_decay"])
+    if cfg.get("decay_biases_and_norms", False):
+        groups = [{"params": params, "weight_decay": cfg["weight_decay"]}]
+    else:
+        groups = [{"params": [p for p in params if p.dim() >= 2],
+                   "weight_decay": cfg["weight_decay"]},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.95), eps=1e-5)
     clip, mode = cfg["grad_clip"], a.clip_mode or cfg.get("grad_clip_mode", "global")
 
     def evaluate():

@@ -64,6 +64,11 @@ pub struct PretrainConfig {
     /// Peak learning rate (after warm-up).
     pub lr: f64,
     pub weight_decay: f64,
+    /// Whether weight decay also pulls biases and the normalisation layers' scale and shift
+    /// towards 0. Off (the default, as GPT-2 and nanoGPT): only weight matrices, convolution
+    /// kernels and embeddings decay ([`crate::engine::optim`]); runs before December 6, 2026
+    /// decayed every parameter, as `true` does.
+    pub decay_biases_and_norms: bool,
     /// SGD momentum (ignored by AdamW).
     pub momentum: f64,
     /// AdamW's β₂ (ignored by SGD): 0.999 (Adam's default); MAE and language models use 0.95.
@@ -126,6 +131,7 @@ impl Default for PretrainConfig {
             optimizer: OptimizerKind::Adamw,
             lr: 2e-3,
             weight_decay: 5e-4,
+            decay_biases_and_norms: false,
             momentum: 0.9,
             beta2: 0.999,
             warmup_steps: 50,

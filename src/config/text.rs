@@ -47,6 +47,11 @@ pub struct TextConfig {
     pub batch_size: usize,
     pub lr: f64,
     pub weight_decay: f64,
+    /// Whether weight decay also pulls biases and the normalisation layers' scale and shift
+    /// towards 0. Off (the default, as GPT-2 and nanoGPT): only weight matrices, convolution
+    /// kernels and embeddings decay ([`crate::engine::optim`]); runs before December 6, 2026
+    /// decayed every parameter, as `true` does.
+    pub decay_biases_and_norms: bool,
     pub warmup_steps: u64,
     pub min_lr_ratio: f64,
     /// Clip the gradients to this L2 norm before each update; 0 = off. With `grad_clip_mode =
@@ -110,6 +115,7 @@ impl Default for TextConfig {
             batch_size: 32,
             lr: 1e-3,
             weight_decay: 0.1,
+            decay_biases_and_norms: false,
             warmup_steps: 100,
             min_lr_ratio: 0.1,
             grad_clip: 1.0,

@@ -585,7 +585,7 @@ mod tests {
             validation: vec![task.make_batch(&windows, &BatchRngs::new(9, 0))],
             seed: 0,
             device: device.clone(),
-            optimizer: crate::engine::optim::text_optimizer(0.0, 0.0),
+            optimizer: crate::engine::optim::text_optimizer(0.0, 0.0, false),
             skip_nonfinite: false,
             global_clip: 0.0,
             replicas: 1,

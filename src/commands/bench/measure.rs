@@ -88,7 +88,7 @@ fn measure_text_task(name: &str, opts: &BenchOptions) -> Result<Measurement> {
             validation: Vec::new(),
             seed: 0,
             device: device.clone(),
-            optimizer: text_optimizer(cfg.weight_decay, cfg.grad_clip),
+            optimizer: text_optimizer(cfg.weight_decay, cfg.grad_clip, cfg.decay_biases_and_norms),
             skip_nonfinite: false,
             global_clip: 0.0,
             replicas,

@@ -176,7 +176,11 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
             validation,
             seed: cfg.seed,
             device: device.clone(),
-            optimizer: text_optimizer(cfg.weight_decay, per_tensor_clip),
+            optimizer: text_optimizer(
+                cfg.weight_decay,
+                per_tensor_clip,
+                cfg.decay_biases_and_norms,
+            ),
             skip_nonfinite: cfg.on_nonfinite == NonFinite::Skip,
             global_clip,
             replicas,

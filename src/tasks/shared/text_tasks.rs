@@ -357,7 +357,7 @@ mod tests {
                 device: device.clone(),
             };
             let model = crate::platform::device::seeded(&device, 5, || spec.init(&device));
-            let optim = crate::engine::optim::text_optimizer(0.1, 0.0);
+            let optim = crate::engine::optim::text_optimizer(0.1, 0.0, false);
             Bound::new(task, model, &optim, false).with_replicas(replicas)
         };
         let whole = vec![causal_lm::make_batch(&windows)];
