@@ -12,6 +12,7 @@ pub mod scores;
 pub mod semi;
 pub mod split;
 pub mod text_features;
+pub mod text_finetune;
 pub mod text_semi;
 pub mod text_transfer;
 

@@ -15,25 +15,19 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::AdamWConfig;
 use burn::prelude::*;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::labels::{self, PerClass};
 use super::protocol_tables::{self, FinetuneTable, KnnTable, ProbeTable, SemiTable};
 use super::text_features::{content_digest, CacheKey, DocVectors, Encoding};
+use super::text_finetune::train_classifier;
 use super::{frozen, scores, Protocol, Source};
 use crate::config::in_range;
 use crate::data::corpus::{is_validation, Fields, TextSource};
 use crate::data::email::subject_and_body;
 use crate::data::tokenizer::Tokenizer;
 use crate::engine::run_dir::{is_text_run, lm_weights_file, load_run, read_lm_info};
-use crate::engine::schedule::lr_at;
-use crate::engine::step::{classification_step, labels_tensor};
-use crate::engine::{Optimizers, StepCtx};
 use crate::error::{Error, Result};
 use crate::nn::heads::LinearHead;
 use crate::nn::transformer::{Transformer, TransformerSpec};
@@ -818,71 +812,6 @@ fn finetune(
 ) -> Result<Vec<u32>> {
     let net = train_classifier(model, spec, train, classes, pad_id, cls, req)?;
     Ok(predict(&net, test, pad_id, cls, &req.device))
-}
-
-/// Fine-tune the whole model with a linear head on the labelled documents; the trained
-/// classifier, on the request's device (no autodiff).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn train_classifier(
-    model: Transformer,
-    spec: &TransformerSpec,
-    train: &[&Example],
-    classes: usize,
-    pad_id: u32,
-    cls: Option<bool>,
-    req: &TextTransferRequest,
-) -> Result<TextClassifier> {
-    let cfg = &req.config;
-    let ad = req.device.clone().autodiff();
-    let head = crate::platform::device::seeded(&ad, cfg.seed, || {
-        LinearHead::new(spec.d_model, classes, &ad)
-    });
-    let mut net = TextClassifier {
-        lm: model.to_device(&ad).train(),
-        head,
-    };
-    let mut optim = Optimizers::new(
-        &["model"],
-        &AdamWConfig::new()
-            .with_weight_decay(cfg.finetune.weight_decay as f32)
-            .init(),
-    );
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let n = train.len();
-    let bs = cfg.finetune.batch_size.min(n).max(1);
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut pos = n;
-    for step in 0..cfg.finetune.steps {
-        if pos + bs > n {
-            order.shuffle(&mut rng);
-            pos = 0;
-        }
-        let batch: Vec<&Example> = order[pos..pos + bs].iter().map(|&i| train[i]).collect();
-        pos += bs;
-        let y: Vec<u32> = batch.iter().map(|e| e.label).collect();
-        let lr = lr_at(
-            step,
-            cfg.finetune.lr,
-            cfg.finetune.steps / 10,
-            cfg.finetune.steps,
-            0.0,
-        );
-        let mut cx = StepCtx::new(step, lr, &mut optim);
-        let (next, stats) = classification_step(net, &mut cx, labels_tensor(&y, &ad), |m| {
-            m.head.forward(pooled(&m.lm, &batch, pad_id, cls, &ad))
-        });
-        net = next;
-        if !stats.loss.is_finite() {
-            return Err(Error::Training {
-                step,
-                message: format!(
-                    "fine-tuning loss is {}; try a lower finetune_lr",
-                    stats.loss
-                ),
-            });
-        }
-    }
-    Ok(net.valid())
 }
 
 /// The classes `net` predicts for `docs`.
