@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::time::Duration;
 
-use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray4};
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray4, PyUntypedArrayMethods};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -265,7 +265,9 @@ fn to_array<'py>(py: Python<'py>, (v, dim): (Vec<f32>, usize)) -> PyResult<Bound
 }
 
 /// The pixels of a C-contiguous [n, c, h, w] array, copied (the work runs on another thread).
-fn pixels<T: numpy::Element + Copy>(a: &PyReadonlyArray4<'_, T>) -> PyResult<(Vec<T>, usize, (usize, usize, usize))> {
+fn pixels<T: numpy::Element + Copy>(
+    a: &PyReadonlyArray4<'_, T>,
+) -> PyResult<(Vec<T>, usize, (usize, usize, usize))> {
     let s = a.shape();
     let data = a
         .as_slice()
@@ -293,7 +295,14 @@ fn _embed_u8<'py>(
             n,
             chw,
         };
-        images::embed_in_memory(&run, &info, images, stage, batch_size, &device::parse(&device)?)
+        images::embed_in_memory(
+            &run,
+            &info,
+            images,
+            stage,
+            batch_size,
+            &device::parse(&device)?,
+        )
     })?;
     to_array(py, out)
 }
@@ -317,7 +326,14 @@ fn _embed_f32<'py>(
             n,
             chw,
         };
-        images::embed_in_memory(&run, &info, images, stage, batch_size, &device::parse(&device)?)
+        images::embed_in_memory(
+            &run,
+            &info,
+            images,
+            stage,
+            batch_size,
+            &device::parse(&device)?,
+        )
     })?;
     to_array(py, out)
 }
@@ -336,7 +352,14 @@ fn _embed_files<'py>(
     let out = run_blocking(py, false, move || {
         let info = image_info(&run)?;
         let images = images::InMemory::Files(&paths);
-        images::embed_in_memory(&run, &info, images, stage, batch_size, &device::parse(&device)?)
+        images::embed_in_memory(
+            &run,
+            &info,
+            images,
+            stage,
+            batch_size,
+            &device::parse(&device)?,
+        )
     })?;
     to_array(py, out)
 }
