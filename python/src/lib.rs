@@ -260,14 +260,15 @@ fn image_info(run: &std::path::Path) -> pretext::Result<pretext::engine::run_dir
 }
 
 fn to_array<'py>(py: Python<'py>, (v, dim): (Vec<f32>, usize)) -> PyResult<Bound<'py, PyAny>> {
-    let rows = if dim == 0 { 0 } else { v.len() / dim };
+    let rows = v.len().checked_div(dim).unwrap_or(0);
     Ok(PyArray1::from_vec(py, v).reshape([rows, dim])?.into_any())
 }
 
+/// Pixels of n images of c×h×w: (pixels, n, (c, h, w)).
+type Images<T> = (Vec<T>, usize, (usize, usize, usize));
+
 /// The pixels of a C-contiguous [n, c, h, w] array, copied (the work runs on another thread).
-fn pixels<T: numpy::Element + Copy>(
-    a: &PyReadonlyArray4<'_, T>,
-) -> PyResult<(Vec<T>, usize, (usize, usize, usize))> {
+fn pixels<T: numpy::Element + Copy>(a: &PyReadonlyArray4<'_, T>) -> PyResult<Images<T>> {
     let s = a.shape();
     let data = a
         .as_slice()

@@ -58,3 +58,31 @@ def test_image_files_equal_the_cli_folder(tmp_path, cli):
     assert np.array_equal(got, want)
     # Another order of the same files: the same rows, reordered.
     assert np.array_equal(pretext.embed(run, ids[::-1]), want[::-1])
+
+
+def test_documents_equal_the_cli_jsonl(tmp_path, cli):
+    import gzip
+    import json
+
+    from conftest import SHARED
+
+    src = SHARED / "text" / "spamassassin.jsonl.gz"
+    if not src.exists():
+        missing("no %s" % src)
+    with gzip.open(src, "rt") as f:
+        lines = [next(f) for _ in range(40)]
+    data = tmp_path / "mails.jsonl"
+    data.write_text("".join(lines))
+    run = pretext.pretrain(
+        task="masked-lm", data="jsonl:%s" % data, out=tmp_path / "bert", tokenizer="bytes",
+        steps=2, d_model=32, layers=1, heads=2, seq_len=32, batch_size=4, warmup_steps=1,
+        eval_every=2, eval_batches=1, checkpoint_every=2, val_fraction=0.2, progress=False,
+    )
+    assert run.kind == "text"
+    want, ids = cli_vectors(cli, run.path, "jsonl:%s" % data, tmp_path / "cli.npy")
+    assert want.shape == (40, 32)
+    docs = [json.loads(l)["text"] for l in lines]
+    got = pretext.embed(run, docs)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    with pytest.raises(pretext.UsageError):
+        pretext.embed(run, np.zeros((1, 28, 28), np.uint8))  # images to a text run
