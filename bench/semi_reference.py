@@ -12,7 +12,7 @@ instead, which then leaves the pool and the draw, drawn by the same generator). 
 (x / 255 - mean) / std with the mean and the population std of the first 10,000 training images
 (InputSpec::from_images).
 
-Network (src/nn/convnet.rs via python/pretext_encoder.py's ConvNet, width 32, from random weights
+Network (src/nn/convnet.rs via python/pretext/pretext_encoder.py's ConvNet, width 32, from random weights
 seeded by --seed): four conv 3x3 (no bias) - BN - ReLU stages of 32/64/128/256 channels, 2x2
 max-pooling after the first three, global average pooling, then a Linear(256, 10) head
 (finetune.rs Classifier). PyTorch's default initialisation is burn's here (Kaiming-uniform,
@@ -110,8 +110,8 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.dont_write_bytecode = True  # importing python/pretext_encoder.py leaves no __pycache__
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
+sys.dont_write_bytecode = True  # importing python/pretext/pretext_encoder.py leaves no __pycache__
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python", "pretext"))
 
 try:
     import torch

@@ -2,17 +2,47 @@
 //! labelled image or text task with a few labels per class; prints the score and where the result
 //! was written.
 
+use std::path::{Path, PathBuf};
+
 use crate::commands::cli::TransferArgs;
 use crate::commands::pretrain::open_dataset;
 use crate::config::{self, PretrainConfig};
 use crate::platform::device;
 use crate::transfer::text_transfer::{
-    is_text_transfer, transfer_text, TextTransferConfig, TextTransferRequest,
+    is_text_transfer, transfer_text, TextTransferConfig, TextTransferRequest, TextTransferResult,
 };
-use crate::transfer::{self, labels::PerClass, Protocol, Source, TransferConfig, TransferRequest};
+use crate::transfer::{
+    self, labels::PerClass, Protocol, Source, TransferConfig, TransferRequest, TransferResult,
+};
 use crate::{Error, Result};
 
+/// What [`run`] did: the result (image or text) and the JSON file it was written to.
+pub enum Transferred {
+    Image(TransferResult, PathBuf),
+    Text(TextTransferResult, PathBuf),
+}
+
+impl Transferred {
+    /// The result JSON the transfer wrote.
+    pub fn path(&self) -> &Path {
+        match self {
+            Transferred::Image(_, p) | Transferred::Text(_, p) => p,
+        }
+    }
+}
+
 pub fn command(a: TransferArgs) -> Result<()> {
+    match run(a)? {
+        Transferred::Image(result, path) => print_image(&result, &path),
+        Transferred::Text(result, path) => print_text(&result, &path),
+    }
+    Ok(())
+}
+
+/// The library half of `pretext transfer` (also the Python package's `transfer`): evaluate the
+/// encoder the arguments name, write the result JSON and return it with its path, printing
+/// nothing but progress.
+pub fn run(a: TransferArgs) -> Result<Transferred> {
     if is_text_transfer(&Source::parse(&a.from), a.data.as_deref()) {
         return text(a);
     }
@@ -51,6 +81,10 @@ pub fn command(a: TransferArgs) -> Result<()> {
         quiet: a.quiet,
     };
     let (result, path) = transfer::transfer(&dataset, &req)?;
+    Ok(Transferred::Image(result, path))
+}
+
+fn print_image(result: &TransferResult, path: &Path) {
     println!(
         "{} of {} with {} labels/class ({} train, {} {}): ",
         result.protocol.name(),
@@ -68,10 +102,9 @@ pub fn command(a: TransferArgs) -> Result<()> {
     }
     println!("accuracy: {:.4}", result.accuracy);
     println!("written to {}", path.display());
-    Ok(())
 }
 
-fn text(a: TransferArgs) -> Result<()> {
+fn text(a: TransferArgs) -> Result<Transferred> {
     let cfg: TextTransferConfig = config::resolve(a.config.as_deref(), &a.set, &[])?;
     let req = TextTransferRequest {
         from: Source::parse(&a.from),
@@ -85,6 +118,10 @@ fn text(a: TransferArgs) -> Result<()> {
         quiet: a.quiet,
     };
     let (r, path) = transfer_text(&req)?;
+    Ok(Transferred::Text(r, path))
+}
+
+fn print_text(r: &TextTransferResult, path: &Path) {
     println!(
         "{} on {} with {} labels/class ({} train, {} held-out), from {}:",
         r.protocol.name(),
@@ -107,5 +144,4 @@ fn text(a: TransferArgs) -> Result<()> {
         r.majority_accuracy
     );
     println!("written to {}", path.display());
-    Ok(())
 }

@@ -28,15 +28,37 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-/// Ctrl-C asks the loop to write a checkpoint and stop; a second Ctrl-C exits at once.
+/// Set by [`use_external_interrupts`]: the host process handles SIGINT and calls [`interrupt`].
+static EXTERNAL_INTERRUPTS: AtomicBool = AtomicBool::new(false);
+
+/// For a host with its own SIGINT handling (the Python package): [`install_ctrlc`] installs
+/// nothing from now on, and the host calls [`interrupt`] when the user asks to stop.
+pub fn use_external_interrupts() {
+    EXTERNAL_INTERRUPTS.store(true, Ordering::SeqCst);
+}
+
+/// Ask the running loop (or compare) to write a checkpoint and stop, as Ctrl-C does; returns
+/// whether it had already been asked (since the last loop started).
+pub fn interrupt() -> bool {
+    let again = INTERRUPTED.swap(true, Ordering::SeqCst);
+    if !again {
+        eprintln!("\ninterrupted: writing a checkpoint (Ctrl-C again to quit now)");
+    }
+    again
+}
+
+/// Ctrl-C asks the loop to write a checkpoint and stop; a second Ctrl-C exits at once. Nothing
+/// is installed after [`use_external_interrupts`].
 pub fn install_ctrlc() {
+    if EXTERNAL_INTERRUPTS.load(Ordering::SeqCst) {
+        return;
+    }
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let _ = ctrlc::set_handler(|| {
-            if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            if interrupt() {
                 std::process::exit(130);
             }
-            eprintln!("\ninterrupted: writing a checkpoint (Ctrl-C again to quit now)");
         });
     });
 }

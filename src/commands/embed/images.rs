@@ -58,11 +58,15 @@ pub fn data_channels(info: &EncoderInfo) -> usize {
 
 /// One image as the encoder sees it: transform, then normalisation; CHW floats.
 fn prepare(px: &[u8], set: &ImageSet, info: &EncoderInfo) -> Vec<f32> {
-    let mut img = Img::from_u8(set.channels, set.height, set.width, px);
-    if info.input_transform == InputTransform::Lightness && set.channels == 3 {
+    prepare_img(Img::from_u8(set.channels, set.height, set.width, px), info)
+}
+
+/// [`prepare`] of an image already in [0, 1].
+fn prepare_img(mut img: Img, info: &EncoderInfo) -> Vec<f32> {
+    if info.input_transform == InputTransform::Lightness && img.c == 3 {
         // As `InputTransform::apply` does for transfer: L/100 stored as u8, then read back.
         let l = lightness(&img).to_u8();
-        img = Img::from_u8(1, set.height, set.width, &l);
+        img = Img::from_u8(1, img.h, img.w, &l);
     }
     info.input.normalize(&mut img);
     img.data
@@ -334,4 +338,92 @@ pub fn embed_file(
     let stage = check_stage(&encoder, stage)?;
     let px = prepare(&set.image(0)?, &set, info);
     Ok(forward(&encoder, px, info, stage, device))
+}
+
+/// Images handed over in memory (the Python package's `embed`), CHW.
+pub enum InMemory<'a> {
+    /// `n` images of `c×h×w` bytes, as the data readers produce them.
+    U8 {
+        pixels: &'a [u8],
+        n: usize,
+        chw: (usize, usize, usize),
+    },
+    /// `n` images of `c×h×w` floats in [0, 1].
+    F32 {
+        pixels: &'a [f32],
+        n: usize,
+        chw: (usize, usize, usize),
+    },
+    /// Image files, decoded as a `folder:` data set's are (resized and cropped to the run's input
+    /// size; grayscale only when every file is).
+    Files(&'a [std::path::PathBuf]),
+}
+
+/// The vectors of images held in memory, row-major [n, dim], and `dim`: the same batches,
+/// preparation and forward pass as [`embed`], so the same images give the same bits.
+pub fn embed_in_memory(
+    run: &Path,
+    info: &EncoderInfo,
+    images: InMemory,
+    stage: Option<usize>,
+    batch_size: Option<usize>,
+    device: &Device,
+) -> Result<(Vec<f32>, usize)> {
+    let bs = batch_size.unwrap_or(BATCH);
+    if bs == 0 {
+        return Err(Error::Usage("batch_size must be at least 1".into()));
+    }
+    let set = match &images {
+        InMemory::U8 { pixels, n, chw } => {
+            let (c, h, w) = *chw;
+            ImageSet::in_memory(pixels.to_vec(), None, *n, c, h, w)
+        }
+        InMemory::F32 { chw, .. } => ImageSet::in_memory(Vec::new(), None, 0, chw.0, chw.1, chw.2),
+        InMemory::Files(paths) => {
+            let mut all_gray = true;
+            for p in paths.iter() {
+                all_gray &= crate::data::folder::header(p)?;
+            }
+            let channels = if all_gray { 1 } else { 3 };
+            let size = info.input.height;
+            let mut set = ImageSet::in_memory(Vec::new(), None, paths.len(), channels, size, size);
+            set.stream = Some(Arc::new(Streamed::new(
+                paths.to_vec(),
+                size,
+                channels,
+                false,
+            )));
+            set
+        }
+    };
+    check_shape(&set, info, "the images")?;
+    let encoder = load(run, info, device)?;
+    let stage = check_stage(&encoder, stage)?;
+    let dim = encoder.stage_dim(stage);
+    let mut out = Vec::new();
+    if let InMemory::F32 { pixels, n, chw } = images {
+        let (c, h, w) = chw;
+        let len = c * h * w;
+        for start in (0..n).step_by(bs) {
+            let end = (start + bs).min(n);
+            let mut batch = Vec::with_capacity((end - start) * len);
+            for i in start..end {
+                let data = pixels[i * len..(i + 1) * len].to_vec();
+                batch.extend(prepare_img(Img { c, h, w, data }, info));
+            }
+            out.extend(forward(&encoder, batch, info, stage, device));
+        }
+        return Ok((out, dim));
+    }
+    let no_id = |_: usize| RowId {
+        id: String::new(),
+        label: None,
+    };
+    let workers = crate::engine::default_workers();
+    for start in (0..set.n).step_by(bs) {
+        let idx = start..(start + bs).min(set.n);
+        let batch = prepare_batch(&set, idx, &no_id, info, false, workers)?;
+        out.extend(forward(&encoder, batch.pixels, info, stage, device));
+    }
+    Ok((out, dim))
 }

@@ -152,3 +152,33 @@ pub fn embed(req: &EmbedRequest, info: &TextRunInfo, paths: &OutPaths) -> Result
     sink.finish(&out)?;
     Ok(out)
 }
+
+/// The vectors of documents held in memory (the Python package's `embed`), row-major
+/// [docs.len(), d_model], and d_model: tokenized, batched and pooled as [`embed`] does.
+pub fn embed_documents(
+    run: &std::path::Path,
+    docs: &[String],
+    batch_size: Option<usize>,
+    device: &Device,
+) -> Result<(Vec<f32>, usize)> {
+    let bs = batch_size.unwrap_or(BATCH);
+    if bs == 0 {
+        return Err(Error::Usage("batch_size must be at least 1".into()));
+    }
+    let (info, model, tok) = load_run(run, device)?;
+    let mut out = Vec::with_capacity(docs.len() * info.spec.d_model);
+    for chunk in docs.chunks(bs) {
+        let tokens: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|text| {
+                let mut t = tok.encode_prefix(text, info.spec.max_len);
+                if t.is_empty() {
+                    t.push(tok.eos_id());
+                }
+                t
+            })
+            .collect();
+        out.extend(mean_pooled(&model, &tokens, tok.pad_id(), device));
+    }
+    Ok((out, info.spec.d_model))
+}

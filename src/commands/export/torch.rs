@@ -21,8 +21,9 @@ use super::params::{norm_modules, Param};
 use crate::error::{Error, Result};
 use crate::platform::fsio::write_atomic;
 
-/// The Python module, shipped in the binary (the repository's `python/pretext_encoder.py`).
-pub const MODULE: &str = include_str!("../../../python/pretext_encoder.py");
+/// The Python module, shipped in the binary (the repository's `python/pretext/pretext_encoder.py`,
+/// which is also the Python package's `pretext.torch`).
+pub const MODULE: &str = include_str!("../../../python/pretext/pretext_encoder.py");
 pub const WEIGHTS: &str = "model.safetensors";
 
 /// safetensors bytes of `params` plus a zero `num_batches_tracked` per batch norm, as a PyTorch

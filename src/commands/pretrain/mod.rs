@@ -9,5 +9,5 @@ pub mod text_run;
 
 pub use crate::engine::run_dir::{EncoderInfo, PretrainSummary, TextRunInfo};
 pub use image_run::{open_dataset, pretrain, PretrainRequest, EVAL_IMAGES};
-pub use run_pretrain::command;
+pub use run_pretrain::{command, run, Pretrained};
 pub use text_run::{pretrain_text, TextPretrainRequest};

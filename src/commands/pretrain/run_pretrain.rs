@@ -8,9 +8,35 @@ use crate::config::{self, PretrainConfig, TextConfig};
 use crate::platform::{device, dist};
 use crate::{tasks, Error, Result};
 
+/// What [`run`] did: the run's summary, and whether it was a text run (which is printed
+/// differently).
+pub struct Pretrained {
+    pub summary: PretrainSummary,
+    pub text: bool,
+}
+
 pub fn command(a: PretrainArgs) -> Result<()> {
+    let done = run(a)?;
+    // Under MPI rank 0 alone reports.
+    if !dist::is_writer() {
+        return Ok(());
+    }
+    if done.text {
+        print_text(&done.summary);
+    } else {
+        print_image(&done.summary);
+    }
+    Ok(())
+}
+
+/// The library half of `pretext pretrain` (also the Python package's `pretrain`): start or resume
+/// the run the arguments describe and return its summary, printing nothing but progress.
+pub fn run(a: PretrainArgs) -> Result<Pretrained> {
     if is_text_pretrain(&a)? {
-        return text(a);
+        return text(a).map(|summary| Pretrained {
+            summary,
+            text: true,
+        });
     }
     if a.tokenizer.is_some() {
         return Err(Error::Usage(
@@ -38,10 +64,14 @@ pub fn command(a: PretrainArgs) -> Result<()> {
         // Under MPI rank 0 alone reports.
         quiet: a.quiet || !dist::is_writer(),
     })?;
-    if !dist::is_writer() {
-        return Ok(());
-    }
-    print_summary(&summary, "items");
+    Ok(Pretrained {
+        summary,
+        text: false,
+    })
+}
+
+fn print_image(summary: &PretrainSummary) {
+    print_summary(summary, "items");
     if summary.skipped_steps > 0 {
         println!(
             "{} steps were skipped for a NaN/Inf loss (on_nonfinite = \"skip\")",
@@ -56,7 +86,6 @@ pub fn command(a: PretrainArgs) -> Result<()> {
             .collect();
         println!("held-out test images: {}", eval.join(", "));
     }
-    Ok(())
 }
 
 /// The run's one line: steps, time, throughput (`unit`/s), final loss, where it is.
@@ -125,7 +154,7 @@ fn is_text_pretrain(a: &PretrainArgs) -> Result<bool> {
     Ok(task.is_some_and(|t| tasks::find_text(&t).is_some()))
 }
 
-fn text(a: PretrainArgs) -> Result<()> {
+fn text(a: PretrainArgs) -> Result<PretrainSummary> {
     let device = device::parse(&a.device)?;
     if a.skip_bad {
         return Err(Error::Usage("--skip-bad is for image data".into()));
@@ -140,18 +169,18 @@ fn text(a: PretrainArgs) -> Result<()> {
             (cfg, out_dir(a.out)?, false)
         }
     };
-    let s = pretrain_text(TextPretrainRequest {
+    pretrain_text(TextPretrainRequest {
         config,
         out,
         device,
         resume,
         stop_after: a.stop_after,
         quiet: a.quiet || !dist::is_writer(),
-    })?;
-    if !dist::is_writer() {
-        return Ok(());
-    }
-    print_summary(&s, "tokens");
+    })
+}
+
+fn print_text(s: &PretrainSummary) {
+    print_summary(s, "tokens");
     let get = |k: &str| s.eval.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
     match (get("val_loss"), get("val_ppl")) {
         (Some(loss), Some(ppl)) => println!("validation loss {loss:.4} (perplexity {ppl:.2})"),
@@ -165,5 +194,4 @@ fn text(a: PretrainArgs) -> Result<()> {
     if s.completed && sample.exists() {
         println!("a generated sample is in {}", sample.display());
     }
-    Ok(())
 }
