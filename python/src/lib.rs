@@ -508,8 +508,16 @@ fn _pretext(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     // Python handles SIGINT; the work is stopped through `run_loop::interrupt` (run_blocking).
     run_loop::use_external_interrupts();
-    // A panic becomes a PretextError (run_blocking); nothing of it goes to stderr.
-    std::panic::set_hook(Box::new(|_| {}));
+    // A panic in pretext's work becomes a PretextError (run_blocking) and prints nothing. The
+    // work runs on threads of its own, so only panics off the importing (Python's) thread are
+    // silenced: another Rust extension's panic on Python's thread still reports as it would.
+    let python_thread = std::thread::current().id();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() == python_thread {
+            previous(info);
+        }
+    }));
     let py = m.py();
     m.add("PretextError", py.get_type::<PretextError>())?;
     m.add("UsageError", py.get_type::<UsageError>())?;
