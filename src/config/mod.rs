@@ -66,7 +66,7 @@ pub struct PretrainConfig {
     pub weight_decay: f64,
     /// Whether weight decay also pulls biases and the normalisation layers' scale and shift
     /// towards 0. Off (the default, as GPT-2 and nanoGPT): only weight matrices, convolution
-    /// kernels and embeddings decay ([`crate::engine::optim`]); runs before December 6, 2026
+    /// kernels and embeddings decay (`engine::optim`); runs before December 6, 2026
     /// decayed every parameter, as `true` does.
     pub decay_biases_and_norms: bool,
     /// SGD momentum (ignored by AdamW).

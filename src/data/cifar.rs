@@ -201,16 +201,16 @@ pub(crate) fn not_found(path: PathBuf) -> DataError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::test_photos::{dir_with, pattern};
 
+    /// `n` records' pixels.
     fn pixels(n: usize) -> Vec<u8> {
-        (0..n * PIXELS).map(|i| (i * 7 % 251) as u8).collect()
+        pattern(n * PIXELS, 7, 251)
     }
 
     #[test]
     fn cifar10_roundtrip() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().join("cifar-10-batches-bin");
-        std::fs::create_dir(&d).unwrap();
+        let (dir, d) = dir_with("cifar-10-batches-bin");
         let px = pixels(5);
         write_records(
             &d.join("data_batch_1.bin"),
@@ -246,15 +246,7 @@ mod tests {
             &Default::default(),
         )
         .unwrap();
-        assert_eq!(
-            (
-                ds.train.n,
-                ds.train.channels,
-                ds.train.height,
-                ds.train.width
-            ),
-            (4, 3, 32, 32)
-        );
+        assert_eq!(crate::data::test_photos::shape(&ds.train), (4, 3, 32, 32));
         assert_eq!(ds.train.labels, Some(vec![3, 1, 4, 9]));
         assert_eq!(ds.train.images, px[..4 * PIXELS]);
         let test = ds.test.unwrap();

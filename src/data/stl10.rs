@@ -152,15 +152,14 @@ fn read_images(path: &Path, limit: Option<usize>) -> Result<ImageSet, DataError>
 mod tests {
     use super::*;
 
+    /// `n` images as the files keep them (channel-major, columns first).
     fn chw(n: usize) -> Vec<u8> {
-        (0..n * RECORD).map(|i| (i * 13 % 253) as u8).collect()
+        crate::data::test_photos::pattern(n * RECORD, 13, 253)
     }
 
     #[test]
     fn roundtrip_transposes_to_row_major() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().join("stl10_binary");
-        std::fs::create_dir(&d).unwrap();
+        let (dir, d) = crate::data::test_photos::dir_with("stl10_binary");
         let px = chw(3);
         write_split(
             &d.join("train_X.bin"),
@@ -185,15 +184,7 @@ mod tests {
             &Default::default(),
         )
         .unwrap();
-        assert_eq!(
-            (
-                ds.train.n,
-                ds.train.channels,
-                ds.train.height,
-                ds.train.width
-            ),
-            (2, 3, 96, 96)
-        );
+        assert_eq!(crate::data::test_photos::shape(&ds.train), (2, 3, 96, 96));
         assert_eq!(ds.train.images, px[..2 * RECORD]);
         assert_eq!(ds.train.labels, Some(vec![0, 9]));
         assert_eq!(ds.test.as_ref().unwrap().labels, Some(vec![4]));

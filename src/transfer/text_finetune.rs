@@ -184,20 +184,11 @@ mod tests {
     }
 
     fn net(ad: &Device) -> TextClassifier {
-        let spec = TransformerSpec {
-            vocab: 48,
-            d_model: 32,
-            layers: 2,
-            heads: 2,
-            d_ff: 64,
-            max_len: 16,
-            dropout: 0.1,
-            tie_weights: true,
-            causal: false,
-        };
+        // The tiny preset, bidirectional, over a 48-token vocabulary.
+        let spec = TransformerSpec::preset("tiny", 48, false).unwrap();
         crate::platform::device::seeded(ad, 3, || TextClassifier {
             lm: spec.init(ad),
-            head: LinearHead::new(32, 2, ad),
+            head: LinearHead::new(spec.d_model, 2, ad),
         })
     }
 
