@@ -184,8 +184,13 @@ mod tests {
     }
 
     fn net(ad: &Device) -> TextClassifier {
-        // The tiny preset, bidirectional, over a 48-token vocabulary.
-        let spec = TransformerSpec::preset("tiny", 48, false).unwrap();
+        // The tiny preset, bidirectional, over a 48-token vocabulary, without dropout (so the
+        // replicas' steps equal one model's to float rounding).
+        let tiny = TransformerSpec::preset("tiny", 48, false).unwrap();
+        let spec = TransformerSpec {
+            dropout: 0.0,
+            ..tiny
+        };
         crate::platform::device::seeded(ad, 3, || TextClassifier {
             lm: spec.init(ad),
             head: LinearHead::new(spec.d_model, 2, ad),
@@ -193,8 +198,7 @@ mod tests {
     }
 
     /// Two replicas on halves of each step's documents take the steps one model takes on the
-    /// whole batch (dropout masks follow the part, so they differ: losses agree to 5%, and the
-    /// loss falls in both).
+    /// whole batch (to float rounding: no dropout here), and the loss falls.
     #[test]
     fn two_replicas_fit_like_one_and_the_loss_falls() {
         let ad = Device::flex().autodiff();
@@ -203,7 +207,7 @@ mod tests {
         let fit = |replicas| Fit {
             steps: 30,
             batch_size: 8,
-            lr: 3e-3,
+            lr: 1e-3,
             weight_decay: 0.01,
             seed: 1,
             replicas,
@@ -212,11 +216,13 @@ mod tests {
         let (_, two) = fit(2).run(net(&ad), &train, 0, None, &ad).unwrap();
         let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
         let (first, last) = (mean(&one[..5]), mean(&one[25..]));
-        assert!(last < 0.7 * first, "loss {first} → {last}");
-        assert!(
-            (mean(&two[25..]) - last).abs() < 0.05 * first,
-            "{one:?}\n{two:?}"
-        );
+        assert!(last < 0.7 * first, "loss {first} → {last}\n{one:?}");
+        for (step, (a, b)) in one.iter().zip(&two).enumerate().take(10) {
+            assert!(
+                (a - b).abs() < 1e-3 * a.abs().max(1.0),
+                "step {step}: {a} vs {b}"
+            );
+        }
     }
 
     /// Wall time of 20 fine-tuning steps of the tiny model (d_model 128, 4 blocks) on
