@@ -26,21 +26,32 @@ except KeyboardInterrupt:
 
 def test_sigint_stops_with_a_checkpoint_and_resume_continues(tmp_path):
     out = tmp_path / "run"
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD % {"data": DEMO}, str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=str(Path(__file__).parent),
-    )
+    # The child's output goes to files, not pipes, so nothing it prints can wait on this process.
+    out_file, err_file = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(out_file, "w") as o, open(err_file, "w") as e:
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD % {"data": DEMO}, str(out)],
+            stdout=o,
+            stderr=e,
+            text=True,
+            cwd=str(Path(__file__).parent),
+        )
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        assert child.poll() is None, child.communicate()
+        assert child.poll() is None, (out_file.read_text(), err_file.read_text())
         time.sleep(0.1)
-    assert metrics.exists(), "training did not start in 120 s"
+    assert metrics.exists() and len(metrics.read_text().splitlines()) >= 2, \
+        "training did not start in 120 s"
     child.send_signal(signal.SIGINT)
-    stdout, stderr = child.communicate(timeout=120)
+    try:
+        child.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        raise AssertionError("no end 120 s after SIGINT; stdout %r, stderr tail %r"
+                             % (out_file.read_text(), err_file.read_text()[-3000:]))
+    stdout, stderr = out_file.read_text(), err_file.read_text()
     assert child.returncode == 0, stderr
     assert stdout.strip() == "KeyboardInterrupt", (stdout, stderr)
     assert "interrupted: writing a checkpoint" in stderr
