@@ -12,8 +12,12 @@ from pathlib import Path
 import pretext
 from conftest import DEMO
 
+# Python leaves SIGINT ignored when it starts with it ignored, as a background job of a
+# non-interactive shell (CI's runner, `cmd &`) starts: the child restores Python's usual
+# Ctrl-C handling first, which is what this test is about.
 CHILD = r"""
-import sys, pretext
+import signal, sys, pretext
+signal.signal(signal.SIGINT, signal.default_int_handler)
 try:
     pretext.pretrain(task="rotation", data=%(data)r, out=sys.argv[1], steps=100000, width=8,
                      batch_size=8, warmup_steps=1, log_every=1, checkpoint_every=100000,
