@@ -277,6 +277,33 @@ fn pixels<T: numpy::Element + Copy>(a: &PyReadonlyArray4<'_, T>) -> PyResult<Ima
     Ok((data, s[0], (s[1], s[2], s[3])))
 }
 
+/// How a pixel type's images are handed to the library.
+type Wrap<T> = for<'a> fn(&'a [T], usize, (usize, usize, usize)) -> images::InMemory<'a>;
+
+/// Vectors of in-memory images; `wrap` says how their pixels are kept.
+fn embed_images<'py, T: Send + Sync + 'static>(
+    py: Python<'py>,
+    run: PathBuf,
+    (px, n, chw): Images<T>,
+    wrap: Wrap<T>,
+    (stage, batch_size, device): (Option<usize>, Option<usize>, String),
+) -> PyResult<Bound<'py, PyAny>> {
+    let out = run_blocking(py, false, move || {
+        let info = image_info(&run)?;
+        let device = device::parse(&device)?;
+        images::embed_in_memory(&run, &info, wrap(&px, n, chw), stage, batch_size, &device)
+    })?;
+    to_array(py, out)
+}
+
+fn as_u8(pixels: &[u8], n: usize, chw: (usize, usize, usize)) -> images::InMemory<'_> {
+    images::InMemory::U8 { pixels, n, chw }
+}
+
+fn as_f32(pixels: &[f32], n: usize, chw: (usize, usize, usize)) -> images::InMemory<'_> {
+    images::InMemory::F32 { pixels, n, chw }
+}
+
 /// Vectors of uint8 images, [n, c, h, w].
 #[pyfunction]
 #[pyo3(signature = (run, images, stage, batch_size, device))]
@@ -288,24 +315,8 @@ fn _embed_u8<'py>(
     batch_size: Option<usize>,
     device: String,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (px, n, chw) = pixels(&images)?;
-    let out = run_blocking(py, false, move || {
-        let info = image_info(&run)?;
-        let images = images::InMemory::U8 {
-            pixels: &px,
-            n,
-            chw,
-        };
-        images::embed_in_memory(
-            &run,
-            &info,
-            images,
-            stage,
-            batch_size,
-            &device::parse(&device)?,
-        )
-    })?;
-    to_array(py, out)
+    let how = (stage, batch_size, device);
+    embed_images(py, run, pixels(&images)?, as_u8, how)
 }
 
 /// Vectors of float32 images in [0, 1], [n, c, h, w].
@@ -319,24 +330,8 @@ fn _embed_f32<'py>(
     batch_size: Option<usize>,
     device: String,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (px, n, chw) = pixels(&images)?;
-    let out = run_blocking(py, false, move || {
-        let info = image_info(&run)?;
-        let images = images::InMemory::F32 {
-            pixels: &px,
-            n,
-            chw,
-        };
-        images::embed_in_memory(
-            &run,
-            &info,
-            images,
-            stage,
-            batch_size,
-            &device::parse(&device)?,
-        )
-    })?;
-    to_array(py, out)
+    let how = (stage, batch_size, device);
+    embed_images(py, run, pixels(&images)?, as_f32, how)
 }
 
 /// Vectors of image files, decoded as a `folder:` data set's are.
