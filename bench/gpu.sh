@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The benchmark suite on a GPU machine: pretext on burn's Vulkan (wgpu) backend and the PyTorch
-# reference on CUDA, back to back in one invocation, the table written to $OUT.
+# The benchmark suite on a GPU machine: pretext on burn's wgpu backend (DEVICE: wgpu, the
+# portable WGSL path, or vulkan, SPIR-V) and the PyTorch reference on CUDA, back to back in one
+# invocation, the table written to $OUT. Run it once per device for both rows.
 #
-# Builds nothing. It expects a release binary built elsewhere with the Vulkan feature
+# Builds nothing. It expects a release binary built elsewhere with the device's feature
 # (burn's `cuda` feature cannot build offline, see ../shared/MEASUREMENTS.md):
 #
-#     cargo build --release --features vulkan      # on the build machine; carry target/release/pretext
-#     OUT=/tmp/out bench/gpu.sh                     # on the GPU machine, from the repository root
+#     cargo build --release --features wgpu,vulkan  # on the build machine; carry target/release/pretext
+#     OUT=/tmp/out bench/gpu.sh                      # on the GPU machine, from the repository root
+#     DEVICE=wgpu OUT=/tmp/out-wgpu bench/gpu.sh
 #
 # Environment:
 #   PRETEXT_BIN   the carried binary (default target/release/pretext)
@@ -16,6 +18,7 @@
 #   BATCH         images per step (default 128)
 #   STEPS         timed steps per task (default 20)
 #   PYTHON        default python3 (needs torch with CUDA)
+#   DEVICE        pretext's device: vulkan (default) or wgpu
 # Flags:
 #   --cpu         fallback to check the script without a GPU: pretext on cpu, PyTorch on cpu
 set -euo pipefail
@@ -27,7 +30,7 @@ BACKBONE=${BACKBONE:-convnet}
 BATCH=${BATCH:-128}
 STEPS=${STEPS:-20}
 PYTHON=${PYTHON:-python3}
-DEVICE=vulkan
+DEVICE=${DEVICE:-vulkan}
 TORCH_DEVICE=cuda
 if [[ "${1:-}" == "--cpu" ]]; then
     DEVICE=cpu
@@ -51,6 +54,7 @@ fi
     fi
     "$PYTHON" -c 'import torch; print("torch:", torch.__version__, "cuda:", torch.version.cuda, "available:", torch.cuda.is_available())' 2>&1 || echo "torch: not installed"
     command -v vulkaninfo >/dev/null && vulkaninfo --summary 2>/dev/null | grep -E "deviceName|driverName|apiVersion" | sed 's/^ */vulkan: /' || true
+    "$BIN" devices 2>&1 | sed 's/^/pretext device /' || true
     echo "command: $BIN bench --tasks $TASKS --backbone $BACKBONE --batch-size $BATCH --steps $STEPS --device $DEVICE --torch-device $TORCH_DEVICE"
 } | tee "$OUT/machine.txt"
 

@@ -321,8 +321,16 @@ def centre(x):
 
 
 def adamw(model, meta):
-    return torch.optim.AdamW(model.parameters(), lr=meta["lr"], weight_decay=meta["weight_decay"],
-                             betas=(0.9, 0.999), eps=1e-5)
+    """engine/optim.rs: decay on weight matrices and kernels, none on biases and norms (the 1-D
+    parameters), unless the run decays everything (`decay_biases_and_norms`)."""
+    params = list(model.parameters())
+    wd = meta["weight_decay"]
+    if meta.get("decay_biases_and_norms", False):
+        groups = [{"params": params, "weight_decay": wd}]
+    else:
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": wd},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=meta["lr"], betas=(0.9, 0.999), eps=1e-5)
 
 
 # ---------------------------------------------------------------- tasks: (modules, step) per task

@@ -23,6 +23,9 @@ pub enum Command {
     Transfer(TransferArgs),
     /// List every pretext task with a one-line description.
     Tasks,
+    /// List the compute devices (`--device`) and what each is here: the CPU's threads, the GPU
+    /// adapter with its graphics API and driver, or why it is not available.
+    Devices,
     /// Pretrain on a small built-in Fashion-MNIST subset and compare with random weights (CPU, minutes).
     Demo(DemoArgs),
     /// Measure training throughput per backbone, next to PyTorch when it is installed (or, with
@@ -260,7 +263,7 @@ pub struct PretrainArgs {
     /// Override a config key, e.g. --set steps=300 --set rotation.flip=false (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// cpu, vulkan or cuda (GPU devices need a build with that feature).
+    /// cpu, wgpu, vulkan or cuda (GPU devices need a build with that feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Skip images that fail to decode (with a count) instead of stopping.
@@ -345,7 +348,7 @@ pub struct BenchArgs {
     /// Python interpreter for the PyTorch reference (bench/reference.py).
     #[arg(long, default_value = "python3")]
     pub python: String,
-    /// Device for pretext: cpu, vulkan, cuda (the latter two need the binary's feature).
+    /// Device for pretext: cpu, wgpu, vulkan, cuda (GPU devices need the binary's feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Device for the PyTorch reference (default: cpu for --device cpu, otherwise cuda).

@@ -24,6 +24,10 @@ pub fn run(cli: Cli) -> Result<()> {
             list_tasks();
             Ok(())
         }
+        Command::Devices => {
+            list_devices();
+            Ok(())
+        }
         Command::Pretrain(a) => pretrain::command(a),
         Command::Transfer(a) => transfer::command(a),
         Command::Demo(a) => demo::run(
@@ -63,6 +67,18 @@ fn list_tasks() {
     for t in tasks::TASKS {
         let kind = if t.is_text() { "text" } else { "images" };
         println!("{:width$}  {kind:6}  {}", t.name, t.description);
+    }
+}
+
+/// `pretext devices`: each `--device` name and what it is on this machine (opening a GPU
+/// device asks its driver for the adapter).
+fn list_devices() {
+    for name in device::DEVICES {
+        let what = match device::parse(name) {
+            Ok(d) => device::describe(&d),
+            Err(e) => e.to_string(),
+        };
+        println!("{name}: {what}");
     }
 }
 

@@ -118,7 +118,7 @@ fn resolve_for(asked: usize, batch: usize, ranks: usize, device: &Device) -> Res
     }
     let batch = batch / ranks.max(1);
     // burn's CPU backend, also under autodiff.
-    let cpu = device.clone().inner() == Device::flex();
+    let cpu = crate::platform::device::is_cpu(device);
     if asked == 0 {
         if !cpu {
             return Ok(1);

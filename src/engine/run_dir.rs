@@ -39,6 +39,10 @@ pub struct EncoderInfo {
     /// Conversion of the images before `input` normalisation (e.g. colour → lightness).
     #[serde(default)]
     pub input_transform: InputTransform,
+    /// Where the run last started or resumed ([`crate::platform::device::describe`]: the CPU's
+    /// threads or the GPU adapter, API and driver); empty in runs before December 6, 2026.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub device: String,
 }
 
 /// How to rebuild a text run's model.
@@ -56,6 +60,9 @@ pub struct TextRunInfo {
     /// tokenizer the run was given.
     #[serde(default)]
     pub tokenizer_docs: String,
+    /// Where the run last started or resumed, as in [`EncoderInfo::device`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub device: String,
 }
 
 /// `run.json`: what kind of run this is and how to rebuild its network.
@@ -365,6 +372,7 @@ mod tests {
             task: "rotation".into(),
             data: "builtin:fashion-mnist-demo".into(),
             input_transform: InputTransform::None,
+            device: String::new(),
         }
     }
 

@@ -15,11 +15,18 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use super::convnet::ConvBnRelu;
 use super::{Backbone, BackboneSpec};
 
-/// x: [b, c, h, w] → bilinear resize to [b, c, size[0], size[1]] (identity when equal).
+/// x: [b, c, h, w] → bilinear resize to [b, c, size[0], size[1]] (identity when equal;
+/// `align_corners = false`, PyTorch's `F.interpolate` convention).
+///
+/// On the CPU burn's own kernel (and its backward); on a GPU the same map as two matrix products
+/// ([`bilinear_by_matmul`]), since burn's GPU backends have no bilinear backward.
 pub fn upsample(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
     if [h, w] == size {
         return x;
+    }
+    if !crate::platform::device::is_cpu(&x.device()) {
+        return bilinear_by_matmul(x, size);
     }
     interpolate(
         x,
@@ -27,6 +34,45 @@ pub fn upsample(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
             .with_align_corners(false)
             .with_output_size(size),
     )
+}
+
+/// Bilinear resizing as `A_h · x · A_wᵀ` per image and channel, with the interpolation matrices
+/// of [`bilinear_matrix`]: the gradient is two more products, on any backend.
+pub fn bilinear_by_matmul(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    let device = x.device();
+    let n = b * c;
+    let a_h = Tensor::<2>::from_data(
+        TensorData::new(bilinear_matrix(h, size[0]), [size[0], h]),
+        &device,
+    );
+    let a_w_t = Tensor::<2>::from_data(
+        TensorData::new(bilinear_matrix(w, size[1]), [size[1], w]),
+        &device,
+    )
+    .transpose();
+    let rows = a_h.unsqueeze::<3>().expand([n, size[0], h]);
+    let cols = a_w_t.unsqueeze::<3>().expand([n, w, size[1]]);
+    rows.matmul(x.reshape([n, h, w]))
+        .matmul(cols)
+        .reshape([b, c, size[0], size[1]])
+}
+
+/// The `[to, from]` matrix of 1-D linear interpolation from `from` samples to `to`, with
+/// `align_corners = false`: output `i` samples the input at `(i + 0.5)·from/to − 0.5` (clamped at
+/// 0), between its two neighbours.
+pub fn bilinear_matrix(from: usize, to: usize) -> Vec<f32> {
+    let scale = from as f32 / to as f32;
+    let mut m = vec![0.0f32; to * from];
+    for i in 0..to {
+        let src = ((i as f32 + 0.5) * scale - 0.5).max(0.0);
+        let i0 = (src.floor() as usize).min(from - 1);
+        let i1 = (i0 + 1).min(from - 1);
+        let t = src - i0 as f32;
+        m[i * from + i0] += 1.0 - t;
+        m[i * from + i1] += t;
+    }
+    m
 }
 
 #[derive(Module, Debug)]
@@ -145,6 +191,55 @@ mod tests {
                 let g = Generator::new(&spec, 3, 2, skips, &device);
                 let y = g.forward(Tensor::zeros([2, 1, size, size], &device));
                 assert_eq!(y.dims(), [2, 2, size, size]);
+            }
+        }
+    }
+
+    /// The GPU's form of the resize is burn's bilinear interpolation, values and gradients, at
+    /// the decoders' sizes (3 → 7 → 14 → 28 for 28-px inputs) and a few others.
+    #[test]
+    fn bilinear_by_matmul_is_burns_bilinear_resize() {
+        let device = Device::flex().autodiff();
+        for (from, to) in [
+            ([3, 3], [7, 7]),
+            ([7, 7], [14, 14]),
+            ([14, 14], [28, 28]),
+            ([4, 6], [9, 5]),
+            ([1, 2], [3, 4]),
+        ] {
+            let n = 2 * 3 * from[0] * from[1];
+            let values: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+                .collect();
+            let x =
+                Tensor::<4>::from_data(TensorData::new(values, [2, 3, from[0], from[1]]), &device)
+                    .require_grad();
+            let weights = Tensor::<4>::random(
+                [2, 3, to[0], to[1]],
+                burn::tensor::Distribution::Default,
+                &device,
+            );
+            let mut out = Vec::new();
+            for by_matmul in [false, true] {
+                let y = if by_matmul {
+                    bilinear_by_matmul(x.clone(), to)
+                } else {
+                    upsample(x.clone(), to)
+                };
+                let grads = (y.clone() * weights.clone()).sum().backward();
+                let g = x.grad(&grads).unwrap();
+                out.push((
+                    y.into_data().try_to_vec::<f32>().unwrap(),
+                    g.into_data().try_to_vec::<f32>().unwrap(),
+                ));
+            }
+            for (a, b) in out[0]
+                .0
+                .iter()
+                .zip(&out[1].0)
+                .chain(out[0].1.iter().zip(&out[1].1))
+            {
+                assert!((a - b).abs() < 1e-5, "{from:?} → {to:?}: {a} vs {b}");
             }
         }
     }

@@ -1,19 +1,26 @@
 //! The compute device, chosen at run time: `cpu` (burn's pure-Rust flex backend, always built),
-//! `vulkan` and `cuda` (only in builds with those Cargo features).
+//! `wgpu` (any GPU wgpu reaches: Vulkan, Metal, DirectX 12, or Mesa's software Vulkan),
+//! `vulkan` (wgpu pinned to Vulkan, SPIR-V shaders) and `cuda` (only in builds with those Cargo
+//! features). [`describe`] names what a device is (the adapter, its API and driver), for the
+//! run's first line and `run.json`.
 
 use burn::prelude::Device;
 
 use crate::error::{Error, Result};
 
-pub const DEVICES: &[&str] = &["cpu", "vulkan", "cuda"];
+pub const DEVICES: &[&str] = &["cpu", "wgpu", "vulkan", "cuda"];
 
 pub fn parse(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::flex()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => gpu::open(name, burn::tensor::wgpu::WgpuBackend::Auto),
         #[cfg(feature = "vulkan")]
-        "vulkan" => Ok(Device::vulkan(Default::default())),
+        "vulkan" => gpu::open(name, burn::tensor::wgpu::WgpuBackend::Vulkan),
         #[cfg(feature = "cuda")]
         "cuda" => Ok(Device::cuda(0)),
+        #[cfg(not(feature = "wgpu"))]
+        "wgpu" => Err(missing_feature(name)),
         #[cfg(not(feature = "vulkan"))]
         "vulkan" => Err(missing_feature(name)),
         #[cfg(not(feature = "cuda"))]
@@ -22,6 +29,93 @@ pub fn parse(name: &str) -> Result<Device> {
             "--device {other}: unknown device; expected one of {}",
             DEVICES.join(", ")
         ))),
+    }
+}
+
+/// Whether `device` is the CPU (burn's flex backend, also under autodiff).
+pub fn is_cpu(device: &Device) -> bool {
+    device.clone().inner() == Device::flex()
+}
+
+/// What `device` is, in a few words: `cpu (2 compute threads)`, or a GPU's adapter with its
+/// graphics API and driver (`llvmpipe (LLVM 15.0.6, 256 bits), Vulkan, llvmpipe Mesa 22.3.6`).
+pub fn describe(device: &Device) -> String {
+    let inner = device.clone().inner();
+    if is_cpu(&inner) {
+        let threads = rayon::current_num_threads();
+        return format!(
+            "cpu ({threads} compute thread{})",
+            if threads == 1 { "" } else { "s" }
+        );
+    }
+    #[cfg(feature = "wgpu")]
+    if let Some(adapter) = gpu::adapter(&inner) {
+        return adapter;
+    }
+    format!("{inner:?}")
+}
+
+/// wgpu devices: opened once per graphics API for the whole process (burn registers a runtime
+/// once), with the adapter they run on.
+#[cfg(feature = "wgpu")]
+mod gpu {
+    use std::sync::Mutex;
+
+    use burn::prelude::Device;
+    use burn::tensor::wgpu::WgpuBackend;
+
+    use crate::error::{Error, Result};
+
+    /// Each opened API's device and adapter description, or why it could not open.
+    type Opened = Vec<(String, std::result::Result<(Device, String), String>)>;
+    static OPENED: Mutex<Opened> = Mutex::new(Vec::new());
+
+    pub fn open(name: &str, api: WgpuBackend) -> Result<Device> {
+        let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
+        if !opened.iter().any(|(n, _)| n == name) {
+            // wgpu reports a missing adapter as an error, but a broken driver can panic inside it
+            let result = std::panic::catch_unwind(|| {
+                Device::wgpu_options().graphics_api(api).init_with_setup()
+            })
+            .map_err(|panic| {
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "the driver crashed".into())
+            })
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map(|(device, setup)| {
+                let a = setup.adapter.get_info();
+                let driver = [a.driver.as_str(), a.driver_info.as_str()]
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                (device, format!("{}, {:?}, {driver}", a.name, a.backend))
+            });
+            opened.push((name.to_string(), result));
+        }
+        let (_, result) = opened.iter().find(|(n, _)| n == name).expect("just opened");
+        match result {
+            Ok((device, _)) => Ok(device.clone()),
+            Err(why) => Err(Error::Usage(format!(
+                "--device {name}: no GPU adapter could be opened ({}); is a Vulkan, Metal or \
+                 DirectX 12 driver installed? (Linux without a GPU: Mesa's lavapipe, Debian \
+                 package mesa-vulkan-drivers)",
+                why.lines().next().unwrap_or("").trim()
+            ))),
+        }
+    }
+
+    /// The adapter a device opened by [`open`] runs on.
+    pub fn adapter(device: &Device) -> Option<String> {
+        let opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
+        opened.iter().find_map(|(_, r)| match r {
+            Ok((d, adapter)) if d == device => Some(adapter.clone()),
+            _ => None,
+        })
     }
 }
 

@@ -117,7 +117,11 @@ pub fn pretrain(req: PretrainRequest) -> Result<PretrainSummary> {
         task: cfg.task.clone(),
         data: cfg.data.clone(),
         input_transform,
+        device: crate::platform::device::describe(&req.device),
     };
+    if !req.quiet {
+        println!("{}: training on {}", cfg.task, info.device);
+    }
     let monitor = if cfg.eval_every > 0 && writer {
         let (transform, input) = (info.input_transform, info.input.clone());
         KnnMonitor::new(&dataset, input, transform, cfg.seed, &req.device)?

@@ -156,7 +156,11 @@ pub fn pretrain_text(req: TextPretrainRequest) -> Result<PretrainSummary> {
         tokenizer: "tokenizer.json".into(),
         seq_len: t,
         tokenizer_docs,
+        device: crate::platform::device::describe(&req.device),
     };
+    if !req.quiet {
+        println!("{}: training on {}", cfg.task, info.device);
+    }
     if writer {
         run_dir::write_run_info(&run, &RunInfo::Text(info))?;
     }
