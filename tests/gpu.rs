@@ -246,3 +246,36 @@ fn the_adapter_is_named() {
         "{line}"
     );
 }
+
+/// Without any driver (the Vulkan loader and EGL pointed at nothing), `--device wgpu` is one line
+/// naming the device and what to install, and the run directory is not created.
+#[test]
+fn no_adapter_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let nothing = dir.path().join("none.json");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args([
+            "pretrain", "--task", "rotation", "--device", "wgpu", "--out",
+        ])
+        .arg(&out)
+        .args(["--data", "builtin:fashion-mnist-demo", "-q"])
+        .env("VK_ICD_FILENAMES", &nothing)
+        .env("VK_DRIVER_FILES", &nothing)
+        .env("__EGL_VENDOR_LIBRARY_FILENAMES", &nothing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        line.contains("--device wgpu: no GPU adapter could be opened")
+            && line.contains("mesa-vulkan-drivers"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.exists());
+}
