@@ -15,7 +15,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{austen_slice, missing_tool, ok, step_rows};
+use common::{austen_slice, missing_tool, ok, step_rows, TINY_LM};
 
 /// Largest relative difference allowed between the CPU's and wgpu's loss at a step, both
 /// continuing from the same checkpoint: the two backends sum in other orders (f32), and two
@@ -206,31 +206,17 @@ fn a_language_model_trains_on_wgpu_as_on_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let txt = austen_slice(dir.path(), 40_000);
     let data = format!("text:{}", txt.display());
-    hand_over(
-        "causal-lm",
-        &[
-            "--data",
-            &data,
-            "--set",
-            "vocab=300",
-            "--set",
-            "d_model=32",
-            "--set",
-            "layers=2",
-            "--set",
-            "heads=2",
-            "--set",
-            "seq_len=32",
-            "--set",
-            "batch_size=8",
-            "--set",
-            "warmup_steps=2",
-            "--set",
-            "eval_every=100",
-            "--set",
-            "eval_batches=1",
-        ],
-    );
+    let mut args = vec!["--data", &data];
+    args.extend_from_slice(TINY_LM);
+    args.extend_from_slice(&[
+        "--set",
+        "warmup_steps=2",
+        "--set",
+        "eval_every=100",
+        "--set",
+        "eval_batches=1",
+    ]);
+    hand_over("causal-lm", &args);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{austen_slice, ok, serial};
+use common::{austen_slice, ok, serial, TINY_LM};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_pretext")
@@ -72,24 +72,9 @@ fn two_ranks_train_a_language_model_like_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let txt = austen_slice(dir.path(), 60_000);
     let data = format!("text:{}", txt.display());
-    let common: Vec<&str> = vec![
-        "pretrain",
-        "--task",
-        "causal-lm",
-        "--data",
-        &data,
-        "--set",
-        "vocab=300",
-        "--set",
-        "d_model=32",
-        "--set",
-        "layers=2",
-        "--set",
-        "heads=2",
-        "--set",
-        "seq_len=32",
-        "--set",
-        "batch_size=8",
+    let mut common: Vec<&str> = vec!["pretrain", "--task", "causal-lm", "--data", &data];
+    common.extend_from_slice(TINY_LM);
+    common.extend_from_slice(&[
         "--set",
         "steps=12",
         "--set",
@@ -107,7 +92,7 @@ fn two_ranks_train_a_language_model_like_one_process() {
         "--set",
         "rank_check_every=4",
         "-q",
-    ];
+    ]);
     let one = dir.path().join("one");
     let mut a = common.clone();
     a.extend_from_slice(&["--set", "replicas=2", "--out", one.to_str().unwrap()]);

@@ -12,6 +12,23 @@ use pretext::data::Dataset;
 use pretext::nn::input::InputSpec;
 use pretext::tasks::{self, ImageTrainer, TaskContext};
 
+/// A tiny causal/masked language model for the binary's `--set`s: 300 tokens, 2 layers × 32
+/// wide, 2 heads, windows of 32 tokens, batches of 8.
+pub const TINY_LM: &[&str] = &[
+    "--set",
+    "vocab=300",
+    "--set",
+    "d_model=32",
+    "--set",
+    "layers=2",
+    "--set",
+    "heads=2",
+    "--set",
+    "seq_len=32",
+    "--set",
+    "batch_size=8",
+];
+
 /// The binary with `args`.
 pub fn pretext(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pretext"))
