@@ -321,15 +321,11 @@ def centre(x):
 
 
 def adamw(model, meta):
-    """engine/optim.rs: decay on weight matrices and kernels, none on biases and norms (the 1-D
-    parameters), unless the run decays everything (`decay_biases_and_norms`)."""
+    """engine/optim.rs's default: decay on weight matrices and kernels, none on biases and norms
+    (the 1-D parameters)."""
     params = list(model.parameters())
-    wd = meta["weight_decay"]
-    if meta.get("decay_biases_and_norms", False):
-        groups = [{"params": params, "weight_decay": wd}]
-    else:
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": wd},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": meta["weight_decay"]},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=meta["lr"], betas=(0.9, 0.999), eps=1e-5)
 
 

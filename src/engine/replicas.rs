@@ -117,7 +117,6 @@ fn resolve_for(asked: usize, batch: usize, ranks: usize, device: &Device) -> Res
         ));
     }
     let batch = batch / ranks.max(1);
-    // burn's CPU backend, also under autodiff.
     let cpu = crate::platform::device::is_cpu(device);
     if asked == 0 {
         if !cpu {
