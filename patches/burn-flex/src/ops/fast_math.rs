@@ -71,28 +71,40 @@ pub fn erf_gelu_f32(x: f32) -> f32 {
 }
 
 /// `$into(x, out)` and `$in_place(v)`: `$f` of every element, into `out` (same length) or in
-/// place. AVX2 where the CPU has it (one dispatch per call), otherwise what the build's baseline
-/// vectorizes (SSE2 on x86-64). The loops are plain `for` loops: a closure inside a
-/// `#[target_feature]` function would not get its features.
+/// place. AVX-512 or AVX2 where the CPU has it (one dispatch per call), otherwise what the
+/// build's baseline vectorizes (SSE2 on x86-64). `$f` is plain IEEE arithmetic without fused
+/// multiply-adds, so every path gives the same bits. The loops are plain `for` loops: a closure
+/// inside a `#[target_feature]` function would not get its features.
 macro_rules! slice_maps {
-    ($f:ident, $into:ident, $into_avx2:ident, $in_place:ident, $in_place_avx2:ident) => {
+    ($f:ident, $into:ident, $in_place:ident) => {
         #[doc = concat!("`", stringify!($f), "` of every element of `x`, written to `out`.")]
         pub fn $into(x: &[f32], out: &mut [f32]) {
             assert_eq!(x.len(), out.len());
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2 (checked just above).
-                unsafe { $into_avx2(x, out) };
-                return;
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512(x: &[f32], out: &mut [f32]) {
+                    for (y, &x) in out.iter_mut().zip(x) {
+                        *y = $f(x);
+                    }
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2(x: &[f32], out: &mut [f32]) {
+                    for (y, &x) in out.iter_mut().zip(x) {
+                        *y = $f(x);
+                    }
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked just above).
+                    unsafe { avx512(x, out) };
+                    return;
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked just above).
+                    unsafe { avx2(x, out) };
+                    return;
+                }
             }
-            for (y, &x) in out.iter_mut().zip(x) {
-                *y = $f(x);
-            }
-        }
-
-        #[cfg(all(feature = "std", target_arch = "x86_64"))]
-        #[target_feature(enable = "avx2")]
-        unsafe fn $into_avx2(x: &[f32], out: &mut [f32]) {
             for (y, &x) in out.iter_mut().zip(x) {
                 *y = $f(x);
             }
@@ -101,19 +113,30 @@ macro_rules! slice_maps {
         #[doc = concat!("`", stringify!($f), "` of every element of `v`, in place.")]
         pub fn $in_place(v: &mut [f32]) {
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2 (checked just above).
-                unsafe { $in_place_avx2(v) };
-                return;
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512(v: &mut [f32]) {
+                    for x in v.iter_mut() {
+                        *x = $f(*x);
+                    }
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2(v: &mut [f32]) {
+                    for x in v.iter_mut() {
+                        *x = $f(*x);
+                    }
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked just above).
+                    unsafe { avx512(v) };
+                    return;
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked just above).
+                    unsafe { avx2(v) };
+                    return;
+                }
             }
-            for x in v.iter_mut() {
-                *x = $f(*x);
-            }
-        }
-
-        #[cfg(all(feature = "std", target_arch = "x86_64"))]
-        #[target_feature(enable = "avx2")]
-        unsafe fn $in_place_avx2(v: &mut [f32]) {
             for x in v.iter_mut() {
                 *x = $f(*x);
             }
@@ -121,7 +144,7 @@ macro_rules! slice_maps {
     };
 }
 
-slice_maps!(exp_f32, exp_f32_into, exp_f32_into_avx2, exp_f32_in_place, exp_f32_in_place_avx2);
+slice_maps!(exp_f32, exp_f32_into, exp_f32_in_place);
 
 const SQRT_HALF: f32 = core::f32::consts::FRAC_1_SQRT_2;
 /// 1 / sqrt(2π)
@@ -141,26 +164,37 @@ fn gelu_backward_one(x: f32, g: f32) -> f32 {
     g * (cdf + x * pdf)
 }
 
-slice_maps!(gelu_one, gelu_f32_into, gelu_f32_into_avx2, gelu_f32_in_place, gelu_f32_in_place_avx2);
+slice_maps!(gelu_one, gelu_f32_into, gelu_f32_in_place);
 
 /// GELU's input gradient for inputs `x` and output gradients `g` (same length), written to
-/// `out` (AVX2 where the CPU has it).
+/// `out` (AVX-512 or AVX2 where the CPU has it).
 pub fn gelu_backward_f32(x: &[f32], g: &[f32], out: &mut [f32]) {
     assert!(x.len() == g.len() && x.len() == out.len());
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        unsafe { gelu_backward_f32_avx2(x, g, out) };
-        return;
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(x: &[f32], g: &[f32], out: &mut [f32]) {
+            for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
+                *o = gelu_backward_one(x, g);
+            }
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(x: &[f32], g: &[f32], out: &mut [f32]) {
+            for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
+                *o = gelu_backward_one(x, g);
+            }
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            unsafe { avx512(x, g, out) };
+            return;
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { avx2(x, g, out) };
+            return;
+        }
     }
-    for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
-        *o = gelu_backward_one(x, g);
-    }
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2")]
-unsafe fn gelu_backward_f32_avx2(x: &[f32], g: &[f32], out: &mut [f32]) {
     for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
         *o = gelu_backward_one(x, g);
     }
