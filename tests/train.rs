@@ -441,6 +441,13 @@ fn inpaint_pretrains_on_colour_photos_and_writes_a_sample_grid() {
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(info["backbone"]["in_channels"], 3);
+    // where it ran: threads and the vector width the CPU kernels picked
+    let device = info["device"].as_str().unwrap();
+    assert!(
+        device.starts_with("cpu (")
+            && device.ends_with(&format!("{})", pretext::platform::device::cpu_simd())),
+        "{device}"
+    );
     assert!(run.join("encoder.safetensors").exists());
 }
 

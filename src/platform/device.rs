@@ -37,15 +37,17 @@ pub fn is_cpu(device: &Device) -> bool {
     device.clone().inner() == Device::flex()
 }
 
-/// What `device` is, in a few words: `cpu (2 compute threads)`, or a GPU's adapter with its
-/// graphics API and driver (`llvmpipe (LLVM 15.0.6, 256 bits), Vulkan, llvmpipe Mesa 22.3.6`).
+/// What `device` is, in a few words: `cpu (2 compute threads, AVX-512)`, or a GPU's adapter
+/// with its graphics API and driver (`llvmpipe (LLVM 15.0.6, 256 bits), Vulkan, llvmpipe Mesa
+/// 22.3.6`).
 pub fn describe(device: &Device) -> String {
     let inner = device.clone().inner();
     if is_cpu(&inner) {
         let threads = rayon::current_num_threads();
         return format!(
-            "cpu ({threads} compute thread{})",
-            if threads == 1 { "" } else { "s" }
+            "cpu ({threads} compute thread{}, {})",
+            if threads == 1 { "" } else { "s" },
+            cpu_simd()
         );
     }
     #[cfg(feature = "wgpu")]
@@ -53,6 +55,30 @@ pub fn describe(device: &Device) -> String {
         return adapter;
     }
     format!("{inner:?}")
+}
+
+/// The widest vector instructions the CPU kernels pick at run time on this CPU (gemm, `exp`,
+/// GELU, element-wise ops): `AVX-512`, `AVX2`, `SSE2` (x86-64) or `NEON` (aarch64). Speed
+/// depends on it more than on anything else about a CPU (BENCHMARKS.md, 2026-12-06).
+pub fn cpu_simd() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return "AVX2";
+        }
+        "SSE2"
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "NEON"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "scalar"
+    }
 }
 
 /// wgpu devices: opened once per graphics API for the whole process (burn registers a runtime

@@ -169,14 +169,15 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         .unwrap_or_else(|| if opts.device == "cpu" { "cpu" } else { "cuda" }.to_string());
     eprintln!(
         "bench: {} task(s), backbone {}, {} images per step, {} timed steps (after 2 warm-up), \
-         pretext on {}, PyTorch on {torch_device}, {} compute threads on {} cores",
+         pretext on {}, PyTorch on {torch_device}, {} compute threads on {} cores ({})",
         opts.tasks.len(),
         opts.backbone,
         opts.batch_size,
         opts.steps,
         opts.device,
         threads(opts),
-        cores()
+        cores(),
+        crate::platform::device::cpu_simd()
     );
     if cfg!(debug_assertions) {
         eprintln!(
@@ -317,11 +318,12 @@ const BUILD: &str = if cfg!(debug_assertions) {
 
 fn markdown_table(rows: &[Row], device: &str, torch_device: &str, threads: usize) -> String {
     let build = BUILD;
+    let simd = crate::platform::device::cpu_simd();
     let mut s = format!(
         "items = images drawn from the data per second (median step); one step = the task's own \
          training step (forward, backward, AdamW; GAN tasks: discriminator and generator steps), \
          fp32, pretext on {device} ({build}), PyTorch on {torch_device}, {threads} compute thread(s) \
-         each; ratio = pretext/PyTorch throughput by wall time, and by CPU time per step (PyTorch CPU s / \
+         each, CPU with {simd}; ratio = pretext/PyTorch throughput by wall time, and by CPU time per step (PyTorch CPU s / \
          pretext CPU s; steadier on a shared machine)\n\n\
          | task | backbone | batch (inputs per step) | params pretext / PyTorch | pretext replicas | pretext items/s | \
          PyTorch items/s | ratio | ratio by CPU time | pretext peak MB | PyTorch peak MB | loader items/s |\n\
