@@ -70,76 +70,55 @@ pub fn erf_gelu_f32(x: f32) -> f32 {
     if x < 0.0 { -r } else { r }
 }
 
+/// Runs `body` (a loop over the slices it is given) compiled three times: with AVX-512F, with
+/// AVX2, and for the build's baseline (SSE2 on x86-64), picking the widest the CPU has (one
+/// check per call; `std` caches it). The bodies are plain IEEE arithmetic without fused
+/// multiply-adds, so every path gives the same bits (`tests/fast_math_kernels.rs` checks it for
+/// `exp`). Plain `for` loops in `body`: a closure inside a `#[target_feature]` function would not
+/// get its features.
+macro_rules! widest_simd {
+    (($($arg:ident: $ty:ty),*) $body:block) => {{
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512($($arg: $ty),*) $body
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2($($arg: $ty),*) $body
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked just above).
+                return unsafe { avx512($($arg),*) };
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 (checked just above).
+                return unsafe { avx2($($arg),*) };
+            }
+        }
+        fn baseline($($arg: $ty),*) $body
+        baseline($($arg),*)
+    }};
+}
+
 /// `$into(x, out)` and `$in_place(v)`: `$f` of every element, into `out` (same length) or in
-/// place. AVX-512 or AVX2 where the CPU has it (one dispatch per call), otherwise what the
-/// build's baseline vectorizes (SSE2 on x86-64). `$f` is plain IEEE arithmetic without fused
-/// multiply-adds, so every path gives the same bits. The loops are plain `for` loops: a closure
-/// inside a `#[target_feature]` function would not get its features.
+/// place, on the widest vectors the CPU has (`widest_simd!`).
 macro_rules! slice_maps {
     ($f:ident, $into:ident, $in_place:ident) => {
         #[doc = concat!("`", stringify!($f), "` of every element of `x`, written to `out`.")]
         pub fn $into(x: &[f32], out: &mut [f32]) {
             assert_eq!(x.len(), out.len());
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn avx512(x: &[f32], out: &mut [f32]) {
-                    for (y, &x) in out.iter_mut().zip(x) {
-                        *y = $f(x);
-                    }
+            widest_simd!((x: &[f32], out: &mut [f32]) {
+                for (y, &x) in out.iter_mut().zip(x) {
+                    *y = $f(x);
                 }
-                #[target_feature(enable = "avx2")]
-                unsafe fn avx2(x: &[f32], out: &mut [f32]) {
-                    for (y, &x) in out.iter_mut().zip(x) {
-                        *y = $f(x);
-                    }
-                }
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F (checked just above).
-                    unsafe { avx512(x, out) };
-                    return;
-                }
-                if std::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU has AVX2 (checked just above).
-                    unsafe { avx2(x, out) };
-                    return;
-                }
-            }
-            for (y, &x) in out.iter_mut().zip(x) {
-                *y = $f(x);
-            }
+            })
         }
 
         #[doc = concat!("`", stringify!($f), "` of every element of `v`, in place.")]
         pub fn $in_place(v: &mut [f32]) {
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn avx512(v: &mut [f32]) {
-                    for x in v.iter_mut() {
-                        *x = $f(*x);
-                    }
+            widest_simd!((v: &mut [f32]) {
+                for x in v.iter_mut() {
+                    *x = $f(*x);
                 }
-                #[target_feature(enable = "avx2")]
-                unsafe fn avx2(v: &mut [f32]) {
-                    for x in v.iter_mut() {
-                        *x = $f(*x);
-                    }
-                }
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F (checked just above).
-                    unsafe { avx512(v) };
-                    return;
-                }
-                if std::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU has AVX2 (checked just above).
-                    unsafe { avx2(v) };
-                    return;
-                }
-            }
-            for x in v.iter_mut() {
-                *x = $f(*x);
-            }
+            })
         }
     };
 }
@@ -167,37 +146,14 @@ fn gelu_backward_one(x: f32, g: f32) -> f32 {
 slice_maps!(gelu_one, gelu_f32_into, gelu_f32_in_place);
 
 /// GELU's input gradient for inputs `x` and output gradients `g` (same length), written to
-/// `out` (AVX-512 or AVX2 where the CPU has it).
+/// `out`, on the widest vectors the CPU has.
 pub fn gelu_backward_f32(x: &[f32], g: &[f32], out: &mut [f32]) {
     assert!(x.len() == g.len() && x.len() == out.len());
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(x: &[f32], g: &[f32], out: &mut [f32]) {
-            for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
-                *o = gelu_backward_one(x, g);
-            }
+    widest_simd!((x: &[f32], g: &[f32], out: &mut [f32]) {
+        for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
+            *o = gelu_backward_one(x, g);
         }
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(x: &[f32], g: &[f32], out: &mut [f32]) {
-            for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
-                *o = gelu_backward_one(x, g);
-            }
-        }
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            unsafe { avx512(x, g, out) };
-            return;
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            unsafe { avx2(x, g, out) };
-            return;
-        }
-    }
-    for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
-        *o = gelu_backward_one(x, g);
-    }
+    })
 }
 
 /// Runs a slice kernel over a contiguous f32 tensor that starts at its buffer's beginning: in
