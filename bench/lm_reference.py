@@ -2,8 +2,9 @@
 """PyTorch reference for the language-model rows of `pretext bench`: the same transformer as
 src/nn/transformer.rs (pre-LayerNorm GPT-2 layout: token + learned position embeddings, fused
 qkv, GELU MLP, final LayerNorm, head tied to the token embedding; causal or bidirectional), one
-training step (forward, cross-entropy, backward, AdamW with betas (0.9, 0.95), weight decay 0.1,
-gradient norm clipped per parameter tensor as burn does) at the same shapes, fp32.
+training step (forward, the vocabulary head and cross-entropy at the scored positions only,
+backward, AdamW with betas (0.9, 0.95), weight decay 0.1, gradient norm clipped per parameter
+tensor as burn does) at the same shapes, fp32.
 
 Prints one JSON line: {"task", "params", "items_per_s" (tokens/s, median step), "step_ms_median", "cpu_ms_per_step", "peak_rss_mb",
 "torch", "threads"}. Exits 3 with {"error": "torch not installed"} when PyTorch is missing."""
@@ -50,13 +51,18 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = None if tie else nn.Linear(d, vocab)
 
-    def forward(self, ids):
+    def hidden(self, ids):
         t = ids.shape[1]
         x = self.drop(self.tok(ids) + self.pos(torch.arange(t, device=ids.device)))
         for blk in self.blocks:
             x = blk(x)
-        x = self.ln_f(x)
-        return x @ self.tok.weight.t() if self.head is None else self.head(x)
+        return self.ln_f(x)
+
+    def logits(self, h):
+        return h @ self.tok.weight.t() if self.head is None else self.head(h)
+
+    def forward(self, ids):
+        return self.logits(self.hidden(ids))
 
 
 def main():
@@ -92,10 +98,14 @@ def main():
         w = (torch.rand(b, t, device=dev) < 0.15).float()
         x[w.bool()] = 2
 
+    # As pretext: the vocabulary head only at the scored positions (every one for the causal
+    # model, the masked 15% for the masked one), then the mean cross-entropy over them.
+    scored = w.reshape(-1).bool()
+    targets = y.reshape(-1)[scored]
+
     def step():
-        logits = model(x)
-        logp = F.log_softmax(logits.reshape(b * t, -1), dim=1)
-        loss = -(logp.gather(1, y.reshape(-1, 1)).squeeze(1) * w.reshape(-1)).sum() / w.sum().clamp(min=1)
+        h = model.hidden(x).reshape(b * t, -1)
+        loss = F.cross_entropy(model.logits(h if causal else h[scored]), targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for prm in model.parameters():

@@ -11,6 +11,7 @@ pub mod dropout;
 pub mod ema;
 pub mod heads;
 pub mod input;
+pub mod lm_head_loss;
 pub mod resnet;
 pub mod transformer;
 pub mod vit;

@@ -506,6 +506,18 @@ impl Transformer {
         self.head(hidden)
     }
 
+    /// The vocabulary head's parameters, for `lm_head_loss::head_cross_entropy`.
+    pub fn vocab_head(&self) -> crate::nn::lm_head_loss::Head {
+        use crate::nn::lm_head_loss::Head;
+        match &self.head {
+            Some(head) => Head::Linear {
+                weight: head.weight.val(),
+                bias: head.bias.as_ref().map(|b| b.val()),
+            },
+            None => Head::Tied(self.tok.weight.val()),
+        }
+    }
+
     /// Hidden states [.., d] → logits [.., vocab].
     fn head<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
         match &self.head {

@@ -49,3 +49,5 @@ pub use qtensor::FlexQTensor;
 pub use tensor::FlexTensor;
 // pretext patch: synchronised batch norm (see `ops/batch_norm.rs`).
 pub use ops::batch_norm::{BatchNormSync, set_batch_norm_sync};
+// pretext patch: fused softmax cross-entropy with its gradient (see `ops/cross_entropy.rs`).
+pub use ops::cross_entropy::{RowLoss, cross_entropy_grad_f32};

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 
 use rand_chacha::ChaCha8Rng;
 
@@ -17,6 +16,7 @@ use crate::data::rngs::BatchRngs;
 use crate::data::tokenizer::Tokenizer;
 use crate::engine::{Bound, StepCtx, StepStats, Task, Trainable};
 use crate::error::Result;
+use crate::nn::lm_head_loss::{head_cross_entropy, HeadLoss};
 use crate::nn::transformer::{Transformer, TransformerSpec};
 
 /// Ids the tasks need from the tokenizer.
@@ -170,31 +170,37 @@ pub fn text_trainer(task: Arc<dyn TextTask>, setup: &TextSetup) -> Result<Box<dy
     Ok(Box::new(bind_text(lm, model, setup)))
 }
 
-/// Mean cross-entropy over the weighted positions ([1]) and the number of weighted positions
-/// whose arg-max is right.
-pub fn lm_loss(model: &Transformer, batch: &TextBatch, device: &Device) -> (Tensor<1>, Tensor<1>) {
+/// Mean cross-entropy over the weighted positions and the number of weighted positions whose
+/// arg-max is right. Only the weighted positions reach the vocabulary head (all of them for
+/// next-token prediction, the chosen 15% for masked tokens); the head and its cross-entropy run as
+/// one op (`nn::lm_head_loss`). `grad`: a loss to call backward on (training), else its value only.
+pub fn lm_loss(model: &Transformer, batch: &TextBatch, device: &Device, grad: bool) -> HeadLoss {
     let (b, t) = (batch.b, batch.t);
     let inputs = Tensor::<2, Int>::from_data(TensorData::new(batch.inputs.clone(), [b, t]), device);
-    let targets =
-        Tensor::<1, Int>::from_data(TensorData::new(batch.targets.clone(), [b * t]), device);
-    let weights = Tensor::<1>::from_data(TensorData::new(batch.weights.clone(), [b * t]), device);
-    let n = batch.weights.iter().sum::<f32>().max(1.0);
-    let logits = model.forward(inputs);
-    let vocab = logits.dims()[2];
-    let logits = logits.reshape([b * t, vocab]);
-    let picked = log_softmax(logits.clone(), 1)
-        .gather(1, targets.clone().reshape([b * t, 1]))
-        .reshape([b * t]);
-    let loss = (picked * weights.clone()).sum().neg().div_scalar(n);
-    let correct = logits
-        .detach()
-        .argmax(1)
-        .reshape([b * t])
-        .equal(targets)
-        .float()
-        .mul(weights)
-        .sum();
-    (loss, correct)
+    let hidden = model.hidden(inputs, None);
+    let d = hidden.dims()[2];
+    let hidden = hidden.reshape([b * t, d]);
+    let scored: Vec<usize> = (0..b * t).filter(|&i| batch.weights[i] != 0.0).collect();
+    if scored.len() == b * t {
+        return head_cross_entropy(
+            &model.vocab_head(),
+            hidden,
+            &batch.targets,
+            &batch.weights,
+            grad,
+        );
+    }
+    let rows: Vec<i64> = scored.iter().map(|&i| i as i64).collect();
+    let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [scored.len()]), device);
+    let targets: Vec<i64> = scored.iter().map(|&i| batch.targets[i]).collect();
+    let weights: Vec<f32> = scored.iter().map(|&i| batch.weights[i]).collect();
+    head_cross_entropy(
+        &model.vocab_head(),
+        hidden.select(0, rows),
+        &targets,
+        &weights,
+        grad,
+    )
 }
 
 /// A text task run by the engine: the model is the transformer, one optimiser (`model`).
@@ -252,13 +258,12 @@ pub fn lm_step(
     batch: &TextBatch,
     device: &Device,
 ) -> (Transformer, StepStats) {
-    let (loss, correct) = lm_loss(&model, batch, device);
-    let value = loss.clone().detach().into_scalar::<f32>();
+    let out = lm_loss(&model, batch, device, true);
     let n = batch.weights.iter().sum::<f32>().max(1.0);
-    let acc = correct.into_scalar::<f32>() / n;
+    let acc = out.correct / n;
     let lr = cx.lr;
-    let model = cx.descend("model", lr, model, loss);
-    (model, StepStats::new(value, vec![("acc", acc)]))
+    let model = cx.descend("model", lr, model, out.loss);
+    (model, StepStats::new(out.value, vec![("acc", acc)]))
 }
 
 /// Mean loss over held-out batches (weighted by their counted positions), without gradients.
@@ -272,8 +277,7 @@ pub fn held_out_loss(model: &Transformer, batches: &[TextBatch]) -> f32 {
     let (mut sum, mut n) = (0f64, 0f64);
     for batch in batches {
         let w = batch.weights.iter().sum::<f32>() as f64;
-        let (loss, _) = lm_loss(&model, batch, &device);
-        sum += loss.into_scalar::<f32>() as f64 * w;
+        sum += lm_loss(&model, batch, &device, false).value as f64 * w;
         n += w;
     }
     (sum / n.max(1.0)) as f32

@@ -77,13 +77,13 @@ pub fn erf_gelu_f32(x: f32) -> f32 {
 /// `exp`). Plain `for` loops in `body`: a closure inside a `#[target_feature]` function would not
 /// get its features.
 macro_rules! widest_simd {
-    (($($arg:ident: $ty:ty),*) $body:block) => {{
+    (($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {{
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
         {
             #[target_feature(enable = "avx512f")]
-            unsafe fn avx512($($arg: $ty),*) $body
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? $body
             #[target_feature(enable = "avx2")]
-            unsafe fn avx2($($arg: $ty),*) $body
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? $body
             if std::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU has AVX-512F (checked just above).
                 return unsafe { avx512($($arg),*) };
@@ -93,10 +93,11 @@ macro_rules! widest_simd {
                 return unsafe { avx2($($arg),*) };
             }
         }
-        fn baseline($($arg: $ty),*) $body
+        fn baseline($($arg: $ty),*) $(-> $ret)? $body
         baseline($($arg),*)
     }};
 }
+pub(crate) use widest_simd;
 
 /// `$into(x, out)` and `$in_place(v)`: `$f` of every element, into `out` (same length) or in
 /// place, on the widest vectors the CPU has (`widest_simd!`).

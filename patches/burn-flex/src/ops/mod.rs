@@ -101,6 +101,8 @@ pub(crate) mod batch_norm;
 // pretext patch: conv2d forward/backward as im2col + gemm (see the file's header).
 mod conv2d_gemm;
 pub mod conv;
+// pretext patch: fused softmax cross-entropy and its gradient (see the file's header).
+pub mod cross_entropy;
 pub mod conv_transpose;
 pub mod cumulative;
 pub mod deform_conv;
