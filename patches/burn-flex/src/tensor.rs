@@ -1,3 +1,6 @@
+// pretext patch: `empty` and `into_data`'s copies allocate element-typed buffers
+// (`element_bytes`) instead of `Bytes::from_bytes_vec` of a `Vec<u8>`, which copied every new
+// buffer once more to align it (see PRETEXT.md).
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -70,12 +73,20 @@ impl FlexTensor {
                 // Buffer exactly matches logical size; try zero-copy unwrap
                 match Arc::try_unwrap(self.data) {
                     Ok(bytes) => bytes,
-                    Err(arc) => Bytes::from_bytes_vec((*arc)[..expected_bytes].to_vec()),
+                    Err(arc) => element_bytes(
+                        dtype_size(self.dtype),
+                        expected_bytes,
+                        Some(&arc[..expected_bytes]),
+                    ),
                 }
             } else {
                 // Contiguous at offset 0 but buffer is oversized (e.g., narrowed view).
                 // Truncate to exact logical size.
-                Bytes::from_bytes_vec(self.data[..expected_bytes].to_vec())
+                element_bytes(
+                    dtype_size(self.dtype),
+                    expected_bytes,
+                    Some(&self.data[..expected_bytes]),
+                )
             };
             TensorData::from_bytes(bytes, self.layout.shape().clone(), self.dtype)
         } else {
@@ -233,7 +244,7 @@ impl FlexTensor {
     pub fn empty(shape: Shape, dtype: DType) -> Self {
         let num_elements = shape.num_elements();
         let elem_size = dtype_size(dtype);
-        let bytes = Bytes::from_bytes_vec(alloc::vec![0u8; num_elements * elem_size]);
+        let bytes = element_bytes(elem_size, num_elements * elem_size, None);
         let layout = Layout::contiguous(shape);
         Self {
             data: Arc::new(bytes),
@@ -903,6 +914,39 @@ fn copy_2d_tiled<E: Copy + Send + Sync>(
                 }
             }
         }
+    }
+}
+
+/// `len` bytes in an allocation of elements of `elem_size` bytes (so aligned for them), zeroed or
+/// copied from `src`. `Bytes::from_bytes_vec` takes a `Vec<u8>`, whose alignment (1) is below
+/// the 16 it enforces, so it allocated and copied every buffer a second time: for a matmul's
+/// output a zero-filled buffer, a second one, a copy and the page faults of both.
+pub(crate) fn element_bytes(elem_size: usize, len: usize, src: Option<&[u8]>) -> Bytes {
+    macro_rules! typed {
+        ($t:ty) => {{
+            let n = len / core::mem::size_of::<$t>();
+            match src {
+                None => Bytes::from_elems(alloc::vec![<$t>::default(); n]),
+                Some(src) => match bytemuck::try_cast_slice::<u8, $t>(src) {
+                    Ok(elems) => Bytes::from_elems(elems.to_vec()),
+                    Err(_) => {
+                        let mut v = alloc::vec![<$t>::default(); n];
+                        bytemuck::cast_slice_mut::<$t, u8>(&mut v).copy_from_slice(src);
+                        Bytes::from_elems(v)
+                    }
+                },
+            }
+        }};
+    }
+    if let Some(src) = src {
+        assert_eq!(src.len(), len);
+    }
+    match elem_size {
+        16 if len % 16 == 0 => typed!(u128),
+        8 if len % 8 == 0 => typed!(u64),
+        4 if len % 4 == 0 => typed!(u32),
+        2 if len % 2 == 0 => typed!(u16),
+        _ => typed!(u8),
     }
 }
 

@@ -1,5 +1,8 @@
 //! Matrix multiplication via gemm crate.
 //!
+//! pretext patch (see PRETEXT.md): the f32/f64/f16 outputs are allocated without zero-filling
+//! (`OutBuf`); gemm with `read_dst = false` writes every element before the tensor exists.
+//!
 //! Optimizations:
 //! - Strided gemm for f32/f64/f16 avoids copying non-contiguous tensors
 //! - Enables parallelism for large matrices (with rayon feature)
@@ -11,6 +14,36 @@ use burn_backend::{DType, Element};
 use burn_std::{Bytes, Shape, bf16, f16};
 
 use crate::{FlexTensor, Layout};
+
+/// A gemm output of `len` elements left unfilled: every element is written through `ptr` (gemm
+/// called with `read_dst = false` and `k > 0` writes each one) before `into_tensor` declares the
+/// buffer initialised. A zero-filled buffer cost a memset per matmul output (~6 % of a
+/// one-thread masked-LM step).
+struct OutBuf<T> {
+    buf: Vec<core::mem::MaybeUninit<T>>,
+}
+
+impl<T: GemmScalar> OutBuf<T> {
+    fn new(len: usize) -> Self {
+        let mut buf = Vec::with_capacity(len);
+        // SAFETY: `MaybeUninit` elements need no initialisation.
+        unsafe { buf.set_len(len) };
+        Self { buf }
+    }
+
+    fn ptr(&mut self) -> *mut T {
+        self.buf.as_mut_ptr().cast::<T>()
+    }
+
+    /// SAFETY: every element has been written.
+    unsafe fn into_tensor(self, shape: Shape) -> FlexTensor {
+        let mut buf = core::mem::ManuallyDrop::new(self.buf);
+        let (ptr, len, cap) = (buf.as_mut_ptr().cast::<T>(), buf.len(), buf.capacity());
+        // SAFETY: same allocation, layout and length; initialised per the caller.
+        let elems = unsafe { Vec::from_raw_parts(ptr, len, cap) };
+        FlexTensor::new(Bytes::from_elems(elems), Layout::contiguous(shape), T::dtype())
+    }
+}
 
 /// Types that can be used with gemm-based matmul.
 /// Only implement for types that `gemm::gemm` dispatches on via TypeId (f32, f64, f16).
@@ -261,8 +294,10 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     let rhs_ptr = unsafe { rhs_data.as_ptr().add(rhs.layout().start_offset()) };
 
     let out_shape = Shape::from(vec![m, n]);
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
-    let out_data: &mut [T] = output.storage_mut();
+    if k == 0 {
+        return FlexTensor::empty(out_shape, T::dtype());
+    }
+    let mut output = OutBuf::<T>::new(m * n);
 
     let parallelism = get_parallelism(m, n, k);
 
@@ -271,7 +306,7 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
             m,
             n,
             k,
-            out_data.as_mut_ptr(),
+            output.ptr(),
             1,
             n as isize,
             lhs_ptr,
@@ -282,9 +317,9 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
             rhs_row_stride,
             parallelism,
         );
+        // SAFETY: gemm wrote all m·n elements (k > 0, read_dst = false).
+        output.into_tensor(out_shape)
     }
-
-    output
 }
 
 /// Strided gemm call for one matrix. Wraps `gemm::gemm` with GemmScalar zero/one.
@@ -364,13 +399,16 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
     out_dims.push(n);
     let out_shape = Shape::from(out_dims);
 
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
+    if k == 0 || out_matrix_size == 0 {
+        return FlexTensor::empty(out_shape, T::dtype());
+    }
+    let mut output = OutBuf::<T>::new(batch_size * out_matrix_size);
 
     let lhs_data: &[T] = lhs.storage();
     let rhs_data: &[T] = rhs.storage();
     let lhs_start = lhs.layout().start_offset() as isize;
     let rhs_start = rhs.layout().start_offset() as isize;
-    let out_data: &mut [T] = output.storage_mut();
+    let out_data = &mut output.buf[..];
 
     let per_matrix_ops = m.saturating_mul(n).saturating_mul(k);
 
@@ -409,7 +447,7 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
         if per_matrix_ops >= PARALLEL_THRESHOLD && !prefer_batch_parallel {
             let parallelism = gemm::Parallelism::Rayon(0);
             for b in 0..batch_size {
-                run_one(out_data[b * out_matrix_size..].as_mut_ptr(), b, parallelism);
+                run_one(out_data[b * out_matrix_size..].as_mut_ptr().cast(), b, parallelism);
             }
         } else if total_ops >= BATCH_PARALLEL_THRESHOLD && batch_size > 1 {
             use rayon::prelude::*;
@@ -418,12 +456,12 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
                 .par_chunks_mut(out_matrix_size)
                 .enumerate()
                 .for_each(|(b, out_chunk)| {
-                    run_one(out_chunk.as_mut_ptr(), b, gemm::Parallelism::None);
+                    run_one(out_chunk.as_mut_ptr().cast(), b, gemm::Parallelism::None);
                 });
         } else {
             for b in 0..batch_size {
                 run_one(
-                    out_data[b * out_matrix_size..].as_mut_ptr(),
+                    out_data[b * out_matrix_size..].as_mut_ptr().cast(),
                     b,
                     gemm::Parallelism::None,
                 );
@@ -436,14 +474,15 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
         let _ = per_matrix_ops;
         for b in 0..batch_size {
             run_one(
-                out_data[b * out_matrix_size..].as_mut_ptr(),
+                out_data[b * out_matrix_size..].as_mut_ptr().cast(),
                 b,
                 gemm::Parallelism::None,
             );
         }
     }
 
-    output
+    // SAFETY: every batch's gemm wrote its m·n elements (k > 0, read_dst = false).
+    unsafe { output.into_tensor(out_shape) }
 }
 
 // ============================================================================
