@@ -62,11 +62,19 @@ fn products_match_a_plain_loop() {
         // The right side as a transposed view of its [n, k] transpose (strided gemm input).
         let bt = b.clone().swap_dims(1, 2).into_data();
         let bt = Tensor::<3>::from_data(bt, &device).swap_dims(1, 2);
-        check(&format!("{what}, strided"), &to_vec(a.clone().matmul(bt)), &want);
+        check(
+            &format!("{what}, strided"),
+            &to_vec(a.clone().matmul(bt)),
+            &want,
+        );
         if batch == 1 {
             let a2 = a.clone().reshape([m, k]);
             let b2 = b.clone().reshape([k, n]);
-            check(&format!("{what}, 2-D"), &to_vec(a2.clone().matmul(b2.clone())), &want);
+            check(
+                &format!("{what}, 2-D"),
+                &to_vec(a2.clone().matmul(b2.clone())),
+                &want,
+            );
             // Broadcast: one [k, n] right side against a batch of four left sides.
             let a4 = Tensor::cat(vec![a.clone(); 4], 0);
             let want4: Vec<f64> = (0..4).flat_map(|_| want.clone()).collect();
