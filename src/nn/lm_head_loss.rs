@@ -49,70 +49,103 @@ pub fn head_cross_entropy(
     weights: &[f32],
     grad: bool,
 ) -> HeadLoss {
-    let [rows, _] = hidden.dims();
-    assert_eq!(targets.len(), rows, "one target per row");
-    assert_eq!(weights.len(), rows, "one weight per row");
-    let device = hidden.device();
-    let h = hidden.clone().detach();
-    let logits = match head {
-        Head::Tied(w) => h.clone().matmul(w.clone().detach().transpose()),
-        Head::Linear { weight, bias } => {
-            let z = h.clone().matmul(weight.clone().detach());
-            match bias {
-                Some(b) => z + b.clone().detach().unsqueeze::<2>(),
-                None => z,
+    HeadLogits::new(head, hidden).cross_entropy(targets, weights, grad)
+}
+
+/// The head's logits for some hidden rows, computed once outside autodiff: readable (ELECTRA's
+/// generator samples from them), then turned into the cross-entropy in place.
+pub struct HeadLogits<'a> {
+    head: &'a Head,
+    /// The rows, tracked: the loss's gradient reaches them.
+    hidden: Tensor<2>,
+    /// `[rows, vocab]`, row-major f32.
+    data: TensorData,
+    vocab: usize,
+}
+
+impl<'a> HeadLogits<'a> {
+    pub fn new(head: &'a Head, hidden: Tensor<2>) -> Self {
+        let h = hidden.clone().detach();
+        let logits = match head {
+            Head::Tied(w) => h.matmul(w.clone().detach().transpose()),
+            Head::Linear { weight, bias } => {
+                let z = h.matmul(weight.clone().detach());
+                match bias {
+                    Some(b) => z + b.clone().detach().unsqueeze::<2>(),
+                    None => z,
+                }
             }
+        };
+        let vocab = logits.dims()[1];
+        HeadLogits {
+            head,
+            hidden,
+            data: logits.into_data().convert::<f32>(),
+            vocab,
         }
-    };
-    let vocab = logits.dims()[1];
-    let mut data = logits.into_data().convert::<f32>();
-    let n = weights.iter().sum::<f32>().max(1.0);
-    let ids: Vec<usize> = targets
-        .iter()
-        .map(|&t| usize::try_from(t).expect("token ids are not negative"))
-        .collect();
-    let per_row = burn_flex::cross_entropy_grad_f32(
-        data.as_mut_slice::<f32>().expect("f32 logits"),
-        vocab,
-        &ids,
-        weights,
-        1.0 / n,
-    );
-    let (mut sum, mut correct) = (0f64, 0f64);
-    for (r, &w) in per_row.iter().zip(weights) {
-        sum += w as f64 * r.loss as f64;
-        correct += if r.correct { w as f64 } else { 0.0 };
     }
-    let value = (sum / n as f64) as f32;
-    let constant = Tensor::<1>::from_data(TensorData::new(vec![value], [1]), &device);
-    if !grad {
-        return HeadLoss {
-            loss: constant,
+
+    /// Row `i`'s logits.
+    pub fn row(&self, i: usize) -> &[f32] {
+        let all = self.data.as_slice::<f32>().expect("f32 logits");
+        &all[i * self.vocab..(i + 1) * self.vocab]
+    }
+
+    /// The weighted mean cross-entropy against `targets` (one per row).
+    pub fn cross_entropy(mut self, targets: &[i64], weights: &[f32], grad: bool) -> HeadLoss {
+        let [rows, _] = self.hidden.dims();
+        assert_eq!(targets.len(), rows, "one target per row");
+        assert_eq!(weights.len(), rows, "one weight per row");
+        let (vocab, device) = (self.vocab, self.hidden.device());
+        let n = weights.iter().sum::<f32>().max(1.0);
+        let ids: Vec<usize> = targets
+            .iter()
+            .map(|&t| usize::try_from(t).expect("token ids are not negative"))
+            .collect();
+        let per_row = burn_flex::cross_entropy_grad_f32(
+            self.data.as_mut_slice::<f32>().expect("f32 logits"),
+            vocab,
+            &ids,
+            weights,
+            1.0 / n,
+        );
+        let (mut sum, mut correct) = (0f64, 0f64);
+        for (r, &w) in per_row.iter().zip(weights) {
+            sum += w as f64 * r.loss as f64;
+            correct += if r.correct { w as f64 } else { 0.0 };
+        }
+        let value = (sum / n as f64) as f32;
+        let constant = Tensor::<1>::from_data(TensorData::new(vec![value], [1]), &device);
+        if !grad || rows == 0 {
+            return HeadLoss {
+                loss: constant,
+                value,
+                correct: correct as f32,
+            };
+        }
+        let (hidden, h) = (self.hidden.clone(), self.hidden.detach());
+        let g = Tensor::<2>::from_data(self.data, &device);
+        let surrogate = match self.head {
+            Head::Tied(w) => {
+                let dh = g.clone().matmul(w.clone().detach()); // [rows, d]
+                let dw = g.transpose().matmul(h); // [vocab, d]
+                (hidden * dh).sum() + (w.clone() * dw).sum()
+            }
+            Head::Linear { weight, bias } => {
+                let dh = g.clone().matmul(weight.clone().detach().transpose());
+                let dw = h.transpose().matmul(g.clone()); // [d, vocab]
+                let s = (hidden * dh).sum() + (weight.clone() * dw).sum();
+                match bias {
+                    Some(b) => s + (b.clone() * g.sum_dim(0).reshape([vocab])).sum(),
+                    None => s,
+                }
+            }
+        };
+        HeadLoss {
+            loss: surrogate.clone() - surrogate.detach() + constant,
             value,
             correct: correct as f32,
-        };
-    }
-    let g = Tensor::<2>::from_data(data, &device);
-    let surrogate = match head {
-        Head::Tied(w) => {
-            let dh = g.clone().matmul(w.clone().detach()); // [rows, d]
-            let dw = g.transpose().matmul(h); // [vocab, d]
-            (hidden * dh).sum() + (w.clone() * dw).sum()
         }
-        Head::Linear { weight, bias } => {
-            let dh = g.clone().matmul(weight.clone().detach().transpose());
-            let dw = h.transpose().matmul(g.clone()); // [d, vocab]
-            let s = (hidden * dh).sum() + (weight.clone() * dw).sum();
-            match bias {
-                Some(b) => s + (b.clone() * g.sum_dim(0).reshape([vocab])).sum(),
-                None => s,
-            }
-        }
-    };
-    HeadLoss {
-        loss: surrogate.clone() - surrogate.detach() + constant,
-        value,
-        correct: correct as f32,
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{log_sigmoid, log_softmax};
+use burn::tensor::activation::log_sigmoid;
 use rand::seq::index::sample;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,7 @@ use crate::config::{in_range, parse_section};
 use crate::data::rngs::BatchRngs;
 use crate::engine::{Bound, StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
+use crate::nn::lm_head_loss::HeadLogits;
 use crate::nn::transformer::{Transformer, TransformerSpec};
 
 pub const ENTRY: TaskEntry = TaskEntry {
@@ -225,27 +226,19 @@ pub struct Losses {
     pub discriminator: Tensor<1>,
 }
 
-/// ELECTRA's loss from the generator's logits at every position (`gen_logits` [n, vocab]) and
-/// the discriminator's "replaced" logit at every position (`disc_logits` [n]): the generator's
-/// mean cross-entropy against `targets` at the positions of weight 1, plus `disc_weight` × the
-/// discriminator's mean binary cross-entropy against `labels` at the `counted` (non-pad)
-/// positions.
+/// ELECTRA's loss from the generator's loss (its mean cross-entropy at the hidden positions,
+/// `lm_head_loss`) and the discriminator's "replaced" logit at every position (`disc_logits`
+/// [n]): the generator's loss plus `disc_weight` × the discriminator's mean binary cross-entropy
+/// against `labels` at the `counted` (non-pad) positions.
 pub fn electra_loss(
-    gen_logits: Tensor<2>,
+    generator: Tensor<1>,
     disc_logits: Tensor<1>,
-    batch: &TextBatch,
     labels: &[f32],
     counted: &[f32],
     disc_weight: f64,
 ) -> Losses {
-    let device = gen_logits.device();
-    let n = batch.targets.len();
-    let targets =
-        Tensor::<2, Int>::from_data(TensorData::new(batch.targets.clone(), [n, 1]), &device);
-    let weights = Tensor::<1>::from_data(TensorData::new(batch.weights.clone(), [n]), &device);
-    let masked = batch.weights.iter().sum::<f32>().max(1.0);
-    let picked = log_softmax(gen_logits, 1).gather(1, targets).reshape([n]);
-    let generator = (picked * weights).sum().neg().div_scalar(masked);
+    let device = disc_logits.device();
+    let n = labels.len();
     let y = Tensor::<1>::from_data(TensorData::new(labels.to_vec(), [n]), &device);
     let c = Tensor::<1>::from_data(TensorData::new(counted.to_vec(), [n]), &device);
     let tokens = counted.iter().sum::<f32>().max(1.0);
@@ -269,30 +262,28 @@ fn forward(
     cfg: &ElectraConfig,
     pad: u32,
     device: &Device,
+    grad: bool,
 ) -> (Losses, f32, f32) {
     let (b, t) = (batch.b, batch.t);
     let n = b * t;
     let inputs = Tensor::<2, Int>::from_data(TensorData::new(batch.inputs.clone(), [b, t]), device);
-    let gen_logits = model.generator.forward(inputs);
-    let vocab = gen_logits.dims()[2];
-    let gen_logits = gen_logits.reshape([n, vocab]);
-    // Sample at the hidden positions, from the generator's detached logits.
-    let at: Vec<i64> = (0..n)
-        .filter(|&i| batch.weights[i] > 0.0)
-        .map(|i| i as i64)
+    let gen_hidden = model.generator.hidden(inputs, None);
+    let d = gen_hidden.dims()[2];
+    // The generator's head only at the hidden positions: its logits there, sampled from
+    // (detached, no gradient through the sampling), then its cross-entropy (`lm_head_loss`).
+    let at: Vec<usize> = (0..n).filter(|&i| batch.weights[i] > 0.0).collect();
+    let rows: Vec<i64> = at.iter().map(|&i| i as i64).collect();
+    let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [at.len()]), device);
+    let gen_head = model.generator.vocab_head();
+    let logits = HeadLogits::new(&gen_head, gen_hidden.reshape([n, d]).select(0, rows));
+    let samples: Vec<u32> = at
+        .iter()
+        .enumerate()
+        .map(|(r, &i)| sample_token(logits.row(r), batch.draws[i]))
         .collect();
-    let samples: Vec<u32> = if at.is_empty() {
-        Vec::new()
-    } else {
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(at.clone(), [at.len()]), device);
-        let rows = gen_logits.clone().detach().select(0, idx).into_data();
-        let rows = rows.convert::<f32>();
-        let rows = rows.as_slice::<f32>().expect("f32 logits");
-        at.iter()
-            .zip(rows.chunks(vocab))
-            .map(|(&i, row)| sample_token(row, batch.draws[i as usize]))
-            .collect()
-    };
+    let targets: Vec<i64> = at.iter().map(|&i| batch.targets[i]).collect();
+    let weights: Vec<f32> = at.iter().map(|&i| batch.weights[i]).collect();
+    let generator = logits.cross_entropy(&targets, &weights, grad).loss;
     let (disc_inputs, labels) = corrupt(batch, &samples);
     let counted: Vec<f32> = batch
         .targets
@@ -312,14 +303,7 @@ fn forward(
             right += f32::from(u8::from((z > 0.0) == (y > 0.0)));
         }
     }
-    let losses = electra_loss(
-        gen_logits,
-        disc_logits,
-        batch,
-        &labels,
-        &counted,
-        cfg.disc_weight,
-    );
+    let losses = electra_loss(generator, disc_logits, &labels, &counted, cfg.disc_weight);
     let tokens = tokens.max(1.0);
     (losses, right / tokens, replaced / tokens)
 }
@@ -337,7 +321,8 @@ impl Task for ElectraTask {
     ) -> (ElectraModel, StepStats) {
         let device = self.device.clone();
         crate::nn::dropout::with_generator(self.seed ^ (cx.step << 20), cx.part() as u64, || {
-            let (losses, acc, replaced) = forward(&model, &batch, &self.cfg, self.pad, &device);
+            let (losses, acc, replaced) =
+                forward(&model, &batch, &self.cfg, self.pad, &device, true);
             let value = losses.total.clone().detach().into_scalar::<f32>();
             let gen = losses.generator.detach().into_scalar::<f32>();
             let disc = losses.discriminator.detach().into_scalar::<f32>();
@@ -379,7 +364,7 @@ impl Task for ElectraTask {
         let mut sums = [0f64; 4];
         let mut n = 0f64;
         for batch in self.validation.iter() {
-            let (l, acc, _) = forward(&model, batch, &self.cfg, self.pad, &device);
+            let (l, acc, _) = forward(&model, batch, &self.cfg, self.pad, &device, false);
             let w = (batch.b * batch.t) as f64;
             sums[0] += l.total.into_scalar::<f32>() as f64 * w;
             sums[1] += l.discriminator.into_scalar::<f32>() as f64 * w;
@@ -401,6 +386,7 @@ impl Task for ElectraTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::lm_head_loss::{head_cross_entropy, Head};
 
     fn specials() -> Specials {
         Specials {
@@ -472,10 +458,25 @@ mod tests {
         let disc: Vec<f32> = vec![-2.0, 0.5, 1.0, -0.3, 0.0, 2.0, 1.5, 3.0];
         let labels = vec![0., 1., 0., 0., 0., 0., 1., 0.];
         let counted = vec![1., 1., 1., 1., 1., 1., 1., 0.]; // the last token is pad
+                                                            // The generator's loss as the task computes it (`lm_head_loss`), at the hidden
+                                                            // positions 1 and 6, through an identity head (so its logits are the rows above).
+        let eye: Vec<f32> = (0..vocab * vocab)
+            .map(|i| f32::from(u8::from(i % (vocab + 1) == 0)))
+            .collect();
+        let head = Head::Linear {
+            weight: Tensor::<2>::from_data(TensorData::new(eye, [vocab, vocab]), &device),
+            bias: None,
+        };
+        let rows: Vec<f32> = [1, 6]
+            .iter()
+            .flat_map(|&i| gen[i * vocab..(i + 1) * vocab].to_vec())
+            .collect();
+        let hidden = Tensor::<2>::from_data(TensorData::new(rows, [2, vocab]), &device);
+        let targets = [batch.targets[1], batch.targets[6]];
+        let generator = head_cross_entropy(&head, hidden, &targets, &[1.0, 1.0], false).loss;
         let l = electra_loss(
-            Tensor::<2>::from_data(TensorData::new(gen.clone(), [8, vocab]), &device),
+            generator,
             Tensor::<1>::from_data(TensorData::new(disc.clone(), [8]), &device),
-            &batch,
             &labels,
             &counted,
             50.0,
