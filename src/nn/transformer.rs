@@ -116,13 +116,15 @@ impl TransformerSpec {
         self.vocab * d + self.max_len * d + self.layers * block + 2 * d + head
     }
 
-    /// Forward-pass FLOPs per token (matmuls only, 2 per multiply-add) at context length `t`:
-    /// the standard 6N-style estimate is 3× this for a training step.
-    pub fn flops_per_token(&self, t: usize) -> f64 {
+    /// Forward-pass FLOPs per token (matmuls only, 2 per multiply-add) at context length `t`,
+    /// with the vocabulary head at a fraction `scored` of the tokens (1 for next-token
+    /// prediction; the masked model's head sees only its chosen positions): the standard
+    /// 6N-style estimate is 3× this for a training step.
+    pub fn flops_per_token(&self, t: usize, scored: f64) -> f64 {
         let d = self.d_model as f64;
         let per_layer =
             2.0 * (3.0 * d * d + d * d + 2.0 * d * self.d_ff as f64) + 2.0 * 2.0 * t as f64 * d; // scores and weighted sum
-        self.layers as f64 * per_layer + 2.0 * d * self.vocab as f64
+        self.layers as f64 * per_layer + scored * 2.0 * d * self.vocab as f64
     }
 
     pub fn init(&self, device: &Device) -> Transformer {
