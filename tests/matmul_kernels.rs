@@ -37,15 +37,30 @@ fn check(what: &str, got: &[f32], want: &[f64]) {
     }
 }
 
+/// Allocates and frees NaN-filled buffers of every size the tests' outputs have.
+fn dirty(device: &Device) {
+    for n in [
+        1,
+        30,
+        60,
+        85,
+        128 * 128,
+        3 * 9 * 70,
+        4 * 17 * 5,
+        8 * 128 * 128,
+        4 * 128 * 128,
+    ] {
+        let junk = Tensor::<1>::ones([n], device).mul_scalar(f32::NAN);
+        drop(junk.into_data());
+    }
+}
+
 #[test]
 fn products_match_a_plain_loop() {
     let device = Device::flex();
-    // Fill the allocator with freed non-zero buffers first, so that an unwritten output element
-    // would show.
-    for _ in 0..4 {
-        let junk = Tensor::<2>::ones([300, 300], &device).mul_scalar(7.0);
-        drop(to_vec(junk));
-    }
+    // Fill the allocator with freed NaN buffers of the outputs' sizes first, so that an output
+    // element gemm did not write (or read and scaled by 0) would show.
+    dirty(&device);
     for &(batch, m, k, n) in &[
         (1, 1, 1, 1),
         (1, 17, 33, 5),
@@ -90,9 +105,7 @@ fn products_match_a_plain_loop() {
 #[test]
 fn an_empty_inner_dimension_gives_zeros() {
     let device = Device::flex();
-    for _ in 0..4 {
-        drop(to_vec(Tensor::<2>::ones([64, 64], &device).mul_scalar(3.0)));
-    }
+    dirty(&device);
     let a = Tensor::<2>::zeros([6, 0], &device);
     let b = Tensor::<2>::zeros([0, 5], &device);
     assert_eq!(to_vec(a.matmul(b)), vec![0.0; 30]);
