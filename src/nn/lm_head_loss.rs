@@ -13,6 +13,10 @@
 //!
 //! Callers pass only the rows that are scored (`lm_loss` gathers the masked positions of a
 //! masked-LM batch first), so the head's three matmuls run on those rows alone.
+//!
+//! The kernel runs on the host for every device: on a GPU backend the logits travel to the host
+//! and the gradient back once per step (correct, tested on lavapipe by `tests/gpu.rs`; a GPU
+//! kernel would spare the round trip).
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
