@@ -87,11 +87,18 @@ pub enum Damage {
     Kept,
 }
 
+impl MaskedLmConfig {
+    /// Positions chosen in a window of `t` tokens: `mask_prob` of them, rounded, at least one.
+    pub fn chosen(&self, t: usize) -> usize {
+        ((self.mask_prob * t as f64).round() as usize).clamp(1, t.max(1))
+    }
+}
+
 impl MaskedLm {
     /// Damage one window in place; returns the chosen positions and what was done to each.
     pub fn damage(&self, tokens: &mut [u32], rng: &mut ChaCha8Rng) -> Vec<(usize, Damage)> {
         let t = tokens.len();
-        let k = ((self.cfg.mask_prob * t as f64).round() as usize).clamp(1, t);
+        let k = self.cfg.chosen(t);
         let mut chosen: Vec<usize> = sample(rng, t, k).into_vec();
         chosen.sort_unstable();
         chosen

@@ -369,12 +369,13 @@ fn markdown_table(rows: &[Row], device: &str, torch_device: &str, threads: usize
         };
         if let Some(entry) = tasks::find_text(&o.task) {
             let spec = text_spec(entry.causal());
-            // The masked model's head runs at its chosen positions only (round(15 % of 128)).
+            // The masked model's head runs at its chosen positions only (19 of 128).
             let scored = if entry.causal() {
                 1.0
             } else {
-                let p = crate::tasks::masked_lm::MaskedLmConfig::default().mask_prob;
-                (p * spec.max_len as f64).round() / spec.max_len as f64
+                let chosen =
+                    crate::tasks::masked_lm::MaskedLmConfig::default().chosen(spec.max_len);
+                chosen as f64 / spec.max_len as f64
             };
             let flops = 3.0 * spec.flops_per_token(spec.max_len, scored);
             let gflops = |tok_s: f64| flops * tok_s / 1e9;
