@@ -269,7 +269,7 @@ impl Block {
 /// burn runs a batch of b [t, d_in] products (it merges them only where t is not a multiple of
 /// 32) and, under autodiff, makes a [b, d_in, d_out] weight gradient to sum over b: 16–22 %
 /// slower forward and backward at the bench model's shapes (one thread, b = 32, t = 128).
-fn by_rows(linear: &Linear, x: Tensor<3>) -> Tensor<3> {
+pub(crate) fn by_rows(linear: &Linear, x: Tensor<3>) -> Tensor<3> {
     let [b, t, d] = x.dims();
     let y = linear.forward(x.reshape([b * t, d]));
     let out = y.dims()[1];
@@ -438,8 +438,8 @@ impl Transformer {
     }
 
     /// tokens [b, t] at positions `start`‥`start + t` → token + position embeddings [b, t, d]
-    /// (after dropout).
-    fn embed(&self, tokens: Tensor<2, Int>, start: usize) -> Tensor<3> {
+    /// (after dropout). Also ELECTRA's generator's input (it shares them).
+    pub(crate) fn embed(&self, tokens: Tensor<2, Int>, start: usize) -> Tensor<3> {
         let [_, t] = tokens.dims();
         let device = tokens.device();
         let positions =
@@ -506,6 +506,11 @@ impl Transformer {
         // Two dimensions: the tied head's transposed embedding goes to the matmul as a strided
         // view, where [b, 1, d] would copy it (vocab × d) for every token.
         Ok(self.head(last))
+    }
+
+    /// The token embedding `[vocab, d]` (tracked): ELECTRA's generator ties its logits to it.
+    pub(crate) fn token_embedding(&self) -> Tensor<2> {
+        self.tok.weight.val()
     }
 
     /// Size of the vocabulary (rows of the token embedding).

@@ -9,18 +9,22 @@
 //!
 //! loss = the generator's cross-entropy at the hidden positions + `disc_weight` (λ = 50) × the
 //! discriminator's binary cross-entropy over every non-pad token. No gradient goes through the
-//! sampling. The generator has its own token embeddings (it is narrower than the discriminator,
-//! and the transformer owns its embeddings; the paper ties them, through a projection). The
-//! sampling draws come with the batch from each window's own generator, so a run is the same
-//! whatever its replicas, and a resumed run is bitwise the uninterrupted one.
+//! sampling. As in the paper's code, the generator reads the discriminator's token and position
+//! embeddings (projected to its width) and scores tokens against the same token embedding (after
+//! a dense + GELU + LayerNorm back to the discriminator's width), so its softmax teaches every
+//! row of the embedding the discriminator transfers with; its heads keep the discriminator's
+//! head width (1 head at ¼ of `tiny`). The sampling draws come with the batch from each window's
+//! own generator, so a run is the same whatever its replicas, and a resumed run is bitwise the
+//! uninterrupted one.
 //!
 //! `pretext pretrain --task electra --data text:../shared/data/text/austen.txt.gz --out runs/electra`
 
 use std::sync::Arc;
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
+use burn::tensor::activation::gelu;
 use burn::tensor::activation::log_sigmoid;
 use rand::seq::index::sample;
 use rand::Rng;
@@ -32,8 +36,8 @@ use crate::config::{in_range, parse_section};
 use crate::data::rngs::BatchRngs;
 use crate::engine::{Bound, StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
-use crate::nn::lm_head_loss::HeadLogits;
-use crate::nn::transformer::{Transformer, TransformerSpec};
+use crate::nn::lm_head_loss::{Head, HeadLogits};
+use crate::nn::transformer::{by_rows, Block, Transformer, TransformerSpec};
 
 pub const ENTRY: TaskEntry = TaskEntry {
     name: "electra",
@@ -52,8 +56,9 @@ pub struct ElectraConfig {
     pub mask_prob: f64,
     /// λ: the weight of the discriminator's loss against the generator's.
     pub disc_weight: f64,
-    /// The generator's width and MLP width as a fraction of the discriminator's (its width is
-    /// rounded to a multiple of the heads).
+    /// The generator's width and MLP width as a fraction of the discriminator's (its heads are
+    /// as wide as the discriminator's: width / head width of them, at least 1, and its width a
+    /// multiple of them).
     pub gen_fraction: f64,
     /// The generator's layers; 0 = as many as the discriminator.
     pub gen_layers: usize,
@@ -88,17 +93,21 @@ pub struct Electra {
 }
 
 impl Electra {
-    /// The generator for a discriminator of `spec`.
+    /// The generator's sizes for a discriminator of `spec` (its `vocab` and `max_len` unused:
+    /// the embeddings are the discriminator's).
     pub fn generator_spec(&self, spec: &TransformerSpec) -> Result<TransformerSpec> {
         let f = self.cfg.gen_fraction;
-        let heads = spec.heads;
-        let d = ((spec.d_model as f64 * f / heads as f64).round() as usize).max(1) * heads;
+        let head_width = (spec.d_model / spec.heads.max(1)).max(1);
+        let wide = (spec.d_model as f64 * f).round().max(1.0);
+        let heads = ((wide / head_width as f64).round() as usize).max(1);
+        let d = ((wide / heads as f64).round() as usize).max(1) * heads;
         let layers = match self.cfg.gen_layers {
             0 => spec.layers,
             l => l,
         };
         let g = TransformerSpec {
             d_model: d,
+            heads,
             d_ff: ((spec.d_ff as f64 * f).round() as usize).max(1),
             layers,
             ..spec.clone()
@@ -143,7 +152,7 @@ impl Electra {
         let device = setup.device.clone();
         let model = crate::platform::device::seeded(&device, setup.seed, || ElectraModel {
             discriminator: setup.spec.init(&device),
-            generator: gspec.init(&device),
+            generator: Generator::new(&gspec, setup.spec.d_model, &device),
             head: crate::platform::device::init_now(
                 LinearConfig::new(setup.spec.d_model, 1).init(&device),
             ),
@@ -164,9 +173,74 @@ impl Electra {
 pub struct ElectraModel {
     /// The network that transfers.
     pub discriminator: Transformer,
-    pub generator: Transformer,
+    pub generator: Generator,
     /// Final hidden state → the logit of "replaced".
     pub head: Linear,
+}
+
+/// ELECTRA's generator without embeddings of its own: the discriminator's embeddings
+/// (`Transformer::embed`) projected to its width, its blocks, a final LayerNorm, then at the
+/// scored positions a dense layer + GELU + LayerNorm back to the embeddings' width, whose
+/// logits are tied to the discriminator's token embedding.
+#[derive(Module, Debug)]
+pub struct Generator {
+    proj_in: Linear,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    dense: Linear,
+    ln_out: LayerNorm,
+}
+
+impl Generator {
+    /// Sized by `spec` (width, heads, MLP, layers, dropout), for a discriminator of width `d`;
+    /// the discriminator's initialisation (N(0, 0.02), residual projections scaled by depth).
+    pub fn new(spec: &TransformerSpec, d: usize, device: &Device) -> Self {
+        let g = spec.d_model;
+        let linear = |i: usize, o: usize| {
+            LinearConfig::new(i, o)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
+                .init(device)
+        };
+        let resid_std = 0.02 / ((2 * spec.layers) as f64).sqrt();
+        crate::platform::device::init_now(Self {
+            proj_in: linear(d, g),
+            blocks: (0..spec.layers)
+                .map(|_| {
+                    Block::new(
+                        g,
+                        spec.heads,
+                        spec.d_ff,
+                        spec.dropout,
+                        false,
+                        resid_std,
+                        device,
+                    )
+                })
+                .collect(),
+            ln_f: LayerNormConfig::new(g).init(device),
+            dense: linear(g, d),
+            ln_out: LayerNormConfig::new(d).init(device),
+        })
+    }
+
+    /// tokens [b, t] → the generator's final states [b·t, width], reading `disc`'s embeddings.
+    pub fn hidden(&self, disc: &Transformer, tokens: Tensor<2, Int>) -> Tensor<2> {
+        let mut x = by_rows(&self.proj_in, disc.embed(tokens, 0));
+        for block in &self.blocks {
+            x = block.forward(x, None);
+        }
+        let [b, t, g] = x.dims();
+        self.ln_f.forward(x).reshape([b * t, g])
+    }
+
+    /// Final states of the scored rows [m, width] → the head's input [m, d] (the logits are
+    /// this times the token embedding, transposed).
+    pub fn predict(&self, rows: Tensor<2>) -> Tensor<2> {
+        self.ln_out.forward(gelu(self.dense.forward(rows)))
+    }
 }
 
 /// The engine's half: one optimiser (`model`) over generator, discriminator and head.
@@ -267,15 +341,17 @@ fn forward(
     let (b, t) = (batch.b, batch.t);
     let n = b * t;
     let inputs = Tensor::<2, Int>::from_data(TensorData::new(batch.inputs.clone(), [b, t]), device);
-    let gen_hidden = model.generator.hidden(inputs, None);
-    let d = gen_hidden.dims()[2];
+    let gen_hidden = model.generator.hidden(&model.discriminator, inputs);
     // The generator's head only at the hidden positions: its logits there, sampled from
     // (detached, no gradient through the sampling), then its cross-entropy (`lm_head_loss`).
     let at: Vec<usize> = (0..n).filter(|&i| batch.weights[i] > 0.0).collect();
     let rows: Vec<i64> = at.iter().map(|&i| i as i64).collect();
     let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [at.len()]), device);
-    let gen_head = model.generator.vocab_head();
-    let logits = HeadLogits::new(&gen_head, gen_hidden.reshape([n, d]).select(0, rows));
+    let gen_head = Head::Tied(model.discriminator.token_embedding());
+    let logits = HeadLogits::new(
+        &gen_head,
+        model.generator.predict(gen_hidden.select(0, rows)),
+    );
     let samples: Vec<u32> = at
         .iter()
         .enumerate()
@@ -386,7 +462,7 @@ impl Task for ElectraTask {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::lm_head_loss::{head_cross_entropy, Head};
+    use crate::nn::lm_head_loss::head_cross_entropy;
 
     fn specials() -> Specials {
         Specials {
@@ -534,18 +610,87 @@ mod tests {
     }
 
     #[test]
-    fn the_generator_is_a_quarter_as_wide() {
+    fn the_generator_is_a_quarter_as_wide_with_heads_as_wide() {
         let task = Electra {
             cfg: ElectraConfig::default(),
             specials: specials(),
         };
         let spec = TransformerSpec::preset("tiny", 300, false).unwrap();
         let g = task.generator_spec(&spec).unwrap();
-        assert_eq!((g.d_model, g.d_ff, g.layers, g.heads), (32, 128, 4, 4));
+        assert_eq!((g.d_model, g.d_ff, g.layers, g.heads), (32, 128, 4, 1));
         assert!(!g.causal);
+        // small (384 wide, 6 heads of 64): 96 wide, 2 heads of 48; base: 192, 3 heads of 64.
+        let g = task
+            .generator_spec(&TransformerSpec::preset("small", 300, false).unwrap())
+            .unwrap();
+        assert_eq!((g.d_model, g.heads), (96, 2));
+        let g = task
+            .generator_spec(&TransformerSpec::preset("base", 300, false).unwrap())
+            .unwrap();
+        assert_eq!((g.d_model, g.heads), (192, 3));
         let v: toml::Value = toml::from_str("disc_weigth = 1").unwrap();
         let err = build(&v, &specials()).err().unwrap();
         assert!(err.to_string().contains("disc_weigth"), "{err}");
+    }
+
+    /// The generator has no embeddings of its own: its loss alone reaches every row of the
+    /// discriminator's token embedding (tied logits), including tokens absent from the batch.
+    #[test]
+    fn the_generator_teaches_the_discriminators_embedding() {
+        let device = Device::flex().autodiff();
+        let spec = TransformerSpec {
+            vocab: 8,
+            d_model: 24,
+            layers: 1,
+            heads: 2,
+            d_ff: 48,
+            max_len: 5,
+            dropout: 0.0,
+            tie_weights: true,
+            causal: false,
+        };
+        let task = Electra {
+            cfg: ElectraConfig::default(),
+            specials: specials(),
+        };
+        let gspec = task.generator_spec(&spec).unwrap();
+        assert_eq!((gspec.d_model, gspec.heads), (6, 1));
+        let model = crate::platform::device::seeded(&device, 3, || ElectraModel {
+            discriminator: spec.init(&device),
+            generator: Generator::new(&gspec, 24, &device),
+            head: crate::platform::device::init_now(LinearConfig::new(24, 1).init(&device)),
+        });
+        let names: Vec<String> = {
+            struct Names(Vec<String>);
+            impl burn::module::ModuleVisitor for Names {
+                fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+                    self.0.push(format!("{:?}", p.val().dims()));
+                }
+            }
+            let mut v = Names(Vec::new());
+            model.generator.visit(&mut v);
+            v.0
+        };
+        // No [vocab, ·] or [max_len, ·] table among the generator's parameters.
+        assert!(
+            !names
+                .iter()
+                .any(|d| d.starts_with("[8,") || d.starts_with("[5,")),
+            "{names:?}"
+        );
+        let batch = tiny_batch(); // tokens 0, 2, 4, 5, 6, 7 appear; 1 and 3 never
+        let (losses, _, _) = forward(&model, &batch, &task.cfg, 0, &device, true);
+        let grads = losses.generator.backward();
+        let g = model
+            .discriminator
+            .token_embedding()
+            .grad(&grads)
+            .expect("the shared embedding has a gradient");
+        let g = g.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        for row in [1usize, 3] {
+            let norm: f32 = g[row * 24..(row + 1) * 24].iter().map(|x| x * x).sum();
+            assert!(norm > 0.0, "row {row} of the embedding got no gradient");
+        }
     }
 
     /// Steps on a repeated tiny batch: the discriminator learns to tell replaced tokens.
