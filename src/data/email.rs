@@ -32,6 +32,35 @@ pub fn subject_and_body(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// Whether `text` is a raw e-mail beyond doubt: a header block of at least two lines (an mbox
+/// `From ` line first, or `Name: value` headers with names of letters, digits and `-`, and
+/// continuation lines starting with a space or tab) ended by a blank line. Prose that opens
+/// with `Note: …` is one line of "header", not a block: it is read whole by `text_part = auto`.
+pub fn is_email(text: &str) -> bool {
+    let end = match (text.find("\n\n"), text.find("\r\n\r\n")) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) => a,
+        (None, Some(b)) => b,
+        (None, None) => return false,
+    };
+    let mut headers = 0;
+    for (i, line) in text[..end].lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if i == 0 && line.starts_with("From ") {
+            headers += 1;
+        } else if line.starts_with([' ', '\t']) && i > 0 {
+            continue;
+        } else if line.split_once(':').is_some_and(|(name, _)| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        }) {
+            headers += 1;
+        } else {
+            return false;
+        }
+    }
+    headers >= 2
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +78,22 @@ mod tests {
         assert_eq!(subject_and_body(prose), prose);
         // Headers only.
         assert_eq!(subject_and_body("Subject: x\nTo: y"), "x\n");
+    }
+
+    #[test]
+    fn only_a_header_block_makes_an_email() {
+        let m =
+            "From a@b  Thu Aug 22 2002\nReceived: from x\n\tby y\nSubject: Cheap pills\n\nBuy now.";
+        assert!(is_email(m));
+        assert!(is_email("Subject: hi\r\nFrom: a\r\n\r\nbody"));
+        assert!(is_email("X-Spam-Level: 1\nMessage-Id: <1@x>\n\n"));
+        // One header-like line, a sentence with a colon, no blank line, no headers at all.
+        assert!(!is_email("Note: the train is late.\n\nMore."));
+        assert!(!is_email("Dear John: hello\nTo: you\n\nbody"));
+        assert!(!is_email("Subject: x\nTo: y"));
+        assert!(!is_email(
+            "It is a truth universally acknowledged.\n\nMore."
+        ));
+        assert!(!is_email(""));
     }
 }

@@ -70,8 +70,8 @@ impl Task for TextFinetune {
     }
 }
 
-/// Fine-tune the whole model with a linear head on the labelled documents; the trained
-/// classifier, on the request's device (no autodiff).
+/// Fine-tune the whole model with a linear head (`head`, or a random one) on the labelled
+/// documents; the trained classifier, on the request's device (no autodiff).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn train_classifier(
     model: Transformer,
@@ -80,13 +80,18 @@ pub(crate) fn train_classifier(
     classes: usize,
     pad_id: u32,
     cls: Option<bool>,
+    head: Option<LinearHead>,
     req: &TextTransferRequest,
 ) -> Result<TextClassifier> {
     let cfg = &req.config;
     let ad = req.device.clone().autodiff();
-    let head = crate::platform::device::seeded(&ad, cfg.seed, || {
-        LinearHead::new(spec.d_model, classes, &ad)
-    });
+    let head = match head {
+        // `train()`: the probe was built without autodiff; its weights must take gradients here.
+        Some(h) => h.to_device(&ad).train(),
+        None => crate::platform::device::seeded(&ad, cfg.seed, || {
+            LinearHead::new(spec.d_model, classes, &ad)
+        }),
+    };
     let net = TextClassifier {
         lm: model.to_device(&ad).train(),
         head,

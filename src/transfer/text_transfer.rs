@@ -22,10 +22,10 @@ use super::labels::{self, PerClass};
 use super::protocol_tables::{self, FinetuneTable, KnnTable, ProbeTable, SemiTable};
 use super::text_features::{content_digest, CacheKey, DocVectors, Encoding};
 use super::text_finetune::train_classifier;
-use super::{frozen, scores, Protocol, Source};
+use super::{frozen, linear_probe, scores, FinetuneHead, Protocol, Source};
 use crate::config::in_range;
 use crate::data::corpus::{is_validation, Fields, TextSource};
-use crate::data::email::subject_and_body;
+use crate::data::email::{is_email, subject_and_body};
 use crate::data::tokenizer::Tokenizer;
 use crate::engine::run_dir::{is_text_run, lm_weights_file, load_run, read_lm_info};
 use crate::error::{Error, Result};
@@ -43,8 +43,9 @@ const TEXT_STANDARDIZER_POOL: usize = 1024;
 pub struct TextTransferConfig {
     pub text_field: String,
     pub label_field: String,
-    /// What of each document the model reads: `all`, or `email-body` (raw e-mails: the
-    /// `Subject:` line and the body, without the header block; see `data::email`).
+    /// What of each document the model reads: `auto` (a raw e-mail — a header block, then a
+    /// blank line — its `Subject:` line and body, anything else whole; see `data::email`),
+    /// `email-body` (the same for anything that starts like a header) or `all`.
     pub text_part: String,
     /// Fraction of documents held out for the scores.
     pub test_fraction: f64,
@@ -63,6 +64,10 @@ pub struct TextTransferConfig {
     /// `finetune_*`, `probe_*` and `knn_*`: the tables images have, with defaults for text.
     #[serde(flatten, with = "protocol_tables::finetune_keys")]
     pub finetune: FinetuneTable,
+    /// Where fine-tuning's (and the semi stage teacher's) linear head starts: `auto` (a linear
+    /// probe on the frozen document vectors for a pretrained run — LP-FT, as for images —
+    /// random for `random`/`scratch`), `probe` or `random`.
+    pub finetune_head: FinetuneHead,
     #[serde(flatten, with = "protocol_tables::probe_keys")]
     pub probe: ProbeTable,
     #[serde(flatten, with = "protocol_tables::knn_keys")]
@@ -93,7 +98,8 @@ impl Default for TextTransferConfig {
         Self {
             text_field: "text".into(),
             label_field: "label".into(),
-            text_part: "all".into(),
+            text_part: "auto".into(),
+            finetune_head: FinetuneHead::Auto,
             test_fraction: 0.2,
             split_seed: 0,
             seed: 0,
@@ -139,10 +145,13 @@ impl TextTransferConfig {
         self.finetune.validate()?;
         self.semi.validate()?;
         in_range("semi_noise", self.semi_noise as f64, 0.0, 1.0)?;
-        if self.text_part != "all" && self.text_part != "email-body" {
+        if !["auto", "all", "email-body"].contains(&self.text_part.as_str()) {
             return Err(Error::config(
                 "text_part",
-                format!("expected all or email-body, found {:?}", self.text_part),
+                format!(
+                    "expected auto, all or email-body, found {:?}",
+                    self.text_part
+                ),
             ));
         }
         if self.pool != "mean" && self.pool != "cls" {
@@ -201,6 +210,12 @@ pub struct TextTransferResult {
     /// Which documents the tokenizer was trained on (labels are never used for it).
     #[serde(default)]
     pub tokenizer_trained_on: String,
+    /// `text_part`, and how many documents (training and held-out) were read as an e-mail's
+    /// subject and body.
+    #[serde(default)]
+    pub text_part: String,
+    #[serde(default)]
+    pub read_as_email: usize,
     /// The semi-supervised stage's own numbers (`--protocol semi`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub semi: Option<super::SemiReport>,
@@ -434,6 +449,7 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
         _ => None,
     };
     let mut left_out = 0usize;
+    let mut emails = 0usize;
     let mut names: BTreeMap<String, u32> = BTreeMap::new();
     let mut raw: Vec<(u64, Vec<u32>, String, bool)> = Vec::new();
     for doc in source.docs() {
@@ -445,7 +461,13 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
         } else {
             max_tokens
         };
-        let mut tokens = if cfg.text_part == "email-body" {
+        let body = match cfg.text_part.as_str() {
+            "email-body" => true,
+            "auto" => is_email(&doc.text),
+            _ => false,
+        };
+        emails += usize::from(body);
+        let mut tokens = if body {
             tok.encode_prefix(&subject_and_body(&doc.text), keep)
         } else {
             tok.encode_prefix(&doc.text, keep)
@@ -539,6 +561,13 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
             test.len(),
             class_names.join(", ")
         );
+        if emails > 0 {
+            eprintln!(
+                "{emails} documents read as e-mails: their Subject: line and body, without the \
+                 headers (text_part = {}; `--set text_part=all` reads them whole)",
+                cfg.text_part
+            );
+        }
     }
     let pad_id = tok.pad_id();
     let mut semi_report = None;
@@ -591,14 +620,34 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
             frozen::predict(req.protocol, f, &cfg.frozen_settings(), &req.device)
         }
         Protocol::Finetune => {
-            finetune(model, &spec, &chosen, &test_refs, classes, pad_id, cls, req)?
+            let enc = Encoding {
+                model: &model,
+                pad_id,
+                cls,
+                stage: 0,
+                max_tokens,
+                device: &req.device,
+            };
+            let head = probe_first_head(&enc, &chosen, &pool, classes, req)?;
+            finetune(
+                model, &spec, &chosen, &test_refs, classes, pad_id, cls, head, req,
+            )?
         }
         Protocol::Semi => {
             let pool_refs: Vec<&Example> = pool.iter().collect();
             let stage = super::semi::stage_dir(&result_path(req, &data));
+            let enc = Encoding {
+                model: &model,
+                pad_id,
+                cls,
+                stage: 0,
+                max_tokens,
+                device: &req.device,
+            };
+            let head = probe_first_head(&enc, &chosen, &pool, classes, req)?;
             let (pred, report) = semi_stage(
-                model, &spec, &tok, &chosen, &pool_refs, &test_refs, classes, pad_id, cls, req,
-                &data, &stage,
+                model, &spec, &tok, &chosen, &pool_refs, &test_refs, classes, pad_id, cls, head,
+                req, &data, &stage,
             )?;
             semi_report = Some(report);
             pred
@@ -639,6 +688,8 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
             )
         },
         left_out_pretrained_on: left_out,
+        text_part: cfg.text_part.clone(),
+        read_as_email: emails,
         tokenizer_trained_on: match &seen {
             Some(r) => r.tokenizer.clone(),
             None if matches!(req.from, Source::Run(_)) || !cfg.like.is_empty() => {
@@ -686,6 +737,7 @@ fn semi_stage(
     classes: usize,
     pad_id: u32,
     cls: Option<bool>,
+    head: Option<LinearHead>,
     req: &TextTransferRequest,
     data: &str,
     stage: &Path,
@@ -718,7 +770,7 @@ fn semi_stage(
     }
     key.update(
         format!(
-            "{} {} {} {} {} {} {} {}",
+            "{} {} {} {} {} {} {} {} {:?}",
             cfg.finetune.steps,
             cfg.finetune.lr,
             cfg.finetune.batch_size,
@@ -726,7 +778,8 @@ fn semi_stage(
             cfg.text_part,
             cfg.pool,
             cfg.max_tokens,
-            cfg.seed
+            cfg.seed,
+            head.is_some()
         )
         .as_bytes(),
     );
@@ -746,7 +799,7 @@ fn semi_stage(
     let (teacher, logits) = match semi::cached_teacher(stage, template) {
         Some(cached) => cached,
         None => {
-            let teacher = train_classifier(model, spec, chosen, classes, pad_id, cls, req)?;
+            let teacher = train_classifier(model, spec, chosen, classes, pad_id, cls, head, req)?;
             let logits = text_semi::logits_on(&teacher, pool, pad_id, cls, device);
             semi::cache_teacher(stage, &teacher, &logits, classes)?;
             (teacher, logits)
@@ -808,10 +861,44 @@ fn finetune(
     classes: usize,
     pad_id: u32,
     cls: Option<bool>,
+    head: Option<LinearHead>,
     req: &TextTransferRequest,
 ) -> Result<Vec<u32>> {
-    let net = train_classifier(model, spec, train, classes, pad_id, cls, req)?;
+    let net = train_classifier(model, spec, train, classes, pad_id, cls, head, req)?;
     Ok(predict(&net, test, pad_id, cls, &req.device))
+}
+
+/// LP-FT's starting head when `finetune_head` asks for one (`auto`: for a pretrained run): a
+/// linear probe on the frozen final document vectors of the labelled documents (`enc`),
+/// standardised on up to `TEXT_STANDARDIZER_POOL` pool documents, folded into one affine map.
+fn probe_first_head(
+    enc: &Encoding,
+    chosen: &[&Example],
+    pool: &[Example],
+    classes: usize,
+    req: &TextTransferRequest,
+) -> Result<Option<LinearHead>> {
+    let cfg = &req.config;
+    if !cfg.finetune_head.probe_first(&req.from) {
+        return Ok(None);
+    }
+    let mut vectors = DocVectors::in_memory();
+    let (train_x, dim) = features(&mut vectors, enc, chosen);
+    let idx =
+        super::split::sample_limit((0..pool.len()).collect(), TEXT_STANDARDIZER_POOL, cfg.seed);
+    let docs: Vec<&Example> = idx.iter().map(|&i| &pool[i]).collect();
+    let (pool_x, _) = features(&mut vectors, enc, &docs);
+    let train_y: Vec<u32> = chosen.iter().map(|e| e.label).collect();
+    let probe = linear_probe::train_probe(
+        train_x,
+        &train_y,
+        Some(&pool_x),
+        dim,
+        classes,
+        &cfg.frozen_settings().probe,
+        &req.device,
+    );
+    Ok(Some(probe.folded(&req.device)))
 }
 
 /// The classes `net` predicts for `docs`.
