@@ -157,30 +157,32 @@ fn transfer(run: &Path, data: &str, seed: u64, out: &Path, extra: &[&str]) -> (f
     )
 }
 
+/// A tiny masked LM pretrained for `steps` steps on `data`, in `run`.
+fn pretrain_tiny(run: &Path, data: &str, steps: &str) -> std::path::PathBuf {
+    let steps = format!("steps={steps}");
+    let mut a = vec![
+        "pretrain",
+        "--task",
+        "masked-lm",
+        "--data",
+        data,
+        "--set",
+        &steps,
+        "-q",
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    a.extend_from_slice(TINY);
+    ok(&a);
+    run.to_path_buf()
+}
+
 #[test]
 fn text_features_are_cached_invalidated_and_exact() {
     let dir = tempfile::tempdir().unwrap();
     let mail = mail_slice(dir.path(), 40, 1500);
     let data = format!("jsonl:{}", mail.display());
-    let pretrain = |name: &str, steps: &str| {
-        let run = dir.path().join(name);
-        let steps = format!("steps={steps}");
-        let mut a = vec![
-            "pretrain",
-            "--task",
-            "masked-lm",
-            "--data",
-            &data,
-            "--set",
-            &steps,
-            "-q",
-            "--out",
-            run.to_str().unwrap(),
-        ];
-        a.extend_from_slice(TINY);
-        ok(&a);
-        run
-    };
+    let pretrain = |name: &str, steps: &str| pretrain_tiny(&dir.path().join(name), &data, steps);
     let run = pretrain("a", "4");
     let features = run.join("features");
     let files = || std::fs::read_dir(&features).map_or(0, |d| d.count());
@@ -260,21 +262,7 @@ fn text_finetune_starts_from_the_linear_probe() {
     let dir = tempfile::tempdir().unwrap();
     let mail = mail_slice(dir.path(), 40, 1500);
     let data = format!("jsonl:{}", mail.display());
-    let run = dir.path().join("run");
-    let mut a = vec![
-        "pretrain",
-        "--task",
-        "masked-lm",
-        "--data",
-        &data,
-        "--set",
-        "steps=4",
-        "-q",
-        "--out",
-        run.to_str().unwrap(),
-    ];
-    a.extend_from_slice(TINY);
-    ok(&a);
+    let run = pretrain_tiny(&dir.path().join("run"), &data, "4");
     let scores = |protocol: &str, extra: &[&str]| {
         let out = dir.path().join(format!("{protocol}{}", extra.len()));
         let mut a = vec![

@@ -571,6 +571,21 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
     }
     let pad_id = tok.pad_id();
     let mut semi_report = None;
+    // LP-FT's starting head for the protocols that train the encoder.
+    let head = match req.protocol {
+        Protocol::Finetune | Protocol::Semi => {
+            let enc = Encoding {
+                model: &model,
+                pad_id,
+                cls,
+                stage: 0,
+                max_tokens,
+                device: &req.device,
+            };
+            probe_first_head(&enc, &chosen, &pool, classes, req)?
+        }
+        Protocol::Linear | Protocol::Knn => None,
+    };
     let pred = match req.protocol {
         Protocol::Linear | Protocol::Knn => {
             let dir = match (&req.cache_dir, &req.from) {
@@ -595,13 +610,7 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
             let (test_x, _) = features(&mut cache, &enc, &test_refs);
             // The linear probe's standardiser is fitted on unlabelled documents of the pool.
             let pool_x = if req.protocol == Protocol::Linear {
-                let idx = super::split::sample_limit(
-                    (0..pool.len()).collect(),
-                    TEXT_STANDARDIZER_POOL,
-                    cfg.seed,
-                );
-                let docs: Vec<&Example> = idx.iter().map(|&i| &pool[i]).collect();
-                Some(features(&mut cache, &enc, &docs).0)
+                Some(features(&mut cache, &enc, &standardizer_docs(&pool, cfg.seed)).0)
             } else {
                 None
             };
@@ -619,32 +628,12 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
             };
             frozen::predict(req.protocol, f, &cfg.frozen_settings(), &req.device)
         }
-        Protocol::Finetune => {
-            let enc = Encoding {
-                model: &model,
-                pad_id,
-                cls,
-                stage: 0,
-                max_tokens,
-                device: &req.device,
-            };
-            let head = probe_first_head(&enc, &chosen, &pool, classes, req)?;
-            finetune(
-                model, &spec, &chosen, &test_refs, classes, pad_id, cls, head, req,
-            )?
-        }
+        Protocol::Finetune => finetune(
+            model, &spec, &chosen, &test_refs, classes, pad_id, cls, head, req,
+        )?,
         Protocol::Semi => {
             let pool_refs: Vec<&Example> = pool.iter().collect();
             let stage = super::semi::stage_dir(&result_path(req, &data));
-            let enc = Encoding {
-                model: &model,
-                pad_id,
-                cls,
-                stage: 0,
-                max_tokens,
-                device: &req.device,
-            };
-            let head = probe_first_head(&enc, &chosen, &pool, classes, req)?;
             let (pred, report) = semi_stage(
                 model, &spec, &tok, &chosen, &pool_refs, &test_refs, classes, pad_id, cls, head,
                 req, &data, &stage,
@@ -884,10 +873,7 @@ fn probe_first_head(
     }
     let mut vectors = DocVectors::in_memory();
     let (train_x, dim) = features(&mut vectors, enc, chosen);
-    let idx =
-        super::split::sample_limit((0..pool.len()).collect(), TEXT_STANDARDIZER_POOL, cfg.seed);
-    let docs: Vec<&Example> = idx.iter().map(|&i| &pool[i]).collect();
-    let (pool_x, _) = features(&mut vectors, enc, &docs);
+    let (pool_x, _) = features(&mut vectors, enc, &standardizer_docs(pool, cfg.seed));
     let train_y: Vec<u32> = chosen.iter().map(|e| e.label).collect();
     let probe = linear_probe::train_probe(
         train_x,
@@ -899,6 +885,13 @@ fn probe_first_head(
         &req.device,
     );
     Ok(Some(probe.folded(&req.device)))
+}
+
+/// The unlabelled pool documents a linear probe's standardiser is fitted on: up to
+/// `TEXT_STANDARDIZER_POOL` of them, a sample seeded by `seed`.
+fn standardizer_docs(pool: &[Example], seed: u64) -> Vec<&Example> {
+    let idx = super::split::sample_limit((0..pool.len()).collect(), TEXT_STANDARDIZER_POOL, seed);
+    idx.iter().map(|&i| &pool[i]).collect()
 }
 
 /// The classes `net` predicts for `docs`.
