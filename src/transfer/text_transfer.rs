@@ -768,7 +768,8 @@ fn semi_stage(
             cfg.pool,
             cfg.max_tokens,
             cfg.seed,
-            head.is_some()
+            // LP-FT's head, and the probe that made it.
+            head.is_some().then_some(&cfg.probe)
         )
         .as_bytes(),
     );
