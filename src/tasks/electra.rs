@@ -150,12 +150,8 @@ impl Electra {
     fn bind(&self, setup: &TextSetup) -> Result<Box<dyn TextTrainer>> {
         let gspec = self.generator_spec(&setup.spec)?;
         let device = setup.device.clone();
-        let model = crate::platform::device::seeded(&device, setup.seed, || ElectraModel {
-            discriminator: setup.spec.init(&device),
-            generator: Generator::new(&gspec, setup.spec.d_model, &device),
-            head: crate::platform::device::init_now(
-                LinearConfig::new(setup.spec.d_model, 1).init(&device),
-            ),
+        let model = crate::platform::device::seeded(&device, setup.seed, || {
+            ElectraModel::new(&setup.spec, &gspec, &device)
         });
         let task = ElectraTask {
             cfg: self.cfg.clone(),
@@ -176,6 +172,20 @@ pub struct ElectraModel {
     pub generator: Generator,
     /// Final hidden state → the logit of "replaced".
     pub head: Linear,
+}
+
+impl ElectraModel {
+    /// A discriminator of `spec`, its generator of `gspec` ([`Electra::generator_spec`]) and
+    /// the replaced/original head, initialised now (call under the run's seeded generator).
+    pub fn new(spec: &TransformerSpec, gspec: &TransformerSpec, device: &Device) -> Self {
+        Self {
+            discriminator: spec.init(device),
+            generator: Generator::new(gspec, spec.d_model, device),
+            head: crate::platform::device::init_now(
+                LinearConfig::new(spec.d_model, 1).init(device),
+            ),
+        }
+    }
 }
 
 /// ELECTRA's generator without embeddings of its own: the discriminator's embeddings
@@ -655,10 +665,8 @@ mod tests {
         };
         let gspec = task.generator_spec(&spec).unwrap();
         assert_eq!((gspec.d_model, gspec.heads), (6, 1));
-        let model = crate::platform::device::seeded(&device, 3, || ElectraModel {
-            discriminator: spec.init(&device),
-            generator: Generator::new(&gspec, 24, &device),
-            head: crate::platform::device::init_now(LinearConfig::new(24, 1).init(&device)),
+        let model = crate::platform::device::seeded(&device, 3, || {
+            ElectraModel::new(&spec, &gspec, &device)
         });
         let names: Vec<String> = {
             struct Names(Vec<String>);
