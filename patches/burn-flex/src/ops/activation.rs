@@ -1,7 +1,7 @@
 //! Activation function operations for the Flex backend.
 //!
-//! Changed by pretext (see PRETEXT.md): the f32 softmax row kernels take `exp` from
-//! `super::fast_math::exp_f32`; f32 GELU and its backward on
+//! Changed by pretext (see PRETEXT.md): the f32 softmax runs in place on a copy of its input
+//! through `cross_entropy::softmax_row_in_place` (vectorized `exp` and sum); f32 GELU and its backward on
 //! contiguous tensors go through its slice loops (`erf` to ~2e-7 absolute, vectorized).
 //!
 //! Each activation is implemented as a single-pass unary operation,
@@ -274,38 +274,24 @@ fn softmax_last_f32(tensor: FlexTensor) -> FlexTensor {
         return tensor;
     }
     let input: &[f32] = tensor.storage();
-    let n = input.len();
 
-    // Zero-initialize the output. The previous implementation used
-    // `Vec::with_capacity` + `spare_capacity_mut` + a raw-pointer cast to
-    // `&mut [f32]` to skip the memset, but forming a `&mut [f32]` over
-    // uninitialized memory violates Rust's validity invariant (references
-    // must point to initialized values of the correct type) even if every
-    // element is written before it is read. The sound zero-memset
-    // alternative would require threading `&mut [MaybeUninit<f32>]` through
-    // the row kernel, which does not compose with macerator's `#[with_simd]`
-    // signature. The memset is a streaming write on a bandwidth-bound
-    // kernel, so the overhead is small (~10% at the largest bench shape)
-    // and the fused path remains well ahead of decomposed and candle.
-    let mut output: Vec<f32> = vec![0.0; n];
+    // pretext: the output starts as a copy of the input (no zero-fill) and each row is turned
+    // into its softmax in place by cross_entropy.rs's vectorized row passes (max; `exp(x − max)`
+    // with its sum in 16 fixed lanes; scaling by 1/sum): flex's row kernel ran its exp pass as a
+    // scalar loop with one running sum. Same bits on every vector width and thread count.
+    let mut output: Vec<f32> = input.to_vec();
     let out_slice = output.as_mut_slice();
 
-    // Row-parallel via rayon: one macerator dispatch per chunk of rows,
-    // amortized over all rows in the chunk.
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
         const ROWS_PER_TASK: usize = 64;
-        let chunk_elems = ROWS_PER_TASK * last;
         out_slice
-            .par_chunks_mut(chunk_elems)
-            .zip(input.par_chunks(chunk_elems))
-            .for_each(|(o, i)| softmax_rows_f32(i, o, last));
+            .par_chunks_mut(ROWS_PER_TASK * last)
+            .for_each(|rows| softmax_rows_in_place_f32(rows, last));
     }
     #[cfg(not(feature = "rayon"))]
-    {
-        softmax_rows_f32(input, out_slice, last);
-    }
+    softmax_rows_in_place_f32(out_slice, last);
 
     FlexTensor::new(
         Bytes::from_elems(output),
@@ -314,120 +300,10 @@ fn softmax_last_f32(tensor: FlexTensor) -> FlexTensor {
     )
 }
 
-/// Row sweep for f32 softmax. With the `simd` feature, delegates to the
-/// `#[macerator::with_simd]` SIMD kernel (one dispatch per chunk of rows,
-/// amortized over all rows in the chunk). Without `simd`, uses a scalar
-/// row kernel.
-#[inline]
-fn softmax_rows_f32(input: &[f32], output: &mut [f32], row_len: usize) {
-    // Release-mode invariant checks. These run once per chunk of rows
-    // (dozens of times per call, not per-element), so the overhead is
-    // unmeasurable against the kernel work. A debug-only check would
-    // silently pass a short final chunk to the row kernel on release
-    // builds if a future refactor broke the row alignment at the call
-    // site, yielding wrong softmax output with no panic.
-    assert_eq!(input.len(), output.len());
-    assert_eq!(input.len() % row_len, 0);
-    #[cfg(feature = "simd")]
-    softmax_rows_f32_simd(input, output, row_len);
-    #[cfg(not(feature = "simd"))]
-    {
-        for (in_row, out_row) in input.chunks(row_len).zip(output.chunks_mut(row_len)) {
-            softmax_row_f32_scalar(in_row, out_row);
-        }
-    }
-}
-
-#[cfg(feature = "simd")]
-#[macerator::with_simd]
-fn softmax_rows_f32_simd<S: macerator::Simd>(input: &[f32], output: &mut [f32], row_len: usize) {
-    debug_assert_eq!(input.len(), output.len());
-    debug_assert_eq!(input.len() % row_len, 0);
-    for (in_row, out_row) in input.chunks(row_len).zip(output.chunks_mut(row_len)) {
-        softmax_row_f32_simd::<S>(in_row, out_row);
-    }
-}
-
-/// Scalar fallback row kernel for f32 softmax when the `simd` feature is
-/// disabled. Uses the same 3-pass algorithm as the SIMD path; LLVM
-/// autovectorizes the max-reduce and normalize loops on most targets.
-#[cfg(not(feature = "simd"))]
-#[inline]
-fn softmax_row_f32_scalar(input: &[f32], output: &mut [f32]) {
-    let mut max_val = f32::NEG_INFINITY;
-    for &x in input {
-        if x > max_val {
-            max_val = x;
-        }
-    }
-    let mut sum = 0.0f32;
-    for (i, &x) in input.iter().enumerate() {
-        let e = crate::ops::fast_math::exp_f32(x - max_val);
-        output[i] = e;
-        sum += e;
-    }
-    let inv = 1.0f32 / sum;
-    for x in output.iter_mut() {
-        *x *= inv;
-    }
-}
-
-/// Inner row kernel for a single softmax row. `#[inline(always)]` so it
-/// inlines into `softmax_rows_f32_simd`'s loop body for each monomorphized S,
-/// avoiding a per-row call boundary.
-#[cfg(feature = "simd")]
-#[inline(always)]
-fn softmax_row_f32_simd<S: macerator::Simd>(input: &[f32], output: &mut [f32]) {
-    use macerator::{Scalar, vload_unaligned, vstore_unaligned};
-    let lanes = <f32 as Scalar>::lanes::<S>();
-    let len = input.len();
-    let simd_len = len / lanes * lanes;
-
-    // Pass 1: row max for numerical stability.
-    // SIMD max-reduction across the row, scalar tail.
-    let (mut max_val, tail_start) = if simd_len >= lanes {
-        let mut max_vec = unsafe { vload_unaligned::<S, _>(input.as_ptr()) };
-        let mut j = lanes;
-        while j < simd_len {
-            let v = unsafe { vload_unaligned::<S, _>(input.as_ptr().add(j)) };
-            max_vec = max_vec.max(v);
-            j += lanes;
-        }
-        (max_vec.reduce_max(), simd_len)
-    } else {
-        (f32::NEG_INFINITY, 0)
-    };
-    for &x in &input[tail_start..] {
-        if x > max_val {
-            max_val = x;
-        }
-    }
-
-    // Pass 2: compute exp(x - max), store in output, accumulate sum.
-    // Scalar exp (no SIMD exp in macerator). This pass is the one that
-    // actually does memory reads + writes on the whole row, so scalar
-    // here still lands us at memory bandwidth.
-    let mut sum = 0.0f32;
-    for idx in 0..len {
-        let e = crate::ops::fast_math::exp_f32(input[idx] - max_val);
-        output[idx] = e;
-        sum += e;
-    }
-
-    // Pass 3: normalize.
-    // SIMD splat + multiply, scalar tail.
-    let inv = 1.0f32 / sum;
-    let inv_vec = inv.splat::<S>();
-    let mut i = 0;
-    while i < simd_len {
-        unsafe {
-            let v = vload_unaligned::<S, _>(output.as_ptr().add(i));
-            vstore_unaligned::<S, _>(output.as_mut_ptr().add(i), v * inv_vec);
-        }
-        i += lanes;
-    }
-    for x in &mut output[i..] {
-        *x *= inv;
+/// pretext: every row of `rows` (rows of `row_len`) replaced by its softmax.
+fn softmax_rows_in_place_f32(rows: &mut [f32], row_len: usize) {
+    for row in rows.chunks_exact_mut(row_len) {
+        crate::ops::cross_entropy::softmax_row_in_place(row);
     }
 }
 
@@ -869,7 +745,7 @@ fn layer_norm_rows_f32_with_beta(
     d_model: usize,
     epsilon: f32,
 ) {
-    // Release-mode invariant checks; see softmax_rows_f32 for rationale.
+    // Release-mode invariant checks: a short final chunk must never reach the row kernel.
     assert_eq!(input.len(), output.len());
     assert_eq!(input.len() % d_model, 0);
     assert_eq!(gamma.len(), d_model);
@@ -893,7 +769,7 @@ fn layer_norm_rows_f32_no_beta(
     d_model: usize,
     epsilon: f32,
 ) {
-    // Release-mode invariant checks; see softmax_rows_f32 for rationale.
+    // Release-mode invariant checks: a short final chunk must never reach the row kernel.
     assert_eq!(input.len(), output.len());
     assert_eq!(input.len() % d_model, 0);
     assert_eq!(gamma.len(), d_model);

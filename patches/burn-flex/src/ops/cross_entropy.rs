@@ -89,6 +89,14 @@ fn row_grad(row: &mut [f32], target: usize, g: f32) -> RowLoss {
     RowLoss { loss, correct }
 }
 
+/// `row` replaced by its softmax: `exp(x − max) / Σ exp(x − max)` (the f32 `softmax` op's row
+/// kernel, activation.rs).
+pub(crate) fn softmax_row_in_place(row: &mut [f32]) {
+    let max = row_max(row);
+    let sum = exp_shifted_sum(row, max);
+    scale_in_place(row, 1.0 / sum);
+}
+
 /// The largest element (NaNs are passed over; they reach the sum, and the loss, in the next pass).
 fn row_max(row: &[f32]) -> f32 {
     widest_simd!((row: &[f32]) -> f32 {
