@@ -1,6 +1,8 @@
+// pretext: changed file (`register_slice`, the gradient of a slice added into its parent's in place).
 use alloc::boxed::Box;
 use burn_backend::{Backend, TensorMetadata, TensorPrimitive, tensor::FloatTensor};
 use burn_std::tensor::container::TensorContainer;
+use burn_std::{Shape, Slice};
 
 use crate::{
     NodeId,
@@ -121,6 +123,41 @@ impl Gradients {
         self.container
             .get::<TensorPrimitive<B>>(&tensor.node.id.value)
             .map(|tensor| tensor.tensor())
+    }
+
+    /// pretext: registers the gradient of `slices` of a tensor of `shape` (the backward of
+    /// `float_slice`). Where the tensor already has a gradient, `value` is added into that
+    /// slice of it in place; otherwise it is written into zeros. burn wrote every such gradient
+    /// into a full-size zero tensor and added the full tensors: a transformer's q, k and v, three
+    /// slices of one product, made three full-size buffers and two full-size additions.
+    /// Same values as `register` (addition is commutative; `0 + x` is `x`).
+    pub fn register_slice<B: Backend>(
+        &mut self,
+        node_id: NodeId,
+        shape: Shape,
+        device: &B::Device,
+        slices: &[Slice],
+        value: FloatTensor<B>,
+    ) {
+        let out = match self.container.remove::<TensorPrimitive<B>>(&node_id.value) {
+            Some(old) => {
+                let old = old.tensor();
+                // The slice view is dropped before the assignment, which can then write in place.
+                let sum = B::float_add(B::float_slice(old.clone(), slices), value);
+                B::float_slice_assign(old, slices, sum)
+            }
+            None => {
+                let zeros = B::float_zeros(shape, device, value.dtype().into());
+                B::float_slice_assign(zeros, slices, value)
+            }
+        };
+
+        self.container
+            .register::<TensorPrimitive<B>>(node_id.value, TensorPrimitive::Float(out));
+
+        if let Some(hook) = &mut self.on_register {
+            hook(&node_id, &mut self.container);
+        }
     }
 
     /// Register a grad tensor in the container.

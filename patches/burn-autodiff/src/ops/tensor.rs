@@ -1,3 +1,4 @@
+// pretext: changed file (`float_slice`'s backward registers through `Gradients::register_slice`).
 use alloc::{boxed::Box, vec, vec::Vec};
 use core::marker::PhantomData;
 
@@ -2250,10 +2251,12 @@ impl<B: Backend, C: CheckpointStrategy> FloatTensorOps<Self> for Autodiff<B, C> 
             ) {
                 let (slices, shape, device) = ops.state;
 
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    let zeros = B::float_zeros(shape, &device, grad.dtype().into());
-                    B::float_slice_assign(zeros, &slices, grad)
-                });
+                // pretext: added into the parent's gradient in place (`register_slice`).
+                let [parent] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                if let Some(node) = parent {
+                    grads.register_slice::<B>(node.id, shape, &device, &slices, grad);
+                }
             }
         }
 
