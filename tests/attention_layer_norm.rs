@@ -75,10 +75,8 @@ fn attention_value_and_gradients_match_composed_ops() {
                 *m = (s == 0 && (i + j) % 3 == 0) || (s == 1 && i == 1);
             }
         }
-        let mask = Tensor::<4, Bool>::from_data(
-            TensorData::new(mask.clone(), [b, h, t_q, t_k]),
-            &device,
-        );
+        let mask =
+            Tensor::<4, Bool>::from_data(TensorData::new(mask.clone(), [b, h, t_q, t_k]), &device);
         let offset = t_k as i64 - t_q as i64;
         let causal_blocked: Vec<bool> = (0..b * h * t_q * t_k)
             .map(|n| {
@@ -86,8 +84,10 @@ fn attention_value_and_gradients_match_composed_ops() {
                 causal && j > i + offset
             })
             .collect();
-        let causal_blocked =
-            Tensor::<4, Bool>::from_data(TensorData::new(causal_blocked, [b, h, t_q, t_k]), &device);
+        let causal_blocked = Tensor::<4, Bool>::from_data(
+            TensorData::new(causal_blocked, [b, h, t_q, t_k]),
+            &device,
+        );
         let blocked = mask.clone().bool_or(causal_blocked);
 
         let options = AttentionModuleOptions {
@@ -96,7 +96,14 @@ fn attention_value_and_gradients_match_composed_ops() {
             is_causal: causal,
         };
         let mask_arg = with_mask.then_some(mask.clone());
-        let fused = attention(q.clone(), k.clone(), v.clone(), mask_arg.clone(), None, options);
+        let fused = attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            mask_arg.clone(),
+            None,
+            options,
+        );
         let fused_out = to_vec(fused.clone());
         let scale = scale.unwrap_or(1.0 / (dk as f64).sqrt());
         let composed = composed_attention(q.clone(), k.clone(), v.clone(), blocked, scale);
@@ -130,14 +137,19 @@ fn layer_norm_value_and_gradients_match_composed_ops() {
     let (b, t, d) = (3, 5, 19);
     let eps = 1e-5;
     for with_beta in [true, false] {
-        let x = Tensor::<3>::random([b, t, d], Distribution::Normal(0.5, 2.0), &device)
-            .require_grad();
+        let x =
+            Tensor::<3>::random([b, t, d], Distribution::Normal(0.5, 2.0), &device).require_grad();
         let gamma =
             Tensor::<1>::random([d], Distribution::Normal(1.0, 0.5), &device).require_grad();
         let beta = Tensor::<1>::random([d], Distribution::Normal(0.0, 0.5), &device).require_grad();
         let w = Tensor::<3>::random([b, t, d], Distribution::Normal(0.0, 1.0), &device);
 
-        let fused = layer_norm(x.clone(), gamma.clone(), with_beta.then(|| beta.clone()), eps);
+        let fused = layer_norm(
+            x.clone(),
+            gamma.clone(),
+            with_beta.then(|| beta.clone()),
+            eps,
+        );
         let mean = x.clone().mean_dim(2);
         let centred = x.clone() - mean;
         let var = (centred.clone() * centred.clone()).mean_dim(2);
