@@ -1,4 +1,4 @@
-//! pretext patch (new file, upstreamable): batch norm with batch statistics, forward and
+//! pretext patch (new file, upstreamable; the f32 backward sums on the widest vectors): batch norm with batch statistics, forward and
 //! backward, each one pass over the statistics and one over the elements; optionally with its
 //! per-channel sums synchronised across data-parallel parts ([`set_batch_norm_sync`]).
 //!
@@ -33,6 +33,7 @@ use burn_std::{Bytes, Shape};
 use core::ops::{Add, Mul, Sub};
 
 use crate::ops::conv2d_gemm::{from_f32, to_f32};
+use crate::ops::fast_math::widest_simd;
 use crate::{Flex, FlexTensor, Layout};
 
 /// Element types the kernels run on natively.
@@ -50,6 +51,24 @@ trait NormElem:
     const DTYPE: DType;
     fn to_f64(self) -> f64;
     fn from_f64(v: f64) -> Self;
+
+    /// `Σ x` (`lane_sum`) on the widest vectors this element type has a path for.
+    #[inline]
+    fn lane_sum_x(xs: &[Self], acc: &mut [f64; LANES]) {
+        lane_sum(xs, acc, |v| v)
+    }
+
+    /// `Σ (x − mean)²` (`lane_sum`) on the widest vectors this element type has a path for.
+    #[inline]
+    fn lane_sum_sq(xs: &[Self], mean: f64, acc: &mut [f64; LANES]) {
+        lane_sum(xs, acc, |v| (v - mean) * (v - mean))
+    }
+
+    /// `lane_sum2` on the widest vectors this element type has a path for.
+    #[inline]
+    fn lane_sum2(dy: &[Self], xs: &[Self], m: f64, s: f64, acc: &mut [[f64; LANES]; 2]) {
+        lane_sum2(dy, xs, m, s, acc)
+    }
 }
 
 impl NormElem for f32 {
@@ -59,6 +78,25 @@ impl NormElem for f32 {
     }
     fn from_f64(v: f64) -> Self {
         v as f32
+    }
+
+    // The sums below: the same arithmetic in the same order, compiled for AVX-512 or AVX2
+    // where the CPU has them (the crate's baseline is SSE2: two f64 lanes per instruction),
+    // so the same bits on every path.
+    fn lane_sum_x(xs: &[f32], acc: &mut [f64; LANES]) {
+        widest_simd!((xs: &[f32], acc: &mut [f64; LANES]) { lane_sum(xs, acc, |v| v) })
+    }
+
+    fn lane_sum_sq(xs: &[f32], mean: f64, acc: &mut [f64; LANES]) {
+        widest_simd!((xs: &[f32], mean: f64, acc: &mut [f64; LANES]) {
+            lane_sum(xs, acc, |v| (v - mean) * (v - mean))
+        })
+    }
+
+    fn lane_sum2(dy: &[f32], xs: &[f32], m: f64, s: f64, acc: &mut [[f64; LANES]; 2]) {
+        widest_simd!((dy: &[f32], xs: &[f32], m: f64, s: f64, acc: &mut [[f64; LANES]; 2]) {
+            lane_sum2(dy, xs, m, s, acc)
+        })
     }
 }
 
@@ -176,7 +214,7 @@ fn per_sample<T: NormElem>(
 const LANES: usize = 8;
 
 /// `Σ f(x)` in f64 over `LANES` interleaved partial sums (vectorisable), added in a fixed order.
-#[inline]
+#[inline(always)]
 fn lane_sum<T: NormElem>(xs: &[T], acc: &mut [f64; LANES], f: impl Fn(f64) -> f64) {
     let mut chunks = xs.chunks_exact(LANES);
     for chunk in &mut chunks {
@@ -190,7 +228,7 @@ fn lane_sum<T: NormElem>(xs: &[T], acc: &mut [f64; LANES], f: impl Fn(f64) -> f6
 }
 
 /// `(Σ dy, Σ dy·(x − m)·s)` in f64 over `LANES` interleaved partial sums.
-#[inline]
+#[inline(always)]
 fn lane_sum2<T: NormElem>(dy: &[T], xs: &[T], m: f64, s: f64, acc: &mut [[f64; LANES]; 2]) {
     let mut dy_chunks = dy.chunks_exact(LANES);
     let mut x_chunks = xs.chunks_exact(LANES);
@@ -238,7 +276,7 @@ fn synced_stats<T: NormElem>(
         let mut acc = [0.0f64; LANES];
         for i in 0..n {
             let base = (i * c + ch) * s;
-            lane_sum(&xd[base..base + s], &mut acc, |v| v);
+            T::lane_sum_x(&xd[base..base + s], &mut acc);
         }
         total(&acc)
     });
@@ -256,7 +294,7 @@ fn synced_stats<T: NormElem>(
         let mut acc = [0.0f64; LANES];
         for i in 0..n {
             let base = (i * c + ch) * s;
-            lane_sum(&xd[base..base + s], &mut acc, |v| (v - mean) * (v - mean));
+            T::lane_sum_sq(&xd[base..base + s], mean, &mut acc);
         }
         total(&acc)
     });
@@ -290,7 +328,7 @@ fn train_native<T: NormElem>(
             let mut acc = [0.0f64; LANES];
             for i in 0..n {
                 let base = (i * c + ch) * s;
-                lane_sum(&xd[base..base + s], &mut acc, |v| v);
+                T::lane_sum_x(&xd[base..base + s], &mut acc);
             }
             let mean = if count > 0.0 {
                 total(&acc) / count
@@ -300,7 +338,7 @@ fn train_native<T: NormElem>(
             let mut acc = [0.0f64; LANES];
             for i in 0..n {
                 let base = (i * c + ch) * s;
-                lane_sum(&xd[base..base + s], &mut acc, |v| (v - mean) * (v - mean));
+                T::lane_sum_sq(&xd[base..base + s], mean, &mut acc);
             }
             let var = if count > 0.0 {
                 total(&acc) / count
@@ -375,7 +413,7 @@ fn backward_native<T: NormElem>(
         let mut acc = [[0.0f64; LANES]; 2];
         for i in 0..n {
             let base = (i * c + ch) * s;
-            lane_sum2(&dyd[base..base + s], &xd[base..base + s], m, is, &mut acc);
+            T::lane_sum2(&dyd[base..base + s], &xd[base..base + s], m, is, &mut acc);
         }
         (total(&acc[0]), total(&acc[1]))
     });
