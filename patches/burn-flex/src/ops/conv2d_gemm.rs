@@ -235,10 +235,117 @@ fn im2col_row_flat<T: ConvElem>(
         row[lo_p..hi_p].copy_from_slice(&xc[s0..s0 + (hi_p - lo_p)]);
     }
     row[hi_p..].fill(T::ZERO);
-    if lo > 0 || hi < g.ow {
-        for dst in row.chunks_exact_mut(g.ow) {
-            dst[..lo].fill(T::ZERO);
-            dst[hi..].fill(T::ZERO);
+    // strided single stores: a `fill` per output row compiles to a `memset` call per row
+    for c in (0..lo).chain(hi..g.ow) {
+        for q in 0..g.oh {
+            row[q * g.ow + c] = T::ZERO;
+        }
+    }
+}
+
+/// Stride-1 "same" convs (output as large as the input): a block of samples can then be
+/// im2col'd (col2im'd) as whole rows: with the block's input planes laid channel by channel
+/// (`[c][sample][position]`, see [`gather_planes`]), row `(c, i, j)` of the im2col matrix is the
+/// channel's `S·H·W` values read at one flat offset, with the positions whose tap falls in the
+/// padding zeroed afterwards ([`zero_padding_taps`]). One long copy (or add) per row instead
+/// of one short one per sample and output row: on 4×4 and 2×2 maps those were a few floats
+/// each, and their `memcpy`/`memset` calls cost more than the data (issue 36).
+fn block_flat(g: &Geom) -> bool {
+    g.sh == 1 && g.sw == 1 && g.oh == g.h && g.ow == g.w
+}
+
+/// Copies group `gr`'s input channels of samples `b0..b0 + s` into `dst` channel by channel:
+/// `dst[c · s·plane + si · plane + p] = x[b0 + si][gr·cg + c][p]`.
+fn gather_planes<T: ConvElem>(x: &[T], g: &Geom, gr: usize, b0: usize, s: usize, dst: &mut [T]) {
+    let plane = g.h * g.w;
+    for si in 0..s {
+        let src = &x[(b0 + si) * g.c_in * plane + gr * g.cg * plane..][..g.cg * plane];
+        for c in 0..g.cg {
+            dst[(c * s + si) * plane..][..plane].copy_from_slice(&src[c * plane..][..plane]);
+        }
+    }
+}
+
+/// The flat offset of tap `(i, j)`: output position `p` reads input position `p + shift` of
+/// its plane (when the tap is inside the input).
+fn tap_shift(g: &Geom, i: usize, j: usize) -> isize {
+    (i * g.dh) as isize * g.w as isize + (j * g.dw) as isize
+        - g.ph as isize * g.w as isize
+        - g.pw as isize
+}
+
+/// Zeroes the entries of one block row (`s` samples of `OH × OW` side by side) whose input
+/// position for tap `(i, j)` lies in the padding: whole output rows of every sample, then whole
+/// output columns. Strided single stores (these are a few per row), not `memset` calls.
+fn zero_padding_taps<T: ConvElem>(row: &mut [T], g: &Geom, s: usize, i: usize, j: usize) {
+    let n = g.n();
+    let (rlo, rhi) = valid_range(g.oh, 1, i * g.dh, g.ph, g.h);
+    for o_h in (0..rlo).chain(rhi..g.oh) {
+        for c in 0..g.ow {
+            for si in 0..s {
+                row[si * n + o_h * g.ow + c] = T::ZERO;
+            }
+        }
+    }
+    let (clo, chi) = valid_range(g.ow, 1, j * g.dw, g.pw, g.w);
+    for c in (0..clo).chain(chi..g.ow) {
+        for q in 0..s * g.oh {
+            row[q * g.ow + c] = T::ZERO;
+        }
+    }
+}
+
+/// im2col of a block of `s` samples for a [`block_flat`] conv: `xt` is the group's `cg`
+/// channels from [`gather_planes`], `col` receives `K` rows of `s·OH·OW`.
+fn im2col_block<T: ConvElem>(xt: &[T], g: &Geom, s: usize, col: &mut [T]) {
+    let len = s * g.n();
+    for c in 0..g.cg {
+        let xc = &xt[c * len..(c + 1) * len];
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let r = (c * g.kh + i) * g.kw + j;
+                let row = &mut col[r * len..(r + 1) * len];
+                let shift = tap_shift(g, i, j);
+                // row[p] = xc[p + shift] where 0 <= p + shift < len
+                let lo = (-shift).clamp(0, len as isize) as usize;
+                let hi = (len as isize - shift).clamp(lo as isize, len as isize) as usize;
+                row[..lo].fill(T::ZERO);
+                if hi > lo {
+                    let s0 = (lo as isize + shift) as usize;
+                    row[lo..hi].copy_from_slice(&xc[s0..s0 + (hi - lo)]);
+                }
+                row[hi..].fill(T::ZERO);
+                zero_padding_taps(row, g, s, i, j);
+            }
+        }
+    }
+}
+
+/// col2im of a block of `s` samples for a [`block_flat`] conv: adds the `K × s·OH·OW` matrix
+/// `col` into `dxt` (the group's `cg` channels laid as [`gather_planes`] lays them). Each row's
+/// entries whose tap lies in the padding are zeroed first (`col` is scratch), so the row is one
+/// add at a flat offset; the other entries land on the same elements in the same order as
+/// [`col2im`]'s, and adding a zero changes no element (`dxt` starts at +0 and a sum of floats
+/// is never −0 then), so the results are the same bits.
+fn col2im_block<T: ConvElem>(col: &mut [T], g: &Geom, s: usize, dxt: &mut [T]) {
+    let len = s * g.n();
+    for c in 0..g.cg {
+        let dxc = &mut dxt[c * len..(c + 1) * len];
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let r = (c * g.kh + i) * g.kw + j;
+                let row = &mut col[r * len..(r + 1) * len];
+                zero_padding_taps(row, g, s, i, j);
+                let shift = tap_shift(g, i, j);
+                let lo = (-shift).clamp(0, len as isize) as usize;
+                let hi = (len as isize - shift).clamp(lo as isize, len as isize) as usize;
+                if hi > lo {
+                    let s0 = (lo as isize + shift) as usize;
+                    for (d, v) in dxc[s0..s0 + (hi - lo)].iter_mut().zip(&row[lo..hi]) {
+                        *d = *d + *v;
+                    }
+                }
+            }
         }
     }
 }
@@ -465,19 +572,33 @@ pub(crate) fn conv2d<T: ConvElem>(
 
     let sb = block_samples(n, g.batch);
     let mut out = vec![T::ZERO; g.batch * g.c_out * n];
-    // scratch: the block's im2col (k × sb·n), then its gemm result (cog × sb·n) when sb > 1
-    let scratch = k * sb * n + if sb > 1 { g.cog * sb * n } else { 0 };
+    // scratch: the block's im2col (k × sb·n), then its gemm result (cog × sb·n) when sb > 1,
+    // then its input planes by channel (cg × sb·n) for a block-flat conv
+    let flat = block_flat(&g);
+    let scratch = k * sb * n
+        + if sb > 1 { g.cog * sb * n } else { 0 }
+        + if flat && sb > 1 { g.cg * sb * n } else { 0 };
     for_each_chunk(&mut out, sb * g.c_out * n, scratch, |blk, y, scratch| {
         let b0 = blk * sb;
         let s = y.len() / (g.c_out * n);
         let cols = s * n;
-        let (col, tmp) = scratch.split_at_mut(k * sb * n);
+        let (col, rest) = scratch.split_at_mut(k * sb * n);
+        let (tmp, xt) = rest.split_at_mut(if sb > 1 { g.cog * sb * n } else { 0 });
         for gr in 0..g.groups {
             let x_g = |si: usize| {
                 &x_data[(b0 + si) * x_len + gr * g.cg * g.h * g.w..][..g.cg * g.h * g.w]
             };
             let rhs: &[T] = if s == 1 && g.col_is_input() {
                 x_g(0)
+            } else if flat {
+                let planes: &[T] = if s == 1 {
+                    x_g(0)
+                } else {
+                    gather_planes(x_data, &g, gr, b0, s, xt);
+                    xt
+                };
+                im2col_block(planes, &g, s, col);
+                col
             } else {
                 for si in 0..s {
                     im2col(x_g(si), &g, &mut col[si * n..], cols);
@@ -549,8 +670,12 @@ pub(crate) fn conv2d_x_backward<T: ConvElem>(
 
     let sb = block_samples(n, g.batch);
     let mut dx = vec![T::ZERO; g.batch * g.c_in * plane];
-    // scratch: the block's column gradient (k × sb·n), then its gathered dy (cog × sb·n)
-    let scratch = k * sb * n + if sb > 1 { g.cog * sb * n } else { 0 };
+    // scratch: the block's column gradient (k × sb·n), then its gathered dy (cog × sb·n), then
+    // its input gradient by channel (cg × sb·n) for a block-flat conv
+    let flat = block_flat(&g);
+    let scratch = k * sb * n
+        + if sb > 1 { g.cog * sb * n } else { 0 }
+        + if flat && sb > 1 { g.cg * sb * n } else { 0 };
     for_each_chunk(
         &mut dx,
         sb * g.c_in * plane,
@@ -559,7 +684,8 @@ pub(crate) fn conv2d_x_backward<T: ConvElem>(
             let b0 = blk * sb;
             let s = dx_blk.len() / (g.c_in * plane);
             let cols = s * n;
-            let (col, dyt) = scratch.split_at_mut(k * sb * n);
+            let (col, rest) = scratch.split_at_mut(k * sb * n);
+            let (dyt, dxt) = rest.split_at_mut(if sb > 1 { g.cog * sb * n } else { 0 });
             for gr in 0..g.groups {
                 let rhs: &[T] = if s == 1 {
                     &dy_data[b0 * g.c_out * n + gr * g.cog * n..][..g.cog * n]
@@ -591,7 +717,22 @@ pub(crate) fn conv2d_x_backward<T: ConvElem>(
                         cols,
                     );
                 }
-                if !direct {
+                if direct {
+                } else if s == 1 && flat {
+                    let dx_g = &mut dx_blk[gr * g.cg * plane..][..g.cg * plane];
+                    col2im_block(&mut col[..k * cols], &g, 1, dx_g);
+                } else if flat {
+                    let dxt = &mut dxt[..g.cg * cols];
+                    dxt.fill(T::ZERO);
+                    col2im_block(&mut col[..k * cols], &g, s, dxt);
+                    for si in 0..s {
+                        let dst = &mut dx_blk[si * g.c_in * plane + gr * g.cg * plane..];
+                        for c in 0..g.cg {
+                            dst[c * plane..][..plane]
+                                .copy_from_slice(&dxt[(c * s + si) * plane..][..plane]);
+                        }
+                    }
+                } else {
                     for si in 0..s {
                         let dx_g =
                             &mut dx_blk[si * g.c_in * plane + gr * g.cg * plane..][..g.cg * plane];
@@ -625,11 +766,15 @@ pub(crate) fn conv2d_weight_backward<T: ConvElem>(
     let sb = block_samples(n, g.batch);
     // a chunk: whole blocks, at least WGRAD_CHUNK samples; its sum is one partial
     let per_chunk = sb * WGRAD_CHUNK.div_ceil(sb);
-    let scratch_len = k * sb * n + if sb > 1 { g.cog * sb * n } else { 0 };
+    let flat = block_flat(&g);
+    let scratch_len = k * sb * n
+        + if sb > 1 { g.cog * sb * n } else { 0 }
+        + if flat && sb > 1 { g.cg * sb * n } else { 0 };
 
     // dw (c_out × k) = Σ over the chunk's blocks of dy_blk · col(x_blk)ᵀ, per group
     let chunk_sum = |chunk: usize, dw: &mut [T], scratch: &mut [T]| {
-        let (col, dyt) = scratch.split_at_mut(k * sb * n);
+        let (col, rest) = scratch.split_at_mut(k * sb * n);
+        let (dyt, xt) = rest.split_at_mut(if sb > 1 { g.cog * sb * n } else { 0 });
         let first = chunk * per_chunk;
         let end = (first + per_chunk).min(g.batch);
         let mut b0 = first;
@@ -642,6 +787,15 @@ pub(crate) fn conv2d_weight_backward<T: ConvElem>(
                 };
                 let rhs: &[T] = if s == 1 && g.col_is_input() {
                     x_g(0)
+                } else if flat {
+                    let planes: &[T] = if s == 1 {
+                        x_g(0)
+                    } else {
+                        gather_planes(x_data, &g, gr, b0, s, xt);
+                        xt
+                    };
+                    im2col_block(planes, &g, s, col);
+                    col
                 } else {
                     for si in 0..s {
                         im2col(x_g(si), &g, &mut col[si * n..], cols);
