@@ -388,14 +388,36 @@ fn col2im<T: ConvElem>(col: &[T], g: &Geom, dx: &mut [T], ld: usize) {
     }
 }
 
-/// `dst (m × n, row stride dst_rs) = [dst +] lhs (m × k) · rhs (k × n)`, single-threaded.
-/// Strides are (column, row) in elements, as `gemm::gemm` takes them.
+/// `dst[c · rows + r] = src[r · cols + c]`: the `rows × cols` matrix `src` transposed, in tiles
+/// of 16 source columns so the 16 destination rows being written stay in the first-level cache.
+///
+/// The gemm's left operand is transposed here once, contiguously, because `gemm` packs a left
+/// operand whose depth is its contiguous dim (the weights `Cout × K`, the output gradient
+/// `Cout × S·OH·OW`) with one strided scalar load per element, per call (issue 36: 5–9 % of a
+/// one-thread GAN step); column-major it packs with whole-vector copies, or not at all.
+fn transpose_into<T: ConvElem>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+    const TILE: usize = 16;
+    let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
+    for c0 in (0..cols).step_by(TILE) {
+        let c1 = (c0 + TILE).min(cols);
+        for r in 0..rows {
+            let row = &src[r * cols + c0..r * cols + c1];
+            for (c, v) in (c0..c1).zip(row) {
+                dst[c * rows + r] = *v;
+            }
+        }
+    }
+}
+
+/// `dst (m × n) = [dst +] lhs (m × k) · rhs (k × n)`, single-threaded. Strides are (column,
+/// row) in elements, as `gemm::gemm` takes them.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_into<T: ConvElem>(
     m: usize,
     n: usize,
     k: usize,
     dst: *mut T,
+    dst_cs: usize,
     dst_rs: usize,
     accumulate: bool,
     lhs: *const T,
@@ -411,7 +433,7 @@ unsafe fn gemm_into<T: ConvElem>(
             n,
             k,
             dst,
-            1,
+            dst_cs as isize,
             dst_rs as isize,
             accumulate,
             lhs,
@@ -618,6 +640,7 @@ pub(crate) fn conv2d<T: ConvElem>(
                     cols,
                     k,
                     dst,
+                    1,
                     cols,
                     false,
                     w_g.as_ptr(),
@@ -707,6 +730,7 @@ pub(crate) fn conv2d_x_backward<T: ConvElem>(
                         cols,
                         g.cog,
                         dst,
+                        1,
                         cols,
                         false,
                         w_g.as_ptr(),
@@ -767,14 +791,21 @@ pub(crate) fn conv2d_weight_backward<T: ConvElem>(
     // a chunk: whole blocks, at least WGRAD_CHUNK samples; its sum is one partial
     let per_chunk = sb * WGRAD_CHUNK.div_ceil(sb);
     let flat = block_flat(&g);
-    let scratch_len = k * sb * n
-        + if sb > 1 { g.cog * sb * n } else { 0 }
-        + if flat && sb > 1 { g.cg * sb * n } else { 0 };
+    // scratch: the chunk's weight gradient transposed (per group k × cog), the block's im2col
+    // (k × sb·n), its output gradient transposed (sb·n × cog), its input planes by channel
+    // (cg × sb·n) for a block-flat conv
+    let scratch_len =
+        w_len + k * sb * n + g.cog * sb * n + if flat && sb > 1 { g.cg * sb * n } else { 0 };
 
-    // dw (c_out × k) = Σ over the chunk's blocks of dy_blk · col(x_blk)ᵀ, per group
+    // dw (c_out × k) = Σ over the chunk's blocks of dy_blk · col(x_blk)ᵀ, per group. Computed
+    // transposed (dwᵀ = col · dyᵀ, column-major into `dwt`) from a transposed dy: `gemm`
+    // turns a row-major destination into the transposed problem, whose left operand would then
+    // be the im2col matrix with its depth contiguous, packed one strided scalar load at a time
+    // (issue 36: 5–6 % of a one-thread GAN step); this way both operands are read as stored.
     let chunk_sum = |chunk: usize, dw: &mut [T], scratch: &mut [T]| {
-        let (col, rest) = scratch.split_at_mut(k * sb * n);
-        let (dyt, xt) = rest.split_at_mut(if sb > 1 { g.cog * sb * n } else { 0 });
+        let (dwt, rest) = scratch.split_at_mut(w_len);
+        let (col, rest) = rest.split_at_mut(k * sb * n);
+        let (dyt, xt) = rest.split_at_mut(g.cog * sb * n);
         let first = chunk * per_chunk;
         let end = (first + per_chunk).min(g.batch);
         let mut b0 = first;
@@ -802,25 +833,27 @@ pub(crate) fn conv2d_weight_backward<T: ConvElem>(
                     }
                     col
                 };
-                let lhs: &[T] = if s == 1 {
-                    &dy_data[b0 * g.c_out * n + gr * g.cog * n..][..g.cog * n]
-                } else {
-                    gather_block(dy_data, &g, gr, b0, s, dyt);
-                    dyt
-                };
-                let dw_g = &mut dw[gr * g.cog * k..(gr + 1) * g.cog * k];
-                // dw_g (cog × k) [+]= dy (cog × cols) · colᵀ (cols × k)
+                // the block's output gradient transposed: dyt[(si·n + p)·cog + co]
+                for si in 0..s {
+                    let src = &dy_data[(b0 + si) * g.c_out * n + gr * g.cog * n..][..g.cog * n];
+                    transpose_into(src, g.cog, n, &mut dyt[si * n * g.cog..]);
+                }
+                let lhs: &[T] = dyt;
+                let dwt_g = &mut dwt[gr * g.cog * k..(gr + 1) * g.cog * k];
+                // dw_g (cog × k, stored k × cog) [+]= dy (cog × cols, stored cols × cog)
+                //                                      · colᵀ (cols × k)
                 unsafe {
                     gemm_into(
                         g.cog,
                         k,
                         cols,
-                        dw_g.as_mut_ptr(),
-                        k,
+                        dwt_g.as_mut_ptr(),
+                        g.cog,
+                        1,
                         b0 > first,
                         lhs.as_ptr(),
+                        g.cog,
                         1,
-                        cols,
                         rhs.as_ptr(),
                         cols,
                         1,
@@ -828,6 +861,10 @@ pub(crate) fn conv2d_weight_backward<T: ConvElem>(
                 }
             }
             b0 += s;
+        }
+        for gr in 0..g.groups {
+            let at = gr * g.cog * k..(gr + 1) * g.cog * k;
+            transpose_into(&dwt[at.clone()], k, g.cog, &mut dw[at]);
         }
     };
 
