@@ -1,3 +1,4 @@
+// pretext: changed file (`leaky_relu` as one op, see PRETEXT.md).
 use core::marker::PhantomData;
 
 use crate::{
@@ -9,9 +10,13 @@ use crate::{
     grads::Gradients,
     graph::NodeId,
     ops::{Backward, Ops, OpsKind, unary},
-    retro_unary,
+    retro_unary, retro_unary_scalar,
 };
-use burn_backend::{Backend, ops::ActivationOps, tensor::FloatTensor};
+use burn_backend::{
+    Backend, Scalar, TensorMetadata, get_or_init_device_settings,
+    ops::{ActivationOps, FloatTensorOps},
+    tensor::FloatTensor,
+};
 
 impl<B: Backend, C: CheckpointStrategy> ActivationOps<Autodiff<B, C>> for Autodiff<B, C> {
     fn gelu(tensor: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -49,6 +54,64 @@ impl<B: Backend, C: CheckpointStrategy> ActivationOps<Autodiff<B, C>> for Autodi
                 prep.finish(state, B::gelu(tensor.primitive.clone()))
             }
             OpsKind::UnTracked(prep) => prep.finish(B::gelu(tensor.primitive)),
+        }
+    }
+
+    /// pretext: one op instead of the trait default's three tracked ones (`x < 0`, `x · slope`,
+    /// `mask_where`), whose backward made two masked copies of the gradient, a negation of the
+    /// mask, a product and a sum. Forward: the inner backend's `leaky_relu` (the same values as
+    /// the default: `x` where `x ≥ 0` or NaN, `slope · x` below zero). Backward, the same bits as
+    /// the default's two paths summed: `0 + slope · g` below zero, `g + 0` elsewhere (the `+ 0`
+    /// turns a `−0` into `+0`, as the default's sum does); a negative slope keeps the default.
+    fn leaky_relu(tensor: FloatTensor<Self>, negative_slope: Scalar) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LeakyRelu;
+
+        retro_unary_scalar!(RetroLeakyRelu, B::leaky_relu);
+
+        impl<B: Backend> Backward<B, 1> for LeakyRelu {
+            type State = (NodeId, Scalar);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let (input_id, slope) = ops.state;
+                let input = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(input_id);
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    let bool_dtype = get_or_init_device_settings::<B>(&input.device())
+                        .bool_dtype;
+                    let below = B::float_lower_elem(input, 0f32.into(), bool_dtype);
+                    let scaled = B::float_mul_scalar(grad.clone(), slope);
+                    let picked = B::float_mask_where(grad, below, scaled);
+                    B::float_add_scalar(picked, 0f32.into())
+                });
+            }
+        }
+
+        let slope: f64 = negative_slope.elem();
+        if !(slope >= 0.0) {
+            let bool_dtype = get_or_init_device_settings::<Self>(&tensor.device())
+                .bool_dtype;
+            let mask = Self::float_lower_elem(tensor.clone(), 0f32.into(), bool_dtype);
+            let scaled = Self::float_mul_scalar(tensor.clone(), negative_slope);
+            return Self::float_mask_where(tensor, mask, scaled);
+        }
+
+        match LeakyRelu
+            .prepare::<C>([tensor.node()])
+            .memory_bound()
+            .retro_forward(RetroLeakyRelu::<B>::new(tensor.node.id, negative_slope))
+            .parents([&tensor])
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&tensor), negative_slope);
+                prep.finish(state, B::leaky_relu(tensor.primitive, negative_slope))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::leaky_relu(tensor.primitive, negative_slope)),
         }
     }
 
