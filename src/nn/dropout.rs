@@ -74,8 +74,8 @@ fn mask(rng: &mut ChaCha8Rng, n: usize, threshold: u64, scale: f32) -> Vec<f32> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::RngCore;
     use burn::nn::DropoutConfig;
+    use rand::RngCore;
 
     #[test]
     fn masks_are_the_streams_words_one_by_one() {

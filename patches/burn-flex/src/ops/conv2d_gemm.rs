@@ -350,6 +350,42 @@ fn col2im_block<T: ConvElem>(col: &mut [T], g: &Geom, s: usize, dxt: &mut [T]) {
     }
 }
 
+/// The im2col matrix (`K × s·OH·OW`) of group `gr` of samples `b0..b0 + s` of `x`: the input
+/// itself for one sample of a 1×1 stride-1 conv, else built in `col` (through `xt`, the
+/// planes by channel, for a [`block_flat`] block of several samples).
+#[allow(clippy::too_many_arguments)]
+fn block_col<'a, T: ConvElem>(
+    x: &'a [T],
+    g: &Geom,
+    flat: bool,
+    gr: usize,
+    b0: usize,
+    s: usize,
+    col: &'a mut [T],
+    xt: &mut [T],
+) -> &'a [T] {
+    let plane = g.h * g.w;
+    let x_g = |si: usize| &x[(b0 + si) * g.c_in * plane + gr * g.cg * plane..][..g.cg * plane];
+    if s == 1 && g.col_is_input() {
+        return x_g(0);
+    }
+    if flat {
+        let planes: &[T] = if s == 1 {
+            x_g(0)
+        } else {
+            gather_planes(x, g, gr, b0, s, xt);
+            xt
+        };
+        im2col_block(planes, g, s, col);
+    } else {
+        let (n, cols) = (g.n(), s * g.n());
+        for si in 0..s {
+            im2col(x_g(si), g, &mut col[si * n..], cols);
+        }
+    }
+    col
+}
+
 /// col2im of one sample and group: adds the `K × OH·OW` matrix `col` into the group's `cg`
 /// channels of `dx` (the inverse scatter of [`im2col`]); row `r` of `col` starts at `r * ld`.
 fn col2im<T: ConvElem>(col: &[T], g: &Geom, dx: &mut [T], ld: usize) {
@@ -590,7 +626,6 @@ pub(crate) fn conv2d<T: ConvElem>(
     let w_data: &[T] = weight.storage();
     let bias = bias.map(contiguous_data::<T>);
     let bias_data: Option<&[T]> = bias.as_ref().map(|b| b.storage());
-    let x_len = g.c_in * g.h * g.w;
 
     let sb = block_samples(n, g.batch);
     let mut out = vec![T::ZERO; g.batch * g.c_out * n];
@@ -607,26 +642,7 @@ pub(crate) fn conv2d<T: ConvElem>(
         let (col, rest) = scratch.split_at_mut(k * sb * n);
         let (tmp, xt) = rest.split_at_mut(if sb > 1 { g.cog * sb * n } else { 0 });
         for gr in 0..g.groups {
-            let x_g = |si: usize| {
-                &x_data[(b0 + si) * x_len + gr * g.cg * g.h * g.w..][..g.cg * g.h * g.w]
-            };
-            let rhs: &[T] = if s == 1 && g.col_is_input() {
-                x_g(0)
-            } else if flat {
-                let planes: &[T] = if s == 1 {
-                    x_g(0)
-                } else {
-                    gather_planes(x_data, &g, gr, b0, s, xt);
-                    xt
-                };
-                im2col_block(planes, &g, s, col);
-                col
-            } else {
-                for si in 0..s {
-                    im2col(x_g(si), &g, &mut col[si * n..], cols);
-                }
-                col
-            };
+            let rhs = block_col(x_data, &g, flat, gr, b0, s, &mut *col, &mut *xt);
             let w_g = &w_data[gr * g.cog * k..(gr + 1) * g.cog * k];
             // (cog × cols) = w_g (cog × k) · col (k × cols), straight into y for one sample
             let dst = if s == 1 {
@@ -785,7 +801,6 @@ pub(crate) fn conv2d_weight_backward<T: ConvElem>(
     let (k, n) = (g.k(), g.n());
     let x_data: &[T] = x.storage();
     let dy_data: &[T] = dy.storage();
-    let plane = g.h * g.w;
     let w_len = g.c_out * k;
     let sb = block_samples(n, g.batch);
     // a chunk: whole blocks, at least WGRAD_CHUNK samples; its sum is one partial
@@ -813,26 +828,7 @@ pub(crate) fn conv2d_weight_backward<T: ConvElem>(
             let s = sb.min(end - b0);
             let cols = s * n;
             for gr in 0..g.groups {
-                let x_g = |si: usize| {
-                    &x_data[(b0 + si) * g.c_in * plane + gr * g.cg * plane..][..g.cg * plane]
-                };
-                let rhs: &[T] = if s == 1 && g.col_is_input() {
-                    x_g(0)
-                } else if flat {
-                    let planes: &[T] = if s == 1 {
-                        x_g(0)
-                    } else {
-                        gather_planes(x_data, &g, gr, b0, s, xt);
-                        xt
-                    };
-                    im2col_block(planes, &g, s, col);
-                    col
-                } else {
-                    for si in 0..s {
-                        im2col(x_g(si), &g, &mut col[si * n..], cols);
-                    }
-                    col
-                };
+                let rhs = block_col(x_data, &g, flat, gr, b0, s, &mut *col, &mut *xt);
                 // the block's output gradient transposed: dyt[(si·n + p)·cog + co]
                 for si in 0..s {
                     let src = &dy_data[(b0 + si) * g.c_out * n + gr * g.cog * n..][..g.cog * n];
