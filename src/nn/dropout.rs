@@ -82,10 +82,11 @@ mod tests {
         // the masks of earlier runs (one `next_u32` per element) must not change: resumes and
         // replicas repeat them bit for bit
         let (threshold, scale) = ((0.75 * 4_294_967_296.0) as u64, 1.0 / 0.75);
-        for n in [0, 1, 3, 7, 16, 1000, 4099] {
-            let mut a = ChaCha8Rng::seed_from_u64(11);
-            a.set_stream(3);
-            let mut b = a.clone();
+        // one generator through masks of several sizes, so masks also start mid-block
+        let mut a = ChaCha8Rng::seed_from_u64(11);
+        a.set_stream(3);
+        let mut b = a.clone();
+        for n in [0, 1, 3, 7, 16, 1000, 4099, 5] {
             let one_by_one: Vec<f32> = (0..n)
                 .map(|_| {
                     if (b.next_u32() as u64) < threshold {
