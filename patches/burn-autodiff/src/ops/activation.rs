@@ -81,8 +81,7 @@ impl<B: Backend, C: CheckpointStrategy> ActivationOps<Autodiff<B, C>> for Autodi
                 let (input_id, slope) = ops.state;
                 let input = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(input_id);
                 unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    let bool_dtype = get_or_init_device_settings::<B>(&input.device())
-                        .bool_dtype;
+                    let bool_dtype = get_or_init_device_settings::<B>(&input.device()).bool_dtype;
                     let below = B::float_lower_elem(input, 0f32.into(), bool_dtype);
                     let scaled = B::float_mul_scalar(grad.clone(), slope);
                     let picked = B::float_mask_where(grad, below, scaled);
@@ -93,8 +92,7 @@ impl<B: Backend, C: CheckpointStrategy> ActivationOps<Autodiff<B, C>> for Autodi
 
         let slope: f64 = negative_slope.elem();
         if !(slope >= 0.0) {
-            let bool_dtype = get_or_init_device_settings::<Self>(&tensor.device())
-                .bool_dtype;
+            let bool_dtype = get_or_init_device_settings::<Self>(&tensor.device()).bool_dtype;
             let mask = Self::float_lower_elem(tensor.clone(), 0f32.into(), bool_dtype);
             let scaled = Self::float_mul_scalar(tensor.clone(), negative_slope);
             return Self::float_mask_where(tensor, mask, scaled);
@@ -111,7 +109,9 @@ impl<B: Backend, C: CheckpointStrategy> ActivationOps<Autodiff<B, C>> for Autodi
                 let state = (prep.checkpoint(&tensor), negative_slope);
                 prep.finish(state, B::leaky_relu(tensor.primitive, negative_slope))
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::leaky_relu(tensor.primitive, negative_slope)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::leaky_relu(tensor.primitive, negative_slope))
+            }
         }
     }
 

@@ -427,10 +427,8 @@ fn col2im<T: ConvElem>(col: &[T], g: &Geom, dx: &mut [T], ld: usize) {
 /// `dst[c · rows + r] = src[r · cols + c]`: the `rows × cols` matrix `src` transposed, in tiles
 /// of 16 source columns so the 16 destination rows being written stay in the first-level cache.
 ///
-/// The gemm's left operand is transposed here once, contiguously, because `gemm` packs a left
-/// operand whose depth is its contiguous dim (the weights `Cout × K`, the output gradient
-/// `Cout × S·OH·OW`) with one strided scalar load per element, per call (issue 36: 5–9 % of a
-/// one-thread GAN step); column-major it packs with whole-vector copies, or not at all.
+/// Used by the weight gradient (its output gradient going in, its result coming out), so that
+/// `gemm` reads both of its operands as stored; see [`conv2d_weight_backward`].
 fn transpose_into<T: ConvElem>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
     const TILE: usize = 16;
     let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
@@ -758,6 +756,7 @@ pub(crate) fn conv2d_x_backward<T: ConvElem>(
                     );
                 }
                 if direct {
+                    // the gemm wrote dx itself
                 } else if s == 1 && flat {
                     let dx_g = &mut dx_blk[gr * g.cg * plane..][..g.cg * plane];
                     col2im_block(&mut col[..k * cols], &g, 1, dx_g);
