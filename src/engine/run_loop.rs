@@ -94,6 +94,10 @@ pub struct LoopSettings {
     pub resume_hint: &'static str,
     #[serde(skip)]
     pub quiet: bool,
+    /// What the progress line calls the loop before the task's name: `pretrain` (when empty) or
+    /// a transfer stage's `transfer`.
+    #[serde(skip)]
+    pub stage: &'static str,
 }
 
 impl LoopSettings {
@@ -152,6 +156,24 @@ pub struct LoopOutcome {
     pub max_minutes: f64,
 }
 
+impl LoopOutcome {
+    /// `Ok` when the loop got to step `end`; otherwise (Ctrl-C) the error a transfer stage (`what`)
+    /// stops with rather than evaluating a half-trained model: where its checkpoint is and how to
+    /// go on.
+    pub fn reached(&self, end: u64, what: &str, dir: &Path) -> Result<()> {
+        if self.step >= end {
+            return Ok(());
+        }
+        Err(Error::Training {
+            step: self.step,
+            message: format!(
+                "{what} interrupted; its checkpoint is in {}: run the same command again to continue",
+                checkpoint::checkpoints_dir(dir).display()
+            ),
+        })
+    }
+}
+
 /// Run steps `start..end` of the run in `run` (`start` = the resumed checkpoint's step, whose
 /// state `trainer` must already hold). Writes `metrics.jsonl` and checkpoints; a checkpoint
 /// holds the step it was taken after, so the last one always exists when this returns `Ok`.
@@ -189,7 +211,12 @@ pub fn run(
             log.write(&record(0, &last_eval))?;
         }
     }
-    let progress = Progress::new(&format!("pretrain {}", s.task), start, s.steps, s.quiet);
+    let stage = if s.stage.is_empty() {
+        "pretrain"
+    } else {
+        s.stage
+    };
+    let progress = Progress::new(&format!("{stage} {}", s.task), start, s.steps, s.quiet);
     let t0 = Instant::now();
     let (mut window, mut total) = (Throughput::new(), Throughput::new());
     let mut last = StepStats::default();
@@ -346,10 +373,14 @@ pub fn run(
             break;
         }
         if interrupted {
-            progress.println(&format!(
-                "stopped at step {step}; continue with: pretext pretrain --resume {}",
-                run.display()
-            ));
+            progress.println(&if s.stage.is_empty() {
+                format!(
+                    "stopped at step {step}; continue with: pretext pretrain --resume {}",
+                    run.display()
+                )
+            } else {
+                format!("stopped at step {step}; run the same command again to continue")
+            });
             break;
         }
     }

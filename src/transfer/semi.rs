@@ -153,6 +153,7 @@ impl SemiSettings {
             unit,
             resume_hint: "",
             quiet,
+            stage: "transfer",
         }
     }
 }
@@ -923,7 +924,11 @@ pub fn train_student(
         ..s.loop_settings(s.steps / 20, 50, run.checkpoint_every, "images", quiet)
     };
     if start < s.steps {
-        run_loop::run(&mut bound, &mut next, &settings, dir, start, s.steps)?;
+        run_loop::run(&mut bound, &mut next, &settings, dir, start, s.steps)?.reached(
+            s.steps,
+            "the semi stage",
+            dir,
+        )?;
     }
     let mut out = bound.model().result(s.ema > 0.0).valid().to_device(device);
     // The running statistics followed batches of strong views too; evaluation sees clean

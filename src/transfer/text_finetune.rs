@@ -12,11 +12,12 @@ use burn::prelude::*;
 use super::text_transfer::{Example, TextClassifier, TextTransferRequest};
 use crate::data::loader::batch_indices;
 use crate::data::rngs::BatchRngs;
+use crate::engine::checkpoint::{checkpoints_dir, latest_checkpoint};
 use crate::engine::optim::optimizer;
 use crate::engine::replicas::{resolve, split_batch};
-use crate::engine::schedule::lr_at;
+use crate::engine::run_loop::{self, LoopSettings};
 use crate::engine::step::{classification_step, labels_tensor};
-use crate::engine::{Bound, StepCtx, StepStats, Task, Trainable};
+use crate::engine::{AnyBatch, Bound, StepCtx, StepStats, Task};
 use crate::error::{Error, Result};
 use crate::nn::heads::LinearHead;
 use crate::nn::transformer::{Transformer, TransformerSpec};
@@ -70,8 +71,21 @@ impl Task for TextFinetune {
     }
 }
 
+/// Where fine-tuning keeps its checkpoints and how it treats a non-finite loss.
+pub(crate) struct FitDir<'a> {
+    /// The stage directory: `checkpoints/` and `metrics.jsonl`. A checkpoint there (from an
+    /// interrupted run of the same fine-tuning: the caller's [`super::semi::prepare_dir`] keeps a
+    /// directory only for the same record) is continued from; the checkpoints are removed once
+    /// the last step is done.
+    pub dir: &'a Path,
+    pub checkpoint_every: u64,
+    /// `on_nonfinite = "skip"`: a step with a NaN/Inf loss is undone and fine-tuning goes on.
+    pub skip_nonfinite: bool,
+}
+
 /// Fine-tune the whole model with a linear head (`head`, or a random one) on the labelled
-/// documents; the trained classifier, on the request's device (no autodiff).
+/// documents, through the engine's loop in `at` (checkpoints, Ctrl-C, NaN skip, resume); the
+/// trained classifier, on the request's device (no autodiff).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn train_classifier(
     model: Transformer,
@@ -82,6 +96,7 @@ pub(crate) fn train_classifier(
     cls: Option<bool>,
     head: Option<LinearHead>,
     req: &TextTransferRequest,
+    at: &FitDir,
 ) -> Result<TextClassifier> {
     let cfg = &req.config;
     let ad = req.device.clone().autodiff();
@@ -105,8 +120,11 @@ pub(crate) fn train_classifier(
         weight_decay: cfg.finetune.weight_decay,
         seed: cfg.seed,
         replicas,
+        log_every: 50,
+        until: None,
+        quiet: req.quiet,
     };
-    let (net, _) = fit.run(net, train, pad_id, cls, &ad)?;
+    let net = fit.run(net, train, pad_id, cls, &ad, at)?;
     Ok(net.valid().to_device(&req.device))
 }
 
@@ -118,10 +136,16 @@ struct Fit {
     weight_decay: f64,
     seed: u64,
     replicas: usize,
+    /// A `metrics.jsonl` record every this many steps.
+    log_every: u64,
+    /// Stop after this step with a checkpoint, as an interruption would (tests); None = `steps`.
+    until: Option<u64>,
+    quiet: bool,
 }
 
 impl Fit {
-    /// `net` (on the autodiff device `ad`) trained on `train`; with every step's loss.
+    /// `net` (on the autodiff device `ad`) trained on `train` in `at.dir`, continuing from a
+    /// checkpoint there.
     fn run(
         &self,
         net: TextClassifier,
@@ -129,7 +153,8 @@ impl Fit {
         pad: u32,
         cls: Option<bool>,
         ad: &Device,
-    ) -> Result<(TextClassifier, Vec<f32>)> {
+        at: &FitDir,
+    ) -> Result<TextClassifier> {
         let task = TextFinetune {
             device: ad.clone(),
             pad,
@@ -137,33 +162,70 @@ impl Fit {
             seed: self.seed,
         };
         let adamw = optimizer(crate::config::OptimizerKind::Adamw, self.weight_decay, 0.9);
-        let mut bound = Bound::new(task, net, &adamw, false).with_replicas(self.replicas);
-        let (n, bs, steps) = (train.len(), self.batch_size, self.steps);
-        let mut losses = Vec::with_capacity(steps as usize);
-        for step in 0..steps {
-            let chosen = batch_indices(n, bs, true, self.seed ^ 0xf17e, step);
-            let rngs = BatchRngs::new(self.seed ^ 0xf17e, step);
-            let batch = split_batch(chosen.len(), self.replicas, &rngs, |r, _| DocBatch {
-                docs: chosen[r.clone()]
-                    .iter()
-                    .map(|&i| train[i].tokens.clone())
-                    .collect(),
-                labels: chosen[r].iter().map(|&i| train[i].label).collect(),
-            });
-            let lr = lr_at(step, self.lr, steps / 10, steps, 0.0);
-            let stats = bound.step(batch, step, lr);
-            if !stats.loss.is_finite() {
-                return Err(Error::Training {
-                    step,
-                    message: format!(
-                        "fine-tuning loss is {}; try a lower finetune_lr",
-                        stats.loss
-                    ),
-                });
-            }
-            losses.push(stats.loss);
+        let mut bound =
+            Bound::new(task, net, &adamw, at.skip_nonfinite).with_replicas(self.replicas);
+        if crate::platform::dist::is_writer() {
+            std::fs::create_dir_all(at.dir).map_err(|e| Error::io(at.dir, e))?;
         }
-        Ok((bound.model().clone(), losses))
+        let resumed = latest_checkpoint(at.dir)?;
+        let start = run_loop::resume(&mut bound, &resumed, at.dir, true)?;
+        if start > 0 && !self.quiet {
+            eprintln!(
+                "finetune: continuing {} from step {start}",
+                at.dir.display()
+            );
+        }
+        let (n, bs, replicas, seed) = (train.len(), self.batch_size, self.replicas, self.seed);
+        let mut next = |step: u64| -> Result<Box<dyn AnyBatch>> {
+            let chosen = batch_indices(n, bs, true, seed ^ 0xf17e, step);
+            let rngs = BatchRngs::new(seed ^ 0xf17e, step);
+            Ok(split_batch(chosen.len(), replicas, &rngs, |r, _| {
+                DocBatch {
+                    docs: chosen[r.clone()]
+                        .iter()
+                        .map(|&i| train[i].tokens.clone())
+                        .collect(),
+                    labels: chosen[r].iter().map(|&i| train[i].label).collect(),
+                }
+            }))
+        };
+        let settings = LoopSettings {
+            task: "finetune".into(),
+            steps: self.steps,
+            lr: self.lr,
+            warmup_steps: self.steps / 10,
+            min_lr_ratio: 0.0,
+            log_every: self.log_every.max(1),
+            checkpoint_every: at.checkpoint_every.max(1),
+            keep_checkpoints: 1,
+            eval_every: 0,
+            seed: self.seed,
+            rank_check_every: 0,
+            max_minutes: 0.0,
+            unit: "documents",
+            resume_hint: "",
+            quiet: self.quiet,
+            stage: "transfer",
+        };
+        let end = self.until.unwrap_or(self.steps).min(self.steps);
+        if start < end {
+            run_loop::run(&mut bound, &mut next, &settings, at.dir, start, end)?.reached(
+                end,
+                "fine-tuning",
+                at.dir,
+            )?;
+        }
+        if end == self.steps && crate::platform::dist::is_writer() {
+            // Done: the result file records what it gave; its checkpoints would only take room.
+            let dir = checkpoints_dir(at.dir);
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(&dir, e))
+                }
+                _ => {}
+            }
+        }
+        Ok(bound.model().clone())
     }
 }
 
@@ -202,6 +264,38 @@ mod tests {
         })
     }
 
+    fn fit(steps: u64, lr: f64, replicas: usize) -> Fit {
+        Fit {
+            steps,
+            batch_size: 8,
+            lr,
+            weight_decay: 0.01,
+            seed: 1,
+            replicas,
+            log_every: 1,
+            until: None,
+            quiet: true,
+        }
+    }
+
+    fn at(dir: &Path, skip_nonfinite: bool) -> FitDir<'_> {
+        FitDir {
+            dir,
+            checkpoint_every: 2,
+            skip_nonfinite,
+        }
+    }
+
+    /// Every step's loss from a fine-tuning directory's `metrics.jsonl`.
+    fn losses(dir: &Path) -> Vec<f32> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter_map(|v| v["loss"].as_f64().map(|x| x as f32))
+            .collect()
+    }
+
     /// Two replicas on halves of each step's documents take the steps one model takes on the
     /// whole batch (to float rounding: no dropout here), and the loss falls.
     #[test]
@@ -209,16 +303,16 @@ mod tests {
         let ad = Device::flex().autodiff();
         let data = examples();
         let train: Vec<&Example> = data.iter().collect();
-        let fit = |replicas| Fit {
-            steps: 30,
-            batch_size: 8,
-            lr: 1e-3,
-            weight_decay: 0.01,
-            seed: 1,
-            replicas,
-        };
-        let (_, one) = fit(1).run(net(&ad), &train, 0, None, &ad).unwrap();
-        let (_, two) = fit(2).run(net(&ad), &train, 0, None, &ad).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let (d1, d2) = (tmp.path().join("one"), tmp.path().join("two"));
+        fit(30, 1e-3, 1)
+            .run(net(&ad), &train, 0, None, &ad, &at(&d1, false))
+            .unwrap();
+        fit(30, 1e-3, 2)
+            .run(net(&ad), &train, 0, None, &ad, &at(&d2, false))
+            .unwrap();
+        let (one, two) = (losses(&d1), losses(&d2));
+        assert_eq!(one.len(), 30);
         let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
         let (first, last) = (mean(&one[..5]), mean(&one[25..]));
         assert!(last < 0.7 * first, "loss {first} → {last}\n{one:?}");
@@ -228,6 +322,86 @@ mod tests {
                 "step {step}: {a} vs {b}"
             );
         }
+        // Finished: no checkpoint is left behind.
+        assert!(!checkpoints_dir(&d1).exists());
+    }
+
+    /// Fine-tuning stopped after step 3 (as Ctrl-C stops it, with a checkpoint) and run again
+    /// from fresh weights continues from that checkpoint and ends with the very bits of an
+    /// uninterrupted run (two replicas, dropout on: its masks are a function of the step).
+    #[test]
+    fn an_interrupted_fine_tuning_resumes_bit_for_bit() {
+        let ad = Device::flex().autodiff();
+        let data = examples();
+        let train: Vec<&Example> = data.iter().collect();
+        let tmp = tempfile::tempdir().unwrap();
+        let (whole, parts) = (tmp.path().join("whole"), tmp.path().join("parts"));
+        let dropout = |ad: &Device, seed: u64| {
+            let spec = TransformerSpec::preset("tiny", 48, false).unwrap();
+            assert!(spec.dropout > 0.0);
+            crate::platform::device::seeded(ad, seed, || TextClassifier {
+                lm: spec.init(ad),
+                head: LinearHead::new(spec.d_model, 2, ad),
+            })
+        };
+        let a = fit(6, 1e-3, 2)
+            .run(dropout(&ad, 3), &train, 0, None, &ad, &at(&whole, false))
+            .unwrap();
+        let first = Fit {
+            until: Some(3),
+            ..fit(6, 1e-3, 2)
+        };
+        first
+            .run(dropout(&ad, 3), &train, 0, None, &ad, &at(&parts, false))
+            .unwrap();
+        let saved = latest_checkpoint(&parts).unwrap().expect("a checkpoint");
+        assert_eq!(saved.1.step, 3);
+        // Other starting weights: only the checkpoint can carry the first three steps.
+        let b = fit(6, 1e-3, 2)
+            .run(dropout(&ad, 4), &train, 0, None, &ad, &at(&parts, false))
+            .unwrap();
+        let file = |m: &TextClassifier, name: &str| {
+            let path = tmp.path().join(name);
+            crate::engine::checkpoint::save_weights(&m.valid(), &path).unwrap();
+            std::fs::read(path).unwrap()
+        };
+        assert!(file(&a, "a.safetensors") == file(&b, "b.safetensors"));
+        assert_eq!(losses(&whole), losses(&parts));
+        assert_eq!(losses(&parts).len(), 6);
+    }
+
+    /// A loss that turns NaN/Inf (a learning rate of 1e30) stops fine-tuning with an error
+    /// naming the step and `on_nonfinite`; with `skip` the steps are undone and, after 10 in a
+    /// row, it stops saying so: never a classifier with NaN weights.
+    #[test]
+    fn a_non_finite_loss_stops_or_is_skipped() {
+        let ad = Device::flex().autodiff();
+        let data = examples();
+        let train: Vec<&Example> = data.iter().collect();
+        let tmp = tempfile::tempdir().unwrap();
+        let stop = fit(20, 1e30, 1)
+            .run(
+                net(&ad),
+                &train,
+                0,
+                None,
+                &ad,
+                &at(&tmp.path().join("stop"), false),
+            )
+            .err()
+            .expect("an error")
+            .to_string();
+        assert!(stop.contains("on_nonfinite"), "{stop}");
+        assert!(stop.contains("training stopped at step"), "{stop}");
+        let skip_dir = tmp.path().join("skip");
+        let skip = fit(20, 1e30, 1)
+            .run(net(&ad), &train, 0, None, &ad, &at(&skip_dir, true))
+            .err()
+            .expect("an error")
+            .to_string();
+        assert!(skip.contains("in a row"), "{skip}");
+        let log = std::fs::read_to_string(skip_dir.join("metrics.jsonl")).unwrap();
+        assert!(log.contains("\"skipped\":true"), "{log}");
     }
 
     /// Wall time of 20 fine-tuning steps of the tiny model (d_model 128, 4 blocks) on
@@ -262,9 +436,14 @@ mod tests {
                 weight_decay: 0.01,
                 seed: 1,
                 replicas,
+                log_every: 50,
+                until: None,
+                quiet: true,
             };
+            let tmp = tempfile::tempdir().unwrap();
             let t = std::time::Instant::now();
-            fit.run(net, &train, 0, None, &ad).unwrap();
+            fit.run(net, &train, 0, None, &ad, &at(tmp.path(), false))
+                .unwrap();
             times.push(t.elapsed().as_secs_f64());
             println!(
                 "{replicas} replica(s): {:.2} s for 20 steps",

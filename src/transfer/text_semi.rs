@@ -291,7 +291,11 @@ pub fn train_student(
         run.quiet,
     );
     if start < s.steps {
-        run_loop::run(&mut bound, &mut next, &settings, run.dir, start, s.steps)?;
+        run_loop::run(&mut bound, &mut next, &settings, run.dir, start, s.steps)?.reached(
+            s.steps,
+            "the semi stage",
+            run.dir,
+        )?;
     }
     let m = bound.model();
     let out = if s.ema > 0.0 { &m.ema } else { &m.student };

@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use super::labels::{self, PerClass};
 use super::protocol_tables::{self, FinetuneTable, KnnTable, ProbeTable, SemiTable};
 use super::text_features::{content_digest, CacheKey, DocVectors, Encoding};
-use super::text_finetune::train_classifier;
+use super::text_finetune::{train_classifier, FitDir};
 use super::{frozen, linear_probe, scores, FinetuneHead, Protocol, Source};
-use crate::config::in_range;
+use crate::config::{in_range, positive, NonFinite};
 use crate::data::corpus::{is_validation, Fields, TextSource};
 use crate::data::email::{is_email, subject_and_body};
 use crate::data::tokenizer::Tokenizer;
@@ -91,6 +91,14 @@ pub struct TextTransferConfig {
     pub semi: SemiTable,
     /// Share of a document's ordinary tokens its strong view damages.
     pub semi_noise: f32,
+    /// Fine-tuning (and the semi stage's teacher) writes a checkpoint every this many steps into
+    /// its stage directory (`…/transfer/finetune-LABELS-POOL-seedK/`, the semi stage's
+    /// `teacher/`); running the same command again continues an interrupted one.
+    pub finetune_checkpoint_every: u64,
+    /// A fine-tuning step whose loss is NaN or infinite: `stop` (naming the step and the last
+    /// checkpoint) or `skip` it, the weights left as they were (10 in a row stop). The semi
+    /// stage always skips.
+    pub on_nonfinite: NonFinite,
 }
 
 impl Default for TextTransferConfig {
@@ -128,6 +136,8 @@ impl Default for TextTransferConfig {
             feature_cache: true,
             semi: SemiTable::with_shared_losses(200, 8, 3, 3e-4, 0.01, 100),
             semi_noise: 0.2,
+            finetune_checkpoint_every: 100,
+            on_nonfinite: NonFinite::Stop,
         }
     }
 }
@@ -145,6 +155,10 @@ impl TextTransferConfig {
         self.finetune.validate()?;
         self.semi.validate()?;
         in_range("semi_noise", self.semi_noise as f64, 0.0, 1.0)?;
+        positive(
+            "finetune_checkpoint_every",
+            self.finetune_checkpoint_every as f64,
+        )?;
         if !["auto", "all", "email-body"].contains(&self.text_part.as_str()) {
             return Err(Error::config(
                 "text_part",
@@ -628,9 +642,19 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
             };
             frozen::predict(req.protocol, f, &cfg.frozen_settings(), &req.device)
         }
-        Protocol::Finetune => finetune(
-            model, &spec, &chosen, &test_refs, classes, pad_id, cls, head, req,
-        )?,
+        Protocol::Finetune => {
+            let stage = super::semi::stage_dir(&result_path(req, &data));
+            let record = super::semi::StageRecord {
+                teacher_key: finetune_key(req, &spec, &tok, &data, &chosen, head.is_some())?,
+                student_init: "finetune".into(),
+                settings: serde_json::Value::Null,
+            };
+            super::semi::prepare_dir(&stage, &record)?;
+            let at = fit_dir(&stage, cfg);
+            let net =
+                train_classifier(model, &spec, &chosen, classes, pad_id, cls, head, req, &at)?;
+            predict(&net, &test_refs, pad_id, cls, &req.device)
+        }
         Protocol::Semi => {
             let pool_refs: Vec<&Example> = pool.iter().collect();
             let stage = super::semi::stage_dir(&result_path(req, &data));
@@ -733,7 +757,6 @@ fn semi_stage(
 ) -> Result<(Vec<u32>, super::SemiReport)> {
     use super::semi;
     use super::text_semi;
-    use sha2::{Digest, Sha256};
     let cfg = &req.config;
     let device = &req.device;
     // Text has no image views: the weak view is the document, the strong one its noised copy.
@@ -747,36 +770,10 @@ fn semi_stage(
         crate::data::randaugment::StrongConfig::default(),
         cfg.seed,
     );
-    let mut key = Sha256::new();
-    key.update(match &req.from {
-        Source::Run(run) => content_digest(&lm_weights_file(run)?)?,
-        other => format!("{} {} {:?} {}", other.label(), cfg.like, spec, cfg.seed),
-    });
-    key.update(tok.fingerprint().as_bytes());
-    key.update(data.as_bytes());
-    for e in chosen {
-        key.update(e.index.to_le_bytes());
-    }
-    key.update(
-        format!(
-            "{} {} {} {} {} {} {} {} {:?}",
-            cfg.finetune.steps,
-            cfg.finetune.lr,
-            cfg.finetune.batch_size,
-            cfg.finetune.weight_decay,
-            cfg.text_part,
-            cfg.pool,
-            cfg.max_tokens,
-            cfg.seed,
-            // LP-FT's head, and the probe that made it.
-            head.is_some().then_some(&cfg.probe)
-        )
-        .as_bytes(),
-    );
     let mut record_settings = serde_json::to_value(&settings).expect("settings serialise");
     record_settings["noise"] = serde_json::json!(cfg.semi_noise);
     let record = semi::StageRecord {
-        teacher_key: format!("{:x}", key.finalize()),
+        teacher_key: finetune_key(req, spec, tok, data, chosen, head.is_some())?,
         student_init: "teacher".into(),
         settings: record_settings,
     };
@@ -789,7 +786,10 @@ fn semi_stage(
     let (teacher, logits) = match semi::cached_teacher(stage, template) {
         Some(cached) => cached,
         None => {
-            let teacher = train_classifier(model, spec, chosen, classes, pad_id, cls, head, req)?;
+            let teacher_dir = stage.join("teacher");
+            let at = fit_dir(&teacher_dir, cfg);
+            let teacher =
+                train_classifier(model, spec, chosen, classes, pad_id, cls, head, req, &at)?;
             let logits = text_semi::logits_on(&teacher, pool, pad_id, cls, device);
             semi::cache_teacher(stage, &teacher, &logits, classes)?;
             (teacher, logits)
@@ -841,21 +841,55 @@ fn semi_stage(
     ))
 }
 
-/// Train the whole model with a linear head on the labelled documents; predict the held-out.
-#[allow(clippy::too_many_arguments)]
-fn finetune(
-    model: Transformer,
-    spec: &TransformerSpec,
-    train: &[&Example],
-    test: &[&Example],
-    classes: usize,
-    pad_id: u32,
-    cls: Option<bool>,
-    head: Option<LinearHead>,
+/// Where fine-tuning in `dir` keeps its checkpoints, and what it does with a NaN/Inf loss.
+fn fit_dir<'a>(dir: &'a Path, cfg: &TextTransferConfig) -> FitDir<'a> {
+    FitDir {
+        dir,
+        checkpoint_every: cfg.finetune_checkpoint_every,
+        skip_nonfinite: cfg.on_nonfinite == NonFinite::Skip,
+    }
+}
+
+/// A digest of everything fine-tuning (alone, or as the semi stage's teacher) depends on: the
+/// weights it starts from (the run's, or the baseline's architecture and seed), the tokenizer,
+/// the data, the labelled documents, the settings and whether LP-FT's probe gives the head.
+fn finetune_key(
     req: &TextTransferRequest,
-) -> Result<Vec<u32>> {
-    let net = train_classifier(model, spec, train, classes, pad_id, cls, head, req)?;
-    Ok(predict(&net, test, pad_id, cls, &req.device))
+    spec: &TransformerSpec,
+    tok: &Tokenizer,
+    data: &str,
+    chosen: &[&Example],
+    probe_head: bool,
+) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let cfg = &req.config;
+    let mut key = Sha256::new();
+    key.update(match &req.from {
+        Source::Run(run) => content_digest(&lm_weights_file(run)?)?,
+        other => format!("{} {} {:?} {}", other.label(), cfg.like, spec, cfg.seed),
+    });
+    key.update(tok.fingerprint().as_bytes());
+    key.update(data.as_bytes());
+    for e in chosen {
+        key.update(e.index.to_le_bytes());
+    }
+    key.update(
+        format!(
+            "{} {} {} {} {} {} {} {} {:?}",
+            cfg.finetune.steps,
+            cfg.finetune.lr,
+            cfg.finetune.batch_size,
+            cfg.finetune.weight_decay,
+            cfg.text_part,
+            cfg.pool,
+            cfg.max_tokens,
+            cfg.seed,
+            // LP-FT's head, and the probe that made it.
+            probe_head.then_some(&cfg.probe)
+        )
+        .as_bytes(),
+    );
+    Ok(format!("{:x}", key.finalize()))
 }
 
 /// LP-FT's starting head when `finetune_head` asks for one (`auto`: for a pretrained run): a
