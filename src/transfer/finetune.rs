@@ -4,6 +4,7 @@
 //! through the engine's [`Bound`], so fine-tuning uses every core as pretraining does (one
 //! replica per core, see `engine::replicas`).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use burn::module::{Module, ParamId};
@@ -16,12 +17,13 @@ use crate::data::loader::{Batch, Loader, LoaderConfig};
 use crate::data::mix::{mix_batch, Mix, MixSettings};
 use crate::data::rngs::BatchRngs;
 use crate::data::{DataError, ImageSet};
+use crate::engine::checkpoint::{checkpoints_dir, latest_checkpoint};
 use crate::engine::optim::optimizer;
-use crate::engine::progress::Progress;
 use crate::engine::replicas::{resolve, split_batch};
-use crate::engine::schedule::lr_at;
+use crate::engine::run_loop::{self, LoopSettings};
 use crate::engine::step::{classification_step_with, images_tensor, labels_tensor};
-use crate::engine::{Bound, StepCtx, StepStats, Task, Trainable};
+use crate::engine::{AnyBatch, Bound, StepCtx, StepStats, Task, Trainable};
+use crate::error::{Error, Result};
 use crate::nn::heads::LinearHead;
 use crate::nn::input::InputSpec;
 use crate::nn::Backbone;
@@ -118,6 +120,83 @@ impl Classifier {
     }
 }
 
+/// Where fine-tuning keeps its checkpoints and how it treats a non-finite loss.
+pub struct FitDir<'a> {
+    /// The stage directory: `checkpoints/` and `metrics.jsonl`. A checkpoint there (from an
+    /// interrupted run of the same fine-tuning: the caller's [`super::semi::prepare_dir`] keeps a
+    /// directory only for the same record) is continued from; the checkpoints are removed once
+    /// the last step is done.
+    pub dir: &'a Path,
+    pub checkpoint_every: u64,
+    /// `on_nonfinite = "skip"`: a step with a NaN/Inf loss is undone and fine-tuning goes on.
+    pub skip_nonfinite: bool,
+}
+
+impl FitDir<'_> {
+    /// Create the directory and load its checkpoint into `bound`, if it holds one (saying so
+    /// unless `quiet`); the step fine-tuning continues from.
+    pub fn resume(&self, bound: &mut dyn Trainable, quiet: bool) -> Result<u64> {
+        if crate::platform::dist::is_writer() {
+            std::fs::create_dir_all(self.dir).map_err(|e| Error::io(self.dir, e))?;
+        }
+        let resumed = latest_checkpoint(self.dir)?;
+        let start = run_loop::resume(bound, &resumed, self.dir, true)?;
+        if start > 0 && !quiet {
+            eprintln!(
+                "finetune: continuing {} from step {start}",
+                self.dir.display()
+            );
+        }
+        Ok(start)
+    }
+
+    /// The engine loop's settings for fine-tuning: a cosine schedule from `lr` to 0 after
+    /// `warmup_steps`, one checkpoint kept.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loop_settings(
+        &self,
+        steps: u64,
+        lr: f64,
+        warmup_steps: u64,
+        seed: u64,
+        log_every: u64,
+        unit: &'static str,
+        quiet: bool,
+    ) -> LoopSettings {
+        LoopSettings {
+            task: "finetune".into(),
+            steps,
+            lr,
+            warmup_steps,
+            min_lr_ratio: 0.0,
+            log_every: log_every.max(1),
+            checkpoint_every: self.checkpoint_every.max(1),
+            keep_checkpoints: 1,
+            eval_every: 0,
+            seed,
+            rank_check_every: 0,
+            max_minutes: 0.0,
+            unit,
+            resume_hint: "",
+            quiet,
+            stage: "transfer",
+        }
+    }
+
+    /// After the last step: the result file records what fine-tuning gave, so its checkpoints
+    /// (the size of three models) go.
+    pub fn finished(&self) -> Result<()> {
+        if !crate::platform::dist::is_writer() {
+            return Ok(());
+        }
+        let dir = checkpoints_dir(self.dir);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&dir, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A labelled batch as fine-tuning steps it: the images, and how they were mixed if they were.
 #[derive(Clone)]
 struct MixedBatch {
@@ -195,13 +274,16 @@ pub fn finetune(
     input: &InputSpec,
     s: &FinetuneSettings,
     device: &Device,
-) -> Result<f32, DataError> {
-    let model = train_classifier(encoder, head, train, classes, input, s, device)?;
-    test_accuracy(&model, test, test_idx, input, device)
+    at: &FitDir,
+) -> Result<f32> {
+    let model = train_classifier(encoder, head, train, classes, input, s, device, at)?;
+    Ok(test_accuracy(&model, test, test_idx, input, device)?)
 }
 
-/// Fine-tune `encoder` and a linear head (`head`, or a random one) on `train` (labelled); the
-/// trained classifier, on `device` (no autodiff).
+/// Fine-tune `encoder` and a linear head (`head`, or a random one) on `train` (labelled),
+/// through the engine's loop in `at` (checkpoints, Ctrl-C, NaN skip, resume); the trained
+/// classifier, on `device` (no autodiff).
+#[allow(clippy::too_many_arguments)]
 pub fn train_classifier(
     encoder: Backbone,
     head: Option<LinearHead>,
@@ -210,7 +292,8 @@ pub fn train_classifier(
     input: &InputSpec,
     s: &FinetuneSettings,
     device: &Device,
-) -> Result<Classifier, DataError> {
+    at: &FitDir,
+) -> Result<Classifier> {
     let ad = device.clone().autodiff();
     let dim = encoder.dim();
     let head = match head {
@@ -237,9 +320,10 @@ pub fn train_classifier(
         },
         model,
         &optimizer(crate::config::OptimizerKind::Adamw, s.weight_decay, 0.9),
-        false,
+        at.skip_nonfinite,
     )
     .with_replicas(replicas);
+    let start = at.resume(&mut bound, s.quiet)?;
     let (weak, mix, spec) = (s.weak(), s.mix, input.clone());
     // Every image's crop and flip come from its own generator (the same whatever the replica
     // count); mixup/CutMix pairs images within a replica's part, with λ (and CutMix's box) drawn
@@ -282,28 +366,27 @@ pub fn train_classifier(
             seed: s.seed,
             workers: s.workers,
             prefetch: 4,
-            start_batch: 0,
+            start_batch: start,
             drop_last: true,
         },
         make,
     );
-    let progress = Progress::new("finetune", 0, s.steps, s.quiet);
-    for (step, batch) in loader.take(s.steps as usize).enumerate() {
-        let lr = lr_at(step as u64, s.lr, s.steps / 20, s.steps, 0.0);
-        let stats = bound.step(batch?, step as u64, lr);
-        let log = (step + 1) % 50 == 0;
-        progress.update(
-            step as u64 + 1,
-            &format!(
-                "loss {:.4} acc {:.3}",
-                stats.loss,
-                stats.metrics.first().map_or(f32::NAN, |m| m.1)
-            ),
-            log,
-            Default::default(),
-        );
+    let mut loader = loader;
+    let mut next = |_step: u64| -> Result<Box<dyn AnyBatch>> {
+        match loader.next() {
+            Some(b) => Ok(b?),
+            None => Err(Error::Usage("the labelled images ran out".into())),
+        }
+    };
+    let settings = at.loop_settings(s.steps, s.lr, s.steps / 20, s.seed, 50, "images", s.quiet);
+    if start < s.steps {
+        run_loop::run(&mut bound, &mut next, &settings, at.dir, start, s.steps)?.reached(
+            s.steps,
+            "fine-tuning",
+            at.dir,
+        )?;
     }
-    progress.finish();
+    at.finished()?;
     Ok(bound.model().valid().to_device(device))
 }
 

@@ -185,6 +185,14 @@ pub struct TransferConfig {
     /// CutMix's Beta(α, α) (0 = off; the MAE recipe uses 1.0): a box of the mirrored image
     /// pasted in. With both on, each batch takes one of the two at even odds.
     pub finetune_cutmix: f32,
+    /// Fine-tuning (and the semi stage's teacher) writes a checkpoint every this many steps
+    /// into its stage directory (`…/transfer/finetune-LABELS-seedK/`, the semi stage's
+    /// `teacher/`); running the same command again continues an interrupted one.
+    pub finetune_checkpoint_every: u64,
+    /// A fine-tuning step whose loss is NaN or infinite: `stop` (naming the step and the last
+    /// checkpoint) or `skip` it, the weights left as they were (10 in a row stop). The semi
+    /// stage always skips.
+    pub on_nonfinite: crate::config::NonFinite,
     /// The semi-supervised stage ([`semi`], `--protocol semi`): `semi_steps`, `semi_batch_size`,
     /// `semi_ratio`, `semi_lr`, `semi_weight_decay`, `semi_threshold`, `semi_adaptive`,
     /// `semi_consistency`, `semi_distill`, `semi_temperature`, `semi_ema`, `semi_align`,
@@ -257,6 +265,8 @@ impl Default for TransferConfig {
             finetune_label_smoothing: 0.0,
             finetune_mixup: 0.0,
             finetune_cutmix: 0.0,
+            finetune_checkpoint_every: 100,
+            on_nonfinite: crate::config::NonFinite::Stop,
             semi: SemiTable::with_shared_losses(3000, 32, 7, 1e-3, 5e-4, 500),
             semi_warmup: false,
             semi_pseudo_from_ema: false,
@@ -302,6 +312,15 @@ impl TransferConfig {
             },
             workers: self.workers(),
             quiet,
+        }
+    }
+
+    /// Where fine-tuning in `dir` keeps its checkpoints, and what it does with a NaN/Inf loss.
+    pub fn fit_dir<'a>(&self, dir: &'a std::path::Path) -> finetune::FitDir<'a> {
+        finetune::FitDir {
+            dir,
+            checkpoint_every: self.finetune_checkpoint_every,
+            skip_nonfinite: self.on_nonfinite == crate::config::NonFinite::Skip,
         }
     }
 
@@ -365,6 +384,10 @@ impl TransferConfig {
         // Beta concentrations (0 = off).
         in_range("finetune_mixup", self.finetune_mixup, 0.0, 100.0)?;
         in_range("finetune_cutmix", self.finetune_cutmix, 0.0, 100.0)?;
+        positive(
+            "finetune_checkpoint_every",
+            self.finetune_checkpoint_every as f64,
+        )?;
         self.semi.validate()?;
         self.strong()
             .check()
@@ -565,6 +588,13 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
             };
             let s = cfg.finetune_settings(&req.from, req.quiet);
             if protocol == Protocol::Finetune {
+                let stage = semi::stage_dir(&path);
+                let record = semi::StageRecord {
+                    teacher_key: teacher_key(req, dataset, &split, &input, head.as_ref())?,
+                    student_init: "finetune".into(),
+                    settings: serde_json::Value::Null,
+                };
+                semi::prepare_finetune_dir(&stage, &record)?;
                 finetune::finetune(
                     encoder,
                     head,
@@ -575,6 +605,7 @@ pub fn transfer(dataset: &Dataset, req: &TransferRequest) -> Result<(TransferRes
                     &input,
                     &s,
                     &req.device,
+                    &cfg.fit_dir(&stage),
                 )?
             } else {
                 let (accuracy, report) =
@@ -684,6 +715,7 @@ fn semi_stage(
                 input,
                 s,
                 device,
+                &cfg.fit_dir(&stage_dir.join("teacher")),
             )?;
             let logits = semi::logits_on(&teacher, &dataset.train, &split.pool, input, device)?;
             semi::cache_teacher(&stage_dir, &teacher, &logits, split.classes)?;

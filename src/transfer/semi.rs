@@ -986,7 +986,17 @@ const TEACHER_LOGITS_FILE: &str = "teacher-logits.safetensors";
 /// Prepare the stage directory `dir` for `record`: kept when it was started with the same
 /// record (a resumed or finished stage), otherwise emptied (only if it is a stage directory).
 pub fn prepare_dir(dir: &Path, record: &StageRecord) -> Result<()> {
-    let path = dir.join(RECORD_FILE);
+    prepare_named(dir, record, RECORD_FILE)
+}
+
+/// [`prepare_dir`] for fine-tuning's own stage directory (`…/finetune-LABELS-seedK/`), whose
+/// record is `finetune.json`.
+pub fn prepare_finetune_dir(dir: &Path, record: &StageRecord) -> Result<()> {
+    prepare_named(dir, record, "finetune.json")
+}
+
+fn prepare_named(dir: &Path, record: &StageRecord, record_file: &str) -> Result<()> {
+    let path = dir.join(record_file);
     if dir.exists() {
         let earlier = std::fs::read(&path)
             .ok()
@@ -1018,7 +1028,7 @@ pub fn prepare_dir(dir: &Path, record: &StageRecord) -> Result<()> {
             .is_some()
         {
             return Err(Error::Usage(format!(
-                "{} exists and is not a semi stage directory; move it or choose another --out",
+                "{} exists and is not a transfer stage directory; move it or choose another --out",
                 dir.display()
             )));
         }

@@ -9,16 +9,16 @@ use std::path::Path;
 
 use burn::prelude::*;
 
+use super::finetune::FitDir;
 use super::text_transfer::{Example, TextClassifier, TextTransferRequest};
 use crate::data::loader::batch_indices;
 use crate::data::rngs::BatchRngs;
-use crate::engine::checkpoint::{checkpoints_dir, latest_checkpoint};
 use crate::engine::optim::optimizer;
 use crate::engine::replicas::{resolve, split_batch};
-use crate::engine::run_loop::{self, LoopSettings};
+use crate::engine::run_loop;
 use crate::engine::step::{classification_step, labels_tensor};
 use crate::engine::{AnyBatch, Bound, StepCtx, StepStats, Task};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::nn::heads::LinearHead;
 use crate::nn::transformer::{Transformer, TransformerSpec};
 
@@ -69,18 +69,6 @@ impl Task for TextFinetune {
     fn save_state(&self, _dir: &Path) -> Result<()> {
         Ok(())
     }
-}
-
-/// Where fine-tuning keeps its checkpoints and how it treats a non-finite loss.
-pub(crate) struct FitDir<'a> {
-    /// The stage directory: `checkpoints/` and `metrics.jsonl`. A checkpoint there (from an
-    /// interrupted run of the same fine-tuning: the caller's [`super::semi::prepare_dir`] keeps a
-    /// directory only for the same record) is continued from; the checkpoints are removed once
-    /// the last step is done.
-    pub dir: &'a Path,
-    pub checkpoint_every: u64,
-    /// `on_nonfinite = "skip"`: a step with a NaN/Inf loss is undone and fine-tuning goes on.
-    pub skip_nonfinite: bool,
 }
 
 /// Fine-tune the whole model with a linear head (`head`, or a random one) on the labelled
@@ -164,17 +152,7 @@ impl Fit {
         let adamw = optimizer(crate::config::OptimizerKind::Adamw, self.weight_decay, 0.9);
         let mut bound =
             Bound::new(task, net, &adamw, at.skip_nonfinite).with_replicas(self.replicas);
-        if crate::platform::dist::is_writer() {
-            std::fs::create_dir_all(at.dir).map_err(|e| Error::io(at.dir, e))?;
-        }
-        let resumed = latest_checkpoint(at.dir)?;
-        let start = run_loop::resume(&mut bound, &resumed, at.dir, true)?;
-        if start > 0 && !self.quiet {
-            eprintln!(
-                "finetune: continuing {} from step {start}",
-                at.dir.display()
-            );
-        }
+        let start = at.resume(&mut bound, self.quiet)?;
         let (n, bs, replicas, seed) = (train.len(), self.batch_size, self.replicas, self.seed);
         let mut next = |step: u64| -> Result<Box<dyn AnyBatch>> {
             let chosen = batch_indices(n, bs, true, seed ^ 0xf17e, step);
@@ -189,24 +167,15 @@ impl Fit {
                 }
             }))
         };
-        let settings = LoopSettings {
-            task: "finetune".into(),
-            steps: self.steps,
-            lr: self.lr,
-            warmup_steps: self.steps / 10,
-            min_lr_ratio: 0.0,
-            log_every: self.log_every.max(1),
-            checkpoint_every: at.checkpoint_every.max(1),
-            keep_checkpoints: 1,
-            eval_every: 0,
-            seed: self.seed,
-            rank_check_every: 0,
-            max_minutes: 0.0,
-            unit: "documents",
-            resume_hint: "",
-            quiet: self.quiet,
-            stage: "transfer",
-        };
+        let settings = at.loop_settings(
+            self.steps,
+            self.lr,
+            self.steps / 10,
+            self.seed,
+            self.log_every,
+            "documents",
+            self.quiet,
+        );
         let end = self.until.unwrap_or(self.steps).min(self.steps);
         if start < end {
             run_loop::run(&mut bound, &mut next, &settings, at.dir, start, end)?.reached(
@@ -215,15 +184,8 @@ impl Fit {
                 at.dir,
             )?;
         }
-        if end == self.steps && crate::platform::dist::is_writer() {
-            // Done: the result file records what it gave; its checkpoints would only take room.
-            let dir = checkpoints_dir(at.dir);
-            match std::fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Error::io(&dir, e))
-                }
-                _ => {}
-            }
+        if end == self.steps {
+            at.finished()?;
         }
         Ok(bound.model().clone())
     }
@@ -232,6 +194,7 @@ impl Fit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::checkpoint::{checkpoints_dir, latest_checkpoint};
 
     fn examples() -> Vec<Example> {
         (0..24u64)

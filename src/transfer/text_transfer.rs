@@ -18,10 +18,11 @@ use burn::module::Module;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::finetune::FitDir;
 use super::labels::{self, PerClass};
 use super::protocol_tables::{self, FinetuneTable, KnnTable, ProbeTable, SemiTable};
 use super::text_features::{content_digest, CacheKey, DocVectors, Encoding};
-use super::text_finetune::{train_classifier, FitDir};
+use super::text_finetune::train_classifier;
 use super::{frozen, linear_probe, scores, FinetuneHead, Protocol, Source};
 use crate::config::{in_range, positive, NonFinite};
 use crate::data::corpus::{is_validation, Fields, TextSource};
@@ -649,7 +650,7 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
                 student_init: "finetune".into(),
                 settings: serde_json::Value::Null,
             };
-            super::semi::prepare_dir(&stage, &record)?;
+            super::semi::prepare_finetune_dir(&stage, &record)?;
             let at = fit_dir(&stage, cfg);
             let net =
                 train_classifier(model, &spec, &chosen, classes, pad_id, cls, head, req, &at)?;
