@@ -351,16 +351,14 @@ mod tests {
                 &ad,
                 &at(&tmp.path().join("stop"), false),
             )
-            .err()
-            .expect("an error")
+            .expect_err("an error")
             .to_string();
         assert!(stop.contains("on_nonfinite"), "{stop}");
         assert!(stop.contains("training stopped at step"), "{stop}");
         let skip_dir = tmp.path().join("skip");
         let skip = fit(20, 1e30, 1)
             .run(net(&ad), &train, 0, None, &ad, &at(&skip_dir, true))
-            .err()
-            .expect("an error")
+            .expect_err("an error")
             .to_string();
         assert!(skip.contains("in a row"), "{skip}");
         let log = std::fs::read_to_string(skip_dir.join("metrics.jsonl")).unwrap();
