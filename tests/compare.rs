@@ -21,13 +21,16 @@ fn fails(args: &[&str], needle: &str) {
 }
 
 /// Every result JSON under `dir` with its modification time.
+/// The result files under `dir` with their modification times; a transfer stage's own
+/// directory (fine-tuning's or the semi stage's, beside its result) is not a result.
 fn results(dir: &Path) -> Vec<(String, SystemTime)> {
     let mut v = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
-            if p.is_dir() {
+            let stage = p.join("finetune.json").exists() || p.join("semi.json").exists();
+            if p.is_dir() && !stage {
                 stack.push(p);
             } else if p.extension().is_some_and(|x| x == "json") {
                 let t = std::fs::metadata(&p).unwrap().modified().unwrap();
@@ -102,10 +105,15 @@ fn compare_runs_everything_once_then_skips_it() {
         "cells/rotation/linear-1-seed2.json",
         "cells/random/knn-5-seed0.json",
         "cells/scratch/finetune-5-seed1.json",
+        // Fine-tuning's stage directory keeps its loss curve, not its checkpoints.
+        "cells/scratch/finetune-5-seed1/metrics.jsonl",
         "cells/context/stage2/linear-5-seed0.json",
     ] {
         assert!(out.join(f).exists(), "missing {f}");
     }
+    assert!(!out
+        .join("cells/scratch/finetune-5-seed1/checkpoints")
+        .exists());
     let cells = results(&out.join("cells"));
     assert_eq!(cells.len(), total);
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
