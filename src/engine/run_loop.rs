@@ -235,13 +235,20 @@ pub fn run(
                 if step > last_saved || step == 0 {
                     save(trainer, step)?;
                 }
+                let go_on = if s.stage.is_empty() {
+                    format!(
+                        "pretext pretrain --resume {}{}",
+                        run.display(),
+                        s.resume_hint
+                    )
+                } else {
+                    "the same command again".into()
+                };
                 return Err(Error::Training {
                     step,
                     message: format!(
-                        "{e}; the last checkpoint (step {step}) is in {}; continue with: pretext pretrain --resume {}{}",
+                        "{e}; the last checkpoint (step {step}) is in {}; continue with: {go_on}",
                         checkpoint::checkpoints_dir(run).display(),
-                        run.display(),
-                        s.resume_hint
                     ),
                 });
             }

@@ -12,6 +12,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use rand::Rng;
 
+use crate::config::NonFinite;
 use crate::data::augment::{inception_crop, maybe_flip, Img};
 use crate::data::loader::{Batch, Loader, LoaderConfig};
 use crate::data::mix::{mix_batch, Mix, MixSettings};
@@ -123,16 +124,24 @@ impl Classifier {
 /// Where fine-tuning keeps its checkpoints and how it treats a non-finite loss.
 pub struct FitDir<'a> {
     /// The stage directory: `checkpoints/` and `metrics.jsonl`. A checkpoint there (from an
-    /// interrupted run of the same fine-tuning: the caller's [`super::semi::prepare_dir`] keeps a
-    /// directory only for the same record) is continued from; the checkpoints are removed once
-    /// the last step is done.
+    /// interrupted run of the same fine-tuning: the callers keep a stage directory only for the
+    /// same record, [`super::semi::prepare_finetune_dir`]) is continued from; the checkpoints
+    /// are removed once the last step is done.
     pub dir: &'a Path,
     pub checkpoint_every: u64,
     /// `on_nonfinite = "skip"`: a step with a NaN/Inf loss is undone and fine-tuning goes on.
     pub skip_nonfinite: bool,
 }
 
-impl FitDir<'_> {
+impl<'a> FitDir<'a> {
+    pub fn new(dir: &'a Path, checkpoint_every: u64, on_nonfinite: NonFinite) -> Self {
+        Self {
+            dir,
+            checkpoint_every,
+            skip_nonfinite: on_nonfinite == NonFinite::Skip,
+        }
+    }
+
     /// Create the directory and load its checkpoint into `bound`, if it holds one (saying so
     /// unless `quiet`); the step fine-tuning continues from.
     pub fn resume(&self, bound: &mut dyn Trainable, quiet: bool) -> Result<u64> {
@@ -359,7 +368,7 @@ pub fn train_classifier(
                 augment(&images[r.clone()], &labels[r], rngs)
             })
         });
-    let loader = Loader::new(
+    let mut loader = Loader::new(
         Arc::new(train),
         LoaderConfig {
             batch_size: bs,
@@ -371,7 +380,6 @@ pub fn train_classifier(
         },
         make,
     );
-    let mut loader = loader;
     let mut next = |_step: u64| -> Result<Box<dyn AnyBatch>> {
         match loader.next() {
             Some(b) => Ok(b?),

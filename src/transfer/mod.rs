@@ -317,11 +317,7 @@ impl TransferConfig {
 
     /// Where fine-tuning in `dir` keeps its checkpoints, and what it does with a NaN/Inf loss.
     pub fn fit_dir<'a>(&self, dir: &'a std::path::Path) -> finetune::FitDir<'a> {
-        finetune::FitDir {
-            dir,
-            checkpoint_every: self.finetune_checkpoint_every,
-            skip_nonfinite: self.on_nonfinite == crate::config::NonFinite::Skip,
-        }
+        finetune::FitDir::new(dir, self.finetune_checkpoint_every, self.on_nonfinite)
     }
 
     /// Loader workers: `workers`, or half the cores when 0.

@@ -149,6 +149,11 @@ impl TextTransferConfig {
         protocol_tables::frozen_settings(&self.probe, &self.knn, self.seed)
     }
 
+    /// Where fine-tuning in `dir` keeps its checkpoints, and what it does with a NaN/Inf loss.
+    pub fn fit_dir<'a>(&self, dir: &'a Path) -> FitDir<'a> {
+        FitDir::new(dir, self.finetune_checkpoint_every, self.on_nonfinite)
+    }
+
     pub fn validate(&self) -> Result<()> {
         in_range("test_fraction", self.test_fraction, 0.01, 0.9)?;
         self.probe.validate()?;
@@ -651,7 +656,7 @@ pub fn transfer_text(req: &TextTransferRequest) -> Result<(TextTransferResult, P
                 settings: serde_json::Value::Null,
             };
             super::semi::prepare_finetune_dir(&stage, &record)?;
-            let at = fit_dir(&stage, cfg);
+            let at = cfg.fit_dir(&stage);
             let net =
                 train_classifier(model, &spec, &chosen, classes, pad_id, cls, head, req, &at)?;
             predict(&net, &test_refs, pad_id, cls, &req.device)
@@ -788,7 +793,7 @@ fn semi_stage(
         Some(cached) => cached,
         None => {
             let teacher_dir = stage.join("teacher");
-            let at = fit_dir(&teacher_dir, cfg);
+            let at = cfg.fit_dir(&teacher_dir);
             let teacher =
                 train_classifier(model, spec, chosen, classes, pad_id, cls, head, req, &at)?;
             let logits = text_semi::logits_on(&teacher, pool, pad_id, cls, device);
@@ -840,15 +845,6 @@ fn semi_stage(
             stage_dir: stage.display().to_string(),
         },
     ))
-}
-
-/// Where fine-tuning in `dir` keeps its checkpoints, and what it does with a NaN/Inf loss.
-fn fit_dir<'a>(dir: &'a Path, cfg: &TextTransferConfig) -> FitDir<'a> {
-    FitDir {
-        dir,
-        checkpoint_every: cfg.finetune_checkpoint_every,
-        skip_nonfinite: cfg.on_nonfinite == NonFinite::Skip,
-    }
 }
 
 /// A digest of everything fine-tuning (alone, or as the semi stage's teacher) depends on: the
