@@ -312,6 +312,7 @@ impl TransferConfig {
             },
             workers: self.workers(),
             quiet,
+            stop_after: None,
         }
     }
 
