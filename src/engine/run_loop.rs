@@ -111,6 +111,43 @@ impl LoopSettings {
     }
 }
 
+impl LoopSettings {
+    /// A transfer stage's loop (`task`: `finetune`, `semi`): a cosine schedule from `lr` to 0
+    /// after `warmup_steps`, one checkpoint kept, no time budget, no held-out measurement, no
+    /// rank check.
+    #[allow(clippy::too_many_arguments)]
+    pub fn transfer_stage(
+        task: &str,
+        steps: u64,
+        lr: f64,
+        warmup_steps: u64,
+        seed: u64,
+        log_every: u64,
+        checkpoint_every: u64,
+        unit: &'static str,
+        quiet: bool,
+    ) -> Self {
+        LoopSettings {
+            task: task.into(),
+            steps,
+            lr,
+            warmup_steps,
+            min_lr_ratio: 0.0,
+            log_every: log_every.max(1),
+            checkpoint_every: checkpoint_every.max(1),
+            keep_checkpoints: 1,
+            eval_every: 0,
+            seed,
+            rank_check_every: 0,
+            max_minutes: 0.0,
+            unit,
+            resume_hint: "",
+            quiet,
+            stage: "transfer",
+        }
+    }
+}
+
 /// Load the checkpoint a resumed run continues from into `trainer` (saying so unless `quiet`);
 /// the step to start at (0 for a new run).
 pub fn resume(

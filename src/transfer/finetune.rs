@@ -175,24 +175,41 @@ impl<'a> FitDir<'a> {
         unit: &'static str,
         quiet: bool,
     ) -> LoopSettings {
-        LoopSettings {
-            task: "finetune".into(),
+        LoopSettings::transfer_stage(
+            "finetune",
             steps,
             lr,
             warmup_steps,
-            min_lr_ratio: 0.0,
-            log_every: log_every.max(1),
-            checkpoint_every: self.checkpoint_every.max(1),
-            keep_checkpoints: 1,
-            eval_every: 0,
             seed,
-            rank_check_every: 0,
-            max_minutes: 0.0,
+            log_every,
+            self.checkpoint_every,
             unit,
-            resume_hint: "",
             quiet,
-            stage: "transfer",
+        )
+    }
+
+    /// Steps `start..end` of a fine-tuning of `settings.steps` steps through the engine's loop
+    /// (`next` gives the batches): stopped early (Ctrl-C) it is an error naming its checkpoint;
+    /// after the last step the checkpoints go ([`Self::finished`]).
+    pub fn train(
+        &self,
+        bound: &mut dyn Trainable,
+        next: &mut run_loop::BatchSource,
+        settings: &LoopSettings,
+        start: u64,
+        end: u64,
+    ) -> Result<()> {
+        if start < end {
+            run_loop::run(bound, next, settings, self.dir, start, end)?.reached(
+                end,
+                "fine-tuning",
+                self.dir,
+            )?;
         }
+        if end == settings.steps {
+            self.finished()?;
+        }
+        Ok(())
     }
 
     /// After the last step: the result file records what fine-tuning gave, so its checkpoints
@@ -391,16 +408,7 @@ pub fn train_classifier(
     };
     let settings = at.loop_settings(s.steps, s.lr, s.steps / 20, s.seed, 50, "images", s.quiet);
     let end = s.stop_after.map_or(s.steps, |e| e.min(s.steps));
-    if start < end {
-        run_loop::run(&mut bound, &mut next, &settings, at.dir, start, end)?.reached(
-            end,
-            "fine-tuning",
-            at.dir,
-        )?;
-    }
-    if end == s.steps {
-        at.finished()?;
-    }
+    at.train(&mut bound, &mut next, &settings, start, end)?;
     Ok(bound.model().valid().to_device(device))
 }
 

@@ -137,24 +137,17 @@ impl SemiSettings {
         unit: &'static str,
         quiet: bool,
     ) -> LoopSettings {
-        LoopSettings {
-            task: "semi".into(),
-            steps: self.steps,
-            lr: self.lr,
+        LoopSettings::transfer_stage(
+            "semi",
+            self.steps,
+            self.lr,
             warmup_steps,
-            min_lr_ratio: 0.0,
+            self.seed,
             log_every,
-            checkpoint_every: checkpoint_every.max(1),
-            keep_checkpoints: 1,
-            eval_every: 0,
-            seed: self.seed,
-            rank_check_every: 0,
-            max_minutes: 0.0,
+            checkpoint_every,
             unit,
-            resume_hint: "",
             quiet,
-            stage: "transfer",
-        }
+        )
     }
 }
 

@@ -15,7 +15,6 @@ use crate::data::loader::batch_indices;
 use crate::data::rngs::BatchRngs;
 use crate::engine::optim::optimizer;
 use crate::engine::replicas::{resolve, split_batch};
-use crate::engine::run_loop;
 use crate::engine::step::{classification_step, labels_tensor};
 use crate::engine::{AnyBatch, Bound, StepCtx, StepStats, Task};
 use crate::error::Result;
@@ -177,16 +176,7 @@ impl Fit {
             self.quiet,
         );
         let end = self.until.unwrap_or(self.steps).min(self.steps);
-        if start < end {
-            run_loop::run(&mut bound, &mut next, &settings, at.dir, start, end)?.reached(
-                end,
-                "fine-tuning",
-                at.dir,
-            )?;
-        }
-        if end == self.steps {
-            at.finished()?;
-        }
+        at.train(&mut bound, &mut next, &settings, start, end)?;
         Ok(bound.model().clone())
     }
 }
