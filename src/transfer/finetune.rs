@@ -214,7 +214,7 @@ impl<'a> FitDir<'a> {
 
     /// After the last step: the result file records what fine-tuning gave, so its checkpoints
     /// (the size of three models) go.
-    pub fn finished(&self) -> Result<()> {
+    fn finished(&self) -> Result<()> {
         if !crate::platform::dist::is_writer() {
             return Ok(());
         }
@@ -521,7 +521,7 @@ mod tests {
 
     /// Fine-tuning on the built-in images stopped after step 3 (with its checkpoint, as Ctrl-C
     /// stops it) and run again from other starting weights continues from the checkpoint and
-    /// ends with the very bits of an uninterrupted run: two replicas, crops, flips and
+    /// ends with the very bits of an uninterrupted run: one replica per core, crops, flips and
     /// batch norm included. The finished run leaves no checkpoint behind.
     #[test]
     fn an_interrupted_fine_tuning_resumes_bit_for_bit() {

@@ -108,7 +108,7 @@ pub(crate) fn train_classifier(
         seed: cfg.seed,
         replicas,
         log_every: 50,
-        until: None,
+        stop_after: None,
         quiet: req.quiet,
     };
     let net = fit.run(net, train, pad_id, cls, &ad, at)?;
@@ -126,7 +126,7 @@ struct Fit {
     /// A `metrics.jsonl` record every this many steps.
     log_every: u64,
     /// Stop after this step with a checkpoint, as an interruption would (tests); None = `steps`.
-    until: Option<u64>,
+    stop_after: Option<u64>,
     quiet: bool,
 }
 
@@ -175,7 +175,7 @@ impl Fit {
             "documents",
             self.quiet,
         );
-        let end = self.until.unwrap_or(self.steps).min(self.steps);
+        let end = self.stop_after.unwrap_or(self.steps).min(self.steps);
         at.train(&mut bound, &mut next, &settings, start, end)?;
         Ok(bound.model().clone())
     }
@@ -226,7 +226,7 @@ mod tests {
             seed: 1,
             replicas,
             log_every: 1,
-            until: None,
+            stop_after: None,
             quiet: true,
         }
     }
@@ -301,7 +301,7 @@ mod tests {
             .run(dropout(&ad, 3), &train, 0, None, &ad, &at(&whole, false))
             .unwrap();
         let first = Fit {
-            until: Some(3),
+            stop_after: Some(3),
             ..fit(6, 1e-3, 2)
         };
         first
@@ -388,7 +388,7 @@ mod tests {
                 seed: 1,
                 replicas,
                 log_every: 50,
-                until: None,
+                stop_after: None,
                 quiet: true,
             };
             let tmp = tempfile::tempdir().unwrap();
