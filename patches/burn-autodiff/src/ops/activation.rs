@@ -1,4 +1,5 @@
-// pretext: changed file (`leaky_relu` as one op, see PRETEXT.md).
+// pretext: changed file (`leaky_relu` as one op; GELU keeps the erf term of its forward for its
+// backward on burn-flex; see PRETEXT.md).
 use core::marker::PhantomData;
 
 use crate::{
@@ -26,7 +27,9 @@ impl<B: Backend, C: CheckpointStrategy> ActivationOps<Autodiff<B, C>> for Autodi
         retro_unary!(RetroGelu, B::gelu);
 
         impl<B: Backend> Backward<B, 1> for Gelu {
-            type State = NodeId;
+            /// pretext: the input, and the erf term of the forward where burn-flex computed it
+            /// (`ops/flex.rs`), so the backward does not compute erf again (the same bits).
+            type State = (NodeId, Option<FloatTensor<B>>);
 
             fn backward(
                 self,
@@ -34,10 +37,13 @@ impl<B: Backend, C: CheckpointStrategy> ActivationOps<Autodiff<B, C>> for Autodi
                 grads: &mut Gradients,
                 checkpointer: &mut Checkpointer,
             ) {
-                let input = checkpointer.retrieve_node_output(ops.state);
+                let (input_id, erf) = ops.state;
+                let input = checkpointer.retrieve_node_output(input_id);
 
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    B::gelu_backward(input, grad)
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| match erf {
+                    Some(erf) => super::flex::gelu_backward_with_erf::<B>(&input, &erf, grad)
+                        .unwrap_or_else(|grad| B::gelu_backward(input, grad)),
+                    None => B::gelu_backward(input, grad),
                 });
             }
         }
@@ -51,7 +57,10 @@ impl<B: Backend, C: CheckpointStrategy> ActivationOps<Autodiff<B, C>> for Autodi
         {
             OpsKind::Tracked(mut prep) => {
                 let state = prep.checkpoint(&tensor);
-                prep.finish(state, B::gelu(tensor.primitive.clone()))
+                match super::flex::gelu_with_erf::<B>(&tensor.primitive) {
+                    Some((output, erf)) => prep.finish((state, Some(erf)), output),
+                    None => prep.finish((state, None), B::gelu(tensor.primitive.clone())),
+                }
             }
             OpsKind::UnTracked(prep) => prep.finish(B::gelu(tensor.primitive)),
         }

@@ -54,8 +54,14 @@ impl<B: Backend> Backward<B, 3> for Attention {
             return;
         }
         let dp = B::float_matmul(grad, B::float_transpose(value));
-        let row = B::float_sum_dim(B::float_mul(dp.clone(), probs.clone()), 3);
-        let ds = B::float_mul(probs, B::float_sub(dp, row));
+        // One pass over the rows on burn-flex (the same bits), else op by op.
+        let ds = match super::flex::softmax_backward::<B>(&probs, dp) {
+            Ok(ds) => ds,
+            Err(dp) => {
+                let row = B::float_sum_dim(B::float_mul(dp.clone(), probs.clone()), 3);
+                B::float_mul(probs, B::float_sub(dp, row))
+            }
+        };
         if let Some(node) = node_q {
             let dq = B::float_matmul(ds.clone(), key);
             grads.register::<B>(node.id, B::float_mul_scalar(dq, scale.into()));

@@ -66,13 +66,20 @@ fn backward<B: Backend>(
         grads.register::<B>(node.id, dgamma);
     }
     if let Some(node) = node_x {
-        let last = x_hat.shape().num_dims() - 1;
-        let g = B::float_mul(grad, gamma);
-        let mean_g = B::float_mean_dim(g.clone(), last);
-        let mean_gx = B::float_mean_dim(B::float_mul(g.clone(), x_hat.clone()), last);
-        let centred = B::float_sub(g, mean_g);
-        let dx = B::float_sub(centred, B::float_mul(x_hat, mean_gx));
-        grads.register::<B>(node.id, B::float_div(dx, sigma));
+        // One pass over the rows on burn-flex (the same bits), else op by op.
+        let dx = match super::flex::layer_norm_backward_x::<B>(grad, &x_hat, &sigma, &gamma) {
+            Ok(dx) => dx,
+            Err(grad) => {
+                let last = x_hat.shape().num_dims() - 1;
+                let g = B::float_mul(grad, gamma);
+                let mean_g = B::float_mean_dim(g.clone(), last);
+                let mean_gx = B::float_mean_dim(B::float_mul(g.clone(), x_hat.clone()), last);
+                let centred = B::float_sub(g, mean_g);
+                let dx = B::float_sub(centred, B::float_mul(x_hat, mean_gx));
+                B::float_div(dx, sigma)
+            }
+        };
+        grads.register::<B>(node.id, dx);
     }
 }
 

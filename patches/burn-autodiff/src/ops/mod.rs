@@ -4,6 +4,7 @@ mod backward;
 mod base;
 mod bool_tensor;
 mod distributed;
+mod flex; // pretext
 mod int_tensor;
 mod layer_norm; // pretext
 mod module;

@@ -1,8 +1,10 @@
 //! Activation function operations for the Flex backend.
 //!
-//! Changed by pretext (see PRETEXT.md): the f32 softmax runs in place on a copy of its input
-//! through `cross_entropy::softmax_row_in_place` (vectorized `exp` and sum); f32 GELU and its backward on
-//! contiguous tensors go through its slice loops (`erf` to ~2e-7 absolute, vectorized).
+//! Changed by pretext (see PRETEXT.md): the f32 softmax runs in place (in its input's buffer
+//! when it owns it, else on a copy) through `cross_entropy::softmax_row_in_place` (vectorized
+//! `exp` and sum); f32 GELU and its backward on contiguous tensors go through its slice loops
+//! (`erf` to ~2e-7 absolute, vectorized), the backward over the output gradient when it owns it,
+//! neither zero-filling a new output first.
 //!
 //! Each activation is implemented as a single-pass unary operation,
 //! replacing the default multi-op compositions from Burn's trait defaults.
@@ -97,18 +99,21 @@ impl ActivationOps<Flex> for Flex {
             && plain(&x)
             && plain(&grad)
         {
+            // pretext: over the output gradient when this op owns it (the same values), else
+            // into a new buffer that the kernel writes whole (no zero-fill first).
+            use crate::ops::fast_math::{
+                gelu_backward_f32, gelu_backward_f32_in_place, new_f32_filled_by,
+            };
             let n = x.layout().num_elements();
-            let mut out = vec![0.0f32; n];
-            crate::ops::fast_math::gelu_backward_f32(
-                &x.storage::<f32>()[..n],
-                &grad.storage::<f32>()[..n],
-                &mut out,
-            );
-            return FlexTensor::new(
-                Bytes::from_elems(out),
-                Layout::contiguous(x.layout().shape().clone()),
-                DType::F32,
-            );
+            let mut grad = grad;
+            if grad.is_unique() {
+                gelu_backward_f32_in_place(&x.storage::<f32>()[..n], &mut grad.storage_mut()[..n]);
+                return grad;
+            }
+            let shape = x.layout().shape().clone();
+            return new_f32_filled_by(shape, n, |out| {
+                gelu_backward_f32(&x.storage::<f32>()[..n], &grad.storage::<f32>()[..n], out)
+            });
         }
         let sqrt2_f32: f32 = core::f32::consts::SQRT_2;
         let sqrt2_f64: f64 = core::f64::consts::SQRT_2;
@@ -257,7 +262,9 @@ pub fn softmax(tensor: FloatTensor<Flex>, dim: usize) -> FloatTensor<Flex> {
 }
 
 fn softmax_last(tensor: FloatTensor<Flex>) -> FloatTensor<Flex> {
-    let tensor = tensor.to_contiguous();
+    // pretext: `into_contiguous` (was `to_contiguous`, which kept a second handle on the
+    // buffer), so that the f32 path can work in the input's buffer when it owns it.
+    let tensor = tensor.into_contiguous();
     match tensor.dtype() {
         DType::F32 => softmax_last_f32(tensor),
         DType::F64 => softmax_last_f64(tensor),
@@ -273,15 +280,30 @@ fn softmax_last_f32(tensor: FlexTensor) -> FlexTensor {
     if last == 0 {
         return tensor;
     }
-    let input: &[f32] = tensor.storage();
+    // pretext: each row is turned into its softmax in place by cross_entropy.rs's vectorized
+    // row passes (max; `exp(x − max)` with its sum in 16 fixed lanes; scaling by 1/sum): flex's
+    // row kernel ran its exp pass as a scalar loop with one running sum. Same bits on every
+    // vector width and thread count. In the input's own buffer when this op owns it (attention's
+    // scores), else in a copy of it (no zero-fill).
+    let n = shape.num_elements();
+    let mut tensor = tensor;
+    if tensor.is_unique() && tensor.layout().start_offset() == 0 {
+        softmax_rows_f32(&mut tensor.storage_mut::<f32>()[..n], last);
+        return tensor;
+    }
+    let off = tensor.layout().start_offset();
+    let mut output: Vec<f32> = tensor.storage::<f32>()[off..off + n].to_vec();
+    softmax_rows_f32(&mut output, last);
+    FlexTensor::new(
+        Bytes::from_elems(output),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
+}
 
-    // pretext: the output starts as a copy of the input (no zero-fill) and each row is turned
-    // into its softmax in place by cross_entropy.rs's vectorized row passes (max; `exp(x − max)`
-    // with its sum in 16 fixed lanes; scaling by 1/sum): flex's row kernel ran its exp pass as a
-    // scalar loop with one running sum. Same bits on every vector width and thread count.
-    let mut output: Vec<f32> = input.to_vec();
-    let out_slice = output.as_mut_slice();
-
+/// pretext: every row of `out_slice` (rows of `last`) replaced by its softmax, rows split over
+/// the rayon pool in fixed chunks.
+fn softmax_rows_f32(out_slice: &mut [f32], last: usize) {
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
@@ -292,12 +314,6 @@ fn softmax_last_f32(tensor: FlexTensor) -> FlexTensor {
     }
     #[cfg(not(feature = "rayon"))]
     softmax_rows_in_place_f32(out_slice, last);
-
-    FlexTensor::new(
-        Bytes::from_elems(output),
-        Layout::contiguous(shape),
-        DType::F32,
-    )
 }
 
 /// pretext: every row of `rows` (rows of `row_len`) replaced by its softmax.

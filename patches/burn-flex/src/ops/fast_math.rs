@@ -12,6 +12,8 @@
 
 use burn_backend::DType;
 use burn_std::Bytes;
+use alloc::vec::Vec;
+use core::mem::MaybeUninit;
 #[cfg(not(feature = "std"))]
 #[allow(unused_imports)]
 use num_traits::Float;
@@ -103,12 +105,13 @@ pub(crate) use widest_simd;
 /// place, on the widest vectors the CPU has (`widest_simd!`).
 macro_rules! slice_maps {
     ($f:ident, $into:ident, $in_place:ident) => {
-        #[doc = concat!("`", stringify!($f), "` of every element of `x`, written to `out`.")]
-        pub fn $into(x: &[f32], out: &mut [f32]) {
+        #[doc = concat!("`", stringify!($f), "` of every element of `x`, written to `out` (which may be")]
+        #[doc = "uninitialised: every element is written)."]
+        pub fn $into(x: &[f32], out: &mut [MaybeUninit<f32>]) {
             assert_eq!(x.len(), out.len());
-            widest_simd!((x: &[f32], out: &mut [f32]) {
+            widest_simd!((x: &[f32], out: &mut [MaybeUninit<f32>]) {
                 for (y, &x) in out.iter_mut().zip(x) {
-                    *y = $f(x);
+                    y.write($f(x));
                 }
             })
         }
@@ -136,6 +139,21 @@ fn gelu_one(x: f32) -> f32 {
     0.5 * x * (1.0 + erf_gelu_f32(x * SQRT_HALF))
 }
 
+/// GELU of one element and the erf term it used (`gelu_one`'s value, bit for bit).
+#[inline(always)]
+pub(crate) fn gelu_with_erf_one(x: f32) -> (f32, f32) {
+    let e = erf_gelu_f32(x * SQRT_HALF);
+    (0.5 * x * (1.0 + e), e)
+}
+
+/// `gelu_backward_one(x, g)` from the erf term `e` of `gelu_with_erf_one(x)` (the same bits).
+#[inline(always)]
+pub(crate) fn gelu_backward_with_erf_one(x: f32, e: f32, g: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + e);
+    let pdf = INV_SQRT_2PI * exp_f32(-0.5 * x * x);
+    g * (cdf + x * pdf)
+}
+
 /// GELU's derivative at `x` times `g`.
 #[inline(always)]
 fn gelu_backward_one(x: f32, g: f32) -> f32 {
@@ -148,13 +166,37 @@ slice_maps!(gelu_one, gelu_f32_into, gelu_f32_in_place);
 
 /// GELU's input gradient for inputs `x` and output gradients `g` (same length), written to
 /// `out`, on the widest vectors the CPU has.
-pub fn gelu_backward_f32(x: &[f32], g: &[f32], out: &mut [f32]) {
+pub fn gelu_backward_f32(x: &[f32], g: &[f32], out: &mut [MaybeUninit<f32>]) {
     assert!(x.len() == g.len() && x.len() == out.len());
-    widest_simd!((x: &[f32], g: &[f32], out: &mut [f32]) {
+    widest_simd!((x: &[f32], g: &[f32], out: &mut [MaybeUninit<f32>]) {
         for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
-            *o = gelu_backward_one(x, g);
+            o.write(gelu_backward_one(x, g));
         }
     })
+}
+
+/// [`gelu_backward_f32`] written over the output gradients `g` (the same values).
+pub fn gelu_backward_f32_in_place(x: &[f32], g: &mut [f32]) {
+    assert_eq!(x.len(), g.len());
+    widest_simd!((x: &[f32], g: &mut [f32]) {
+        for (g, &x) in g.iter_mut().zip(x) {
+            *g = gelu_backward_one(x, *g);
+        }
+    })
+}
+
+/// A new contiguous f32 tensor of `shape` whose `n` elements `fill` writes, every one of them
+/// (pretext: no zero-fill before a kernel that overwrites the whole buffer).
+pub fn new_f32_filled_by(
+    shape: burn_std::Shape,
+    n: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<f32>]),
+) -> FlexTensor {
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    fill(&mut out.spare_capacity_mut()[..n]);
+    // SAFETY: `fill` wrote all `n` elements (every caller's kernel writes its whole output).
+    unsafe { out.set_len(n) };
+    FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(shape), DType::F32)
 }
 
 /// Runs a slice kernel over a contiguous f32 tensor that starts at its buffer's beginning: in
@@ -163,7 +205,7 @@ pub fn gelu_backward_f32(x: &[f32], g: &[f32], out: &mut [f32]) {
 pub fn map_contiguous_f32(
     mut tensor: FlexTensor,
     in_place: fn(&mut [f32]),
-    into: fn(&[f32], &mut [f32]),
+    into: fn(&[f32], &mut [MaybeUninit<f32>]),
 ) -> Result<FlexTensor, FlexTensor> {
     if tensor.dtype() != DType::F32
         || !tensor.layout().is_contiguous()
@@ -177,11 +219,8 @@ pub fn map_contiguous_f32(
         in_place(&mut storage[..n]);
         return Ok(tensor);
     }
-    let mut out = alloc::vec![0.0f32; n];
-    into(&tensor.storage::<f32>()[..n], &mut out);
-    Ok(FlexTensor::new(
-        Bytes::from_elems(out),
-        Layout::contiguous(tensor.layout().shape().clone()),
-        DType::F32,
-    ))
+    let shape = tensor.layout().shape().clone();
+    Ok(new_f32_filled_by(shape, n, |out| {
+        into(&tensor.storage::<f32>()[..n], out)
+    }))
 }
