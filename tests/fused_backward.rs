@@ -30,9 +30,19 @@ fn flex(shape: &[usize], seed: u64, scale: f32) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values(n, seed, scale), shape.to_vec()))
 }
 
-fn bits(t: FlexTensor) -> Vec<u32> {
-    let v = t.into_data().to_vec::<f32>().unwrap();
-    v.iter().map(|x| x.to_bits()).collect()
+fn values_of(t: FlexTensor) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+/// `got` and `want` hold the same bits; else the first element that differs.
+fn same_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+        panic!(
+            "{what}: element {i} is {:e}, the ops give {:e}",
+            got[i], want[i]
+        );
+    }
 }
 
 #[test]
@@ -49,7 +59,11 @@ fn softmax_backward_is_the_ops_it_replaces_bit_for_bit() {
             .expect_err("a dp that is shared is given back untouched");
         drop(shared);
         let got = burn_flex::softmax_backward_f32(&probs, dp).expect("a contiguous f32 dp");
-        assert_eq!(bits(got), bits(want), "shape {shape:?}");
+        same_bits(
+            &format!("shape {shape:?}"),
+            &values_of(got),
+            &values_of(want),
+        );
     }
 }
 
@@ -75,7 +89,11 @@ fn layer_norm_input_gradient_is_the_ops_it_replaces_bit_for_bit() {
         let want = Flex::float_div(dx, sigma.clone());
         let got = burn_flex::layer_norm_backward_x_f32(grad, &x_hat, &sigma, &gamma)
             .expect("contiguous f32 tensors");
-        assert_eq!(bits(got), bits(want), "shape {shape:?}");
+        same_bits(
+            &format!("shape {shape:?}"),
+            &values_of(got),
+            &values_of(want),
+        );
     }
 }
 
@@ -85,7 +103,11 @@ fn gelu_keeps_its_erf_term_and_its_gradient_is_flexs_bit_for_bit() {
     let x = flex(&shape, 6, 7.0);
     let g = flex(&shape, 7, 2.0);
     let (y, erf) = burn_flex::gelu_with_erf_f32(&x).expect("a contiguous f32 tensor");
-    assert_eq!(bits(y), bits(Flex::gelu(x.clone())), "the output");
+    same_bits(
+        "the output",
+        &values_of(y),
+        &values_of(Flex::gelu(x.clone())),
+    );
     let want = Flex::gelu_backward(x.clone(), g.clone());
     let shared = g.clone();
     let g_again = burn_flex::gelu_backward_with_erf_f32(&x, &erf, shared)
@@ -93,7 +115,11 @@ fn gelu_keeps_its_erf_term_and_its_gradient_is_flexs_bit_for_bit() {
     drop(g_again);
     let got = burn_flex::gelu_backward_with_erf_f32(&x, &erf, flex(&shape, 7, 2.0))
         .expect("a gradient of its own");
-    assert_eq!(bits(got), bits(want.clone()), "the gradient from the kept erf term");
+    same_bits(
+        "the gradient from the kept erf term",
+        &values_of(got),
+        &values_of(want.clone()),
+    );
 
     // through the autodiff op: d/dx Σ gelu(x) ⊙ g = gelu'(x) ⊙ g
     let device = Device::flex().autodiff();
@@ -102,6 +128,6 @@ fn gelu_keeps_its_erf_term_and_its_gradient_is_flexs_bit_for_bit() {
     let gt = Tensor::<3>::from_data(data(&g), &device);
     let grads = (gelu(xt.clone()) * gt).sum().backward();
     let dx = xt.grad(&grads).expect("x's gradient");
-    let dx: Vec<u32> = dx.into_data().to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect();
-    assert_eq!(dx, bits(want), "the autodiff op's gradient");
+    let dx = dx.into_data().to_vec::<f32>().unwrap();
+    same_bits("the autodiff op's gradient", &dx, &values_of(want));
 }

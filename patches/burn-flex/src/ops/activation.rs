@@ -74,8 +74,8 @@ impl ActivationOps<Flex> for Flex {
 
     fn gelu(tensor: FloatTensor<Flex>) -> FloatTensor<Flex> {
         // 0.5 * x * (1 + erf(x / sqrt(2)))
-        use crate::ops::unary::{erf_f32, erf_f64};
         use crate::ops::fast_math::{gelu_f32_in_place, gelu_f32_into, map_contiguous_f32};
+        use crate::ops::unary::{erf_f32, erf_f64};
         let tensor = match map_contiguous_f32(tensor, gelu_f32_in_place, gelu_f32_into) {
             Ok(done) => return done,
             Err(tensor) => tensor,

@@ -10,9 +10,9 @@
 //! erfc, fractional error < 1.2e-7), which is what GELU's `1 + erf` and its derivative need;
 //! the tensor op `erf` keeps libm's full relative precision near zero.
 
+use alloc::vec::Vec;
 use burn_backend::DType;
 use burn_std::Bytes;
-use alloc::vec::Vec;
 use core::mem::MaybeUninit;
 #[cfg(not(feature = "std"))]
 #[allow(unused_imports)]
@@ -196,7 +196,11 @@ pub fn new_f32_filled_by(
     fill(&mut out.spare_capacity_mut()[..n]);
     // SAFETY: `fill` wrote all `n` elements (every caller's kernel writes its whole output).
     unsafe { out.set_len(n) };
-    FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(shape), DType::F32)
+    FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
 }
 
 /// Runs a slice kernel over a contiguous f32 tensor that starts at its buffer's beginning: in

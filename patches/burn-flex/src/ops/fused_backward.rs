@@ -61,7 +61,10 @@ fn for_row_chunks(out: &mut [f32], len: usize, f: impl Fn(&mut [f32], usize, usi
 /// Softmax's backward as attention takes it, `dS = P ⊙ (dP − rowsum(dP ⊙ P))` over the last
 /// dim, written over `dp` (the same bits as `mul`, `sum_dim`, `sub`, `mul`). `Err(dp)` untouched
 /// where it does not apply (not f32, not contiguous, shapes differ, `dp` shared).
-pub fn softmax_backward_f32(probs: &FlexTensor, mut dp: FlexTensor) -> Result<FlexTensor, FlexTensor> {
+pub fn softmax_backward_f32(
+    probs: &FlexTensor,
+    mut dp: FlexTensor,
+) -> Result<FlexTensor, FlexTensor> {
     let shape = dp.layout().shape().clone();
     let len = shape.last().copied().unwrap_or(0);
     let ok = probs.layout().shape() == &shape && dp.is_unique() && len > 0;
@@ -161,7 +164,11 @@ pub fn gelu_with_erf_f32(x: &FlexTensor) -> Option<(FlexTensor, FlexTensor)> {
     let n = xs.len();
     let mut y: Vec<f32> = Vec::with_capacity(n);
     let mut e: Vec<f32> = Vec::with_capacity(n);
-    gelu_with_erf_slices(xs, &mut y.spare_capacity_mut()[..n], &mut e.spare_capacity_mut()[..n]);
+    gelu_with_erf_slices(
+        xs,
+        &mut y.spare_capacity_mut()[..n],
+        &mut e.spare_capacity_mut()[..n],
+    );
     // SAFETY: the loop above wrote all `n` elements of both.
     unsafe {
         y.set_len(n);
