@@ -51,6 +51,7 @@ pub use tensor::FlexTensor;
 pub use ops::batch_norm::{BatchNormSync, set_batch_norm_sync};
 // pretext patch: fused softmax cross-entropy with its gradient (see `ops/cross_entropy.rs`).
 pub use ops::cross_entropy::{RowLoss, cross_entropy_grad_f32};
-pub use ops::fused_backward::{
-    gelu_backward_with_erf_f32, gelu_with_erf_f32, layer_norm_backward_x_f32, softmax_backward_f32,
+pub use ops::fused::{
+    gelu_backward_with_erf_f32, gelu_with_erf_f32, layer_norm_backward_x_f32, layer_norm_f32,
+    softmax_backward_f32,
 };

@@ -48,6 +48,27 @@ pub(crate) fn softmax_backward<B: Backend>(
         .map_err(from_flex::<B>)
 }
 
+/// Layer norm's forward as one pass over the rows (`burn_flex::layer_norm_f32`): `(output,
+/// x̂, σ)`, or `None`.
+pub(crate) fn layer_norm<B: Backend>(
+    x: &FloatTensor<B>,
+    gamma: &FloatTensor<B>,
+    beta: Option<&FloatTensor<B>>,
+    epsilon: f64,
+) -> Option<(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>)> {
+    let beta = match beta {
+        Some(b) => Some(as_flex::<B>(b)?),
+        None => None,
+    };
+    let (y, x_hat, sigma) =
+        burn_flex::layer_norm_f32(as_flex::<B>(x)?, as_flex::<B>(gamma)?, beta, epsilon)?;
+    Some((
+        from_flex::<B>(y),
+        from_flex::<B>(x_hat),
+        from_flex::<B>(sigma),
+    ))
+}
+
 /// Layer norm's input gradient (`burn_flex::layer_norm_backward_x_f32`), or `Err(grad)`.
 pub(crate) fn layer_norm_backward_x<B: Backend>(
     grad: FloatTensor<B>,

@@ -10,9 +10,9 @@
 //! dβ = Σ_rows dy    dγ = Σ_rows dy ⊙ x̂    g = dy ⊙ γ    dx = (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)) / σ
 //! ```
 
+use alloc::vec::Vec;
 use burn_backend::tensor::FloatTensor;
 use burn_backend::{Backend, TensorMetadata};
-use alloc::vec::Vec;
 use burn_std::Shape;
 
 use crate::Autodiff;
@@ -99,25 +99,37 @@ pub(crate) fn layer_norm<B: Backend, C: CheckpointStrategy>(
     beta: Option<FloatTensor<Autodiff<B, C>>>,
     epsilon: f64,
 ) -> FloatTensor<Autodiff<B, C>> {
-    // The default's forward, op for op.
+    // The default's forward, op for op; on burn-flex as one pass over the rows (the same bits).
     let x = tensor.primitive.clone();
     let rank = x.shape().num_dims();
     let last = rank - 1;
     let d = x.shape()[last];
-    let mean = B::float_mean_dim(x.clone(), last);
-    let centred = B::float_sub(x, mean);
-    let var = B::float_mean_dim(B::float_mul(centred.clone(), centred.clone()), last);
-    let sigma = B::float_sqrt(B::float_add_scalar(var, epsilon.into()));
-    let x_hat = B::float_div(centred, sigma.clone());
     let broadcast: Vec<usize> = (0..rank).map(|i| if i == last { d } else { 1 }).collect();
     let gamma_b = B::float_reshape(gamma.primitive.clone(), Shape::from(broadcast.clone()));
-    let scaled = B::float_mul(x_hat.clone(), gamma_b.clone());
+    let beta_b = beta
+        .as_ref()
+        .map(|beta| B::float_reshape(beta.primitive.clone(), Shape::from(broadcast)));
+    let (output, x_hat, sigma) =
+        match super::flex::layer_norm::<B>(&x, &gamma_b, beta_b.as_ref(), epsilon) {
+            Some(fused) => fused,
+            None => {
+                let mean = B::float_mean_dim(x.clone(), last);
+                let centred = B::float_sub(x, mean);
+                let var = B::float_mean_dim(B::float_mul(centred.clone(), centred.clone()), last);
+                let sigma = B::float_sqrt(B::float_add_scalar(var, epsilon.into()));
+                let x_hat = B::float_div(centred, sigma.clone());
+                let scaled = B::float_mul(x_hat.clone(), gamma_b.clone());
+                let output = match beta_b {
+                    Some(beta_b) => B::float_add(scaled, beta_b),
+                    None => scaled,
+                };
+                (output, x_hat, sigma)
+            }
+        };
     let state = (x_hat, sigma, gamma_b);
 
     match beta {
         Some(beta) => {
-            let beta_b = B::float_reshape(beta.primitive.clone(), Shape::from(broadcast));
-            let output = B::float_add(scaled, beta_b);
             match LayerNormWithBeta
                 .prepare::<C>([tensor.node(), gamma.node(), beta.node()])
                 .compute_bound()
@@ -132,8 +144,8 @@ pub(crate) fn layer_norm<B: Backend, C: CheckpointStrategy>(
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish(state, scaled),
-            OpsKind::UnTracked(prep) => prep.finish(scaled),
+            OpsKind::Tracked(prep) => prep.finish(state, output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
         },
     }
 }

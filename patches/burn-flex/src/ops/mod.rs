@@ -109,8 +109,8 @@ pub mod deform_conv;
 pub mod expand;
 // pretext patch: f32 exp and GELU without a libm call per element (see the file's header).
 pub(crate) mod fast_math;
-// pretext: fused backward passes for the carried burn-autodiff (see PRETEXT.md).
-pub mod fused_backward;
+// pretext: fused kernels for the carried burn-autodiff (see PRETEXT.md).
+pub mod fused;
 #[cfg(feature = "fft")]
 pub mod fft;
 pub mod flip;

@@ -1,7 +1,9 @@
-//! New in pretext's copy (see PRETEXT.md): backward passes that pretext's carried burn-autodiff
-//! ran as chains of element-wise ops and row sums (a full-size buffer and a pass over memory
-//! each), here as one pass over the rows of contiguous f32 tensors. burn-autodiff calls them
-//! where its inner backend's tensors are `FlexTensor`s and keeps its op-by-op path otherwise.
+//! New in pretext's copy (see PRETEXT.md): kernels for pretext's carried burn-autodiff, which ran
+//! these as chains of element-wise ops and row sums (a full-size buffer and a pass over memory
+//! each): layer norm's forward (with the normalised input and σ its backward keeps) and input
+//! gradient, attention's softmax backward, and GELU with the erf term its backward can reuse —
+//! here each as one pass over the rows of contiguous f32 tensors. burn-autodiff calls them where
+//! its inner backend's tensors are `FlexTensor`s and keeps its op-by-op path otherwise.
 //!
 //! Each gives the same bits as the ops it replaces: the same element-wise arithmetic in the same
 //! order (plain IEEE operations, so the vector width does not matter), and the row sums through
@@ -92,6 +94,123 @@ fn softmax_backward_row(d: &mut [f32], p: &[f32], tmp: &mut [f32]) {
         for (dv, &pv) in d.iter_mut().zip(p) {
             *dv = pv * (*dv - s);
         }
+    })
+}
+
+/// Layer norm over the last dim of `x` `[…, d]` with `gamma` (and `beta`), `d` elements each:
+/// `(y, x̂, σ)` with `σ = √(mean((x − mean(x))²) + ε)` (`[…, 1]`), `x̂ = (x − mean(x)) / σ` and
+/// `y = x̂ ⊙ γ (+ β)`, the same bits as `mean_dim`, `sub`, `mul`, `mean_dim`, `add_scalar`,
+/// `sqrt`, `div`, `mul` (and `add`). `None` where it does not apply.
+pub fn layer_norm_f32(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: Option<&FlexTensor>,
+    epsilon: f64,
+) -> Option<(FlexTensor, FlexTensor, FlexTensor)> {
+    let xs = plain(x)?;
+    let shape = x.layout().shape().clone();
+    let len = shape.last().copied().unwrap_or(0);
+    let gm = plain(gamma)?;
+    let bt = match beta {
+        Some(b) => Some(plain(b)?),
+        None => None,
+    };
+    if len == 0 || gm.len() != len || bt.is_some_and(|b| b.len() != len) {
+        return None;
+    }
+    let n = xs.len();
+    let rows = n / len;
+    let (eps, dim) = (epsilon as f32, len as f32);
+    let mut x_hat = vec![0f32; n];
+    let mut y = vec![0f32; n];
+    let mut sigma = vec![0f32; rows];
+    // chunks of rows: x̂ and y by row chunks, σ by the same rows
+    let chunk = ROWS_PER_TASK * len;
+    let work = |((xh, y), s): ((&mut [f32], &mut [f32]), &mut [f32]), first: usize| {
+        let mut tmp = vec![0f32; len];
+        for r in 0..s.len() {
+            let at = (first + r) * len;
+            let (xh, y) = (
+                &mut xh[r * len..(r + 1) * len],
+                &mut y[r * len..(r + 1) * len],
+            );
+            s[r] = layer_norm_row(&xs[at..at + len], gm, bt, eps, dim, xh, y, &mut tmp);
+        }
+    };
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        x_hat
+            .par_chunks_mut(chunk)
+            .zip(y.par_chunks_mut(chunk))
+            .zip(sigma.par_chunks_mut(ROWS_PER_TASK))
+            .enumerate()
+            .for_each(|(i, parts)| work(parts, i * ROWS_PER_TASK));
+    }
+    #[cfg(not(feature = "rayon"))]
+    for (i, parts) in x_hat
+        .chunks_mut(chunk)
+        .zip(y.chunks_mut(chunk))
+        .zip(sigma.chunks_mut(ROWS_PER_TASK))
+        .enumerate()
+    {
+        work(parts, i * ROWS_PER_TASK);
+    }
+    let mut sigma_shape = shape.clone();
+    let last = sigma_shape.num_dims() - 1;
+    sigma_shape[last] = 1;
+    let wrap = |v: Vec<f32>, shape| {
+        FlexTensor::new(
+            burn_std::Bytes::from_elems(v),
+            crate::Layout::contiguous(shape),
+            DType::F32,
+        )
+    };
+    Some((
+        wrap(y, shape.clone()),
+        wrap(x_hat, shape),
+        wrap(sigma, sigma_shape),
+    ))
+}
+
+/// One row of [`layer_norm_f32`]: writes x̂ and y, returns σ.
+#[allow(clippy::too_many_arguments)]
+fn layer_norm_row(
+    x: &[f32],
+    gamma: &[f32],
+    beta: Option<&[f32]>,
+    eps: f32,
+    dim: f32,
+    xh: &mut [f32],
+    y: &mut [f32],
+    tmp: &mut [f32],
+) -> f32 {
+    widest_simd!((x: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32, dim: f32,
+                  xh: &mut [f32], y: &mut [f32], tmp: &mut [f32]) -> f32 {
+        let mean = row_sum(x) / dim;
+        for (c, &v) in xh.iter_mut().zip(x) {
+            *c = v - mean;
+        }
+        for (t, &c) in tmp.iter_mut().zip(xh.iter()) {
+            *t = c * c;
+        }
+        let sigma = (row_sum(tmp) / dim + eps).sqrt();
+        for c in xh.iter_mut() {
+            *c = *c / sigma;
+        }
+        match beta {
+            Some(beta) => {
+                for (((o, &h), &g), &b) in y.iter_mut().zip(xh.iter()).zip(gamma).zip(beta) {
+                    *o = h * g + b;
+                }
+            }
+            None => {
+                for ((o, &h), &g) in y.iter_mut().zip(xh.iter()).zip(gamma) {
+                    *o = h * g;
+                }
+            }
+        }
+        sigma
     })
 }
 

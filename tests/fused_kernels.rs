@@ -1,6 +1,6 @@
-//! The fused backward kernels of pretext's carried burn-flex (`patches/burn-flex/src/ops/
-//! fused_backward.rs`), which the carried burn-autodiff calls for attention's softmax backward,
-//! layer norm's input gradient and GELU's backward (from the erf term its forward kept). Each
+//! The fused kernels of pretext's carried burn-flex (`patches/burn-flex/src/ops/fused.rs`), which
+//! the carried burn-autodiff calls for attention's softmax backward, layer norm's forward and
+//! input gradient, and GELU (whose backward reuses the erf term its forward kept). Each
 //! must give the same bits as the burn-flex ops it replaces, on row lengths that are not a
 //! multiple of the vector width and on more rows than one rayon chunk (64) holds; and GELU's
 //! gradient through the autodiff op must be burn-flex's `gelu_backward`, bit for bit.
@@ -63,6 +63,51 @@ fn softmax_backward_is_the_ops_it_replaces_bit_for_bit() {
             &format!("shape {shape:?}"),
             &values_of(got),
             &values_of(want),
+        );
+    }
+}
+
+#[test]
+fn layer_norm_forward_is_the_ops_it_replaces_bit_for_bit() {
+    for (shape, with_beta) in [
+        ([2, 3, 48], true),
+        ([4, 70, 37], false),
+        ([1, 130, 128], true),
+    ] {
+        let d = shape[2];
+        let x = flex(&shape, 8, 4.0);
+        let gamma = Flex::float_reshape(flex(&[d], 9, 2.0), Shape::new([1, 1, d]));
+        let beta = Flex::float_reshape(flex(&[d], 10, 1.0), Shape::new([1, 1, d]));
+        let eps = 1e-5;
+        let mean = Flex::float_mean_dim(x.clone(), 2);
+        let centred = Flex::float_sub(x.clone(), mean);
+        let var = Flex::float_mean_dim(Flex::float_mul(centred.clone(), centred.clone()), 2);
+        let sigma = Flex::float_sqrt(Flex::float_add_scalar(var, eps.into()));
+        let x_hat = Flex::float_div(centred, sigma.clone());
+        let scaled = Flex::float_mul(x_hat.clone(), gamma.clone());
+        let y = match with_beta {
+            true => Flex::float_add(scaled, beta.clone()),
+            false => scaled,
+        };
+        let (got_y, got_x_hat, got_sigma) =
+            burn_flex::layer_norm_f32(&x, &gamma, with_beta.then_some(&beta), eps)
+                .expect("contiguous f32 tensors");
+        let what = format!("shape {shape:?} beta {with_beta}");
+        assert_eq!(
+            got_sigma.layout().shape(),
+            sigma.layout().shape(),
+            "{what}: σ's shape"
+        );
+        same_bits(&format!("{what}: y"), &values_of(got_y), &values_of(y));
+        same_bits(
+            &format!("{what}: x̂"),
+            &values_of(got_x_hat),
+            &values_of(x_hat),
+        );
+        same_bits(
+            &format!("{what}: σ"),
+            &values_of(got_sigma),
+            &values_of(sigma),
         );
     }
 }
