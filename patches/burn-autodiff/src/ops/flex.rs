@@ -1,9 +1,10 @@
-//! New in pretext's copy (see PRETEXT.md): the fused backward kernels of pretext's carried
-//! burn-flex, for the ops of this crate whose backward would otherwise run as a chain of
-//! element-wise ops and row sums on the inner backend. They apply where the inner backend's
-//! float tensors are `burn_flex::FlexTensor`s (checked by type at run time); every function
-//! here returns `None` / gives its argument back otherwise, and the caller keeps its op-by-op
-//! path. The kernels give the same bits as the ops they replace.
+//! New in pretext's copy (see PRETEXT.md): the fused kernels of pretext's carried burn-flex
+//! (`src/ops/fused.rs` there), for the ops of this crate that would otherwise run as a chain of
+//! element-wise ops and row sums on the inner backend: layer norm's forward and input gradient,
+//! attention's softmax backward, and GELU with the erf term its backward reuses. They apply
+//! where the inner backend's float tensors are `burn_flex::FlexTensor`s (checked by type at run
+//! time); every function here returns `None` / gives its argument back otherwise, and the caller
+//! keeps its op-by-op path. The kernels give the same bits as the ops they replace.
 
 use alloc::boxed::Box;
 use core::any::Any;
