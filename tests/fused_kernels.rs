@@ -48,9 +48,21 @@ fn same_bits(what: &str, got: &[f32], want: &[f32]) {
 #[test]
 fn softmax_backward_is_the_ops_it_replaces_bit_for_bit() {
     for shape in [[2, 3, 5, 37], [3, 4, 17, 33], [1, 2, 70, 128]] {
-        let scores = flex(&shape, 1, 6.0);
-        // rows of real probabilities, with masked keys as exact zeros
-        let probs = Flex::softmax(scores, 3);
+        // rows of real probabilities, with masked (−∞) keys as exact zeros
+        let n: usize = shape.iter().product();
+        let mut scores = values(n, 1, 6.0);
+        for v in scores.iter_mut().step_by(5) {
+            *v = f32::NEG_INFINITY;
+        }
+        let probs = Flex::softmax(
+            FlexTensor::from_data(TensorData::new(scores, shape.to_vec())),
+            3,
+        );
+        let zeros = values_of(probs.clone())
+            .iter()
+            .filter(|&&p| p == 0.0)
+            .count();
+        assert!(zeros >= n / 5, "masked keys give zeros ({zeros} of {n})");
         let dp = flex(&shape, 2, 3.0);
         let row = Flex::float_sum_dim(Flex::float_mul(dp.clone(), probs.clone()), 3);
         let want = Flex::float_mul(probs.clone(), Flex::float_sub(dp.clone(), row));

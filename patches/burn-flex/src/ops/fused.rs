@@ -31,6 +31,15 @@ fn plain(t: &FlexTensor) -> Option<&[f32]> {
     Some(&t.storage::<f32>()[..t.layout().num_elements()])
 }
 
+/// A contiguous f32 tensor of `shape` holding `v`.
+fn f32_tensor(v: Vec<f32>, shape: burn_std::Shape) -> FlexTensor {
+    FlexTensor::new(
+        burn_std::Bytes::from_elems(v),
+        crate::Layout::contiguous(shape),
+        DType::F32,
+    )
+}
+
 /// Sum of a row, as `sum_dim` over a contiguous last dim computes it.
 #[inline]
 fn row_sum(row: &[f32]) -> f32 {
@@ -159,17 +168,10 @@ pub fn layer_norm_f32(
     let mut sigma_shape = shape.clone();
     let last = sigma_shape.num_dims() - 1;
     sigma_shape[last] = 1;
-    let wrap = |v: Vec<f32>, shape| {
-        FlexTensor::new(
-            burn_std::Bytes::from_elems(v),
-            crate::Layout::contiguous(shape),
-            DType::F32,
-        )
-    };
     Some((
-        wrap(y, shape.clone()),
-        wrap(x_hat, shape),
-        wrap(sigma, sigma_shape),
+        f32_tensor(y, shape.clone()),
+        f32_tensor(x_hat, shape),
+        f32_tensor(sigma, sigma_shape),
     ))
 }
 
@@ -294,14 +296,7 @@ pub fn gelu_with_erf_f32(x: &FlexTensor) -> Option<(FlexTensor, FlexTensor)> {
         e.set_len(n);
     }
     let shape = x.layout().shape().clone();
-    let wrap = |v: Vec<f32>| {
-        FlexTensor::new(
-            burn_std::Bytes::from_elems(v),
-            crate::Layout::contiguous(shape.clone()),
-            DType::F32,
-        )
-    };
-    Some((wrap(y), wrap(e)))
+    Some((f32_tensor(y, shape.clone()), f32_tensor(e, shape)))
 }
 
 fn gelu_with_erf_slices(x: &[f32], y: &mut [MaybeUninit<f32>], e: &mut [MaybeUninit<f32>]) {
